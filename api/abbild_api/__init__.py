@@ -1,0 +1,1 @@
+"""The Image API v2 (WebOb handlers), wire-compatible with OpenStack Glance."""

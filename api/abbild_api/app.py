@@ -1,0 +1,84 @@
+"""The WSGI application: routes, and the ``paste.app_factory`` that builds it."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import webob
+import webob.dec
+import webob.exc as exc
+
+from abbild import config
+from abbild.context import ENVIRON_KEY, RequestContext
+from abbild.errors import AbbildError
+from abbild.service import ImageService
+from abbild_api import data, images, info
+from abbild_api.errors import to_http
+
+LOG = logging.getLogger(__name__)
+
+# (path template, {method: handler}); handlers are called as handler(app, req, **params).
+ROUTES = [
+    ("/v2/images", {"GET": images.index, "POST": images.create}),
+    ("/v2/images/{image_id}", {"GET": images.show, "PATCH": images.update, "DELETE": images.delete}),
+    ("/v2/images/{image_id}/file", {"GET": data.download, "PUT": data.upload}),
+    ("/v2/images/{image_id}/tags/{tag}", {"PUT": images.add_tag, "DELETE": images.delete_tag}),
+    ("/v2/images/{image_id}/actions/deactivate", {"POST": images.deactivate}),
+    ("/v2/images/{image_id}/actions/reactivate", {"POST": images.reactivate}),
+    ("/v2/schemas/{name}", {"GET": lambda app, req, name: _schema(app, req, name)}),
+    ("/v2/info/import", {"GET": info.import_methods}),
+    ("/v2/info/stores", {"GET": info.stores}),
+    ("/v2/info/stores/detail", {"GET": info.stores_detail}),
+]
+
+
+def _schema(app, req, name):
+    handler = info.SCHEMAS.get(name)
+    if handler is None:
+        raise exc.HTTPNotFound(explanation=f"No schema named {name!r}.")
+    return handler(app, req)
+
+
+def _compile(template: str) -> re.Pattern:
+    return re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template) + "$")
+
+
+class Application:
+    """Dispatches to the handlers and turns abbild's errors into HTTP errors."""
+
+    def __init__(self, service: ImageService) -> None:
+        self.service = service
+        self.conf = service.conf
+        self.routes = [(_compile(t), methods) for t, methods in ROUTES]
+
+    @staticmethod
+    def context(req: webob.Request) -> RequestContext:
+        return req.environ[ENVIRON_KEY]
+
+    @webob.dec.wsgify
+    def __call__(self, req: webob.Request) -> webob.Response:
+        for pattern, methods in self.routes:
+            m = pattern.match(req.path_info)
+            if not m:
+                continue
+            handler = methods.get(req.method)
+            if handler is None:
+                raise exc.HTTPMethodNotAllowed(
+                    explanation=f"{req.method} is not allowed on this resource.",
+                    headers={"Allow": ", ".join(methods)},
+                )
+            params = m.groupdict()
+            try:
+                return handler(self, req, **params)
+            except AbbildError as error:
+                raise to_http(error) from error
+        raise exc.HTTPNotFound(explanation="The resource could not be found.")
+
+
+def app_factory(global_conf, **local_conf):
+    """``paste.app_factory``: config files come from the ``config_files`` setting (a
+    comma-separated list, set by whoever loads the pipeline)."""
+    files = [f for f in (global_conf.get("config_files") or local_conf.get("config_files") or "").split(",") if f]
+    conf = config.load(files)
+    return Application(ImageService.from_config(conf))

@@ -1,0 +1,43 @@
+"""The one table from abbild's errors to HTTP statuses."""
+
+from __future__ import annotations
+
+import logging
+
+import webob.exc as exc
+
+from abbild import errors as e
+from abbild.service import Gone
+
+LOG = logging.getLogger(__name__)
+
+# First match wins, so subclasses come before their bases.
+STATUS = (
+    (Gone, exc.HTTPGone),
+    (e.ImageNotFound, exc.HTTPNotFound),
+    (e.DuplicateImage, exc.HTTPConflict),
+    (e.ConcurrentUpdate, exc.HTTPConflict),
+    (e.InvalidTransition, exc.HTTPConflict),
+    (e.Conflict, exc.HTTPConflict),
+    (e.Forbidden, exc.HTTPForbidden),
+    (e.Invalid, exc.HTTPBadRequest),
+    (e.SizeLimitExceeded, exc.HTTPRequestEntityTooLarge),
+    (e.SizeMismatch, exc.HTTPBadRequest),
+    (e.StoreFull, exc.HTTPRequestEntityTooLarge),
+    (e.NotFound, exc.HTTPNotFound),
+    (e.AlreadyExists, exc.HTTPConflict),
+    (e.InUse, exc.HTTPConflict),
+    # The client named a store that cannot do this (a read-only http store, say).
+    (e.UnsupportedOperation, exc.HTTPBadRequest),
+    (e.AccessDenied, exc.HTTPServiceUnavailable),
+    (e.BackendUnavailable, exc.HTTPServiceUnavailable),
+    (e.RegistryUnavailable, exc.HTTPServiceUnavailable),
+)
+
+
+def to_http(error: e.AbbildError) -> exc.HTTPException:
+    for cls, http in STATUS:
+        if isinstance(error, cls):
+            return http(explanation=str(error))
+    LOG.error("unmapped error: %r", error)
+    return exc.HTTPInternalServerError()

@@ -1,0 +1,362 @@
+"""``/v2/images``: create, list, show, update (json-patch), delete, tags, actions."""
+
+from __future__ import annotations
+
+import datetime
+import re
+import urllib.parse
+import uuid
+
+import jsonschema
+import webob.exc as exc
+
+from abbild.errors import Conflict, Forbidden, Invalid
+from abbild.image import Image, Status
+from abbild.registry import IN_FILTERS, SORT_KEYS, TIME_OPERATORS, ImageFilters
+from abbild_api import schemas
+from abbild_api.http import json_response, no_content, read_json, reject_body
+
+# Settable base attributes; everything else a client writes is an extra property.
+WRITABLE = ("name", "visibility", "protected", "os_hidden", "owner", "container_format", "disk_format",
+            "min_ram", "min_disk", "tags")  # fmt: skip
+_BASE = ("id", "name", "status", "visibility", "protected", "os_hidden", "owner", "disk_format",
+         "container_format", "size", "virtual_size", "checksum", "os_hash_algo", "os_hash_value",
+         "min_disk", "min_ram")  # fmt: skip
+PATCH_TYPES = ("application/openstack-images-v2.1-json-patch", "application/openstack-images-v2.0-json-patch")
+_VALIDATOR = jsonschema.Draft4Validator(schemas.image_schema())
+
+
+def timestamp(value: datetime.datetime | None) -> str | None:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+
+
+def image_view(image: Image) -> dict:
+    view = {name: image.properties[name] for name in image.properties}
+    view.update({name: getattr(image, name) for name in _BASE})
+    view["status"] = image.status.value
+    view["created_at"] = timestamp(image.created_at)
+    view["updated_at"] = timestamp(image.updated_at)
+    view["tags"] = sorted(image.tags)
+    view["self"] = f"/v2/images/{image.id}"
+    view["file"] = f"/v2/images/{image.id}/file"
+    view["schema"] = "/v2/schemas/image"
+    stores = [loc.store for loc in image.locations if loc.status == "active"]
+    if stores:
+        view["stores"] = ",".join(dict.fromkeys(stores))
+    return view
+
+
+def _validate(values: dict) -> None:
+    error = jsonschema.exceptions.best_match(_VALIDATOR.iter_errors(values))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path)
+        raise Invalid(f"Provided object does not match schema 'image': {error.message}" + (
+            f" (at '{where}')" if where else ""))
+
+
+def _check_settable(name: str) -> None:
+    if name in schemas.READ_ONLY or name == "locations":
+        raise Forbidden(f"Attribute '{name}' is read-only.")
+    if name in schemas.RESERVED or name.startswith("os_glance"):
+        raise Forbidden(f"Attribute '{name}' is reserved.")
+    if len(name) > 255:
+        raise Invalid(f"Property name '{name[:40]}...' is longer than 255 characters.")
+
+
+def _apply(image: Image, values: dict) -> None:
+    """Write validated client values (base attributes and extra properties) onto *image*."""
+    image.properties = {}
+    for name, value in values.items():
+        if name == "tags":
+            image.tags = set(value)
+        elif name in WRITABLE:
+            setattr(image, name, value)
+        else:
+            image.properties[name] = value
+
+
+def _writable_view(image: Image) -> dict:
+    values = dict(image.properties)
+    values.update({name: getattr(image, name) for name in WRITABLE})
+    values["tags"] = sorted(image.tags)
+    return values
+
+
+# -- create -------------------------------------------------------------------------------
+
+
+def create(app, req):
+    body = read_json(req)
+    for name in body:
+        if name == "id":
+            continue
+        _check_settable(name)
+    image_id = body.pop("id", None) or str(uuid.uuid4())
+    _validate({"id": image_id, **body})
+    ctx = app.context(req)
+    owner = body.get("owner", ctx.project_id)
+    if "owner" in body and owner != ctx.project_id and not ctx.is_admin:
+        raise Forbidden("You are not permitted to create images owned by another project.")
+    image = Image(id=image_id.lower(), owner=owner)
+    values = _writable_view(image)
+    values.update(body)
+    values["tags"] = sorted(set(values["tags"]))
+    _apply(image, values)
+    image = app.service.create(image)
+    resp = json_response(image_view(image), 201)
+    resp.location = f"/v2/images/{image.id}"
+    resp.headers["OpenStack-image-store-ids"] = ",".join(s.name for s in app.service.stores if not s.read_only)
+    return resp
+
+
+# -- list ---------------------------------------------------------------------------------
+
+
+def _split_in(value: str) -> list[str]:
+    """``in:a,"b, c",d`` -> ['a', 'b, c', 'd']."""
+    values, current, quoted = [], "", False
+    for ch in value:
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            values.append(current)
+            current = ""
+        else:
+            current += ch
+    if quoted:
+        raise Invalid(f"Unmatched quote in filter value {value!r}.")
+    return values + [current]
+
+
+def _bool(name: str, value: str) -> bool:
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise Invalid(f"Invalid value '{value}' for {name}: expected true or false.")
+
+
+def _int(name: str, value: str, minimum: int = 0) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise Invalid(f"Invalid value '{value}' for {name}: expected an integer.") from None
+    if number < minimum:
+        raise Invalid(f"Invalid value '{value}' for {name}: must be at least {minimum}.")
+    return number
+
+
+def _time(name: str, value: str) -> tuple[str, str, datetime.datetime]:
+    op, sep, when = value.partition(":")
+    if not sep or op not in TIME_OPERATORS:
+        raise Invalid(f"Invalid operator '{op}' for {name}: use one of {', '.join(TIME_OPERATORS)}, e.g. gte:2024-01-01T00:00:00Z")
+    try:
+        parsed = datetime.datetime.fromisoformat(when.replace("Z", "+00:00"))
+    except ValueError:
+        raise Invalid(f"Invalid time '{when}' for {name}: use ISO 8601, e.g. 2024-01-01T00:00:00Z") from None
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    return name, op, parsed
+
+
+def _sort(params) -> list[tuple[str, str]]:
+    keys, dirs, sort = params.getall("sort_key"), params.getall("sort_dir"), params.getall("sort")
+    if sort and (keys or dirs):
+        raise Invalid("The 'sort' parameter cannot be combined with 'sort_key' or 'sort_dir'.")
+    pairs = []
+    if sort:
+        for item in ",".join(sort).split(","):
+            key, _, direction = item.strip().partition(":")
+            pairs.append((key, direction or "desc"))
+    else:
+        if len(dirs) > 1 and len(dirs) != len(keys):
+            raise Invalid("The number of sort_dir values must be 1 or equal to the number of sort_key values.")
+        if dirs and not keys:
+            keys = ["created_at"]
+        directions = dirs if len(dirs) > 1 else (dirs or ["desc"]) * max(1, len(keys))
+        pairs = list(zip(keys, directions))
+    for key, direction in pairs:
+        if key not in SORT_KEYS:
+            raise Invalid(f"Invalid sort key '{key}'; valid keys: {', '.join(SORT_KEYS)}.")
+        if direction not in ("asc", "desc"):
+            raise Invalid(f"Invalid sort direction '{direction}'; use asc or desc.")
+    return pairs
+
+
+def parse_list_params(params, conf) -> tuple[ImageFilters, list, int, str | None]:
+    f = ImageFilters()
+    limit, marker = conf.limit_param_default, None
+    for name, value in params.items():
+        if name in ("sort_key", "sort_dir", "sort"):
+            continue
+        if name == "limit":
+            limit = min(_int("limit", value), conf.api_limit_max)
+        elif name == "marker":
+            marker = value
+        elif name in IN_FILTERS:
+            if value.startswith("in:"):
+                f.values[name] = _split_in(value[3:])
+            elif re.match(r"^[a-z]+:", value) and name != "name":
+                raise Invalid(f"Invalid operator in filter {name}={value}; only 'in:' is supported.")
+            else:
+                f.values[name] = [value]
+        elif name == "visibility":
+            if value not in ("public", "private", "shared", "community", "all"):
+                raise Invalid(f"Invalid visibility value: {value}")
+            f.visibility = value
+        elif name == "member_status":
+            if value not in ("pending", "accepted", "rejected", "all"):
+                raise Invalid(f"Invalid status value: {value}")
+            f.member_status = value
+        elif name in ("size_min", "size_max"):
+            setattr(f, name, _int(name, value))
+        elif name in ("owner", "checksum", "os_hash_value"):
+            setattr(f, name, value)
+        elif name == "tag":
+            f.tags.append(value)
+        elif name in ("protected", "os_hidden"):
+            setattr(f, name, _bool(name, value))
+        elif name in ("created_at", "updated_at"):
+            f.times.append(_time(name, value))
+        elif name == "changes-since":
+            raise Invalid("The 'changes-since' filter is no longer available on v2.")
+        else:
+            f.properties[name] = value
+    return f, _sort(params), limit, marker
+
+
+def index(app, req):
+    filters, sort, limit, marker = parse_list_params(req.GET, app.conf)
+    images = app.service.list(filters, sort, limit, marker, app.context(req).viewer)
+    query = [(k, v) for k, v in req.GET.items() if k != "marker"]
+    body = {
+        "images": [image_view(i) for i in images],
+        "first": "/v2/images" + (f"?{urllib.parse.urlencode(query)}" if query else ""),
+        "schema": "/v2/schemas/images",
+    }
+    if images and len(images) == limit:
+        body["next"] = "/v2/images?" + urllib.parse.urlencode(query + [("marker", images[-1].id)])
+    return json_response(body)
+
+
+# -- show / update / delete -----------------------------------------------------------------
+
+
+def show(app, req, image_id):
+    reject_body(req)
+    return json_response(image_view(app.service.get(image_id, app.context(req).viewer)))
+
+
+def _pointer(path) -> str:
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise Invalid(f"Pointer `{path}` does not start with \"/\".")
+    if path.endswith("/") or "//" in path:
+        raise Invalid(f"Pointer `{path}` contains adjacent \"/\".")
+    if re.search(r"~(?![01])", path):
+        raise Invalid(f"Pointer `{path}` contains \"~\" not part of a recognized escape sequence.")
+    parts = path[1:].split("/")
+    if len(parts) > 1:
+        raise Invalid(f"Nested paths are not allowed: `{path}`.")
+    return parts[0].replace("~1", "/").replace("~0", "~")
+
+
+def parse_patch(req) -> list[tuple[str, str, object]]:
+    content_type = req.headers.get("Content-Type", "").split(";")[0].strip()
+    if content_type not in PATCH_TYPES:
+        raise exc.HTTPUnsupportedMediaType(
+            explanation=f"Unsupported Content-Type {content_type or '(none)'}: use {PATCH_TYPES[0]}",
+            headers={"Accept-Patch": ", ".join(reversed(PATCH_TYPES))},
+        )
+    body = read_json(req, kind=(list,))
+    legacy = content_type == PATCH_TYPES[1]
+    ops = []
+    for change in body:
+        if not isinstance(change, dict):
+            raise Invalid("Each change must be a JSON object.")
+        if legacy:
+            found = [op for op in ("add", "remove", "replace") if op in change]
+            if len(found) != 1:
+                raise Invalid("Each change must name exactly one operation: add, remove or replace.")
+            op, path = found[0], change[found[0]]
+        else:
+            op, path = change.get("op"), change.get("path")
+            if op not in ("add", "remove", "replace"):
+                raise Invalid(f"Invalid operation: `{op}`; use add, remove or replace.")
+            if "path" not in change:
+                raise Invalid("Unable to find `path` in the change.")
+        if op != "remove" and "value" not in change:
+            raise Invalid(f"Unable to find `value` in the change of {path}.")
+        name = _pointer(path)
+        _check_settable(name)
+        ops.append((op, name, change.get("value"), legacy))
+    return ops
+
+
+def update(app, req, image_id):
+    ops = parse_patch(req)
+    ctx = app.context(req)
+
+    def change(image: Image) -> None:
+        values = _writable_view(image)
+        for op, name, value, legacy in ops:
+            base = name in schemas.IMAGE_PROPERTIES
+            if op == "remove":
+                if base:
+                    raise Forbidden(f"Properties {name} may not be removed.")
+                if name not in values:
+                    raise Conflict(f"Property {name} does not exist.")
+                del values[name]
+                continue
+            if op == "replace" and name not in values and not base:
+                raise Conflict(f"Property {name} does not exist.")
+            if op == "add" and legacy and name in values and not base:
+                raise Conflict(f"Property {name} already present.")
+            if name in ("disk_format", "container_format") and image.status is not Status.QUEUED \
+                    and value != values.get(name):
+                raise Forbidden(f"Attribute {name} can be only replaced for a queued image.")
+            if name == "owner" and value != image.owner and not ctx.is_admin:
+                raise Forbidden("Only administrators may change the owner of an image.")
+            values[name] = sorted(set(value)) if name == "tags" and isinstance(value, list) else value
+        _validate({"id": image.id, **values})
+        _apply(image, values)
+
+    return json_response(image_view(app.service.update(image_id, change, ctx.viewer)))
+
+
+def delete(app, req, image_id):
+    reject_body(req)
+    app.service.delete(image_id, app.context(req).viewer)
+    return no_content()
+
+
+# -- tags and actions ---------------------------------------------------------------------
+
+
+def add_tag(app, req, image_id, tag):
+    reject_body(req)
+    if len(tag) > 255:
+        raise Invalid("Tags may be at most 255 characters long.")
+    app.service.update(image_id, lambda image: image.tags.add(tag), app.context(req).viewer)
+    return no_content()
+
+
+def delete_tag(app, req, image_id, tag):
+    reject_body(req)
+
+    def change(image: Image) -> None:
+        if tag not in image.tags:
+            raise exc.HTTPNotFound(explanation=f"Tag {tag} not found on image {image_id}.")
+        image.tags.discard(tag)
+
+    app.service.update(image_id, change, app.context(req).viewer)
+    return no_content()
+
+
+def deactivate(app, req, image_id):
+    reject_body(req)
+    app.service.set_active(image_id, False, app.context(req).viewer)
+    return no_content()
+
+
+def reactivate(app, req, image_id):
+    reject_body(req)
+    app.service.set_active(image_id, True, app.context(req).viewer)
+    return no_content()

@@ -1,0 +1,139 @@
+"""``abbild``: one command with subcommands for every process of the service."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from abbild import config
+from abbild.errors import AbbildError, ConfigError
+
+
+def _default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "abbild")
+
+
+def _config_files(args) -> list[str]:
+    if args.config_file:
+        return args.config_file
+    return [config.embedded_config_file(getattr(args, "data_dir", None) or _default_data_dir())]
+
+
+def cmd_serve(args) -> int:
+    from abbild.server import EmbeddedServer
+    from abbild.service import ImageService
+
+    if args.config_file and args.data_dir:
+        raise ConfigError("--data-dir applies to the embedded default only; with --config-file, "
+                          "set [database] connection and the stores' datadir in that file")
+    files = _config_files(args)
+    conf = config.load(files)
+    # Build everything once before forking: a broken config fails here, with its
+    # message, instead of in a worker that gunicorn restarts forever.
+    service = ImageService.from_config(conf)
+    service.registry.close()
+    where = ", ".join(f"{s.name} ({s.driver_name})" for s in service.stores)
+    print(f"abbild {__import__('abbild').__version__} on http://{args.host}:{args.port}/", file=sys.stderr)
+    print(f"  config:   {', '.join(files)}", file=sys.stderr)
+    print(f"  metadata: {_safe_url(conf.database.connection)}", file=sys.stderr)
+    print(f"  stores:   {where}; uploads go to {conf.default_backend}", file=sys.stderr)
+    for store in service.stores:
+        if store.driver_name == "filesystem":
+            print(f"  data:     {store.driver.properties().get('data_dir')}", file=sys.stderr)
+    if conf.paste_deploy.flavor == "noauth":
+        print("  auth:     OFF (noauth: every caller is an administrator; keep this on 127.0.0.1)", file=sys.stderr)
+    EmbeddedServer(files, args.host, args.port, threads=args.threads, workers=args.workers,
+                   access_log=args.access_log).run()  # fmt: skip
+    return 0
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def cmd_db(args) -> int:
+    from abbild.db import migrate
+    from abbild.db.registry import SQLRegistry
+
+    conf = config.load(_config_files(args))
+    registry = SQLRegistry(conf)
+    try:
+        if args.db_command == "sync":
+            print(migrate.sync(registry.engine))
+        else:
+            print(migrate.current(registry.engine) or "none (run 'abbild db sync')")
+    finally:
+        registry.close()
+    return 0
+
+
+def cmd_stores(args) -> int:
+    from abbild.stores import StoreManager, installed_drivers
+
+    print("Installed drivers:")
+    for name, target in sorted(installed_drivers().items()):
+        print(f"  {name:12} {target}")
+    conf = config.load(_config_files(args))
+    stores = StoreManager(conf)
+    print("Configured stores:")
+    failures = 0
+    for store in stores:
+        default = " (default)" if store is stores.default else ""
+        caps = "|".join(c.name for c in type(store.capabilities) if c in store.capabilities and c.name != "NONE")
+        try:
+            health = store.driver.check()
+        except AbbildError as exc:
+            health, failures = f"FAILED: {exc}", failures + 1
+        print(f"  {store.name}{default}: driver={store.driver_name} capabilities={caps} check: {health}")
+    return 1 if failures else 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="abbild", description="abbild, a virtual-machine image service")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp, data_dir=True):
+        sp.add_argument("--config-file", action="append", metavar="PATH",
+                        help="oslo.config file (repeatable; later files win)")  # fmt: skip
+        if data_dir:
+            sp.add_argument("--data-dir", metavar="DIR",
+                            help=f"embedded default only: where metadata and images live (default {_default_data_dir()})")  # fmt: skip
+        return sp
+
+    s = with_config(sub.add_parser("serve", help="run the whole service (API on the embedded server)"))
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=9292)
+    s.add_argument("--threads", type=int, default=16, help="requests served concurrently per worker")
+    s.add_argument("--workers", type=int, default=1, help="worker processes")
+    s.add_argument("--access-log", action="store_true", help="log every request to stdout")
+    s.set_defaults(func=cmd_serve)
+
+    d = with_config(sub.add_parser("db", help="database schema"))
+    d.add_argument("db_command", choices=["sync", "version"])
+    d.set_defaults(func=cmd_db)
+
+    st = with_config(sub.add_parser("stores", help="installed drivers, configured stores and their health"))
+    st.set_defaults(func=cmd_stores)
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(process)d %(levelname)s %(name)s %(message)s")  # fmt: skip
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except AbbildError as exc:
+        print(f"abbild: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

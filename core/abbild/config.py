@@ -1,0 +1,61 @@
+"""Building a service's configuration: no global CONF, one ConfigOpts per service."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from oslo_config import cfg
+
+from abbild import opts
+
+
+def load(config_files: Sequence[str] = (), *, project: str = "abbild") -> cfg.ConfigOpts:
+    """Parse *config_files* (in order; later files win) into a fresh ConfigOpts with
+    the core options registered.
+
+    :raises abbild.errors.ConfigError: a file is missing or unparsable.
+    """
+    from abbild.errors import ConfigError
+
+    for path in config_files:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file {path} does not exist")
+    conf = cfg.ConfigOpts()
+    opts.register_opts(conf)
+    try:
+        conf(args=[], project=project, default_config_files=list(config_files), default_config_dirs=[])
+    except cfg.Error as exc:
+        raise ConfigError(str(exc)) from exc
+    return conf
+
+
+EMBEDDED_CONFIG = """\
+# Written by `abbild serve` for the embedded default: SQLite and a local data
+# directory, no authentication. Edit it, or point --config-file at your own.
+
+[DEFAULT]
+enabled_backends = local:filesystem
+default_backend = local
+
+[database]
+connection = sqlite:///{data_dir}/abbild.sqlite
+
+[paste_deploy]
+flavor = noauth
+
+[local]
+description = Images in {data_dir}/images
+datadir = {data_dir}/images
+"""
+
+
+def embedded_config_file(data_dir: str) -> str:
+    """Create *data_dir* and its config file (if missing); return the file's path."""
+    data_dir = os.path.abspath(data_dir)
+    os.makedirs(os.path.join(data_dir, "images"), exist_ok=True)
+    path = os.path.join(data_dir, "abbild-api.conf")
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            f.write(EMBEDDED_CONFIG.format(data_dir=data_dir))
+    return path

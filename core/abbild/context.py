@@ -1,0 +1,23 @@
+"""The request context: who is calling. Built by the auth filter of the pipeline and
+read by the API from ``environ["abbild.context"]``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from abbild.registry import Viewer
+
+ENVIRON_KEY = "abbild.context"
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestContext:
+    request_id: str | None = None
+    user_id: str | None = None
+    project_id: str | None = None
+    roles: tuple[str, ...] = ()
+    is_admin: bool = False
+
+    @property
+    def viewer(self) -> Viewer:
+        return Viewer(project_id=self.project_id, is_admin=self.is_admin)

@@ -1,0 +1,129 @@
+"""Table definitions. Migrations under ``migrations/`` create exactly these; a test
+compares the two."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Annotated, Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, MetaData, String, Text
+from sqlalchemy import UniqueConstraint
+from sqlalchemy.dialects import mysql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Stable constraint names, so Alembic migrations can refer to them on every database.
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+str36 = Annotated[str, 36]
+str255 = Annotated[str, 255]
+# MySQL/MariaDB compare case-insensitively by default; names, tags and properties are
+# exact-match (and "Ubuntu" and "ubuntu" are two different tags).
+_VARCHAR255 = String(255).with_variant(mysql.VARCHAR(255, collation="utf8mb4_bin"), "mysql", "mariadb")
+timestamp = Annotated[datetime.datetime, "timestamp"]
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {
+        str36: String(36),
+        str255: _VARCHAR255,
+        timestamp: DateTime(),
+        dict[str, Any]: JSON(),
+    }
+
+
+class ImageRow(Base):
+    __tablename__ = "images"
+
+    id: Mapped[str36] = mapped_column(primary_key=True)
+    name: Mapped[str255 | None]
+    status: Mapped[str] = mapped_column(String(30))
+    visibility: Mapped[str] = mapped_column(String(30))
+    protected: Mapped[bool] = mapped_column(Boolean)
+    os_hidden: Mapped[bool] = mapped_column(Boolean)
+    owner: Mapped[str255 | None]
+    disk_format: Mapped[str | None] = mapped_column(String(20))
+    container_format: Mapped[str | None] = mapped_column(String(20))
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    virtual_size: Mapped[int | None] = mapped_column(BigInteger)
+    checksum: Mapped[str | None] = mapped_column(String(32))
+    os_hash_algo: Mapped[str | None] = mapped_column(String(64))
+    os_hash_value: Mapped[str | None] = mapped_column(String(128))
+    min_disk: Mapped[int] = mapped_column(Integer)
+    min_ram: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[timestamp]
+    updated_at: Mapped[timestamp]
+    deleted_at: Mapped[timestamp | None]
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    version: Mapped[int] = mapped_column(Integer)
+    # The process that is writing this image's data, and until when its claim holds.
+    upload_worker: Mapped[str255 | None]
+    upload_lease: Mapped[timestamp | None]
+
+    properties: Mapped[list["PropertyRow"]] = relationship(lazy="raise", cascade="all, delete-orphan")
+    tags: Mapped[list["TagRow"]] = relationship(lazy="raise", cascade="all, delete-orphan")
+    locations: Mapped[list["LocationRow"]] = relationship(
+        lazy="raise", cascade="all, delete-orphan", order_by="LocationRow.position"
+    )
+
+    __table_args__ = (
+        Index(None, "status"),
+        Index(None, "owner"),
+        Index(None, "created_at", "id"),
+        Index(None, "visibility"),
+    )
+
+
+class PropertyRow(Base):
+    __tablename__ = "image_properties"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    image_id: Mapped[str36] = mapped_column(ForeignKey("images.id"))
+    name: Mapped[str255]
+    value: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (UniqueConstraint("image_id", "name"), Index(None, "name"))
+
+
+class TagRow(Base):
+    __tablename__ = "image_tags"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    image_id: Mapped[str36] = mapped_column(ForeignKey("images.id"))
+    value: Mapped[str255]
+
+    __table_args__ = (UniqueConstraint("image_id", "value"), Index(None, "value"))
+
+
+class LocationRow(Base):
+    __tablename__ = "image_locations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    image_id: Mapped[str36] = mapped_column(ForeignKey("images.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    store: Mapped[str255]
+    uri: Mapped[str] = mapped_column(Text)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(30))
+    meta: Mapped[dict[str, Any]]
+
+
+class MemberRow(Base):
+    __tablename__ = "image_members"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    image_id: Mapped[str36] = mapped_column(ForeignKey("images.id"), index=True)
+    member: Mapped[str255]
+    status: Mapped[str] = mapped_column(String(20))
+    can_share: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[timestamp]
+    updated_at: Mapped[timestamp]
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (UniqueConstraint("image_id", "member"), Index(None, "member"))

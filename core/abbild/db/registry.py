@@ -1,0 +1,368 @@
+"""The ``sql`` registry: image metadata in SQLite (default), MariaDB/MySQL or PostgreSQL."""
+
+from __future__ import annotations
+
+import contextlib
+
+import logging
+import time
+
+from sqlalchemy import and_, create_engine, delete, event, exists, false, insert, or_, select, true, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from abbild.db.models import ImageRow, LocationRow, MemberRow, PropertyRow, TagRow
+from abbild.errors import ConcurrentUpdate, DuplicateImage, ImageNotFound, Invalid, RegistryUnavailable
+from abbild.image import Image, Location, Status, utcnow
+from abbild.registry import ImageFilters, Registry, Viewer
+
+LOG = logging.getLogger(__name__)
+
+_SCALARS = (
+    "name", "status", "visibility", "protected", "os_hidden", "owner", "disk_format", "container_format",
+    "size", "virtual_size", "checksum", "os_hash_algo", "os_hash_value", "min_disk", "min_ram",
+    "created_at", "updated_at", "deleted_at", "upload_worker", "upload_lease",
+)  # fmt: skip
+_NULLABLE_SORT_KEYS = {"name", "container_format", "disk_format", "size"}
+_HIDDEN_STATUSES = (Status.DELETED.value, Status.KILLED.value)
+
+
+def make_engine(url: str, pool_size: int = 10):
+    """An engine tuned per database: SQLite gets WAL, a busy timeout and write
+    transactions that take the write lock up front (BEGIN IMMEDIATE), so concurrent
+    writers queue instead of failing with "database is locked"."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_conn, _record):
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("abbild_write") else "BEGIN")
+
+        return engine
+    kwargs = {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": pool_size, "pool_recycle": 3600}
+    if url.startswith("mysql") or url.startswith("mariadb"):
+        kwargs["isolation_level"] = "READ COMMITTED"
+    return create_engine(url, **kwargs)
+
+
+def _retryable(exc: DBAPIError) -> bool:
+    """Deadlocks and lock timeouts: the whole transaction may simply run again."""
+    code = getattr(exc.orig, "args", [None])[0]
+    if code in (1205, 1213):  # MySQL lock wait timeout, deadlock
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return sqlstate in ("40001", "40P01")  # PostgreSQL serialization failure, deadlock
+
+
+class SQLRegistry(Registry):
+    def __init__(self, conf=None, *, url: str | None = None, pool_size: int = 10) -> None:
+        if url is None:
+            url, pool_size = conf.database.connection, conf.database.pool_size
+        self.url = url
+        self.engine = make_engine(url, pool_size)
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        self._write = sessionmaker(self.engine.execution_options(abbild_write=True), expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- sessions ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _reading(self):
+        try:
+            with self._read() as session:
+                yield session
+        except OperationalError as exc:
+            raise RegistryUnavailable(str(exc.orig)) from exc
+
+    def _writing(self, work):
+        """Run ``work(session)`` in a write transaction, again if the database chose
+        it as a deadlock victim."""
+        for attempt in range(5):
+            try:
+                with self._write() as session, session.begin():
+                    return work(session)
+            except DBAPIError as exc:
+                if isinstance(exc, IntegrityError) or not _retryable(exc) or attempt == 4:
+                    if isinstance(exc, OperationalError) and not _retryable(exc):
+                        raise RegistryUnavailable(str(exc.orig)) from exc
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+
+    # -- images -----------------------------------------------------------------------
+
+    def create_image(self, image: Image) -> Image:
+        image = image.copy()
+        image.created_at = image.updated_at = utcnow()
+        image.version = 1
+
+        def work(session: Session):
+            session.execute(insert(ImageRow).values(id=image.id, deleted=False, version=1, **_columns(image)))
+            _write_children(session, image, None)
+
+        try:
+            self._writing(work)
+        except IntegrityError as exc:
+            with self._reading() as session:
+                if session.get(ImageRow, image.id) is not None:
+                    raise DuplicateImage(image.id) from exc
+            raise
+        return image
+
+    def get_image(self, image_id: str, *, include_deleted: bool = False) -> Image:
+        with self._reading() as session:
+            row = session.scalars(_with_children(select(ImageRow).where(ImageRow.id == image_id))).first()
+            if row is None or (row.deleted and not include_deleted):
+                raise ImageNotFound(image_id)
+            return _to_image(row)
+
+    def save_image(self, image: Image) -> Image:
+        saved = image.copy()
+        saved.updated_at = max(utcnow(), image.updated_at)
+        saved.version = image.version + 1
+        if saved.status is Status.DELETED and saved.deleted_at is None:
+            saved.deleted_at = saved.updated_at
+
+        def work(session: Session):
+            result = session.execute(
+                update(ImageRow)
+                .where(ImageRow.id == image.id, ImageRow.version == image.version, ImageRow.deleted == false())
+                .values(version=saved.version, deleted=saved.status is Status.DELETED, **_columns(saved))
+            )
+            if result.rowcount != 1:
+                if session.get(ImageRow, image.id) is None:
+                    raise ImageNotFound(image.id)
+                raise ConcurrentUpdate(image.id)
+            # Our UPDATE holds the row lock until commit, so the children are ours too.
+            _write_children(session, saved, _load_children(session, image.id))
+
+        self._writing(work)
+        return saved
+
+    def images_in_status(self, status: str) -> list[Image]:
+        with self._reading() as session:
+            rows = session.scalars(
+                _with_children(select(ImageRow).where(ImageRow.status == status, ImageRow.deleted == false()))
+            )
+            return [_to_image(r) for r in rows]
+
+    def list_images(self, filters: ImageFilters, sort, limit, marker=None, viewer: Viewer | None = None):
+        with self._reading() as session:
+            query = select(ImageRow).where(ImageRow.deleted == false(), ImageRow.status.not_in(_HIDDEN_STATUSES))
+            query = query.where(*_visibility_conditions(filters, viewer or Viewer(is_admin=True)))
+            query = query.where(*_filter_conditions(filters))
+            keys = _sort_keys(sort)
+            if marker is not None:
+                marker_row = session.get(ImageRow, marker)
+                if marker_row is None or marker_row.deleted:
+                    raise Invalid(f"Invalid marker {marker}: no image with that ID")
+                query = query.where(_after(keys, marker_row))
+            for column, direction in keys:
+                if column.key in _NULLABLE_SORT_KEYS:
+                    # NULL sorts as the smallest value, on every database.
+                    query = query.order_by(column.is_(None).desc() if direction == "asc" else column.is_(None).asc())
+                query = query.order_by(column.asc() if direction == "asc" else column.desc())
+            rows = session.scalars(_with_children(query.limit(limit))).all()
+            return [_to_image(r) for r in rows]
+
+
+# -- row <-> image ------------------------------------------------------------------------
+
+
+def _columns(image: Image) -> dict:
+    values = {name: getattr(image, name) for name in _SCALARS}
+    values["status"] = Status(image.status).value
+    return values
+
+
+def _with_children(query):
+    return query.options(
+        selectinload(ImageRow.properties), selectinload(ImageRow.tags), selectinload(ImageRow.locations)
+    )
+
+
+def _to_image(row: ImageRow) -> Image:
+    values = {name: getattr(row, name) for name in _SCALARS}
+    values["status"] = Status(row.status)
+    return Image(
+        id=row.id,
+        version=row.version,
+        properties={p.name: p.value for p in row.properties},
+        tags={t.value for t in row.tags},
+        locations=[Location(l.store, l.uri, l.size, l.status, dict(l.meta or {})) for l in row.locations],
+        **values,
+    )
+
+
+def _load_children(session: Session, image_id: str):
+    props = {n: v for n, v in session.execute(select(PropertyRow.name, PropertyRow.value).where(PropertyRow.image_id == image_id))}
+    tags = set(session.scalars(select(TagRow.value).where(TagRow.image_id == image_id)))
+    locations = [
+        Location(l.store, l.uri, l.size, l.status, dict(l.meta or {}))
+        for l in session.scalars(
+            select(LocationRow).where(LocationRow.image_id == image_id).order_by(LocationRow.position)
+        )
+    ]
+    return props, tags, locations
+
+
+def _write_children(session: Session, image: Image, old) -> None:
+    """Write the difference between *old* children and the image's; None = all new."""
+    old_props, old_tags, old_locations = old or ({}, set(), [])
+    gone = [name for name in old_props if name not in image.properties]
+    if gone:
+        session.execute(delete(PropertyRow).where(PropertyRow.image_id == image.id, PropertyRow.name.in_(gone)))
+    for name, value in image.properties.items():
+        if name in old_props and old_props[name] != value:
+            session.execute(
+                update(PropertyRow).where(PropertyRow.image_id == image.id, PropertyRow.name == name).values(value=value)
+            )
+    new_props = [{"image_id": image.id, "name": n, "value": v} for n, v in image.properties.items() if n not in old_props]
+    if new_props:
+        session.execute(insert(PropertyRow), new_props)
+
+    if old_tags - image.tags:
+        session.execute(delete(TagRow).where(TagRow.image_id == image.id, TagRow.value.in_(old_tags - image.tags)))
+    if image.tags - old_tags:
+        session.execute(insert(TagRow), [{"image_id": image.id, "value": t} for t in image.tags - old_tags])
+
+    if image.locations != old_locations:
+        session.execute(delete(LocationRow).where(LocationRow.image_id == image.id))
+        if image.locations:
+            session.execute(
+                insert(LocationRow),
+                [
+                    {"image_id": image.id, "position": i, "store": l.store, "uri": l.uri, "size": l.size,
+                     "status": l.status, "meta": l.metadata}  # fmt: skip
+                    for i, l in enumerate(image.locations)
+                ],
+            )
+
+
+# -- list queries -------------------------------------------------------------------------
+
+
+def _visibility_conditions(filters: ImageFilters, viewer: Viewer) -> list:
+    conditions = []
+    if filters.visibility not in (None, "all"):
+        conditions.append(ImageRow.visibility == filters.visibility)
+    if viewer.is_admin:
+        return conditions
+    project = viewer.project_id
+    member = exists().where(
+        MemberRow.image_id == ImageRow.id,
+        MemberRow.member == project,
+        MemberRow.deleted == false(),
+        *([] if filters.member_status == "all" else [MemberRow.status == filters.member_status]),
+    )
+    visible = or_(
+        ImageRow.visibility.in_(("public", "community")),
+        ImageRow.owner == project,
+        ImageRow.owner.is_(None),
+        and_(ImageRow.visibility == "shared", member),
+    )
+    conditions.append(visible)
+    if filters.visibility is None:
+        # Community images stay out of default lists unless they are the caller's own.
+        conditions.append(or_(ImageRow.visibility != "community", ImageRow.owner == project))
+    return conditions
+
+
+_TIME_OPS = {
+    "gt": lambda c, v: c > v,
+    "gte": lambda c, v: c >= v,
+    "eq": lambda c, v: c == v,
+    "neq": lambda c, v: c != v,
+    "lt": lambda c, v: c < v,
+    "lte": lambda c, v: c <= v,
+}
+
+
+def _filter_conditions(filters: ImageFilters) -> list:
+    c = []
+    for name, values in filters.values.items():
+        c.append(getattr(ImageRow, name).in_(values))
+    if filters.owner is not None:
+        c.append(ImageRow.owner == filters.owner)
+    if filters.size_min is not None:
+        c.append(ImageRow.size >= filters.size_min)
+    if filters.size_max is not None:
+        c.append(ImageRow.size <= filters.size_max)
+    if filters.checksum is not None:
+        c.append(ImageRow.checksum == filters.checksum)
+    if filters.os_hash_value is not None:
+        c.append(ImageRow.os_hash_value == filters.os_hash_value)
+    if filters.protected is not None:
+        c.append(ImageRow.protected == (true() if filters.protected else false()))
+    if filters.os_hidden is not None:
+        c.append(ImageRow.os_hidden == (true() if filters.os_hidden else false()))
+    for name, op, value in filters.times:
+        c.append(_TIME_OPS[op](getattr(ImageRow, name), value))
+    for tag in filters.tags:
+        c.append(exists().where(TagRow.image_id == ImageRow.id, TagRow.value == tag))
+    for name, value in filters.properties.items():
+        c.append(
+            exists().where(PropertyRow.image_id == ImageRow.id, PropertyRow.name == name, PropertyRow.value == value)
+        )
+    return c
+
+
+def _sort_keys(sort: list[tuple[str, str]]):
+    keys = [(getattr(ImageRow, key), direction) for key, direction in sort]
+    default_dir = sort[0][1] if sort else "desc"
+    names = {key for key, _ in sort}
+    for tiebreak in ("created_at", "id"):
+        if tiebreak not in names:
+            keys.append((getattr(ImageRow, tiebreak), default_dir))
+    return keys
+
+
+def _after(keys, marker: ImageRow):
+    """Rows that sort strictly after *marker*, for keyset paging, with NULL as the
+    smallest value of a column."""
+    clauses = []
+    equal_so_far = []
+    for column, direction in keys:
+        value = getattr(marker, column.key)
+        if value is None:
+            after = column.is_not(None) if direction == "asc" else false()
+            same = column.is_(None)
+        else:
+            after = column > value if direction == "asc" else or_(column < value, column.is_(None))
+            same = column == value
+        clauses.append(and_(*equal_so_far, after))
+        equal_so_far.append(same)
+    return or_(*clauses)
+
+
+
+
+def prepare_schema(registry: SQLRegistry) -> None:
+    """Make sure the database schema is current before serving.
+
+    The embedded SQLite database is upgraded in place; a server database must be
+    upgraded by the operator (``abbild db sync``), who may want a backup first.
+    """
+    from abbild.db import migrate
+    from abbild.errors import ConfigError
+
+    current, head = migrate.current(registry.engine), migrate.head()
+    if current == head:
+        return
+    if registry.url.startswith("sqlite"):
+        migrate.sync(registry.engine)
+        return
+    raise ConfigError(
+        f"the database schema is at revision {current or 'none'}, this abbild needs {head}: "
+        f"run 'abbild db sync' (with the same config file) first"
+    )

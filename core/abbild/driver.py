@@ -1,0 +1,115 @@
+"""The store driver interface. One driver instance serves one configured store."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+from collections.abc import Iterable, Iterator
+from typing import IO, ClassVar
+
+from oslo_config import cfg
+
+
+class Capability(enum.Flag):
+    """What a store can do. The class attribute is the upper bound; ``configure()``
+    returns the effective set (a datadir that is not writable drops WRITE and DELETE)."""
+
+    NONE = 0
+    READ = enum.auto()
+    WRITE = enum.auto()
+    DELETE = enum.auto()
+    RANGE_READ = enum.auto()
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredObject:
+    """What ``put`` returns. Checksums are the core's business, not the driver's."""
+
+    uri: str
+    size: int
+    extra: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+class Driver(abc.ABC):
+    """Base class for storage drivers.
+
+    A driver sees keys, bytes and URIs; never image metadata, the registry, hooks or
+    the request. Its options live in the config group named after the store.
+    """
+
+    #: URI schemes this driver writes and accepts.
+    schemes: ClassVar[tuple[str, ...]] = ()
+    #: Upper bound of what the driver can do.
+    capabilities: ClassVar[Capability] = Capability.READ
+    #: Options registered into the store's own config group.
+    options: ClassVar[list[cfg.Opt]] = []
+
+    def __init__(self, store_name: str, conf) -> None:
+        """:param conf: the store's option group (``conf[store_name]``)."""
+        self.store_name = store_name
+        self.conf = conf
+
+    def configure(self) -> Capability:
+        """Validate the configuration and prepare the backend.
+
+        :returns: the effective capabilities.
+        :raises abbild.errors.ConfigError: the store cannot work as configured.
+        """
+        return type(self).capabilities
+
+    def check(self) -> str:
+        """Say whether the backend is reachable (and writable, where it should be).
+
+        :returns: a short human-readable status line.
+        :raises abbild.errors.StoreError: it is not.
+        """
+        return "ok"
+
+    @abc.abstractmethod
+    def get(self, uri: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        """Stream the object at *uri*.
+
+        :param offset: first byte to return; non-zero only if the store has RANGE_READ.
+        :param length: number of bytes to return, or ``None`` for "to the end".
+        :returns: a generator of non-empty ``bytes`` chunks. Closing it early must
+            release any connection or file handle.
+        :raises abbild.errors.NotFound: no object at *uri*.
+        """
+
+    @abc.abstractmethod
+    def size(self, uri: str) -> int:
+        """:raises abbild.errors.NotFound: no object at *uri*."""
+
+    def put(self, key: str, chunks: Iterable[bytes], size: int | None) -> StoredObject:
+        """Store the bytes of *chunks* under *key*, durably, before returning.
+
+        :param size: the declared size, or ``None`` when unknown (chunked uploads).
+            The core enforces it; a driver may use it to choose a strategy.
+        :raises abbild.errors.AlreadyExists: *key* is taken.
+        :raises abbild.errors.StoreFull: out of space.
+
+        Whatever the iterator raises propagates after the driver removed its partial
+        data: a failed put leaves nothing behind.
+        """
+        raise NotImplementedError
+
+    def delete(self, uri: str) -> None:
+        """:raises abbild.errors.NotFound: no object at *uri*.
+        :raises abbild.errors.InUse: the backend refuses because something depends on it."""
+        raise NotImplementedError
+
+    def discard(self, key: str) -> None:
+        """Remove whatever a ``put(key, ...)`` that never finished may have left behind,
+        complete or partial. Called during crash recovery for uploads whose process died;
+        no error when there is nothing. The default does nothing (drivers that write
+        atomically in one request have nothing to clean)."""
+
+    def open_local(self, uri: str) -> IO[bytes] | None:
+        """Return a real file opened for reading at *uri*, so the WSGI server can
+        ``sendfile`` it, or ``None`` when the store has no local file. Optional."""
+        return None
+
+    def properties(self) -> dict[str, object]:
+        """Store properties shown by ``/v2/info/stores/detail``."""
+        return {}

@@ -1,0 +1,112 @@
+"""Core options, and ``list_opts()`` for oslo-config-generator."""
+
+from __future__ import annotations
+
+from oslo_config import cfg
+
+store_opts = [
+    cfg.DictOpt(
+        "enabled_backends",
+        default={"local": "filesystem"},
+        help="Stores this service uses, as ``name:driver`` pairs, for example "
+        "``fast:rbd, local:filesystem``. Each name gets its own config group holding "
+        "that store's options. The driver is the entry-point name of an installed "
+        "store driver (``abbild stores`` lists them).\n\n"
+        "Related options: default_backend",
+    ),
+    cfg.StrOpt(
+        "default_backend",
+        default="local",
+        help="Name of the store (a key of enabled_backends) that receives uploads "
+        "unless the client asks for another one.",
+    ),
+]
+
+# Options every store has, whatever its driver; registered into each store's group.
+common_store_opts = [
+    cfg.StrOpt("description", default="", help="Shown to users in /v2/info/stores."),
+    cfg.IntOpt(
+        "weight",
+        default=0,
+        help="Downloads try the locations of higher-weight stores first.",
+    ),
+]
+
+image_opts = [
+    cfg.IntOpt(
+        "image_size_cap",
+        default=1 << 40,
+        min=0,
+        max=(1 << 63) - 1,
+        help="Largest image, in bytes, that an upload may write (default 1 TiB). "
+        "Larger uploads are cut off with 413 and leave no data behind.",
+    ),
+    cfg.StrOpt(
+        "hashing_algorithm",
+        default="sha512",
+        help="hashlib algorithm for os_hash_value, computed on every upload next to "
+        "the legacy md5 checksum.",
+    ),
+    cfg.IntOpt("limit_param_default", default=25, min=1, help="Default page size of image lists."),
+    cfg.IntOpt("api_limit_max", default=1000, min=1, help="Largest page size a client may ask for."),
+    cfg.StrOpt(
+        "public_endpoint",
+        help="URL clients reach this service at, used in the versions document. "
+        "Default: the URL of the request.",
+    ),
+    cfg.IntOpt(
+        "upload_lease_seconds",
+        default=300,
+        min=10,
+        help="An upload in progress renews its lease in the registry while bytes flow. "
+        "An image left in 'saving' whose lease is older than this (its process died) is "
+        "returned to 'queued' and its partial data removed.",
+    ),
+]
+
+registry_opts = [
+    cfg.StrOpt(
+        "registry",
+        default="sql",
+        help="Where image metadata lives: ``sql`` (this process talks to the database "
+        "directly) or the name of another installed registry driver.",
+    ),
+]
+
+database_opts = [
+    cfg.StrOpt(
+        "connection",
+        default="sqlite:////var/lib/abbild/abbild.sqlite",
+        secret=True,
+        help="SQLAlchemy URL of the metadata database, for example "
+        "``mysql+pymysql://abbild:secret@db/abbild`` or "
+        "``postgresql+psycopg://abbild:secret@db/abbild``.",
+    ),
+    cfg.IntOpt("pool_size", default=10, min=1, help="Connections kept open per process."),
+]
+
+paste_opts = [
+    cfg.StrOpt(
+        "flavor",
+        default="noauth",
+        help="Pipeline flavour from abbild-api-paste.ini: ``noauth`` (everyone is an "
+        "administrator; for local use only).",
+    ),
+    cfg.StrOpt("config_file", help="Paste ini file; default: the one shipped with abbild."),
+]
+
+RESERVED_GROUPS = frozenset({"DEFAULT", "database", "paste_deploy", "registry", "abbild"})
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_opts(store_opts + image_opts + registry_opts)
+    conf.register_opts(database_opts, group="database")
+    conf.register_opts(paste_opts, group="paste_deploy")
+
+
+def list_opts():
+    return [
+        ("DEFAULT", store_opts + image_opts + registry_opts),
+        ("database", database_opts),
+        ("paste_deploy", paste_opts),
+    ]

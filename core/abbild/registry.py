@@ -1,0 +1,111 @@
+"""The registry interface: where image metadata lives.
+
+Implementations are found through the ``abbild.registries`` entry points: ``sql``
+(the database, directly) and, later, ``http`` (the private registry service).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import datetime
+from collections.abc import Callable
+
+from abbild.errors import ConcurrentUpdate
+from abbild.image import Image
+
+#: Columns a list may be sorted by.
+SORT_KEYS = ("name", "status", "container_format", "disk_format", "size", "id", "created_at", "updated_at")
+#: Columns that accept exact or ``in:`` matches.
+IN_FILTERS = ("name", "id", "status", "container_format", "disk_format")
+TIME_OPERATORS = ("gt", "gte", "eq", "neq", "lt", "lte")
+
+
+@dataclasses.dataclass
+class Viewer:
+    """Who is asking: decides which images exist for them. ``None`` project with
+    ``is_admin`` is the noauth administrator."""
+
+    project_id: str | None = None
+    is_admin: bool = False
+
+
+@dataclasses.dataclass
+class ImageFilters:
+    """Validated list filters (the API turns query strings into this)."""
+
+    values: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # column -> allowed values
+    visibility: str | None = None  # None: the default scoping; "all": no visibility filter
+    member_status: str = "accepted"
+    owner: str | None = None
+    size_min: int | None = None
+    size_max: int | None = None
+    checksum: str | None = None
+    os_hash_value: str | None = None
+    tags: list[str] = dataclasses.field(default_factory=list)
+    protected: bool | None = None
+    os_hidden: bool | None = False
+    times: list[tuple[str, str, datetime.datetime]] = dataclasses.field(default_factory=list)
+    properties: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+class Registry(abc.ABC):
+    """Image metadata storage. Every write is a compare-and-swap on ``Image.version``,
+    so two writers never silently overwrite each other."""
+
+    @abc.abstractmethod
+    def create_image(self, image: Image) -> Image:
+        """:raises abbild.errors.DuplicateImage: the id is taken (deleted images keep theirs)."""
+
+    @abc.abstractmethod
+    def get_image(self, image_id: str, *, include_deleted: bool = False) -> Image:
+        """:raises abbild.errors.ImageNotFound:"""
+
+    @abc.abstractmethod
+    def list_images(
+        self,
+        filters: ImageFilters,
+        sort: list[tuple[str, str]],
+        limit: int,
+        marker: str | None = None,
+        viewer: Viewer | None = None,
+    ) -> list[Image]:
+        """One page of the images *viewer* may see, never deleted or killed ones.
+
+        :param sort: ``(key, "asc"|"desc")`` pairs; ``created_at`` and ``id`` are
+            appended as tie-breakers.
+        :param marker: id of the last image of the previous page.
+        :raises abbild.errors.Invalid: unknown marker.
+        """
+
+    @abc.abstractmethod
+    def save_image(self, image: Image) -> Image:
+        """Write *image* if nobody changed it since it was read (``image.version``).
+
+        :returns: the stored image, with its new version and ``updated_at``.
+        :raises abbild.errors.ConcurrentUpdate: the stored version differs.
+        :raises abbild.errors.ImageNotFound:
+        """
+
+    @abc.abstractmethod
+    def images_in_status(self, status: str) -> list[Image]:
+        """Every (not deleted) image in *status*, for recovery and periodic jobs."""
+
+    def update_image(self, image_id: str, change: Callable[[Image], None], *, attempts: int = 20) -> Image:
+        """Apply *change* to the current image and save it, atomically.
+
+        *change* mutates the image it is given (or raises to abort). On a concurrent
+        modification it runs again on the fresh image, so changes always apply to the
+        latest state and none is lost.
+        """
+        for _ in range(attempts):
+            image = self.get_image(image_id)
+            change(image)
+            try:
+                return self.save_image(image)
+            except ConcurrentUpdate:
+                continue
+        raise ConcurrentUpdate(image_id)
+
+    def close(self) -> None:
+        """Release connections."""

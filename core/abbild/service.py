@@ -1,0 +1,390 @@
+"""Image operations that span the registry, the stores and the hooks: the one place
+that knows the order of an upload, a download and a delete (DESIGN.md section 3)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterable, Iterator
+
+from abbild.driver import StoredObject
+from abbild.errors import (
+    Conflict,
+    Forbidden,
+    ImageNotFound,
+    InvalidTransition,
+    NotFound,
+    StoreError,
+    UnsupportedOperation,
+)
+from abbild.image import Image, Location, Status, utcnow
+from abbild.plugins import get_plugin_manager, notify
+from abbild.registry import ImageFilters, Registry, Viewer
+from abbild.streams import ImageStream
+from abbild.stores import Store, StoreManager
+
+LOG = logging.getLogger(__name__)
+
+
+def load_registry(conf) -> Registry:
+    """The registry driver named by ``[DEFAULT] registry``, ready to serve."""
+    from stevedore import driver as stevedore_driver
+    from stevedore.exception import NoMatches
+
+    from abbild.errors import ConfigError
+
+    try:
+        cls = stevedore_driver.DriverManager("abbild.registries", conf.registry).driver
+    except NoMatches:
+        raise ConfigError(f"no registry driver named {conf.registry!r} is installed; use 'sql'") from None
+    registry = cls(conf)
+    if conf.registry == "sql":
+        from abbild.db.registry import prepare_schema
+
+        prepare_schema(registry)
+    return registry
+
+
+class Gone(Conflict):
+    """The image was deleted while its data was being written (HTTP 410)."""
+
+    def __init__(self, image_id: str) -> None:
+        self.image_id = image_id
+        Exception.__init__(self, f"Image {image_id} was deleted during the upload; its data was removed")
+
+
+def _process_start_ticks(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            # The command name may contain spaces; fields after the last ')' are fixed.
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def worker_identity(pid: int | None = None) -> str:
+    """``host:pid:start-time``: unique per process, even when a pid is reused."""
+    pid = pid or os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_process_start_ticks(pid)}"
+
+
+def worker_alive(identity: str) -> bool | None:
+    """True/False for a worker on this host; None when it runs elsewhere (only its
+    lease can tell)."""
+    host, _, rest = identity.partition(":")
+    if host != socket.gethostname():
+        return None
+    pid, _, ticks = rest.partition(":")
+    return pid.isdigit() and _process_start_ticks(int(pid)) == ticks
+
+
+def can_see(image: Image, viewer: Viewer) -> bool:
+    if viewer.is_admin or image.owner is None or image.owner == viewer.project_id:
+        return True
+    return image.visibility in ("public", "community")
+
+
+@dataclasses.dataclass
+class Download:
+    """What a download will send: the image, where from, and how."""
+
+    image: Image
+    store: Store
+    location: Location
+    length: int
+    chunks: Iterator[bytes] | None = None
+    file: object | None = None  # a real file positioned at the offset, for sendfile
+
+
+class ImageService:
+    def __init__(self, conf, registry: Registry, stores: StoreManager, plugins) -> None:
+        self.conf = conf
+        self.registry = registry
+        self.stores = stores
+        self.plugins = plugins
+        self.worker = worker_identity()
+
+    @classmethod
+    def from_config(cls, conf) -> "ImageService":
+        """Build the registry, the stores and the plugins from *conf*, then recover
+        uploads that a dead process left behind.
+
+        :raises abbild.errors.ConfigError: anything that cannot work, named.
+        """
+        registry = load_registry(conf)
+        stores = StoreManager(conf)
+        plugins = get_plugin_manager()
+        plugins.hook.abbild_configure.call_historic(kwargs={"conf": conf})
+        service = cls(conf, registry, stores, plugins)
+        service.recover_interrupted_uploads()
+        return service
+
+    # -- metadata ---------------------------------------------------------------------
+
+    def get(self, image_id: str, viewer: Viewer) -> Image:
+        image = self.registry.get_image(image_id)
+        if not can_see(image, viewer):
+            raise ImageNotFound(image_id)  # never 403: that would confirm it exists
+        return image
+
+    def list(self, filters: ImageFilters, sort, limit: int, marker: str | None, viewer: Viewer) -> list[Image]:
+        if marker is not None:
+            self.get(marker, viewer)  # an invisible marker is as unknown as a missing one
+        return self.registry.list_images(filters, sort, limit, marker, viewer)
+
+    def create(self, image: Image) -> Image:
+        image = self.registry.create_image(image)
+        notify(self.plugins, "abbild_image_created", image=image)
+        return image
+
+    def update(self, image_id: str, change: Callable[[Image], None], viewer: Viewer) -> Image:
+        self.get(image_id, viewer)
+        image = self.registry.update_image(image_id, change)
+        notify(self.plugins, "abbild_image_updated", image=image)
+        return image
+
+    def set_active(self, image_id: str, active: bool, viewer: Viewer) -> Image:
+        """Deactivate (``active=False``) or reactivate; a no-op when already there."""
+        target = Status.ACTIVE if active else Status.DEACTIVATED
+        source = Status.DEACTIVATED if active else Status.ACTIVE
+        changed = False
+
+        def change(image: Image) -> None:
+            nonlocal changed
+            changed = image.status is source
+            if image.status not in (source, target):
+                verb = "reactivate" if active else "deactivate"
+                raise Forbidden(f"Not allowed to {verb} an image in status '{image.status}'")
+            if changed:
+                image.transition(target)
+
+        image = self.update(image_id, change, viewer)
+        if changed:
+            notify(self.plugins, "abbild_image_activated" if active else "abbild_image_deactivated", image=image)
+        return image
+
+    def delete(self, image_id: str, viewer: Viewer) -> None:
+        image = self.get(image_id, viewer)
+        if image.protected:
+            raise Forbidden(f"Image {image_id} is protected and cannot be deleted.")
+        if image.status is Status.SAVING and image.upload_worker:
+            LOG.info("deleting image %s while its upload runs on %s", image_id, image.upload_worker)
+        for location in image.locations:
+            store = self.stores.for_location(location.store)
+            if store is None:
+                LOG.warning("image %s: location in unknown store %r left in place", image_id, location.store)
+                continue
+            try:
+                store.delete(location.uri)
+            except NotFound:
+                pass
+            except UnsupportedOperation:
+                pass  # read-only stores (http) keep their data; we only forget the location
+
+        def change(current: Image) -> None:
+            if current.protected:
+                raise Forbidden(f"Image {image_id} is protected and cannot be deleted.")
+            current.locations = []
+            current.transition(Status.DELETED)
+
+        deleted = self.registry.update_image(image_id, change)
+        notify(self.plugins, "abbild_image_deleted", image=deleted)
+
+    # -- data ---------------------------------------------------------------------------
+
+    def upload(
+        self,
+        image_id: str,
+        chunks: Iterable[bytes],
+        *,
+        declared_size: int | None,
+        viewer: Viewer,
+        store_name: str | None = None,
+    ) -> Image:
+        """Stream *chunks* into a store and activate the image.
+
+        The image is claimed (``queued`` -> ``saving``) with a compare-and-swap, so a
+        second concurrent upload fails with 409. On any failure the partial data is
+        removed and the image returns to ``queued``; it becomes ``active`` only after
+        the store acknowledged every byte.
+        """
+        image = self.get(image_id, viewer)
+        store = self._upload_store(image, store_name)
+        self._claim(image_id)
+        stream = ImageStream(
+            chunks,
+            hash_algo=self.conf.hashing_algorithm,
+            max_size=self.conf.image_size_cap,
+            declared_size=declared_size,
+            on_progress=lambda _n: self._renew_lease(image_id),
+        )
+        try:
+            stored = store.put(image_id, stream, declared_size)
+        except BaseException as exc:
+            self._release(image_id, exc)
+            raise
+        try:
+            image = self.registry.update_image(image_id, lambda img: self._activate(img, store, stored, stream))
+        except BaseException as exc:
+            # The metadata never pointed at this data: remove it, or it is orphaned.
+            self._delete_quietly(store, stored.uri)
+            if isinstance(exc, (ImageNotFound, InvalidTransition)):
+                raise Gone(image_id) from exc
+            self._release(image_id, exc)
+            raise
+        location = image.locations[-1]
+        notify(self.plugins, "abbild_image_uploaded", image=image, location=location)
+        notify(self.plugins, "abbild_image_activated", image=image)
+        return image
+
+    def _upload_store(self, image: Image, store_name: str | None) -> Store:
+        if store_name is None:
+            writable = {s.name: s for s in self.stores if not s.read_only}
+            store_name = self.plugins.hook.abbild_select_store(image=image, stores=writable)
+            if store_name is None:
+                raise UnsupportedOperation(self.stores.default.name, "writing (no writable store)")
+        store = self.stores[store_name]
+        if store.read_only:
+            raise UnsupportedOperation(store.name, "writing")
+        return store
+
+    def _claim(self, image_id: str) -> None:
+        def change(image: Image) -> None:
+            if image.status is not Status.QUEUED:
+                raise Conflict(
+                    f"Image {image_id} has status '{image.status}'; data can only be uploaded to a 'queued' image"
+                )
+            image.transition(Status.SAVING)
+            image.upload_worker = self.worker
+            image.upload_lease = self._lease_expiry()
+
+        self.registry.update_image(image_id, change)
+
+    def _lease_expiry(self) -> datetime.datetime:
+        return utcnow() + datetime.timedelta(seconds=self.conf.upload_lease_seconds)
+
+    def _ours(self, image: Image) -> bool:
+        return image.status is Status.SAVING and image.upload_worker == self.worker
+
+    def _renew_lease(self, image_id: str) -> None:
+        def change(image: Image) -> None:
+            if not self._ours(image):
+                raise Gone(image_id)
+            image.upload_lease = self._lease_expiry()
+
+        try:
+            self.registry.update_image(image_id, change)
+        except ImageNotFound:
+            raise Gone(image_id) from None
+
+    def _activate(self, image: Image, store: Store, stored: StoredObject, stream: ImageStream) -> None:
+        if not self._ours(image):
+            raise InvalidTransition(image.id, image.status.value, Status.ACTIVE.value)
+        image.size = stream.size
+        image.checksum = stream.checksum
+        image.os_hash_algo = stream.hash_algo
+        image.os_hash_value = stream.os_hash_value
+        image.locations.append(Location(store.name, stored.uri, stored.size, "active", dict(stored.extra)))
+        image.upload_worker = image.upload_lease = None
+        image.transition(Status.ACTIVE)
+
+    def _release(self, image_id: str, error: BaseException) -> None:
+        """Undo a claim after a failed upload: back to ``queued``, if still ours."""
+
+        def change(image: Image) -> None:
+            if self._ours(image):
+                image.transition(Status.QUEUED)
+                image.upload_worker = image.upload_lease = None
+
+        try:
+            image = self.registry.update_image(image_id, change)
+        except ImageNotFound:
+            return
+        except Exception:
+            LOG.exception("image %s: could not return it to 'queued' after a failed upload", image_id)
+            return
+        notify(self.plugins, "abbild_image_upload_failed", image=image, error=error)
+
+    @staticmethod
+    def _delete_quietly(store: Store, uri: str) -> None:
+        try:
+            store.delete(uri)
+        except NotFound:
+            pass
+        except Exception:
+            LOG.exception("could not remove orphaned data at %s in store %s", uri, store.name)
+
+    def download(self, image_id: str, viewer: Viewer, offset: int = 0, length: int | None = None,
+                 zero_copy: bool = False) -> Download | None:
+        """Open the image's data, trying its locations from the highest store weight down.
+
+        :returns: ``None`` when the image has no data.
+        :raises abbild.errors.Forbidden: deactivated, and the caller is no admin.
+        """
+        image = self.get(image_id, viewer)
+        if image.status is Status.DEACTIVATED and not viewer.is_admin:
+            raise Forbidden("The requested image has been deactivated. Image data download is forbidden.")
+        weights = {s.name: s.weight for s in self.stores}
+        locations = sorted(
+            (l for l in image.locations if l.status == "active" and l.store in weights),
+            key=lambda l: -weights[l.store],
+        )
+        if not locations:
+            return None
+        size = image.size if image.size is not None else locations[0].size
+        if length is None:
+            length = max(0, (size or 0) - offset)
+        error: Exception | None = None
+        for location in locations:
+            store = self.stores.for_location(location.store)
+            try:
+                if zero_copy and (f := store.open_local(location.uri)) is not None:
+                    f.seek(offset)
+                    return Download(image, store, location, length, file=f)
+                return Download(image, store, location, length, chunks=store.get(location.uri, offset, length))
+            except StoreError as exc:
+                LOG.warning("image %s: location in store %s failed: %s", image_id, store.name, exc)
+                error = exc
+        raise error
+
+    # -- recovery -----------------------------------------------------------------------
+
+    def recover_interrupted_uploads(self) -> list[str]:
+        """Return images left in ``saving`` by a dead process to ``queued`` and remove
+        whatever data their upload left behind.
+
+        Safe to run on every start of every worker: an upload whose process is alive on
+        this host, or whose lease (renewed while bytes flow) has not run out, is left
+        alone.
+        """
+        recovered = []
+        now = utcnow()
+        for image in self.registry.images_in_status(Status.SAVING.value):
+            if image.upload_worker == self.worker:
+                continue
+            alive = worker_alive(image.upload_worker or "")
+            if alive or (alive is None and image.upload_lease and image.upload_lease > now):
+                continue
+            claimed_by = image.upload_worker
+
+            def change(current: Image) -> None:
+                if current.status is not Status.SAVING or current.upload_worker != claimed_by:
+                    raise Conflict("the upload changed hands")
+                current.transition(Status.QUEUED)
+                current.upload_worker = current.upload_lease = None
+
+            try:
+                self.registry.update_image(image.id, change)
+            except (Conflict, ImageNotFound):
+                continue
+            for store in self.stores:
+                try:
+                    store.discard(image.id)
+                except StoreError:
+                    LOG.exception("image %s: could not discard partial data in store %s", image.id, store.name)
+            LOG.warning("image %s: upload by %s was interrupted; the image is queued again", image.id, claimed_by)
+            recovered.append(image.id)
+        return recovered

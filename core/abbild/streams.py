@@ -1,0 +1,134 @@
+"""Byte-stream wrappers: the upload path is hashed, counted and limited here, once,
+so that no driver ever does it."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO
+
+from abbild.errors import SizeLimitExceeded, SizeMismatch
+
+CHUNK_SIZE = 1 << 20  # 1 MiB: big enough for hashlib to release the GIL, small enough to stay flat in memory
+
+_DONE = object()
+
+
+def read_chunks(fileobj: IO[bytes], limit: int | None = None, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+    """Yield up to *limit* bytes (all, if ``None``) of *fileobj* in chunks."""
+    remaining = limit
+    while remaining is None or remaining > 0:
+        want = chunk_size if remaining is None else min(chunk_size, remaining)
+        chunk = fileobj.read(want)
+        if not chunk:
+            return
+        if remaining is not None:
+            remaining -= len(chunk)
+        yield chunk
+
+
+class _HashThread(threading.Thread):
+    """Feeds one hash object from a bounded queue. hashlib releases the GIL for large
+    buffers, so md5 and sha512 run on two cores instead of one after the other."""
+
+    def __init__(self, algorithm: str) -> None:
+        super().__init__(name=f"abbild-{algorithm}", daemon=True)
+        self.hash = hashlib.new(algorithm)
+        self.queue: queue.Queue = queue.Queue(maxsize=4)
+
+    def run(self) -> None:
+        update, get = self.hash.update, self.queue.get
+        while (chunk := get()) is not _DONE:
+            update(chunk)
+
+    def finish(self) -> str:
+        self.queue.put(_DONE)
+        self.join()
+        return self.hash.hexdigest()
+
+
+class ImageStream:
+    """Wraps the incoming chunks of an image upload.
+
+    Iterating yields the same chunks, unchanged, while it counts bytes, stops at
+    *max_size* (:class:`SizeLimitExceeded`) and at *declared_size*
+    (:class:`SizeMismatch`), and hashes md5 (the legacy ``checksum``) and
+    *hash_algo* (``os_hash_value``) on background threads. After the iterator is
+    exhausted, ``size``, ``checksum`` and ``os_hash_value`` hold the results.
+
+    :param on_progress: called with the byte count every *progress_every* bytes
+        (the upload heartbeat); its exceptions propagate and abort the upload.
+    """
+
+    def __init__(
+        self,
+        chunks: Iterable[bytes],
+        *,
+        hash_algo: str = "sha512",
+        max_size: int | None = None,
+        declared_size: int | None = None,
+        on_progress: Callable[[int], None] | None = None,
+        progress_every: int = 256 * CHUNK_SIZE,
+    ) -> None:
+        hashlib.new(hash_algo)  # unknown algorithms fail before any byte moves
+        self._chunks = chunks
+        self.hash_algo = hash_algo
+        self.max_size = max_size
+        self.declared_size = declared_size
+        self._on_progress = on_progress
+        self._progress_every = progress_every
+        self.size = 0
+        self.checksum: str | None = None
+        self.os_hash_value: str | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        threads = [_HashThread("md5"), _HashThread(self.hash_algo)]
+        for t in threads:
+            t.start()
+        next_progress = self._progress_every
+        try:
+            for chunk in self._chunks:
+                if not chunk:
+                    continue
+                self.size += len(chunk)
+                if self.max_size is not None and self.size > self.max_size:
+                    raise SizeLimitExceeded(self.max_size)
+                if self.declared_size is not None and self.size > self.declared_size:
+                    raise SizeMismatch(self.declared_size, self.size)
+                for t in threads:
+                    t.queue.put(chunk)
+                if self._on_progress and self.size >= next_progress:
+                    next_progress = self.size + self._progress_every
+                    self._on_progress(self.size)
+                yield chunk
+            if self.declared_size is not None and self.size != self.declared_size:
+                raise SizeMismatch(self.declared_size, self.size)
+        finally:
+            digests = [t.finish() for t in threads]
+        self.checksum, self.os_hash_value = digests
+
+
+class IterStream(io.RawIOBase):
+    """A read-only file object over an iterator of chunks, for SDKs that want a file
+    (boto3's ``upload_fileobj``). Nothing is buffered beyond the current chunk."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._it = iter(chunks)
+        self._rest = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        while not self._rest:
+            chunk = next(self._it, None)
+            if chunk is None:
+                return 0
+            self._rest = memoryview(chunk)
+        n = min(len(buf), len(self._rest))
+        buf[:n] = self._rest[:n]
+        self._rest = self._rest[n:]
+        return n

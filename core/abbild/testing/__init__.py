@@ -1,0 +1,1 @@
+"""Test helpers shipped with abbild, for its own tests and for third-party drivers."""

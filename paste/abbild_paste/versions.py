@@ -1,0 +1,65 @@
+"""Version negotiation: maps ``/v2.N/...`` (or an ``application/vnd.openstack.images-v2.N``
+Accept header) onto ``/v2/...``, and answers anything else with the versions document."""
+
+from __future__ import annotations
+
+import json
+
+# Newest first, as Glance lists them with the image cache off and multi-store on
+# (abbild always names its stores).
+VERSIONS = ("2.17", "2.15", "2.13", "2.12", "2.11", "2.10", "2.9", "2.8",
+            "2.7", "2.6", "2.5", "2.4", "2.3", "2.2", "2.1", "2.0")  # fmt: skip
+CURRENT = VERSIONS[0]
+KNOWN = frozenset({"v2"} | {f"v{v}" for v in VERSIONS})
+ACCEPT_PREFIX = "application/vnd.openstack.images-"
+
+
+def versions_document(base_url: str) -> bytes:
+    href = base_url.rstrip("/") + "/v2/"
+    return json.dumps(
+        {
+            "versions": [
+                {"id": f"v{v}", "status": "CURRENT" if v == CURRENT else "SUPPORTED",
+                 "links": [{"rel": "self", "href": href}]}  # fmt: skip
+                for v in VERSIONS
+            ]
+        }
+    ).encode()
+
+
+def _base_url(environ, public_endpoint: str | None) -> str:
+    if public_endpoint:
+        return public_endpoint
+    scheme = environ.get("HTTP_X_FORWARDED_PROTO") or environ["wsgi.url_scheme"]
+    host = environ.get("HTTP_HOST") or f"{environ['SERVER_NAME']}:{environ['SERVER_PORT']}"
+    return f"{scheme}://{host}{environ.get('SCRIPT_NAME', '')}"
+
+
+def filter_factory(global_conf, **local_conf):
+    public_endpoint = local_conf.get("public_endpoint") or None
+
+    def make(app):
+        def middleware(environ, start_response):
+            path = environ.get("PATH_INFO", "") or "/"
+            first, _, rest = path.lstrip("/").partition("/")
+            if first == "versions" and not rest:
+                return _versions(environ, start_response, "200 OK")
+            accept = environ.get("HTTP_ACCEPT", "")
+            if accept.startswith(ACCEPT_PREFIX):
+                version, rest = accept[len(ACCEPT_PREFIX):], path.lstrip("/")
+            else:
+                version = first
+            if version not in KNOWN:
+                return _versions(environ, start_response, "300 Multiple Choices")
+            environ["PATH_INFO"] = "/v2/" + rest if rest else "/v2"
+            environ["abbild.api_version"] = version
+            return app(environ, start_response)
+
+        def _versions(environ, start_response, status):
+            body = versions_document(_base_url(environ, public_endpoint))
+            start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+
+        return middleware
+
+    return make
