@@ -31,6 +31,7 @@ STATUS = (
     (e.UnsupportedOperation, exc.HTTPBadRequest),
     (e.AccessDenied, exc.HTTPServiceUnavailable),
     (e.BackendUnavailable, exc.HTTPServiceUnavailable),
+    (e.BackendError, exc.HTTPServiceUnavailable),
     (e.RegistryUnavailable, exc.HTTPServiceUnavailable),
 )
 

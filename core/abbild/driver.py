@@ -72,9 +72,11 @@ class Driver(abc.ABC):
 
         :param offset: first byte to return; non-zero only if the store has RANGE_READ.
         :param length: number of bytes to return, or ``None`` for "to the end".
-        :returns: a generator of non-empty ``bytes`` chunks. Closing it early must
-            release any connection or file handle.
-        :raises abbild.errors.NotFound: no object at *uri*.
+        :returns: an iterator of non-empty ``bytes`` chunks with a ``close()`` that
+            releases any connection or file handle, even before the first chunk (a
+            plain generator does not run its ``finally`` then).
+        :raises abbild.errors.NotFound: no object at *uri*, raised by the call itself,
+            before any chunk, so the API can still answer with an error status.
         """
 
     @abc.abstractmethod
@@ -100,10 +102,13 @@ class Driver(abc.ABC):
         raise NotImplementedError
 
     def discard(self, key: str) -> None:
-        """Remove whatever a ``put(key, ...)`` that never finished may have left behind,
-        complete or partial. Called during crash recovery for uploads whose process died;
-        no error when there is nothing. The default does nothing (drivers that write
-        atomically in one request have nothing to clean)."""
+        """Remove whatever a ``put(key, ...)`` may have left behind, complete or partial.
+
+        Called during crash recovery for uploads whose process died, possibly after the
+        data was complete but before the image pointed at it; no error when there is
+        nothing. Every writable driver implements it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement discard()")
 
     def open_local(self, uri: str) -> IO[bytes] | None:
         """Return a real file opened for reading at *uri*, so the WSGI server can

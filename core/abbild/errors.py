@@ -90,6 +90,14 @@ class BackendUnavailable(StoreError):
         super().__init__(f"Store {store!r} is unavailable: {reason}")
 
 
+class BackendError(StoreError):
+    """The backend failed in a way none of the other errors describes (an I/O error)."""
+
+    def __init__(self, store: str, reason: str) -> None:
+        self.store, self.reason = store, reason
+        super().__init__(f"Store {store!r} failed: {reason}")
+
+
 class InUse(StoreError):
     def __init__(self, uri: str, reason: str = "in use") -> None:
         self.uri, self.reason = uri, reason

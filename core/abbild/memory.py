@@ -79,7 +79,7 @@ class MemoryDriver(Driver):
 
     def discard(self, key: str) -> None:
         with self._lock:
-            pass
+            self._objects.pop(key, None)
 
     def properties(self) -> dict[str, object]:
         return {"objects": len(self._objects)}

@@ -14,7 +14,15 @@ from collections.abc import Iterable, Iterator
 from typing import IO
 
 from abbild.driver import Capability, Driver, StoredObject
-from abbild.errors import AccessDenied, AlreadyExists, BackendUnavailable, ConfigError, NotFound, StoreError, StoreFull
+from abbild.errors import (
+    AccessDenied,
+    AlreadyExists,
+    BackendError,
+    BackendUnavailable,
+    ConfigError,
+    NotFound,
+    StoreFull,
+)
 from abbild.streams import read_chunks
 
 from abbild_filesystem import opts
@@ -56,17 +64,17 @@ class FilesystemDriver(Driver):
                 f"store {store!r}: option 'datadir' is not set; set it in the [{store}] section "
                 "to the directory that holds the image data"
             )
-        self.datadir = os.path.abspath(self.conf.datadir)
+        self._datadir = os.path.abspath(self.conf.datadir)
         try:
-            os.makedirs(self.datadir, exist_ok=True)
+            os.makedirs(self._datadir, exist_ok=True)
         except OSError as exc:
-            if not os.path.isdir(self.datadir):
+            if not os.path.isdir(self._datadir):
                 raise ConfigError(
-                    f"store {store!r}: datadir {self.datadir!r} is not a directory and cannot be "
+                    f"store {store!r}: datadir {self._datadir!r} is not a directory and cannot be "
                     f"created ({exc.strerror}); set [{store}] datadir to a directory"
                 ) from exc
         # Every URI is checked against the real path, so symlinks cannot lead outside it.
-        self._root = os.path.realpath(self.datadir)
+        self._root = os.path.realpath(self._datadir)
         digits = str(self.conf.file_perm)
         if not set(digits) <= set("01234567"):
             raise ConfigError(
@@ -79,7 +87,7 @@ class FilesystemDriver(Driver):
         except OSError as exc:
             LOG.warning(
                 "store %r: datadir %s is not writable (%s); serving it read-only",
-                store, self.datadir, exc.strerror,
+                store, self._datadir, exc.strerror,
             )  # fmt: skip
             self._capabilities = READ_ONLY
         else:
@@ -88,15 +96,15 @@ class FilesystemDriver(Driver):
 
     def check(self) -> str:
         if not os.path.isdir(self._root):
-            raise BackendUnavailable(self.store_name, f"datadir {self.datadir} does not exist")
+            raise BackendUnavailable(self.store_name, f"datadir {self._datadir} does not exist")
         if Capability.WRITE not in self._capabilities:
-            return f"ok (read-only): {self.datadir}"
-        with self._os_errors(self.datadir, writing=True):
+            return f"ok (read-only): {self._datadir}"
+        with self._os_errors(self._datadir, writing=True):
             self._probe()
-        return f"ok: {self.datadir}"
+        return f"ok: {self._datadir}"
 
     def properties(self) -> dict[str, object]:
-        return {"data_dir": self.datadir, "chunk_size": self.conf.chunk_size}
+        return {"data_dir": self._datadir, "chunk_size": self.conf.chunk_size}
 
     # -- reading ----------------------------------------------------------------------
 
@@ -153,7 +161,7 @@ class FilesystemDriver(Driver):
                 linked = True
                 os.unlink(partial)
                 if self.conf.fsync:
-                    _fsync_dir(self.datadir)
+                    _fsync_dir(self._datadir)
         except BaseException:
             _remove(partial)
             if linked:
@@ -182,7 +190,7 @@ class FilesystemDriver(Driver):
                 f"invalid key {key!r}: use up to {MAX_KEY_LENGTH} letters, digits, '.', '_' "
                 "and '-', not starting with '.'",
             )
-        return os.path.join(self.datadir, key), os.path.join(self.datadir, f".{key}{PARTIAL_SUFFIX}")
+        return os.path.join(self._datadir, key), os.path.join(self._datadir, f".{key}{PARTIAL_SUFFIX}")
 
     def _uri(self, path: str) -> str:
         return "file://" + urllib.parse.quote(path)
@@ -245,7 +253,7 @@ class FilesystemDriver(Driver):
         if code in (errno.EACCES, errno.EPERM, errno.EROFS):
             return AccessDenied(self.store_name, exc.strerror)
         # Anything else (EIO, a datadir that vanished, ...) is a broken backend.
-        return StoreError(f"Store {self.store_name!r} failed on {what}: {exc.strerror}")
+        return BackendError(self.store_name, f"{what}: {exc.strerror}")
 
 
 class _FileChunks:

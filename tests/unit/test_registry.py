@@ -1,0 +1,672 @@
+"""The ``sql`` registry, run against SQLite, MariaDB and PostgreSQL (``sql_registry``)."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import operator
+import random
+import uuid
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from abbild.db.models import ImageRow, MemberRow
+from abbild.errors import ConcurrentUpdate, DuplicateImage, ImageNotFound, Invalid
+from abbild.image import Image, Location, Status
+from abbild.registry import SORT_KEYS, ImageFilters, Viewer
+
+BASE_TIME = datetime.datetime(2024, 5, 1, 12, 0, 0)
+EVERYTHING = ImageFilters(os_hidden=None)
+
+
+def image_id(name: str) -> str:
+    """A stable id per name, so expectations can be written as names."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"abbild-test/{name}"))
+
+
+def make_image(name: str | None = None, **fields) -> Image:
+    fields.setdefault("id", image_id(name) if name else str(uuid.uuid4()))
+    return Image(name=name, **fields)
+
+
+def set_columns(registry, image_id_: str, **columns) -> None:
+    """Write columns the registry owns (created_at, ...) behind its back."""
+    with Session(registry.engine) as session, session.begin():
+        session.execute(update(ImageRow).where(ImageRow.id == image_id_).values(**columns))
+
+
+def add_member(registry, image_id_: str, member: str, status: str = "accepted", deleted: bool = False) -> None:
+    with Session(registry.engine) as session, session.begin():
+        session.add(
+            MemberRow(image_id=image_id_, member=member, status=status, deleted=deleted,
+                      created_at=BASE_TIME, updated_at=BASE_TIME)  # fmt: skip
+        )
+
+
+def delete(registry, image_id_: str) -> Image:
+    return registry.update_image(image_id_, lambda image: image.transition(Status.DELETED))
+
+
+def names(images) -> list:
+    return [image.name for image in images]
+
+
+def list_names(registry, filters=EVERYTHING, viewer=None, **kw) -> set:
+    found = names(registry.list_images(filters, kw.pop("sort", []), kw.pop("limit", 1000), viewer=viewer, **kw))
+    assert len(found) == len(set(found)), "an image was listed twice"
+    return set(found)
+
+
+# -- create / get -----------------------------------------------------------------------
+
+
+def full_image() -> Image:
+    return Image(
+        id=str(uuid.uuid4()),
+        name="Ubuntu 24.04 ✓ ümlaut 𝔘",
+        status=Status.ACTIVE,
+        visibility="public",
+        protected=True,
+        os_hidden=True,
+        owner="project-𝔘",
+        disk_format="qcow2",
+        container_format="bare",
+        size=5 * 2**40,
+        virtual_size=2**53,
+        checksum="0123456789abcdef0123456789abcdef",
+        os_hash_algo="sha512",
+        os_hash_value="ab" * 64,
+        min_disk=40,
+        min_ram=4096,
+        deleted_at=None,
+        tags={"Ubuntu", "ubuntu", "日本語", "t" * 255, "🐧"},
+        properties={
+            "n" * 255: "name at the limit",
+            "N" * 255: "differs only in case",
+            "hw_ünïcode_𝔘": "välue ✓ 𝔘",
+            "long": "lorem ipsum ü𝔘 " * 2000,
+            "empty": "",
+        },
+        locations=[
+            Location("file", "file:///var/lib/abbild/images/x", 5 * 2**40, "active", {"k": "v", "nested": {"n": [1, 2.5, None]}}),
+            Location("s3", "s3://bucket/ü/" + "x" * 2000, None, "pending", {}),
+        ],
+        upload_worker="worker-𝔘:1234",
+        upload_lease=datetime.datetime(2030, 1, 2, 3, 4, 5),
+    )
+
+
+def test_create_get_round_trip(sql_registry):
+    image = full_image()
+    created = sql_registry.create_image(image)
+    assert created.version == 1
+    fetched = sql_registry.get_image(image.id)
+    assert fetched == created
+    # Everything but the registry's own bookkeeping is what was handed in.
+    image.created_at, image.updated_at, image.version = created.created_at, created.updated_at, 1
+    assert fetched == image
+
+
+def test_create_minimal_image_round_trip(sql_registry):
+    created = sql_registry.create_image(Image(id=str(uuid.uuid4())))
+    assert sql_registry.get_image(created.id) == created
+    assert (created.name, created.size, created.tags, created.properties, created.locations) == (None, None, set(), {}, [])
+
+
+def test_create_does_not_modify_its_argument(sql_registry):
+    image = make_image("x")
+    before = image.copy()
+    sql_registry.create_image(image)
+    assert image == before
+
+
+def test_duplicate_id(sql_registry):
+    first = sql_registry.create_image(make_image("first", tags={"a"}))
+    with pytest.raises(DuplicateImage) as info:
+        sql_registry.create_image(Image(id=first.id, name="second", tags={"b"}, properties={"p": "v"}))
+    assert info.value.image_id == first.id
+    assert sql_registry.get_image(first.id) == first
+
+
+def test_deleted_ids_are_never_reused(sql_registry):
+    image = sql_registry.create_image(make_image("gone"))
+    delete(sql_registry, image.id)
+    with pytest.raises(DuplicateImage):
+        sql_registry.create_image(make_image("gone"))
+
+
+def test_get_missing(sql_registry):
+    with pytest.raises(ImageNotFound) as info:
+        sql_registry.get_image("no-such-image")
+    assert info.value.image_id == "no-such-image"
+
+
+def test_deleted_image_is_hidden(sql_registry):
+    sql_registry.create_image(make_image("kept"))
+    gone = sql_registry.create_image(make_image("gone", properties={"p": "v"}, tags={"t"}))
+    deleted = delete(sql_registry, gone.id)
+    assert deleted.status is Status.DELETED and deleted.deleted_at is not None
+    with pytest.raises(ImageNotFound):
+        sql_registry.get_image(gone.id)
+    assert sql_registry.get_image(gone.id, include_deleted=True) == deleted
+    assert list_names(sql_registry) == {"kept"}
+    assert list_names(sql_registry, ImageFilters(os_hidden=None, values={"status": ["deleted"]})) == set()
+    assert sql_registry.images_in_status("deleted") == []
+
+
+def test_killed_image_is_readable_but_never_listed(sql_registry):
+    killed = sql_registry.create_image(make_image("killed", status=Status.KILLED))
+    sql_registry.create_image(make_image("alive"))
+    assert sql_registry.get_image(killed.id) == killed
+    assert list_names(sql_registry) == {"alive"}
+    assert list_names(sql_registry, ImageFilters(os_hidden=None, values={"status": ["killed"]})) == set()
+
+
+# -- save_image / update_image ----------------------------------------------------------
+
+LOC_A = Location("file", "file:///a", 1, "active", {"a": 1})
+LOC_B = Location("s3", "s3://b", 2, "active", {"b": [2]})
+LOC_C = Location("rbd", "rbd://c", None, "pending", {})
+
+
+def _both(*changes):
+    return lambda image: [change(image) for change in changes]
+
+
+CHILD_CHANGES = {
+    "add property": lambda i: i.properties.update(new="ünï"),
+    "remove property": lambda i: i.properties.pop("a"),
+    "change property": lambda i: i.properties.update(a="changed"),
+    "property case only": lambda i: i.properties.update(A="upper"),
+    "remove every property": lambda i: i.properties.clear(),
+    "add tag": lambda i: i.tags.add("z"),
+    "add tag differing in case": lambda i: i.tags.add("X"),
+    "remove tag": lambda i: i.tags.discard("x"),
+    "replace tags": lambda i: setattr(i, "tags", {"p", "q"}),
+    "add location": lambda i: i.locations.append(LOC_C),
+    "remove location": lambda i: i.locations.pop(0),
+    "reorder locations": lambda i: i.locations.reverse(),
+    "change location metadata": lambda i: i.locations[1].metadata.update(new=True),
+    "change location status": lambda i: setattr(i.locations[0], "status", "deleted"),
+    "everything": lambda i: [i.properties.pop("b"), i.properties.update(a="2", c="3"), i.tags.symmetric_difference_update({"x", "w"}), i.locations.insert(1, LOC_C)],
+    "scalars only": lambda i: [setattr(i, "name", "renamed"), setattr(i, "size", 7), setattr(i, "min_ram", 512)],
+}
+
+
+def _with_children(name: str) -> Image:
+    return make_image(name, properties={"a": "1", "b": "2"}, tags={"x", "y"}, locations=[LOC_A, LOC_B])
+
+
+@pytest.mark.parametrize("change", CHILD_CHANGES.values(), ids=CHILD_CHANGES.keys())
+def test_save_writes_children_difference(sql_registry, change):
+    image = sql_registry.create_image(_with_children("target"))
+    bystander = sql_registry.create_image(_with_children("bystander"))
+    expected = image.copy()
+    change(expected)
+    assert expected != image
+    saved = sql_registry.save_image(expected)
+    assert saved.version == image.version + 1
+    assert saved.updated_at >= image.updated_at
+    expected.version, expected.updated_at = saved.version, saved.updated_at
+    assert saved == expected
+    assert sql_registry.get_image(image.id) == expected
+    assert sql_registry.get_image(bystander.id) == bystander
+
+
+def test_save_twice_in_a_row(sql_registry):
+    image = sql_registry.create_image(_with_children("x"))
+    for n in range(3):
+        image.properties[f"p{n}"] = str(n)
+        image = sql_registry.save_image(image)
+    assert sql_registry.get_image(image.id) == image
+    assert image.version == 4
+
+
+def test_save_stale_version(sql_registry):
+    created = sql_registry.create_image(_with_children("x"))
+    first, second = sql_registry.get_image(created.id), sql_registry.get_image(created.id)
+    first.tags.add("first")
+    stored = sql_registry.save_image(first)
+    second.tags.add("second")
+    second.properties["a"] = "second"
+    with pytest.raises(ConcurrentUpdate) as info:
+        sql_registry.save_image(second)
+    assert info.value.image_id == created.id
+    assert sql_registry.get_image(created.id) == stored
+
+
+@pytest.mark.parametrize("missing", ["never created", "deleted"])
+def test_save_missing_image(sql_registry, missing):
+    image = make_image("x")
+    if missing == "deleted":
+        image = sql_registry.create_image(image)
+        delete(sql_registry, image.id)
+        image = sql_registry.get_image(image.id, include_deleted=True)
+    image.name = "resurrected"
+    with pytest.raises(ImageNotFound):
+        sql_registry.save_image(image)
+
+
+def test_save_status_as_plain_string(sql_registry):
+    image = sql_registry.create_image(make_image("x"))
+    image.status = "deleted"
+    saved = sql_registry.save_image(image)
+    assert saved.status is Status.DELETED and saved.deleted_at is not None
+    with pytest.raises(ImageNotFound):
+        sql_registry.get_image(image.id)
+
+
+def test_update_image_applies_to_latest(sql_registry):
+    image = sql_registry.create_image(make_image("x", properties={"counter": "0"}))
+    for _ in range(3):
+        sql_registry.update_image(image.id, lambda i: i.properties.update(counter=str(int(i.properties["counter"]) + 1)))
+    assert sql_registry.get_image(image.id).properties["counter"] == "3"
+
+
+def test_update_image_retries_on_conflict(sql_registry):
+    image = sql_registry.create_image(make_image("x"))
+    seen = []
+
+    def change(current: Image) -> None:
+        seen.append(current.version)
+        if len(seen) == 1:  # someone else writes between our read and our write
+            sql_registry.update_image(image.id, lambda other: other.tags.add("other"))
+        current.tags.add("mine")
+
+    result = sql_registry.update_image(image.id, change)
+    assert seen == [1, 2]
+    assert result.tags == {"other", "mine"} and result.version == 3
+    assert sql_registry.get_image(image.id) == result
+
+
+def test_update_image_gives_up(sql_registry):
+    image = sql_registry.create_image(make_image("x"))
+    calls = []
+
+    def always_conflicting(current: Image) -> None:
+        calls.append(current.version)
+        sql_registry.update_image(image.id, lambda other: other.tags.add(f"other{len(calls)}"))
+
+    with pytest.raises(ConcurrentUpdate):
+        sql_registry.update_image(image.id, always_conflicting, attempts=3)
+    assert calls == [1, 2, 3]
+
+
+def test_update_image_aborts_when_change_raises(sql_registry):
+    image = sql_registry.create_image(make_image("x", status=Status.ACTIVE))
+    with pytest.raises(Invalid):
+        sql_registry.update_image(image.id, lambda i: [i.tags.add("t"), i.transition(Status.IMPORTING)])
+    assert sql_registry.get_image(image.id) == image
+
+
+def test_update_missing_image(sql_registry):
+    with pytest.raises(ImageNotFound):
+        sql_registry.update_image("no-such-image", lambda i: None)
+
+
+# -- case and exact matching ------------------------------------------------------------
+
+
+def test_tags_and_names_are_case_sensitive(sql_registry):
+    sql_registry.create_image(make_image("Ubuntu", tags={"Ubuntu", "ubuntu"}, properties={"os": "Ubuntu", "OS": "x"}))
+    sql_registry.create_image(make_image("ubuntu", tags={"ubuntu"}, properties={"os": "ubuntu"}))
+    assert sql_registry.get_image(image_id("Ubuntu")).tags == {"Ubuntu", "ubuntu"}
+    assert sql_registry.get_image(image_id("Ubuntu")).properties == {"os": "Ubuntu", "OS": "x"}
+    for value in ("Ubuntu", "ubuntu"):
+        assert list_names(sql_registry, ImageFilters(values={"name": [value]})) == {value}
+        assert list_names(sql_registry, ImageFilters(properties={"os": value})) == {value}
+    assert list_names(sql_registry, ImageFilters(tags=["Ubuntu"])) == {"Ubuntu"}
+    assert list_names(sql_registry, ImageFilters(tags=["ubuntu"])) == {"Ubuntu", "ubuntu"}
+    assert list_names(sql_registry, ImageFilters(values={"name": ["UBUNTU"]})) == set()
+
+
+def test_owner_is_case_sensitive(sql_registry):
+    sql_registry.create_image(make_image("upper", owner="Project", visibility="private"))
+    sql_registry.create_image(make_image("lower", owner="project", visibility="private"))
+    assert list_names(sql_registry, ImageFilters(owner="project")) == {"lower"}
+    assert list_names(sql_registry, viewer=Viewer("project")) == {"lower"}
+
+
+# -- list filters -----------------------------------------------------------------------
+
+# name -> fields; created_at/updated_at are set from the position (see ``catalog``).
+CATALOG = {
+    "alpha": dict(status=Status.ACTIVE, disk_format="qcow2", container_format="bare", size=100, owner="p1",
+                  checksum="c1", os_hash_value="h1", tags={"web", "prod"}, protected=True,
+                  properties={"os_distro": "ubuntu", "arch": "x86_64"}),
+    "beta": dict(status=Status.ACTIVE, disk_format="raw", container_format="bare", size=200, owner="p2",
+                 checksum="c2", os_hash_value="h2", tags={"web"}, properties={"os_distro": "Ubuntu"}),
+    "gamma": dict(status=Status.QUEUED, owner="p1", tags={"Web"}, properties={"arch": "x86_64"}),
+    "delta": dict(status=Status.SAVING, disk_format="iso", container_format="ovf", size=300, visibility="public",
+                  properties={"os_distro": "ubuntu", "arch": "aarch64"}),
+    "hidden": dict(status=Status.ACTIVE, disk_format="raw", container_format="bare", size=200, owner="p2",
+                   os_hidden=True, tags={"web"}),
+    "epsilon": dict(status=Status.DEACTIVATED, disk_format="vmdk", container_format="bare", size=0, owner="p3"),
+    "killed": dict(status=Status.KILLED, owner="p1", tags={"web"}),
+}  # fmt: skip
+LISTED = set(CATALOG) - {"killed"}
+SHOWN = LISTED - {"hidden"}
+
+
+def created_time(name: str) -> datetime.datetime:
+    return BASE_TIME + datetime.timedelta(hours=list(CATALOG).index(name))
+
+
+def updated_time(name: str) -> datetime.datetime:
+    return BASE_TIME + datetime.timedelta(days=1, minutes=len(CATALOG) - list(CATALOG).index(name))
+
+
+@pytest.fixture
+def catalog(sql_registry):
+    for name, fields in CATALOG.items():
+        sql_registry.create_image(make_image(name, **fields))
+        set_columns(sql_registry, image_id(name), created_at=created_time(name), updated_at=updated_time(name))
+    gone = sql_registry.create_image(make_image("deleted", tags={"web"}, properties={"os_distro": "ubuntu"}))
+    delete(sql_registry, gone.id)
+    return sql_registry
+
+
+FILTER_CASES = {
+    "default hides os_hidden": (ImageFilters(), SHOWN),
+    "os_hidden None shows all": (ImageFilters(os_hidden=None), LISTED),
+    "os_hidden True": (ImageFilters(os_hidden=True), {"hidden"}),
+    "name": (ImageFilters(values={"name": ["alpha"]}), {"alpha"}),
+    "name in": (ImageFilters(values={"name": ["alpha", "gamma", "nope"]}), {"alpha", "gamma"}),
+    "name no match": (ImageFilters(values={"name": ["alph"]}), set()),
+    "id in": (ImageFilters(values={"id": [image_id("beta"), image_id("delta")]}), {"beta", "delta"}),
+    "status": (ImageFilters(values={"status": ["active"]}), {"alpha", "beta"}),
+    "status in": (ImageFilters(values={"status": ["queued", "saving", "killed"]}), {"gamma", "delta"}),
+    "container_format": (ImageFilters(values={"container_format": ["ovf"]}), {"delta"}),
+    "disk_format in": (ImageFilters(values={"disk_format": ["qcow2", "raw"]}), {"alpha", "beta"}),
+    "two columns": (ImageFilters(values={"disk_format": ["qcow2", "raw"], "name": ["beta", "gamma"]}), {"beta"}),
+    "owner": (ImageFilters(owner="p1"), {"alpha", "gamma"}),
+    "size_min inclusive": (ImageFilters(size_min=200), {"beta", "delta"}),
+    "size_max inclusive": (ImageFilters(size_max=200), {"alpha", "beta", "epsilon"}),
+    "size range": (ImageFilters(size_min=150, size_max=250), {"beta"}),
+    "size_max 0": (ImageFilters(size_max=0), {"epsilon"}),
+    "checksum": (ImageFilters(checksum="c2"), {"beta"}),
+    "os_hash_value": (ImageFilters(os_hash_value="h1"), {"alpha"}),
+    "tag": (ImageFilters(tags=["web"]), {"alpha", "beta"}),
+    "tags AND": (ImageFilters(tags=["web", "prod"]), {"alpha"}),
+    "tag case": (ImageFilters(tags=["Web"]), {"gamma"}),
+    "tags AND none": (ImageFilters(tags=["prod", "Web"]), set()),
+    "protected": (ImageFilters(protected=True), {"alpha"}),
+    "not protected": (ImageFilters(protected=False), SHOWN - {"alpha"}),
+    "property": (ImageFilters(properties={"os_distro": "ubuntu"}), {"alpha", "delta"}),
+    "property case": (ImageFilters(properties={"os_distro": "Ubuntu"}), {"beta"}),
+    "properties AND": (ImageFilters(properties={"os_distro": "ubuntu", "arch": "x86_64"}), {"alpha"}),
+    "property name is not value": (ImageFilters(properties={"arch": "ubuntu"}), set()),
+    "visibility public": (ImageFilters(visibility="public"), {"delta"}),
+    "visibility shared": (ImageFilters(visibility="shared"), SHOWN - {"delta"}),
+    "visibility all": (ImageFilters(visibility="all"), SHOWN),
+    "everything at once": (ImageFilters(values={"status": ["active"]}, owner="p1", size_min=100, size_max=100,
+                                        checksum="c1", tags=["web"], protected=True,
+                                        properties={"arch": "x86_64"}), {"alpha"}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("filters,expected", FILTER_CASES.values(), ids=FILTER_CASES.keys())
+def test_filter(catalog, filters, expected):
+    assert list_names(catalog, filters) == expected
+
+
+TIME_OPS = {"gt": operator.gt, "gte": operator.ge, "eq": operator.eq, "neq": operator.ne, "lt": operator.lt, "lte": operator.le}
+
+
+@pytest.mark.parametrize("op", TIME_OPS)
+@pytest.mark.parametrize("column,timeof", [("created_at", created_time), ("updated_at", updated_time)])
+def test_time_filter(catalog, column, timeof, op):
+    pivot = timeof("gamma")
+    expected = {name for name in SHOWN if TIME_OPS[op](timeof(name), pivot)}
+    assert expected not in (set(), SHOWN)
+    assert list_names(catalog, ImageFilters(times=[(column, op, pivot)])) == expected
+
+
+def test_time_filters_combine(catalog):
+    times = [("created_at", "gte", created_time("beta")), ("updated_at", "gt", updated_time("delta"))]
+    assert list_names(catalog, ImageFilters(times=times)) == {"beta", "gamma"}
+
+
+def test_time_filter_with_time_zone(catalog):
+    pivot = created_time("gamma").replace(tzinfo=datetime.timezone.utc)
+    elsewhere = pivot.astimezone(datetime.timezone(datetime.timedelta(hours=-5)))
+    assert list_names(catalog, ImageFilters(times=[("created_at", "eq", elsewhere)])) == {"gamma"}
+    assert list_names(catalog, ImageFilters(times=[("created_at", "lt", elsewhere)])) == {"alpha", "beta"}
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [ImageFilters(values={"tags": ["x"]}), ImageFilters(times=[("size", "eq", BASE_TIME)]),
+     ImageFilters(times=[("created_at", "like", BASE_TIME)])],
+    ids=["in filter on a non-column", "time filter on a non-time", "unknown time operator"],
+)  # fmt: skip
+def test_invalid_filters(catalog, filters):
+    with pytest.raises(Invalid):
+        catalog.list_images(filters, [], 10)
+
+
+# -- visibility (GLANCE-API.md 7.4) -------------------------------------------------------
+
+ME = "me"
+# name -> (visibility, owner, [(member, status, deleted)])
+SCOPED = {
+    "public": ("public", "other", []),
+    "community other": ("community", "other", []),
+    "community mine": ("community", ME, []),
+    "shared mine": ("shared", ME, [("other", "pending", False)]),
+    "shared accepted": ("shared", "other", [(ME, "accepted", False), ("third", "rejected", False)]),
+    "shared pending": ("shared", "other", [(ME, "pending", False)]),
+    "shared rejected": ("shared", "other", [(ME, "rejected", False)]),
+    "shared member deleted": ("shared", "other", [(ME, "accepted", True)]),
+    "shared someone else": ("shared", "other", [("third", "accepted", False)]),
+    "shared no members": ("shared", "other", []),
+    "private mine": ("private", ME, []),
+    "private other": ("private", "other", []),
+    "private member row": ("private", "other", [(ME, "accepted", False)]),
+    "private no owner": ("private", None, []),
+}
+MY_DEFAULT = {"public", "community mine", "shared mine", "shared accepted", "private mine", "private no owner"}
+
+
+@pytest.fixture
+def scoped(sql_registry):
+    for name, (visibility, owner, members) in SCOPED.items():
+        sql_registry.create_image(make_image(name, visibility=visibility, owner=owner))
+        for member, status, deleted in members:
+            add_member(sql_registry, image_id(name), member, status, deleted)
+    return sql_registry
+
+
+VISIBILITY_CASES = {
+    "default": (Viewer(ME), {}, MY_DEFAULT),
+    "community": (Viewer(ME), dict(visibility="community"), {"community other", "community mine"}),
+    "public": (Viewer(ME), dict(visibility="public"), {"public"}),
+    "shared": (Viewer(ME), dict(visibility="shared"), {"shared mine", "shared accepted"}),
+    "private": (Viewer(ME), dict(visibility="private"), {"private mine", "private no owner"}),
+    "all": (Viewer(ME), dict(visibility="all"), MY_DEFAULT | {"community other"}),
+    "pending": (Viewer(ME), dict(member_status="pending"), MY_DEFAULT - {"shared accepted"} | {"shared pending"}),
+    "rejected shared": (Viewer(ME), dict(member_status="rejected", visibility="shared"), {"shared mine", "shared rejected"}),
+    "any member status": (Viewer(ME), dict(member_status="all", visibility="shared"),
+                          {"shared mine", "shared accepted", "shared pending", "shared rejected"}),
+    "another project": (Viewer("third"), {}, {"public", "shared accepted", "shared someone else", "private no owner"}),
+    "no project": (Viewer(None), {}, {"public", "private no owner"}),
+    "admin": (Viewer(is_admin=True), {}, set(SCOPED)),
+    "admin filters": (Viewer("x", is_admin=True), dict(visibility="private"), {"private mine", "private other", "private member row", "private no owner"}),
+    "no viewer is admin": (None, {}, set(SCOPED)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("viewer,filters,expected", VISIBILITY_CASES.values(), ids=VISIBILITY_CASES.keys())
+def test_visibility(scoped, viewer, filters, expected):
+    assert list_names(scoped, ImageFilters(**filters), viewer=viewer) == expected
+
+
+def test_visibility_and_other_filters_combine(scoped):
+    filters = ImageFilters(values={"name": ["public", "private other", "shared accepted"]})
+    assert list_names(scoped, filters, viewer=Viewer(ME)) == {"public", "shared accepted"}
+
+
+@pytest.mark.parametrize("marker", ["private other", "shared no members"])
+def test_marker_invisible_to_viewer(scoped, marker):
+    with pytest.raises(Invalid):
+        scoped.list_images(ImageFilters(), [], 10, marker=image_id(marker), viewer=Viewer(ME))
+
+
+@pytest.mark.parametrize("marker", ["shared pending", "community other", "private no owner"])
+def test_marker_readable_but_not_listed(scoped, marker):
+    """A member (of any status) may read the image, so it works as a marker."""
+    everything = names(scoped.list_images(ImageFilters(visibility="all", member_status="all"), [("name", "asc")], 100, viewer=Viewer(ME)))
+    after = names(scoped.list_images(ImageFilters(), [("name", "asc")], 100, marker=image_id(marker), viewer=Viewer(ME)))
+    assert after == sorted(MY_DEFAULT & {n for n in everything if n > marker})
+    assert after
+
+
+# -- sorting and paging ---------------------------------------------------------------
+
+PAGED = 57
+NAMES = [None, "alpha", "bravo", "charlie", "delta", "echo"]
+SIZES = [None, 0, 1, 1024, 2**33]
+STATUSES = [Status.QUEUED, Status.SAVING, Status.ACTIVE, Status.DEACTIVATED, Status.IMPORTING, Status.UPLOADING]
+FORMATS = [None, "bare", "ovf", "ami"]
+
+
+@pytest.fixture
+def many(sql_registry):
+    """57 images with many equal and NULL sort values; returns them as stored."""
+    rnd = random.Random(57)
+    for n in range(PAGED):
+        image = Image(
+            id=str(uuid.UUID(int=rnd.getrandbits(128), version=4)),
+            name=rnd.choice(NAMES), size=rnd.choice(SIZES), status=rnd.choice(STATUSES),
+            container_format=rnd.choice(FORMATS), disk_format=rnd.choice([None, "raw", "qcow2"]),
+            os_hidden=n % 7 == 0,
+        )  # fmt: skip
+        sql_registry.create_image(image)
+        set_columns(
+            sql_registry, image.id,
+            created_at=BASE_TIME + datetime.timedelta(minutes=rnd.randrange(8)),
+            updated_at=BASE_TIME + datetime.timedelta(seconds=rnd.randrange(20)),
+        )  # fmt: skip
+    return sql_registry.list_images(EVERYTHING, [], 1000)
+
+
+def expected_order(images, sort) -> list[str]:
+    """Ids of *images* in the order the API promises: NULL is the smallest value, and
+    ``created_at`` and ``id`` break ties in the first key's direction (``desc`` without keys)."""
+    given = {key for key, _ in sort}
+    keys = sort + [(key, sort[0][1] if sort else "desc") for key in ("created_at", "id") if key not in given]
+
+    def value(image, key):
+        v = getattr(image, key)
+        return (0,) if v is None else (1, v.value if isinstance(v, Status) else v)
+
+    def compare(a, b):
+        for key, direction in keys:
+            va, vb = value(a, key), value(b, key)
+            if va != vb:
+                return (-1 if va < vb else 1) * (1 if direction == "asc" else -1)
+        return 0
+
+    return [image.id for image in sorted(images, key=functools.cmp_to_key(compare))]
+
+
+def list_ids(registry, sort, limit=1000, marker=None, filters=EVERYTHING) -> list[str]:
+    return [image.id for image in registry.list_images(filters, sort, limit, marker=marker)]
+
+
+def test_many_has_ties_and_nulls(many):
+    assert len(many) == PAGED
+    for key in ("name", "size", "container_format", "created_at", "updated_at"):
+        values = [getattr(image, key) for image in many]
+        assert len(set(values)) < len(values)
+        assert key.endswith("_at") or None in values
+
+
+@pytest.mark.parametrize("direction", ["asc", "desc"])
+@pytest.mark.parametrize("key", SORT_KEYS)
+def test_sort(sql_registry, many, key, direction):
+    assert list_ids(sql_registry, [(key, direction)]) == expected_order(many, [(key, direction)])
+
+
+SORT_COMBOS = [
+    [],
+    [("created_at", "desc")],
+    [("name", "asc")],
+    [("name", "desc")],
+    [("size", "asc"), ("name", "desc")],
+    [("size", "desc"), ("created_at", "asc")],
+    [("status", "asc"), ("size", "asc"), ("id", "desc")],
+    [("container_format", "desc"), ("disk_format", "asc"), ("name", "asc")],
+    [("updated_at", "asc"), ("disk_format", "desc")],
+    [("id", "asc")],
+]
+
+
+@pytest.mark.parametrize("sort", SORT_COMBOS, ids=lambda sort: ",".join(f"{k}:{d}" for k, d in sort) or "default")
+def test_paging(sql_registry, many, sort):
+    one_page = list_ids(sql_registry, sort)
+    assert one_page == expected_order(many, sort)
+    paged, marker = [], None
+    while page := list_ids(sql_registry, sort, limit=10, marker=marker):
+        assert len(page) <= 10
+        paged += page
+        marker = page[-1]
+    assert len(paged) == len(set(paged)) == PAGED
+    assert paged == one_page
+
+
+def test_paging_with_filters(sql_registry, many):
+    filters = ImageFilters(os_hidden=False, values={"status": ["active", "queued", "saving"]})
+    sort = [("name", "asc"), ("size", "desc")]
+    expected = list_ids(sql_registry, sort, filters=filters)
+    assert 10 < len(expected) < PAGED
+    paged, marker = [], None
+    while page := list_ids(sql_registry, sort, limit=7, marker=marker, filters=filters):
+        paged += page
+        marker = page[-1]
+    assert paged == expected
+
+
+def test_limit(sql_registry, many):
+    assert list_ids(sql_registry, [], limit=5) == expected_order(many, [])[:5]
+    assert list_ids(sql_registry, [], limit=0) == []
+
+
+@pytest.mark.parametrize("marker", ["no-such-image", "deleted"])
+def test_unknown_marker(sql_registry, many, marker):
+    if marker == "deleted":
+        marker = delete(sql_registry, many[3].id).id
+    with pytest.raises(Invalid):
+        sql_registry.list_images(EVERYTHING, [], 10, marker=marker)
+
+
+@pytest.mark.parametrize("sort", [[("owner", "asc")], [("tags", "asc")], [("name", "up")]], ids=str)
+def test_invalid_sort(sql_registry, sort):
+    with pytest.raises(Invalid):
+        sql_registry.list_images(EVERYTHING, sort, 10)
+
+
+def test_list_returns_children(sql_registry):
+    created = sql_registry.create_image(_with_children("x"))
+    assert sql_registry.list_images(EVERYTHING, [], 10) == [created]
+
+
+# -- images_in_status -----------------------------------------------------------------
+
+
+def test_images_in_status(sql_registry):
+    expected = {
+        sql_registry.create_image(make_image(name, status=Status.SAVING, **fields)).id: name
+        for name, fields in {"a": {}, "hidden": dict(os_hidden=True), "private": dict(visibility="private", owner="x"),
+                             "children": dict(tags={"t"}, properties={"p": "v"}, locations=[LOC_A])}.items()
+    }  # fmt: skip
+    sql_registry.create_image(make_image("active", status=Status.ACTIVE))
+    gone = sql_registry.create_image(make_image("gone", status=Status.SAVING))
+    delete(sql_registry, gone.id)
+    saving = sql_registry.images_in_status("saving")
+    assert {image.id: image.name for image in saving} == expected
+    assert saving == [sql_registry.get_image(image.id) for image in saving]
+    assert names(sql_registry.images_in_status(Status.ACTIVE)) == ["active"]
+    assert sql_registry.images_in_status("killed") == []
