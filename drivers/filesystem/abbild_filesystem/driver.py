@@ -21,6 +21,7 @@ from abbild.errors import (
     BackendUnavailable,
     ConfigError,
     NotFound,
+    StoreError,
     StoreFull,
 )
 from abbild.streams import read_chunks
