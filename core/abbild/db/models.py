@@ -25,6 +25,8 @@ str255 = Annotated[str, 255]
 # MySQL/MariaDB compare case-insensitively by default; names, tags and properties are
 # exact-match (and "Ubuntu" and "ubuntu" are two different tags).
 _VARCHAR255 = String(255).with_variant(mysql.VARCHAR(255, collation="utf8mb4_bin"), "mysql", "mariadb")
+# Property values are filtered on by exact match too.
+_TEXT = Text().with_variant(mysql.TEXT(collation="utf8mb4_bin"), "mysql", "mariadb")
 timestamp = Annotated[datetime.datetime, "timestamp"]
 
 
@@ -86,7 +88,7 @@ class PropertyRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     image_id: Mapped[str36] = mapped_column(ForeignKey("images.id"))
     name: Mapped[str255]
-    value: Mapped[str] = mapped_column(Text)
+    value: Mapped[str] = mapped_column(_TEXT)
 
     __table_args__ = (UniqueConstraint("image_id", "name"), Index(None, "name"))
 

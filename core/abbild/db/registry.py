@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-
+import datetime
 import logging
 import time
 
@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from abbild.db.models import ImageRow, LocationRow, MemberRow, PropertyRow, TagRow
 from abbild.errors import ConcurrentUpdate, DuplicateImage, ImageNotFound, Invalid, RegistryUnavailable
 from abbild.image import Image, Location, Status, utcnow
-from abbild.registry import ImageFilters, Registry, Viewer
+from abbild.registry import IN_FILTERS, SORT_KEYS, TIME_OPERATORS, ImageFilters, Registry, Viewer
 
 LOG = logging.getLogger(__name__)
 
@@ -23,8 +23,10 @@ _SCALARS = (
     "size", "virtual_size", "checksum", "os_hash_algo", "os_hash_value", "min_disk", "min_ram",
     "created_at", "updated_at", "deleted_at", "upload_worker", "upload_lease",
 )  # fmt: skip
+_TIMES = ("created_at", "updated_at", "deleted_at", "upload_lease")
 _NULLABLE_SORT_KEYS = {"name", "container_format", "disk_format", "size"}
 _HIDDEN_STATUSES = (Status.DELETED.value, Status.KILLED.value)
+_TIME_FILTER_COLUMNS = ("created_at", "updated_at")
 
 
 def make_engine(url: str, pool_size: int = 10):
@@ -102,7 +104,7 @@ class SQLRegistry(Registry):
     # -- images -----------------------------------------------------------------------
 
     def create_image(self, image: Image) -> Image:
-        image = image.copy()
+        image = _normalized(image)
         image.created_at = image.updated_at = utcnow()
         image.version = 1
 
@@ -127,8 +129,8 @@ class SQLRegistry(Registry):
             return _to_image(row)
 
     def save_image(self, image: Image) -> Image:
-        saved = image.copy()
-        saved.updated_at = max(utcnow(), image.updated_at)
+        saved = _normalized(image)
+        saved.updated_at = max(utcnow(), saved.updated_at)
         saved.version = image.version + 1
         if saved.status is Status.DELETED and saved.deleted_at is None:
             saved.deleted_at = saved.updated_at
@@ -140,7 +142,8 @@ class SQLRegistry(Registry):
                 .values(version=saved.version, deleted=saved.status is Status.DELETED, **_columns(saved))
             )
             if result.rowcount != 1:
-                if session.get(ImageRow, image.id) is None:
+                current = session.get(ImageRow, image.id)
+                if current is None or current.deleted:
                     raise ImageNotFound(image.id)
                 raise ConcurrentUpdate(image.id)
             # Our UPDATE holds the row lock until commit, so the children are ours too.
@@ -157,14 +160,19 @@ class SQLRegistry(Registry):
             return [_to_image(r) for r in rows]
 
     def list_images(self, filters: ImageFilters, sort, limit, marker=None, viewer: Viewer | None = None):
+        viewer = viewer or Viewer(is_admin=True)
+        keys = _sort_keys(sort)
+        conditions = _filter_conditions(filters)
         with self._reading() as session:
             query = select(ImageRow).where(ImageRow.deleted == false(), ImageRow.status.not_in(_HIDDEN_STATUSES))
-            query = query.where(*_visibility_conditions(filters, viewer or Viewer(is_admin=True)))
-            query = query.where(*_filter_conditions(filters))
-            keys = _sort_keys(sort)
+            query = query.where(*_visibility_conditions(filters, viewer), *conditions)
             if marker is not None:
-                marker_row = session.get(ImageRow, marker)
-                if marker_row is None or marker_row.deleted:
+                # The marker must be an image the viewer may read (GLANCE-API 4.3: an
+                # unknown or invisible marker is a 400), else paging would leak ids.
+                marker_row = session.scalars(
+                    select(ImageRow).where(ImageRow.id == marker, ImageRow.deleted == false(), *_readable(viewer))
+                ).first()
+                if marker_row is None:
                     raise Invalid(f"Invalid marker {marker}: no image with that ID")
                 query = query.where(_after(keys, marker_row))
             for column, direction in keys:
@@ -177,6 +185,26 @@ class SQLRegistry(Registry):
 
 
 # -- row <-> image ------------------------------------------------------------------------
+
+
+def _naive_utc(value: datetime.datetime | None) -> datetime.datetime | None:
+    """The registry's time representation: naive UTC. The columns have no time zone,
+    and the drivers disagree on what an aware value means (PostgreSQL converts it,
+    SQLite and PyMySQL drop the offset)."""
+    if value is not None and value.tzinfo is not None:
+        value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    return value
+
+
+def _normalized(image: Image) -> Image:
+    """A copy of *image* as it will read back from every database: naive UTC times in
+    whole seconds (MariaDB's DATETIME keeps no fractions) and a :class:`Status`."""
+    image = image.copy()
+    for name in _TIMES:
+        value = _naive_utc(getattr(image, name))
+        setattr(image, name, None if value is None else value.replace(microsecond=0))
+    image.status = Status(image.status)
+    return image
 
 
 def _columns(image: Image) -> dict:
@@ -252,29 +280,41 @@ def _write_children(session: Session, image: Image, old) -> None:
 # -- list queries -------------------------------------------------------------------------
 
 
+def _owned_by(project: str | None):
+    # A viewer without a project owns nothing (``owner == None`` would mean IS NULL).
+    return false() if project is None else ImageRow.owner == project
+
+
+def _scope(viewer: Viewer, member_status: str):
+    """Images *viewer* may see (GLANCE-API 7.4): public and community ones, their own,
+    those without an owner, and shared ones they are a member of in *member_status*."""
+    conditions = [ImageRow.visibility.in_(("public", "community")), _owned_by(viewer.project_id), ImageRow.owner.is_(None)]
+    if viewer.project_id is not None:
+        member = exists().where(
+            MemberRow.image_id == ImageRow.id,
+            MemberRow.member == viewer.project_id,
+            MemberRow.deleted == false(),
+            *([] if member_status == "all" else [MemberRow.status == member_status]),
+        )
+        conditions.append(and_(ImageRow.visibility == "shared", member))
+    return or_(*conditions)
+
+
+def _readable(viewer: Viewer) -> list:
+    """Conditions for the images *viewer* may read by id: a member of any status may."""
+    return [] if viewer.is_admin else [_scope(viewer, "all")]
+
+
 def _visibility_conditions(filters: ImageFilters, viewer: Viewer) -> list:
     conditions = []
     if filters.visibility not in (None, "all"):
         conditions.append(ImageRow.visibility == filters.visibility)
     if viewer.is_admin:
         return conditions
-    project = viewer.project_id
-    member = exists().where(
-        MemberRow.image_id == ImageRow.id,
-        MemberRow.member == project,
-        MemberRow.deleted == false(),
-        *([] if filters.member_status == "all" else [MemberRow.status == filters.member_status]),
-    )
-    visible = or_(
-        ImageRow.visibility.in_(("public", "community")),
-        ImageRow.owner == project,
-        ImageRow.owner.is_(None),
-        and_(ImageRow.visibility == "shared", member),
-    )
-    conditions.append(visible)
+    conditions.append(_scope(viewer, filters.member_status))
     if filters.visibility is None:
         # Community images stay out of default lists unless they are the caller's own.
-        conditions.append(or_(ImageRow.visibility != "community", ImageRow.owner == project))
+        conditions.append(or_(ImageRow.visibility != "community", _owned_by(viewer.project_id)))
     return conditions
 
 
@@ -289,8 +329,11 @@ _TIME_OPS = {
 
 
 def _filter_conditions(filters: ImageFilters) -> list:
+    """:raises abbild.errors.Invalid: a filter names a column it cannot apply to."""
     c = []
     for name, values in filters.values.items():
+        if name not in IN_FILTERS:
+            raise Invalid(f"Invalid filter: {name}")
         c.append(getattr(ImageRow, name).in_(values))
     if filters.owner is not None:
         c.append(ImageRow.owner == filters.owner)
@@ -307,7 +350,9 @@ def _filter_conditions(filters: ImageFilters) -> list:
     if filters.os_hidden is not None:
         c.append(ImageRow.os_hidden == (true() if filters.os_hidden else false()))
     for name, op, value in filters.times:
-        c.append(_TIME_OPS[op](getattr(ImageRow, name), value))
+        if name not in _TIME_FILTER_COLUMNS or op not in TIME_OPERATORS:
+            raise Invalid(f"Invalid time filter: {name} {op}")
+        c.append(_TIME_OPS[op](getattr(ImageRow, name), _naive_utc(value)))
     for tag in filters.tags:
         c.append(exists().where(TagRow.image_id == ImageRow.id, TagRow.value == tag))
     for name, value in filters.properties.items():
@@ -318,6 +363,10 @@ def _filter_conditions(filters: ImageFilters) -> list:
 
 
 def _sort_keys(sort: list[tuple[str, str]]):
+    """:raises abbild.errors.Invalid: an unknown sort key or direction."""
+    for key, direction in sort:
+        if key not in SORT_KEYS or direction not in ("asc", "desc"):
+            raise Invalid(f"Invalid sort: {key}:{direction}")
     keys = [(getattr(ImageRow, key), direction) for key, direction in sort]
     default_dir = sort[0][1] if sort else "desc"
     names = {key for key, _ in sort}

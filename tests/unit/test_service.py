@@ -1,0 +1,162 @@
+"""The image service over a real SQLite registry and the memory driver: the order of
+an upload, its rollbacks, crash recovery and the lifecycle hooks."""
+
+import datetime
+import hashlib
+import uuid
+
+import pytest
+
+from abbild.errors import Conflict, Forbidden, ImageNotFound, SizeLimitExceeded, SizeMismatch
+from abbild.image import Image, Status, utcnow
+from abbild.registry import Viewer
+from abbild.service import Gone
+
+ADMIN = Viewer(is_admin=True)
+
+
+def new_image(service, **kw):
+    return service.create(Image(id=str(uuid.uuid4()), disk_format="raw", container_format="bare", **kw))
+
+
+def objects(service, store="mem"):
+    return service.stores[store].driver._objects
+
+
+def test_upload_activates_with_hashes_and_fires_hooks(service):
+    image = new_image(service)
+    data = b"abc" * 1000
+    done = service.upload(image.id, [data[:100], data[100:]], declared_size=len(data), viewer=ADMIN)
+    assert done.status is Status.ACTIVE
+    assert done.checksum == hashlib.md5(data).hexdigest()
+    assert done.os_hash_value == hashlib.sha512(data).hexdigest()
+    assert done.size == len(data) and done.upload_worker is None
+    assert [loc.store for loc in done.locations] == ["mem"]
+    assert service.recorder.events == [("created", image.id), ("uploaded", "active", "mem"), ("activated", image.id)]
+    dl = service.download(image.id, ADMIN)
+    assert b"".join(dl.chunks) == data
+
+
+def test_upload_to_a_named_store(service):
+    image = new_image(service)
+    service.upload(image.id, [b"x"], declared_size=1, viewer=ADMIN, store_name="other")
+    assert len(objects(service, "other")) == 1 and not objects(service, "mem")
+
+
+@pytest.mark.parametrize(
+    "chunks,declared,error",
+    [
+        ([b"x" * (1 << 20), b"y"], None, SizeLimitExceeded),
+        ([b"x" * 10], 11, SizeMismatch),
+        ([b"x" * 12], 11, SizeMismatch),
+    ],
+)
+def test_failed_upload_rolls_back(service, chunks, declared, error):
+    image = new_image(service)
+    with pytest.raises(error):
+        service.upload(image.id, chunks, declared_size=declared, viewer=ADMIN)
+    after = service.registry.get_image(image.id)
+    assert after.status is Status.QUEUED and after.upload_worker is None and after.locations == []
+    assert objects(service) == {}
+    assert service.recorder.events[-1] == ("upload_failed", "queued", error.__name__)
+
+
+def test_client_disconnect_rolls_back(service):
+    image = new_image(service)
+
+    def body():
+        yield b"x" * 100
+        raise OSError("connection reset")
+
+    with pytest.raises(OSError):
+        service.upload(image.id, body(), declared_size=None, viewer=ADMIN)
+    assert service.registry.get_image(image.id).status is Status.QUEUED
+    assert objects(service) == {}
+
+
+def test_second_upload_conflicts(service):
+    image = new_image(service)
+    service.upload(image.id, [b"x"], declared_size=1, viewer=ADMIN)
+    with pytest.raises(Conflict):
+        service.upload(image.id, [b"y"], declared_size=1, viewer=ADMIN)
+    assert len(objects(service)) == 1
+
+
+def test_delete_during_upload_removes_the_data(service):
+    image = new_image(service)
+
+    def body():
+        yield b"x" * 10
+        service.delete(image.id, ADMIN)  # another request deletes the image mid-upload
+        yield b"y" * 10
+
+    with pytest.raises(Gone):
+        service.upload(image.id, body(), declared_size=None, viewer=ADMIN)
+    assert objects(service) == {}
+    with pytest.raises(ImageNotFound):
+        service.registry.get_image(image.id)
+
+
+def test_formats_are_required_before_data(service):
+    image = service.create(Image(id=str(uuid.uuid4())))
+    with pytest.raises(Exception, match="disk_format must be set"):
+        service.upload(image.id, [b"x"], declared_size=1, viewer=ADMIN)
+    assert service.registry.get_image(image.id).status is Status.QUEUED
+
+
+def test_protected_images_are_not_deleted(service):
+    image = new_image(service, protected=True)
+    with pytest.raises(Forbidden):
+        service.delete(image.id, ADMIN)
+    assert service.registry.get_image(image.id).status is Status.QUEUED
+
+
+def test_delete_removes_data_and_fires_hook(service):
+    image = new_image(service)
+    service.upload(image.id, [b"x"], declared_size=1, viewer=ADMIN)
+    service.delete(image.id, ADMIN)
+    assert objects(service) == {}
+    assert service.recorder.events[-1] == ("deleted", "deleted")
+
+
+def test_deactivated_download_is_admin_only(service):
+    image = new_image(service)
+    service.upload(image.id, [b"x"], declared_size=1, viewer=ADMIN)
+    service.set_active(image.id, False, ADMIN)
+    with pytest.raises(Forbidden):
+        service.download(image.id, Viewer(project_id=None, is_admin=False))
+    assert service.download(image.id, ADMIN) is not None
+    service.set_active(image.id, True, ADMIN)
+    assert service.registry.get_image(image.id).status is Status.ACTIVE
+
+
+def _claimed(service, worker, lease_seconds, complete=False):
+    """An image left in 'saving' by *worker*, with data written under its key."""
+    image = new_image(service)
+
+    def claim(img):
+        img.transition(Status.SAVING)
+        img.upload_worker = worker
+        img.upload_lease = utcnow() + datetime.timedelta(seconds=lease_seconds)
+
+    service.registry.update_image(image.id, claim)
+    if complete:
+        service.stores["mem"].put(image.id, [b"complete"], 8)
+    return image.id
+
+
+def test_recovery_resets_dead_local_workers_and_expired_leases(service):
+    import socket
+
+    dead_local = _claimed(service, f"{socket.gethostname()}:999999999:1", 3600, complete=True)
+    expired_remote = _claimed(service, "elsewhere:1:1", -5)
+    live_remote = _claimed(service, "elsewhere:2:2", 3600)
+    ours = _claimed(service, service.worker, 3600)
+
+    assert sorted(service.recover_interrupted_uploads()) == sorted([dead_local, expired_remote])
+    for image_id in (dead_local, expired_remote):
+        image = service.registry.get_image(image_id)
+        assert image.status is Status.QUEUED and image.upload_worker is None
+    for image_id in (live_remote, ours):
+        assert service.registry.get_image(image_id).status is Status.SAVING
+    assert objects(service) == {}, "complete but never activated data must be discarded"
