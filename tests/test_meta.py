@@ -59,7 +59,7 @@ def test_installed_import_names_only(tmp_path):
         "import importlib.util as u, sys;"
         "bad = [n for n in ('core', 'api', 'drivers') if u.find_spec(n)];"
         "import abbild, abbild_api, abbild_paste, paste.deploy;"
-        "sys.exit(','.join(bad))"
+        "print(*bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
