@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+from abbild import config
+
 # Newest first, as Glance lists them with the image cache off and multi-store on
 # (abbild always names its stores).
 VERSIONS = ("2.17", "2.15", "2.13", "2.12", "2.11", "2.10", "2.9", "2.8",
@@ -36,7 +38,8 @@ def _base_url(environ, public_endpoint: str | None) -> str:
 
 
 def filter_factory(global_conf, **local_conf):
-    public_endpoint = local_conf.get("public_endpoint") or None
+    files = [f for f in (global_conf.get("config_files") or "").split(",") if f]
+    public_endpoint = local_conf.get("public_endpoint") or config.load(files).public_endpoint
 
     def make(app):
         def middleware(environ, start_response):
