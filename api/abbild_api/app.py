@@ -69,6 +69,8 @@ class Application:
                     headers={"Allow": ", ".join(methods)},
                 )
             params = m.groupdict()
+            if "image_id" in params:  # ids are stored lower-case; a client may use its own spelling
+                params["image_id"] = params["image_id"].lower()
             try:
                 return handler(self, req, **params)
             except AbbildError as error:

@@ -52,6 +52,8 @@ def _requested_range(req, size: int) -> tuple[int, int] | None:
         if not m:
             raise _unsatisfiable(size)
         first, last = int(m.group(1)), int(m.group(2))
+        if last >= size:  # unlike a Range, Glance never clips a legacy Content-Range
+            raise _unsatisfiable(size)
     else:
         if "," in header:
             raise Invalid("Multiple ranges are not supported; ask for one range at a time.")

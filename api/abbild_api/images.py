@@ -71,7 +71,7 @@ def _apply(image: Image, values: dict) -> None:
             image.tags = set(value)
         elif name in WRITABLE:
             setattr(image, name, value)
-        else:
+        elif value is not None:  # a null extra property (kernel_id, ramdisk_id) is no property
             image.properties[name] = value
 
 
@@ -91,7 +91,7 @@ def create(app, req):
         if name == "id":
             continue
         _check_settable(name)
-    image_id = body.pop("id", None) or str(uuid.uuid4())
+    image_id = body.pop("id") if "id" in body else str(uuid.uuid4())  # null or "" fail validation
     _validate({"id": image_id, **body})
     ctx = app.context(req)
     owner = body.get("owner", ctx.project_id)
@@ -285,6 +285,8 @@ def parse_patch(req) -> list[tuple[str, str, object]]:
         if op != "remove" and "value" not in change:
             raise Invalid(f"Unable to find `value` in the change of {path}.")
         name = _pointer(path)
+        if op == "remove" and name == "stores":
+            continue  # computed from the locations; openstacksdk's update_image removes it as a stale extra
         _check_settable(name)
         ops.append((op, name, change.get("value"), legacy))
     return ops
@@ -307,7 +309,7 @@ def update(app, req, image_id):
                 continue
             if op == "replace" and name not in values and not base:
                 raise Conflict(f"Property {name} does not exist.")
-            if op == "add" and legacy and name in values and not base:
+            if op == "add" and legacy and name in values:  # base attributes always exist
                 raise Conflict(f"Property {name} already present.")
             if name in ("disk_format", "container_format") and image.status is not Status.QUEUED \
                     and value != values.get(name):

@@ -15,6 +15,7 @@ from abbild.errors import (
     Conflict,
     Forbidden,
     ImageNotFound,
+    Invalid,
     InvalidTransition,
     NotFound,
     StoreError,
@@ -132,7 +133,10 @@ class ImageService:
 
     def list(self, filters: ImageFilters, sort, limit: int, marker: str | None, viewer: Viewer) -> list[Image]:
         if marker is not None:
-            self.get(marker, viewer)  # an invisible marker is as unknown as a missing one
+            try:
+                self.get(marker, viewer)  # an invisible marker is as unknown as a missing one
+            except ImageNotFound:
+                raise Invalid(f"Marker {marker} could not be found.") from None
         return self.registry.list_images(filters, sort, limit, marker, viewer)
 
     def create(self, image: Image) -> Image:
