@@ -27,6 +27,7 @@ ROUTES = [
     ("/v2/images/{image_id}/actions/deactivate", {"POST": images.deactivate}),
     ("/v2/images/{image_id}/actions/reactivate", {"POST": images.reactivate}),
     ("/v2/schemas/{name}", {"GET": lambda app, req, name: _schema(app, req, name)}),
+    ("/v2/stores/{store}/{image_id}", {"DELETE": images.delete_from_store}),
     ("/v2/info/import", {"GET": info.import_methods}),
     ("/v2/info/stores", {"GET": info.stores}),
     ("/v2/info/stores/detail", {"GET": info.stores_detail}),

@@ -329,6 +329,12 @@ def delete(app, req, image_id):
     return no_content()
 
 
+def delete_from_store(app, req, store, image_id):
+    reject_body(req)
+    app.service.delete_from_store(image_id, store, app.context(req).viewer)
+    return no_content()
+
+
 # -- tags and actions ---------------------------------------------------------------------
 
 

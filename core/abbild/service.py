@@ -197,6 +197,30 @@ class ImageService:
         deleted = self.registry.update_image(image_id, change)
         notify(self.plugins, "abbild_image_deleted", image=deleted)
 
+    def delete_from_store(self, image_id: str, store_name: str, viewer: Viewer) -> None:
+        """Remove the image's data from one store, keeping its other locations."""
+        image = self.get(image_id, viewer)
+        store = self.stores.for_location(store_name)
+        if store is None:
+            raise Conflict(f"Unknown store {store_name!r}; the stores are: {', '.join(s.name for s in self.stores)}")
+        if image.status is not Status.ACTIVE:
+            raise Conflict(f"Image {image_id} has status '{image.status}'; only active images can lose a store")
+        here = [loc for loc in image.locations if loc.store == store_name]
+        if not here:
+            raise NotFound(f"{store_name}/{image_id}")
+        if len(here) == len(image.locations):
+            raise Forbidden(f"Image {image_id} has data only in store {store_name!r}: delete the image instead.")
+
+        def change(current: Image) -> None:
+            current.locations = [loc for loc in current.locations if loc.store != store_name]
+            if not current.locations:
+                raise Conflict(f"Image {image_id} would be left without data")
+
+        self.registry.update_image(image_id, change)
+        for loc in here:
+            self._delete_quietly(store, loc.uri)
+        notify(self.plugins, "abbild_image_updated", image=self.registry.get_image(image_id))
+
     # -- data ---------------------------------------------------------------------------
 
     def upload(

@@ -7,10 +7,11 @@ import json
 
 from abbild import config
 
-# Newest first, as Glance lists them with the image cache off and multi-store on
-# (abbild always names its stores).
-VERSIONS = ("2.17", "2.15", "2.13", "2.12", "2.11", "2.10", "2.9", "2.8",
-            "2.7", "2.6", "2.5", "2.4", "2.3", "2.2", "2.1", "2.0")  # fmt: skip
+# Newest first. Clients switch features on by version (glanceclient's has_version), so
+# only versions whose API abbild serves are listed: multi-store (2.8, 2.10) is always on,
+# because abbild always names its stores; image tasks (2.12), the cache API (2.14, 2.16,
+# 2.18) and the location API (2.17) come with those features.
+VERSIONS = ("2.11", "2.10", "2.9", "2.8", "2.7", "2.6", "2.5", "2.4", "2.3", "2.2", "2.1", "2.0")
 CURRENT = VERSIONS[0]
 KNOWN = frozenset({"v2"} | {f"v{v}" for v in VERSIONS})
 ACCEPT_PREFIX = "application/vnd.openstack.images-"

@@ -91,3 +91,22 @@ def make_server(tmp_path):
     yield make
     for srv in servers:
         srv.stop()
+
+
+@pytest.fixture(scope="session")
+def server_factory(tmp_path_factory):
+    """Start a server with its own config file, for a module's lifetime or longer:
+    ``server_factory(name, config_text)``; ``{dir}`` in the text is its own directory."""
+    servers = []
+
+    def make(name: str, config_text: str) -> Server:
+        base = tmp_path_factory.mktemp(name)
+        conf = base / "abbild-api.conf"
+        conf.write_text(config_text.format(dir=base))
+        srv = Server(base, "--config-file", str(conf)).start()
+        servers.append(srv)
+        return srv
+
+    yield make
+    for srv in servers:
+        srv.stop()

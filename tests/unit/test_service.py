@@ -160,3 +160,32 @@ def test_recovery_resets_dead_local_workers_and_expired_leases(service):
     for image_id in (live_remote, ours):
         assert service.registry.get_image(image_id).status is Status.SAVING
     assert objects(service) == {}, "complete but never activated data must be discarded"
+
+
+def test_delete_from_one_store_keeps_the_other(service):
+    from abbild.image import Location
+
+    image = new_image(service)
+    service.upload(image.id, [b"data"], declared_size=4, viewer=ADMIN, store_name="mem")
+    copy = service.stores["other"].put(image.id, [b"data"], 4)
+    service.registry.update_image(image.id, lambda i: i.locations.append(Location("other", copy.uri, 4)))
+
+    service.delete_from_store(image.id, "mem", ADMIN)
+    after = service.registry.get_image(image.id)
+    assert [loc.store for loc in after.locations] == ["other"]
+    assert objects(service, "mem") == {} and len(objects(service, "other")) == 1
+    assert b"".join(service.download(image.id, ADMIN).chunks) == b"data"
+    with pytest.raises(Forbidden):
+        service.delete_from_store(image.id, "other", ADMIN)
+
+
+def test_download_falls_back_to_the_next_location(service):
+    from abbild.image import Location
+
+    image = new_image(service)
+    service.upload(image.id, [b"data"], declared_size=4, viewer=ADMIN, store_name="mem")
+    # A location whose data vanished comes first (store weight); the next one serves.
+    service.stores["other"].weight = 5
+    service.registry.update_image(image.id, lambda i: i.locations.insert(0, Location("other", "memory://other/gone", 4)))
+    dl = service.download(image.id, ADMIN)
+    assert dl.store.name == "mem" and b"".join(dl.chunks) == b"data"
