@@ -58,12 +58,17 @@ class Gone(Conflict):
 
 
 def _process_start_ticks(pid: int) -> str | None:
+    """The start time of a running process, or None when there is none. A killed
+    process that nobody reaped yet (a zombie) counts as dead."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             # The command name may contain spaces; fields after the last ')' are fixed.
-            return f.read().rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
         return None
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return fields[19].decode()
 
 
 def worker_identity(pid: int | None = None) -> str:

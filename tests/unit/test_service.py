@@ -189,3 +189,26 @@ def test_download_falls_back_to_the_next_location(service):
     service.registry.update_image(image.id, lambda i: i.locations.insert(0, Location("other", "memory://other/gone", 4)))
     dl = service.download(image.id, ADMIN)
     assert dl.store.name == "mem" and b"".join(dl.chunks) == b"data"
+
+
+def test_a_zombie_worker_is_dead():
+    import os
+    import signal
+    import time
+
+    from abbild.service import worker_alive, worker_identity
+
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(30)
+        os._exit(0)
+    identity = worker_identity(pid)
+    assert worker_alive(identity) is True
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.2)  # killed, not reaped: a zombie keeps its /proc entry
+    try:
+        assert worker_alive(identity) is False
+    finally:
+        os.waitpid(pid, 0)
+    assert worker_alive(identity) is False
+    assert worker_alive("some-other-host:1:1") is None
