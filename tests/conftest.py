@@ -103,15 +103,22 @@ def sql_blank_url(request, tmp_path):
         yield url
 
 
-@pytest.fixture
-def sql_registry(sql_url):
-    """An ``SQLRegistry`` on ``sql_url`` with every table emptied first."""
-    from abbild.db.models import Base
+@pytest.fixture(scope="session")
+def sql_session_registry(sql_url):
+    """One ``SQLRegistry`` per database for the session (engines are costly to start)."""
     from abbild.db.registry import SQLRegistry
 
     registry = SQLRegistry(url=sql_url)
-    with registry.engine.begin() as conn:
-        for table in reversed(Base.metadata.sorted_tables):
-            conn.execute(table.delete())
     yield registry
     registry.close()
+
+
+@pytest.fixture
+def sql_registry(sql_session_registry):
+    """The session's ``SQLRegistry`` on ``sql_url``, with every table emptied first."""
+    from abbild.db.models import Base
+
+    with sql_session_registry.engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())
+    return sql_session_registry

@@ -15,6 +15,7 @@ depends_on = None
 
 # Exact-match text on MySQL/MariaDB (their default collation ignores case).
 VARCHAR255 = sa.String(255).with_variant(mysql.VARCHAR(255, collation="utf8mb4_bin"), "mysql", "mariadb")
+TEXT = sa.Text().with_variant(mysql.TEXT(collation="utf8mb4_bin"), "mysql", "mariadb")
 
 
 def upgrade():
@@ -55,7 +56,7 @@ def upgrade():
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("image_id", sa.String(36), nullable=False),
         sa.Column("name", VARCHAR255, nullable=False),
-        sa.Column("value", sa.Text(), nullable=False),
+        sa.Column("value", TEXT, nullable=False),
         sa.ForeignKeyConstraint(["image_id"], ["images.id"], name="fk_image_properties_image_id_images"),
         sa.PrimaryKeyConstraint("id", name="pk_image_properties"),
         sa.UniqueConstraint("image_id", "name", name="uq_image_properties_image_id_name"),

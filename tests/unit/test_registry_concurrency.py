@@ -1,0 +1,99 @@
+"""Concurrent writers lose nothing: every ``update_image`` lands exactly once.
+
+Four workers, as threads sharing one registry and as processes with one registry each,
+interleave ``create_image`` with ``update_image`` calls on one shared image. Each update
+increments the integer property "counter" and adds a tag of its own.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import traceback
+import uuid
+
+import pytest
+
+from abbild.db.registry import SQLRegistry
+from abbild.image import Image
+
+WORKERS = 4
+OPS = 50
+
+
+def increment(tag: str):
+    def change(image: Image) -> None:
+        image.properties["counter"] = str(int(image.properties["counter"]) + 1)
+        image.tags.add(tag)
+
+    return change
+
+
+def work(registry: SQLRegistry, shared_id: str, worker: int) -> None:
+    for op in range(OPS):
+        name = f"w{worker}-op{op}"
+        registry.create_image(Image(id=str(uuid.uuid4()), name=name, tags={name}, properties={"worker": str(worker)}))
+        registry.update_image(shared_id, increment(name))
+
+
+def in_threads(url: str, registry: SQLRegistry, shared_id: str, tmp_path) -> list[str]:
+    errors: list[str] = []
+    start = threading.Barrier(WORKERS)
+
+    def run(worker: int) -> None:
+        try:
+            start.wait()
+            work(registry, shared_id, worker)
+        except Exception:
+            errors.append(traceback.format_exc())
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in range(WORKERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+def in_processes(url: str, registry: SQLRegistry, shared_id: str, tmp_path) -> list[str]:
+    # fork: the test module is not importable by name in a spawned child (importlib
+    # mode). The parent's pooled connections must not be shared with the children.
+    registry.engine.dispose()
+    context = multiprocessing.get_context("fork")
+    start = context.Barrier(WORKERS)
+
+    def run(worker: int) -> None:
+        try:
+            child = SQLRegistry(url=url)
+            start.wait()
+            work(child, shared_id, worker)
+            child.close()
+        except BaseException:
+            (tmp_path / f"worker{worker}.err").write_text(traceback.format_exc())
+            raise
+
+    processes = [context.Process(target=run, args=(w,)) for w in range(WORKERS)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=300)
+    errors = [path.read_text() for path in sorted(tmp_path.glob("worker*.err"))]
+    errors += [f"worker {w} exit code {p.exitcode}" for w, p in enumerate(processes) if p.exitcode != 0]
+    return errors
+
+
+@pytest.mark.parametrize("runner", [in_threads, in_processes], ids=["threads", "processes"])
+def test_no_lost_updates(sql_url, sql_registry, runner, tmp_path):
+    shared = sql_registry.create_image(Image(id=str(uuid.uuid4()), name="shared", properties={"counter": "0"}))
+
+    errors = runner(sql_url, sql_registry, shared.id, tmp_path)
+
+    assert errors == []
+    final = sql_registry.get_image(shared.id)
+    expected_tags = {f"w{w}-op{op}" for w in range(WORKERS) for op in range(OPS)}
+    assert final.properties["counter"] == str(WORKERS * OPS)
+    assert final.tags == expected_tags
+    assert final.version == 1 + WORKERS * OPS
+    created = sql_registry.images_in_status("queued")
+    assert sorted(image.name for image in created) == sorted(expected_tags | {"shared"})
+    assert all(image.tags == {image.name} for image in created if image.id != shared.id)
