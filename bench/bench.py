@@ -27,6 +27,7 @@ import argparse
 import hashlib
 import http.client
 import json
+import math
 import os
 import queue
 import statistics
@@ -65,7 +66,7 @@ def mib_s(nbytes: int, seconds: float) -> float:
 def percentile(values: list[float], p: float) -> float:
     """Nearest-rank percentile (p in 0..100) of a non-empty list."""
     ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, int(round(p / 100.0 * len(ordered) + 0.5)) - 1))
+    k = max(0, min(len(ordered) - 1, math.ceil(p / 100.0 * len(ordered)) - 1))
     return ordered[k]
 
 
@@ -140,6 +141,17 @@ class CpuMeter:
                     wanted.add(pid)
                     frontier.append(pid)
         return total
+
+
+def machine_busy() -> float | None:
+    """Busy CPU seconds of the whole machine so far (user+nice+system+irq+softirq)."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:8]]
+    except OSError:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / tick
 
 
 class Api:
@@ -320,6 +332,7 @@ class Measure:
 
     def __enter__(self):
         self.s0 = self.meter.sample() if self.meter else None
+        self.m0 = machine_busy()
         self.c0 = time.process_time()
         self.t0 = time.perf_counter()
         return self
@@ -328,11 +341,18 @@ class Measure:
         self.seconds = time.perf_counter() - self.t0
         self.client_cpu = time.process_time() - self.c0
         self.server_cpu = (self.meter.sample() - self.s0) if self.meter else None
+        m1 = machine_busy()
+        # CPU the rest of the machine used meanwhile (other processes, kernel threads
+        # such as writeback), in cores: only known when the server's CPU is known
+        self.other_cores = None
+        if self.m0 is not None and m1 is not None and self.server_cpu is not None and self.seconds > 0:
+            self.other_cores = (m1 - self.m0 - self.client_cpu - self.server_cpu) / self.seconds
         return False
 
     def result(self, nbytes: int) -> dict:
         r = {"seconds": self.seconds, "bytes": nbytes, "mib_s": mib_s(nbytes, self.seconds),
-             "client_cpu_s_per_gib": self.client_cpu * GiB / nbytes if nbytes else None}
+             "client_cpu_s_per_gib": self.client_cpu * GiB / nbytes if nbytes else None,
+             "other_cores": self.other_cores}
         if self.server_cpu is not None:
             r["server_cpu_s"] = self.server_cpu
             r["server_cpu_s_per_gib"] = self.server_cpu * GiB / nbytes if nbytes else None
@@ -494,9 +514,12 @@ def report(res: dict) -> None:
             r = res["transfers"].get(key)
             if r:
                 rows.append([label, fmt(r["mib_s"]), fmt(r["seconds"], ".2f"),
-                             fmt(r.get("server_cpu_s_per_gib"), ".3f"), fmt(r["client_cpu_s_per_gib"], ".3f")])
+                             fmt(r.get("server_cpu_s_per_gib"), ".3f"), fmt(r["client_cpu_s_per_gib"], ".3f"),
+                             fmt(r.get("other_cores"), ".2f")])
         print_table(f"(b, c) transfers of a {res['size_mib']} MiB image",
-                    ["what", "MiB/s", "seconds", "server CPU s/GiB", "client CPU s/GiB"], rows)
+                    ["what", "MiB/s", "seconds", "server CPU s/GiB", "client CPU s/GiB", "other cores busy"], rows)
+        print("  other cores busy: CPU used meanwhile by everything but this client and the server (other\n"
+              "  processes, kernel writeback), averaged; well above 0.1 means the run was disturbed.")
         for line in res["transfers"].get("checks", []):
             print(f"  check: {line}")
     if "metadata" in res:

@@ -18,7 +18,7 @@ class EmbeddedServer(BaseApplication):
             "worker_class": "gthread",
             "workers": workers,
             "threads": threads,
-            "sendfile": True,
+            # "sendfile" stays unset: gunicorn 27 treats any value but None as "off".
             # Uploads of tens of GiB take long; gthread keeps its heartbeat from the main
             # loop, so the timeout only catches a wedged worker, not a long request.
             "timeout": 120,
