@@ -77,6 +77,26 @@ Related options:
     * None
 """,
     ),
+    cfg.BoolOpt(
+        "direct_io",
+        default=True,
+        help="""
+Write image data with O_DIRECT, past the page cache.
+
+Images are large and written once: caching them only pushes useful pages out
+of memory, and on virtual machines filling fresh page cache costs several
+seconds of CPU per GiB. With O_DIRECT the disk takes the data straight from an
+aligned buffer. Filesystems without O_DIRECT (tmpfs, some network filesystems)
+get ordinary buffered writes automatically.
+
+Possible values:
+    * True: write with O_DIRECT where the filesystem supports it (default)
+    * False: always write through the page cache
+
+Related options:
+    * fsync
+""",
+    ),
 ]
 
 
