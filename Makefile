@@ -12,7 +12,7 @@ install-test:
 	$(PIP) -e '.[test]' -e drivers/filesystem
 
 serve: install
-	abbild serve
+	$(PYTHON) -m abbild.cli serve $(ARGS)
 
 test: install-test
 	bash tools/start-sql-servers.sh
