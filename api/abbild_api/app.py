@@ -13,7 +13,7 @@ from abbild import config
 from abbild.context import ENVIRON_KEY, RequestContext
 from abbild.errors import AbbildError
 from abbild.service import ImageService
-from abbild_api import data, images, info
+from abbild_api import data, images, info, members
 from abbild_api.errors import to_http
 
 LOG = logging.getLogger(__name__)
@@ -24,6 +24,9 @@ ROUTES = [
     ("/v2/images/{image_id}", {"GET": images.show, "PATCH": images.update, "DELETE": images.delete}),
     ("/v2/images/{image_id}/file", {"GET": data.download, "PUT": data.upload}),
     ("/v2/images/{image_id}/tags/{tag}", {"PUT": images.add_tag, "DELETE": images.delete_tag}),
+    ("/v2/images/{image_id}/members", {"GET": members.index, "POST": members.create}),
+    ("/v2/images/{image_id}/members/{member_id}",
+     {"GET": members.show, "PUT": members.update, "DELETE": members.delete}),  # fmt: skip
     ("/v2/images/{image_id}/actions/deactivate", {"POST": images.deactivate}),
     ("/v2/images/{image_id}/actions/reactivate", {"POST": images.reactivate}),
     ("/v2/schemas/{name}", {"GET": lambda app, req, name: _schema(app, req, name)}),

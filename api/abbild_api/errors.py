@@ -15,6 +15,8 @@ LOG = logging.getLogger(__name__)
 STATUS = (
     (Gone, exc.HTTPGone),
     (e.ImageNotFound, exc.HTTPNotFound),
+    (e.MemberNotFound, exc.HTTPNotFound),
+    (e.QuotaExceeded, exc.HTTPRequestEntityTooLarge),
     (e.DuplicateImage, exc.HTTPConflict),
     (e.ConcurrentUpdate, exc.HTTPConflict),
     (e.InvalidTransition, exc.HTTPConflict),

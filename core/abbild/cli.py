@@ -43,10 +43,14 @@ def cmd_serve(args) -> int:
     for store in service.stores:
         if store.driver_name == "filesystem":
             print(f"  data:     {store.driver.properties().get('data_dir')}", file=sys.stderr)
-    if conf.paste_deploy.flavor == "noauth":
+    flavor = args.auth or conf.paste_deploy.flavor
+    if flavor == "noauth":
         print("  auth:     OFF (noauth: every caller is an administrator; keep this on 127.0.0.1)", file=sys.stderr)
+    elif flavor == "trusted-headers":
+        print("  auth:     trusted headers (X-Identity-Status, X-Project-Id, X-Roles from the gateway in front;"
+              " only that gateway may reach this port)", file=sys.stderr)
     EmbeddedServer(files, args.host, args.port, threads=args.threads, workers=args.workers,
-                   access_log=args.access_log).run()  # fmt: skip
+                   access_log=args.access_log, flavor=flavor).run()  # fmt: skip
     return 0
 
 
@@ -112,6 +116,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=16, help="requests served concurrently per worker")
     s.add_argument("--workers", type=int, default=1, help="worker processes")
     s.add_argument("--access-log", action="store_true", help="log every request to stdout")
+    s.add_argument("--auth", choices=["noauth", "trusted-headers"],
+                   help="authentication flavour (default: [paste_deploy] flavor, noauth for the embedded default)")  # fmt: skip
     s.set_defaults(func=cmd_serve)
 
     d = with_config(sub.add_parser("db", help="database schema"))

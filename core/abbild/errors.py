@@ -41,6 +41,10 @@ class SizeLimitExceeded(AbbildError):
         super().__init__(f"Image exceeds the {what} of {limit} bytes.")
 
 
+class QuotaExceeded(AbbildError):
+    """A per-image or per-project limit is reached (HTTP 413)."""
+
+
 # -- data stores ------------------------------------------------------------------------
 
 
@@ -121,6 +125,12 @@ class DuplicateImage(RegistryError):
     def __init__(self, image_id: str) -> None:
         self.image_id = image_id
         super().__init__(f"An image with identifier {image_id} already exists")
+
+
+class MemberNotFound(RegistryError):
+    def __init__(self, image_id: str, member_id: str) -> None:
+        self.image_id, self.member_id = image_id, member_id
+        super().__init__(f"Project {member_id} is not a member of image {image_id}")
 
 
 class ConcurrentUpdate(RegistryError):

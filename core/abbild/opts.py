@@ -55,6 +55,17 @@ image_opts = [
         "Default: the URL of the request.",
     ),
     cfg.IntOpt(
+        "image_member_quota",
+        default=128,
+        help="Most projects one image may be shared with; a negative value means no limit.",
+    ),
+    cfg.BoolOpt(
+        "allow_anonymous_access",
+        default=False,
+        help="Let requests without valid credentials through as an anonymous, read-only "
+        "caller who sees public and community images. Off: they get 401.",
+    ),
+    cfg.IntOpt(
         "upload_lease_seconds",
         default=300,
         min=10,
@@ -90,7 +101,10 @@ paste_opts = [
         "flavor",
         default="noauth",
         help="Pipeline flavour from abbild-api-paste.ini: ``noauth`` (everyone is an "
-        "administrator; for local use only).",
+        "administrator; for local use only) or ``trusted-headers`` (a gateway in front "
+        "already authenticated the caller and passes X-Identity-Status, X-User-Id, "
+        "X-Project-Id and X-Roles, as keystonemiddleware does; never expose such a "
+        "service to anyone but that gateway).",
     ),
     cfg.StrOpt("config_file", help="Paste ini file; default: the one shipped with abbild."),
 ]

@@ -30,6 +30,20 @@ class Viewer:
     is_admin: bool = False
 
 
+MEMBER_STATUSES = ("pending", "accepted", "rejected")
+
+
+@dataclasses.dataclass
+class Member:
+    """A project an image is shared with, and what that project said about it."""
+
+    image_id: str
+    member_id: str
+    status: str = "pending"
+    created_at: datetime.datetime | None = None
+    updated_at: datetime.datetime | None = None
+
+
 @dataclasses.dataclass
 class ImageFilters:
     """Validated list filters (the API turns query strings into this)."""
@@ -90,6 +104,31 @@ class Registry(abc.ABC):
     @abc.abstractmethod
     def images_in_status(self, status: str) -> list[Image]:
         """Every (not deleted) image in *status*, for recovery and periodic jobs."""
+
+    # -- members ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def list_members(self, image_id: str) -> list[Member]:
+        """Every current member of the image, oldest first."""
+
+    @abc.abstractmethod
+    def get_member(self, image_id: str, member_id: str) -> Member | None:
+        """The membership, or ``None``."""
+
+    @abc.abstractmethod
+    def add_member(self, image_id: str, member_id: str) -> Member:
+        """A new ``pending`` membership.
+
+        :raises abbild.errors.Conflict: *member_id* is a member already.
+        """
+
+    @abc.abstractmethod
+    def set_member_status(self, image_id: str, member_id: str, status: str) -> Member:
+        """:raises abbild.errors.MemberNotFound:"""
+
+    @abc.abstractmethod
+    def delete_member(self, image_id: str, member_id: str) -> None:
+        """:raises abbild.errors.MemberNotFound:"""
 
     def update_image(self, image_id: str, change: Callable[[Image], None], *, attempts: int = 20) -> Image:
         """Apply *change* to the current image and save it, atomically.

@@ -11,8 +11,9 @@ from gunicorn.app.base import BaseApplication
 
 class EmbeddedServer(BaseApplication):
     def __init__(self, config_files: Sequence[str], host: str, port: int, threads: int = 16,
-                 workers: int = 1, access_log: bool = False) -> None:  # fmt: skip
+                 workers: int = 1, access_log: bool = False, flavor: str | None = None) -> None:  # fmt: skip
         self.config_files = list(config_files)
+        self.flavor = flavor
         self.options = {
             "bind": f"{host}:{port}" if ":" not in host else f"[{host}]:{port}",
             "worker_class": "gthread",
@@ -40,4 +41,4 @@ class EmbeddedServer(BaseApplication):
     def load(self):
         from abbild_paste.pipeline import load_api
 
-        return load_api(self.config_files)
+        return load_api(self.config_files, self.flavor)

@@ -17,13 +17,15 @@ from abbild.errors import (
     ImageNotFound,
     Invalid,
     InvalidTransition,
+    MemberNotFound,
     NotFound,
+    QuotaExceeded,
     StoreError,
     UnsupportedOperation,
 )
 from abbild.image import Image, Location, Status, utcnow
 from abbild.plugins import get_plugin_manager, notify
-from abbild.registry import ImageFilters, Registry, Viewer
+from abbild.registry import MEMBER_STATUSES, ImageFilters, Member, Registry, Viewer
 from abbild.streams import ImageStream
 from abbild.stores import Store, StoreManager
 
@@ -132,8 +134,22 @@ class ImageService:
 
     def get(self, image_id: str, viewer: Viewer) -> Image:
         image = self.registry.get_image(image_id)
-        if not can_see(image, viewer):
-            raise ImageNotFound(image_id)  # never 403: that would confirm it exists
+        if can_see(image, viewer):
+            return image
+        if image.visibility == "shared" and viewer.project_id is not None:
+            if self.registry.get_member(image_id, viewer.project_id) is not None:
+                return image  # members read it whatever their status
+        raise ImageNotFound(image_id)  # never 403: that would confirm it exists
+
+    def get_own(self, image_id: str, viewer: Viewer) -> Image:
+        """The image, if *viewer* may change it: its owner's project, or an admin.
+
+        :raises abbild.errors.ImageNotFound: *viewer* cannot even see it.
+        :raises abbild.errors.Forbidden: *viewer* sees it but does not own it.
+        """
+        image = self.get(image_id, viewer)
+        if not (viewer.is_admin or (image.owner is not None and image.owner == viewer.project_id)):
+            raise Forbidden(f"You are not permitted to modify image {image_id}; only its owner may.")
         return image
 
     def list(self, filters: ImageFilters, sort, limit: int, marker: str | None, viewer: Viewer) -> list[Image]:
@@ -150,7 +166,7 @@ class ImageService:
         return image
 
     def update(self, image_id: str, change: Callable[[Image], None], viewer: Viewer) -> Image:
-        self.get(image_id, viewer)
+        self.get_own(image_id, viewer)
         image = self.registry.update_image(image_id, change)
         notify(self.plugins, "abbild_image_updated", image=image)
         return image
@@ -176,7 +192,7 @@ class ImageService:
         return image
 
     def delete(self, image_id: str, viewer: Viewer) -> None:
-        image = self.get(image_id, viewer)
+        image = self.get_own(image_id, viewer)
         if image.protected:
             raise Forbidden(f"Image {image_id} is protected and cannot be deleted.")
         if image.status is Status.SAVING and image.upload_worker:
@@ -204,7 +220,7 @@ class ImageService:
 
     def delete_from_store(self, image_id: str, store_name: str, viewer: Viewer) -> None:
         """Remove the image's data from one store, keeping its other locations."""
-        image = self.get(image_id, viewer)
+        image = self.get_own(image_id, viewer)
         store = self.stores.for_location(store_name)
         if store is None:
             raise Conflict(f"Unknown store {store_name!r}; the stores are: {', '.join(s.name for s in self.stores)}")
@@ -226,6 +242,51 @@ class ImageService:
             self._delete_quietly(store, loc.uri)
         notify(self.plugins, "abbild_image_updated", image=self.registry.get_image(image_id))
 
+    # -- members ------------------------------------------------------------------------
+
+    def _shared(self, image_id: str, viewer: Viewer, *, own: bool) -> Image:
+        image = self.get_own(image_id, viewer) if own else self.get(image_id, viewer)
+        if image.visibility != "shared":
+            raise Forbidden("Only shared images have members.")
+        return image
+
+    def list_members(self, image_id: str, viewer: Viewer) -> list[Member]:
+        """All members for the owner and admins; a member sees only itself."""
+        image = self._shared(image_id, viewer, own=False)
+        members = self.registry.list_members(image_id)
+        if viewer.is_admin or image.owner == viewer.project_id:
+            return members
+        return [m for m in members if m.member_id == viewer.project_id]
+
+    def get_member(self, image_id: str, member_id: str, viewer: Viewer) -> Member:
+        image = self._shared(image_id, viewer, own=False)
+        if not (viewer.is_admin or image.owner == viewer.project_id or member_id == viewer.project_id):
+            raise MemberNotFound(image_id, member_id)
+        member = self.registry.get_member(image_id, member_id)
+        if member is None:
+            raise MemberNotFound(image_id, member_id)
+        return member
+
+    def add_member(self, image_id: str, member_id: str, viewer: Viewer) -> Member:
+        self._shared(image_id, viewer, own=True)
+        quota = self.conf.image_member_quota
+        if quota >= 0 and len(self.registry.list_members(image_id)) >= quota:
+            raise QuotaExceeded(f"Image {image_id} already has the maximum of {quota} members.")
+        return self.registry.add_member(image_id, member_id)
+
+    def set_member_status(self, image_id: str, member_id: str, status: str, viewer: Viewer) -> Member:
+        """Only the member itself (or an admin) accepts or rejects an image."""
+        if status not in MEMBER_STATUSES:
+            raise Invalid(f"Invalid status {status!r}: use one of {', '.join(MEMBER_STATUSES)}.")
+        self.get_member(image_id, member_id, viewer)
+        if not viewer.is_admin and member_id != viewer.project_id:
+            raise Forbidden(f"Only project {member_id} itself may accept or reject image {image_id}.")
+        return self.registry.set_member_status(image_id, member_id, status)
+
+    def delete_member(self, image_id: str, member_id: str, viewer: Viewer) -> None:
+        self._shared(image_id, viewer, own=True)
+        self.registry.delete_member(image_id, member_id)
+
     # -- data ---------------------------------------------------------------------------
 
     def upload(
@@ -244,7 +305,7 @@ class ImageService:
         removed and the image returns to ``queued``; it becomes ``active`` only after
         the store acknowledged every byte.
         """
-        image = self.get(image_id, viewer)
+        image = self.get_own(image_id, viewer)
         store = self._upload_store(image, store_name)
         self._claim(image_id)
         stream = ImageStream(

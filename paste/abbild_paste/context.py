@@ -19,3 +19,46 @@ def noauth_filter_factory(global_conf, **local_conf):
         return middleware
 
     return make
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    return tuple(r.strip().lower() for r in (value or "").split(",") if r.strip())
+
+
+def context_filter_factory(global_conf, **local_conf):
+    """The caller as an authentication layer in front described it, in the headers
+    keystonemiddleware sets (``X-Identity-Status: Confirmed``, ``X-User-Id``,
+    ``X-Project-Id``, ``X-Roles``, ...). Used behind keystonemiddleware's auth_token,
+    or, in the ``trusted-headers`` flavour, behind a gateway that already authenticated
+    the caller. Anything else is anonymous: 401 unless ``allow_anonymous_access``.
+    """
+    from abbild import config
+
+    files = [f for f in (global_conf.get("config_files") or "").split(",") if f]
+    allow_anonymous = config.load(files).allow_anonymous_access
+
+    def make(app):
+        def middleware(environ, start_response):
+            request_id = environ.get("abbild.request_id")
+            if environ.get("HTTP_X_IDENTITY_STATUS") == "Confirmed":
+                roles = _split(environ.get("HTTP_X_ROLES"))
+                ctx = RequestContext(
+                    request_id=request_id,
+                    user_id=environ.get("HTTP_X_USER_ID"),
+                    project_id=environ.get("HTTP_X_PROJECT_ID") or environ.get("HTTP_X_TENANT_ID"),
+                    roles=roles,
+                    is_admin="admin" in roles,
+                )
+            elif allow_anonymous:
+                ctx = RequestContext(request_id=request_id)
+            else:
+                body = b"401 Unauthorized\n\nAuthentication required: send a valid X-Auth-Token.\n"
+                start_response("401 Unauthorized", [("Content-Type", "text/plain"),
+                                                    ("Content-Length", str(len(body)))])  # fmt: skip
+                return [body]
+            environ[ENVIRON_KEY] = ctx
+            return app(environ, start_response)
+
+        return middleware
+
+    return make

@@ -12,12 +12,13 @@ from abbild import config
 SHIPPED_INI = os.path.join(os.path.dirname(__file__), "abbild-api-paste.ini")
 
 
-def load_api(config_files: Sequence[str]):
-    """The WSGI app of the pipeline ``abbild-api-<flavor>`` (``[paste_deploy] flavor``)."""
+def load_api(config_files: Sequence[str], flavor: str | None = None):
+    """The WSGI app of the pipeline ``abbild-api-<flavor>``; the flavour defaults to
+    ``[paste_deploy] flavor``."""
     conf = config.load(config_files)
     ini = conf.paste_deploy.config_file or SHIPPED_INI
     return loadapp(
         f"config:{os.path.abspath(ini)}",
-        name=f"abbild-api-{conf.paste_deploy.flavor}",
+        name=f"abbild-api-{flavor or conf.paste_deploy.flavor}",
         global_conf={"config_files": ",".join(os.path.abspath(f) for f in config_files)},
     )

@@ -212,3 +212,18 @@ def test_a_zombie_worker_is_dead():
         os.waitpid(pid, 0)
     assert worker_alive(identity) is False
     assert worker_alive("some-other-host:1:1") is None
+
+
+def test_member_quota(service):
+    from abbild.errors import QuotaExceeded
+
+    service.conf.set_override("image_member_quota", 2)
+    owner = Viewer(project_id="owner")
+    image = service.create(Image(id=str(uuid.uuid4()), owner="owner"))
+    service.add_member(image.id, "a", owner)
+    service.add_member(image.id, "b", owner)
+    with pytest.raises(QuotaExceeded, match="maximum of 2 members"):
+        service.add_member(image.id, "c", owner)
+    service.delete_member(image.id, "a", owner)
+    service.add_member(image.id, "c", owner)  # room again after a removal
+    assert sorted(m.member_id for m in service.list_members(image.id, owner)) == ["b", "c"]

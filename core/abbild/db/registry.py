@@ -14,9 +14,17 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from abbild.db.models import ImageRow, LocationRow, MemberRow, PropertyRow, TagRow
-from abbild.errors import ConcurrentUpdate, DuplicateImage, ImageNotFound, Invalid, RegistryUnavailable
+from abbild.errors import (
+    ConcurrentUpdate,
+    Conflict,
+    DuplicateImage,
+    ImageNotFound,
+    Invalid,
+    MemberNotFound,
+    RegistryUnavailable,
+)
 from abbild.image import Image, Location, Status, utcnow
-from abbild.registry import IN_FILTERS, SORT_KEYS, TIME_OPERATORS, ImageFilters, Registry, Viewer
+from abbild.registry import IN_FILTERS, SORT_KEYS, TIME_OPERATORS, ImageFilters, Member, Registry, Viewer
 
 LOG = logging.getLogger(__name__)
 
@@ -203,6 +211,78 @@ class SQLRegistry(Registry):
                 query = query.order_by(column.asc() if direction == "asc" else column.desc())
             rows = session.scalars(_with_children(query.limit(limit))).all()
             return [_to_image(r) for r in rows]
+
+
+    # -- members --------------------------------------------------------------------
+
+    def list_members(self, image_id: str) -> list[Member]:
+        with self._reading() as session:
+            rows = session.scalars(
+                select(MemberRow)
+                .where(MemberRow.image_id == image_id, MemberRow.deleted == false())
+                .order_by(MemberRow.created_at, MemberRow.id)
+            )
+            return [_to_member(r) for r in rows]
+
+    def get_member(self, image_id: str, member_id: str) -> Member | None:
+        with self._reading() as session:
+            row = session.scalars(_member_query(image_id, member_id)).first()
+            return _to_member(row) if row is not None else None
+
+    def add_member(self, image_id: str, member_id: str) -> Member:
+        now = utcnow()
+
+        def work(session: Session):
+            # A removed member keeps its row (the unique key); adding it again revives it.
+            row = session.scalars(
+                select(MemberRow).where(MemberRow.image_id == image_id, MemberRow.member == member_id).with_for_update()
+            ).first()
+            if row is not None and not row.deleted:
+                raise Conflict(f"Project {member_id} is already a member of image {image_id}.")
+            if row is None:
+                row = MemberRow(image_id=image_id, member=member_id, can_share=False, created_at=now)
+                session.add(row)
+            row.deleted, row.status, row.created_at, row.updated_at = False, "pending", now, now
+            session.flush()
+            return _to_member(row)
+
+        try:
+            return self._writing(work)
+        except IntegrityError:
+            raise Conflict(f"Project {member_id} is already a member of image {image_id}.") from None
+
+    def set_member_status(self, image_id: str, member_id: str, status: str) -> Member:
+        def work(session: Session):
+            row = session.scalars(_member_query(image_id, member_id).with_for_update()).first()
+            if row is None:
+                raise MemberNotFound(image_id, member_id)
+            row.status, row.updated_at = status, utcnow()
+            session.flush()
+            return _to_member(row)
+
+        return self._writing(work)
+
+    def delete_member(self, image_id: str, member_id: str) -> None:
+        def work(session: Session):
+            result = session.execute(
+                update(MemberRow)
+                .where(MemberRow.image_id == image_id, MemberRow.member == member_id, MemberRow.deleted == false())
+                .values(deleted=True, updated_at=utcnow())
+            )
+            if result.rowcount != 1:
+                raise MemberNotFound(image_id, member_id)
+
+        self._writing(work)
+
+
+def _member_query(image_id: str, member_id: str):
+    return select(MemberRow).where(
+        MemberRow.image_id == image_id, MemberRow.member == member_id, MemberRow.deleted == false()
+    )
+
+
+def _to_member(row: MemberRow) -> Member:
+    return Member(row.image_id, row.member, row.status, row.created_at, row.updated_at)
 
 
 # -- row <-> image ------------------------------------------------------------------------
