@@ -421,10 +421,10 @@ class ImageService:
         image = self.get(image_id, viewer)
         if image.status is Status.DEACTIVATED and not viewer.is_admin:
             raise Forbidden("The requested image has been deactivated. Image data download is forbidden.")
-        weights = {s.name: s.weight for s in self.stores}
+        rank = self.stores.rank()
         locations = sorted(
-            (l for l in image.locations if l.status == "active" and l.store in weights),
-            key=lambda l: -weights[l.store],
+            (l for l in image.locations if l.status == "active" and l.store in rank),
+            key=lambda l: rank[l.store],
         )
         if not locations:
             return None

@@ -64,9 +64,6 @@ class Store:
     def size(self, uri: str) -> int:
         return self.driver.size(uri)
 
-    def owns(self, uri: str) -> bool:
-        return uri.partition(":")[0] in self.driver.schemes
-
 
 def _window(chunks: Iterator[bytes], offset: int, length: int | None) -> Iterator[bytes]:
     """Cut [offset, offset+length) out of a full stream, for stores without RANGE_READ."""
@@ -148,8 +145,11 @@ class StoreManager:
     def for_location(self, store_name: str) -> Store | None:
         return self._stores.get(store_name)
 
-    def by_weight(self) -> list[Store]:
-        return sorted(self._stores.values(), key=lambda s: -s.weight)
+    def rank(self) -> dict[str, int]:
+        """Store name -> download preference, 0 first: higher weights first, then the
+        configured order."""
+        ordered = sorted(self._stores.values(), key=lambda s: -s.weight)
+        return {store.name: i for i, store in enumerate(ordered)}
 
 
 def load_driver_class(store_name: str, driver_name: str) -> type[Driver]:
