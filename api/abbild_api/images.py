@@ -82,12 +82,6 @@ def _writable_view(image: Image) -> dict:
     return values
 
 
-def _check_visibility_change(visibility, ctx) -> None:
-    """Making an image public shows it to every project: administrators only."""
-    if visibility == "public" and not ctx.is_admin:
-        raise Forbidden("You are not authorized to publicize images; only administrators may.")
-
-
 # -- create -------------------------------------------------------------------------------
 
 
@@ -100,18 +94,13 @@ def create(app, req):
     image_id = body.pop("id") if "id" in body else str(uuid.uuid4())  # null or "" fail validation
     _validate({"id": image_id, **body})
     ctx = app.context(req)
-    if ctx.project_id is None and not ctx.is_admin:
-        raise Forbidden("Anonymous callers cannot create images.")
     owner = body.get("owner", ctx.project_id)
-    if "owner" in body and owner != ctx.project_id and not ctx.is_admin:
-        raise Forbidden("You are not permitted to create images owned by another project.")
-    _check_visibility_change(body.get("visibility"), ctx)
     image = Image(id=image_id.lower(), owner=owner)
     values = _writable_view(image)
     values.update(body)
     values["tags"] = sorted(set(values["tags"]))
     _apply(image, values)
-    image = app.service.create(image)
+    image = app.service.create(image, ctx.viewer)
     resp = json_response(image_view(image), 201)
     resp.location = f"/v2/images/{image.id}"
     resp.headers["OpenStack-image-store-ids"] = ",".join(s.name for s in app.service.stores if not s.read_only)
@@ -323,8 +312,6 @@ def update(app, req, image_id):
             if name in ("disk_format", "container_format") and image.status is not Status.QUEUED \
                     and value != values.get(name):
                 raise Forbidden(f"Attribute {name} can be only replaced for a queued image.")
-            if name == "visibility" and value != image.visibility:
-                _check_visibility_change(value, ctx)
             if name == "owner" and value != image.owner and not ctx.is_admin:
                 raise Forbidden("Only administrators may change the owner of an image.")
             values[name] = sorted(set(value)) if name == "tags" and isinstance(value, list) else value

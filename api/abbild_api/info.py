@@ -29,6 +29,7 @@ def stores(app, req):
 
 
 def stores_detail(app, req):
+    app.service.policy.authorize("stores_info_detail", app.context(req).viewer)
     return json_response({"stores": [_store(app, s, True) for s in app.service.stores]})
 
 

@@ -17,7 +17,9 @@ class RequestContext:
     project_id: str | None = None
     roles: tuple[str, ...] = ()
     is_admin: bool = False
+    anonymous: bool = False
 
     @property
     def viewer(self) -> Viewer:
-        return Viewer(project_id=self.project_id, is_admin=self.is_admin)
+        return Viewer(project_id=self.project_id, is_admin=self.is_admin, user_id=self.user_id,
+                      roles=self.roles, anonymous=self.anonymous)

@@ -23,11 +23,15 @@ TIME_OPERATORS = ("gt", "gte", "eq", "neq", "lt", "lte")
 
 @dataclasses.dataclass
 class Viewer:
-    """Who is asking: decides which images exist for them. ``None`` project with
-    ``is_admin`` is the noauth administrator."""
+    """Who is asking: decides which images exist for them and, through the policy,
+    what they may do. ``None`` project with ``is_admin`` is the noauth administrator;
+    ``anonymous`` a caller without credentials (read-only, when allowed at all)."""
 
     project_id: str | None = None
     is_admin: bool = False
+    user_id: str | None = None
+    roles: tuple[str, ...] = ()
+    anonymous: bool = False
 
 
 MEMBER_STATUSES = ("pending", "accepted", "rejected")

@@ -24,6 +24,7 @@ from abbild.errors import (
     UnsupportedOperation,
 )
 from abbild.image import Image, Location, Status, utcnow
+from abbild.policy import Policy
 from abbild.plugins import get_plugin_manager, notify
 from abbild.registry import MEMBER_STATUSES, ImageFilters, Member, Registry, Viewer
 from abbild.streams import ImageStream
@@ -114,6 +115,7 @@ class ImageService:
         self.stores = stores
         self.plugins = plugins
         self.worker = worker_identity()
+        self.policy = Policy(conf)
 
     @classmethod
     def from_config(cls, conf) -> "ImageService":
@@ -132,27 +134,42 @@ class ImageService:
 
     # -- metadata ---------------------------------------------------------------------
 
-    def get(self, image_id: str, viewer: Viewer) -> Image:
-        image = self.registry.get_image(image_id)
-        if can_see(image, viewer):
-            return image
-        if image.visibility == "shared" and viewer.project_id is not None:
-            if self.registry.get_member(image_id, viewer.project_id) is not None:
-                return image  # members read it whatever their status
-        raise ImageNotFound(image_id)  # never 403: that would confirm it exists
+    def _visible(self, image_id: str, viewer: Viewer) -> tuple[Image, dict]:
+        """The image and its policy target, if *viewer* may know it exists.
 
-    def get_own(self, image_id: str, viewer: Viewer) -> Image:
-        """The image, if *viewer* may change it: its owner's project, or an admin.
-
-        :raises abbild.errors.ImageNotFound: *viewer* cannot even see it.
-        :raises abbild.errors.Forbidden: *viewer* sees it but does not own it.
+        :raises abbild.errors.ImageNotFound: it does not exist, or not for *viewer*.
         """
-        image = self.get(image_id, viewer)
-        if not (viewer.is_admin or (image.owner is not None and image.owner == viewer.project_id)):
-            raise Forbidden(f"You are not permitted to modify image {image_id}; only its owner may.")
-        return image
+        image = self.registry.get_image(image_id)
+        member_id = None
+        if not can_see(image, viewer):
+            # Members read a shared image whatever their status; nobody else learns it exists.
+            if image.visibility != "shared" or viewer.project_id is None \
+                    or self.registry.get_member(image_id, viewer.project_id) is None:
+                raise ImageNotFound(image_id)
+            member_id = viewer.project_id
+        target = {"project_id": image.owner, "owner": image.owner, "visibility": image.visibility,
+                  "member_id": member_id}
+        return image, target
+
+    def _authorized(self, action: str, image_id: str, viewer: Viewer) -> Image:
+        """The image, if *viewer* may do *action* on it.
+
+        :raises abbild.errors.ImageNotFound: *viewer* may not even read it (as Glance:
+            a policy that hides an image hides its existence too).
+        :raises abbild.errors.Forbidden: *viewer* may read it, but not do *action*.
+        """
+        image, target = self._visible(image_id, viewer)
+        if self.policy.allows(action, viewer, target):
+            return image
+        if action != "get_image" and self.policy.allows("get_image", viewer, target):
+            raise Forbidden(f"You are not authorized to complete {action} action on image {image_id}.")
+        raise ImageNotFound(image_id)
+
+    def get(self, image_id: str, viewer: Viewer) -> Image:
+        return self._authorized("get_image", image_id, viewer)
 
     def list(self, filters: ImageFilters, sort, limit: int, marker: str | None, viewer: Viewer) -> list[Image]:
+        self.policy.authorize("get_images", viewer, {"project_id": viewer.project_id})
         if marker is not None:
             try:
                 self.get(marker, viewer)  # an invisible marker is as unknown as a missing one
@@ -160,14 +177,30 @@ class ImageService:
                 raise Invalid(f"Marker {marker} could not be found.") from None
         return self.registry.list_images(filters, sort, limit, marker, viewer)
 
-    def create(self, image: Image) -> Image:
+    def authorize_visibility(self, visibility: str | None, viewer: Viewer, target: dict) -> None:
+        """Making an image public or community shows it to every project."""
+        action = {"public": "publicize_image", "community": "communitize_image"}.get(visibility or "")
+        if action:
+            self.policy.authorize(action, viewer, target)
+
+    def create(self, image: Image, viewer: Viewer) -> Image:
+        target = {"owner": image.owner, "project_id": image.owner}
+        self.policy.authorize("add_image", viewer, target)
+        self.authorize_visibility(image.visibility, viewer, target)
         image = self.registry.create_image(image)
         notify(self.plugins, "abbild_image_created", image=image)
         return image
 
-    def update(self, image_id: str, change: Callable[[Image], None], viewer: Viewer) -> Image:
-        self.get_own(image_id, viewer)
-        image = self.registry.update_image(image_id, change)
+    def update(self, image_id: str, change: Callable[[Image], None], viewer: Viewer, *,
+               action: str = "modify_image") -> Image:
+        before = self._authorized(action, image_id, viewer)
+
+        def checked_change(image: Image) -> None:
+            change(image)
+            if image.visibility != before.visibility:
+                self.authorize_visibility(image.visibility, viewer, {"project_id": image.owner})
+
+        image = self.registry.update_image(image_id, checked_change)
         notify(self.plugins, "abbild_image_updated", image=image)
         return image
 
@@ -186,13 +219,13 @@ class ImageService:
             if changed:
                 image.transition(target)
 
-        image = self.update(image_id, change, viewer)
+        image = self.update(image_id, change, viewer, action="reactivate" if active else "deactivate")
         if changed:
             notify(self.plugins, "abbild_image_activated" if active else "abbild_image_deactivated", image=image)
         return image
 
     def delete(self, image_id: str, viewer: Viewer) -> None:
-        image = self.get_own(image_id, viewer)
+        image = self._authorized("delete_image", image_id, viewer)
         if image.protected:
             raise Forbidden(f"Image {image_id} is protected and cannot be deleted.")
         if image.status is Status.SAVING and image.upload_worker:
@@ -220,7 +253,8 @@ class ImageService:
 
     def delete_from_store(self, image_id: str, store_name: str, viewer: Viewer) -> None:
         """Remove the image's data from one store, keeping its other locations."""
-        image = self.get_own(image_id, viewer)
+        self._authorized("get_image_location", image_id, viewer)
+        image = self._authorized("delete_image_location", image_id, viewer)
         store = self.stores.for_location(store_name)
         if store is None:
             raise Conflict(f"Unknown store {store_name!r}; the stores are: {', '.join(s.name for s in self.stores)}")
@@ -244,23 +278,30 @@ class ImageService:
 
     # -- members ------------------------------------------------------------------------
 
-    def _shared(self, image_id: str, viewer: Viewer, *, own: bool) -> Image:
-        image = self.get_own(image_id, viewer) if own else self.get(image_id, viewer)
+    def _shared(self, action: str, image_id: str, viewer: Viewer, member_id: str | None = None) -> Image:
+        image, target = self._visible(image_id, viewer)
         if image.visibility != "shared":
             raise Forbidden("Only shared images have members.")
+        if member_id is not None:
+            target["member_id"] = member_id
+        if not self.policy.allows(action, viewer, target):
+            if action.startswith("get_"):
+                raise MemberNotFound(image_id, member_id or viewer.project_id or "")
+            raise Forbidden(f"You are not authorized to complete {action} action on image {image_id}.")
         return image
 
     def list_members(self, image_id: str, viewer: Viewer) -> list[Member]:
         """All members for the owner and admins; a member sees only itself."""
-        image = self._shared(image_id, viewer, own=False)
+        image = self._shared("get_members", image_id, viewer)
         members = self.registry.list_members(image_id)
         if viewer.is_admin or image.owner == viewer.project_id:
             return members
         return [m for m in members if m.member_id == viewer.project_id]
 
     def get_member(self, image_id: str, member_id: str, viewer: Viewer) -> Member:
-        image = self._shared(image_id, viewer, own=False)
-        if not (viewer.is_admin or image.owner == viewer.project_id or member_id == viewer.project_id):
+        image = self._shared("get_member", image_id, viewer)
+        if not (viewer.is_admin or image.owner == viewer.project_id
+                or member_id == viewer.project_id):
             raise MemberNotFound(image_id, member_id)
         member = self.registry.get_member(image_id, member_id)
         if member is None:
@@ -268,7 +309,7 @@ class ImageService:
         return member
 
     def add_member(self, image_id: str, member_id: str, viewer: Viewer) -> Member:
-        self._shared(image_id, viewer, own=True)
+        self._shared("add_member", image_id, viewer)
         quota = self.conf.image_member_quota
         if quota >= 0 and len(self.registry.list_members(image_id)) >= quota:
             raise QuotaExceeded(f"Image {image_id} already has the maximum of {quota} members.")
@@ -279,12 +320,11 @@ class ImageService:
         if status not in MEMBER_STATUSES:
             raise Invalid(f"Invalid status {status!r}: use one of {', '.join(MEMBER_STATUSES)}.")
         self.get_member(image_id, member_id, viewer)
-        if not viewer.is_admin and member_id != viewer.project_id:
-            raise Forbidden(f"Only project {member_id} itself may accept or reject image {image_id}.")
+        self._shared("modify_member", image_id, viewer, member_id)
         return self.registry.set_member_status(image_id, member_id, status)
 
     def delete_member(self, image_id: str, member_id: str, viewer: Viewer) -> None:
-        self._shared(image_id, viewer, own=True)
+        self._shared("delete_member", image_id, viewer)
         self.registry.delete_member(image_id, member_id)
 
     # -- data ---------------------------------------------------------------------------
@@ -305,7 +345,7 @@ class ImageService:
         removed and the image returns to ``queued``; it becomes ``active`` only after
         the store acknowledged every byte.
         """
-        image = self.get_own(image_id, viewer)
+        image = self._authorized("upload_image", image_id, viewer)
         store = self._upload_store(image, store_name)
         self._claim(image_id)
         stream = ImageStream(
@@ -418,7 +458,7 @@ class ImageService:
         :returns: ``None`` when the image has no data.
         :raises abbild.errors.Forbidden: deactivated, and the caller is no admin.
         """
-        image = self.get(image_id, viewer)
+        image = self._authorized("download_image", image_id, viewer)
         if image.status is Status.DEACTIVATED and not viewer.is_admin:
             raise Forbidden("The requested image has been deactivated. Image data download is forbidden.")
         rank = self.stores.rank()

@@ -50,7 +50,7 @@ def context_filter_factory(global_conf, **local_conf):
                     is_admin="admin" in roles,
                 )
             elif allow_anonymous:
-                ctx = RequestContext(request_id=request_id)
+                ctx = RequestContext(request_id=request_id, anonymous=True)
             else:
                 body = b"401 Unauthorized\n\nAuthentication required: send a valid X-Auth-Token.\n"
                 start_response("401 Unauthorized", [("Content-Type", "text/plain"),

@@ -32,7 +32,7 @@ datadir = {dir}/images
 
 
 def who(project: str | None, *roles: str) -> dict:
-    headers = {"X-Identity-Status": "Confirmed", "X-User-Id": f"user-of-{project}", "X-Roles": ",".join(roles or ("member",))}
+    headers = {"X-Identity-Status": "Confirmed", "X-User-Id": f"user-of-{project}", "X-Roles": ",".join(roles or ("member", "reader"))}
     if project:
         headers["X-Project-Id"] = project
     return headers

@@ -34,7 +34,7 @@ def _plugin(service, *names):
 
 
 def _image(service):
-    return service.create(Image(id=str(uuid.uuid4()), disk_format="raw", container_format="bare"))
+    return service.create(Image(id=str(uuid.uuid4()), disk_format="raw", container_format="bare"), ADMIN)
 
 
 def test_hook_abbild_configure():

@@ -16,7 +16,7 @@ ADMIN = Viewer(is_admin=True)
 
 
 def new_image(service, **kw):
-    return service.create(Image(id=str(uuid.uuid4()), disk_format="raw", container_format="bare", **kw))
+    return service.create(Image(id=str(uuid.uuid4()), disk_format="raw", container_format="bare", **kw), ADMIN)
 
 
 def objects(service, store="mem"):
@@ -98,7 +98,7 @@ def test_delete_during_upload_removes_the_data(service):
 
 
 def test_formats_are_required_before_data(service):
-    image = service.create(Image(id=str(uuid.uuid4())))
+    image = service.create(Image(id=str(uuid.uuid4())), ADMIN)
     with pytest.raises(Exception, match="disk_format must be set"):
         service.upload(image.id, [b"x"], declared_size=1, viewer=ADMIN)
     assert service.registry.get_image(image.id).status is Status.QUEUED
@@ -124,7 +124,7 @@ def test_deactivated_download_is_admin_only(service):
     service.upload(image.id, [b"x"], declared_size=1, viewer=ADMIN)
     service.set_active(image.id, False, ADMIN)
     with pytest.raises(Forbidden):
-        service.download(image.id, Viewer(project_id=None, is_admin=False))
+        service.download(image.id, Viewer(project_id="p", roles=("member", "reader")))
     assert service.download(image.id, ADMIN) is not None
     service.set_active(image.id, True, ADMIN)
     assert service.registry.get_image(image.id).status is Status.ACTIVE
@@ -218,8 +218,8 @@ def test_member_quota(service):
     from abbild.errors import QuotaExceeded
 
     service.conf.set_override("image_member_quota", 2)
-    owner = Viewer(project_id="owner")
-    image = service.create(Image(id=str(uuid.uuid4()), owner="owner"))
+    owner = Viewer(project_id="owner", roles=("member", "reader"))
+    image = service.create(Image(id=str(uuid.uuid4()), owner="owner"), owner)
     service.add_member(image.id, "a", owner)
     service.add_member(image.id, "b", owner)
     with pytest.raises(QuotaExceeded, match="maximum of 2 members"):

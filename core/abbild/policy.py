@@ -1,0 +1,91 @@
+"""Who may do what: oslo.policy rules with Glance's current defaults.
+
+Operators override any rule in a policy file (``[oslo_policy] policy_file``, YAML,
+looked up next to the config files). The service asks before every operation; the
+answer depends on the caller's roles and project and on the image's owner,
+visibility and membership.
+"""
+
+from __future__ import annotations
+
+from oslo_policy import policy
+
+from abbild.errors import Forbidden
+
+ADMIN = "role:admin"
+PROJECT_MEMBER = "role:member and project_id:%(project_id)s"
+PROJECT_READER = "role:reader and project_id:%(project_id)s"
+ADMIN_OR_MEMBER = f"{ADMIN} or ({PROJECT_MEMBER})"
+ADMIN_OR_READER = f"{ADMIN} or ({PROJECT_READER})"
+# Readable for: the owner project, a member project, or anyone when the visibility
+# allows it. Whether a shared image is really visible is the registry's business:
+# the policy only says which role a caller needs.
+_IMAGE_READERS = (
+    "project_id:%(project_id)s or project_id:%(member_id)s"
+    " or 'community':%(visibility)s or 'public':%(visibility)s or 'shared':%(visibility)s"
+)
+_MEMBER_READERS = "project_id:%(project_id)s or project_id:%(member_id)s"
+
+RULES: dict[str, tuple[str, str]] = {
+    # name: (default, what it guards)
+    "context_is_admin": (ADMIN, "Who is an administrator."),
+    "service_api": ("role:service or role:admin", "Calls from other OpenStack services."),
+    "default": ("", "Any rule not defined here."),
+    "get_images": (ADMIN_OR_READER, "GET /v2/images"),
+    "get_image": (f"{ADMIN} or (role:reader and ({_IMAGE_READERS}))", "GET /v2/images/{image_id}"),
+    "add_image": (f"{ADMIN} or (role:member and project_id:%(owner)s)", "POST /v2/images"),
+    "modify_image": (ADMIN_OR_MEMBER, "PATCH /v2/images/{image_id}, tags"),
+    "delete_image": (ADMIN_OR_MEMBER, "DELETE /v2/images/{image_id}"),
+    "upload_image": (ADMIN_OR_MEMBER, "PUT /v2/images/{image_id}/file"),
+    "download_image": (f"{ADMIN} or (role:member and ({_IMAGE_READERS}))", "GET /v2/images/{image_id}/file"),
+    "publicize_image": (ADMIN, "Setting visibility to public"),
+    "communitize_image": (ADMIN_OR_MEMBER, "Setting visibility to community"),
+    "deactivate": (ADMIN_OR_MEMBER, "POST /v2/images/{image_id}/actions/deactivate"),
+    "reactivate": (ADMIN_OR_MEMBER, "POST /v2/images/{image_id}/actions/reactivate"),
+    "get_image_location": (ADMIN_OR_READER, "Reading an image's locations"),
+    "delete_image_location": (ADMIN, "DELETE /v2/stores/{store_id}/{image_id}"),
+    "set_image_location": (ADMIN_OR_MEMBER, "Replacing an image's locations"),
+    "add_member": (ADMIN_OR_MEMBER, "POST /v2/images/{image_id}/members"),
+    "delete_member": (ADMIN_OR_MEMBER, "DELETE /v2/images/{image_id}/members/{member_id}"),
+    "get_member": (f"{ADMIN} or (role:reader and ({_MEMBER_READERS}))", "GET .../members/{member_id}"),
+    "get_members": (f"{ADMIN} or (role:reader and ({_MEMBER_READERS}))", "GET /v2/images/{image_id}/members"),
+    "modify_member": (f"{ADMIN} or (role:member and project_id:%(member_id)s)", "PUT .../members/{member_id}"),
+    "stores_info_detail": ("role:admin or role:service", "GET /v2/info/stores/detail"),
+}
+
+#: What an anonymous caller (``allow_anonymous_access``) may do: read, nothing else.
+#: Visibility still applies, so that means public and community images only.
+ANONYMOUS_ACTIONS = frozenset({"get_images", "get_image", "download_image"})
+
+
+def rule_defaults() -> list[policy.RuleDefault]:
+    return [policy.RuleDefault(name, check, description=doc) for name, (check, doc) in RULES.items()]
+
+
+def list_rules():
+    """``oslo.policy.policies`` entry point: for oslopolicy-sample-generator."""
+    return rule_defaults()
+
+
+class Policy:
+    def __init__(self, conf) -> None:
+        self.enforcer = policy.Enforcer(conf)
+        self.enforcer.register_defaults(rule_defaults())
+
+    def allows(self, action: str, viewer, target: dict | None = None) -> bool:
+        """Whether *viewer* may do *action* on *target* (the image's attributes)."""
+        if viewer.anonymous:
+            return action in ANONYMOUS_ACTIONS
+        roles = set(viewer.roles) | ({"admin"} if viewer.is_admin else set())
+        creds = {"roles": sorted(roles), "project_id": viewer.project_id, "user_id": viewer.user_id}
+        # A missing key fails its check; a None value would match a None project.
+        target = {k: v for k, v in (target or {}).items() if v is not None}
+        return self.enforcer.enforce(action, target, creds)
+
+    def authorize(self, action: str, viewer, target: dict | None = None) -> None:
+        """:raises abbild.errors.Forbidden: *viewer* may not do *action*."""
+        if not self.allows(action, viewer, target):
+            raise Forbidden(f"You are not authorized to complete {action} action.")
+
+    def add_rule(self, name: str, check: str) -> None:
+        self.enforcer.register_default(policy.RuleDefault(name, check))
