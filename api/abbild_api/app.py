@@ -10,8 +10,10 @@ import webob.dec
 import webob.exc as exc
 
 from abbild import config
+from abbild.caller import acting_as
 from abbild.context import ENVIRON_KEY, RequestContext
 from abbild.errors import AbbildError
+from abbild.registry import Viewer
 from abbild.service import ImageService
 from abbild_api import data, images, info, members
 from abbild_api.errors import to_http
@@ -76,7 +78,10 @@ class Application:
             if "image_id" in params:  # ids are stored lower-case; a client may use its own spelling
                 params["image_id"] = params["image_id"].lower()
             try:
-                return handler(self, req, **params)
+                # The http registry acts for this caller (nobody in particular without one).
+                ctx = req.environ.get(ENVIRON_KEY)
+                with acting_as(ctx.viewer if ctx is not None else Viewer()):
+                    return handler(self, req, **params)
             except AbbildError as error:
                 raise to_http(error) from error
         raise exc.HTTPNotFound(explanation="The resource could not be found.")

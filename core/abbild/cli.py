@@ -54,6 +54,13 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_registry(args) -> int:
+    from abbild_registry.server import serve
+
+    serve(args.config_file or [], args.host, args.port, threads=args.threads, access_log=args.access_log)
+    return 0
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -119,6 +126,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--auth", choices=["noauth", "trusted-headers"],
                    help="authentication flavour (default: [paste_deploy] flavor, noauth for the embedded default)")  # fmt: skip
     s.set_defaults(func=cmd_serve)
+
+    r = with_config(sub.add_parser("registry", help="run abbild-registry, the private metadata service"),
+                    data_dir=False)  # fmt: skip
+    r.add_argument("--host", help="default: [registry_server] bind_host (127.0.0.1)")
+    r.add_argument("--port", type=int, help="default: [registry_server] bind_port (9191)")
+    r.add_argument("--threads", type=int, default=16, help="requests served concurrently")
+    r.add_argument("--access-log", action="store_true", help="log every request to stdout")
+    r.set_defaults(func=cmd_registry)
 
     d = with_config(sub.add_parser("db", help="database schema"))
     d.add_argument("db_command", choices=["sync", "version"])

@@ -1,0 +1,250 @@
+"""The ``http`` registry: image metadata kept by an ``abbild-registry`` service.
+
+Every request is signed with the shared secret and acts for the caller bound by
+:mod:`abbild.caller` (the service itself when none is), so the registry applies the
+user's visibility rules, not the API node's. Reads, conditional writes and deletes are
+retried on transport errors with backoff; a POST is retried only when it never reached
+the server. A registry that cannot be reached raises
+:class:`~abbild.errors.RegistryUnavailable` (HTTP 503 at the API).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+import urllib.parse
+from collections.abc import Callable
+
+import requests
+import urllib3.exceptions
+from oslo_config import cfg
+
+from abbild import caller, registry_wire as wire
+from abbild.errors import ConcurrentUpdate, MemberNotFound, RegistryError, RegistryUnavailable
+from abbild.image import Image
+from abbild.registry import ImageFilters, Member, Registry, Viewer
+
+LOG = logging.getLogger(__name__)
+GROUP = "registry_client"
+
+client_opts = [
+    cfg.URIOpt("url", default="http://127.0.0.1:9191", schemes=["http", "https"],
+               help="Where abbild-registry listens."),  # fmt: skip
+    cfg.StrOpt(
+        "shared_secret",
+        secret=True,
+        help="Key that signs every request; the same value as the registry's "
+        "[registry_server] shared_secret. Unset: requests go unsigned, which only a "
+        "registry with auth_strategy = noauth accepts.",
+    ),
+    cfg.FloatOpt("timeout", default=30.0, min=0.1, help="Seconds to wait for the registry to connect or answer."),
+    cfg.IntOpt(
+        "retries",
+        default=3,
+        min=0,
+        help="Further attempts after a transport error, with exponential backoff. Reads, "
+        "conditional writes and deletes are retried; creating an image or a member only "
+        "when the request never reached the registry.",
+    ),
+    cfg.FloatOpt("retry_backoff", default=0.2, min=0, help="Seconds before the first retry; doubles after each."),
+    cfg.StrOpt("ca_file", help="CA bundle to verify an https registry with; default: the system's."),
+]
+
+_IDEMPOTENT = frozenset({"GET", "PUT", "DELETE"})
+
+
+def list_opts():
+    return [(GROUP, client_opts)]
+
+
+def _never_sent(error: requests.RequestException) -> bool:
+    """True when the request certainly did not reach the server (no connection)."""
+    if isinstance(error, requests.ConnectTimeout):
+        return True
+    if isinstance(error, requests.ConnectionError):
+        reason = getattr(error.args[0], "reason", None) if error.args else None
+        return isinstance(reason, urllib3.exceptions.NewConnectionError)
+    return False
+
+
+def _describe(error: requests.RequestException, timeout: float) -> str:
+    """What went wrong, in words an operator reading a 503 acts on."""
+    if isinstance(error, requests.Timeout):
+        return f"did not answer within {timeout:g}s"
+    if _never_sent(error):
+        return "refused the connection (is abbild-registry running?)"
+    if isinstance(error, requests.ConnectionError):
+        return "closed the connection before answering"
+    return f"failed: {error}"
+
+
+def _q(segment: str) -> str:
+    return urllib.parse.quote(segment, safe="")
+
+
+class HTTPRegistry(Registry):
+    def __init__(self, conf=None, *, url: str | None = None, shared_secret: str | None = None,
+                 timeout: float = 30.0, retries: int = 3, retry_backoff: float = 0.2,
+                 ca_file: str | None = None) -> None:  # fmt: skip
+        if conf is not None:
+            conf.register_opts(client_opts, group=GROUP)
+            group = conf[GROUP]
+            url, shared_secret, timeout = group.url, group.shared_secret, group.timeout
+            retries, retry_backoff, ca_file = group.retries, group.retry_backoff, group.ca_file
+        self.url = url.rstrip("/")
+        self.secret = shared_secret
+        self.timeout = timeout
+        self.retries = retries
+        self.retry_backoff = retry_backoff
+        # One session: its pool keeps connections to the registry open between calls.
+        self.session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=32, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        if ca_file:
+            self.session.verify = ca_file
+
+    def close(self) -> None:
+        self.session.close()
+
+    # -- transport ----------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, *, body=None, params: dict | None = None,
+                 viewer: Viewer | None = None, as_service: bool = False, ok=(200,),
+                 ok_after_retry=()):  # fmt: skip
+        """Send one call; returns ``(status, decoded JSON or None)``.
+
+        :param viewer: whom the call acts for; default: the bound caller, or the
+            service itself outside any request.
+        :param as_service: act for the service, whoever is bound.
+        :param ok_after_retry: statuses returned rather than raised when an attempt
+            before the last may have reached the registry (its answer was lost).
+        :raises abbild.errors.RegistryUnavailable: unreachable after the retries.
+        :raises abbild.errors.RegistryError: (a subclass of) what the registry raised.
+        """
+        if params:
+            path += "?" + urllib.parse.urlencode(params)
+        data = b"" if body is None else json.dumps(body).encode()
+        who = wire.caller_header(None if as_service else viewer or caller.current())
+        retried = False
+        for attempt in range(self.retries + 1):
+            headers = {"Content-Type": "application/json"} if body is not None else {}
+            if self.secret:
+                headers.update(wire.sign(self.secret, method, path, who, data))  # fresh nonce per attempt
+            else:
+                headers[wire.CALLER_HEADER] = who
+            try:
+                resp = self.session.request(method, self.url + path, data=data or None, headers=headers,
+                                            timeout=self.timeout)  # fmt: skip
+                break
+            except requests.RequestException as error:
+                # A POST that may have arrived must not run twice: only the caller knows
+                # whether doing it again is safe.
+                if attempt == self.retries or not (method in _IDEMPOTENT or _never_sent(error)):
+                    raise RegistryUnavailable(f"{self.url} {_describe(error, self.timeout)}") from error
+                LOG.warning("registry %s %s: %s; retrying", method, path.split("?")[0], _describe(error, self.timeout))
+                time.sleep(self.retry_backoff * 2**attempt)
+                retried = True
+        if resp.status_code in ok or (retried and resp.status_code in ok_after_retry):
+            return resp.status_code, (resp.json() if resp.content else None)
+        try:
+            error = resp.json()["error"]
+        except (ValueError, KeyError, TypeError):
+            error = None
+        if resp.status_code == 401:
+            raise RegistryUnavailable(
+                f"{self.url} refused our requests ({error and error.get('message')}): check that "
+                f"[registry_client] shared_secret matches the registry's and that the clocks agree"
+            )
+        if error is None:
+            if resp.status_code >= 500:
+                raise RegistryUnavailable(f"{self.url} answered {resp.status_code}")
+            raise RegistryError(f"registry answered {resp.status_code} to {method} {path}: {resp.text[:200]}")
+        raise wire.error_from_json(error)
+
+    def _call(self, method: str, path: str, **kwargs):
+        return self._request(method, path, **kwargs)[1]
+
+    # -- images -------------------------------------------------------------------------
+
+    def create_image(self, image: Image) -> Image:
+        return wire.image_from_json(self._call("POST", "/v1/images", body=wire.image_to_json(image), ok=(201,)))
+
+    def get_image(self, image_id: str, *, include_deleted: bool = False) -> Image:
+        params = {"include_deleted": "1"} if include_deleted else None
+        return wire.image_from_json(self._call("GET", f"/v1/images/{_q(image_id)}", params=params))
+
+    def list_images(self, filters: ImageFilters, sort, limit, marker=None, viewer: Viewer | None = None):
+        params = {"filters": json.dumps(wire.filters_to_json(filters)), "limit": str(limit),
+                  "sort": ",".join(f"{key}:{direction}" for key, direction in sort)}  # fmt: skip
+        if marker is not None:
+            params["marker"] = marker
+        result = self._call("GET", "/v1/images", params=params, viewer=viewer)
+        return [wire.image_from_json(i) for i in result["images"]]
+
+    def images_in_status(self, status: str) -> list[Image]:
+        # Recovery and periodic jobs: the service's question, whoever is bound.
+        result = self._call("GET", "/v1/images", params={"in_status": status}, as_service=True)
+        return [wire.image_from_json(i) for i in result["images"]]
+
+    def save_image(self, image: Image) -> Image:
+        """A conditional PUT: the registry writes only if ``image.version`` is current.
+
+        If the answer to a PUT was lost and the retry finds the version moved on, the
+        image is read back: when it holds exactly what we wrote, the lost write was
+        ours, and it succeeded.
+        """
+        sent = wire.image_to_json(image)
+        status, result = self._request("PUT", f"/v1/images/{_q(image.id)}", body=sent, ok_after_retry=(409,))
+        if status == 409:
+            current = self.get_image(image.id)
+            if current.version == image.version + 1 and _same_content(wire.image_to_json(current), sent):
+                LOG.info("image %s: a lost answer hid our successful write", image.id)
+                return current
+            raise ConcurrentUpdate(image.id)
+        return wire.image_from_json(result)
+
+    def update_image(self, image_id: str, change: Callable[[Image], None], *, attempts: int = 20) -> Image:
+        """Read, apply *change* here, write back conditionally; on a conflict, again on
+        the fresh image, after a short random pause so that contending writers spread out."""
+        for attempt in range(attempts):
+            image = self.get_image(image_id)
+            change(image)
+            try:
+                return self.save_image(image)
+            except ConcurrentUpdate:
+                time.sleep(random.uniform(0, 0.005 * 2 ** min(attempt, 6)))
+        raise ConcurrentUpdate(image_id)
+
+    # -- members ------------------------------------------------------------------------
+
+    def list_members(self, image_id: str) -> list[Member]:
+        result = self._call("GET", f"/v1/images/{_q(image_id)}/members")
+        return [wire.member_from_json(m) for m in result["members"]]
+
+    def get_member(self, image_id: str, member_id: str) -> Member | None:
+        try:
+            return wire.member_from_json(self._call("GET", f"/v1/images/{_q(image_id)}/members/{_q(member_id)}"))
+        except MemberNotFound:
+            return None
+
+    def add_member(self, image_id: str, member_id: str) -> Member:
+        result = self._call("POST", f"/v1/images/{_q(image_id)}/members", body={"member_id": member_id}, ok=(201,))
+        return wire.member_from_json(result)
+
+    def set_member_status(self, image_id: str, member_id: str, status: str) -> Member:
+        result = self._call("PUT", f"/v1/images/{_q(image_id)}/members/{_q(member_id)}", body={"status": status})
+        return wire.member_from_json(result)
+
+    def delete_member(self, image_id: str, member_id: str) -> None:
+        # After a lost answer the retry finds no member: the first attempt removed it.
+        self._request("DELETE", f"/v1/images/{_q(image_id)}/members/{_q(member_id)}", ok=(204,),
+                      ok_after_retry=(404,))  # fmt: skip
+
+
+def _same_content(stored: dict, sent: dict) -> bool:
+    """Equal but for what the registry sets on every write."""
+    ignored = ("version", "updated_at", "deleted_at")
+    return {k: v for k, v in stored.items() if k not in ignored} == {k: v for k, v in sent.items() if k not in ignored}

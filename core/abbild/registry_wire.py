@@ -1,0 +1,228 @@
+"""The private registry protocol, shared by the ``http`` driver and ``abbild-registry``:
+JSON forms of images, members, filters, callers and errors, and the request signature.
+
+A request is signed with HMAC-SHA256 over its method, path and query, a timestamp, a
+nonce, the caller it acts for and the SHA-256 of its body. The server rejects a
+signature that does not match, a timestamp outside its window and a nonce it saw
+within that window, so a captured request can neither be altered nor replayed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+import time
+
+from abbild import errors
+from abbild.image import Image, Location, Status
+from abbild.registry import ImageFilters, Member, Viewer
+
+CALLER_HEADER = "X-Abbild-Caller"
+TIMESTAMP_HEADER = "X-Abbild-Timestamp"
+NONCE_HEADER = "X-Abbild-Nonce"
+SIGNATURE_HEADER = "X-Abbild-Signature"
+
+# -- values -------------------------------------------------------------------------------
+
+
+def _time_out(value: datetime.datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is not None:  # the registry keeps naive UTC
+        value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    return value.replace(microsecond=0).isoformat()
+
+
+def _time_in(value: str | None) -> datetime.datetime | None:
+    return None if value is None else datetime.datetime.fromisoformat(value)
+
+
+_IMAGE_TIMES = ("created_at", "updated_at", "deleted_at", "upload_lease")
+
+
+def image_to_json(image: Image) -> dict:
+    value = dataclasses.asdict(image)
+    value["status"] = Status(image.status).value
+    value["tags"] = sorted(image.tags)
+    for name in _IMAGE_TIMES:
+        value[name] = _time_out(getattr(image, name))
+    return value
+
+
+def image_from_json(value: dict) -> Image:
+    value = dict(value)
+    value["status"] = Status(value["status"])
+    value["tags"] = set(value["tags"])
+    value["locations"] = [Location(**loc) for loc in value["locations"]]
+    for name in _IMAGE_TIMES:
+        value[name] = _time_in(value[name])
+    return Image(**value)
+
+
+def member_to_json(member: Member) -> dict:
+    value = dataclasses.asdict(member)
+    value["created_at"], value["updated_at"] = _time_out(member.created_at), _time_out(member.updated_at)
+    return value
+
+
+def member_from_json(value: dict) -> Member:
+    value = dict(value)
+    value["created_at"], value["updated_at"] = _time_in(value["created_at"]), _time_in(value["updated_at"])
+    return Member(**value)
+
+
+def filters_to_json(filters: ImageFilters) -> dict:
+    value = dataclasses.asdict(filters)
+    value["times"] = [[name, op, _time_out(when)] for name, op, when in filters.times]
+    return value
+
+
+def filters_from_json(value: dict) -> ImageFilters:
+    value = dict(value)
+    value["times"] = [(name, op, _time_in(when)) for name, op, when in value.get("times", [])]
+    known = {f.name for f in dataclasses.fields(ImageFilters)}
+    return ImageFilters(**{k: v for k, v in value.items() if k in known})
+
+
+# -- callers ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Caller:
+    """Whom a registry request acts for: a user's viewer, or the service itself
+    (start-up recovery, periodic jobs), which sees everything."""
+
+    viewer: Viewer | None  # None: the service
+
+    @property
+    def is_service(self) -> bool:
+        return self.viewer is None
+
+    @property
+    def privileged(self) -> bool:
+        return self.viewer is None or self.viewer.is_admin
+
+    def as_viewer(self) -> Viewer:
+        return self.viewer if self.viewer is not None else Viewer(is_admin=True)
+
+
+def caller_header(viewer: Viewer | None) -> str:
+    value = {"service": True} if viewer is None else {"service": False, **dataclasses.asdict(viewer)}
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def caller_from_header(text: str) -> Caller:
+    """:raises ValueError: not a caller."""
+    value = json.loads(text)
+    if not isinstance(value, dict) or not isinstance(value.get("service"), bool):
+        raise ValueError("not a caller")
+    if value["service"]:
+        return Caller(None)
+    fields = {f.name for f in dataclasses.fields(Viewer)}
+    viewer = Viewer(**{k: v for k, v in value.items() if k in fields})
+    viewer.roles = tuple(viewer.roles)
+    return Caller(viewer)
+
+
+# -- errors -------------------------------------------------------------------------------
+
+# The registry errors that cross the wire, with what each constructor takes. Anything
+# else the server raises arrives as a RegistryError with its message.
+_ERRORS = {
+    cls.__name__: (cls, params)
+    for cls, params in (
+        (errors.ImageNotFound, ("image_id",)),
+        (errors.DuplicateImage, ("image_id",)),
+        (errors.MemberNotFound, ("image_id", "member_id")),
+        (errors.ConcurrentUpdate, ("image_id",)),
+        (errors.InvalidTransition, ("image_id", "current", "target")),
+        (errors.RegistryUnavailable, ("reason",)),
+        (errors.Invalid, ()),
+        (errors.Conflict, ()),
+        (errors.Forbidden, ()),
+    )
+}
+
+
+def error_to_json(error: errors.AbbildError) -> dict:
+    name = type(error).__name__
+    cls, params = _ERRORS.get(name, (None, ()))
+    if cls is None or type(error) is not cls:
+        name = "RegistryError"
+    return {"type": name, "message": str(error), "args": {p: getattr(error, p) for p in params}}
+
+
+def error_from_json(value: dict) -> errors.AbbildError:
+    cls, params = _ERRORS.get(value.get("type"), (errors.RegistryError, ()))
+    return cls(**value["args"]) if params else cls(value.get("message", ""))
+
+
+# -- signatures ---------------------------------------------------------------------------
+
+
+def body_digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+def _signature(secret: str, method: str, path_qs: str, timestamp: str, nonce: str, caller: str, digest: str) -> str:
+    message = "\n".join((method.upper(), path_qs, timestamp, nonce, caller, digest)).encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def sign(secret: str, method: str, path_qs: str, caller: str, body: bytes) -> dict[str, str]:
+    """The headers that authenticate one request."""
+    timestamp, nonce = str(int(time.time())), secrets.token_hex(16)
+    return {
+        CALLER_HEADER: caller,
+        TIMESTAMP_HEADER: timestamp,
+        NONCE_HEADER: nonce,
+        SIGNATURE_HEADER: _signature(secret, method, path_qs, timestamp, nonce, caller, body_digest(body)),
+    }
+
+
+class SignatureError(Exception):
+    """The request is not authentic; the message says why (for the log and the 401)."""
+
+
+class Verifier:
+    """Checks signatures, and remembers recent nonces so that a request is accepted once.
+
+    The memory is per process: run ``abbild-registry`` with one worker process (its
+    threads share it), or replays across workers stay possible within the window.
+    """
+
+    def __init__(self, secret: str, max_skew: int = 60) -> None:
+        self.secret = secret
+        self.max_skew = max_skew
+        self._seen: dict[str, float] = {}  # nonce -> when it may be forgotten
+        self._lock = threading.Lock()
+
+    def verify(self, method: str, path_qs: str, headers, body: bytes) -> None:
+        """:raises SignatureError:"""
+        values = [headers.get(h) for h in (CALLER_HEADER, TIMESTAMP_HEADER, NONCE_HEADER, SIGNATURE_HEADER)]
+        if not all(values):
+            raise SignatureError("unsigned request")
+        caller, timestamp, nonce, signature = values
+        expected = _signature(self.secret, method, path_qs, timestamp, nonce, caller, body_digest(body))
+        # compare_digest: the time taken must not tell how much of a guess was right.
+        if not hmac.compare_digest(expected, signature):
+            raise SignatureError("bad signature")
+        try:
+            age = time.time() - int(timestamp)
+        except ValueError:
+            raise SignatureError("bad timestamp") from None
+        if abs(age) > self.max_skew:
+            raise SignatureError(f"stale request: its timestamp is {age:.0f}s off (the limit is {self.max_skew}s)")
+        now = time.monotonic()
+        with self._lock:
+            if nonce in self._seen:
+                raise SignatureError("replayed request")
+            if len(self._seen) > 1000:
+                # A nonce older than twice the window fails the timestamp check anyway.
+                self._seen = {n: t for n, t in self._seen.items() if t > now}
+            self._seen[nonce] = now + 2 * self.max_skew

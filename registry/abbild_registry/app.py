@@ -1,0 +1,209 @@
+"""The registry's REST API: the :class:`abbild.registry.Registry` interface as resources.
+
+====================================  ===========================================
+``GET /v1/images``                    one page (``filters``, ``sort``, ``limit``,
+                                      ``marker``); ``?in_status=`` every image in a
+                                      status (the service only)
+``POST /v1/images``                   create
+``GET /v1/images/{id}``               read (``?include_deleted=1``: the service only)
+``PUT /v1/images/{id}``               write, if the body's ``version`` is current
+``GET|POST /v1/images/{id}/members``  list, add (``{"member_id": ...}``)
+``GET|PUT|DELETE .../members/{mid}``  read, set status (``{"status": ...}``), remove
+====================================  ===========================================
+
+Every request acts for a caller (the auth filter puts it into the environ), and the
+registry applies the visibility rules to it: an image the caller may not see does
+not exist, whatever an API node asks for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import webob
+import webob.dec
+import webob.exc as exc
+
+from abbild import config, errors
+from abbild import registry_wire as wire
+from abbild.image import Image
+from abbild.registry import Registry
+from abbild_registry import opts
+
+LOG = logging.getLogger(__name__)
+CALLER_KEY = "abbild_registry.caller"
+
+
+def _json(value, status: int = 200) -> webob.Response:
+    return webob.Response(json.dumps(value).encode(), status=status, content_type="application/json", charset=None)
+
+
+def _error(error: errors.AbbildError) -> webob.Response:
+    status = {
+        errors.ImageNotFound: 404, errors.MemberNotFound: 404, errors.DuplicateImage: 409,
+        errors.ConcurrentUpdate: 409, errors.InvalidTransition: 409, errors.Conflict: 409,
+        errors.Forbidden: 403, errors.Invalid: 400, errors.RegistryUnavailable: 503,
+    }.get(type(error), 500)  # fmt: skip
+    if status == 500:
+        LOG.error("unexpected registry error: %r", error)
+    return _json({"error": wire.error_to_json(error)}, status)
+
+
+class RegistryApp:
+    """The routes, and the visibility rules applied to each request's caller."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.routes = [
+            (re.compile(r"^/v1/images$"), {"GET": self.list_images, "POST": self.create_image}),
+            (re.compile(r"^/v1/images/(?P<image_id>[^/]+)$"), {"GET": self.get_image, "PUT": self.save_image}),
+            (re.compile(r"^/v1/images/(?P<image_id>[^/]+)/members$"),
+             {"GET": self.list_members, "POST": self.add_member}),
+            (re.compile(r"^/v1/images/(?P<image_id>[^/]+)/members/(?P<member_id>[^/]+)$"),
+             {"GET": self.get_member, "PUT": self.set_member_status, "DELETE": self.delete_member}),
+        ]  # fmt: skip
+
+    @webob.dec.wsgify
+    def __call__(self, req: webob.Request) -> webob.Response:
+        for pattern, methods in self.routes:
+            m = pattern.match(req.path_info)
+            if not m:
+                continue
+            handler = methods.get(req.method)
+            if handler is None:
+                raise exc.HTTPMethodNotAllowed(headers={"Allow": ", ".join(methods)})
+            try:
+                return handler(req, req.environ[CALLER_KEY], **m.groupdict())
+            except errors.AbbildError as error:
+                return _error(error)
+            except (ValueError, KeyError, TypeError) as error:
+                # A malformed body or parameter: the client (an API node) has a bug.
+                return _error(errors.Invalid(f"malformed registry request: {error!r}"))
+        raise exc.HTTPNotFound()
+
+    # -- the rules ----------------------------------------------------------------------
+
+    def _readable(self, image: Image, caller: wire.Caller) -> bool:
+        """GLANCE-API 7.4: admins and the service read everything; others their own
+        images, ownerless, public and community ones, and shared ones they are a member
+        of (in any status)."""
+        viewer = caller.viewer
+        if caller.privileged or image.owner is None or image.owner == viewer.project_id:
+            return True
+        if image.visibility in ("public", "community"):
+            return True
+        return (image.visibility == "shared" and viewer.project_id is not None
+                and self.registry.get_member(image.id, viewer.project_id) is not None)  # fmt: skip
+
+    @staticmethod
+    def _owns(image: Image, caller: wire.Caller) -> bool:
+        viewer = caller.viewer
+        return caller.privileged or (
+            not viewer.anonymous and viewer.project_id is not None and image.owner == viewer.project_id
+        )
+
+    def _visible(self, image_id: str, caller: wire.Caller, include_deleted: bool = False) -> Image:
+        image = self.registry.get_image(image_id, include_deleted=include_deleted)
+        if not self._readable(image, caller):
+            raise errors.ImageNotFound(image_id)  # never 403: that would say it exists
+        return image
+
+    def _owned(self, image_id: str, caller: wire.Caller) -> Image:
+        image = self._visible(image_id, caller)
+        if not self._owns(image, caller):
+            raise errors.Forbidden(f"Image {image_id} belongs to another project.")
+        return image
+
+    @staticmethod
+    def _service_only(caller: wire.Caller, what: str) -> None:
+        if not caller.privileged:
+            raise errors.Forbidden(f"{what} is for the service and administrators only.")
+
+    # -- images -------------------------------------------------------------------------
+
+    def list_images(self, req, caller):
+        if "in_status" in req.GET:
+            self._service_only(caller, "Listing images by status")
+            images = self.registry.images_in_status(req.GET["in_status"])
+        else:
+            filters = wire.filters_from_json(json.loads(req.GET.get("filters", "{}")))
+            sort = [tuple(pair.split(":", 1)) for pair in req.GET.get("sort", "").split(",") if pair]
+            images = self.registry.list_images(
+                filters, sort, int(req.GET["limit"]), req.GET.get("marker"), viewer=caller.as_viewer()
+            )
+        return _json({"images": [wire.image_to_json(i) for i in images]})
+
+    def create_image(self, req, caller):
+        image = wire.image_from_json(req.json_body)
+        if not self._owns(image, caller):
+            raise errors.Forbidden("Images can only be created for the caller's own project.")
+        return _json(wire.image_to_json(self.registry.create_image(image)), 201)
+
+    def get_image(self, req, caller, image_id):
+        include_deleted = req.GET.get("include_deleted") == "1"
+        if include_deleted:
+            self._service_only(caller, "Reading deleted images")
+        return _json(wire.image_to_json(self._visible(image_id, caller, include_deleted)))
+
+    def save_image(self, req, caller, image_id):
+        image = wire.image_from_json(req.json_body)
+        if image.id != image_id:
+            raise errors.Invalid(f"the body is image {image.id}, the path names {image_id}")
+        # Checked on the stored image; if it changes before the write, the write's
+        # version check fails, so the check always applies to what gets replaced.
+        self._owned(image_id, caller)
+        return _json(wire.image_to_json(self.registry.save_image(image)))
+
+    # -- members ------------------------------------------------------------------------
+
+    def list_members(self, req, caller, image_id):
+        image = self._visible(image_id, caller)
+        members = self.registry.list_members(image_id)
+        if not self._owns(image, caller):  # a member sees only itself
+            members = [m for m in members if m.member_id == caller.viewer.project_id]
+        return _json({"members": [wire.member_to_json(m) for m in members]})
+
+    def get_member(self, req, caller, image_id, member_id):
+        image = self._visible(image_id, caller)
+        member = self.registry.get_member(image_id, member_id)
+        if member is None or not (self._owns(image, caller) or member_id == caller.viewer.project_id):
+            raise errors.MemberNotFound(image_id, member_id)
+        return _json(wire.member_to_json(member))
+
+    def add_member(self, req, caller, image_id):
+        self._owned(image_id, caller)
+        member = self.registry.add_member(image_id, req.json_body["member_id"])
+        return _json(wire.member_to_json(member), 201)
+
+    def set_member_status(self, req, caller, image_id, member_id):
+        self._visible(image_id, caller)
+        if not (caller.privileged or member_id == caller.viewer.project_id):
+            raise errors.Forbidden(f"Only project {member_id} itself may accept or reject image {image_id}.")
+        member = self.registry.set_member_status(image_id, member_id, req.json_body["status"])
+        return _json(wire.member_to_json(member))
+
+    def delete_member(self, req, caller, image_id, member_id):
+        self._owned(image_id, caller)
+        self.registry.delete_member(image_id, member_id)
+        return webob.Response(status=204)
+
+
+def config_files(global_conf: dict) -> list[str]:
+    return [f for f in (global_conf.get("config_files") or "").split(",") if f]
+
+
+def load_conf(files):
+    conf = config.load(files)
+    opts.register_opts(conf)
+    return conf
+
+
+def app_factory(global_conf, **local_conf):
+    """``paste.app_factory``: the registry over the database of ``[database] connection``."""
+    from abbild.db.registry import SQLRegistry, prepare_schema
+
+    registry = SQLRegistry(load_conf(config_files(global_conf)))
+    prepare_schema(registry)
+    return RegistryApp(registry)

@@ -1,0 +1,47 @@
+"""Options of ``abbild-registry`` (``[registry_server]`` in abbild-registry.conf)."""
+
+from __future__ import annotations
+
+from oslo_config import cfg
+
+GROUP = "registry_server"
+
+server_opts = [
+    cfg.HostAddressOpt(
+        "bind_host",
+        default="127.0.0.1",
+        help="Address to listen on. Anything but a loopback address needs "
+        "auth_strategy = hmac and a shared_secret.",
+    ),
+    cfg.PortOpt("bind_port", default=9191, help="Port to listen on."),
+    cfg.StrOpt(
+        "auth_strategy",
+        default="hmac",
+        choices=[("hmac", "every request is signed with the shared secret"),
+                 ("noauth", "no authentication: loopback only, for development")],  # fmt: skip
+        help="How callers (the API nodes) prove who they are.\n\n"
+        "Related options: shared_secret",
+    ),
+    cfg.StrOpt(
+        "shared_secret",
+        secret=True,
+        help="Key of the HMAC-SHA256 request signatures; the API nodes have the same "
+        "value in [registry_client] shared_secret. Use a long random string, for "
+        "example the output of ``openssl rand -hex 32``.",
+    ),
+    cfg.IntOpt(
+        "max_clock_skew",
+        default=60,
+        min=1,
+        help="Seconds a signed request stays valid; older ones, and a second use of "
+        "the same request within this window, are refused.",
+    ),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_opts(server_opts, group=GROUP)
+
+
+def list_opts():
+    return [(GROUP, server_opts)]

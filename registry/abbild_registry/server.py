@@ -1,0 +1,72 @@
+"""Serving the registry: its paste pipeline, on the same embedded gunicorn as the API."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from abbild.server import EmbeddedServer
+
+SHIPPED_INI = os.path.join(os.path.dirname(__file__), "abbild-registry-paste.ini")
+
+
+def load_registry_app(config_files: Sequence[str]):
+    """The WSGI app of the ``abbild-registry`` pipeline (``[paste_deploy] config_file``
+    or the shipped ini)."""
+    from paste.deploy import loadapp
+
+    from abbild_registry.app import load_conf
+
+    ini = load_conf(config_files).paste_deploy.config_file or SHIPPED_INI
+    return loadapp(
+        f"config:{os.path.abspath(ini)}",
+        name="abbild-registry",
+        global_conf={"config_files": ",".join(os.path.abspath(f) for f in config_files)},
+    )
+
+
+class RegistryServer(EmbeddedServer):
+    """One worker process: the replay memory of the signature check lives in it (its
+    threads share it); a second process would accept a request the first has seen."""
+
+    def __init__(self, config_files: Sequence[str], host: str, port: int, threads: int = 16,
+                 access_log: bool = False) -> None:  # fmt: skip
+        super().__init__(config_files, host, port, threads=threads, workers=1, access_log=access_log)
+
+    def load_config(self) -> None:
+        super().load_config()
+        self.cfg.set("proc_name", "abbild-registry")
+
+    def load(self):
+        return load_registry_app(self.config_files)
+
+
+def serve(config_files: Sequence[str], host: str | None, port: int | None, threads: int = 16,
+          access_log: bool = False, out=None) -> None:  # fmt: skip
+    """Check everything, then serve until stopped.
+
+    :raises abbild.errors.ConfigError: no authentication beyond loopback, no secret for
+        hmac, a database that is not ready, ...
+    """
+    import sys
+
+    from abbild.db.registry import SQLRegistry, prepare_schema
+    from abbild_registry.app import load_conf
+    from abbild_registry.auth import check_bind
+
+    out = out or sys.stderr
+    conf = load_conf(config_files)
+    host = host or conf.registry_server.bind_host
+    port = port or conf.registry_server.bind_port
+    check_bind(host, conf)
+    # Build once before forking: a broken config fails here, with its message.
+    registry = SQLRegistry(conf)
+    try:
+        prepare_schema(registry)
+    finally:
+        registry.close()
+    auth = conf.registry_server.auth_strategy
+    print(f"abbild-registry on http://{host}:{port}/", file=out)
+    print(f"  config:   {', '.join(config_files) or '(defaults)'}", file=out)
+    print(f"  auth:     {'HMAC-signed requests' if auth == 'hmac' else 'OFF (noauth: loopback only)'}", file=out)
+    RegistryServer(config_files, host, port, threads=threads, access_log=access_log).run()
