@@ -29,6 +29,11 @@ server_opts = [
         "value in [registry_client] shared_secret. Use a long random string, for "
         "example the output of ``openssl rand -hex 32``.",
     ),
+    cfg.StrOpt(
+        "paste_config_file",
+        help="Paste ini of the registry pipeline; default: the abbild-registry-paste.ini "
+        "shipped with abbild.",
+    ),
     cfg.IntOpt(
         "max_clock_skew",
         default=60,

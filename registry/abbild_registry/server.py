@@ -11,13 +11,13 @@ SHIPPED_INI = os.path.join(os.path.dirname(__file__), "abbild-registry-paste.ini
 
 
 def load_registry_app(config_files: Sequence[str]):
-    """The WSGI app of the ``abbild-registry`` pipeline (``[paste_deploy] config_file``
-    or the shipped ini)."""
+    """The WSGI app of the ``abbild-registry`` pipeline (``[registry_server]
+    paste_config_file`` or the shipped ini)."""
     from paste.deploy import loadapp
 
     from abbild_registry.app import load_conf
 
-    ini = load_conf(config_files).paste_deploy.config_file or SHIPPED_INI
+    ini = load_conf(config_files).registry_server.paste_config_file or SHIPPED_INI
     return loadapp(
         f"config:{os.path.abspath(ini)}",
         name="abbild-registry",

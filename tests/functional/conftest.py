@@ -13,11 +13,90 @@ import urllib.request
 
 import pytest
 
+# ABBILD_TEST_REGISTRY=http runs every API server with ``registry = http``, talking to
+# its own ``abbild registry`` process (signed requests, the same database the embedded
+# registry would use), so the whole suite also covers the private registry service.
+REGISTRY = os.environ.get("ABBILD_TEST_REGISTRY", "sql")
+REGISTRY_SECRET = os.urandom(16).hex()
+
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _wait_healthy(proc: subprocess.Popen, url: str, timeout: float, what: str, read_log) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{read_log()}")
+        try:
+            with urllib.request.urlopen(url + "/healthcheck", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not answer within {timeout}s:\n{read_log()}")
+
+
+def _stop_group(proc: subprocess.Popen | None, sig=signal.SIGTERM) -> None:
+    if proc and proc.poll() is None:
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+class RegistryProcess:
+    """An ``abbild registry`` subprocess serving the database of *config_files*, with
+    the session's shared secret; ``start()`` again after ``kill()`` reuses its port."""
+
+    def __init__(self, data_dir, config_files, secret: str = REGISTRY_SECRET) -> None:
+        self.data_dir = str(data_dir)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.secret = secret
+        self.conf = os.path.join(self.data_dir, f"registry-{self.port}.conf")
+        with open(self.conf, "w") as f:
+            f.write(f"[registry_server]\nshared_secret = {secret}\n")
+        self.config_files = [*config_files, self.conf]
+        self.log = os.path.join(self.data_dir, f"registry-{self.port}.log")
+        self.proc: subprocess.Popen | None = None
+
+    def client_config(self) -> str:
+        """A config file that points an API server at this registry."""
+        path = os.path.join(self.data_dir, f"registry-client-{self.port}.conf")
+        with open(path, "w") as f:
+            f.write(f"[DEFAULT]\nregistry = http\n\n[registry_client]\nurl = {self.url}\n"
+                    f"shared_secret = {self.secret}\n")  # fmt: skip
+        return path
+
+    def start(self, timeout: float = 30) -> "RegistryProcess":
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "abbild.cli", "registry", "--port", str(self.port),
+                 *(a for f in self.config_files for a in ("--config-file", f))],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        try:
+            _wait_healthy(self.proc, self.url, timeout, "abbild registry", self.read_log)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
+
+    def read_log(self) -> str:
+        with open(self.log, errors="replace") as f:
+            return f.read()
+
+    def kill(self) -> None:
+        _stop_group(self.proc, signal.SIGKILL)
+
+    def stop(self) -> None:
+        _stop_group(self.proc)
 
 
 class Server:
@@ -30,13 +109,31 @@ class Server:
         self.args = args
         self.proc: subprocess.Popen | None = None
         self.log = os.path.join(self.data_dir, f"serve-{self.port}.log")
+        self.registry: RegistryProcess | None = None
+
+    def _with_registry(self, args: list[str]) -> list[str]:
+        """*args* for ``registry = http``: the server's own config files, then one that
+        points it at a registry process serving the database they name."""
+        from abbild import config
+
+        if "--config-file" not in args:
+            args = [*args, "--config-file", config.embedded_config_file(self.data_dir)]
+        files = [args[i + 1] for i, a in enumerate(args) if a == "--config-file"]
+        if self.registry is None:
+            self.registry = RegistryProcess(self.data_dir, files)
+        if self.registry.proc is None or self.registry.proc.poll() is not None:
+            self.registry.start()
+        return [*args, "--config-file", self.registry.client_config()]
 
     def start(self, timeout: float = 30) -> "Server":
         os.makedirs(self.data_dir, exist_ok=True)
+        args = list(self.args)
+        if REGISTRY == "http":
+            args = self._with_registry(args)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "abbild.cli", "serve", "--port", str(self.port), *self.args]
-                + ([] if "--config-file" in self.args else ["--data-dir", self.data_dir]),
+                [sys.executable, "-m", "abbild.cli", "serve", "--port", str(self.port), *args]
+                + ([] if "--config-file" in args else ["--data-dir", self.data_dir]),
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         deadline = time.monotonic() + timeout
@@ -69,6 +166,8 @@ class Server:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.kill()
+        if self.registry is not None:
+            self.registry.stop()
 
 
 @pytest.fixture(scope="session")
