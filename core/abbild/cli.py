@@ -7,8 +7,10 @@ import logging
 import os
 import sys
 
-from abbild import config
+from abbild import config, logging_setup
 from abbild.errors import AbbildError, ConfigError
+
+LOG = logging.getLogger("abbild.cli")
 
 
 def _default_data_dir() -> str:
@@ -31,6 +33,7 @@ def cmd_serve(args) -> int:
                           "set [database] connection and the stores' datadir in that file")
     files = _config_files(args)
     conf = config.load(files)
+    _setup_logging(conf, args, "abbild")
     # Build everything once before forking: a broken config fails here, with its
     # message, instead of in a worker that gunicorn restarts forever.
     service = ImageService.from_config(conf)
@@ -49,6 +52,8 @@ def cmd_serve(args) -> int:
     elif flavor == "trusted-headers":
         print("  auth:     trusted headers (X-Identity-Status, X-Project-Id, X-Roles from the gateway in front;"
               " only that gateway may reach this port)", file=sys.stderr)
+    elif flavor == "keystone":
+        print("  auth:     Keystone tokens (keystonemiddleware, [keystone_authtoken] in the config)", file=sys.stderr)
     EmbeddedServer(files, args.host, args.port, threads=args.threads, workers=args.workers,
                    access_log=args.access_log, flavor=flavor).run()  # fmt: skip
     return 0
@@ -59,6 +64,33 @@ def cmd_registry(args) -> int:
 
     serve(args.config_file or [], args.host, args.port, threads=args.threads, access_log=args.access_log)
     return 0
+
+
+def cmd_api(args) -> int:
+    """The API service configured for production (``$ABBILD_CONFIG_DIR/abbild-api.conf``
+    or --config-file) on the embedded multi-threaded server; SIGTERM stops it gracefully."""
+    from abbild.server import EmbeddedServer, server_opts
+    from abbild.service import ImageService
+
+    files = args.config_file or [config.service_config_file("abbild-api")]
+    conf = config.load(files)
+    conf.register_opts(server_opts(default_port=9292))
+    _setup_logging(conf, args, "abbild-api")
+    # As in cmd_serve: a broken config fails here, before any worker is forked.
+    ImageService.from_config(conf).registry.close()
+    LOG.info("abbild-api %s listening on %s:%s with %d worker(s) x %d threads; config: %s",
+             __import__("abbild").__version__, conf.bind_host, conf.bind_port, conf.workers, conf.threads,
+             ", ".join(files))  # fmt: skip
+    EmbeddedServer(files, conf.bind_host, conf.bind_port, threads=conf.threads, workers=conf.workers,
+                   access_log=conf.access_log,
+                   graceful_shutdown_timeout=conf.graceful_shutdown_timeout).run()  # fmt: skip
+    return 0
+
+
+def _setup_logging(conf, args, program: str) -> None:
+    if args.verbose:
+        conf.set_override("debug", True)
+    logging_setup.setup(conf, program)
 
 
 def _safe_url(url: str) -> str:
@@ -123,7 +155,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=16, help="requests served concurrently per worker")
     s.add_argument("--workers", type=int, default=1, help="worker processes")
     s.add_argument("--access-log", action="store_true", help="log every request to stdout")
-    s.add_argument("--auth", choices=["noauth", "trusted-headers"],
+    s.add_argument("--auth", choices=["noauth", "trusted-headers", "keystone"],
                    help="authentication flavour (default: [paste_deploy] flavor, noauth for the embedded default)")  # fmt: skip
     s.set_defaults(func=cmd_serve)
 
@@ -134,6 +166,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, default=16, help="requests served concurrently")
     r.add_argument("--access-log", action="store_true", help="log every request to stdout")
     r.set_defaults(func=cmd_registry)
+
+    a = with_config(sub.add_parser("api", help="run the API service for production (default config: "
+                                                "$ABBILD_CONFIG_DIR/abbild-api.conf, /etc/abbild)"), data_dir=False)  # fmt: skip
+    a.set_defaults(func=cmd_api)
 
     d = with_config(sub.add_parser("db", help="database schema"))
     d.add_argument("db_command", choices=["sync", "version"])

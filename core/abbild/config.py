@@ -7,7 +7,30 @@ from collections.abc import Sequence
 
 from oslo_config import cfg
 
-from abbild import opts
+from abbild import logging_setup, opts
+
+CONFIG_DIR_ENV = "ABBILD_CONFIG_DIR"
+DEFAULT_CONFIG_DIR = "/etc/abbild"
+
+
+def config_dir() -> str:
+    """Where production config lives: ``$ABBILD_CONFIG_DIR``, default ``/etc/abbild``
+    (Glance's ``OS_GLANCE_CONFIG_DIR``)."""
+    return os.environ.get(CONFIG_DIR_ENV) or DEFAULT_CONFIG_DIR
+
+
+def service_config_file(service: str) -> str:
+    """``<config dir>/<service>.conf``, for example ``/etc/abbild/abbild-api.conf``.
+
+    :raises abbild.errors.ConfigError: the file does not exist.
+    """
+    from abbild.errors import ConfigError
+
+    path = os.path.join(config_dir(), f"{service}.conf")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path} does not exist; create it (etc/{service}.conf.sample lists every option) "
+                          f"or point {CONFIG_DIR_ENV} at the directory holding it")  # fmt: skip
+    return path
 
 
 def load(config_files: Sequence[str] = (), *, project: str = "abbild") -> cfg.ConfigOpts:
@@ -23,6 +46,7 @@ def load(config_files: Sequence[str] = (), *, project: str = "abbild") -> cfg.Co
             raise ConfigError(f"config file {path} does not exist")
     conf = cfg.ConfigOpts()
     opts.register_opts(conf)
+    logging_setup.register_opts(conf)  # before parsing: oslo.log's options include CLI ones
     try:
         conf(args=[], project=project, default_config_files=list(config_files), default_config_dirs=[])
     except cfg.Error as exc:
