@@ -16,4 +16,5 @@ serve: install
 
 test: install-test
 	bash tools/start-sql-servers.sh
+	bash tools/keystone-up.sh >/dev/null
 	$(PYTHON) -m pytest -n 2 -q -rs

@@ -21,6 +21,31 @@ def noauth_filter_factory(global_conf, **local_conf):
     return make
 
 
+def authtoken_filter_factory(global_conf, **local_conf):
+    """keystonemiddleware's auth_token, configured from ``[keystone_authtoken]`` in
+    abbild's own config files. The decision is delayed: a request without a valid
+    token goes on with ``X-Identity-Status: Invalid`` and the ``context`` filter
+    after it answers 401 (or lets it read anonymously, if so configured)."""
+    from abbild import config
+    from abbild.errors import ConfigError
+
+    try:
+        from keystonemiddleware import auth_token
+    except ImportError:
+        raise ConfigError("the keystone flavour needs keystonemiddleware: pip install 'abbild[keystone]'") from None
+    conf = config.load(_config_files(global_conf))
+
+    def make(app):
+        return auth_token.AuthProtocol(app, {"oslo_config_config": conf, "delay_auth_decision": "true",
+                                             **local_conf})
+
+    return make
+
+
+def _config_files(global_conf) -> list[str]:
+    return [f for f in (global_conf.get("config_files") or "").split(",") if f]
+
+
 def _split(value: str | None) -> tuple[str, ...]:
     return tuple(r.strip().lower() for r in (value or "").split(",") if r.strip())
 
@@ -34,8 +59,7 @@ def context_filter_factory(global_conf, **local_conf):
     """
     from abbild import config
 
-    files = [f for f in (global_conf.get("config_files") or "").split(",") if f]
-    allow_anonymous = config.load(files).allow_anonymous_access
+    allow_anonymous = config.load(_config_files(global_conf)).allow_anonymous_access
 
     def make(app):
         def middleware(environ, start_response):
