@@ -65,13 +65,14 @@ class RegistryProcess:
         self.config_files = [*config_files, self.conf]
         self.log = os.path.join(self.data_dir, f"registry-{self.port}.log")
         self.proc: subprocess.Popen | None = None
+        self.client_options = ""  # more [registry_client] lines for client_config()
 
     def client_config(self) -> str:
         """A config file that points an API server at this registry."""
         path = os.path.join(self.data_dir, f"registry-client-{self.port}.conf")
         with open(path, "w") as f:
             f.write(f"[DEFAULT]\nregistry = http\n\n[registry_client]\nurl = {self.url}\n"
-                    f"shared_secret = {self.secret}\n")  # fmt: skip
+                    f"shared_secret = {self.secret}\n{self.client_options}")  # fmt: skip
         return path
 
     def start(self, timeout: float = 30) -> "RegistryProcess":
@@ -190,6 +191,22 @@ def make_server(tmp_path):
     yield make
     for srv in servers:
         srv.stop()
+
+
+@pytest.fixture
+def make_registry(tmp_path):
+    """``abbild registry`` processes a test starts (and may kill) itself:
+    ``make_registry(data_dir, config_files)``; all stopped afterwards."""
+    registries = []
+
+    def make(data_dir, config_files):
+        registry = RegistryProcess(data_dir, config_files)
+        registries.append(registry)
+        return registry
+
+    yield make
+    for registry in registries:
+        registry.stop()
 
 
 @pytest.fixture(scope="session")
