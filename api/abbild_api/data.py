@@ -90,6 +90,11 @@ class _FileWindow:
     def fileno(self) -> int:
         return self._f.fileno()
 
+    def tell(self) -> int:
+        # mod_wsgi sends from the descriptor only when it can learn where the window
+        # starts; the length comes from Content-Length.
+        return self._f.tell()
+
     def read(self, n: int = -1) -> bytes:
         n = self._left if n < 0 else min(n, self._left)
         data = self._f.read(n) if n else b""
