@@ -50,6 +50,8 @@ class HTTPDriver(Driver):
             )
         if conf.ca_file and not os.path.isfile(conf.ca_file):
             raise ConfigError(f"store {store!r}: ca_file {conf.ca_file!r} is not a file; fix [{store}] ca_file")
+        if conf.insecure:
+            LOG.warning("store %r: insecure is set; https certificates are not verified", store)
         self._timeout = urllib3.Timeout(connect=conf.connect_timeout, read=conf.read_timeout)
         return type(self).capabilities
 

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import http.server
 import re
+import socket
 import ssl
 import threading
 
 import pytest
+import trustme
 from oslo_config import cfg
 
+from abbild_http import guard
 from abbild_http.driver import HTTPDriver
 
 STORE = "web"
-LOOPBACK_ALLOWED = {"allowed_networks": ["127.0.0.1/32"]}
 
 
 class ImageHandler(http.server.BaseHTTPRequestHandler):
@@ -140,4 +142,45 @@ def make_driver():
 @pytest.fixture
 def loopback_driver(make_driver):
     """A driver allowed to reach 127.0.0.1, and nothing else the defaults refuse."""
-    return make_driver(**LOOPBACK_ALLOWED)
+    return make_driver(allowed_networks=["127.0.0.1/32"])
+
+
+@pytest.fixture
+def fake_dns(monkeypatch):
+    """Host name -> list of addresses (or a callable returning one); other names fail."""
+    names = {}
+    calls = []
+
+    def resolve(host, port):
+        calls.append(host)
+        if host not in names:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        answer = names[host]
+        return answer() if callable(answer) else list(answer)
+
+    monkeypatch.setattr(guard, "resolve", resolve)
+    names["calls"] = calls
+    return names
+
+
+@pytest.fixture(scope="session")
+def ca():
+    return trustme.CA()
+
+
+@pytest.fixture
+def ca_file(ca, tmp_path):
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+@pytest.fixture
+def tls_server(ca, fake_dns):
+    """An https server with a certificate for ``images.test``, which resolves to 127.0.0.1."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("images.test").configure_cert(context)
+    fake_dns["images.test"] = ["127.0.0.1"]
+    for server in run_server(ImageServer(tls=context)):
+        server.files["img"] = b"secure bytes"
+        yield server
