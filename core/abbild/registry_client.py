@@ -189,6 +189,11 @@ class HTTPRegistry(Registry):
         result = self._call("GET", "/v1/images", params={"in_status": status}, as_service=True)
         return [wire.image_from_json(i) for i in result["images"]]
 
+    def usage(self, owner: str):
+        from abbild.registry import Usage
+
+        return Usage(**self._call("GET", f"/v1/projects/{_q(owner)}/usage"))
+
     def save_image(self, image: Image) -> Image:
         """A conditional PUT: the registry writes only if ``image.version`` is current.
 

@@ -9,6 +9,8 @@
 ``PUT /v1/images/{id}``               write, if the body's ``version`` is current
 ``GET|POST /v1/images/{id}/members``  list, add (``{"member_id": ...}``)
 ``GET|PUT|DELETE .../members/{mid}``  read, set status (``{"status": ...}``), remove
+``GET /v1/projects/{owner}/usage``    what the project holds (the project itself,
+                                      the service and administrators only)
 ====================================  ===========================================
 
 Every request acts for a caller (the auth filter puts it into the environ), and the
@@ -18,6 +20,7 @@ not exist, whatever an API node asks for.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -63,6 +66,7 @@ class RegistryApp:
              {"GET": self.list_members, "POST": self.add_member}),
             (re.compile(r"^/v1/images/(?P<image_id>[^/]+)/members/(?P<member_id>[^/]+)$"),
              {"GET": self.get_member, "PUT": self.set_member_status, "DELETE": self.delete_member}),
+            (re.compile(r"^/v1/projects/(?P<owner>[^/]+)/usage$"), {"GET": self.usage}),
         ]  # fmt: skip
 
     @webob.dec.wsgify
@@ -155,6 +159,11 @@ class RegistryApp:
         # version check fails, so the check always applies to what gets replaced.
         self._owned(image_id, caller)
         return _json(wire.image_to_json(self.registry.save_image(image)))
+
+    def usage(self, req, caller, owner):
+        if not (caller.privileged or owner == caller.viewer.project_id):
+            raise errors.Forbidden(f"Only project {owner} itself may see its usage.")
+        return _json(dataclasses.asdict(self.registry.usage(owner)))
 
     # -- members ------------------------------------------------------------------------
 

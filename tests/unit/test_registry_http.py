@@ -1,0 +1,349 @@
+"""The ``http`` registry and abbild-registry: request signatures, the refusal to listen
+beyond loopback without them, visibility by the signed caller, retries, and the shared
+registry tests (test_registry*.py) run through a real registry server on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import pathlib
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import wsgiref.simple_server
+
+import pytest
+import requests
+
+from abbild import registry_wire as wire
+from abbild.caller import acting_as
+from abbild.errors import ConfigError, Forbidden, ImageNotFound, RegistryUnavailable
+from abbild.image import Image
+from abbild.registry import ImageFilters, Viewer
+from abbild.registry_client import HTTPRegistry
+from abbild_registry.app import RegistryApp, load_conf
+from abbild_registry.auth import check_bind, filter_factory
+
+SECRET = "unit-test-secret"
+HERE = pathlib.Path(__file__).parent
+
+
+class _ThreadingServer(socketserver.ThreadingMixIn, wsgiref.simple_server.WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def registry_server(sql_registry, tmp_path, auth_strategy="hmac"):
+    """The registry pipeline's auth filter and app over *sql_registry*, on a free loopback port."""
+    conf = tmp_path / "registry.conf"
+    conf.write_text(f"[registry_server]\nauth_strategy = {auth_strategy}\nshared_secret = {SECRET}\n")
+    app = filter_factory({"config_files": str(conf)})(RegistryApp(sql_registry))
+    httpd = wsgiref.simple_server.make_server("127.0.0.1", 0, app, _ThreadingServer, _QuietHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+class ConformanceClient(HTTPRegistry):
+    """The http driver, plus the server's engine for tests that write rows directly."""
+
+    engine = None
+
+
+@pytest.fixture(scope="session")
+def http_session(sql_session_registry, tmp_path_factory):
+    with registry_server(sql_session_registry, tmp_path_factory.mktemp("registry")) as url:
+        client = ConformanceClient(url=url, shared_secret=SECRET, retries=1, retry_backoff=0.01)
+        client.engine = sql_session_registry.engine
+        yield url, client
+        client.close()
+
+
+@pytest.fixture
+def client(http_session, sql_registry):
+    """The http driver on an emptied database (``sql_registry`` empties it)."""
+    return http_session[1]
+
+
+@pytest.fixture
+def url(http_session, sql_registry):
+    return http_session[0]
+
+
+# -- the shared registry tests, through HTTP ------------------------------------------------
+
+# What only the SQL registry does: its update_image runs *change* under a row lock.
+SQL_ONLY = {"test_change_must_not_write_through_the_registry"}
+
+
+def _shared_tests(filename: str) -> dict:
+    spec = importlib.util.spec_from_file_location(f"shared_{filename[:-3]}", HERE / filename)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {
+        f"{name}_over_http" if name.startswith("test_") else name: value
+        for name, value in vars(module).items()
+        if (name.startswith("test_") and name not in SQL_ONLY) or name in ("catalog", "scoped", "many")
+    }
+
+
+for _file in ("test_registry.py", "test_registry_members.py"):
+    globals().update(_shared_tests(_file))
+
+
+@pytest.fixture
+def sql_registry(sql_registry, http_session):  # noqa: F811 - the shared tests' registry is the client
+    return http_session[1]
+
+
+# -- signatures ---------------------------------------------------------------------------
+
+
+def _image(client, owner="p1", visibility="private", **fields) -> Image:
+    return client.create_image(Image(id=str(uuid.uuid4()), owner=owner, visibility=visibility, **fields))
+
+
+def _signed(method, path, body=b"", secret=SECRET, caller=None, timestamp=None):
+    headers = wire.sign(secret, method, path, caller or wire.caller_header(None), body)
+    if timestamp is not None:
+        headers[wire.TIMESTAMP_HEADER] = str(timestamp)
+        headers[wire.SIGNATURE_HEADER] = wire._signature(
+            secret, method, path, str(timestamp), headers[wire.NONCE_HEADER], headers[wire.CALLER_HEADER],
+            wire.body_digest(body),
+        )
+    return headers
+
+
+def test_signed_request_is_accepted_once(url, client):
+    image = _image(client)
+    path = f"/v1/images/{image.id}"
+    headers = _signed("GET", path)
+    assert requests.get(url + path, headers=headers).json()["id"] == image.id
+    replay = requests.get(url + path, headers=headers)
+    assert replay.status_code == 401 and "replayed" in replay.text
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        lambda path: {},
+        lambda path: {wire.CALLER_HEADER: wire.caller_header(None)},
+        lambda path: _signed("GET", path, secret="not-the-secret"),
+        lambda path: _signed("GET", path, timestamp=int(time.time()) - 3600),
+        lambda path: _signed("GET", path, timestamp=int(time.time()) + 3600),
+        lambda path: _signed("GET", path + "?include_deleted=1"),  # signed for another query
+        lambda path: _signed("DELETE", path),  # signed for another method
+        lambda path: {**_signed("GET", path, caller=wire.caller_header(Viewer("p2"))),
+                      wire.CALLER_HEADER: wire.caller_header(None)},  # the caller swapped
+    ],
+    ids=["missing", "unsigned", "bad signature", "stale", "from the future", "query", "method", "caller"],
+)  # fmt: skip
+def test_unauthentic_requests_are_refused(url, client, headers):
+    image = _image(client)
+    path = f"/v1/images/{image.id}"
+    resp = requests.get(url + path, headers=headers(path))
+    assert resp.status_code == 401, resp.text
+    assert resp.json()["error"]["message"].startswith("registry request refused")
+
+
+def test_altered_body_is_refused(url, client):
+    image = _image(client)
+    path = f"/v1/images/{image.id}/members"
+    headers = _signed("POST", path, b'{"member_id": "p2"}')
+    resp = requests.post(url + path, data=b'{"member_id": "p3"}', headers=headers)
+    assert resp.status_code == 401 and "bad signature" in resp.text
+    assert client.list_members(image.id) == []
+
+
+def test_wrong_secret_is_a_clear_registry_error(url, client):
+    image = _image(client)
+    with pytest.raises(RegistryUnavailable, match="shared_secret"):
+        HTTPRegistry(url=url, shared_secret="wrong").get_image(image.id)
+
+
+def test_verifier_compares_in_constant_time(monkeypatch):
+    compared = []
+    monkeypatch.setattr(wire.hmac, "compare_digest", lambda a, b: compared.append((a, b)) or a == b)
+    headers = wire.sign(SECRET, "GET", "/v1/images", "{}", b"")
+    wire.Verifier(SECRET).verify("GET", "/v1/images", headers, b"")
+    assert compared and compared[0][1] == headers[wire.SIGNATURE_HEADER]
+
+
+# -- listening --------------------------------------------------------------------------
+
+
+def _conf(tmp_path, text: str):
+    path = tmp_path / "r.conf"
+    path.write_text(text)
+    return load_conf([str(path)])
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10"])
+def test_noauth_refuses_to_listen_beyond_loopback(tmp_path, host):
+    with pytest.raises(ConfigError, match="without authentication"):
+        check_bind(host, _conf(tmp_path, "[registry_server]\nauth_strategy = noauth\n"))
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])
+def test_noauth_may_listen_on_loopback(tmp_path, host):
+    check_bind(host, _conf(tmp_path, "[registry_server]\nauth_strategy = noauth\n"))
+
+
+def test_hmac_needs_a_secret(tmp_path):
+    with pytest.raises(ConfigError, match="shared_secret"):
+        check_bind("127.0.0.1", _conf(tmp_path, ""))
+
+
+def test_hmac_may_listen_anywhere(tmp_path):
+    check_bind("0.0.0.0", _conf(tmp_path, "[registry_server]\nshared_secret = x\n"))
+
+
+def test_cli_refuses_before_listening(tmp_path):
+    conf = tmp_path / "r.conf"
+    conf.write_text(f"[database]\nconnection = sqlite:///{tmp_path}/r.sqlite\n[registry_server]\nauth_strategy = noauth\n")
+    result = subprocess.run([sys.executable, "-m", "abbild.cli", "registry", "--host", "0.0.0.0", "--port", "1",
+                             "--config-file", str(conf)], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2
+    assert "will not listen on 0.0.0.0 without authentication" in result.stderr
+
+
+# -- visibility by the signed caller ----------------------------------------------------------
+
+
+def test_private_image_of_another_project_does_not_exist(client):
+    image = _image(client, owner="p1")
+    with acting_as(Viewer("p2")):
+        with pytest.raises(ImageNotFound):
+            client.get_image(image.id)
+        with pytest.raises(ImageNotFound):
+            client.update_image(image.id, lambda i: setattr(i, "name", "stolen"))
+        with pytest.raises(ImageNotFound):
+            client.list_members(image.id)
+        assert client.list_images(ImageFilters(visibility="all"), [], 10) == []
+    with acting_as(Viewer("p1")):
+        assert client.get_image(image.id).id == image.id
+    assert client.get_image(image.id).name is None  # unchanged
+
+
+def test_list_images_uses_the_given_viewer(client):
+    image = _image(client, owner="p1")
+    assert client.list_images(ImageFilters(), [], 10, viewer=Viewer("p2")) == []
+    assert [i.id for i in client.list_images(ImageFilters(), [], 10, viewer=Viewer("p1"))] == [image.id]
+
+
+def test_only_the_owner_writes(client):
+    image = _image(client, owner="p1", visibility="public")
+    with acting_as(Viewer("p2")):
+        assert client.get_image(image.id).id == image.id  # public: readable
+        with pytest.raises(Forbidden):
+            client.update_image(image.id, lambda i: setattr(i, "name", "mine now"))
+        with pytest.raises(Forbidden):
+            client.create_image(Image(id=str(uuid.uuid4()), owner="p1"))
+    with acting_as(Viewer("p1")):
+        assert client.update_image(image.id, lambda i: setattr(i, "name", "renamed")).name == "renamed"
+
+
+def test_members_see_only_themselves(client):
+    image = _image(client, owner="p1", visibility="shared")
+    with acting_as(Viewer("p1")):
+        client.add_member(image.id, "p2")
+        client.add_member(image.id, "p3")
+    with acting_as(Viewer("p2")):
+        assert client.get_image(image.id).id == image.id  # a pending member reads it
+        assert [m.member_id for m in client.list_members(image.id)] == ["p2"]
+        assert client.get_member(image.id, "p3") is None
+        with pytest.raises(Forbidden):
+            client.set_member_status(image.id, "p3", "accepted")
+        with pytest.raises(Forbidden):
+            client.add_member(image.id, "p4")
+        assert client.set_member_status(image.id, "p2", "accepted").status == "accepted"
+    with acting_as(Viewer("p4")):
+        with pytest.raises(ImageNotFound):
+            client.get_image(image.id)
+
+
+def test_service_calls_are_the_shared_secret_holders_only(url, client):
+    _image(client, owner="p1")
+    with acting_as(Viewer("p2")):
+        assert len(client.images_in_status("queued")) == 1  # the driver asks as the service
+    path = "/v1/images?in_status=queued"
+    as_user = requests.get(url + path, headers=_signed("GET", path, caller=wire.caller_header(Viewer("p2"))))
+    assert as_user.status_code == 403
+
+
+# -- transport --------------------------------------------------------------------------------
+
+
+def test_registry_down_is_unavailable():
+    with socketserver.TCPServer(("127.0.0.1", 0), None) as probe:
+        port = probe.server_address[1]  # closed again when the block ends
+    client = HTTPRegistry(url=f"http://127.0.0.1:{port}", shared_secret=SECRET, retries=2, retry_backoff=0.01)
+    with pytest.raises(RegistryUnavailable, match="refused the connection"):
+        client.get_image("x")
+
+
+def _lose_answers(client, monkeypatch, method: str, times: int = 1):
+    """Let *times* requests of *method* reach the server, then act as if their answer was lost."""
+    real = client.session.request
+    lost = []
+
+    def request(m, *args, **kwargs):
+        resp = real(m, *args, **kwargs)
+        if m == method and len(lost) < times:
+            lost.append(resp)
+            raise requests.ConnectionError("connection reset while reading the answer")
+        return resp
+
+    monkeypatch.setattr(client.session, "request", request)
+    return lost
+
+
+def test_lost_answer_to_a_write_is_recognised(client, monkeypatch):
+    image = _image(client)
+    lost = _lose_answers(client, monkeypatch, "PUT")
+    calls = []
+    saved = client.update_image(image.id, lambda i: [calls.append(1), i.tags.add("once")])
+    assert lost and calls == [1], "the change must not run twice"
+    assert saved.version == 2 and saved.tags == {"once"}
+
+
+def test_post_is_not_retried_once_sent(client, monkeypatch):
+    lost = _lose_answers(client, monkeypatch, "POST", times=5)
+    with pytest.raises(RegistryUnavailable, match="closed the connection"):
+        _image(client)
+    assert len(lost) == 1
+
+
+def test_lost_answer_to_a_member_delete(client, monkeypatch):
+    image = _image(client, visibility="shared")
+    client.add_member(image.id, "p2")
+    _lose_answers(client, monkeypatch, "DELETE")
+    client.delete_member(image.id, "p2")
+    assert client.list_members(image.id) == []
+
+
+def test_wire_round_trip():
+    filters = ImageFilters(values={"name": ["a"]}, tags=["t"], times=[("created_at", "gt", wire._time_in("2024-01-01T00:00:00"))])
+    assert wire.filters_from_json(json.loads(json.dumps(wire.filters_to_json(filters)))) == filters
+
+
+def test_usage_is_the_projects_own(client):
+    _image(client, owner="p1", size=5)
+    with acting_as(Viewer("p1")):
+        assert (client.usage("p1").images, client.usage("p1").size) == (1, 5)
+    with acting_as(Viewer("p2")):
+        with pytest.raises(Forbidden):
+            client.usage("p1")
