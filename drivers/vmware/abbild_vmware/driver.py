@@ -200,6 +200,12 @@ class VMwareDriver(Driver):
                 if response.status in FULL:
                     self._full_until[datastore] = time.monotonic() + self.conf.full_retry_interval
                     raise StoreFull(self.store_name, f"datastore {datastore.name} answered {response.status}")
+                if response.status == 404:  # no such datacenter or datastore
+                    raise BackendError(
+                        self.store_name,
+                        f"{self.conf.host} has no datastore {datastore.name!r} in datacenter "
+                        f"{datastore.dc_path!r}; fix [{self.store_name}] datastores",
+                    )
                 self._raise_for_status(response, uri)
         except BaseException:
             self._remove_quietly(target)  # whatever part of the file the server kept
@@ -233,7 +239,10 @@ class VMwareDriver(Driver):
     def _path(self, datastore: Datastore, key: str) -> str:
         """The request target of *key* on *datastore*: ``/folder/...?dcPath=..&dsName=..``."""
         path = "/".join(p for p in (self._image_dir, key) if p)
-        query = urllib.parse.urlencode({"dcPath": datastore.dc_path, "dsName": datastore.name})
+        # %20 rather than "+" for spaces: every server decodes it the same way.
+        query = urllib.parse.urlencode(
+            {"dcPath": datastore.dc_path, "dsName": datastore.name}, quote_via=urllib.parse.quote
+        )
         return f"/folder/{urllib.parse.quote(path)}?{query}"
 
     def _uri_host(self) -> str:
