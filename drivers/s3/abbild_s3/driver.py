@@ -1,0 +1,419 @@
+"""The s3 store: one object per image in a bucket of any S3-compatible service."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import urllib.parse
+import uuid
+from collections.abc import Iterable, Iterator
+
+from abbild.driver import Capability, Driver, StoredObject
+from abbild.errors import (
+    AccessDenied,
+    AlreadyExists,
+    BackendError,
+    BackendUnavailable,
+    ConfigError,
+    NotFound,
+    StoreError,
+    StoreFull,
+)
+from abbild.streams import CHUNK_SIZE
+
+from abbild_s3 import opts
+
+LOG = logging.getLogger(__name__)
+
+MiB = 1 << 20
+MAX_PARTS = 10_000
+# Unknown-size uploads double their part size every this many parts (see part_size).
+PARTS_PER_STEP = 1_000
+MAX_KEY_BYTES = 1024
+# What botocore itself accepts as a bucket name (S3 proper is stricter; radosgw is not).
+_BUCKET_RE = re.compile(r"[a-zA-Z0-9._-]{1,255}")
+
+# S3 error codes, as botocore reports them (HEAD requests have no body: just the status).
+_NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "NoSuchUpload", "NotFound", "404"}
+_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "403"}
+_FULL = {"QuotaExceeded", "EntityTooLarge", "InsufficientCapacity"}
+_UNAVAILABLE = {"SlowDown", "ServiceUnavailable", "RequestTimeout", "503"}
+
+
+def part_size(number: int, base: int, size: int | None) -> int:
+    """Size of part *number* (from 1) of a multipart upload, within S3's 10 000 parts.
+
+    A known *size* gets equal parts, large enough to fit; an unknown one starts at
+    *base* and doubles every 1 000 parts, so memory stays at *base* for ordinary images.
+    """
+    if size is not None:
+        return max(base, -(-size // MAX_PARTS))
+    return base << ((number - 1) // PARTS_PER_STEP)
+
+
+class S3Driver(Driver):
+    """Stores objects in ``bucket``, named after their key.
+
+    URIs are ``s3://<bucket>/<key>``: no endpoint and no credentials, which live in the
+    store's config group. Reads and deletes use the bucket the URI names.
+    """
+
+    schemes = ("s3",)
+    capabilities = Capability.READ | Capability.WRITE | Capability.DELETE | Capability.RANGE_READ
+    options = opts.OPTS
+
+    def configure(self) -> Capability:
+        """Check the options and build the boto3 client. Does not contact the service:
+        a store that is down at start-up is reported by ``check()`` and each request.
+
+        :raises abbild.errors.ConfigError: boto3 is missing, or an option is unset or
+            invalid; the message names the option.
+        """
+        conf, store = self.conf, self.store_name
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError as exc:
+            raise ConfigError(
+                f"store {store!r} (s3) needs boto3, which is not installed ({exc}); "
+                "install it with: pip install boto3"
+            ) from exc
+        if not conf.bucket:
+            raise ConfigError(f"store {store!r}: option 'bucket' is not set; set [{store}] bucket")
+        if not _BUCKET_RE.fullmatch(conf.bucket):
+            raise ConfigError(
+                f"store {store!r}: bucket {conf.bucket!r} is not a valid bucket name "
+                "(letters, digits, '.', '_' and '-')"
+            )
+        if conf.endpoint_url is not None:
+            self._check_endpoint_url(conf.endpoint_url)
+        if bool(conf.access_key) != bool(conf.secret_key):
+            raise ConfigError(
+                f"store {store!r}: set both [{store}] access_key and secret_key, or neither "
+                "(to use boto3's own credential sources)"
+            )
+        if conf.ca_file and not os.path.isfile(conf.ca_file):
+            raise ConfigError(f"store {store!r}: ca_file {conf.ca_file!r} does not exist")
+        config = Config(
+            signature_version="s3v4",
+            s3={"addressing_style": conf.addressing_style},
+            connect_timeout=conf.connect_timeout,
+            read_timeout=conf.read_timeout,
+            retries={"max_attempts": conf.max_attempts, "mode": "standard"},
+            # The core hashes every upload already; the CRC32 that newer boto3 adds by
+            # default costs CPU, and older S3-compatible services reject its encoding.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        try:
+            self._client = boto3.session.Session().client(
+                "s3",
+                endpoint_url=conf.endpoint_url,
+                region_name=conf.region_name,
+                aws_access_key_id=conf.access_key,
+                aws_secret_access_key=conf.secret_key,
+                verify=conf.ca_file or True,
+                config=config,
+            )
+        except ValueError as exc:  # botocore's own checks of the endpoint and region
+            raise ConfigError(f"store {store!r} (s3): {exc}") from exc
+        self._bucket = conf.bucket
+        self._threshold = conf.large_object_size * MiB
+        self._part_size = conf.large_object_part_size * MiB
+        self._where = conf.endpoint_url or f"Amazon S3 ({conf.region_name})"
+        return type(self).capabilities
+
+    def _check_endpoint_url(self, url: str) -> None:
+        store = self.store_name
+        parts = urllib.parse.urlsplit(url)
+        try:
+            parts.port  # noqa: B018 (raises ValueError on a bad port)
+        except ValueError:
+            parts = parts._replace(netloc="")
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+            raise ConfigError(
+                f"store {store!r}: endpoint_url {url!r} is not a URL of an S3 service; "
+                f"set [{store}] endpoint_url to http(s)://host[:port], for example http://127.0.0.1:7480"
+            )
+        if parts.username or parts.password:
+            raise ConfigError(
+                f"store {store!r}: endpoint_url must not hold credentials; "
+                f"use [{store}] access_key and secret_key"
+            )
+
+    def check(self) -> str:
+        """Check that the bucket exists (creating it if allowed) and takes a write."""
+        probe = f"abbild-check-{uuid.uuid4().hex}"
+        with self._errors(f"s3://{self._bucket}", writing=True):
+            try:
+                self._client.head_bucket(Bucket=self._bucket)
+            except self._client.exceptions.ClientError as exc:
+                if _code(exc) not in _NOT_FOUND:
+                    raise
+                if not self.conf.create_bucket:
+                    raise self._missing_bucket() from exc
+                self._create_bucket()
+            self._client.put_object(Bucket=self._bucket, Key=probe, Body=b"")
+            self._client.delete_object(Bucket=self._bucket, Key=probe)
+        return f"ok: bucket {self._bucket} at {self._where}"
+
+    def properties(self) -> dict[str, object]:
+        return {"bucket": self._bucket}
+
+    # -- reading ----------------------------------------------------------------------
+
+    def get(self, uri: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        bucket, key = self._parse(uri)
+        if length == 0:
+            self.size(uri)  # still NotFound for a missing object
+            return _BodyChunks(None, self, uri)
+        request = {"Bucket": bucket, "Key": key}
+        if offset or length is not None:
+            last = "" if length is None else offset + length - 1
+            request["Range"] = f"bytes={offset}-{last}"
+        with self._errors(uri):
+            try:
+                body = self._client.get_object(**request)["Body"]
+            except self._client.exceptions.ClientError as exc:
+                if _code(exc) != "InvalidRange":  # 416: the offset is at or past the end
+                    raise
+                body = None
+        return _BodyChunks(body, self, uri)
+
+    def size(self, uri: str) -> int:
+        bucket, key = self._parse(uri)
+        with self._errors(uri):
+            return self._client.head_object(Bucket=bucket, Key=key)["ContentLength"]
+
+    # -- writing ----------------------------------------------------------------------
+
+    def put(self, key: str, chunks: Iterable[bytes], size: int | None) -> StoredObject:
+        """Store *chunks* with one PUT when they fit in ``large_object_size``, else as a
+        multipart upload, holding at most one part in memory.
+
+        An upload of unknown size starts like a small one: if it ends within
+        ``large_object_size`` it costs one request instead of three.
+        """
+        self._check_key(key)
+        uri = self._uri(key)
+        with self._errors(key, writing=True):
+            if self._exists(key):  # fail before reading a whole upload only to reject it
+                raise AlreadyExists(key)
+            chunks = iter(chunks)
+            if size is not None and size >= self._threshold:
+                head, ended = bytearray(), False
+            else:
+                head, ended = _take(chunks, self._threshold)
+            if ended:
+                self._first_write(self._client.put_object, Bucket=self._bucket, Key=key, Body=bytes(head))
+                written = len(head)
+            else:
+                written = self._put_multipart(key, head, chunks, size)
+        return StoredObject(uri=uri, size=written)
+
+    def _put_multipart(self, key: str, buffer: bytearray, chunks: Iterator[bytes], size: int | None) -> int:
+        """Upload *buffer* and then *chunks* in parts; abort the upload on any failure,
+        so that nothing of it is left (or billed) in the bucket."""
+        upload = self._first_write(self._client.create_multipart_upload, Bucket=self._bucket, Key=key)
+        upload_id = upload["UploadId"]
+        parts: list[dict] = []
+        written = len(buffer)
+
+        def send(n: int) -> None:
+            with memoryview(buffer) as view:  # released before the buffer shrinks
+                body = bytes(view[:n])
+            del buffer[:n]
+            number = len(parts) + 1
+            answer = self._client.upload_part(
+                Bucket=self._bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+            )
+            parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+
+        try:
+            for chunk in chunks:  # what the iterator raises propagates unchanged
+                buffer += chunk
+                written += len(chunk)
+                while len(buffer) >= (n := part_size(len(parts) + 1, self._part_size, size)):
+                    send(n)
+            while len(buffer) >= (n := part_size(len(parts) + 1, self._part_size, size)):
+                send(n)
+            if buffer or not parts:
+                send(len(buffer))
+            self._client.complete_multipart_upload(
+                Bucket=self._bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            self._abort(key, upload_id)
+            raise
+        return written
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        try:
+            self._client.abort_multipart_upload(Bucket=self._bucket, Key=key, UploadId=upload_id)
+        except Exception as exc:  # the original failure matters more; discard() retries
+            LOG.warning(
+                "store %r: could not abort multipart upload %s of %s: %s; discard() will retry",
+                self.store_name, upload_id, key, exc,
+            )  # fmt: skip
+
+    def _first_write(self, call, **request):
+        """Make the first write request of an upload, creating the bucket when it is
+        missing and ``create_bucket`` allows it."""
+        try:
+            return call(**request)
+        except self._client.exceptions.ClientError as exc:
+            if _code(exc) != "NoSuchBucket":
+                raise
+            if not self.conf.create_bucket:
+                raise self._missing_bucket() from exc
+        self._create_bucket()
+        return call(**request)
+
+    def _create_bucket(self) -> None:
+        request = {"Bucket": self._bucket}
+        region = self.conf.region_name
+        if region and region != "us-east-1":  # S3 rejects the default region spelled out
+            request["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            self._client.create_bucket(**request)
+        except self._client.exceptions.BucketAlreadyOwnedByYou:
+            pass  # another process was quicker
+        LOG.info("store %r: created bucket %s", self.store_name, self._bucket)
+
+    def delete(self, uri: str) -> None:
+        bucket, key = self._parse(uri)
+        with self._errors(uri):
+            # S3 deletes missing objects without complaint; the contract wants NotFound.
+            self._client.head_object(Bucket=bucket, Key=key)
+            self._client.delete_object(Bucket=bucket, Key=key)
+
+    def discard(self, key: str) -> None:
+        """Delete the object *key* and abort any multipart upload of it."""
+        self._check_key(key)
+        with self._errors(key, writing=True):
+            self._client.delete_object(Bucket=self._bucket, Key=key)
+            listing = self._client.list_multipart_uploads(Bucket=self._bucket, Prefix=key)
+            for upload in listing.get("Uploads", []):
+                if upload["Key"] == key:
+                    self._client.abort_multipart_upload(Bucket=self._bucket, Key=key, UploadId=upload["UploadId"])
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self._client.head_object(Bucket=self._bucket, Key=key)
+        except self._client.exceptions.ClientError as exc:
+            if _code(exc) in _NOT_FOUND:
+                return False
+            raise
+        return True
+
+    def _check_key(self, key: str) -> None:
+        if not key or len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+            raise AccessDenied(self.store_name, f"invalid key {key!r}: use 1 to {MAX_KEY_BYTES} bytes")
+
+    def _uri(self, key: str) -> str:
+        return f"s3://{self._bucket}/{urllib.parse.quote(key)}"
+
+    def _parse(self, uri: str) -> tuple[str, str]:
+        """:returns: bucket and key of *uri*.
+        :raises NotFound: *uri* is not an ``s3://<bucket>/<key>`` URI."""
+        parts = urllib.parse.urlsplit(uri)
+        key = urllib.parse.unquote(parts.path[1:])
+        if parts.scheme != "s3" or not _BUCKET_RE.fullmatch(parts.netloc) or not key or parts.query or parts.fragment:
+            raise NotFound(uri)
+        return parts.netloc, key
+
+    def _missing_bucket(self) -> BackendError:
+        store = self.store_name
+        return BackendError(
+            store,
+            f"bucket {self._bucket!r} does not exist at {self._where}; create it, "
+            f"or set [{store}] create_bucket = true",
+        )
+
+    @contextlib.contextmanager
+    def _errors(self, what: str, *, writing: bool = False):
+        """Translate boto3's exceptions about *what* (a URI, or the key when *writing*)
+        into :class:`StoreError`; everything else passes unchanged."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except ClientError as exc:
+            raise self._client_error(exc, what, writing) from exc
+        except BotoCoreError as exc:
+            raise self._connection_error(exc) from exc
+
+    def _client_error(self, exc, what: str, writing: bool) -> StoreError:
+        code, store = _code(exc), self.store_name
+        message = exc.response.get("Error", {}).get("Message") or code
+        if code == "NoSuchBucket" and writing:
+            return self._missing_bucket()
+        if code in _NOT_FOUND and not writing:
+            return NotFound(what)
+        if code in _DENIED:
+            return AccessDenied(store, f"{message} ({code}) at {self._where}; check [{store}] access_key and secret_key")
+        if code in _FULL:
+            return StoreFull(store, f"{message} ({code})")
+        if code in _UNAVAILABLE:
+            return BackendUnavailable(store, f"{message} ({code}) at {self._where}")
+        return BackendError(store, f"{what}: {message} ({code})")
+
+    def _connection_error(self, exc) -> StoreError:
+        from botocore.exceptions import ConnectionError, HTTPClientError, NoCredentialsError
+
+        store = self.store_name
+        if isinstance(exc, NoCredentialsError):
+            return AccessDenied(store, f"no credentials; set [{store}] access_key and secret_key")
+        if isinstance(exc, (ConnectionError, HTTPClientError)):
+            return BackendUnavailable(store, f"{self._where}: {exc}")
+        return BackendError(store, str(exc))
+
+
+def _code(exc) -> str:
+    return exc.response.get("Error", {}).get("Code", "")
+
+
+def _take(chunks: Iterator[bytes], limit: int) -> tuple[bytearray, bool]:
+    """Read *chunks* until more than *limit* bytes arrived or they ended.
+
+    :returns: the bytes read, and whether the chunks ended.
+    """
+    buffer = bytearray()
+    for chunk in chunks:
+        buffer += chunk
+        if len(buffer) > limit:
+            return buffer, False
+    return buffer, True
+
+
+class _BodyChunks:
+    """Iterator over a streaming response body (none: no bytes), which it owns.
+
+    Not a generator: ``close()`` must release the connection even before the first
+    chunk, and a generator that never started does not run its ``finally``.
+    """
+
+    def __init__(self, body, driver: S3Driver, uri: str) -> None:
+        self._body, self._driver, self._uri = body, driver, uri
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._body is None:
+            raise StopIteration
+        with self._driver._errors(self._uri):
+            chunk = self._body.read(CHUNK_SIZE)
+        if not chunk:
+            self.close()  # release the connection as soon as the data is out
+            raise StopIteration
+        return chunk
+
+    def close(self) -> None:
+        if self._body is not None:
+            self._body.close()
+            self._body = None
