@@ -128,7 +128,7 @@ class HTTPRegistry(Registry):
             path += "?" + urllib.parse.urlencode(params)
         data = b"" if body is None else json.dumps(body).encode()
         who = wire.caller_header(None if as_service else viewer or caller.current())
-        retried = False
+        maybe_arrived = False  # an earlier attempt may have been carried out
         for attempt in range(self.retries + 1):
             headers = {"Content-Type": "application/json"} if body is not None else {}
             if self.secret:
@@ -146,8 +146,8 @@ class HTTPRegistry(Registry):
                     raise RegistryUnavailable(f"{self.url} {_describe(error, self.timeout)}") from error
                 LOG.warning("registry %s %s: %s; retrying", method, path.split("?")[0], _describe(error, self.timeout))
                 time.sleep(self.retry_backoff * 2**attempt)
-                retried = True
-        if resp.status_code in ok or (retried and resp.status_code in ok_after_retry):
+                maybe_arrived = maybe_arrived or not _never_sent(error)
+        if resp.status_code in ok or (maybe_arrived and resp.status_code in ok_after_retry):
             return resp.status_code, (resp.json() if resp.content else None)
         try:
             error = resp.json()["error"]
