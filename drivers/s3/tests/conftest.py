@@ -106,7 +106,7 @@ def bucket(s3_client):
     s3_client.delete_bucket(Bucket=name)
 
 
-def _conf(ceph_s3: dict, bucket: str, **overrides):
+def _conf(ceph_s3: dict, test_bucket: str, **overrides):
     """Build the store's option group the way the store manager does. Keyword
     arguments override options; ``name=None`` leaves an option unset."""
     conf = cfg.ConfigOpts()
@@ -117,7 +117,7 @@ def _conf(ceph_s3: dict, bucket: str, **overrides):
         "access_key": ceph_s3["access_key"],
         "secret_key": ceph_s3["secret_key"],
         "addressing_style": "path",
-        "bucket": bucket,
+        "bucket": test_bucket,
         # Small sizes, so a few MiB exercise both upload paths.
         "large_object_size": 5,
         "large_object_part_size": 5,

@@ -1,0 +1,269 @@
+"""What the conformance suite cannot see: upload strategy, memory, cleanup of failed
+multipart uploads, error translation and configuration."""
+
+import builtins
+import hashlib
+import os
+import time
+import tracemalloc
+
+import pytest
+
+from abbild.errors import AccessDenied, BackendError, BackendUnavailable, ConfigError, NotFound
+from abbild.testing.conformance import Boom, new_key, read_all
+
+from abbild_s3.driver import MAX_PARTS, part_size
+
+pytestmark = pytest.mark.backend("ceph")
+
+MiB = 1 << 20
+
+
+def _etag(s3_client, bucket, key) -> str:
+    return s3_client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
+
+
+def _uploads(s3_client, bucket, key) -> list:
+    return s3_client.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", [])
+
+
+def _stream(total: int, block: bytes):
+    """*total* bytes as chunks of *block* (the last one cut), without new allocations."""
+    sent = 0
+    while sent < total:
+        piece = block if total - sent >= len(block) else block[: total - sent]
+        sent += len(piece)
+        yield piece
+
+
+# -- URIs ---------------------------------------------------------------------------------
+
+
+def test_uri_names_bucket_and_key_only(shared_driver, bucket):
+    stored = shared_driver.put("img-1", [b"abc"], 3)
+    assert stored.uri == f"s3://{bucket}/img-1"
+    assert read_all(shared_driver, stored.uri) == b"abc"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "s3://{bucket}/",
+        "s3://{bucket}",
+        "s3://user:secret@{bucket}/img",
+        "s3+https://{bucket}/img",
+        "http://{bucket}/img",
+        "s3://{bucket}/img?versionId=1",
+        "s3://no-such-bucket-{bucket}/img",
+    ],
+)
+def test_foreign_or_malformed_uri_is_not_found(shared_driver, bucket, uri):
+    shared_driver.discard("img")
+    shared_driver.put("img", [b"x"], 1)  # what a lax parser might find instead
+    uri = uri.format(bucket=bucket)
+    for operation in (shared_driver.get, shared_driver.size, shared_driver.delete):
+        with pytest.raises(NotFound):
+            operation(uri)
+
+
+# -- upload strategy ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "size, declared, multipart",
+    [
+        (4 * MiB, True, False),  # below large_object_size: one PUT
+        (4 * MiB, False, False),  # unknown size, but it ended within large_object_size
+        (5 * MiB, True, True),  # at the threshold: multipart
+        (11 * MiB + 3, False, True),  # unknown size, longer than the threshold
+    ],
+)
+def test_single_put_or_multipart(shared_driver, s3_client, bucket, size, declared, multipart):
+    payload = os.urandom(size)
+    key = new_key()
+    stored = shared_driver.put(key, _stream(size, payload), size if declared else None)
+    assert stored.size == size
+    etag = _etag(s3_client, bucket, key)
+    parts = -(-size // (5 * MiB))
+    assert etag.endswith(f"-{parts}") if multipart else "-" not in etag
+    assert read_all(shared_driver, stored.uri) == payload
+
+
+def test_threshold_zero_sends_even_empty_objects_as_multipart(make_driver, s3_client, bucket):
+    driver = make_driver(large_object_size=0)
+    key = new_key()
+    stored = driver.put(key, [], 0)
+    assert stored.size == 0
+    assert _etag(s3_client, bucket, key).endswith("-1")
+    assert read_all(driver, stored.uri) == b""
+
+
+def test_part_size_fits_s3_limits():
+    base = 16 * MiB
+    assert part_size(1, base, 100 * MiB) == base
+    huge = 1 << 40  # 1 TiB in 16 MiB parts would be 65 536 parts
+    assert part_size(1, base, huge) * MAX_PARTS >= huge
+    # Unknown size: 16 MiB for the first 1 000 parts, then doubling.
+    assert [part_size(n, base, None) for n in (1, 1000, 1001, 2001)] == [base, base, 2 * base, 4 * base]
+    assert sum(part_size(n, base, None) for n in range(1, MAX_PARTS + 1)) > 15 * (1 << 40)
+
+
+def test_large_upload_keeps_memory_bounded(make_driver, s3_client, bucket):
+    """A 256 MiB stream of unknown size goes up with one part in memory at a time."""
+    part = 8 * MiB
+    driver = make_driver(large_object_size=8, large_object_part_size=8)
+    block, total, key = os.urandom(MiB), 256 * MiB, new_key()
+    tracemalloc.start()
+    try:
+        started = time.monotonic()
+        stored = driver.put(key, _stream(total, block), None)
+        elapsed = time.monotonic() - started
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    try:
+        print(f"\n256 MiB multipart upload: {elapsed:.1f} s, peak traced memory {peak / MiB:.1f} MiB")
+        assert stored.size == total
+        assert _etag(s3_client, bucket, key).endswith("-32")
+        # The part being filled plus the copy being sent, and some slack for boto3.
+        assert peak < 3 * part, f"peak {peak / MiB:.1f} MiB for {part // MiB} MiB parts"
+        expected = hashlib.sha256()
+        for chunk in _stream(total, block):
+            expected.update(chunk)
+        received = hashlib.sha256()
+        for chunk in driver.get(stored.uri):
+            received.update(chunk)
+        assert received.hexdigest() == expected.hexdigest()
+    finally:
+        driver.discard(key)  # memstore keeps it in RAM otherwise
+
+
+# -- failures leave nothing ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_failure_mid_multipart_aborts_the_upload(shared_driver, s3_client, bucket, declared):
+    key = new_key()
+    seen = []
+
+    def chunks():
+        for _ in range(12):  # two full 5 MiB parts sent, the third being filled
+            yield os.urandom(MiB)
+        seen.append(len(_uploads(s3_client, bucket, key)))
+        raise Boom("client went away")
+
+    with pytest.raises(Boom):
+        shared_driver.put(key, chunks(), 64 * MiB if declared else None)
+    assert seen == [1]  # a multipart upload was under way ...
+    assert _uploads(s3_client, bucket, key) == []  # ... and was aborted
+    with pytest.raises(NotFound):
+        shared_driver.size(f"s3://{bucket}/{key}")
+
+
+def test_discard_aborts_a_dangling_multipart_upload(shared_driver, s3_client, bucket):
+    key = new_key()
+    upload = s3_client.create_multipart_upload(Bucket=bucket, Key=key)  # as a crashed process left it
+    s3_client.upload_part(Bucket=bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * MiB)
+    other = s3_client.create_multipart_upload(Bucket=bucket, Key=key + "-other")
+    shared_driver.discard(key)
+    assert _uploads(s3_client, bucket, key) == [_uploads(s3_client, bucket, key + "-other")[0]]
+    s3_client.abort_multipart_upload(Bucket=bucket, Key=key + "-other", UploadId=other["UploadId"])
+
+
+# -- error translation --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("wrong", ["secret_key", "access_key"])
+def test_bad_credentials_are_access_denied(make_driver, shared_driver, wrong):
+    uri = shared_driver.put(new_key(), [b"data"], 4).uri
+    driver = make_driver(**{wrong: "WRONG0000000000000000000000000000"})
+    with pytest.raises(AccessDenied, match="access_key and secret_key"):
+        driver.put(new_key(), [b"data"], 4)
+    with pytest.raises(AccessDenied):
+        driver.get(uri)
+    with pytest.raises(AccessDenied):
+        driver.check()
+
+
+def test_unreachable_endpoint_is_backend_unavailable(make_driver):
+    # Port 9 (discard) has no listener on loopback: connection refused at once.
+    driver = make_driver(endpoint_url="http://127.0.0.1:9", connect_timeout=1, max_attempts=1)
+    started = time.monotonic()
+    for call in (driver.check, lambda: driver.put(new_key(), [b"x"], 1), lambda: driver.get("s3://b/k")):
+        with pytest.raises(BackendUnavailable, match="127.0.0.1:9"):
+            call()
+    assert time.monotonic() - started < 10
+
+
+def test_missing_bucket_is_an_error_naming_the_fix(make_driver):
+    driver = make_driver(bucket=f"abbild-missing-{new_key()[-12:]}")
+    with pytest.raises(BackendError, match="does not exist.*create_bucket = true"):
+        driver.put(new_key(), [b"data"], 4)
+    with pytest.raises(BackendError, match="create_bucket"):
+        driver.check()
+
+
+@pytest.mark.parametrize("size", [4, 6 * MiB])  # single PUT and multipart
+def test_create_bucket_on_first_upload(make_driver, s3_client, size):
+    name = f"abbild-created-{new_key()[-12:]}"
+    driver = make_driver(bucket=name, create_bucket=True)
+    try:
+        stored = driver.put("img", [b"x" * size], size)
+        assert read_all(driver, stored.uri) == b"x" * size
+    finally:
+        s3_client.delete_object(Bucket=name, Key="img")
+        s3_client.delete_bucket(Bucket=name)
+
+
+def test_check_reports_ok_and_leaves_nothing(shared_driver, s3_client, bucket):
+    before = s3_client.list_objects_v2(Bucket=bucket).get("KeyCount")
+    assert shared_driver.check().startswith(f"ok: bucket {bucket}")
+    assert s3_client.list_objects_v2(Bucket=bucket).get("KeyCount") == before
+
+
+# -- configuration ------------------------------------------------------------------------
+
+
+def test_no_bucket_is_config_error(make_driver):
+    with pytest.raises(ConfigError, match=r"'cold'.*'bucket' is not set"):
+        make_driver(bucket=None)
+
+
+@pytest.mark.parametrize(
+    "url", ["127.0.0.1:7480", "ftp://127.0.0.1", "http://", "http://127.0.0.1:7480/some/path", "http://h:port"]
+)
+def test_bad_endpoint_is_config_error(make_driver, url):
+    with pytest.raises(ConfigError, match=r"endpoint_url .* is not a URL of an S3 service"):
+        make_driver(endpoint_url=url)
+
+
+def test_credentials_in_endpoint_are_config_error(make_driver):
+    with pytest.raises(ConfigError, match="must not hold credentials"):
+        make_driver(endpoint_url="http://key:secret@127.0.0.1:7480")
+
+
+def test_access_key_without_secret_is_config_error(make_driver):
+    with pytest.raises(ConfigError, match="both .*access_key and secret_key"):
+        make_driver(secret_key=None)
+
+
+def test_missing_ca_file_is_config_error(make_driver, tmp_path):
+    with pytest.raises(ConfigError, match="ca_file"):
+        make_driver(ca_file=str(tmp_path / "nope.pem"))
+
+
+def test_missing_boto3_is_config_error(make_driver, monkeypatch):
+    real_import = builtins.__import__
+
+    def without_boto3(name, *args, **kwargs):
+        if name == "boto3" or name.startswith("botocore"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_boto3)
+    with pytest.raises(ConfigError, match="pip install boto3"):
+        make_driver()
+
+
+def test_properties(shared_driver, bucket):
+    assert shared_driver.properties() == {"bucket": bucket}
