@@ -36,6 +36,7 @@ ROUTES = [
     ("/v2/info/import", {"GET": info.import_methods}),
     ("/v2/info/stores", {"GET": info.stores}),
     ("/v2/info/stores/detail", {"GET": info.stores_detail}),
+    ("/v2/info/usage", {"GET": info.usage}),
 ]
 
 

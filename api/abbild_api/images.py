@@ -31,6 +31,7 @@ def timestamp(value: datetime.datetime | None) -> str | None:
 
 
 def image_view(image: Image) -> dict:
+    """The image as the API shows it; pass it through ``service.readable`` first."""
     view = {name: image.properties[name] for name in image.properties}
     view.update({name: getattr(image, name) for name in _BASE})
     view["status"] = image.status.value
@@ -101,7 +102,7 @@ def create(app, req):
     values["tags"] = sorted(set(values["tags"]))
     _apply(image, values)
     image = app.service.create(image, ctx.viewer)
-    resp = json_response(image_view(image), 201)
+    resp = json_response(image_view(app.service.readable(image, ctx.viewer)), 201)
     resp.location = f"/v2/images/{image.id}"
     resp.headers["OpenStack-image-store-ids"] = ",".join(s.name for s in app.service.stores if not s.read_only)
     return resp
@@ -223,10 +224,11 @@ def parse_list_params(params, conf) -> tuple[ImageFilters, list, int, str | None
 
 def index(app, req):
     filters, sort, limit, marker = parse_list_params(req.GET, app.conf)
-    images = app.service.list(filters, sort, limit, marker, app.context(req).viewer)
+    viewer = app.context(req).viewer
+    images = app.service.list(filters, sort, limit, marker, viewer)
     query = [(k, v) for k, v in req.GET.items() if k != "marker"]
     body = {
-        "images": [image_view(i) for i in images],
+        "images": [image_view(app.service.readable(i, viewer)) for i in images],
         "first": "/v2/images" + (f"?{urllib.parse.urlencode(query)}" if query else ""),
         "schema": "/v2/schemas/images",
     }
@@ -240,7 +242,8 @@ def index(app, req):
 
 def show(app, req, image_id):
     reject_body(req)
-    return json_response(image_view(app.service.get(image_id, app.context(req).viewer)))
+    viewer = app.context(req).viewer
+    return json_response(image_view(app.service.readable(app.service.get(image_id, viewer), viewer)))
 
 
 def _pointer(path) -> str:
@@ -318,7 +321,8 @@ def update(app, req, image_id):
         _validate({"id": image.id, **values})
         _apply(image, values)
 
-    return json_response(image_view(app.service.update(image_id, change, ctx.viewer)))
+    image = app.service.update(image_id, change, ctx.viewer)
+    return json_response(image_view(app.service.readable(image, ctx.viewer)))
 
 
 def delete(app, req, image_id):

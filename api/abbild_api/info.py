@@ -33,6 +33,11 @@ def stores_detail(app, req):
     return json_response({"stores": [_store(app, s, True) for s in app.service.stores]})
 
 
+def usage(app, req):
+    reject_body(req)
+    return json_response({"usage": app.service.usage(app.context(req).viewer)})
+
+
 def schema(builder):
     def handler(app, req):
         reject_body(req)

@@ -59,6 +59,37 @@ image_opts = [
         default=128,
         help="Most projects one image may be shared with; a negative value means no limit.",
     ),
+    cfg.IntOpt(
+        "image_property_quota",
+        default=128,
+        help="Most extra properties one image may have; a negative value means no limit.",
+    ),
+    cfg.IntOpt("image_tag_quota", default=128, help="Most tags one image may have; negative: no limit."),
+    cfg.IntOpt(
+        "image_location_quota",
+        default=10,
+        help="Most locations (copies in stores) one image may have; negative: no limit.",
+    ),
+    cfg.StrOpt(
+        "user_storage_quota",
+        default="0",
+        help="Most image data one project may store, all its images together: a number of "
+        "bytes, or with a unit B, KB, MB, GB or TB (powers of 1024). 0: no limit. Uploads "
+        "that would exceed it are cut off with 413 and leave no data behind.",
+    ),
+    cfg.StrOpt(
+        "property_protection_file",
+        help="INI file of property protections (which roles or policies may create, read, "
+        "update and delete which extra properties); none: every property is open to "
+        "whoever may change the image.",
+    ),
+    cfg.StrOpt(
+        "property_protection_rule_format",
+        default="roles",
+        choices=[("roles", "values are comma-separated role names, @ everyone, ! nobody"),
+                 ("policies", "values are policy rule names")],
+        help="How the values in property_protection_file are read.",
+    ),
     cfg.BoolOpt(
         "allow_anonymous_access",
         default=False,

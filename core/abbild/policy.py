@@ -58,6 +58,11 @@ RULES: dict[str, tuple[str, str]] = {
 ANONYMOUS_ACTIONS = frozenset({"get_images", "get_image", "download_image"})
 
 
+def roles_of(viewer) -> set[str]:
+    """The caller's roles, lower-cased; an administrator always has ``admin``."""
+    return {r.lower() for r in viewer.roles} | ({"admin"} if viewer.is_admin else set())
+
+
 def rule_defaults() -> list[policy.RuleDefault]:
     return [policy.RuleDefault(name, check, description=doc) for name, (check, doc) in RULES.items()]
 
@@ -76,8 +81,7 @@ class Policy:
         """Whether *viewer* may do *action* on *target* (the image's attributes)."""
         if viewer.anonymous:
             return action in ANONYMOUS_ACTIONS
-        roles = set(viewer.roles) | ({"admin"} if viewer.is_admin else set())
-        creds = {"roles": sorted(roles), "project_id": viewer.project_id, "user_id": viewer.user_id}
+        creds = {"roles": sorted(roles_of(viewer)), "project_id": viewer.project_id, "user_id": viewer.user_id}
         # A missing key fails its check; a None value would match a None project.
         target = {k: v for k, v in (target or {}).items() if v is not None}
         return self.enforcer.enforce(action, target, creds)

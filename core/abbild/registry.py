@@ -67,6 +67,15 @@ class ImageFilters:
     properties: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
+@dataclasses.dataclass(frozen=True)
+class Usage:
+    """What one project holds: for quotas and ``/v2/info/usage``."""
+
+    size: int = 0  # bytes of image data, all its images together
+    images: int = 0  # images, whatever their status
+    uploading: int = 0  # images whose data is being written
+
+
 class Registry(abc.ABC):
     """Image metadata storage. Every write is a compare-and-swap on ``Image.version``,
     so two writers never silently overwrite each other."""
@@ -108,6 +117,10 @@ class Registry(abc.ABC):
     @abc.abstractmethod
     def images_in_status(self, status: str) -> list[Image]:
         """Every (not deleted) image in *status*, for recovery and periodic jobs."""
+
+    @abc.abstractmethod
+    def usage(self, owner: str) -> Usage:
+        """What the project *owner* holds (deleted images do not count)."""
 
     # -- members ------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from abbild.errors import (
     Forbidden,
     ImageNotFound,
     Invalid,
+    SizeLimitExceeded,
     InvalidTransition,
     MemberNotFound,
     NotFound,
@@ -25,8 +26,10 @@ from abbild.errors import (
 )
 from abbild.image import Image, Location, Status, utcnow
 from abbild.policy import Policy
+from abbild.protections import PropertyProtections
+from abbild.quotas import check_count, parse_size
 from abbild.plugins import get_plugin_manager, notify
-from abbild.registry import MEMBER_STATUSES, ImageFilters, Member, Registry, Viewer
+from abbild.registry import MEMBER_STATUSES, ImageFilters, Member, Registry, Usage, Viewer
 from abbild.streams import ImageStream
 from abbild.stores import Store, StoreManager
 
@@ -116,6 +119,8 @@ class ImageService:
         self.plugins = plugins
         self.worker = worker_identity()
         self.policy = Policy(conf)
+        self.protections = PropertyProtections.from_config(conf, self.policy)
+        self.storage_quota = parse_size(conf.user_storage_quota)
 
     @classmethod
     def from_config(cls, conf) -> "ImageService":
@@ -183,10 +188,33 @@ class ImageService:
         if action:
             self.policy.authorize(action, viewer, target)
 
+    def readable(self, image: Image, viewer: Viewer) -> Image:
+        """*image* as *viewer* may see it: without the properties protected from them."""
+        if self.protections is None:
+            return image
+        allowed = {k: v for k, v in image.properties.items() if self.protections.allows(k, "read", viewer)}
+        return dataclasses.replace(image, properties=allowed)
+
+    def _check_change(self, before: Image, after: Image, viewer: Viewer) -> None:
+        """Quotas and property protections for a change from *before* to *after*."""
+        check_count(after.id, "properties", "image_property_quota", len(before.properties), len(after.properties),
+                    self.conf.image_property_quota)  # fmt: skip
+        check_count(after.id, "tags", "image_tag_quota", len(before.tags), len(after.tags), self.conf.image_tag_quota)
+        if self.protections is None:
+            return
+        for name in before.properties.keys() | after.properties.keys():
+            if name not in after.properties:
+                self.protections.authorize(name, "delete", viewer)
+            elif name not in before.properties:
+                self.protections.authorize(name, "create", viewer)
+            elif before.properties[name] != after.properties[name]:
+                self.protections.authorize(name, "update", viewer)
+
     def create(self, image: Image, viewer: Viewer) -> Image:
         target = {"owner": image.owner, "project_id": image.owner}
         self.policy.authorize("add_image", viewer, target)
         self.authorize_visibility(image.visibility, viewer, target)
+        self._check_change(Image(id=image.id), image, viewer)
         image = self.registry.create_image(image)
         notify(self.plugins, "abbild_image_created", image=image)
         return image
@@ -196,8 +224,10 @@ class ImageService:
         before = self._authorized(action, image_id, viewer)
 
         def checked_change(image: Image) -> None:
+            old = dataclasses.replace(image, properties=dict(image.properties), tags=set(image.tags))
             change(image)
-            if image.visibility != before.visibility:
+            self._check_change(old, image, viewer)
+            if image.visibility != old.visibility:
                 self.authorize_visibility(image.visibility, viewer, {"project_id": image.owner})
 
         image = self.registry.update_image(image_id, checked_change)
@@ -276,6 +306,21 @@ class ImageService:
             self._delete_quietly(store, loc.uri)
         notify(self.plugins, "abbild_image_updated", image=self.registry.get_image(image_id))
 
+    def usage(self, viewer: Viewer) -> dict:
+        """The caller's project's usage and limits, in Glance's ``/v2/info/usage`` form
+        (sizes in MiB; -1: no limit)."""
+        if viewer.anonymous:
+            raise Forbidden("Anonymous callers have no project, and so no usage.")
+        used = self.registry.usage(viewer.project_id) if viewer.project_id else Usage()
+        mib = 1 << 20
+        return {
+            "image_size_total": {"limit": self.storage_quota // mib if self.storage_quota else -1,
+                                 "usage": used.size // mib},
+            "image_stage_total": {"limit": -1, "usage": 0},
+            "image_count_total": {"limit": -1, "usage": used.images},
+            "image_count_uploading": {"limit": -1, "usage": used.uploading},
+        }  # fmt: skip
+
     # -- members ------------------------------------------------------------------------
 
     def _shared(self, action: str, image_id: str, viewer: Viewer, member_id: str | None = None) -> Image:
@@ -347,11 +392,15 @@ class ImageService:
         """
         image = self._authorized("upload_image", image_id, viewer)
         store = self._upload_store(image, store_name)
+        max_size, limit_name = self._upload_limit(image)
+        if declared_size is not None and declared_size > max_size:
+            raise SizeLimitExceeded(max_size, limit_name)
         self._claim(image_id)
         stream = ImageStream(
             chunks,
             hash_algo=self.conf.hashing_algorithm,
-            max_size=self.conf.image_size_cap,
+            max_size=max_size,
+            limit_name=limit_name,
             declared_size=declared_size,
             on_progress=lambda _n: self._renew_lease(image_id),
         )
@@ -361,6 +410,8 @@ class ImageService:
             self._release(image_id, exc)
             raise
         try:
+            # Uploads running side by side each saw the room the others were filling.
+            self._upload_limit(image, uploaded=stream.size)
             image = self.registry.update_image(image_id, lambda img: self._activate(img, store, stored, stream))
         except BaseException as exc:
             # The metadata never pointed at this data: remove it, or it is orphaned.
@@ -373,6 +424,23 @@ class ImageService:
         notify(self.plugins, "abbild_image_uploaded", image=image, location=location)
         notify(self.plugins, "abbild_image_activated", image=image)
         return image
+
+    def _upload_limit(self, image: Image, uploaded: int = 0) -> tuple[int, str]:
+        """How many bytes the upload of *image* may write, and which limit says so.
+
+        :raises abbild.errors.QuotaExceeded: the owner's images together, with
+            *uploaded* more bytes, exceed ``user_storage_quota``.
+        """
+        if not self.storage_quota or image.owner is None:
+            return self.conf.image_size_cap, "image_size_cap"
+        used = self.registry.usage(image.owner).size
+        if used + uploaded > self.storage_quota:
+            raise QuotaExceeded(f"Project {image.owner} would store {used + uploaded} bytes of image data; "
+                                f"user_storage_quota allows {self.storage_quota}.")  # fmt: skip
+        room = self.storage_quota - used
+        if room < self.conf.image_size_cap:
+            return room, f"room left under user_storage_quota ({self.storage_quota} bytes, {used} used)"
+        return self.conf.image_size_cap, "image_size_cap"
 
     def _upload_store(self, image: Image, store_name: str | None) -> Store:
         if store_name is None:
@@ -417,6 +485,8 @@ class ImageService:
     def _activate(self, image: Image, store: Store, stored: StoredObject, stream: ImageStream) -> None:
         if not self._ours(image):
             raise InvalidTransition(image.id, image.status.value, Status.ACTIVE.value)
+        check_count(image.id, "locations", "image_location_quota", len(image.locations), len(image.locations) + 1,
+                    self.conf.image_location_quota)  # fmt: skip
         image.size = stream.size
         image.checksum = stream.checksum
         image.os_hash_algo = stream.hash_algo

@@ -69,6 +69,7 @@ class ImageStream:
         *,
         hash_algo: str = "sha512",
         max_size: int | None = None,
+        limit_name: str = "image_size_cap",
         declared_size: int | None = None,
         on_progress: Callable[[int], None] | None = None,
         progress_every: int = 256 * CHUNK_SIZE,
@@ -77,6 +78,7 @@ class ImageStream:
         self._chunks = chunks
         self.hash_algo = hash_algo
         self.max_size = max_size
+        self.limit_name = limit_name
         self.declared_size = declared_size
         self._on_progress = on_progress
         self._progress_every = progress_every
@@ -95,7 +97,7 @@ class ImageStream:
                     continue
                 self.size += len(chunk)
                 if self.max_size is not None and self.size > self.max_size:
-                    raise SizeLimitExceeded(self.max_size)
+                    raise SizeLimitExceeded(self.max_size, self.limit_name)
                 if self.declared_size is not None and self.size > self.declared_size:
                     raise SizeMismatch(self.declared_size, self.size)
                 for t in threads:

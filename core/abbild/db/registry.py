@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from sqlalchemy import and_, create_engine, delete, event, exists, false, insert, or_, select, true, update
+from sqlalchemy import and_, case, create_engine, delete, event, exists, false, func, insert, or_, select, true, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -24,7 +24,7 @@ from abbild.errors import (
     RegistryUnavailable,
 )
 from abbild.image import Image, Location, Status, utcnow
-from abbild.registry import IN_FILTERS, SORT_KEYS, TIME_OPERATORS, ImageFilters, Member, Registry, Viewer
+from abbild.registry import IN_FILTERS, SORT_KEYS, TIME_OPERATORS, ImageFilters, Member, Registry, Usage, Viewer
 
 LOG = logging.getLogger(__name__)
 
@@ -187,6 +187,15 @@ class SQLRegistry(Registry):
                 _with_children(select(ImageRow).where(ImageRow.status == status, ImageRow.deleted == false()))
             )
             return [_to_image(r) for r in rows]
+
+    def usage(self, owner: str) -> Usage:
+        uploading = case((ImageRow.status == Status.SAVING.value, 1), else_=0)
+        query = select(func.coalesce(func.sum(ImageRow.size), 0), func.count(), func.coalesce(func.sum(uploading), 0))
+        with self._reading() as session:
+            size, images, saving = session.execute(
+                query.where(ImageRow.owner == owner, ImageRow.deleted == false())
+            ).one()
+        return Usage(size=int(size), images=int(images), uploading=int(saving))
 
     def list_images(self, filters: ImageFilters, sort, limit, marker=None, viewer: Viewer | None = None):
         viewer = viewer or Viewer(is_admin=True)
