@@ -9,7 +9,7 @@ install:
 	$(PIP) -e . -e drivers/filesystem
 
 install-test:
-	$(PIP) -e '.[test]' -e drivers/filesystem
+	$(PIP) -e '.[test]' -e drivers/filesystem -e 'drivers/http[test]' -e 'drivers/vmware[test]'
 
 serve: install
 	$(PYTHON) -m abbild.cli serve $(ARGS)
