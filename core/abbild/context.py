@@ -18,6 +18,9 @@ class RequestContext:
     roles: tuple[str, ...] = ()
     is_admin: bool = False
     anonymous: bool = False
+    user_domain_id: str | None = None
+    project_domain_id: str | None = None
+    service_catalog: tuple = ()  # the token's catalog entries, for calls to other services
 
     @property
     def viewer(self) -> Viewer:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from abbild.context import ENVIRON_KEY, RequestContext
 
 
@@ -50,6 +52,22 @@ def _split(value: str | None) -> tuple[str, ...]:
     return tuple(r.strip().lower() for r in (value or "").split(",") if r.strip())
 
 
+def _catalog(header: str | None) -> tuple:
+    """The JSON service catalog keystonemiddleware passes on (a list of services)."""
+    if not header:
+        return ()
+    catalog = json.loads(header)
+    if not isinstance(catalog, list):
+        raise ValueError("expected a JSON list")
+    return tuple(catalog)
+
+
+def _plain(start_response, status: str, message: str):
+    body = f"{status}\n\n{message}\n".encode()
+    start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
 def context_filter_factory(global_conf, **local_conf):
     """The caller as an authentication layer in front described it, in the headers
     keystonemiddleware sets (``X-Identity-Status: Confirmed``, ``X-User-Id``,
@@ -66,20 +84,24 @@ def context_filter_factory(global_conf, **local_conf):
             request_id = environ.get("abbild.request_id")
             if environ.get("HTTP_X_IDENTITY_STATUS") == "Confirmed":
                 roles = _split(environ.get("HTTP_X_ROLES"))
+                try:
+                    catalog = _catalog(environ.get("HTTP_X_SERVICE_CATALOG"))
+                except ValueError as exc:
+                    return _plain(start_response, "400 Bad Request", f"Invalid X-Service-Catalog header: {exc}")
                 ctx = RequestContext(
                     request_id=request_id,
                     user_id=environ.get("HTTP_X_USER_ID"),
                     project_id=environ.get("HTTP_X_PROJECT_ID") or environ.get("HTTP_X_TENANT_ID"),
                     roles=roles,
                     is_admin="admin" in roles,
+                    user_domain_id=environ.get("HTTP_X_USER_DOMAIN_ID"),
+                    project_domain_id=environ.get("HTTP_X_PROJECT_DOMAIN_ID"),
+                    service_catalog=catalog,
                 )
             elif allow_anonymous:
                 ctx = RequestContext(request_id=request_id, anonymous=True)
             else:
-                body = b"401 Unauthorized\n\nAuthentication required: send a valid X-Auth-Token.\n"
-                start_response("401 Unauthorized", [("Content-Type", "text/plain"),
-                                                    ("Content-Length", str(len(body)))])  # fmt: skip
-                return [body]
+                return _plain(start_response, "401 Unauthorized", "Authentication required: send a valid X-Auth-Token.")
             environ[ENVIRON_KEY] = ctx
             return app(environ, start_response)
 

@@ -213,3 +213,11 @@ def test_data_of_a_shared_image_is_downloadable_by_members(url, projects):
     assert requests.post(f"{base}/actions/deactivate", headers=who(owner)).status_code == 204
     assert requests.get(f"{base}/file", headers=who(owner)).status_code == 403
     assert requests.get(f"{base}/file", headers=who("ops", "admin")).status_code == 200
+
+
+def test_service_catalog_header_must_be_json(url):
+    headers = {**who("p-catalog"), "X-Service-Catalog": "[{not json"}
+    resp = requests.get(f"{url}/v2/images", headers=headers)
+    assert resp.status_code == 400 and "X-Service-Catalog" in resp.text
+    headers["X-Service-Catalog"] = '[{"type": "image", "endpoints": []}]'
+    assert requests.get(f"{url}/v2/images", headers=headers).status_code == 200
