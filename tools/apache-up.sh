@@ -42,10 +42,11 @@ fi
 # repo). Only the search (x) bit is added, on folders lacking it, and it stays: taking it
 # back would break any other Apache still running from this interpreter.
 mkdir -p "$DIR"
-paths=$("$PYTHON" -c 'import sys, abbild, abbild_api; print(sys.prefix, sys.base_prefix, abbild.__file__, abbild_api.__file__)')
+# -I: a folder named like a package in the current directory must not shadow it.
+paths=$("$PYTHON" -I -c 'import sys, abbild.config, abbild_api; print(sys.prefix, sys.base_prefix, abbild.config.__file__, abbild_api.__file__)')
 for path in $paths; do
     dir=$(dirname "$path")
-    while [ "$dir" != / ]; do
+    while [ "$dir" != / ] && [ "$dir" != . ]; do
         if [ "$(stat -c %A "$dir" | cut -c10)" != x ]; then
             chmod o+x "$dir" && echo "apache-up: chmod o+x $dir (for $RUN_AS)" >&2
         fi
@@ -74,7 +75,7 @@ datadir = $DIR/data/images
 EOF
 # The shipped pipelines, with the healthcheck's disable file moved into the scratch dir.
 sed "s|/etc/abbild/healthcheck_disable|$DIR/etc/healthcheck_disable|" \
-    "$("$PYTHON" -c 'import abbild_paste.pipeline as p; print(p.SHIPPED_INI)')" >"$DIR/etc/abbild-api-paste.ini"
+    "$("$PYTHON" -I -c 'import abbild_paste.pipeline as p; print(p.SHIPPED_INI)')" >"$DIR/etc/abbild-api-paste.ini"
 cat >"$DIR/envvars" <<EOF
 export ABBILD_CONFIG_DIR=$DIR/etc
 export XDG_CACHE_HOME=$DIR/data/cache
@@ -82,7 +83,7 @@ export LANG=C.UTF-8 LC_ALL=C.UTF-8
 EOF
 # Migrate before starting, as an operator would: otherwise every daemon process runs the
 # migrations at once, and SQLite answers all but one with "database is locked".
-"$PYTHON" -m abbild.cli db sync --config-file "$DIR/etc/abbild-api.conf" >/dev/null
+"$PYTHON" -I -m abbild.cli db sync --config-file "$DIR/etc/abbild-api.conf" >/dev/null
 chown -R "$RUN_AS:$RUN_AS" "$DIR/data"
 chmod o+x "$DIR"
 
