@@ -14,6 +14,7 @@ import importlib.util
 import io
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def server():
     worker_id = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     index = int(worker_id.removeprefix("gw"))
     env = dict(os.environ, ABBILD_APACHE_PORT=str(9480 + index), ABBILD_APACHE_DIR=f"/tmp/abbild-apache-{worker_id}",
-               PYTHON=os.environ.get("PYTHON", "python3"))  # fmt: skip
+               PYTHON=sys.executable)  # fmt: skip
     up = subprocess.run(["bash", REPO / "tools/apache-up.sh"], env=env, capture_output=True, text=True, timeout=600)
     if up.returncode != 0:
         reason = f"Apache + mod_wsgi could not be started (tools/apache-up.sh):\n{up.stderr[-3000:]}"
