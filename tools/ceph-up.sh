@@ -130,8 +130,9 @@ cluster_is_up() {
 import json, sys
 import rados, rbd  # noqa: F401 (the tests need both)
 conffile, keyring, pool = sys.argv[1:]
-cluster = rados.Rados(conffile=conffile, rados_id="admin", conf={"keyring": keyring})
-cluster.connect(timeout=3)
+# connect() ignores its timeout argument; client_mount_timeout is what bounds it.
+cluster = rados.Rados(conffile=conffile, rados_id="admin", conf={"keyring": keyring, "client_mount_timeout": "3"})
+cluster.connect()
 ret, out, _ = cluster.mon_command(json.dumps({"prefix": "osd dump", "format": "json"}), b"", timeout=3)
 cluster.shutdown()
 dump = json.loads(out)
@@ -204,6 +205,9 @@ mgr initial modules = iostat
 [mon]
 mon data = $CEPH_DIR/mon/ceph-\$id
 keyring = $CEPH_DIR/mon/ceph-\$id/keyring
+# Every RBD snapshot create or remove waits for a new OSD map, which the mon proposes
+# once per interval: 1 s by default, 0.05 s here (tests create hundreds of snapshots).
+paxos propose interval = 0.05
 
 [osd]
 osd data = $CEPH_DIR/osd/ceph-\$id

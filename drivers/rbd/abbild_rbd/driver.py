@@ -1,0 +1,372 @@
+"""The rbd store: one Ceph RBD image per object, with a protected snapshot that
+compute and volume services can clone copy-on-write."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import threading
+import urllib.parse
+import uuid
+from collections.abc import Iterable, Iterator
+
+from abbild.driver import Capability, Driver, StoredObject
+from abbild.errors import (
+    AccessDenied,
+    AlreadyExists,
+    BackendError,
+    BackendUnavailable,
+    ConfigError,
+    InUse,
+    NotFound,
+    StoreError,
+    StoreFull,
+)
+
+from abbild_rbd import opts
+
+LOG = logging.getLogger(__name__)
+
+MiB = 1 << 20
+GiB = 1 << 30
+#: The snapshot every stored image gets, as Glance names it: clones refer to it.
+SNAP = "snap"
+# An image of unknown size doubles while it is written, by at most this much at a time.
+MAX_GROWTH = 8 * GiB
+
+_UNAVAILABLE = {errno.ETIMEDOUT, errno.ESHUTDOWN, errno.EINTR, errno.ECONNREFUSED, errno.ENOTCONN}
+
+INSTALL_HINT = (
+    "install Ceph's Python bindings: apt-get install python3-rados python3-rbd (Debian, Ubuntu) "
+    "or dnf install python3-rados python3-rbd; for a Python other than the system's, link the "
+    "two modules into its site-packages (tools/ceph-up.sh shows how)"
+)
+
+
+def grown_size(capacity: int, needed: int, unit: int) -> int:
+    """New size of an image that holds *capacity* bytes and must now hold *needed*:
+    double it, growing by at most 8 GiB, in whole *unit* s."""
+    target = max(needed, capacity + min(max(capacity, unit), MAX_GROWTH))
+    return -(-target // unit) * unit
+
+
+class RBDDriver(Driver):
+    """Stores objects as RBD images named after their key in ``pool``.
+
+    ``put`` writes the image, then creates the snapshot ``snap`` and protects it; the
+    URI ``rbd://<fsid>/<pool>/<image>/snap`` names that snapshot, which is what Nova and
+    Cinder clone. The short form ``rbd://<image>`` (older Glance) reads the image itself
+    in ``pool``.
+    """
+
+    schemes = ("rbd",)
+    capabilities = Capability.READ | Capability.WRITE | Capability.DELETE | Capability.RANGE_READ
+    options = opts.OPTS
+
+    def configure(self) -> Capability:
+        """Import Ceph's modules and read the Ceph config (no network yet: the
+        connection is made on first use, so a cluster that is down at start-up is
+        reported by ``check()`` and each request, not by a failed start).
+
+        :raises abbild.errors.ConfigError: rados/rbd missing, no pool, or a config or
+            keyring file that cannot be read.
+        """
+        conf, store = self.conf, self.store_name
+        try:
+            import rados
+            import rbd
+        except ImportError as exc:
+            raise ConfigError(f"store {store!r} (rbd) cannot import Ceph's Python modules ({exc}); {INSTALL_HINT}") from exc
+        self._rados, self._rbd = rados, rbd
+        if not conf.pool:
+            raise ConfigError(f"store {store!r}: option 'pool' is empty; set [{store}] pool")
+        for option in ("ceph_conf", "keyring"):
+            path = getattr(conf, option)
+            if path and not os.path.isfile(path):
+                raise ConfigError(f"store {store!r}: {option} {path!r} does not exist; set [{store}] {option}")
+        settings = {"keyring": conf.keyring} if conf.keyring else {}
+        if conf.connect_timeout:
+            # Rados.connect() ignores its timeout argument: librados reads these.
+            settings["client_mount_timeout"] = str(conf.connect_timeout)
+            settings["rados_mon_op_timeout"] = str(conf.connect_timeout)
+        try:
+            # Reads the config file now; librados searches the usual places for "".
+            self._cluster = rados.Rados(conffile=conf.ceph_conf, rados_id=conf.user, conf=settings)
+        except rados.Error as exc:
+            raise ConfigError(
+                f"store {store!r}: cannot read the Ceph config "
+                f"{conf.ceph_conf or '(searched $CEPH_CONF, /etc/ceph/ceph.conf, ~/.ceph/config)'}: "
+                f"{exc}; set [{store}] ceph_conf"
+            ) from exc
+        self._connect_lock = threading.Lock()
+        self._fsid: str | None = None
+        self._chunk_size = conf.chunk_size * MiB
+        self._order = self._chunk_size.bit_length() - 1
+        return type(self).capabilities
+
+    def check(self) -> str:
+        """Connect, and create and remove a probe image in the pool."""
+        probe = f"abbild-check-{uuid.uuid4().hex}"
+        pool = self.conf.pool
+        with self._ioctx(pool, probe, writing=True) as ioctx, self._errors(probe, writing=True):
+            self._rbd.RBD().create(ioctx, probe, 0, order=self._order)
+            self._rbd.RBD().remove(ioctx, probe)
+        return f"ok: pool {pool} in Ceph cluster {self._fsid}"
+
+    def properties(self) -> dict[str, object]:
+        return {"pool": self.conf.pool, "chunk_size": self._chunk_size}
+
+    # -- reading ----------------------------------------------------------------------
+
+    def get(self, uri: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        pool, name, snap = self._parse(uri)
+        # Opened here, not in the iterator, so a missing image raises on the call.
+        ioctx = self._ioctx(pool, uri)
+        try:
+            with self._errors(uri):
+                image = self._rbd.Image(ioctx, name, snapshot=snap, read_only=True)
+                try:
+                    size = image.size()
+                except BaseException:
+                    image.close()
+                    raise
+        except BaseException:
+            ioctx.close()
+            raise
+        end = size if length is None else min(size, offset + length)
+        return _ImageChunks(self, uri, ioctx, image, offset, end)
+
+    def size(self, uri: str) -> int:
+        pool, name, snap = self._parse(uri)
+        with self._ioctx(pool, uri) as ioctx, self._errors(uri):
+            with self._rbd.Image(ioctx, name, snapshot=snap, read_only=True) as image:
+                return image.size()
+
+    # -- writing ----------------------------------------------------------------------
+
+    def put(self, key: str, chunks: Iterable[bytes], size: int | None) -> StoredObject:
+        self._check_key(key)
+        pool = self.conf.pool
+        with self._ioctx(pool, key, writing=True) as ioctx:
+            with self._errors(key, writing=True):
+                # Features come from the cluster's rbd_default_features (layering, for clones).
+                self._rbd.RBD().create(ioctx, key, size or 0, order=self._order, old_format=False)
+            try:
+                with self._errors(key, writing=True), self._rbd.Image(ioctx, key) as image:
+                    written = self._write(image, chunks)
+                    image.flush()  # out of librbd's cache and acknowledged by the OSDs
+                    image.create_snap(SNAP)
+                    image.protect_snap(SNAP)
+            except BaseException:
+                self._remove_quietly(ioctx, key)
+                raise
+        return StoredObject(uri=self._uri(pool, key, SNAP), size=written)
+
+    def _write(self, image, chunks: Iterable[bytes]) -> int:
+        """Write *chunks* in whole RADOS objects, skipping the all-zero ones (a new
+        image reads as zeros already), growing the image when they outrun it and
+        trimming it to the bytes written at the end. :returns: that number."""
+        unit = self._chunk_size
+        capacity, offset, buffer = image.size(), 0, bytearray()
+
+        def write(data: bytes) -> None:
+            nonlocal capacity, offset
+            end = offset + len(data)
+            if end > capacity:
+                capacity = grown_size(capacity, end, unit)
+                image.resize(capacity)
+            if data.count(0) != len(data):
+                image.write(data, offset)
+            offset = end
+
+        for chunk in chunks:  # what the iterator raises propagates unchanged
+            buffer += chunk
+            while len(buffer) >= unit:
+                with memoryview(buffer) as view:  # released before the buffer shrinks
+                    data = bytes(view[:unit])
+                del buffer[:unit]
+                write(data)
+        if buffer:
+            write(bytes(buffer))
+        if capacity != offset:
+            image.resize(offset)
+        return offset
+
+    def delete(self, uri: str) -> None:
+        """Unprotect and remove the snapshot, then the image.
+
+        :raises abbild.errors.InUse: the snapshot has clones, the image has other
+            snapshots, or it is open elsewhere; nothing was changed then (Glance: 409).
+        """
+        pool, name, snap = self._parse(uri)
+        with self._ioctx(pool, uri) as ioctx, self._errors(uri):
+            with self._rbd.Image(ioctx, name) as image:
+                snaps = {s["name"] for s in image.list_snaps()}
+                if snap is not None and snap not in snaps:
+                    raise NotFound(uri)
+                others = sorted(snaps - {snap})
+                if others:
+                    raise InUse(uri, f"the image has other snapshots ({', '.join(others)})")
+                if snap is not None:
+                    if image.is_protected_snap(snap):
+                        self._unprotect(image, snap, uri)
+                    image.remove_snap(snap)
+            self._rbd.RBD().remove(ioctx, name)
+
+    def discard(self, key: str) -> None:
+        """Remove the image *key* with all its snapshots, complete or partial."""
+        self._check_key(key)
+        with self._ioctx(self.conf.pool, key, writing=True) as ioctx, self._errors(key, writing=True):
+            self._remove(ioctx, key)
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _remove(self, ioctx, name: str) -> None:
+        """Remove image *name* and its snapshots; nothing if there is no such image."""
+        rbd = self._rbd
+        try:
+            with rbd.Image(ioctx, name) as image:
+                for snap in image.list_snaps():
+                    if image.is_protected_snap(snap["name"]):
+                        self._unprotect(image, snap["name"], name)
+                    image.remove_snap(snap["name"])
+            rbd.RBD().remove(ioctx, name)
+        except rbd.ImageNotFound:
+            pass
+
+    def _remove_quietly(self, ioctx, key: str) -> None:
+        """Remove what a failed put left, keeping the original failure the one raised."""
+        try:
+            self._remove(ioctx, key)
+        except Exception as exc:
+            LOG.warning("store %r: could not remove partial image %s: %s; discard() will retry", self.store_name, key, exc)
+
+    def _unprotect(self, image, snap: str, what: str) -> None:
+        try:
+            image.unprotect_snap(snap)
+        except self._rbd.ImageBusy as exc:
+            children = ", ".join("/".join(child) for child in image.list_children()) or "unknown"
+            raise InUse(what, f"snapshot {snap!r} has clones ({children}); flatten or delete them first") from exc
+
+    def _connected(self):
+        """:returns: the cluster handle, connecting on first use."""
+        with self._connect_lock:
+            if self._fsid is None:
+                try:
+                    self._cluster.connect()
+                except self._rados.Error as exc:
+                    raise self._connect_error(exc) from exc
+                self._fsid = self._cluster.get_fsid()
+        return self._cluster
+
+    def _connect_error(self, exc) -> StoreError:
+        store, user = self.store_name, self.conf.user or "admin"
+        code = getattr(exc, "errno", None)
+        if code in (errno.EACCES, errno.EPERM):
+            return AccessDenied(store, f"Ceph refused client.{user}: check [{store}] user and keyring ({exc})")
+        if code == errno.ENOENT:  # librados: no key for the user in any keyring
+            return AccessDenied(store, f"no key found for client.{user}: check [{store}] keyring ({exc})")
+        return BackendUnavailable(store, f"cannot reach the Ceph monitors ({exc}); check [{store}] ceph_conf")
+
+    def _ioctx(self, pool: str, what: str, *, writing: bool = False):
+        """:returns: an I/O context on *pool* (a context manager that closes it). A
+        missing pool is NotFound for a URI being read, and a BackendError naming the
+        fix for the store's own pool."""
+        cluster = self._connected()
+        try:
+            return cluster.open_ioctx(pool)
+        except self._rados.ObjectNotFound as exc:
+            if not writing:
+                raise NotFound(what) from exc
+            raise BackendError(
+                self.store_name,
+                f"pool {pool!r} does not exist; create it with 'ceph osd pool create {pool} && "
+                f"rbd pool init {pool}' or set [{self.store_name}] pool",
+            ) from exc
+        except self._rados.Error as exc:
+            raise self._store_error(exc, what, writing) from exc
+
+    @contextlib.contextmanager
+    def _errors(self, what: str, *, writing: bool = False):
+        """Translate Ceph's exceptions about *what* (a URI, or the key when *writing*)
+        into :class:`StoreError`; everything else passes unchanged."""
+        try:
+            yield
+        except (self._rbd.Error, self._rados.Error) as exc:
+            raise self._store_error(exc, what, writing) from exc
+
+    def _store_error(self, exc, what: str, writing: bool) -> StoreError:
+        code, store = getattr(exc, "errno", None), self.store_name
+        if code == errno.ENOENT and not writing:
+            return NotFound(what)
+        if code == errno.EEXIST and writing:
+            return AlreadyExists(what)
+        if code in (errno.EBUSY, errno.ENOTEMPTY):
+            return InUse(what, str(exc))
+        if code in (errno.ENOSPC, errno.EDQUOT):
+            return StoreFull(store, str(exc))
+        if code in (errno.EACCES, errno.EPERM):
+            return AccessDenied(store, f"{exc}; check the caps of [{store}] user on pool {self.conf.pool!r}")
+        if code in _UNAVAILABLE:
+            return BackendUnavailable(store, str(exc))
+        return BackendError(store, f"{what}: {exc}")
+
+    def _check_key(self, key: str) -> None:
+        # RBD names cannot hold '/' or '@' (the snapshot separator).
+        if not key or "/" in key or "@" in key or len(key.encode("utf-8", "surrogatepass")) > 4096:
+            raise AccessDenied(self.store_name, f"invalid key {key!r}: no '/' or '@', at most 4096 bytes")
+
+    def _uri(self, pool: str, name: str, snap: str) -> str:
+        quote = lambda part: urllib.parse.quote(part, safe="")  # noqa: E731
+        return f"rbd://{quote(self._fsid)}/{quote(pool)}/{quote(name)}/{quote(snap)}"
+
+    def _parse(self, uri: str) -> tuple[str, str, str | None]:
+        """:returns: pool, image and snapshot (``None``: the image itself) of *uri*.
+        :raises NotFound: not an rbd URI of this cluster."""
+        if not uri.startswith("rbd://") or "?" in uri or "#" in uri:
+            raise NotFound(uri)
+        pieces = [urllib.parse.unquote(piece) for piece in uri[len("rbd://") :].split("/")]
+        if len(pieces) == 1 and pieces[0]:
+            return self.conf.pool, pieces[0], None
+        if len(pieces) != 4 or not all(pieces):
+            raise NotFound(uri)
+        fsid, pool, name, snap = pieces
+        self._connected()
+        if fsid != self._fsid:  # an image of another Ceph cluster
+            raise NotFound(uri)
+        return pool, name, snap
+
+
+class _ImageChunks:
+    """Iterator over bytes [offset, end) of an open RBD image, which it owns with its
+    I/O context.
+
+    Not a generator: ``close()`` must close the image even before the first chunk, and
+    a generator that never started does not run its ``finally``.
+    """
+
+    def __init__(self, driver: RBDDriver, uri: str, ioctx, image, offset: int, end: int) -> None:
+        self._driver, self._uri = driver, uri
+        self._ioctx, self._image = ioctx, image
+        self._offset, self._end = offset, end
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._image is None or self._offset >= self._end:
+            self.close()  # release the image as soon as the data is out
+            raise StopIteration
+        length = min(self._driver._chunk_size, self._end - self._offset)
+        with self._driver._errors(self._uri):
+            chunk = self._image.read(self._offset, length)
+        self._offset += len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        if self._image is not None:
+            self._image.close()
+            self._ioctx.close()
+            self._image = None

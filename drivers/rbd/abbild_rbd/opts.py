@@ -1,0 +1,97 @@
+"""Options of the rbd store. Imports only oslo.config, so ``list_opts()`` works
+without Ceph's Python modules."""
+
+from __future__ import annotations
+
+from oslo_config import cfg
+
+OPTS = [
+    cfg.StrOpt(
+        "pool",
+        default="images",
+        help="""
+RADOS pool that holds the images, initialised for RBD.
+
+Possible values:
+    * the name of an existing pool (create one with
+      ``ceph osd pool create images && rbd pool init images``)
+
+Related options:
+    * user
+""",
+    ),
+    cfg.StrOpt(
+        "user",
+        help="""
+Ceph client (cephx user) to connect as, without the ``client.`` prefix.
+
+Possible values:
+    * a user name, for example ``glance``; it needs ``profile rbd`` on the pool
+    * unset: librados's default, ``admin``
+
+Related options:
+    * keyring
+    * ceph_conf
+""",
+    ),
+    cfg.StrOpt(
+        "ceph_conf",
+        default="",
+        help="""
+Path of the Ceph configuration file with the monitors' addresses.
+
+Possible values:
+    * a path
+    * empty: librados's search ($CEPH_CONF, /etc/ceph/ceph.conf, ~/.ceph/config)
+
+Related options:
+    * keyring
+""",
+    ),
+    cfg.StrOpt(
+        "keyring",
+        help="""
+Path of the keyring holding the user's key.
+
+Possible values:
+    * a path
+    * unset: what ceph_conf says (by default /etc/ceph/ceph.client.<user>.keyring)
+
+Related options:
+    * user
+    * ceph_conf
+""",
+    ),
+    cfg.IntOpt(
+        "chunk_size",
+        default=8,
+        choices=[1, 2, 4, 8, 16, 32],
+        help="""
+Size in MiB of the RADOS objects each image is split into; also the unit of
+writes and reads, so one such chunk per transfer is held in memory.
+
+Chunks that are all zeros are not written at all: the image stays thin.
+
+Possible values:
+    * a power of two from 1 to 32 (RBD object orders 20 to 25)
+""",
+    ),
+    cfg.IntOpt(
+        "connect_timeout",
+        default=30,
+        min=0,
+        help="""
+Seconds to wait for the cluster's monitors when connecting, and for each monitor
+command, before the store is reported unavailable.
+
+Possible values:
+    * a number of seconds; 0 waits forever
+""",
+    ),
+]
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """:returns: the options for oslo-config-generator, under the template group
+        ``rbd`` (operators copy them into the group named after their store)."""
+    return [("rbd", OPTS)]

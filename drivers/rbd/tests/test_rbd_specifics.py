@@ -1,0 +1,303 @@
+"""What the conformance suite cannot see: URIs and snapshots, thin and growing writes,
+clones blocking deletes, cleanup, error translation and configuration."""
+
+import builtins
+import os
+import time
+import uuid
+
+import pytest
+import rados
+import rbd
+
+from abbild.errors import AccessDenied, BackendError, BackendUnavailable, ConfigError, InUse, NotFound
+from abbild.testing.conformance import Boom, read_all
+
+from abbild_rbd.driver import MAX_GROWTH, grown_size
+
+pytestmark = pytest.mark.backend("ceph")
+
+MiB = 1 << 20
+
+
+def new_name() -> str:
+    return f"rbd-test-{uuid.uuid4().hex}"
+
+
+def images(ceph) -> list[str]:
+    return rbd.RBD().list(ceph["ioctx"])
+
+
+class Recorder:
+    """Stands in for the rbd module inside one driver and records what the driver
+    does to its images: ``calls`` lists ``(method, arguments)``; the data of writes
+    is replaced by its length."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        return getattr(rbd, name)
+
+    def Image(self, *args, **kwargs):  # noqa: N802 (mirrors rbd.Image)
+        return _RecordedImage(rbd.Image(*args, **kwargs), self.calls)
+
+    def methods(self, *names):
+        return [call for call in self.calls if call[0] in names]
+
+
+class _RecordedImage:
+    def __init__(self, image, calls):
+        self._image, self._calls = image, calls
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._image.close()
+
+    def __getattr__(self, name):
+        method = getattr(self._image, name)
+
+        def recorded(*args):
+            self._calls.append((name, tuple(len(a) if isinstance(a, bytes) else a for a in args)))
+            return method(*args)
+
+        return recorded
+
+
+@pytest.fixture
+def recorded(make_driver, monkeypatch):
+    """``(driver, recorder)``: a driver whose image calls are recorded."""
+    driver, recorder = make_driver(), Recorder()
+    monkeypatch.setattr(driver, "_rbd", recorder)
+    return driver, recorder
+
+
+# -- URIs and snapshots -------------------------------------------------------------------
+
+
+def test_uri_names_cluster_pool_image_and_protected_snapshot(shared_driver, ceph):
+    name = new_name()
+    stored = shared_driver.put(name, [b"abc"], 3)
+    assert stored.uri == f"rbd://{ceph['cluster'].get_fsid()}/{ceph['pool']}/{name}/snap"
+    with rbd.Image(ceph["ioctx"], name, read_only=True) as image:
+        assert [s["name"] for s in image.list_snaps()] == ["snap"]
+        assert image.is_protected_snap("snap")
+        assert image.features() & rbd.RBD_FEATURE_LAYERING  # what clones need
+
+
+def test_short_uri_reads_the_image_in_the_pool(shared_driver):
+    name = new_name()
+    payload = os.urandom(3 * MiB + 5)
+    shared_driver.put(name, [payload], len(payload))
+    assert shared_driver.size(f"rbd://{name}") == len(payload)
+    assert read_all(shared_driver, f"rbd://{name}", offset=MiB, length=10) == payload[MiB : MiB + 10]
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "rbd://00000000-0000-0000-0000-000000000000/{pool}/{name}/snap",  # another cluster
+        "rbd://{fsid}/no-such-pool/{name}/snap",
+        "rbd://{fsid}/{pool}/{name}/other-snap",
+        "rbd://{fsid}/{pool}/{name}",
+        "rbd://{fsid}/{pool}/{name}/snap/extra",
+        "rbd://{fsid}/{pool}/{name}/snap?x=1",
+        "rbd://",
+        "rbd:///{pool}/{name}/snap",
+        "file://{fsid}/{pool}/{name}/snap",
+    ],
+)
+def test_foreign_or_malformed_uri_is_not_found(shared_driver, ceph, template):
+    name = new_name()
+    shared_driver.put(name, [b"x"], 1)
+    uri = template.format(fsid=ceph["cluster"].get_fsid(), pool=ceph["pool"], name=name)
+    for operation in (shared_driver.get, shared_driver.size, shared_driver.delete):
+        with pytest.raises(NotFound):
+            operation(uri)
+    assert name in images(ceph)
+
+
+# -- writing ------------------------------------------------------------------------------
+
+
+def test_zero_chunks_are_not_written(recorded, ceph):
+    driver, recorder = recorded
+    data = os.urandom(MiB)
+    payload = data + bytes(3 * MiB) + data + bytes(MiB // 2)
+    name = new_name()
+    # Chunks that do not line up with the 1 MiB objects.
+    chunks = [payload[i : i + 300_000] for i in range(0, len(payload), 300_000)]
+    stored = driver.put(name, chunks, len(payload))
+    assert stored.size == len(payload)
+    assert recorder.methods("write") == [("write", (MiB, 0)), ("write", (MiB, 4 * MiB))]
+    assert recorder.methods("read") == []  # decided on the incoming bytes, no read-back
+    with rbd.Image(ceph["ioctx"], name, read_only=True) as image:
+        prefix = image.stat()["block_name_prefix"]
+    objects = [o.key for o in ceph["ioctx"].list_objects() if o.key.startswith(prefix)]
+    assert len(objects) == 2  # the zeros take no space
+    assert read_all(driver, stored.uri) == payload
+
+
+def test_unknown_size_grows_the_image_while_writing_then_trims_it(recorded):
+    driver, recorder = recorded
+    payload = os.urandom(10 * MiB + 5)
+    stored = driver.put(new_name(), iter([payload[: 6 * MiB], payload[6 * MiB :]]), None)
+    assert stored.size == len(payload)
+    sizes = [args[0] for _, args in recorder.methods("resize")]
+    assert sizes == [MiB, 2 * MiB, 4 * MiB, 8 * MiB, 16 * MiB, len(payload)]
+    assert driver.size(stored.uri) == len(payload)
+    assert read_all(driver, stored.uri) == payload
+
+
+def test_known_size_is_not_resized(recorded):
+    driver, recorder = recorded
+    payload = os.urandom(3 * MiB + 1)
+    driver.put(new_name(), [payload], len(payload))
+    assert recorder.methods("resize") == []
+
+
+def test_growth_doubles_up_to_8_gib_at_a_time():
+    unit = 8 * MiB
+    assert grown_size(0, 1, unit) == unit
+    assert grown_size(unit, unit + 1, unit) == 2 * unit
+    assert grown_size(64 << 30, (64 << 30) + 1, unit) == (64 << 30) + MAX_GROWTH
+    assert grown_size(unit, 100 * unit + 3, unit) == 101 * unit  # a big chunk: at least what it needs
+
+
+@pytest.mark.parametrize("size", [None, 8 * MiB])
+def test_failed_put_leaves_no_image(shared_driver, ceph, size):
+    name = new_name()
+
+    def chunks():
+        yield os.urandom(2 * MiB)
+        raise Boom("client went away")
+
+    with pytest.raises(Boom):
+        shared_driver.put(name, chunks(), size)
+    assert name not in images(ceph)
+
+
+# -- deleting -----------------------------------------------------------------------------
+
+
+def test_delete_refuses_while_a_clone_exists(shared_driver, ceph):
+    name, clone = new_name(), new_name()
+    payload = os.urandom(2 * MiB)
+    stored = shared_driver.put(name, [payload], len(payload))
+    ioctx = ceph["ioctx"]
+    rbd.RBD().clone(ioctx, name, "snap", ioctx, clone, features=rbd.RBD_FEATURE_LAYERING)
+    try:
+        with pytest.raises(InUse, match=f"clones .*{clone}") as excinfo:
+            shared_driver.delete(stored.uri)
+        assert excinfo.value.uri == stored.uri
+        # Nothing changed: the image, its protected snapshot and the clone are intact.
+        assert read_all(shared_driver, stored.uri) == payload
+        with rbd.Image(ioctx, name, read_only=True) as image:
+            assert image.is_protected_snap("snap")
+        with rbd.Image(ioctx, clone, read_only=True) as image:
+            assert image.read(0, 16) == payload[:16]
+    finally:
+        rbd.RBD().remove(ioctx, clone)
+    shared_driver.delete(stored.uri)
+    assert name not in images(ceph)
+
+
+def test_delete_refuses_when_the_image_has_other_snapshots(shared_driver, ceph):
+    name = new_name()
+    stored = shared_driver.put(name, [b"data"], 4)
+    with rbd.Image(ceph["ioctx"], name) as image:
+        image.create_snap("backup")
+    with pytest.raises(InUse, match="other snapshots.*backup"):
+        shared_driver.delete(stored.uri)
+    with rbd.Image(ceph["ioctx"], name, read_only=True) as image:
+        assert sorted(s["name"] for s in image.list_snaps()) == ["backup", "snap"]
+    shared_driver.discard(name)
+    assert name not in images(ceph)
+
+
+def test_discard_removes_a_partial_image(shared_driver, ceph):
+    """What a process killed mid-upload leaves: an image, maybe a snapshot, protected."""
+    name = new_name()
+    rbd.RBD().create(ceph["ioctx"], name, 4 * MiB)
+    with rbd.Image(ceph["ioctx"], name) as image:
+        image.write(b"half", 0)
+        image.create_snap("snap")
+        image.protect_snap("snap")
+    shared_driver.discard(name)
+    assert name not in images(ceph)
+    shared_driver.discard(name)  # nothing left: no error
+
+
+# -- health, errors, configuration --------------------------------------------------------
+
+
+def test_check(shared_driver, ceph):
+    before = images(ceph)
+    assert shared_driver.check() == f"ok: pool {ceph['pool']} in Ceph cluster {ceph['cluster'].get_fsid()}"
+    assert images(ceph) == before
+
+
+def test_missing_pool_is_an_error_naming_the_fix(make_driver):
+    driver = make_driver(pool="no-such-pool")
+    for call in (driver.check, lambda: driver.put(new_name(), [b"x"], 1)):
+        with pytest.raises(BackendError, match="pool 'no-such-pool' does not exist; create it with"):
+            call()
+
+
+def test_unreachable_cluster_is_backend_unavailable(make_driver, tmp_path):
+    conf = tmp_path / "ceph.conf"
+    conf.write_text("[global]\nmon host = 127.0.0.1:9\nauth client required = cephx\n")
+    driver = make_driver(ceph_conf=str(conf), connect_timeout=2)
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailable, match="cannot reach the Ceph monitors"):
+        driver.check()
+    assert time.monotonic() - started < 10
+
+
+def test_unknown_user_is_access_denied(make_driver):
+    driver = make_driver(user="nobody")
+    with pytest.raises(AccessDenied, match="client.nobody"):
+        driver.check()
+
+
+def test_properties(shared_driver, ceph):
+    assert shared_driver.properties() == {"pool": ceph["pool"], "chunk_size": MiB}
+
+
+def test_missing_rados_module_is_config_error(make_driver, monkeypatch):
+    real_import = builtins.__import__
+
+    def without_ceph(name, *args, **kwargs):
+        if name in ("rados", "rbd"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_ceph)
+    with pytest.raises(ConfigError, match="python3-rados python3-rbd"):
+        make_driver()
+
+
+@pytest.mark.parametrize("option", ["ceph_conf", "keyring"])
+def test_missing_file_is_config_error(make_driver, tmp_path, option):
+    with pytest.raises(ConfigError, match=rf"'fast': {option} .* does not exist"):
+        make_driver(**{option: str(tmp_path / "missing")})
+
+
+def test_empty_pool_is_config_error(make_driver):
+    with pytest.raises(ConfigError, match="'pool' is empty"):
+        make_driver(pool="")
+
+
+def test_bad_config_file_is_config_error(make_driver, tmp_path):
+    conf = tmp_path / "ceph.conf"
+    conf.write_text("this is [not an ini file\n")
+    with pytest.raises(ConfigError, match="cannot read the Ceph config"):
+        make_driver(ceph_conf=str(conf))
+
+
+def test_rados_error_classes_are_real():
+    # The translation relies on errno values; both modules' errors carry them.
+    assert rados.ObjectNotFound("x", errno=2).errno == 2
+    assert rbd.ImageBusy("x", errno=16).errno == 16
