@@ -141,16 +141,20 @@ class SwiftDriver(Driver):
     def _keystone_storage_url(self) -> str:
         """Swift's URL from Keystone's catalog (keystoneauth1 caches the catalog)."""
         conf = self.conf
-        with self._errors(f"log in to Keystone at {conf.auth_address}"):
-            url = self._keystone.get_endpoint(
-                service_type=conf.service_type, interface=conf.endpoint_type, region_name=conf.region_name
-            )
+        why = (
+            f"Keystone's catalog has no {conf.service_type} endpoint (interface {conf.endpoint_type}, "
+            f"region {conf.region_name or 'any'})"
+        )
+        try:
+            with self._errors(f"log in to Keystone at {conf.auth_address}"):
+                url = self._keystone.get_endpoint(
+                    service_type=conf.service_type, interface=conf.endpoint_type, region_name=conf.region_name
+                )
+        except BackendError as exc:  # keystoneauth1's EndpointNotFound
+            url, why = None, exc.reason
         if not url:
             raise BackendError(
-                self.store_name,
-                f"Keystone's catalog has no {conf.service_type} endpoint (interface {conf.endpoint_type}, "
-                f"region {conf.region_name or 'any'}); check [{self.store_name}] region_name, endpoint_type "
-                "and service_type",
+                self.store_name, f"{why}; check [{self.store_name}] region_name, endpoint_type and service_type"
             )
         return url
 
