@@ -25,6 +25,7 @@ ROUTES = [
     ("/v2/images", {"GET": images.index, "POST": images.create}),
     ("/v2/images/{image_id}", {"GET": images.show, "PATCH": images.update, "DELETE": images.delete}),
     ("/v2/images/{image_id}/file", {"GET": data.download, "PUT": data.upload}),
+    ("/v2/images/{image_id}/locations", {"GET": images.list_locations, "POST": images.add_location}),
     ("/v2/images/{image_id}/tags/{tag}", {"PUT": images.add_tag, "DELETE": images.delete_tag}),
     ("/v2/images/{image_id}/members", {"GET": members.index, "POST": members.create}),
     ("/v2/images/{image_id}/members/{member_id}",

@@ -111,8 +111,9 @@ def download(app, req, image_id):
     size = image.size or 0
     wanted = _requested_range(req, size) if image.locations else None
     offset, length = wanted or (0, None)
+    prefer = [p.strip() for p in req.GET.get("prefer", "").split(",") if p.strip()]
     wrapper = req.environ.get("wsgi.file_wrapper")
-    dl = app.service.download(image_id, ctx.viewer, offset, length, zero_copy=wrapper is not None)
+    dl = app.service.download(image_id, ctx.viewer, offset, length, zero_copy=wrapper is not None, prefer=prefer)
     if dl is None:
         return no_content()
     if dl.file is not None:

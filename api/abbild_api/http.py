@@ -44,7 +44,8 @@ def json_response(value, status: int = 200, **headers) -> webob.Response:
     return resp
 
 
-def no_content() -> webob.Response:
-    resp = webob.Response(status=204)
+def no_content(status: int = 204) -> webob.Response:
+    """An empty answer: 204, or 202 for work that goes on after it."""
+    resp = webob.Response(status=status)
     del resp.content_type
     return resp

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import threading
 import urllib.parse
 import uuid
 
@@ -30,8 +31,10 @@ def timestamp(value: datetime.datetime | None) -> str | None:
     return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
 
 
-def image_view(image: Image) -> dict:
-    """The image as the API shows it; pass it through ``service.readable`` first."""
+def image_view(image: Image, conf) -> dict:
+    """The image as the API shows it; pass it through ``service.readable`` first.
+    *conf* decides whether locations are shown (``show_multiple_locations``,
+    ``show_image_direct_url``)."""
     view = {name: image.properties[name] for name in image.properties}
     view.update({name: getattr(image, name) for name in _BASE})
     view["status"] = image.status.value
@@ -41,10 +44,18 @@ def image_view(image: Image) -> dict:
     view["self"] = f"/v2/images/{image.id}"
     view["file"] = f"/v2/images/{image.id}/file"
     view["schema"] = "/v2/schemas/image"
-    stores = [loc.store for loc in image.locations if loc.status == "active"]
-    if stores:
-        view["stores"] = ",".join(dict.fromkeys(stores))
+    active = [loc for loc in image.locations if loc.status == "active"]
+    if active:
+        view["stores"] = ",".join(dict.fromkeys(loc.store for loc in active))
+    if conf.show_multiple_locations:
+        view["locations"] = [location_view(loc) for loc in active]
+    if conf.show_image_direct_url and active:
+        view["direct_url"] = active[0].uri
     return view
+
+
+def location_view(location) -> dict:
+    return {"url": location.uri, "metadata": {**location.metadata, "store": location.store}}
 
 
 def _validate(values: dict) -> None:
@@ -102,7 +113,7 @@ def create(app, req):
     values["tags"] = sorted(set(values["tags"]))
     _apply(image, values)
     image = app.service.create(image, ctx.viewer)
-    resp = json_response(image_view(app.service.readable(image, ctx.viewer)), 201)
+    resp = json_response(image_view(app.service.readable(image, ctx.viewer), app.conf), 201)
     resp.location = f"/v2/images/{image.id}"
     resp.headers["OpenStack-image-store-ids"] = ",".join(s.name for s in app.service.stores if not s.read_only)
     return resp
@@ -228,7 +239,7 @@ def index(app, req):
     images = app.service.list(filters, sort, limit, marker, viewer)
     query = [(k, v) for k, v in req.GET.items() if k != "marker"]
     body = {
-        "images": [image_view(app.service.readable(i, viewer)) for i in images],
+        "images": [image_view(app.service.readable(i, viewer), app.conf) for i in images],
         "first": "/v2/images" + (f"?{urllib.parse.urlencode(query)}" if query else ""),
         "schema": "/v2/schemas/images",
     }
@@ -243,7 +254,7 @@ def index(app, req):
 def show(app, req, image_id):
     reject_body(req)
     viewer = app.context(req).viewer
-    return json_response(image_view(app.service.readable(app.service.get(image_id, viewer), viewer)))
+    return json_response(image_view(app.service.readable(app.service.get(image_id, viewer), viewer), app.conf))
 
 
 def _pointer(path) -> str:
@@ -285,6 +296,9 @@ def parse_patch(req) -> list[tuple[str, str, object]]:
                 raise Invalid("Unable to find `path` in the change.")
         if op != "remove" and "value" not in change:
             raise Invalid(f"Unable to find `value` in the change of {path}.")
+        if isinstance(path, str) and (path == "/locations" or path.startswith("/locations/")):
+            ops.append((op, "locations", (path, change.get("value")), legacy))
+            continue
         name = _pointer(path)
         if op == "remove" and name == "stores":
             continue  # computed from the locations; openstacksdk's update_image removes it as a stale extra
@@ -293,9 +307,67 @@ def parse_patch(req) -> list[tuple[str, str, object]]:
     return ops
 
 
+_HASH_LENGTHS = {"md5": 32, "sha1": 40, "sha256": 64, "sha512": 128}
+
+
+def _validation_data(value) -> dict | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - {"checksum", "os_hash_algo", "os_hash_value"}:
+        raise Invalid("validation_data may hold checksum, os_hash_algo and os_hash_value only.")
+    if ("os_hash_algo" in value) != ("os_hash_value" in value):
+        raise Invalid("validation_data needs os_hash_algo and os_hash_value together.")
+    algo = value.get("os_hash_algo")
+    if algo is not None and algo not in _HASH_LENGTHS:
+        raise Invalid(f"os_hash_algo {algo!r} is not one of {', '.join(_HASH_LENGTHS)}.")
+    for name, length in (("checksum", 32), ("os_hash_value", _HASH_LENGTHS.get(algo, 0))):
+        if name in value and not (isinstance(value[name], str) and re.fullmatch(f"[0-9a-f]{{{length}}}", value[name])):
+            raise Invalid(f"validation_data {name} must be {length} lower-case hex digits.")
+    return value
+
+
+def _location_value(value) -> tuple[str, dict, dict | None]:
+    if not isinstance(value, dict) or not isinstance(value.get("url"), str) or not value["url"]:
+        raise Invalid("A location is an object with a non-empty string 'url' and an object 'metadata'.")
+    metadata = value.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise Invalid("A location's 'metadata' must be an object.")
+    if len(value["url"]) > 2048:
+        raise Invalid("A location's url may be at most 2048 characters long.")
+    return value["url"], metadata, _validation_data(value.get("validation_data"))
+
+
+def _change_location(app, ctx, image_id, op, path, value) -> None:
+    """One json-patch change of ``/locations`` (the legacy location API)."""
+    if not app.conf.show_multiple_locations:
+        raise Forbidden("Locations are not shown here (show_multiple_locations is off), so they cannot be changed "
+                        f"through PATCH; register one with POST /v2/images/{image_id}/locations instead.")
+    if op == "add":
+        if not re.fullmatch(r"/locations/(-|\d+)", path):
+            raise Invalid(f"Add a location at /locations/- (or /locations/<index>), not {path}.")
+        url, metadata, validation = _location_value(value)
+        app.service.add_location(image_id, url, metadata, validation, ctx.viewer)
+    elif op == "remove":
+        m = re.fullmatch(r"/locations/(\d+)", path)
+        if not m:
+            raise Invalid(f"Remove a location by its index: /locations/<index>, not {path}.")
+        app.service.remove_location(image_id, int(m.group(1)), ctx.viewer)
+    elif path == "/locations" and value == []:
+        raise Forbidden("Cannot remove every location of an image: delete the image instead.")
+    else:
+        raise Invalid("Replacing the locations is not supported: add and remove them one at a time.")
+
+
 def update(app, req, image_id):
     ops = parse_patch(req)
     ctx = app.context(req)
+    location_ops = [o for o in ops if o[1] == "locations"]
+    for op, _, (path, value), _ in location_ops:
+        _change_location(app, ctx, image_id, op, path, value)
+    ops = [o for o in ops if o[1] != "locations"]
+    if location_ops and not ops:
+        image = app.service.get(image_id, ctx.viewer)
+        return json_response(image_view(app.service.readable(image, ctx.viewer), app.conf))
 
     def change(image: Image) -> None:
         values = _writable_view(image)
@@ -322,7 +394,26 @@ def update(app, req, image_id):
         _apply(image, values)
 
     image = app.service.update(image_id, change, ctx.viewer)
-    return json_response(image_view(app.service.readable(image, ctx.viewer)))
+    return json_response(image_view(app.service.readable(image, ctx.viewer), app.conf))
+
+
+def add_location(app, req, image_id):
+    """``POST /v2/images/{id}/locations`` (API 2.17): 202, and the image becomes active
+    once its data was read and hashed in the background."""
+    body = read_json(req)
+    unknown = set(body) - {"url", "validation_data"}
+    if unknown:
+        raise Invalid(f"Unknown field(s) {', '.join(sorted(unknown))}: a location has url and validation_data.")
+    url, _, validation = _location_value(body)
+    job = app.service.import_location(image_id, url, validation, app.context(req).viewer)
+    threading.Thread(target=job, name=f"import-{image_id}", daemon=True).start()
+    return no_content(202)
+
+
+def list_locations(app, req, image_id):
+    reject_body(req)
+    locations = app.service.locations(image_id, app.context(req).viewer)
+    return json_response([location_view(loc) for loc in locations])
 
 
 def delete(app, req, image_id):

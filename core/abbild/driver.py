@@ -110,6 +110,14 @@ class Driver(abc.ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement discard()")
 
+    def validate_location(self, uri: str) -> None:
+        """Check a location a caller asks to register, before it is stored (it is read
+        from later). The manager already matched the scheme; a driver that fetches
+        from places a caller names (http) checks where *uri* points.
+
+        :raises abbild.errors.StoreError: *uri* may not or cannot be used.
+        """
+
     def open_local(self, uri: str) -> IO[bytes] | None:
         """Return a real file opened for reading at *uri*, so the WSGI server can
         ``sendfile`` it, or ``None`` when the store has no local file. Optional."""

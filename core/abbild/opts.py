@@ -70,6 +70,21 @@ image_opts = [
         default=10,
         help="Most locations (copies in stores) one image may have; negative: no limit.",
     ),
+    cfg.BoolOpt(
+        "show_multiple_locations",
+        default=False,
+        help="Show every image's ``locations`` (store URLs, with their metadata) to whoever "
+        "may read the image. They can reveal backend details: keep this off on endpoints "
+        "that end users reach. It also allows changing locations through PATCH "
+        "(``glance location-add``, ``image-create --location``); POST "
+        "/v2/images/{id}/locations works either way.",
+    ),
+    cfg.BoolOpt(
+        "show_image_direct_url",
+        default=False,
+        help="Show ``direct_url``, the URL of the image's preferred location, which Nova "
+        "and Cinder use for copy-on-write clones from RBD. Internal endpoints only.",
+    ),
     cfg.StrOpt(
         "user_storage_quota",
         default="0",
@@ -140,7 +155,8 @@ paste_opts = [
     cfg.StrOpt("config_file", help="Paste ini file; default: the one shipped with abbild."),
 ]
 
-RESERVED_GROUPS = frozenset({"DEFAULT", "database", "paste_deploy", "registry", "abbild"})
+RESERVED_GROUPS = frozenset({"DEFAULT", "database", "paste_deploy", "registry", "registry_client", "registry_server",
+                             "abbild", "oslo_policy", "keystone_authtoken"})
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:

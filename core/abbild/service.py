@@ -8,6 +8,7 @@ import datetime
 import logging
 import os
 import socket
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 
 from abbild.driver import StoredObject
@@ -372,6 +373,119 @@ class ImageService:
         self._shared("delete_member", image_id, viewer)
         self.registry.delete_member(image_id, member_id)
 
+    # -- locations ----------------------------------------------------------------------
+
+    def _location_store(self, url: str, viewer: Viewer) -> Store:
+        """The store that will read *url*, after its driver accepted it.
+
+        Services (Nova, Cinder) may register locations in any store; users only URLs
+        of a read-only (http) store, so nobody points an image at another's data.
+        """
+        scheme = urllib.parse.urlsplit(url).scheme.lower()
+        stores = [s for s in self.stores if scheme in s.driver.schemes]
+        if not self.policy.allows("service_api", viewer):
+            stores = [s for s in stores if s.read_only]
+        if not stores:
+            readable = sorted({sc for s in self.stores if s.read_only for sc in s.driver.schemes})
+            raise Invalid(f"No store here may read {scheme or 'such'} URLs for you"
+                          + (f"; use one of: {', '.join(readable)}" if readable else
+                             " (no http store is configured)"))  # fmt: skip
+        store = stores[0]
+        try:
+            store.driver.validate_location(url)
+        except StoreError as exc:
+            raise Invalid(f"Location refused: {exc}") from exc
+        return store
+
+    def _checked_location_count(self, image: Image) -> None:
+        check_count(image.id, "locations", "image_location_quota", len(image.locations), len(image.locations) + 1,
+                    self.conf.image_location_quota)  # fmt: skip
+
+    def add_location(self, image_id: str, url: str, metadata: dict, validation: dict | None,
+                     viewer: Viewer) -> Image:
+        """Register data that already lives at *url* (the legacy PATCH ``add
+        /locations/-``): a queued image becomes active with the size the store
+        reports; an active one gains a copy. *validation* (``os_hash_algo``,
+        ``os_hash_value``, ``checksum``) is taken as the data's hashes, and must agree
+        with those the image has."""
+        self._authorized("set_image_location", image_id, viewer)
+        store = self._location_store(url, viewer)
+        size = store.size(url)
+
+        def change(image: Image) -> None:
+            if image.status not in (Status.QUEUED, Status.ACTIVE):
+                raise Conflict(f"Image {image_id} has status '{image.status}'; locations can be added to queued "
+                               "or active images only")  # fmt: skip
+            if any(loc.uri == url for loc in image.locations):
+                raise Conflict(f"Image {image_id} already has location {url}")
+            self._checked_location_count(image)
+            for name, value in (validation or {}).items():
+                if getattr(image, name) not in (None, value):
+                    raise Conflict(f"validation_data {name} {value!r} differs from the image's {getattr(image, name)!r}")
+                setattr(image, name, value)
+            if image.size not in (None, size):
+                raise Conflict(f"The data at {url} has {size} bytes; image {image_id} has {image.size}")
+            image.locations.append(Location(store.name, url, size, "active", dict(metadata)))
+            if image.status is Status.QUEUED:
+                image.size = size
+                image.transition(Status.ACTIVE)
+
+        image = self.registry.update_image(image_id, change)
+        notify(self.plugins, "abbild_image_updated", image=image)
+        return image
+
+    def remove_location(self, image_id: str, index: int, viewer: Viewer) -> Image:
+        """Forget one location (and delete its data, where the store can)."""
+        self._authorized("delete_image_location", image_id, viewer)
+        removed: list[Location] = []
+
+        def change(image: Image) -> None:
+            if not -len(image.locations) <= index < len(image.locations):
+                raise Invalid(f"Image {image_id} has no location {index}")
+            if len(image.locations) == 1:
+                raise Forbidden(f"Cannot remove the last location of image {image_id}: delete the image instead.")
+            removed[:] = [image.locations.pop(index)]
+
+        image = self.registry.update_image(image_id, change)
+        store = self.stores.for_location(removed[0].store)
+        if store is not None and not store.read_only:
+            self._delete_quietly(store, removed[0].uri)
+        notify(self.plugins, "abbild_image_updated", image=image)
+        return image
+
+    def locations(self, image_id: str, viewer: Viewer) -> list[Location]:
+        image = self._authorized("fetch_image_location", image_id, viewer)
+        return [loc for loc in image.locations if loc.status == "active"]
+
+    def import_location(self, image_id: str, url: str, validation: dict | None, viewer: Viewer):
+        """Register *url* for a queued image the way API 2.17's ``POST .../locations``
+        does: claim the image now, then (in the returned job, which the caller runs in
+        the background) read the data once to learn its size and hashes, check them
+        against *validation*, and activate. A failure leaves the image queued."""
+        self._authorized("add_image_location", image_id, viewer)
+        store = self._location_store(url, viewer)
+        self._claim(image_id)
+
+        def job() -> None:
+            try:
+                stream = ImageStream(store.get(url), hash_algo=(validation or {}).get("os_hash_algo") or
+                                     self.conf.hashing_algorithm, max_size=self.conf.image_size_cap,
+                                     on_progress=lambda _n: self._renew_lease(image_id))  # fmt: skip
+                for _ in stream:
+                    pass
+                if validation and validation.get("os_hash_value") not in (None, stream.os_hash_value):
+                    raise Invalid(f"The data at {url} does not match validation_data: its "
+                                  f"{stream.hash_algo} is {stream.os_hash_value}")  # fmt: skip
+                stored = StoredObject(url, stream.size)
+                image = self.registry.update_image(image_id, lambda img: self._activate(img, store, stored, stream))
+            except Exception as exc:
+                LOG.warning("image %s: importing %s failed: %s", image_id, url, exc)
+                self._release(image_id, exc)
+                return
+            notify(self.plugins, "abbild_image_activated", image=image)
+
+        return job
+
     # -- data ---------------------------------------------------------------------------
 
     def upload(
@@ -485,8 +599,7 @@ class ImageService:
     def _activate(self, image: Image, store: Store, stored: StoredObject, stream: ImageStream) -> None:
         if not self._ours(image):
             raise InvalidTransition(image.id, image.status.value, Status.ACTIVE.value)
-        check_count(image.id, "locations", "image_location_quota", len(image.locations), len(image.locations) + 1,
-                    self.conf.image_location_quota)  # fmt: skip
+        self._checked_location_count(image)
         image.size = stream.size
         image.checksum = stream.checksum
         image.os_hash_algo = stream.hash_algo
@@ -522,8 +635,9 @@ class ImageService:
             LOG.exception("could not remove orphaned data at %s in store %s", uri, store.name)
 
     def download(self, image_id: str, viewer: Viewer, offset: int = 0, length: int | None = None,
-                 zero_copy: bool = False) -> Download | None:
-        """Open the image's data, trying its locations from the highest store weight down.
+                 zero_copy: bool = False, prefer: list[str] = ()) -> Download | None:
+        """Open the image's data, trying its locations from the highest store weight down,
+        or the stores in *prefer* first (``?prefer=``).
 
         :returns: ``None`` when the image has no data.
         :raises abbild.errors.Forbidden: deactivated, and the caller is no admin.
@@ -532,6 +646,12 @@ class ImageService:
         if image.status is Status.DEACTIVATED and not viewer.is_admin:
             raise Forbidden("The requested image has been deactivated. Image data download is forbidden.")
         rank = self.stores.rank()
+        if prefer:
+            self._authorized("download_from_store", image_id, viewer)
+            unknown = [name for name in prefer if name not in rank]
+            if unknown:
+                raise Invalid(f"Unknown store(s) in prefer: {', '.join(unknown)}; the stores are: {', '.join(rank)}")
+            rank = {name: (prefer.index(name) - len(prefer) if name in prefer else r) for name, r in rank.items()}
         locations = sorted(
             (l for l in image.locations if l.status == "active" and l.store in rank),
             key=lambda l: rank[l.store],
