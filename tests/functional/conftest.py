@@ -226,3 +226,11 @@ def server_factory(tmp_path_factory):
     yield make
     for srv in servers:
         srv.stop()
+
+
+@pytest.fixture
+def project():
+    """A fresh project id, for tests whose callers are described by trusted headers."""
+    import uuid
+
+    return f"p-{uuid.uuid4().hex[:8]}"

@@ -11,11 +11,11 @@ import re
 import subprocess
 import threading
 import time
-import uuid
 
 import pytest
 import requests
 
+from tests.functional.helpers import server_config, who
 from tests.functional.test_clients_cli import executable
 
 PATCH = {"Content-Type": "application/openstack-images-v2.1-json-patch"}
@@ -66,37 +66,15 @@ def web():
     httpd.server_close()
 
 
+# The test's own server runs on loopback, which the guard denies by default.
+WEB_STORE = "[web]\nallowed_networks = 127.0.0.1/32\n"
+
+
 @pytest.fixture(scope="module")
 def url(server_factory, web):
-    srv = server_factory(
-        "locations",
-        """
-[DEFAULT]
-enabled_backends = local:filesystem, web:http
-default_backend = local
-show_multiple_locations = true
-[database]
-connection = sqlite:///{dir}/abbild.sqlite
-[paste_deploy]
-flavor = trusted-headers
-[local]
-datadir = {dir}/images
-[web]
-# The test's own server runs on loopback, which the guard denies by default.
-allowed_networks = 127.0.0.1/32
-""",
-    )
-    return srv.url
-
-
-def who(project, *roles):
-    return {"X-Identity-Status": "Confirmed", "X-User-Id": f"u-{project}", "X-Project-Id": project,
-            "X-Roles": ",".join(roles or ("member", "reader"))}  # fmt: skip
-
-
-@pytest.fixture
-def project():
-    return f"p-{uuid.uuid4().hex[:8]}"
+    config = server_config(flavor="trusted-headers", default="show_multiple_locations = true",
+                           extra_backends="web:http", stores=WEB_STORE)  # fmt: skip
+    return server_factory("locations", config).url
 
 
 def new_image(url, headers):
@@ -126,22 +104,8 @@ def test_location_added_by_patch_activates_and_serves_the_data(url, web, project
 
 @pytest.fixture(scope="module")
 def noauth_url(server_factory):
-    srv = server_factory(
-        "locations-noauth",
-        """
-[DEFAULT]
-enabled_backends = local:filesystem, web:http
-default_backend = local
-show_multiple_locations = true
-[database]
-connection = sqlite:///{dir}/abbild.sqlite
-[local]
-datadir = {dir}/images
-[web]
-allowed_networks = 127.0.0.1/32
-""",
-    )
-    return srv.url
+    config = server_config(default="show_multiple_locations = true", extra_backends="web:http", stores=WEB_STORE)
+    return server_factory("locations-noauth", config).url
 
 
 def test_glance_cli_location_commands_on_a_noauth_server(noauth_url, web, tmp_path):

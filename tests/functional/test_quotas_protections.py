@@ -9,6 +9,8 @@ import uuid
 import pytest
 import requests
 
+from tests.functional.helpers import server_config, who
+
 PATCH = {"Content-Type": "application/openstack-images-v2.1-json-patch"}
 OCTET = {"Content-Type": "application/octet-stream"}
 
@@ -31,36 +33,11 @@ delete = @
 def url(server_factory, tmp_path_factory):
     rules = tmp_path_factory.mktemp("protections") / "property-protections.conf"
     rules.write_text(PROTECTIONS)
-    srv = server_factory(
-        "quotas",
-        f"""
-[DEFAULT]
-enabled_backends = local:filesystem
-default_backend = local
-image_property_quota = 3
-image_tag_quota = 2
-user_storage_quota = 1MB
-property_protection_file = {rules}
-[database]
-connection = sqlite:///{{dir}}/abbild.sqlite
-[paste_deploy]
-flavor = trusted-headers
-[local]
-datadir = {{dir}}/images
-""",
-    )
+    limits = ("image_property_quota = 3\nimage_tag_quota = 2\nuser_storage_quota = 1MB\n"
+              f"property_protection_file = {rules}")
+    srv = server_factory("quotas", server_config(flavor="trusted-headers", default=limits))
     srv.images = srv.data_dir + "/images"
     return srv
-
-
-def who(project, *roles):
-    return {"X-Identity-Status": "Confirmed", "X-User-Id": f"u-{project}", "X-Project-Id": project,
-            "X-Roles": ",".join(roles or ("member", "reader"))}  # fmt: skip
-
-
-@pytest.fixture
-def project():
-    return f"p-{uuid.uuid4().hex[:8]}"
 
 
 def new_image(url, headers, **body):

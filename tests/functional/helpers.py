@@ -1,0 +1,29 @@
+"""Small helpers shared by functional test modules (import them; this is no test module)."""
+
+from __future__ import annotations
+
+
+def server_config(*, flavor: str = "noauth", default: str = "", stores: str = "", extra_backends: str = "") -> str:
+    """An abbild-api.conf for ``server_factory``: SQLite and the filesystem store ``local``
+    in the server's own ``{dir}``. *default* adds ``[DEFAULT]`` lines, *extra_backends*
+    more ``enabled_backends`` (``"web:http"``), *stores* their sections."""
+    backends = ", ".join(b for b in ("local:filesystem", extra_backends) if b)
+    return f"""
+[DEFAULT]
+enabled_backends = {backends}
+default_backend = local
+{default}
+[database]
+connection = sqlite:///{{dir}}/abbild.sqlite
+[paste_deploy]
+flavor = {flavor}
+[local]
+datadir = {{dir}}/images
+{stores}
+"""
+
+
+def who(project: str, *roles: str) -> dict:
+    """The trusted headers of a caller of *project* (a project member by default)."""
+    return {"X-Identity-Status": "Confirmed", "X-User-Id": f"u-{project}", "X-Project-Id": project,
+            "X-Roles": ",".join(roles or ("member", "reader"))}  # fmt: skip
