@@ -451,15 +451,6 @@ pipeline = catch_errors gatekeeper healthcheck proxy-logging cache listing_forma
 use = egg:swift#proxy
 account_autocreate = true
 
-[filter:catch_errors]
-use = egg:swift#catch_errors
-
-[filter:gatekeeper]
-use = egg:swift#gatekeeper
-
-[filter:healthcheck]
-use = egg:swift#healthcheck
-
 [filter:proxy-logging]
 use = egg:swift#proxy_logging
 
@@ -467,18 +458,12 @@ use = egg:swift#proxy_logging
 use = egg:swift#memcache
 memcache_servers = 127.0.0.1:$MEMCACHED_PORT
 
-[filter:listing_formats]
-use = egg:swift#listing_formats
-
-[filter:copy]
-use = egg:swift#copy
-
-[filter:slo]
-use = egg:swift#slo
-
-[filter:dlo]
-use = egg:swift#dlo
-
+EOF
+    # The filters that need no settings.
+    for filter in catch_errors gatekeeper healthcheck listing_formats copy slo dlo; do
+        printf '[filter:%s]\nuse = egg:swift#%s\n\n' "$filter" "$filter"
+    done
+    cat <<EOF
 # Accounts AUTH_<name>; tokens AUTH_tk..., which Keystone never issues, so both auth
 # systems live side by side.
 [filter:tempauth]

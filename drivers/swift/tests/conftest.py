@@ -150,12 +150,15 @@ def keystone_raw(keystone_options, container_base):
     """A plain swiftclient connection as the Keystone test user; this session's
     containers in that account are removed at the end."""
     import swiftclient
+    from keystoneauth1 import session
+    from keystoneauth1.identity import v3
 
     o = keystone_options
-    conn = swiftclient.Connection(
-        o["auth_address"], o["user"], o["key"], auth_version="3", retries=1,
-        os_options={"project_name": o["project_name"], "project_domain_name": "Default", "user_domain_name": "Default"},
+    auth = v3.Password(
+        auth_url=o["auth_address"], username=o["user"], password=o["key"], project_name=o["project_name"],
+        user_domain_name="Default", project_domain_name="Default",
     )  # fmt: skip
+    conn = swiftclient.Connection(session=session.Session(auth=auth), retries=1)
     yield conn
     _remove_containers(conn, container_base)
     conn.close()
