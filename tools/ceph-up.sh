@@ -235,6 +235,10 @@ keyring = $CEPH_DIR/rgw/keyring
 rgw data = $CEPH_DIR/rgw
 rgw frontends = beast endpoint=127.0.0.1:$RGW_PORT
 rgw dns name = 127.0.0.1
+# The data of deleted objects waits for radosgw's garbage collector, 2 h by default;
+# memstore would hold it in RAM all that time, and fill up after a few test runs.
+rgw gc obj min wait = 0
+rgw gc processor period = 30
 log file = $CEPH_DIR/log/rgw.a.log
 EOF
 }

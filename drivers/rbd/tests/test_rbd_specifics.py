@@ -7,8 +7,6 @@ import time
 import uuid
 
 import pytest
-import rados
-import rbd
 
 from abbild.errors import AccessDenied, BackendError, BackendUnavailable, ConfigError, InUse, NotFound
 from abbild.testing.conformance import Boom, read_all
@@ -16,6 +14,11 @@ from abbild.testing.conformance import Boom, read_all
 from abbild_rbd.driver import MAX_GROWTH, grown_size
 
 pytestmark = pytest.mark.backend("ceph")
+
+try:
+    import rbd
+except ImportError:  # the ceph fixture skips (or, under CI, fails) with the reason
+    rbd = None
 
 MiB = 1 << 20
 
@@ -295,9 +298,3 @@ def test_bad_config_file_is_config_error(make_driver, tmp_path):
     conf.write_text("this is [not an ini file\n")
     with pytest.raises(ConfigError, match="cannot read the Ceph config"):
         make_driver(ceph_conf=str(conf))
-
-
-def test_rados_error_classes_are_real():
-    # The translation relies on errno values; both modules' errors carry them.
-    assert rados.ObjectNotFound("x", errno=2).errno == 2
-    assert rbd.ImageBusy("x", errno=16).errno == 16
