@@ -199,7 +199,10 @@ class S3Driver(Driver):
         self._check_key(key)
         uri = self._uri(key)
         with self._errors(key, writing=True):
-            if self._exists(key):  # fail before reading a whole upload only to reject it
+            # Fail before reading a whole upload only to reject it. The writes also say
+            # IfNoneMatch, for a concurrent upload of the same key, where the service
+            # honours it (S3 and MinIO; radosgw 16 for single PUTs only).
+            if self._exists(key):
                 raise AlreadyExists(key)
             chunks = iter(chunks)
             if size is not None and size >= self._threshold:
@@ -207,7 +210,9 @@ class S3Driver(Driver):
             else:
                 head, ended = _take(chunks, self._threshold)
             if ended:
-                self._first_write(self._client.put_object, Bucket=self._bucket, Key=key, Body=bytes(head))
+                self._first_write(
+                    self._client.put_object, Bucket=self._bucket, Key=key, Body=bytes(head), IfNoneMatch="*"
+                )
                 written = len(head)
             else:
                 written = self._put_multipart(key, head, chunks, size)
@@ -242,7 +247,7 @@ class S3Driver(Driver):
             if buffer or not parts:
                 send(len(buffer))
             self._client.complete_multipart_upload(
-                Bucket=self._bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                Bucket=self._bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, IfNoneMatch="*"
             )
         except BaseException:
             self._abort(key, upload_id)
@@ -352,6 +357,8 @@ class S3Driver(Driver):
         message = exc.response.get("Error", {}).get("Message") or code
         if code == "NoSuchBucket" and writing:
             return self._missing_bucket()
+        if code == "PreconditionFailed" and writing:  # IfNoneMatch: another upload won the race
+            return AlreadyExists(what)
         if code in _NOT_FOUND and not writing:
             return NotFound(what)
         if code in _DENIED:

@@ -9,7 +9,7 @@ import tracemalloc
 
 import pytest
 
-from abbild.errors import AccessDenied, BackendError, BackendUnavailable, ConfigError, NotFound
+from abbild.errors import AccessDenied, AlreadyExists, BackendError, BackendUnavailable, ConfigError, NotFound
 from abbild.testing.conformance import Boom, new_key, read_all
 
 from abbild_s3.driver import MAX_PARTS, part_size
@@ -87,6 +87,18 @@ def test_single_put_or_multipart(shared_driver, s3_client, bucket, size, declare
     parts = -(-size // (5 * MiB))
     assert etag.endswith(f"-{parts}") if multipart else "-" not in etag
     assert read_all(shared_driver, stored.uri) == payload
+
+
+def test_key_taken_during_upload_is_not_overwritten(shared_driver, s3_client, bucket):
+    key = new_key()
+
+    def chunks():
+        yield b"late"
+        s3_client.put_object(Bucket=bucket, Key=key, Body=b"early")  # a concurrent put that finished first
+
+    with pytest.raises(AlreadyExists):
+        shared_driver.put(key, chunks(), 4)
+    assert read_all(shared_driver, f"s3://{bucket}/{key}") == b"early"
 
 
 def test_threshold_zero_sends_even_empty_objects_as_multipart(make_driver, s3_client, bucket):
