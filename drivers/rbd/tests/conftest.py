@@ -19,8 +19,17 @@ from abbild_rbd.driver import RBDDriver
 
 STORE = "fast"
 NEEDED = ("CEPH_CONF", "CEPH_ADMIN_KEYRING", "CEPH_RBD_POOL")
-# Every image a test stores has one of these prefixes (conformance: new_key()).
-TEST_PREFIXES = ("conformance-", "rbd-test-")
+
+
+class TrackingRBDDriver(RBDDriver):
+    """Remembers the keys it stored, so the session removes exactly its own images
+    (others may share the pool: other test processes, functional tests)."""
+
+    stored: set[str] = set()
+
+    def put(self, key, chunks, size):
+        self.stored.add(key)
+        return super().put(key, chunks, size)
 
 
 def _unavailable(reason: str):
@@ -102,7 +111,7 @@ def make_driver(ceph):
     """:returns: a function returning a configured driver; keyword arguments override options."""
 
     def make_driver(**overrides):
-        driver = RBDDriver(STORE, _conf(ceph, **overrides))
+        driver = TrackingRBDDriver(STORE, _conf(ceph, **overrides))
         driver.configure()
         return driver
 
@@ -113,12 +122,9 @@ def make_driver(ceph):
 def shared_driver(ceph):
     """One configured, connected driver for the whole session: connecting to the
     cluster takes a while."""
-    import rbd
-
-    driver = RBDDriver(STORE, _conf(ceph))
+    driver = TrackingRBDDriver(STORE, _conf(ceph))
     driver.configure()
     yield driver
     # Memstore keeps every image in RAM: remove what the tests stored.
-    for name in rbd.RBD().list(ceph["ioctx"]):
-        if name.startswith(TEST_PREFIXES):
-            driver.discard(name)
+    for key in TrackingRBDDriver.stored:
+        driver.discard(key)
