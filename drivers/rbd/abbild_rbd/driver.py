@@ -78,7 +78,9 @@ class RBDDriver(Driver):
             import rados
             import rbd
         except ImportError as exc:
-            raise ConfigError(f"store {store!r} (rbd) cannot import Ceph's Python modules ({exc}); {INSTALL_HINT}") from exc
+            raise ConfigError(
+                f"store {store!r} (rbd) cannot import Ceph's Python modules ({exc}); {INSTALL_HINT}"
+            ) from exc
         self._rados, self._rbd = rados, rbd
         if not conf.pool:
             raise ConfigError(f"store {store!r}: option 'pool' is empty; set [{store}] pool")
@@ -86,14 +88,10 @@ class RBDDriver(Driver):
             path = getattr(conf, option)
             if path and not os.path.isfile(path):
                 raise ConfigError(f"store {store!r}: {option} {path!r} does not exist; set [{store}] {option}")
-        settings = {"keyring": conf.keyring} if conf.keyring else {}
-        if conf.connect_timeout:
-            # Rados.connect() ignores its timeout argument: librados reads these.
-            settings["client_mount_timeout"] = str(conf.connect_timeout)
-            settings["rados_mon_op_timeout"] = str(conf.connect_timeout)
         try:
-            # Reads the config file now; librados searches the usual places for "".
-            self._cluster = rados.Rados(conffile=conf.ceph_conf, rados_id=conf.user, conf=settings)
+            # Reads the config file (librados searches the usual places for ""), and
+            # lets it go again: the real handle is made after the server forked.
+            self._new_cluster().shutdown()
         except rados.Error as exc:
             raise ConfigError(
                 f"store {store!r}: cannot read the Ceph config "
@@ -101,6 +99,7 @@ class RBDDriver(Driver):
                 f"{exc}; set [{store}] ceph_conf"
             ) from exc
         self._connect_lock = threading.Lock()
+        self._cluster = None
         self._fsid: str | None = None
         self._chunk_size = conf.chunk_size * MiB
         self._order = self._chunk_size.bit_length() - 1
@@ -241,7 +240,9 @@ class RBDDriver(Driver):
         try:
             self._remove(ioctx, key)
         except Exception as exc:
-            LOG.warning("store %r: could not remove partial image %s: %s; discard() will retry", self.store_name, key, exc)
+            LOG.warning(
+                "store %r: could not remove partial image %s: %s; discard() will retry", self.store_name, key, exc
+            )
 
     def _unprotect(self, image, snap: str, what: str) -> None:
         try:
@@ -250,15 +251,29 @@ class RBDDriver(Driver):
             children = ", ".join("/".join(child) for child in image.list_children()) or "unknown"
             raise InUse(what, f"snapshot {snap!r} has clones ({children}); flatten or delete them first") from exc
 
+    def _new_cluster(self):
+        """:returns: a cluster handle, not yet connected."""
+        conf = self.conf
+        settings = {"keyring": conf.keyring} if conf.keyring else {}
+        if conf.connect_timeout:
+            # Rados.connect() ignores its timeout argument: librados reads these.
+            settings["client_mount_timeout"] = str(conf.connect_timeout)
+            settings["rados_mon_op_timeout"] = str(conf.connect_timeout)
+        return self._rados.Rados(conffile=conf.ceph_conf, rados_id=conf.user, conf=settings)
+
     def _connected(self):
-        """:returns: the cluster handle, connecting on first use."""
+        """:returns: the cluster handle, connecting on first use (one per process:
+        librados handles do not survive a fork, and are safe to share between threads)."""
         with self._connect_lock:
-            if self._fsid is None:
+            if self._cluster is None:
+                cluster = self._new_cluster()
                 try:
-                    self._cluster.connect()
+                    cluster.connect()
+                    self._fsid = cluster.get_fsid()
                 except self._rados.Error as exc:
+                    cluster.shutdown()
                     raise self._connect_error(exc) from exc
-                self._fsid = self._cluster.get_fsid()
+                self._cluster = cluster
         return self._cluster
 
     def _connect_error(self, exc) -> StoreError:

@@ -362,7 +362,9 @@ class S3Driver(Driver):
         if code in _NOT_FOUND and not writing:
             return NotFound(what)
         if code in _DENIED:
-            return AccessDenied(store, f"{message} ({code}) at {self._where}; check [{store}] access_key and secret_key")
+            return AccessDenied(
+                store, f"{message} ({code}) at {self._where}; check [{store}] access_key and secret_key"
+            )
         if code in _FULL:
             return StoreFull(store, f"{message} ({code})")
         if code in _UNAVAILABLE:
