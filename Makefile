@@ -8,13 +8,30 @@ PIP = $(PYTHON) -m pip install -q --disable-pip-version-check
 install:
 	$(PIP) -e . -e drivers/filesystem
 
+# The functional tests that run once more with each real backend as the default store.
+CLIENT_TESTS = tests/functional/test_clients_glanceclient.py tests/functional/test_clients_openstacksdk.py \
+	tests/functional/test_clients_cli.py
+
 install-test:
-	$(PIP) -e '.[test]' -e drivers/filesystem -e 'drivers/http[test]' -e 'drivers/vmware[test]'
+	$(PIP) -e '.[test]' -e drivers/filesystem -e 'drivers/http[test]' -e 'drivers/vmware[test]' \
+		-e drivers/s3 -e drivers/rbd -e drivers/swift
+	command -v apxs >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends apache2 apache2-dev curl >/dev/null; }
+	$(PIP) mod_wsgi
 
 serve: install
 	$(PYTHON) -m abbild.cli serve $(ARGS)
 
+# Everything: unit, driver and functional tests on the embedded SQL registry; the
+# functional tests again through a real abbild-registry; the client tests again with
+# each real backend as the default store.
 test: install-test
 	bash tools/start-sql-servers.sh
 	bash tools/keystone-up.sh >/dev/null
+	PYTHON=$(PYTHON) bash tools/ceph-up.sh >/dev/null
+	SWIFT_KEYSTONE=1 bash tools/swift-up.sh >/dev/null
 	$(PYTHON) -m pytest -n 2 -q -rs
+	ABBILD_TEST_REGISTRY=http $(PYTHON) -m pytest -n 2 -q -rs tests/functional
+	for store in s3 rbd swift vmware; do \
+		ABBILD_TEST_STORE=$$store $(PYTHON) -m pytest -n 2 -q -rs -m 'not local_files' $(CLIENT_TESTS) || exit 1; \
+	done

@@ -36,4 +36,4 @@ def test_wheel_has_the_packages_and_their_data(wheel_names):
 
 def test_wheel_has_no_folder_names(wheel_names):
     tops = {name.split("/")[0] for name in wheel_names}
-    assert tops <= {"abbild", "abbild_api", "abbild_paste"} | {n for n in tops if n.endswith(".dist-info")}
+    assert tops <= {"abbild", "abbild_api", "abbild_paste", "abbild_registry"} | {n for n in tops if n.endswith(".dist-info")}

@@ -3,6 +3,7 @@ test session (and xdist worker), stopped afterwards."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -12,6 +13,8 @@ import time
 import urllib.request
 
 import pytest
+
+from tests.functional import stores
 
 # ABBILD_TEST_REGISTRY=http runs every API server with ``registry = http``, talking to
 # its own ``abbild registry`` process (signed requests, the same database the embedded
@@ -173,9 +176,22 @@ class Server:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("abbild")).start()
-    yield srv
-    srv.stop()
+    """The session's server: the embedded default, or with ``ABBILD_TEST_STORE`` as its
+    default store (see tests/functional/stores.py)."""
+    base = tmp_path_factory.mktemp("abbild")
+    with stores.default_store_config(str(base)) as store_config:
+        args = ()
+        if store_config is not None:
+            conf = base / "abbild-api.conf"
+            conf.write_text(f"{store_config}\n[database]\nconnection = sqlite:///{base}/abbild.sqlite\n")
+            args = ("--config-file", str(conf))
+        srv = Server(base, *args).start()
+        if store_config is not None:
+            with urllib.request.urlopen(srv.url + "/v2/info/stores/detail", timeout=10) as resp:
+                [store] = json.load(resp)["stores"]
+            assert store["type"] == stores.STORE, store
+        yield srv
+        srv.stop()
 
 
 @pytest.fixture

@@ -138,6 +138,7 @@ def test_download_round_trip(glance, active_image, payload):
     assert data == payload
 
 
+@pytest.mark.local_files
 def test_download_verifies_os_hash_value(glance, server, active_image, payload):
     """glanceclient checks the data against the image's sha512 ``os_hash_value``."""
     with stored_file(server, active_image.id).open("r+b") as f:
@@ -271,6 +272,7 @@ def test_protected_image_cannot_be_deleted(glance, tag):
     assert list(glance.images.list(filters={"tag": [tag]})) == []
 
 
+@pytest.mark.local_files
 def test_delete_removes_data(glance, server, active_image):
     path = stored_file(server, active_image.id)
     glance.images.delete(active_image.id)

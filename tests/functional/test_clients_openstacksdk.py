@@ -140,6 +140,7 @@ def test_download_verifies_hash(conn, active_image, payload, tmp_path):
     assert out.read_bytes() == payload
 
 
+@pytest.mark.local_files
 def test_download_detects_corruption(conn, server, active_image, payload):
     with stored_file(server, active_image.id).open("r+b") as f:
         f.write(bytes([payload[0] ^ 0xFF]))
