@@ -1,0 +1,1 @@
+"""An example abbild store driver (see driver.py)."""
