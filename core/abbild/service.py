@@ -8,6 +8,8 @@ import datetime
 import logging
 import os
 import socket
+import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 
@@ -22,6 +24,7 @@ from abbild.errors import (
     MemberNotFound,
     NotFound,
     QuotaExceeded,
+    RegistryUnavailable,
     StoreError,
     UnsupportedOperation,
 )
@@ -608,8 +611,15 @@ class ImageService:
         image.upload_worker = image.upload_lease = None
         image.transition(Status.ACTIVE)
 
-    def _release(self, image_id: str, error: BaseException) -> None:
-        """Undo a claim after a failed upload: back to ``queued``, if still ours."""
+    def _release(self, image_id: str, error: BaseException, *, in_background: bool = False) -> bool:
+        """Undo a claim after a failed upload: back to ``queued``, if still ours.
+
+        When the registry cannot be reached (often the very reason the upload failed),
+        keep trying in the background for as long as the claim's lease would last, so
+        the image does not stay ``saving`` until this process restarts.
+
+        :returns: False if the registry could not be reached.
+        """
 
         def change(image: Image) -> None:
             if self._ours(image):
@@ -619,11 +629,28 @@ class ImageService:
         try:
             image = self.registry.update_image(image_id, change)
         except ImageNotFound:
-            return
+            return True
+        except RegistryUnavailable as exc:
+            if not in_background:
+                LOG.warning("image %s: registry unavailable (%s); will retry returning it to 'queued'", image_id, exc)
+                threading.Thread(target=self._release_later, args=(image_id, error), daemon=True,
+                                 name=f"release-{image_id}").start()  # fmt: skip
+            return False
         except Exception:
             LOG.exception("image %s: could not return it to 'queued' after a failed upload", image_id)
-            return
+            return True
         notify(self.plugins, "abbild_image_upload_failed", image=image, error=error)
+        return True
+
+    def _release_later(self, image_id: str, error: BaseException) -> None:
+        deadline = time.monotonic() + self.conf.upload_lease_seconds
+        delay = 1.0
+        while time.monotonic() < deadline:
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+            if self._release(image_id, error, in_background=True):
+                return
+        LOG.error("image %s: still 'saving'; recovery returns it to 'queued' once its lease ran out", image_id)
 
     @staticmethod
     def _delete_quietly(store: Store, uri: str) -> None:
