@@ -8,6 +8,8 @@ import uuid
 
 import pytest
 
+from abbild.testing.backends import backend_unavailable
+
 # -- SQL databases ----------------------------------------------------------------------
 #
 # ``sql_url`` runs a test once per database: SQLite (a file), MariaDB and PostgreSQL.
@@ -51,9 +53,7 @@ def _sql_server_database(kind: str):
     except sa.exc.OperationalError as exc:
         admin.dispose()
         reason = f"{kind} server at {server_url.render_as_string()} unreachable: {exc.orig}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
+        backend_unavailable(reason)
     url = server_url.set(database=name)
     if kind == "mariadb":
         url = url.update_query_dict({"charset": "utf8mb4"})

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import functools
 import os
-import shlex
 import urllib.request
 
 from keystoneauth1 import exceptions as ks_exc
 from keystoneauth1 import session as ks_session
 from keystoneauth1.identity import v3
 from keystoneclient.v3 import client as ks_client
+
+from abbild.testing.backends import read_env_file
 
 DOMAIN_ID = "default"
 DEFAULT_KEYSTONE_DIR = "/tmp/abbild-keystone"
@@ -43,19 +44,9 @@ def settings() -> dict[str, str]:
     if os.environ.get("OS_AUTH_URL"):
         return {k: v for k, v in os.environ.items() if k.startswith("OS_")}
     path = os.path.join(os.environ.get("KEYSTONE_DIR", DEFAULT_KEYSTONE_DIR), "env.sh")
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError as exc:
-        raise RuntimeError(f"no OS_AUTH_URL and no {path}: run tools/keystone-up.sh ({exc})") from None
-    found = {}
-    for line in text.splitlines():
-        words = shlex.split(line)
-        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
-            key, _, value = words[1].partition("=")
-            found[key] = value
+    found = read_env_file(path)
     if "OS_AUTH_URL" not in found:
-        raise RuntimeError(f"{path} has no OS_AUTH_URL")
+        raise RuntimeError(f"no OS_AUTH_URL in the environment or {path}: run tools/keystone-up.sh")
     return found
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -19,20 +18,15 @@ import uuid
 
 import pytest
 
+from abbild.testing.backends import read_env_file
+
 STORE = os.environ.get("ABBILD_TEST_STORE", "filesystem")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _env_file(path: str, needed: str) -> dict[str, str]:
-    """``export K=V`` lines of a start script's env file (the environment wins)."""
-    found = {}
-    if os.path.isfile(path):
-        with open(path) as f:
-            for line in f:
-                words = shlex.split(line)
-                if len(words) == 2 and words[0] == "export" and "=" in words[1]:
-                    key, _, value = words[1].partition("=")
-                    found[key] = value
+    """What a start script wrote to *path*, the environment winning."""
+    found = read_env_file(path)
     found.update({k: v for k, v in os.environ.items() if k in found or k == needed})
     if needed not in found:
         pytest.fail(f"ABBILD_TEST_STORE={STORE}: no {needed} in the environment or {path}; "

@@ -10,10 +10,11 @@ CI=true.
 from __future__ import annotations
 
 import os
-import shlex
 
 import pytest
 from oslo_config import cfg
+
+from abbild.testing.backends import backend_unavailable, read_env_file
 
 from abbild_rbd.driver import RBDDriver
 
@@ -33,19 +34,7 @@ class TrackingRBDDriver(RBDDriver):
 
 
 def _unavailable(reason: str):
-    reason = f"{reason}; start it with: eval \"$(bash tools/ceph-up.sh)\""
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
-
-
-def _read_env_file(path: str) -> dict[str, str]:
-    """The ``export NAME=value`` lines of *path*; empty when it does not exist."""
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        pairs = (words[1].split("=", 1) for words in map(shlex.split, f) if len(words) == 2 and words[0] == "export")
-        return dict(pair for pair in pairs if len(pair) == 2)
+    backend_unavailable(f"{reason}; start it with: eval \"$(bash tools/ceph-up.sh)\"")
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +43,7 @@ def ceph():
     connection of the tests' own to look behind the driver's back."""
     env_file = os.path.join(os.environ.get("CEPH_DIR", "/tmp/abbild-ceph"), "env.sh")
     names = (*NEEDED, "CEPH_USER")
-    settings = {**_read_env_file(env_file), **{k: os.environ[k] for k in names if k in os.environ}}
+    settings = {**read_env_file(env_file), **{k: os.environ[k] for k in names if k in os.environ}}
     missing = [name for name in NEEDED if not settings.get(name)]
     if missing:
         _unavailable(f"no Ceph cluster configured: {', '.join(missing)} unset and not in {env_file}")

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import shlex
 import urllib.parse
 import uuid
 
 import pytest
 from oslo_config import cfg
+
+from abbild.testing.backends import backend_unavailable, read_env_file
 
 from abbild_s3.driver import S3Driver
 
@@ -25,31 +26,14 @@ NEEDED = ("CEPH_RGW_ENDPOINT", "CEPH_S3_ACCESS_KEY", "CEPH_S3_SECRET_KEY")
 
 
 def _unavailable(reason: str):
-    reason = f"{reason}; start it with: eval \"$(bash tools/ceph-up.sh)\""
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason)
-
-
-def _read_env_file(path: str) -> dict[str, str]:
-    """The ``export NAME=value`` lines of *path*; empty when it does not exist."""
-    if not os.path.exists(path):
-        return {}
-    found = {}
-    with open(path) as f:
-        for line in f:
-            words = shlex.split(line)
-            if len(words) == 2 and words[0] == "export" and "=" in words[1]:
-                name, value = words[1].split("=", 1)
-                found[name] = value
-    return found
+    backend_unavailable(f"{reason}; start it with: eval \"$(bash tools/ceph-up.sh)\"")
 
 
 @pytest.fixture(scope="session")
 def ceph_s3():
     """``{endpoint, access_key, secret_key}`` of the radosgw, checked to answer."""
     env_file = os.path.join(os.environ.get("CEPH_DIR", "/tmp/abbild-ceph"), "env.sh")
-    settings = {**_read_env_file(env_file), **{k: os.environ[k] for k in NEEDED if k in os.environ}}
+    settings = {**read_env_file(env_file), **{k: os.environ[k] for k in NEEDED if k in os.environ}}
     missing = [name for name in NEEDED if not settings.get(name)]
     if missing:
         _unavailable(f"no radosgw configured: {', '.join(missing)} unset and not in {env_file}")

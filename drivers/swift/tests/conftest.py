@@ -13,13 +13,14 @@ Each test session writes into containers of its own, ``abbild-test-<random>`` an
 from __future__ import annotations
 
 import os
-import shlex
 import urllib.parse
 import urllib.request
 import uuid
 
 import pytest
 from oslo_config import cfg
+
+from abbild.testing.backends import backend_unavailable, read_env_file
 
 from abbild_swift.driver import SwiftDriver
 
@@ -35,25 +36,7 @@ def swift_settings() -> dict[str, str]:
     ``$SWIFT_DIR/env.sh``; empty when neither has them."""
     if os.environ.get("ST_AUTH"):
         return {k: v for k, v in os.environ.items() if k.startswith(("ST_", "SWIFT_"))}
-    path = os.path.join(os.environ.get("SWIFT_DIR", DEFAULT_SWIFT_DIR), "env.sh")
-    found = {}
-    try:
-        with open(path) as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return found
-    for line in lines:
-        words = shlex.split(line)
-        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
-            name, _, value = words[1].partition("=")
-            found[name] = value
-    return found
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: the swift tests must run; make test starts Swift)", pytrace=False)
-    pytest.skip(reason)
+    return read_env_file(os.path.join(os.environ.get("SWIFT_DIR", DEFAULT_SWIFT_DIR), "env.sh"))
 
 
 def _answers(url: str) -> str | None:
@@ -76,12 +59,12 @@ def swift_env() -> dict[str, str]:
     """The settings of the test Swift; skips (fails under CI=true) when it is not up."""
     settings = swift_settings()
     if "ST_AUTH" not in settings:
-        _unavailable("no ST_AUTH and no $SWIFT_DIR/env.sh: start Swift with `bash tools/swift-up.sh`")
+        backend_unavailable("no ST_AUTH and no $SWIFT_DIR/env.sh: start Swift with `bash tools/swift-up.sh`")
     _assert_loopback(settings["ST_AUTH"])
     proxy = urllib.parse.urljoin(settings["ST_AUTH"], "/healthcheck")
     reason = _answers(proxy)
     if reason:
-        _unavailable(f"Swift is not up ({reason}): start it with `bash tools/swift-up.sh`")
+        backend_unavailable(f"Swift is not up ({reason}): start it with `bash tools/swift-up.sh`")
     return settings
 
 
@@ -90,14 +73,14 @@ def keystone_env(swift_env) -> dict[str, str]:
     """The Keystone settings of the test Swift; skips (fails under CI=true) when Swift
     was started without Keystone or Keystone does not answer."""
     if "SWIFT_KEYSTONE_AUTH_URL" not in swift_env:
-        _unavailable(
+        backend_unavailable(
             "Swift runs without Keystone: start Keystone (`bash tools/keystone-up.sh`), then "
             "`bash tools/swift-up.sh` again"
         )
     _assert_loopback(swift_env["SWIFT_KEYSTONE_AUTH_URL"])
     reason = _answers(swift_env["SWIFT_KEYSTONE_AUTH_URL"])
     if reason:
-        _unavailable(f"Keystone is not up ({reason}): `bash tools/keystone-up.sh`")
+        backend_unavailable(f"Keystone is not up ({reason}): `bash tools/keystone-up.sh`")
     return swift_env
 
 
