@@ -393,12 +393,14 @@ class ImageService:
             raise Invalid(f"No store here may read {scheme or 'such'} URLs for you"
                           + (f"; use one of: {', '.join(readable)}" if readable else
                              " (no http store is configured)"))  # fmt: skip
-        store = stores[0]
-        try:
-            store.driver.validate_location(url)
-        except StoreError as exc:
-            raise Invalid(f"Location refused: {exc}") from exc
-        return store
+        refusal: StoreError | None = None
+        for store in stores:  # the first store that accepts it: file:// URIs, say, belong to one datadir
+            try:
+                store.driver.validate_location(url)
+                return store
+            except StoreError as exc:
+                refusal = exc
+        raise Invalid(f"Location refused: {refusal}") from refusal
 
     def _checked_location_count(self, image: Image) -> None:
         check_count(image.id, "locations", "image_location_quota", len(image.locations), len(image.locations) + 1,

@@ -238,3 +238,18 @@ def test_prefer_picks_the_store_to_read_from(url, web, project):
     assert resp.content == PAYLOAD and path in _Handler.gets
     bad = requests.get(f"{url}/v2/images/{image_id}/file", params={"prefer": "nowhere"}, headers=headers)
     assert bad.status_code == 400 and "nowhere" in bad.text
+
+
+def test_a_service_registers_only_files_inside_a_store(noauth_url, server_factory):
+    """noauth callers are administrators, whom the policy treats as services: they may
+    register file:// locations, but only of files directly in a store's datadir."""
+    image_id = new_image(noauth_url, {})
+    resp = add_location(noauth_url, image_id, {}, "file:///etc/passwd")
+    assert resp.status_code == 400 and "Location refused" in resp.text
+    donor = new_image(noauth_url, {})
+    assert requests.put(f"{noauth_url}/v2/images/{donor}/file", data=b"donor data", headers=OCTET).status_code == 204
+    [location] = requests.get(f"{noauth_url}/v2/images/{donor}").json()["locations"]
+    resp = add_location(noauth_url, image_id, {}, location["url"] + "/../../../../etc/passwd")
+    assert resp.status_code == 400
+    resp = add_location(noauth_url, image_id, {}, location["url"])
+    assert resp.status_code == 200 and resp.json()["size"] == len(b"donor data")

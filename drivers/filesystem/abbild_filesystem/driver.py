@@ -123,6 +123,10 @@ class FilesystemDriver(Driver):
             raise
         return _FileChunks(f, length, self.conf.chunk_size)
 
+    def validate_location(self, uri: str) -> None:
+        """Only files directly in this store's datadir (services register those)."""
+        self._resolve(uri)
+
     def open_local(self, uri: str) -> IO[bytes]:
         return self._open(uri)
 
