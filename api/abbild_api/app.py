@@ -82,7 +82,7 @@ class Application:
             try:
                 # The http registry acts for this caller (nobody in particular without one).
                 ctx = req.environ.get(ENVIRON_KEY)
-                with acting_as(ctx.viewer if ctx is not None else Viewer()):
+                with acting_as(ctx.viewer if ctx is not None else Viewer(), getattr(ctx, "auth_token", None)):
                     return handler(self, req, **params)
             except AbbildError as error:
                 raise to_http(error) from error

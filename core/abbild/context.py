@@ -21,6 +21,9 @@ class RequestContext:
     user_domain_id: str | None = None
     project_domain_id: str | None = None
     service_catalog: tuple = ()  # the token's catalog entries, for calls to other services
+    # The caller's Keystone token, forwarded to a registry that checks it itself. A
+    # credential: kept out of repr() and so out of logs.
+    auth_token: str | None = dataclasses.field(default=None, repr=False)
 
     @property
     def viewer(self) -> Viewer:

@@ -1,8 +1,11 @@
 """The ``http`` registry: image metadata kept by an ``abbild-registry`` service.
 
-Every request is signed with the shared secret and acts for the caller bound by
-:mod:`abbild.caller` (the service itself when none is), so the registry applies the
-user's visibility rules, not the API node's. Reads, conditional writes and deletes are
+Every request acts for the caller bound by :mod:`abbild.caller` (the service itself
+when none is), so the registry applies the user's visibility rules, not the API
+node's. With ``auth_strategy = hmac`` each request is signed with the shared secret
+and names the caller; with ``keystone`` it carries the user's token (``X-Auth-Token``)
+and this node's service token (``X-Service-Token``), and the registry reads the
+caller from the user's token itself. Reads, conditional writes and deletes are
 retried on transport errors with backoff; a POST is retried only when it never reached
 the server. A registry that cannot be reached raises
 :class:`~abbild.errors.RegistryUnavailable` (HTTP 503 at the API).
@@ -22,7 +25,7 @@ import urllib3.exceptions
 from oslo_config import cfg
 
 from abbild import caller, registry_wire as wire
-from abbild.errors import ConcurrentUpdate, MemberNotFound, RegistryError, RegistryUnavailable
+from abbild.errors import ConcurrentUpdate, ConfigError, MemberNotFound, RegistryError, RegistryUnavailable
 from abbild.image import Image
 from abbild.registry import ImageFilters, Member, Registry, Viewer
 
@@ -32,6 +35,16 @@ GROUP = "registry_client"
 client_opts = [
     cfg.URIOpt("url", default="http://127.0.0.1:9191", schemes=["http", "https"],
                help="Where abbild-registry listens."),  # fmt: skip
+    cfg.StrOpt(
+        "auth_strategy",
+        default="hmac",
+        choices=[("hmac", "sign every request with shared_secret"),
+                 ("keystone", "send the user's token and a service token of the user below")],  # fmt: skip
+        help="How to authenticate to the registry: the same as its [registry_server] "
+        "auth_strategy.\n\n"
+        "Related options: shared_secret; auth_url, username, password, project_name, "
+        "user_domain_name, project_domain_name",
+    ),
     cfg.StrOpt(
         "shared_secret",
         secret=True,
@@ -50,6 +63,14 @@ client_opts = [
     ),
     cfg.FloatOpt("retry_backoff", default=0.2, min=0, help="Seconds before the first retry; doubles after each."),
     cfg.StrOpt("ca_file", help="CA bundle to verify an https registry with; default: the system's."),
+    # The service user of auth_strategy = keystone: its token proves that a request
+    # comes from an API node; it needs the role ``service``.
+    cfg.StrOpt("auth_url", help="Keystone's identity endpoint, e.g. http://keystone:5000/v3 (keystone only)."),
+    cfg.StrOpt("username", help="The API nodes' service user (keystone only); it needs the role service."),
+    cfg.StrOpt("password", secret=True, help="Password of username (keystone only)."),
+    cfg.StrOpt("project_name", default="service", help="Project of the service user's token (keystone only)."),
+    cfg.StrOpt("user_domain_name", default="Default", help="Domain of username (keystone only)."),
+    cfg.StrOpt("project_domain_name", default="Default", help="Domain of project_name (keystone only)."),
 ]
 
 _IDEMPOTENT = frozenset({"GET", "PUT", "DELETE"})
@@ -84,17 +105,46 @@ def _q(segment: str) -> str:
     return urllib.parse.quote(segment, safe="")
 
 
+def service_session(group):
+    """A keystoneauth1 session of the service user in *group* (``[registry_client]``);
+    it caches the token and gets a new one before it expires.
+
+    :raises abbild.errors.ConfigError: keystoneauth1 missing, or the user not set.
+    """
+    try:
+        from keystoneauth1 import session
+        from keystoneauth1.identity import v3
+    except ImportError:
+        raise ConfigError("[registry_client] auth_strategy = keystone needs keystoneauth1: "
+                          "pip install 'abbild[keystone]'") from None  # fmt: skip
+    missing = [name for name in ("auth_url", "username", "password") if not group[name]]
+    if missing:
+        raise ConfigError(f"[registry_client] auth_strategy = keystone needs {', '.join(missing)}: "
+                          f"the service user whose token goes with every registry request")  # fmt: skip
+    auth = v3.Password(auth_url=group.auth_url, username=group.username, password=group.password,
+                       project_name=group.project_name, user_domain_name=group.user_domain_name,
+                       project_domain_name=group.project_domain_name)  # fmt: skip
+    return session.Session(auth=auth)
+
+
 class HTTPRegistry(Registry):
+    """:param keystone: a keystoneauth1 session whose token goes with every request as
+        ``X-Service-Token``, with the user's as ``X-Auth-Token`` (keystone mode);
+        ``None``: sign with *shared_secret* (hmac mode)."""
+
     def __init__(self, conf=None, *, url: str | None = None, shared_secret: str | None = None,
                  timeout: float = 30.0, retries: int = 3, retry_backoff: float = 0.2,
-                 ca_file: str | None = None) -> None:  # fmt: skip
+                 ca_file: str | None = None, keystone=None) -> None:  # fmt: skip
         if conf is not None:
             conf.register_opts(client_opts, group=GROUP)
             group = conf[GROUP]
             url, shared_secret, timeout = group.url, group.shared_secret, group.timeout
             retries, retry_backoff, ca_file = group.retries, group.retry_backoff, group.ca_file
+            if group.auth_strategy == "keystone":
+                keystone = service_session(group)
         self.url = url.rstrip("/")
         self.secret = shared_secret
+        self.keystone = keystone
         self.timeout = timeout
         self.retries = retries
         self.retry_backoff = retry_backoff
@@ -128,10 +178,16 @@ class HTTPRegistry(Registry):
             path += "?" + urllib.parse.urlencode(params)
         data = b"" if body is None else json.dumps(body).encode()
         who = wire.caller_header(None if as_service else viewer or caller.current())
+        user_token = None if as_service else caller.auth_token()
         maybe_arrived = False  # an earlier attempt may have been carried out
         for attempt in range(self.retries + 1):
             headers = {"Content-Type": "application/json"} if body is not None else {}
-            if self.secret:
+            if self.keystone is not None:
+                # The registry takes the caller from the user's token, never from us.
+                headers["X-Service-Token"] = self._service_token()
+                if user_token:
+                    headers["X-Auth-Token"] = user_token
+            elif self.secret:
                 headers.update(wire.sign(self.secret, method, path, who, data))  # fresh nonce per attempt
             else:
                 headers[wire.CALLER_HEADER] = who
@@ -153,6 +209,15 @@ class HTTPRegistry(Registry):
             error = resp.json()["error"]
         except (ValueError, KeyError, TypeError):
             error = None
+        refused = resp.status_code in (401, 403) and error is not None and error.get("type") == "Unauthorized"
+        if self.keystone is not None and refused:
+            # The user's token was valid a moment ago at our own auth_token filter, so
+            # this is most likely about ours: get a fresh one next time.
+            self.keystone.invalidate()
+            raise RegistryUnavailable(
+                f"{self.url} refused our tokens ({error.get('message')}): check the [registry_client] "
+                f"service user (it needs the role service) and the registry's [keystone_authtoken]"
+            )
         if resp.status_code == 401:
             raise RegistryUnavailable(
                 f"{self.url} refused our requests ({error and error.get('message')}): check that "
@@ -163,6 +228,18 @@ class HTTPRegistry(Registry):
                 raise RegistryUnavailable(f"{self.url} answered {resp.status_code}")
             raise RegistryError(f"registry answered {resp.status_code} to {method} {path}: {resp.text[:200]}")
         raise wire.error_from_json(error)
+
+    def _service_token(self) -> str:
+        """This node's token, from the session's cache or a fresh one.
+
+        :raises abbild.errors.RegistryUnavailable: Keystone would not give one.
+        """
+        from keystoneauth1 import exceptions
+
+        try:
+            return self.keystone.get_auth_headers()["X-Auth-Token"]
+        except exceptions.ClientException as error:
+            raise RegistryUnavailable(f"no service token for the registry from Keystone: {error}") from error
 
     def _call(self, method: str, path: str, **kwargs):
         return self._request(method, path, **kwargs)[1]

@@ -95,9 +95,12 @@ def filters_from_json(value: dict) -> ImageFilters:
 @dataclasses.dataclass(frozen=True)
 class Caller:
     """Whom a registry request acts for: a user's viewer, or the service itself
-    (start-up recovery, periodic jobs), which sees everything."""
+    (start-up recovery, periodic jobs), which sees everything, unless *jobs_only*:
+    a Keystone service token without a user's token, which may only carry uploads
+    in progress on (see :mod:`abbild_registry.app`)."""
 
     viewer: Viewer | None  # None: the service
+    jobs_only: bool = False
 
     @property
     def is_service(self) -> bool:
@@ -105,7 +108,7 @@ class Caller:
 
     @property
     def privileged(self) -> bool:
-        return self.viewer is None or self.viewer.is_admin
+        return not self.jobs_only and (self.viewer is None or self.viewer.is_admin)
 
     def as_viewer(self) -> Viewer:
         return self.viewer if self.viewer is not None else Viewer(is_admin=True)

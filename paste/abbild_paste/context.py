@@ -97,6 +97,7 @@ def context_filter_factory(global_conf, **local_conf):
                     user_domain_id=environ.get("HTTP_X_USER_DOMAIN_ID"),
                     project_domain_id=environ.get("HTTP_X_PROJECT_DOMAIN_ID"),
                     service_catalog=catalog,
+                    auth_token=environ.get("HTTP_X_AUTH_TOKEN"),
                 )
             elif allow_anonymous:
                 ctx = RequestContext(request_id=request_id, anonymous=True)

@@ -16,6 +16,18 @@
 Every request acts for a caller (the auth filter puts it into the environ), and the
 registry applies the visibility rules to it: an image the caller may not see does
 not exist, whatever an API node asks for.
+
+With ``auth_strategy = keystone`` an API node that sends its service token without a
+user's token acts for nobody: it may only carry on uploads in progress, the work that
+runs outside any user request (start-up recovery, releasing a failed upload's claim
+once the registry is back, a location import). Those are the *service jobs*:
+
+- ``GET /v1/images?in_status=saving``
+- ``GET /v1/images/{id}`` of an image in ``saving`` (any other does not exist)
+- ``PUT /v1/images/{id}`` of an image in ``saving`` that stays ``saving`` (a renewed
+  lease) or becomes ``active`` or ``queued``, with its owner and visibility unchanged
+
+Anything else needs the user's token (401).
 """
 
 from __future__ import annotations
@@ -31,12 +43,14 @@ import webob.exc as exc
 
 from abbild import config, errors
 from abbild import registry_wire as wire
-from abbild.image import Image
+from abbild.image import Image, Status
 from abbild.registry import Registry
 from abbild_registry import opts
 
 LOG = logging.getLogger(__name__)
 CALLER_KEY = "abbild_registry.caller"
+#: Where a service job may take an upload in progress (see the module docstring).
+JOB_TARGETS = (Status.SAVING, Status.ACTIVE, Status.QUEUED)
 
 
 def _json(value, status: int = 200) -> webob.Response:
@@ -78,8 +92,12 @@ class RegistryApp:
             handler = methods.get(req.method)
             if handler is None:
                 raise exc.HTTPMethodNotAllowed(headers={"Allow": ", ".join(methods)})
+            caller = req.environ[CALLER_KEY]
+            if caller.jobs_only and not self._service_job(req, handler):
+                return _json({"error": {"type": "Unauthorized", "args": {}, "message":
+                              f"{req.method} {req.path_info} acts for a user: send the user's X-Auth-Token"}}, 401)
             try:
-                return handler(req, req.environ[CALLER_KEY], **m.groupdict())
+                return handler(req, caller, **m.groupdict())
             except errors.AbbildError as error:
                 return _error(error)
             except (ValueError, KeyError, TypeError) as error:
@@ -89,10 +107,18 @@ class RegistryApp:
 
     # -- the rules ----------------------------------------------------------------------
 
+    def _service_job(self, req: webob.Request, handler) -> bool:
+        """Whether a caller without a user may try this at all (the module docstring)."""
+        if handler == self.list_images:
+            return req.GET.get("in_status") == Status.SAVING.value
+        return handler in (self.get_image, self.save_image)
+
     def _readable(self, image: Image, caller: wire.Caller) -> bool:
         """GLANCE-API 7.4: admins and the service read everything; others their own
         images, ownerless, public and community ones, and shared ones they are a member
         of (in any status)."""
+        if caller.jobs_only:
+            return image.status is Status.SAVING
         viewer = caller.viewer
         if caller.privileged or image.owner is None or image.owner == viewer.project_id:
             return True
@@ -103,6 +129,8 @@ class RegistryApp:
 
     @staticmethod
     def _owns(image: Image, caller: wire.Caller) -> bool:
+        if caller.jobs_only:
+            return image.status is Status.SAVING
         viewer = caller.viewer
         return caller.privileged or (
             not viewer.anonymous and viewer.project_id is not None and image.owner == viewer.project_id
@@ -129,7 +157,8 @@ class RegistryApp:
 
     def list_images(self, req, caller):
         if "in_status" in req.GET:
-            self._service_only(caller, "Listing images by status")
+            if not caller.jobs_only:  # those may list 'saving' only, which _service_job checked
+                self._service_only(caller, "Listing images by status")
             images = self.registry.images_in_status(req.GET["in_status"])
         else:
             filters = wire.filters_from_json(json.loads(req.GET.get("filters", "{}")))
@@ -157,7 +186,11 @@ class RegistryApp:
             raise errors.Invalid(f"the body is image {image.id}, the path names {image_id}")
         # Checked on the stored image; if it changes before the write, the write's
         # version check fails, so the check always applies to what gets replaced.
-        self._owned(image_id, caller)
+        stored = self._owned(image_id, caller)
+        if caller.jobs_only and not (image.status in JOB_TARGETS and image.owner == stored.owner
+                                     and image.visibility == stored.visibility):  # fmt: skip
+            raise errors.Forbidden(f"Without a user's token, image {image_id} may only leave 'saving' "
+                                   f"for 'active' or 'queued', keeping its owner and visibility.")
         return _json(wire.image_to_json(self.registry.save_image(image)))
 
     def usage(self, req, caller, owner):

@@ -1,24 +1,42 @@
 """Who may talk to the registry, and for whom: the auth filter of the registry
-pipeline, and the refusal to listen beyond loopback without authentication."""
+pipeline, and the refusal to listen beyond loopback without authentication.
+
+``hmac``: the API nodes sign each request with the shared secret and name the caller
+in it; whoever holds the secret may act for anyone. ``keystone``: each request carries
+the user's token (``X-Auth-Token``) and the API node's service token
+(``X-Service-Token``, which must have a role of ``[keystone_authtoken]
+service_token_roles``); keystonemiddleware validates both and the caller is what the
+user's token says, so an API node can reach no more than its users could.
+"""
 
 from __future__ import annotations
 
 import io
 import ipaddress
+import json
 import logging
 import socket
 import urllib.parse
 
 from abbild import registry_wire as wire
 from abbild.errors import ConfigError
+from abbild.registry import Viewer
 from abbild_registry.app import CALLER_KEY, config_files, load_conf
 
 LOG = logging.getLogger(__name__)
 
 
 def check_auth_config(conf) -> None:
-    """:raises abbild.errors.ConfigError: hmac without a secret."""
+    """:raises abbild.errors.ConfigError: hmac without a secret, keystone without
+        keystonemiddleware."""
     server = conf.registry_server
+    if server.auth_strategy == "keystone":
+        try:
+            import keystonemiddleware  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "[registry_server] auth_strategy = keystone needs keystonemiddleware: pip install 'abbild[keystone]'"
+            ) from None
     if server.auth_strategy == "hmac" and not server.shared_secret:
         raise ConfigError(
             "abbild-registry authenticates its callers with [registry_server] shared_secret, which is "
@@ -50,7 +68,7 @@ def check_bind(host: str, conf) -> None:
         raise ConfigError(
             f"abbild-registry will not listen on {host} without authentication: anyone who reaches it "
             f"could read and change every image. Listen on 127.0.0.1, or set [registry_server] "
-            f"auth_strategy = hmac and shared_secret"
+            f"auth_strategy = keystone (with [keystone_authtoken]), or hmac and shared_secret"
         )
 
 
@@ -65,17 +83,74 @@ def _path_qs(environ) -> str:
 
 
 def _refuse(start_response, status: str, reason: str):
-    body = f'{{"error": {{"type": "Unauthorized", "message": "{reason}", "args": {{}}}}}}'.encode()
+    body = json.dumps({"error": {"type": "Unauthorized", "message": reason, "args": {}}}).encode()
     start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+class Refused(Exception):
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def _roles(header: str | None) -> tuple[str, ...]:
+    return tuple(r.strip().lower() for r in (header or "").split(",") if r.strip())
+
+
+def keystone_caller(environ, service_roles) -> wire.Caller:
+    """The caller, from what keystonemiddleware's auth_token found in the tokens (it
+    removes any such header the client sent): never from the API node's word.
+
+    :param service_roles: a service token needs one of these.
+    :returns: the user of ``X-Auth-Token``; without one, a caller for the service
+        jobs only.
+    :raises Refused: 401 for a missing or invalid token, 403 for a service token
+        without a service role.
+    """
+    # Absent without a service token, "Invalid" with a bad one.
+    if environ.get("HTTP_X_SERVICE_IDENTITY_STATUS") != "Confirmed":
+        raise Refused("401 Unauthorized", "a valid X-Service-Token (the API's service user) is required")
+    if not set(service_roles) & set(_roles(environ.get("HTTP_X_SERVICE_ROLES"))):
+        raise Refused("403 Forbidden", f"the X-Service-Token has none of the roles {', '.join(service_roles)}")
+    if not (environ.get("HTTP_X_AUTH_TOKEN") or environ.get("HTTP_X_STORAGE_TOKEN")):
+        return wire.Caller(None, jobs_only=True)
+    if environ.get("HTTP_X_IDENTITY_STATUS") != "Confirmed":
+        raise Refused("401 Unauthorized", "the X-Auth-Token (the user's) is invalid or expired")
+    roles = _roles(environ.get("HTTP_X_ROLES"))
+    return wire.Caller(Viewer(project_id=environ.get("HTTP_X_PROJECT_ID"), user_id=environ.get("HTTP_X_USER_ID"),
+                              roles=roles, is_admin="admin" in roles))  # fmt: skip
+
+
+def _keystone_filter(conf):
+    """keystonemiddleware's auth_token, configured from ``[keystone_authtoken]`` in the
+    registry's config files, in front of :func:`keystone_caller`."""
+    from keystonemiddleware import auth_token
+
+    def make(app):
+        def middleware(environ, start_response):
+            try:
+                environ[CALLER_KEY] = keystone_caller(environ, conf.keystone_authtoken.service_token_roles)
+            except Refused as refusal:
+                LOG.warning("refused a request from %s: %s", environ.get("REMOTE_ADDR"), refusal.reason)
+                return _refuse(start_response, refusal.status, f"registry request refused: {refusal.reason}")
+            return app(environ, start_response)
+
+        # The decision is ours (above), so that a missing user token can still mean
+        # a service job, and a missing service role can be told from a bad token.
+        return auth_token.AuthProtocol(middleware, {"oslo_config_config": conf, "delay_auth_decision": "true"})
+
+    return make
 
 
 def filter_factory(global_conf, **local_conf):
     """Authenticates each request (``[registry_server] auth_strategy``) and puts the
     caller it acts for into the environ. Unsigned, altered, stale and replayed
-    requests get 401."""
+    requests get 401, as do requests without valid Keystone tokens."""
     conf = load_conf(config_files(global_conf))
     check_auth_config(conf)
+    if conf.registry_server.auth_strategy == "keystone":
+        return _keystone_filter(conf)
     server = conf.registry_server
     verifier = wire.Verifier(server.shared_secret, server.max_clock_skew) if server.auth_strategy == "hmac" else None
 

@@ -11,15 +11,23 @@ server_opts = [
         "bind_host",
         default="127.0.0.1",
         help="Address to listen on. Anything but a loopback address needs "
-        "auth_strategy = hmac and a shared_secret.",
+        "auth_strategy = keystone, or hmac and a shared_secret.",
     ),
     cfg.PortOpt("bind_port", default=9191, help="Port to listen on."),
     cfg.StrOpt(
         "auth_strategy",
         default="hmac",
-        choices=[("hmac", "every request is signed with the shared secret"),
+        choices=[("hmac", "every request is signed with the shared secret; its holders (the API "
+                          "nodes) may act for anyone"),
+                 ("keystone", "every request carries the user's Keystone token and the API node's "
+                              "service token; the registry acts for the user the token names, so "
+                              "an API node reaches no more than its users could"),
                  ("noauth", "no authentication: loopback only, for development")],  # fmt: skip
-        help="How callers (the API nodes) prove who they are.\n\n"
+        help="How callers (the API nodes) prove who they are, and whom they act for.\n\n"
+        "keystone validates tokens with keystonemiddleware, configured in "
+        "[keystone_authtoken] of this file; a service token needs one of its "
+        "service_token_roles (default: service). The API nodes set [registry_client] "
+        "auth_strategy = keystone.\n\n"
         "Related options: shared_secret",
     ),
     cfg.StrOpt(

@@ -65,8 +65,9 @@ def serve(config_files: Sequence[str], host: str | None, port: int | None, threa
         prepare_schema(registry)
     finally:
         registry.close()
-    auth = conf.registry_server.auth_strategy
+    auth = {"hmac": "HMAC-signed requests", "keystone": "Keystone tokens (the user's and a service token)",
+            "noauth": "OFF (noauth: loopback only)"}[conf.registry_server.auth_strategy]  # fmt: skip
     print(f"abbild-registry on http://{host}:{port}/", file=out)
     print(f"  config:   {', '.join(config_files) or '(defaults)'}", file=out)
-    print(f"  auth:     {'HMAC-signed requests' if auth == 'hmac' else 'OFF (noauth: loopback only)'}", file=out)
+    print(f"  auth:     {auth}", file=out)
     RegistryServer(config_files, host, port, threads=threads, access_log=access_log).run()
