@@ -108,9 +108,12 @@ def keystone_caller(environ, service_roles) -> wire.Caller:
     :raises Refused: 401 for a missing or invalid token, 403 for a service token
         without a service role.
     """
-    # Absent without a service token, "Invalid" with a bad one.
+    # Absent without a service token; "Invalid" with a bad one and, since
+    # service_token_roles_required is on by default, with one lacking the roles.
     if environ.get("HTTP_X_SERVICE_IDENTITY_STATUS") != "Confirmed":
-        raise Refused("401 Unauthorized", "a valid X-Service-Token (the API's service user) is required")
+        raise Refused("401 Unauthorized", f"an X-Service-Token (the API's service user) is required, valid and "
+                                          f"with one of the roles {', '.join(service_roles)}")  # fmt: skip
+    # Checked here too, for a [keystone_authtoken] with service_token_roles_required off.
     if not set(service_roles) & set(_roles(environ.get("HTTP_X_SERVICE_ROLES"))):
         raise Refused("403 Forbidden", f"the X-Service-Token has none of the roles {', '.join(service_roles)}")
     if not (environ.get("HTTP_X_AUTH_TOKEN") or environ.get("HTTP_X_STORAGE_TOKEN")):
