@@ -30,6 +30,14 @@ OTHER = ("abbild-beta-member", "abbild-beta")
 OCTET = {"Content-Type": "application/octet-stream"}
 
 
+def authtoken_section(user: str) -> str:
+    """``[keystone_authtoken]``: validate tokens as the service user *user*."""
+    url = ks.auth_url()
+    return (f"[keystone_authtoken]\nwww_authenticate_uri = {url}\nauth_url = {url}\nauth_type = password\n"
+            f"username = {user}\npassword = {PASSWORD}\nproject_name = {SERVICE_PROJECT}\n"
+            f"user_domain_id = default\nproject_domain_id = default\n")  # fmt: skip
+
+
 def token(user: str, project: str, roles=("member",)) -> str:
     ks.ensure_user(user, PASSWORD, project, roles)
     return ks.token_for(user, PASSWORD, project)[0]
@@ -52,23 +60,9 @@ def tokens():
 def registry_conf(tokens, tmp_path_factory):
     """The config file of a keystone-mode registry; its database is next to it."""
     base = tmp_path_factory.mktemp("registry-keystone")
-    auth_url = ks.auth_url()
     registry_conf = base / "abbild-registry.conf"
-    registry_conf.write_text(f"""
-[database]
-connection = sqlite:///{base}/abbild.sqlite
-[registry_server]
-auth_strategy = keystone
-[keystone_authtoken]
-www_authenticate_uri = {auth_url}
-auth_url = {auth_url}
-auth_type = password
-username = {REGISTRY_USER}
-password = {PASSWORD}
-project_name = {SERVICE_PROJECT}
-user_domain_id = default
-project_domain_id = default
-""")
+    registry_conf.write_text(f"[database]\nconnection = sqlite:///{base}/abbild.sqlite\n"
+                             f"[registry_server]\nauth_strategy = keystone\n" + authtoken_section(REGISTRY_USER))
     return registry_conf
 
 
@@ -88,16 +82,7 @@ default_backend = local
 flavor = keystone
 [local]
 datadir = {base}/images
-[keystone_authtoken]
-www_authenticate_uri = {auth_url}
-auth_url = {auth_url}
-auth_type = password
-username = {API_NODE_USER}
-password = {PASSWORD}
-project_name = {SERVICE_PROJECT}
-user_domain_id = default
-project_domain_id = default
-""")
+""" + authtoken_section(API_NODE_USER))
     registry.start()
     api = Server(base, "--config-file", str(api_conf), "--config-file", registry.client_config())
     api.registry = registry  # stopped with the API; under ABBILD_TEST_REGISTRY=http, not a second one
