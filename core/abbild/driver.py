@@ -112,11 +112,12 @@ class Driver(abc.ABC):
 
     def validate_location(self, uri: str) -> None:
         """Check a location a caller asks to register, before it is stored (it is read
-        from later). The manager already matched the scheme; a driver that fetches
-        from places a caller names (http) checks where *uri* points.
+        from later). The default: *uri* names an existing object of this store. A
+        driver that fetches from places a caller names (http) checks where it points.
 
         :raises abbild.errors.StoreError: *uri* may not or cannot be used.
         """
+        self.size(uri)
 
     def open_local(self, uri: str) -> IO[bytes] | None:
         """Return a real file opened for reading at *uri*, so the WSGI server can

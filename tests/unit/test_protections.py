@@ -220,3 +220,15 @@ def test_storage_quota_rechecked_after_parallel_uploads(service, monkeypatch):
         service.upload(second.id, [b"y" * 600], declared_size=None, viewer=owner)
     assert service.registry.get_image(second.id).status is Status.QUEUED
     assert second.id not in service.stores["mem"].driver._objects
+
+
+def test_location_quota(service):
+    service.conf.set_override("image_location_quota", 2)
+    image = create(service, ADMIN)
+    other = service.stores["other"]
+    uris = [other.put(f"copy-{i}", [b"same data"], 9).uri for i in range(3)]
+    service.add_location(image.id, uris[0], {}, None, ADMIN)  # queued -> active
+    service.add_location(image.id, uris[1], {}, None, ADMIN)
+    with pytest.raises(QuotaExceeded, match="3 locations; at most 2.*image_location_quota"):
+        service.add_location(image.id, uris[2], {}, None, ADMIN)
+    assert [loc.uri for loc in service.registry.get_image(image.id).locations] == uris[:2]
