@@ -125,23 +125,32 @@ def keystone_caller(environ, service_roles) -> wire.Caller:
                               roles=roles, is_admin="admin" in roles))  # fmt: skip
 
 
+def keystone_middleware(app, conf):
+    """Puts :func:`keystone_caller` into the environ, or refuses the request. Goes
+    behind keystonemiddleware's auth_token, which registers (and reads)
+    ``[keystone_authtoken]`` of *conf*."""
+
+    def middleware(environ, start_response):
+        try:
+            environ[CALLER_KEY] = keystone_caller(environ, conf.keystone_authtoken.service_token_roles)
+        except Refused as refusal:
+            LOG.warning("refused a request from %s: %s", environ.get("REMOTE_ADDR"), refusal.reason)
+            return _refuse(start_response, refusal.status, f"registry request refused: {refusal.reason}")
+        return app(environ, start_response)
+
+    return middleware
+
+
 def _keystone_filter(conf):
     """keystonemiddleware's auth_token, configured from ``[keystone_authtoken]`` in the
-    registry's config files, in front of :func:`keystone_caller`."""
+    registry's config files, in front of :func:`keystone_middleware`."""
     from keystonemiddleware import auth_token
 
     def make(app):
-        def middleware(environ, start_response):
-            try:
-                environ[CALLER_KEY] = keystone_caller(environ, conf.keystone_authtoken.service_token_roles)
-            except Refused as refusal:
-                LOG.warning("refused a request from %s: %s", environ.get("REMOTE_ADDR"), refusal.reason)
-                return _refuse(start_response, refusal.status, f"registry request refused: {refusal.reason}")
-            return app(environ, start_response)
-
-        # The decision is ours (above), so that a missing user token can still mean
-        # a service job, and a missing service role can be told from a bad token.
-        return auth_token.AuthProtocol(middleware, {"oslo_config_config": conf, "delay_auth_decision": "true"})
+        # The decision is ours, so that a missing user token can still mean a service
+        # job, and a missing service role can be told from a bad token.
+        return auth_token.AuthProtocol(keystone_middleware(app, conf),
+                                       {"oslo_config_config": conf, "delay_auth_decision": "true"})  # fmt: skip
 
     return make
 

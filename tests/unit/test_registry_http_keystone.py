@@ -1,0 +1,218 @@
+"""``auth_strategy = keystone`` without a Keystone: the http driver against the
+registry app behind a stand-in for keystonemiddleware's auth_token that knows a few
+tokens. The registry takes the caller from the user's token, never from the API
+node; a service token alone reaches only uploads in progress. (With a real Keystone:
+tests/functional/test_registry_keystone.py.)"""
+
+from __future__ import annotations
+
+import threading
+import types
+import uuid
+import wsgiref.simple_server
+
+import pytest
+
+from abbild.caller import acting_as, auth_token
+from abbild.context import RequestContext
+from abbild.errors import ConfigError, Forbidden, ImageNotFound, RegistryUnavailable
+from abbild.image import Image, Status
+from abbild.registry import ImageFilters, Viewer
+from abbild.registry_client import HTTPRegistry
+from abbild_registry.app import RegistryApp, load_conf
+from abbild_registry.auth import Refused, check_bind, keystone_caller, keystone_middleware
+
+# token -> (project, roles), as Keystone would answer for them
+TOKENS = {
+    "svc-token": ("service", ("service",)),
+    "alice-token": ("p1", ("member", "reader")),
+    "bob-token": ("p2", ("member", "reader")),
+    "root-token": ("admins", ("admin", "member")),
+}
+CONF = types.SimpleNamespace(keystone_authtoken=types.SimpleNamespace(service_token_roles=["service"]))
+
+
+def fake_auth_token(app):
+    """What auth_token does to the environ: drop the identity headers a client sent,
+    then describe the tokens it knows (``delay_auth_decision``: never refuses)."""
+
+    def middleware(environ, start_response):
+        for key in [k for k in environ if k.startswith(("HTTP_X_SERVICE_", "HTTP_X_IDENTITY_", "HTTP_X_ROLES",
+                                                          "HTTP_X_PROJECT_", "HTTP_X_USER_"))]:  # fmt: skip
+            if key != "HTTP_X_SERVICE_TOKEN":
+                del environ[key]
+        if "HTTP_X_SERVICE_TOKEN" in environ:
+            service = TOKENS.get(environ["HTTP_X_SERVICE_TOKEN"])
+            environ["HTTP_X_SERVICE_IDENTITY_STATUS"] = "Confirmed" if service else "Invalid"
+            if service:
+                environ["HTTP_X_SERVICE_ROLES"] = ",".join(service[1])
+        user = TOKENS.get(environ.get("HTTP_X_AUTH_TOKEN"))
+        environ["HTTP_X_IDENTITY_STATUS"] = "Confirmed" if user else "Invalid"
+        if user:
+            environ["HTTP_X_PROJECT_ID"], environ["HTTP_X_ROLES"] = user[0], ",".join(user[1])
+        return app(environ, start_response)
+
+    return middleware
+
+
+class FakeServiceSession:
+    """The keystoneauth1 session of the API node's service user."""
+
+    def __init__(self, token: str = "svc-token") -> None:
+        self.token, self.invalidated = token, 0
+
+    def get_auth_headers(self):
+        return {"X-Auth-Token": self.token}
+
+    def invalidate(self):
+        self.invalidated += 1
+
+
+class _Quiet(wsgiref.simple_server.WSGIRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def url(tmp_path):
+    from abbild.db.registry import SQLRegistry, prepare_schema
+
+    registry = SQLRegistry(url=f"sqlite:///{tmp_path}/registry.db")
+    prepare_schema(registry)
+    app = fake_auth_token(keystone_middleware(RegistryApp(registry), CONF))
+    httpd = wsgiref.simple_server.make_server("127.0.0.1", 0, app, handler_class=_Quiet)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+    httpd.server_close()
+    registry.close()
+
+
+def client_for(url: str, session=None) -> HTTPRegistry:
+    return HTTPRegistry(url=url, keystone=session or FakeServiceSession(), retries=0)
+
+
+def as_user(token: str, project: str | None = None):
+    """Bind *token*, with a viewer that claims whatever the caller likes."""
+    return acting_as(Viewer(project, is_admin=True), token)
+
+
+def _image(client, **fields) -> Image:
+    with as_user("alice-token"):
+        return client.create_image(Image(id=str(uuid.uuid4()), owner="p1", visibility="private", **fields))
+
+
+def test_the_users_token_decides_not_the_viewer(url):
+    client = client_for(url)
+    image = _image(client)
+    with as_user("bob-token", project="p1"):  # an admin of p1, says the API node
+        with pytest.raises(ImageNotFound):
+            client.get_image(image.id)
+        assert client.list_images(ImageFilters(visibility="all"), [], 10, viewer=Viewer("p1", is_admin=True)) == []
+        with pytest.raises(Forbidden):
+            client.create_image(Image(id=str(uuid.uuid4()), owner="p1"))
+    with as_user("alice-token"):
+        assert client.get_image(image.id).id == image.id
+        assert [i.id for i in client.list_images(ImageFilters(), [], 10)] == [image.id]
+    with as_user("root-token"):
+        assert client.get_image(image.id).id == image.id
+
+
+def test_service_token_alone_carries_uploads_on_and_nothing_else(url):
+    client = client_for(url)
+    image = _image(client, disk_format="raw", container_format="bare")
+    with pytest.raises(ImageNotFound):  # queued: not an upload in progress
+        client.get_image(image.id)
+    with as_user("alice-token"):
+        client.update_image(image.id, lambda i: i.transition(Status.SAVING))
+    assert [i.id for i in client.images_in_status("saving")] == [image.id]
+    with pytest.raises(Forbidden):
+        client.update_image(image.id, lambda i: setattr(i, "visibility", "public"))
+    with pytest.raises(Forbidden):
+        client.update_image(image.id, lambda i: setattr(i, "owner", "p2"))
+    released = client.update_image(image.id, lambda i: i.transition(Status.QUEUED))
+    assert released.status is Status.QUEUED
+    for refused in (lambda: client.images_in_status("active"), lambda: client.list_members(image.id),
+                    lambda: client.list_images(ImageFilters(), [], 10), lambda: client.usage("p1")):  # fmt: skip
+        with pytest.raises(RegistryUnavailable, match="acts for a user"):
+            refused()
+
+
+def test_images_in_status_goes_without_the_users_token(url, monkeypatch):
+    client = client_for(url)
+    sent = []
+    real = client.session.request
+    monkeypatch.setattr(client.session, "request", lambda *a, **kw: sent.append(kw["headers"]) or real(*a, **kw))
+    with as_user("alice-token"):
+        client.images_in_status("saving")
+        client.list_images(ImageFilters(), [], 10)
+    assert sent[0] == {"X-Service-Token": "svc-token"}
+    assert sent[1] == {"X-Service-Token": "svc-token", "X-Auth-Token": "alice-token"}  # no caller, no signature
+
+
+def test_a_refused_service_token_is_unavailable_and_renewed(url):
+    session = FakeServiceSession("revoked-token")
+    with as_user("alice-token"), pytest.raises(RegistryUnavailable, match="refused our tokens"):
+        client_for(url, session).get_image("x")
+    assert session.invalidated == 1
+
+
+def _environ(service="Confirmed", service_roles="service", user_token="t", user="Confirmed", **more) -> dict:
+    environ = {"HTTP_X_SERVICE_IDENTITY_STATUS": service, "HTTP_X_SERVICE_ROLES": service_roles,
+               "HTTP_X_AUTH_TOKEN": user_token, "HTTP_X_IDENTITY_STATUS": user, **more}  # fmt: skip
+    return {k: v for k, v in environ.items() if v is not None}
+
+
+@pytest.mark.parametrize("environ, status", [
+    (_environ(service=None), "401"),  # no service token
+    (_environ(service="Invalid"), "401"),
+    (_environ(service_roles="member,reader"), "403"),
+    (_environ(user="Invalid"), "401"),
+])  # fmt: skip
+def test_keystone_caller_refuses(environ, status):
+    with pytest.raises(Refused) as refused:
+        keystone_caller(environ, ["service"])
+    assert refused.value.status.startswith(status)
+
+
+def test_keystone_caller_is_the_tokens_user_or_the_service_jobs():
+    caller = keystone_caller(_environ(HTTP_X_PROJECT_ID="p1", HTTP_X_ROLES="Admin,member", HTTP_X_USER_ID="u1"),
+                             ["service"])  # fmt: skip
+    assert caller.viewer == Viewer("p1", is_admin=True, user_id="u1", roles=("admin", "member"))
+    jobs = keystone_caller(_environ(user_token=None, user="Invalid"), ["service"])
+    assert jobs.jobs_only and not jobs.privileged
+
+
+def test_keystone_may_listen_anywhere(tmp_path):
+    conf = tmp_path / "r.conf"
+    conf.write_text("[registry_server]\nauth_strategy = keystone\n")
+    check_bind("0.0.0.0", load_conf([str(conf)]))
+
+
+def test_keystone_client_needs_its_service_user(tmp_path):
+    from abbild import config
+
+    conf = tmp_path / "api.conf"
+    conf.write_text("[registry_client]\nauth_strategy = keystone\nauth_url = http://127.0.0.1:5000/v3\n")
+    with pytest.raises(ConfigError, match="username, password"):
+        HTTPRegistry(config.load([str(conf)]))
+
+
+def test_the_token_stays_out_of_repr_and_other_threads():
+    assert "secret-token" not in repr(RequestContext(project_id="p1", auth_token="secret-token"))
+    seen = []
+    with acting_as(Viewer("p1"), "secret-token"):
+        assert auth_token() == "secret-token"
+        thread = threading.Thread(target=lambda: seen.append(auth_token()))  # a background job
+        thread.start()
+        thread.join()
+    assert seen == [None] and auth_token() is None
+
+
+def test_context_filter_keeps_the_confirmed_token():
+    from abbild_paste.context import context_filter_factory
+
+    seen = []
+    app = context_filter_factory({})(lambda environ, start_response: seen.append(environ["abbild.context"]) or [])
+    app({"HTTP_X_IDENTITY_STATUS": "Confirmed", "HTTP_X_PROJECT_ID": "p1", "HTTP_X_AUTH_TOKEN": "tok"}, None)
+    assert seen[0].auth_token == "tok"
