@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from abbild import logging_setup
 from abbild.server import EmbeddedServer
 
 SHIPPED_INI = os.path.join(os.path.dirname(__file__), "abbild-registry-paste.ini")
@@ -38,7 +39,7 @@ class RegistryServer(EmbeddedServer):
         self.cfg.set("proc_name", "abbild-registry")
 
     def load(self):
-        return load_registry_app(self.config_files)
+        return logging_setup.per_request(load_registry_app(self.config_files))
 
 
 def serve(config_files: Sequence[str], host: str | None, port: int | None, threads: int = 16,
@@ -56,6 +57,7 @@ def serve(config_files: Sequence[str], host: str | None, port: int | None, threa
 
     out = out or sys.stderr
     conf = load_conf(config_files)
+    logging_setup.setup(conf, "abbild-registry")
     host = host or conf.registry_server.bind_host
     port = port or conf.registry_server.bind_port
     check_bind(host, conf)
