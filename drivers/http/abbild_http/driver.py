@@ -35,7 +35,8 @@ class HTTPDriver(Driver):
     """
 
     schemes = ("http", "https")
-    capabilities = Capability.READ | Capability.RANGE_READ
+    # Users register their own URLs here; the guard keeps them off internal hosts.
+    capabilities = Capability.READ | Capability.RANGE_READ | Capability.USER_LOCATIONS
     options = opts.OPTS
 
     def configure(self) -> Capability:
@@ -218,7 +219,8 @@ class HTTPDriver(Driver):
 
 def _int_header(response, name: str) -> int | None:
     value = response.headers.get(name, "")
-    return int(value) if value.isdigit() else None
+    # isdigit() alone takes "²", which int() refuses
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
 class _ResponseChunks:

@@ -150,21 +150,60 @@ class Guard:
         return addresses
 
     def _check_address(self, address: str, host: str, shown: str) -> None:
+        """Refuse *address* if it, or an IPv4 address it leads to, is denied."""
         ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 scope (fe80::1%eth0)
-        if ip.version == 6 and ip.ipv4_mapped:
-            ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 reaches 127.0.0.1
-        denied = _most_specific(ip, self.denied_networks)
-        if denied is None:
-            return
-        allowed = _most_specific(ip, self.allowed_networks)
-        if allowed is not None and allowed.prefixlen > denied.prefixlen:
-            return
-        of_host = "" if str(ip) == host else f" (of host {host})"
-        raise self._deny(
-            f"{shown}: address {ip}{of_host} is in denied network {denied}",
-            f"if the image server is trusted, add its range to [{self.store}] allowed_networks "
-            f"(narrower than {denied})",
-        )
+        of_host = "" if _is_address(host) else f" of host {host}"
+        views = [(ip, f" ({of_host.strip()})" if of_host else "")]
+        views += [(v4, f" ({kind} in {ip}{of_host})") for kind, v4 in embedded_ipv4(ip)]
+        for view, described in views:
+            denied = _most_specific(view, self.denied_networks)
+            if denied is None:
+                continue
+            allowed = _most_specific(view, self.allowed_networks)
+            if allowed is not None and allowed.prefixlen > denied.prefixlen:
+                continue
+            raise self._deny(
+                f"{shown}: address {view}{described} is in denied network {denied}",
+                f"if the image server is trusted, add its range to [{self.store}] allowed_networks "
+                f"(narrower than {denied})",
+            )
+
+
+def embedded_ipv4(ip: Address) -> list[tuple[str, ipaddress.IPv4Address]]:
+    """The IPv4 addresses that packets to *ip* are translated or tunnelled to, each
+    named by the mechanism: connecting to ``64:ff9b::a9fe:a9fe`` through a NAT64
+    gateway reaches 169.254.169.254, so the IPv4 address must pass the checks too.
+
+    The local-use NAT64 prefix 64:ff9b:1::/48 is not decoded: where it holds the
+    IPv4 address depends on the prefix length each network picks, so it is in the
+    default ``denied_networks`` instead.
+    """
+    if ip.version == 4:
+        return []
+    if ip.ipv4_mapped:
+        return [("IPv4-mapped", ip.ipv4_mapped)]
+    if ip in _NAT64:
+        return [("NAT64", ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))]
+    if ip in _IPV4_COMPATIBLE:
+        return [("IPv4-compatible", ipaddress.IPv4Address(int(ip)))]
+    if ip.sixtofour:
+        return [("6to4", ip.sixtofour)]
+    if ip.teredo:
+        server, client = ip.teredo
+        return [("Teredo server", server), ("Teredo client", client)]
+    return []
+
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _most_specific(ip: Address, networks: list[Network]) -> Network | None:

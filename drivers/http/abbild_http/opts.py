@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from oslo_config import cfg
 
-#: Address ranges no image URL may reach unless an operator allows them: the
-#: service's own host, private and carrier networks, link-local (which holds the
-#: cloud metadata service at 169.254.169.254), multicast, and reserved space.
-#: IPv4-mapped IPv6 addresses (``::ffff:10.0.0.1``) are checked as the IPv4 address.
+#: Address ranges no image URL may reach unless an operator allows them: every
+#: range of IANA's IPv4 and IPv6 special-purpose address registries that is not
+#: globally reachable (the service's own host, private and carrier networks,
+#: link-local with the cloud metadata service at 169.254.169.254, documentation
+#: and benchmarking space, reserved space), and multicast.
+#: IPv6 addresses that lead to an IPv4 address (IPv4-mapped ``::ffff:10.0.0.1``,
+#: NAT64 ``64:ff9b::10.0.0.1``, 6to4, Teredo, IPv4-compatible) are checked both as
+#: themselves and as that IPv4 address (see :func:`abbild_http.guard.embedded_ipv4`).
 DEFAULT_DENIED_NETWORKS = [
     "0.0.0.0/8",  # "this network", includes the unspecified 0.0.0.0
     "10.0.0.0/8",  # RFC 1918
@@ -16,13 +20,23 @@ DEFAULT_DENIED_NETWORKS = [
     "127.0.0.0/8",  # loopback
     "169.254.0.0/16",  # link-local, cloud metadata services
     "172.16.0.0/12",  # RFC 1918
-    "192.0.0.0/24",  # IETF protocol assignments
+    "192.0.0.0/24",  # IETF protocol assignments (DS-Lite, NAT64 discovery, ...)
+    "192.0.2.0/24",  # documentation (TEST-NET-1)
+    "192.88.99.0/24",  # 6to4 relay anycast (deprecated)
     "192.168.0.0/16",  # RFC 1918
     "198.18.0.0/15",  # benchmarking
+    "198.51.100.0/24",  # documentation (TEST-NET-2)
+    "203.0.113.0/24",  # documentation (TEST-NET-3)
     "224.0.0.0/4",  # multicast
     "240.0.0.0/4",  # reserved, includes broadcast 255.255.255.255
     "::/96",  # unspecified, loopback and the deprecated IPv4-compatible form
+    "64:ff9b:1::/48",  # local-use NAT64: the IPv4 address inside cannot be located
     "100::/64",  # discard-only
+    "100:0:0:1::/64",  # dummy prefix
+    "2001::/23",  # IETF protocol assignments: Teredo, benchmarking, ORCHID, ...
+    "2001:db8::/32",  # documentation
+    "3fff::/20",  # documentation
+    "5f00::/16",  # segment routing (SRv6) SIDs
     "fc00::/7",  # unique local addresses
     "fe80::/10",  # link-local
     "fec0::/10",  # site-local (deprecated)
@@ -207,6 +221,13 @@ so a name cannot resolve to something else a moment later. When an address
 lies in ranges of both lists, the most specific range decides (on a tie,
 denied wins). The default protects the service's host and networks:
 {", ".join(DEFAULT_DENIED_NETWORKS)}.
+
+An IPv6 address that leads to an IPv4 address passes only if that IPv4
+address passes too: IPv4-mapped (::ffff:0:0/96), NAT64 (64:ff9b::/96),
+6to4 (2002::/16), Teredo (2001::/32, its server and its client) and
+IPv4-compatible (::/96). Where DNS64 answers with NAT64 addresses, an
+allow-list needs ``64:ff9b::/96`` in ``allowed_networks`` next to the IPv4
+ranges.
 
 Possible values:
     * A list of CIDR ranges; ``0.0.0.0/0, ::/0`` together with

@@ -27,6 +27,8 @@ class ImageHandler(http.server.BaseHTTPRequestHandler):
     - ``/nolength/<name>``: HEAD tells no length; GET sends no Content-Length
     - ``/nohead/<name>``: HEAD answers 405
     - ``/slow/<name>``: waits ``server.delay`` seconds before answering
+    - ``/oddlength/<name>``: like ``/files``, but every answer says ``Content-Length:
+      <server.odd_length>`` instead of the real length
     - ``/status/<code>``: answers with that status
     - anything in ``server.redirects``: answers 302 to the mapped location
     """
@@ -52,7 +54,7 @@ class ImageHandler(http.server.BaseHTTPRequestHandler):
         if mode == "slow":
             server.stopping.wait(server.delay)
         data = server.files.get(name)
-        if data is None or mode not in ("files", "norange", "nolength", "nohead", "slow"):
+        if data is None or mode not in ("files", "norange", "nolength", "nohead", "slow", "oddlength"):
             return self._send(404, b"not found", {}, body)
         if mode == "nohead" and not body:
             return self._send(405, b"", {}, body)
@@ -70,7 +72,9 @@ class ImageHandler(http.server.BaseHTTPRequestHandler):
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)
-        if mode != "nolength":
+        if mode == "oddlength":
+            self.send_header("Content-Length", self.server.odd_length)
+        elif mode != "nolength":
             self.send_header("Content-Length", str(len(data)))
         self.end_headers()  # HTTP/1.0: the connection closes after each answer
         if body:
@@ -89,6 +93,7 @@ class ImageServer(http.server.ThreadingHTTPServer):
         self.redirects: dict[str, str] = {}
         self.requests: list[tuple[str, str, dict]] = []
         self.delay = 0.0
+        self.odd_length = ""
         self.stopping = threading.Event()
 
     @property

@@ -66,6 +66,119 @@ def test_special_addresses_are_refused_by_default(make_driver, host, network):
     assert denied(excinfo, f"denied network {network}", "allowed_networks")
 
 
+# Every range of IANA's IPv4 and IPv6 special-purpose address registries that is not
+# globally reachable, with an address in it, and multicast.
+SPECIAL_PURPOSE = [
+    ("0.0.0.0/8", "0.1.2.3"),
+    ("10.0.0.0/8", "10.0.0.1"),
+    ("100.64.0.0/10", "100.127.255.254"),
+    ("127.0.0.0/8", "127.255.0.1"),
+    ("169.254.0.0/16", "169.254.0.1"),
+    ("172.16.0.0/12", "172.31.0.1"),
+    ("192.0.0.0/24", "192.0.0.8"),  # IPv4 dummy address
+    ("192.0.0.0/24", "192.0.0.170"),  # NAT64/DNS64 discovery
+    ("192.0.2.0/24", "192.0.2.1"),
+    ("192.88.99.0/24", "192.88.99.1"),
+    ("192.168.0.0/16", "192.168.255.1"),
+    ("198.18.0.0/15", "198.19.0.1"),
+    ("198.51.100.0/24", "198.51.100.1"),
+    ("203.0.113.0/24", "203.0.113.1"),
+    ("224.0.0.0/4", "239.255.255.250"),
+    ("240.0.0.0/4", "240.0.0.1"),
+    ("::/96", "[::1]"),
+    ("64:ff9b:1::/48", "[64:ff9b:1::5db8:d822]"),
+    ("100::/64", "[100::1]"),
+    ("100:0:0:1::/64", "[100:0:0:1::1]"),
+    ("2001::/23", "[2001:2::1]"),  # benchmarking
+    ("2001::/23", "[2001:10::1]"),  # ORCHID
+    ("2001:db8::/32", "[2001:db8::1]"),
+    ("3fff::/20", "[3fff::1]"),
+    ("5f00::/16", "[5f00::1]"),
+    ("fc00::/7", "[fc00::1]"),
+    ("fe80::/10", "[fe80::1]"),
+    ("fec0::/10", "[fec0::1]"),
+    ("ff00::/8", "[ff0e::1]"),
+]
+
+
+@pytest.mark.parametrize("network, host", SPECIAL_PURPOSE, ids=[h for _, h in SPECIAL_PURPOSE])
+def test_every_special_purpose_range_is_refused_by_default(make_driver, network, host):
+    with pytest.raises(AccessDenied) as excinfo:
+        make_driver().validate_location(f"http://{host}/img")
+    assert denied(excinfo, f"denied network {network}")
+
+
+# IPv6 addresses that lead to an IPv4 address: packets to them are translated or
+# tunnelled to that address, so it is checked too.
+NAT64_METADATA = "64:ff9b::a9fe:a9fe"  # 169.254.169.254 through a NAT64 gateway
+SIXTOFOUR_PRIVATE = "2002:a00:1::1"  # behind the 6to4 router 10.0.0.1
+TEREDO_PRIVATE_SERVER = "2001:0:a00:1::a247:27dd"  # server 10.0.0.1, client 93.184.216.34
+TEREDO_PRIVATE_CLIENT = "2001:0:5db8:d822::f5ff:fffe"  # server 93.184.216.34, client 10.0.0.1 (inverted)
+TEREDO_PUBLIC = "2001:0:5db8:d822::a247:27dd"  # server and client 93.184.216.34
+ALLOW_TEREDO = {"allowed_networks": ["2001::/32"]}  # inside the denied 2001::/23
+
+
+@pytest.mark.parametrize(
+    "address, overrides, refusal",
+    [
+        (NAT64_METADATA, {}, "169.254.169.254 (NAT64 in 64:ff9b::a9fe:a9fe"),
+        ("64:ff9b::10.0.0.1", {}, "10.0.0.1 (NAT64 in 64:ff9b::a00:1"),
+        ("64:ff9b::7f00:1", {}, "127.0.0.1 (NAT64 in 64:ff9b::7f00:1"),
+        (SIXTOFOUR_PRIVATE, {}, "10.0.0.1 (6to4 in 2002:a00:1::1"),
+        ("2002:a9fe:a9fe::", {}, "169.254.169.254 (6to4 in 2002:a9fe:a9fe::"),
+        (TEREDO_PRIVATE_SERVER, ALLOW_TEREDO, "10.0.0.1 (Teredo server in 2001:0:a00:1::a247:27dd"),
+        (TEREDO_PRIVATE_CLIENT, ALLOW_TEREDO, "10.0.0.1 (Teredo client in 2001:0:5db8:d822::f5ff:fffe"),
+        (TEREDO_PUBLIC, {}, "2001::/23"),  # Teredo is refused by default as it is
+        ("::10.0.0.1", {"denied_networks": ["10.0.0.0/8"]}, "10.0.0.1 (IPv4-compatible in ::a00:1"),
+        ("::ffff:10.0.0.1", {"denied_networks": ["10.0.0.0/8"]}, "10.0.0.1 (IPv4-mapped in ::ffff:a00:1"),
+    ],
+)
+def test_ipv6_addresses_leading_to_refused_ipv4_are_refused(make_driver, fake_dns, address, overrides, refusal):
+    driver = make_driver(**overrides)
+    with pytest.raises(AccessDenied) as excinfo:
+        driver.validate_location(f"http://[{address}]/img")
+    assert denied(excinfo, refusal, "allowed_networks")
+    fake_dns["translated.test"] = [address]  # the same through DNS (a DNS64 answer, say)
+    with pytest.raises(AccessDenied) as excinfo:
+        driver.validate_location("http://translated.test/img")
+    assert denied(excinfo, refusal.rstrip(")") + " of host translated.test)" if "(" in refusal else refusal)
+
+
+@pytest.mark.parametrize(
+    "address, overrides",
+    [
+        ("64:ff9b::5db8:d822", {}),  # 93.184.216.34
+        ("2002:5db8:d822::1", {}),
+        (TEREDO_PUBLIC, ALLOW_TEREDO),
+        ("::ffff:5db8:d822", {}),
+    ],
+)
+def test_ipv6_addresses_leading_to_public_ipv4_are_accepted(make_driver, fake_dns, address, overrides):
+    driver = make_driver(**overrides)
+    driver.validate_location(f"http://[{address}]/img")
+    fake_dns["translated.test"] = [address]
+    driver.validate_location("http://translated.test/img")
+
+
+def test_allowed_networks_apply_to_the_embedded_ipv4(make_driver):
+    driver = make_driver(allowed_networks=["10.20.0.0/16"])
+    driver.validate_location("http://[64:ff9b::10.20.1.1]/img")
+    driver.validate_location("http://[2002:a14:101::1]/img")
+    with pytest.raises(AccessDenied, match=r"10\.30\.1\.1 \(NAT64 in 64:ff9b::a1e:101\) is in denied network"):
+        driver.validate_location("http://[64:ff9b::10.30.1.1]/img")
+
+
+def test_the_ipv6_form_itself_can_still_be_denied(make_driver):
+    """An operator without NAT64 may refuse its prefix: the translated IPv4 address
+    being public does not let the IPv6 address through."""
+    from abbild_http.opts import DEFAULT_DENIED_NETWORKS
+
+    driver = make_driver(denied_networks=[*DEFAULT_DENIED_NETWORKS, "64:ff9b::/96", "2002::/16"])
+    for address in ("64:ff9b::5db8:d822", "2002:5db8:d822::1"):
+        with pytest.raises(AccessDenied, match=rf"address {address} is in denied network"):
+            driver.validate_location(f"http://[{address}]/img")
+
+
 def test_public_address_is_accepted(make_driver):
     make_driver().validate_location("https://93.184.216.34/images/cirros.img")
 
@@ -211,6 +324,18 @@ def test_same_range_in_both_lists_is_denied(make_driver):
 @pytest.mark.parametrize("mode", ["nolength", "nohead", "norange"])
 def test_size_without_head_length(loopback_driver, served, mode):
     assert loopback_driver.size(served.url(f"/{mode}/img")) == 10_000
+
+
+@pytest.mark.parametrize("odd", ["²", "1²", "³³"])
+def test_content_length_of_non_ascii_digits_is_no_length(loopback_driver, served, odd):
+    """str.isdigit() is true for "²" but int() refuses it: such a length must count as
+    none (the size then comes from a Range request), not crash the request."""
+    served.odd_length = odd
+    uri = served.url("/oddlength/img")
+    assert loopback_driver.size(uri) == 10_000
+    assert read_all(loopback_driver, uri) == served.files["img"]
+    assert read_all(loopback_driver, uri, offset=5, length=3) == b"567"
+    assert [method for method, _, _ in served.requests[:2]] == ["HEAD", "GET"]
 
 
 def test_range_ignoring_server_is_skipped_and_cut(loopback_driver, served):
