@@ -35,8 +35,7 @@ class HTTPDriver(Driver):
     """
 
     schemes = ("http", "https")
-    # Users register their own URLs here; the guard keeps them off internal hosts.
-    capabilities = Capability.READ | Capability.RANGE_READ | Capability.USER_LOCATIONS
+    capabilities = Capability.READ | Capability.RANGE_READ
     options = opts.OPTS
 
     def configure(self) -> Capability:
