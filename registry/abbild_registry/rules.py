@@ -1,0 +1,259 @@
+"""What a user may write through the registry: no more than through the API.
+
+In keystone mode an API node holds its users' tokens, and a compromised one could
+send the registry any image body with them. So the registry does not take a user's
+body at its word: it compares it with the stored image, and each difference must be
+one the API lets that user make, under the same policy (``[oslo_policy]`` of the
+registry's config: give it the API's policy file) and property protections
+(``property_protection_file``):
+
+- the attributes a user sets: name, visibility (``publicize_image``,
+  ``communitize_image``), protected, os_hidden, min_disk, min_ram, tags, extra
+  properties, and the formats while the image is ``queued``; the owner only
+  administrators change;
+- the read-only ones (status, size, virtual_size, checksum, os_hash_algo,
+  os_hash_value, locations, the upload claim, created_at, deleted_at) only the way
+  the image service changes them for a user: claim an upload (``queued -> saving``),
+  renew its lease, activate it (``saving -> active`` with its size and hashes and one
+  new location holding this image's own data, or an http(s) URL the user registered),
+  release it (``saving -> queued``, the hashes cleared), register an http(s) location,
+  remove a location, deactivate and reactivate, and delete (``pending_delete`` while
+  the data goes, then ``deleted``, or undeleted when a store still uses the data).
+
+A new image of a user is ``queued``, theirs, and has no data, locations or claim.
+Administrators and callers with the role ``service`` are trusted, as is the service
+itself (the hmac secret's holder writing for nobody).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import urllib.parse
+
+from abbild import registry_wire as wire
+from abbild.errors import Forbidden
+from abbild.image import Image, Status
+from abbild.policy import Policy
+from abbild.protections import PropertyProtections
+
+S = Status
+USER_ATTRIBUTES = frozenset({"name", "visibility", "protected", "os_hidden", "owner", "disk_format",
+                             "container_format", "min_disk", "min_ram", "tags", "properties"})  # fmt: skip
+DATA = frozenset({"size", "virtual_size", "checksum", "os_hash_algo", "os_hash_value"})
+CLAIM = frozenset({"upload_worker", "upload_lease"})
+# Set by the registry itself on every write.
+_REGISTRY_SET = frozenset({"version", "updated_at"})
+_RESERVED_PROPERTIES = frozenset({"location", "deleted", "deleted_at"})
+# Where the user's own registered locations may point (the http store's schemes).
+USER_LOCATION_SCHEMES = ("http", "https")
+
+
+def names_image(uri: str, image_id: str) -> bool:
+    """Whether *uri* is where a store keeps the data it wrote for *image_id*.
+
+    Every store keys an image's data by the image id, and its URIs end in that key
+    (``file:///<datadir>/<id>``, ``s3://<bucket>/<id>``, ``swift://<container>/<id>``,
+    ``vsphere://<host>/folder/<dir>/<id>?...``), except rbd, which names the snapshot
+    after it (``rbd://<fsid>/<pool>/<id>/snap``).
+    """
+    parts = urllib.parse.urlsplit(uri)
+    segments = [urllib.parse.unquote(s) for s in parts.path.split("/")]
+    if any(s in (".", "..") for s in segments) or len(segments) < 2:
+        return False
+    return segments[-2 if parts.scheme == "rbd" else -1] == image_id
+
+
+def _user_location(uri: str) -> bool:
+    return urllib.parse.urlsplit(uri).scheme.lower() in USER_LOCATION_SCHEMES
+
+
+def _subsequence(part: list, whole: list) -> bool:
+    rest = iter(whole)
+    return all(any(item == other for other in rest) for item in part)
+
+
+def _appended(stored: Image, new: Image):
+    """The one location *new* adds at the end of *stored*'s, or None."""
+    if len(new.locations) == len(stored.locations) + 1 and new.locations[:-1] == stored.locations:
+        return new.locations[-1]
+    return None
+
+
+class ImageRules:
+    """The checks of :mod:`abbild_registry.rules`, with the registry's policy and
+    property protections.
+
+    :raises abbild.errors.ConfigError: the property protection file is missing or
+        not valid.
+    """
+
+    def __init__(self, conf) -> None:
+        self.policy = Policy(conf)
+        self.protections = PropertyProtections.from_config(conf, self.policy)
+
+    @staticmethod
+    def trusted(caller: wire.Caller) -> bool:
+        if caller.jobs_only:
+            return False
+        viewer = caller.viewer
+        return viewer is None or viewer.is_admin or "service" in {r.lower() for r in viewer.roles}
+
+    # -- create -------------------------------------------------------------------------
+
+    def check_create(self, image: Image, caller: wire.Caller) -> None:
+        """:raises abbild.errors.Forbidden: a user may not create *image* like this."""
+        if self.trusted(caller):
+            return
+        viewer = caller.viewer
+        target = {"owner": image.owner, "project_id": image.owner}
+        self._authorize("add_image", viewer, target, image.id)
+        if image.status is not S.QUEUED:
+            raise Forbidden(f"Attribute 'status' is read-only: a new image is 'queued', not '{image.status}'.")
+        for name in sorted(DATA | CLAIM | {"deleted_at"}):
+            if getattr(image, name) is not None:
+                raise Forbidden(f"Attribute '{name}' is read-only: a new image has none; it comes with the data.")
+        if image.locations:
+            raise Forbidden("Attribute 'locations' is read-only: a new image has none; add them once it exists.")
+        self._check_visibility(image, viewer, target)
+        self._check_properties({}, image.properties, viewer, image.id)
+
+    # -- save ---------------------------------------------------------------------------
+
+    def check_save(self, stored: Image, new: Image, caller: wire.Caller) -> None:
+        """:raises abbild.errors.Forbidden: a user may not change *stored* into *new*.
+        :raises abbild.errors.InvalidTransition: the status table forbids the change."""
+        if self.trusted(caller):
+            return
+        changed = {f.name for f in dataclasses.fields(Image)
+                   if f.name not in _REGISTRY_SET and getattr(stored, f.name) != getattr(new, f.name)}  # fmt: skip
+        viewer = caller.viewer  # None: a service token alone (a service job)
+        target = {"project_id": stored.owner, "owner": stored.owner, "visibility": stored.visibility}
+        attributes = sorted(changed & USER_ATTRIBUTES)
+        if attributes:
+            if viewer is None:
+                raise Forbidden(f"Attribute '{attributes[0]}' of image {stored.id} does not change "
+                                f"without a user's token.")  # fmt: skip
+            self._check_attributes(stored, new, attributes, viewer, target)
+        self._check_transition(stored, new, changed - USER_ATTRIBUTES, viewer, target)
+
+    def _check_attributes(self, stored: Image, new: Image, names: list[str], viewer, target: dict) -> None:
+        self._authorize("modify_image", viewer, target, stored.id)
+        if "owner" in names:
+            raise Forbidden("Attribute 'owner': only administrators may change the owner of an image.")
+        if "visibility" in names:
+            self._check_visibility(new, viewer, target)
+        for name in ("disk_format", "container_format"):
+            if name in names and stored.status is not S.QUEUED:
+                raise Forbidden(f"Attribute '{name}' can be only replaced for a queued image.")
+        if "properties" in names:
+            self._check_properties(stored.properties, new.properties, viewer, stored.id)
+
+    def _check_transition(self, stored: Image, new: Image, changed: set[str], viewer, target: dict) -> None:
+        """*changed* (the read-only attributes that differ) must be those of one of the
+        service's own changes (the module docstring)."""
+        if not changed:
+            return
+        source, status = stored.status, new.status
+        if source is not status:
+            stored.copy().transition(status)  # InvalidTransition (409), formats missing (400)
+        action = None
+        if source is status is S.SAVING:
+            what, allowed = "lease renewal", {"upload_lease"}
+        elif (source, status) == (S.QUEUED, S.SAVING):
+            what, allowed, action = "claim of an upload", {"status"} | CLAIM, "upload_image"
+        elif (source, status) == (S.SAVING, S.ACTIVE):
+            what, allowed = "activation", {"status", "locations"} | DATA | CLAIM
+            self._check_new_location(stored, new, what, own_data=True)
+        elif (source, status) == (S.SAVING, S.QUEUED):
+            what, allowed = "release of an upload", {"status"} | DATA | CLAIM
+            kept = sorted(name for name in DATA if getattr(new, name) is not None)
+            if kept:
+                raise Forbidden(f"Attribute '{kept[0]}' is read-only: the release of image {stored.id}'s "
+                                f"upload clears it.")  # fmt: skip
+        elif S.PENDING_DELETE in (source, status) or status is S.DELETED:
+            # Out of view first (pending_delete), then deleted once the data is gone;
+            # or back where it was, when a store still uses the data.
+            what, allowed = "delete", {"status", "deleted_at"} | CLAIM
+            if source is not S.PENDING_DELETE:
+                if stored.protected:
+                    raise Forbidden(f"Image {stored.id} is protected and cannot be deleted.")
+                action = "delete_image"
+            if status is S.DELETED or source is status:  # the data is going
+                allowed |= self._fewer_locations(stored, new, what, keep_one=False)
+        elif {source, status} == {S.ACTIVE, S.DEACTIVATED}:
+            action = "deactivate" if status is S.DEACTIVATED else "reactivate"
+            what, allowed = f"{action[:-1]}ion", {"status"}
+        elif "locations" in changed and (source, status) in ((S.QUEUED, S.ACTIVE), (S.ACTIVE, S.ACTIVE)):
+            if len(new.locations) < len(stored.locations):
+                what, allowed, action = "location removal", set(), "delete_image_location"
+                allowed |= self._fewer_locations(stored, new, what, keep_one=True)
+            else:
+                what, allowed, action = "location registration", {"status", "locations"}, "set_image_location"
+                self._check_new_location(stored, new, what, own_data=False)
+                allowed |= self._filled(stored, new, what)
+        elif source is status:
+            what, allowed = "change of attributes", set()
+        else:
+            raise Forbidden(f"Attribute 'status': image {stored.id} does not go from '{source}' to '{status}' "
+                            f"through the registry.")  # fmt: skip
+        if action is not None and viewer is not None:
+            self._authorize(action, viewer, target, stored.id)
+        refused = sorted(changed - allowed)
+        if refused:
+            raise Forbidden(f"Attribute '{refused[0]}' is read-only: a {what} of image {stored.id} "
+                            f"({source} -> {status}) does not change it.")  # fmt: skip
+
+    @staticmethod
+    def _check_new_location(stored: Image, new: Image, what: str, own_data: bool) -> None:
+        """The one new location: the image's own data in a store (*own_data*), or an
+        http(s) URL (what users register)."""
+        location = _appended(stored, new)
+        if location is None:
+            raise Forbidden(f"Attribute 'locations': a {what} of image {stored.id} adds exactly one location.")
+        if not (_user_location(location.uri) or (own_data and names_image(location.uri, stored.id))):
+            where = "this image's own data in a store, or an http(s) URL" if own_data else "an http(s) URL"
+            raise Forbidden(f"Attribute 'locations': {location.uri} is not {where}; only administrators and "
+                            f"services register other locations.")  # fmt: skip
+
+    @staticmethod
+    def _fewer_locations(stored: Image, new: Image, what: str, keep_one: bool) -> set[str]:
+        if not _subsequence(new.locations, stored.locations) or (keep_one and not new.locations):
+            raise Forbidden(f"Attribute 'locations': a {what} of image {stored.id} only removes locations"
+                            + (", and keeps one." if keep_one else "."))  # fmt: skip
+        return {"locations"}
+
+    @staticmethod
+    def _filled(stored: Image, new: Image, what: str) -> set[str]:
+        """Registering a location may fill in the size and hashes the image lacks (from
+        the store and the validation data), never replace them."""
+        replaced = sorted(n for n in DATA if getattr(stored, n) is not None and getattr(stored, n) != getattr(new, n))
+        if replaced:
+            raise Forbidden(f"Attribute '{replaced[0]}' is read-only: a {what} of image {stored.id} "
+                            f"does not replace it.")  # fmt: skip
+        return set(DATA)
+
+    # -- policy and protections -----------------------------------------------------------
+
+    def _authorize(self, action: str, viewer, target: dict, image_id: str) -> None:
+        if not self.policy.allows(action, viewer, target):
+            raise Forbidden(f"You are not authorized to complete {action} action on image {image_id}.")
+
+    def _check_visibility(self, image: Image, viewer, target: dict) -> None:
+        action = {"public": "publicize_image", "community": "communitize_image"}.get(image.visibility)
+        if action and not self.policy.allows(action, viewer, target):
+            raise Forbidden(f"Attribute 'visibility': you may not make image {image.id} {image.visibility} "
+                            f"(policy {action}).")  # fmt: skip
+
+    def _check_properties(self, before: dict, after: dict, viewer, image_id: str) -> None:
+        for name in sorted(before.keys() | after.keys()):
+            if name in after and after[name] != before.get(name) and (
+                    name in _RESERVED_PROPERTIES or name.startswith("os_glance")):  # fmt: skip
+                raise Forbidden(f"Attribute '{name}' is reserved.")
+            if self.protections is None:
+                continue
+            if name not in after:
+                self.protections.authorize(name, "delete", viewer)
+            elif name not in before:
+                self.protections.authorize(name, "create", viewer)
+            elif before[name] != after[name]:
+                self.protections.authorize(name, "update", viewer)
