@@ -7,13 +7,14 @@ import logging
 import webob.exc as exc
 
 from abbild import errors as e
-from abbild.service import Gone
 
 LOG = logging.getLogger(__name__)
 
 # First match wins, so subclasses come before their bases.
 STATUS = (
-    (Gone, exc.HTTPGone),
+    (e.Gone, exc.HTTPGone),
+    (e.TooManyJobs, exc.HTTPTooManyRequests),
+    (e.Busy, exc.HTTPServiceUnavailable),
     (e.ImageNotFound, exc.HTTPNotFound),
     (e.MemberNotFound, exc.HTTPNotFound),
     (e.QuotaExceeded, exc.HTTPRequestEntityTooLarge),

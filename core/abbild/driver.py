@@ -20,6 +20,11 @@ class Capability(enum.Flag):
     WRITE = enum.auto()
     DELETE = enum.auto()
     RANGE_READ = enum.auto()
+    #: Users (not only services) may register locations in this store: its locations
+    #: point at data the user chose and could read anyway (a public URL), never at
+    #: the store's own objects, which hold other images' data. Only drivers that
+    #: mean it opt in; being read-only does not make a store safe for this.
+    USER_LOCATIONS = enum.auto()
 
 
 @dataclasses.dataclass(frozen=True)

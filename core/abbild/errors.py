@@ -25,6 +25,22 @@ class Conflict(AbbildError):
     """The request conflicts with the resource's current state (HTTP 409)."""
 
 
+class Gone(Conflict):
+    """The image was deleted while its data was being written (HTTP 410)."""
+
+    def __init__(self, image_id: str) -> None:
+        self.image_id = image_id
+        super().__init__(f"Image {image_id} was deleted during the upload; its data was removed")
+
+
+class Busy(AbbildError):
+    """No room for more background work now (HTTP 503): try again later."""
+
+
+class TooManyJobs(Busy):
+    """The caller's project has as much background work running as it may (HTTP 429)."""
+
+
 class UnsupportedOperation(AbbildError):
     """The store cannot do this (for example write to a read-only store)."""
 

@@ -34,14 +34,18 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     S.IMPORTING: frozenset({S.ACTIVE, S.DELETED, S.QUEUED}),
     S.ACTIVE: frozenset({S.PENDING_DELETE, S.DELETED, S.DEACTIVATED}),
     S.KILLED: frozenset({S.DELETED}),
-    S.PENDING_DELETE: frozenset({S.DELETED, S.ACTIVE}),
+    S.PENDING_DELETE: frozenset({S.DELETED, S.ACTIVE, S.DEACTIVATED}),
     S.DELETED: frozenset(),
-    S.DEACTIVATED: frozenset({S.ACTIVE, S.DELETED}),
+    # Beyond Glance's table: a deactivated image's data is deleted like an active one's,
+    # after the image left every caller's view (and it returns if the store refuses).
+    S.DEACTIVATED: frozenset({S.ACTIVE, S.DELETED, S.PENDING_DELETE}),
 }
 # Leaving these for a data-bearing status needs both formats set.
 _NEEDS_FORMATS = frozenset({S.SAVING, S.ACTIVE, S.IMPORTING})
 
 VISIBILITIES = ("public", "private", "shared", "community")
+#: The hash algorithms an image's os_hash_value may be in, and their hex lengths.
+HASH_LENGTHS = {"md5": 32, "sha1": 40, "sha256": 64, "sha512": 128}
 DISK_FORMATS = ("ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi", "iso", "ploop")
 CONTAINER_FORMATS = ("ami", "ari", "aki", "bare", "ovf", "ova", "docker", "compressed")
 

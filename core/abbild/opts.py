@@ -121,6 +121,31 @@ image_opts = [
     ),
 ]
 
+job_opts = [
+    cfg.IntOpt(
+        "background_workers",
+        default=4,
+        min=1,
+        help="Threads per API process for work that goes on after its request was "
+        "answered (reading and hashing the data of a location registered with POST "
+        "/v2/images/{id}/locations, retried deletes).",
+    ),
+    cfg.IntOpt(
+        "background_queue_size",
+        default=16,
+        min=0,
+        help="Background jobs that may wait for a free thread; beyond that new ones are "
+        "refused with 503 until some have finished.",
+    ),
+    cfg.IntOpt(
+        "background_jobs_per_project",
+        default=2,
+        min=1,
+        help="Background jobs one project may have running or waiting in one process; "
+        "more are refused with 429.",
+    ),
+]
+
 registry_opts = [
     cfg.StrOpt(
         "registry",
@@ -160,14 +185,14 @@ RESERVED_GROUPS = frozenset({"DEFAULT", "database", "paste_deploy", "registry", 
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
-    conf.register_opts(store_opts + image_opts + registry_opts)
+    conf.register_opts(store_opts + image_opts + job_opts + registry_opts)
     conf.register_opts(database_opts, group="database")
     conf.register_opts(paste_opts, group="paste_deploy")
 
 
 def list_opts():
     return [
-        ("DEFAULT", store_opts + image_opts + registry_opts),
+        ("DEFAULT", store_opts + image_opts + job_opts + registry_opts),
         ("database", database_opts),
         ("paste_deploy", paste_opts),
     ]

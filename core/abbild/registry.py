@@ -106,11 +106,16 @@ class Registry(abc.ABC):
         """
 
     @abc.abstractmethod
-    def save_image(self, image: Image) -> Image:
+    def save_image(self, image: Image, *, storage_limit: int | None = None) -> Image:
         """Write *image* if nobody changed it since it was read (``image.version``).
 
+        :param storage_limit: refuse the write if afterwards the images of the
+            image's owner would hold more than this many bytes. Checked in the same
+            transaction as the write, one writer per owner at a time, so uploads that
+            finish side by side cannot together overrun it.
         :returns: the stored image, with its new version and ``updated_at``.
         :raises abbild.errors.ConcurrentUpdate: the stored version differs.
+        :raises abbild.errors.QuotaExceeded: *storage_limit* would be exceeded.
         :raises abbild.errors.ImageNotFound:
         """
 
@@ -133,10 +138,13 @@ class Registry(abc.ABC):
         """The membership, or ``None``."""
 
     @abc.abstractmethod
-    def add_member(self, image_id: str, member_id: str) -> Member:
+    def add_member(self, image_id: str, member_id: str, *, limit: int | None = None) -> Member:
         """A new ``pending`` membership.
 
+        :param limit: refuse it if the image has this many members already (counted
+            in the same transaction as the insert).
         :raises abbild.errors.Conflict: *member_id* is a member already.
+        :raises abbild.errors.QuotaExceeded: *limit* is reached.
         """
 
     @abc.abstractmethod
@@ -147,18 +155,19 @@ class Registry(abc.ABC):
     def delete_member(self, image_id: str, member_id: str) -> None:
         """:raises abbild.errors.MemberNotFound:"""
 
-    def update_image(self, image_id: str, change: Callable[[Image], None], *, attempts: int = 20) -> Image:
+    def update_image(self, image_id: str, change: Callable[[Image], None], *, storage_limit: int | None = None,
+                     attempts: int = 20) -> Image:  # fmt: skip
         """Apply *change* to the current image and save it, atomically.
 
         *change* mutates the image it is given (or raises to abort). On a concurrent
         modification it runs again on the fresh image, so changes always apply to the
-        latest state and none is lost.
+        latest state and none is lost. *storage_limit*: as for :meth:`save_image`.
         """
         for _ in range(attempts):
             image = self.get_image(image_id)
             change(image)
             try:
-                return self.save_image(image)
+                return self.save_image(image, storage_limit=storage_limit)
             except ConcurrentUpdate:
                 continue
         raise ConcurrentUpdate(image_id)

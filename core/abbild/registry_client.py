@@ -271,7 +271,7 @@ class HTTPRegistry(Registry):
 
         return Usage(**self._call("GET", f"/v1/projects/{_q(owner)}/usage"))
 
-    def save_image(self, image: Image) -> Image:
+    def save_image(self, image: Image, *, storage_limit: int | None = None) -> Image:
         """A conditional PUT: the registry writes only if ``image.version`` is current.
 
         If the answer to a PUT was lost and the retry finds the version moved on, the
@@ -279,7 +279,9 @@ class HTTPRegistry(Registry):
         ours, and it succeeded.
         """
         sent = wire.image_to_json(image)
-        status, result = self._request("PUT", f"/v1/images/{_q(image.id)}", body=sent, ok_after_retry=(409,))
+        params = None if storage_limit is None else {"storage_limit": str(storage_limit)}
+        status, result = self._request("PUT", f"/v1/images/{_q(image.id)}", body=sent, params=params,
+                                       ok_after_retry=(409,))  # fmt: skip
         if status == 409:
             current = self.get_image(image.id)
             if current.version == image.version + 1 and _same_content(wire.image_to_json(current), sent):
@@ -288,14 +290,15 @@ class HTTPRegistry(Registry):
             raise ConcurrentUpdate(image.id)
         return wire.image_from_json(result)
 
-    def update_image(self, image_id: str, change: Callable[[Image], None], *, attempts: int = 20) -> Image:
+    def update_image(self, image_id: str, change: Callable[[Image], None], *, storage_limit: int | None = None,
+                     attempts: int = 20) -> Image:  # fmt: skip
         """Read, apply *change* here, write back conditionally; on a conflict, again on
         the fresh image, after a short random pause so that contending writers spread out."""
         for attempt in range(attempts):
             image = self.get_image(image_id)
             change(image)
             try:
-                return self.save_image(image)
+                return self.save_image(image, storage_limit=storage_limit)
             except ConcurrentUpdate:
                 time.sleep(random.uniform(0, 0.005 * 2 ** min(attempt, 6)))
         raise ConcurrentUpdate(image_id)
@@ -312,8 +315,9 @@ class HTTPRegistry(Registry):
         except MemberNotFound:
             return None
 
-    def add_member(self, image_id: str, member_id: str) -> Member:
-        result = self._call("POST", f"/v1/images/{_q(image_id)}/members", body={"member_id": member_id}, ok=(201,))
+    def add_member(self, image_id: str, member_id: str, *, limit: int | None = None) -> Member:
+        body = {"member_id": member_id, "limit": limit}
+        result = self._call("POST", f"/v1/images/{_q(image_id)}/members", body=body, ok=(201,))
         return wire.member_from_json(result)
 
     def set_member_status(self, image_id: str, member_id: str, status: str) -> Member:

@@ -14,6 +14,7 @@ import datetime
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import threading
 import time
@@ -146,6 +147,7 @@ _ERRORS = {
         (errors.InvalidTransition, ("image_id", "current", "target")),
         (errors.RegistryUnavailable, ("reason",)),
         (errors.Invalid, ()),
+        (errors.QuotaExceeded, ()),
         (errors.Conflict, ()),
         (errors.Forbidden, ()),
     )
@@ -188,6 +190,12 @@ def sign(secret: str, method: str, path_qs: str, caller: str, body: bytes) -> di
     }
 
 
+# ASCII only: compare_digest refuses other strings, and int() reads other digits.
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")
+_NONCE = re.compile(r"[0-9a-f]{16,128}")
+_TIMESTAMP = re.compile(r"-?[0-9]{1,20}")
+
+
 class SignatureError(Exception):
     """The request is not authentic; the message says why (for the log and the 401)."""
 
@@ -205,22 +213,34 @@ class Verifier:
         self._seen: dict[str, float] = {}  # nonce -> when it may be forgotten
         self._lock = threading.Lock()
 
+    def check_headers(self, headers) -> None:
+        """What the headers alone decide: present, well formed and fresh. Run before
+        reading the body, so an unsigned or stale request costs no read.
+
+        :raises SignatureError:
+        """
+        missing = [h for h in (CALLER_HEADER, TIMESTAMP_HEADER, NONCE_HEADER, SIGNATURE_HEADER) if not headers.get(h)]
+        if missing:
+            raise SignatureError(f"unsigned request: no {', '.join(missing)}")
+        if not _SIGNATURE.fullmatch(headers[SIGNATURE_HEADER]):
+            raise SignatureError(f"malformed {SIGNATURE_HEADER}: 64 hex digits expected")
+        if not _NONCE.fullmatch(headers[NONCE_HEADER]):
+            raise SignatureError(f"malformed {NONCE_HEADER}: 16 to 128 hex digits expected")
+        if not _TIMESTAMP.fullmatch(headers[TIMESTAMP_HEADER]):
+            raise SignatureError(f"malformed {TIMESTAMP_HEADER}: seconds since the epoch expected")
+        age = time.time() - int(headers[TIMESTAMP_HEADER])
+        if abs(age) > self.max_skew:
+            raise SignatureError(f"stale request: its timestamp is {age:.0f}s off (the limit is {self.max_skew}s)")
+
     def verify(self, method: str, path_qs: str, headers, body: bytes) -> None:
         """:raises SignatureError:"""
-        values = [headers.get(h) for h in (CALLER_HEADER, TIMESTAMP_HEADER, NONCE_HEADER, SIGNATURE_HEADER)]
-        if not all(values):
-            raise SignatureError("unsigned request")
-        caller, timestamp, nonce, signature = values
+        self.check_headers(headers)
+        caller, timestamp, nonce, signature = (headers[h] for h in (CALLER_HEADER, TIMESTAMP_HEADER, NONCE_HEADER,
+                                                                    SIGNATURE_HEADER))  # fmt: skip
         expected = _signature(self.secret, method, path_qs, timestamp, nonce, caller, body_digest(body))
         # compare_digest: the time taken must not tell how much of a guess was right.
         if not hmac.compare_digest(expected, signature):
             raise SignatureError("bad signature")
-        try:
-            age = time.time() - int(timestamp)
-        except ValueError:
-            raise SignatureError("bad timestamp") from None
-        if abs(age) > self.max_skew:
-            raise SignatureError(f"stale request: its timestamp is {age:.0f}s off (the limit is {self.max_skew}s)")
         now = time.monotonic()
         with self._lock:
             if nonce in self._seen:

@@ -1,34 +1,36 @@
 """Image operations that span the registry, the stores and the hooks: the one place
-that knows the order of an upload, a download and a delete (DESIGN.md section 3)."""
+that knows the order of an upload, a download and a delete (DESIGN.md section 3).
+Who holds an image's data while it is written or deleted is :mod:`abbild.uploads`."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import datetime
 import logging
-import os
-import socket
 import threading
-import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 
-from abbild.driver import StoredObject
+from abbild.driver import Capability, StoredObject
 from abbild.errors import (
+    Busy,
     Conflict,
     Forbidden,
+    Gone,
     ImageNotFound,
+    InUse,
     Invalid,
     SizeLimitExceeded,
+    SizeMismatch,
     InvalidTransition,
     MemberNotFound,
     NotFound,
     QuotaExceeded,
-    RegistryUnavailable,
     StoreError,
     UnsupportedOperation,
 )
-from abbild.image import Image, Location, Status, utcnow
+from abbild.image import HASH_LENGTHS, Image, Location, Status
+from abbild.jobs import Jobs
 from abbild.policy import Policy
 from abbild.protections import PropertyProtections
 from abbild.quotas import check_count, parse_size
@@ -36,6 +38,7 @@ from abbild.plugins import get_plugin_manager, notify
 from abbild.registry import MEMBER_STATUSES, ImageFilters, Member, Registry, Usage, Viewer
 from abbild.streams import ImageStream
 from abbild.stores import Store, StoreManager
+from abbild.uploads import Claim, Claims
 
 LOG = logging.getLogger(__name__)
 
@@ -57,44 +60,6 @@ def load_registry(conf) -> Registry:
 
         prepare_schema(registry)
     return registry
-
-
-class Gone(Conflict):
-    """The image was deleted while its data was being written (HTTP 410)."""
-
-    def __init__(self, image_id: str) -> None:
-        self.image_id = image_id
-        Exception.__init__(self, f"Image {image_id} was deleted during the upload; its data was removed")
-
-
-def _process_start_ticks(pid: int) -> str | None:
-    """The start time of a running process, or None when there is none. A killed
-    process that nobody reaped yet (a zombie) counts as dead."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            # The command name may contain spaces; fields after the last ')' are fixed.
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except OSError:
-        return None
-    if fields[0] in (b"Z", b"X"):
-        return None
-    return fields[19].decode()
-
-
-def worker_identity(pid: int | None = None) -> str:
-    """``host:pid:start-time``: unique per process, even when a pid is reused."""
-    pid = pid or os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_process_start_ticks(pid)}"
-
-
-def worker_alive(identity: str) -> bool | None:
-    """True/False for a worker on this host; None when it runs elsewhere (only its
-    lease can tell)."""
-    host, _, rest = identity.partition(":")
-    if host != socket.gethostname():
-        return None
-    pid, _, ticks = rest.partition(":")
-    return pid.isdigit() and _process_start_ticks(int(pid)) == ticks
 
 
 def can_see(image: Image, viewer: Viewer) -> bool:
@@ -121,7 +86,8 @@ class ImageService:
         self.registry = registry
         self.stores = stores
         self.plugins = plugins
-        self.worker = worker_identity()
+        self.jobs = Jobs.from_config(conf)
+        self.claims = Claims(registry, conf.upload_lease_seconds, plugins, self.jobs)
         self.policy = Policy(conf)
         self.protections = PropertyProtections.from_config(conf, self.policy)
         self.storage_quota = parse_size(conf.user_storage_quota)
@@ -129,7 +95,7 @@ class ImageService:
     @classmethod
     def from_config(cls, conf) -> "ImageService":
         """Build the registry, the stores and the plugins from *conf*, then recover
-        uploads that a dead process left behind.
+        the work that a dead process left behind.
 
         :raises abbild.errors.ConfigError: anything that cannot work, named.
         """
@@ -138,7 +104,7 @@ class ImageService:
         plugins = get_plugin_manager()
         plugins.hook.abbild_configure.call_historic(kwargs={"conf": conf})
         service = cls(conf, registry, stores, plugins)
-        service.recover_interrupted_uploads()
+        service.recover()
         return service
 
     # -- metadata ---------------------------------------------------------------------
@@ -149,6 +115,8 @@ class ImageService:
         :raises abbild.errors.ImageNotFound: it does not exist, or not for *viewer*.
         """
         image = self.registry.get_image(image_id)
+        if image.status is Status.PENDING_DELETE:
+            raise ImageNotFound(image_id)  # deleted for everyone; only its data is still going
         member_id = None
         if not can_see(image, viewer):
             # Members read a shared image whatever their status; nobody else learns it exists.
@@ -259,31 +227,134 @@ class ImageService:
         return image
 
     def delete(self, image_id: str, viewer: Viewer) -> None:
-        image = self._authorized("delete_image", image_id, viewer)
-        if image.protected:
-            raise Forbidden(f"Image {image_id} is protected and cannot be deleted.")
-        if image.status is Status.SAVING and image.upload_worker:
-            LOG.info("deleting image %s while its upload runs on %s", image_id, image.upload_worker)
+        """Delete the image, and then its data.
+
+        An image with data leaves every caller's view first: ``pending_delete``, in the
+        transaction that checks ``protected``, so no image is ever ``active`` without
+        its data. Then the data goes, then the image is ``deleted``. A store that
+        refuses because something still uses the data (an RBD clone) brings the image
+        back (409). Data that could not be removed for another reason stays listed on
+        the ``pending_delete`` image and is retried in the background and at the next
+        start (:meth:`recover`); a crash in between is finished there too.
+        """
+        self._authorized("delete_image", image_id, viewer)
+        before: list[Image] = []
+
+        def change(image: Image) -> None:
+            if image.protected:
+                raise Forbidden(f"Image {image_id} is protected and cannot be deleted.")
+            before[:] = [image.copy()]
+            if image.locations:
+                self.claims.mark(image, Status.PENDING_DELETE)
+            else:
+                image.transition(Status.DELETED)
+
+        image = self.registry.update_image(image_id, change)
+        was = before[0]
+        if was.status is Status.SAVING and self.claims.is_stale(was):
+            self._discard_everywhere(image_id)  # its uploader died: nobody else removes what it wrote
+        if image.status is Status.PENDING_DELETE:
+            try:
+                image = self._delete_data(image)
+            except InUse:
+                self._undelete(image_id, was.status)
+                raise
+            except Exception:
+                self._retry_delete_later(image_id)  # the image is out of sight; its data goes later
+                raise
+            if image.status is not Status.DELETED:
+                self._retry_delete_later(image_id)
+                return
+        notify(self.plugins, "abbild_image_deleted", image=image)
+
+    def _delete_data(self, image: Image) -> Image:
+        """Remove the data of a ``pending_delete`` image, then mark it ``deleted``.
+
+        :returns: the image as saved: ``deleted``, or still ``pending_delete`` when
+            some data stays (a store failed), with those locations, unclaimed, for a
+            later attempt.
+        :raises abbild.errors.InUse: a store refuses because the data is in use; the
+            locations removed so far are gone from the image.
+        """
+        left: list[Location] = []
+        in_use: InUse | None = None
         for location in image.locations:
             store = self.stores.for_location(location.store)
             if store is None:
-                LOG.warning("image %s: location in unknown store %r left in place", image_id, location.store)
+                LOG.warning("image %s: location in unknown store %r forgotten, its data left in place",
+                            image.id, location.store)  # fmt: skip
                 continue
             try:
                 store.delete(location.uri)
-            except NotFound:
-                pass
-            except UnsupportedOperation:
-                pass  # read-only stores (http) keep their data; we only forget the location
+            except (NotFound, UnsupportedOperation):
+                pass  # gone already, or a read-only store (http) whose data is not ours
+            except InUse as exc:
+                in_use = in_use or exc
+                left.append(location)
+            except StoreError as exc:
+                LOG.warning("image %s: could not delete its data in store %s (%s); will retry",
+                            image.id, store.name, exc)  # fmt: skip
+                left.append(location)
 
         def change(current: Image) -> None:
-            if current.protected:
-                raise Forbidden(f"Image {image_id} is protected and cannot be deleted.")
-            current.locations = []
-            current.transition(Status.DELETED)
+            if current.status is not Status.PENDING_DELETE:
+                raise InvalidTransition(image.id, current.status.value, Status.DELETED.value)
+            current.locations = [loc for loc in current.locations if loc in left]
+            current.upload_worker = current.upload_lease = None
+            if not current.locations:
+                current.transition(Status.DELETED)
 
-        deleted = self.registry.update_image(image_id, change)
-        notify(self.plugins, "abbild_image_deleted", image=deleted)
+        saved = self.registry.update_image(image.id, change)
+        if in_use is not None:
+            raise in_use
+        return saved
+
+    def _undelete(self, image_id: str, status: Status) -> None:
+        """Bring a ``pending_delete`` image back to *status* (its data is in use)."""
+
+        def change(image: Image) -> None:
+            if image.status is Status.PENDING_DELETE:
+                image.transition(status)
+                image.upload_worker = image.upload_lease = None
+
+        self.registry.update_image(image_id, change)
+
+    def _retry_delete_later(self, image_id: str) -> None:
+        """Try again to delete the data of a ``pending_delete`` image, backing off for
+        about eight minutes; after that the next start of any API process tries."""
+
+        def retry() -> None:
+            for delay in (2.0**n for n in range(9)):
+                if self.jobs.stopping.wait(delay):
+                    return
+                try:
+                    image = self.registry.get_image(image_id)
+                    if image.status is not Status.PENDING_DELETE or image.upload_worker not in (
+                        None, self.claims.worker):  # fmt: skip
+                        return  # finished, or another process took it over
+                    image = self._delete_data(image)
+                except InUse:
+                    LOG.warning("image %s: its data is in use; it stays pending_delete", image_id)
+                    return
+                except Exception as exc:
+                    LOG.warning("image %s: deleting its data failed again: %s", image_id, exc)
+                    continue
+                if image.status is Status.DELETED:
+                    notify(self.plugins, "abbild_image_deleted", image=image)
+                    return
+            LOG.error("image %s: its data is still not deleted; the next start tries again", image_id)
+
+        try:
+            self.jobs.submit(retry)
+        except Exception as exc:
+            LOG.warning("image %s: no room to retry deleting its data now (%s); the next start retries", image_id, exc)
+
+    def _discard_everywhere(self, image_id: str) -> None:
+        for store in self.stores:
+            try:
+                store.discard(image_id)
+            except StoreError:
+                LOG.exception("image %s: could not discard partial data in store %s", image_id, store.name)
 
     def delete_from_store(self, image_id: str, store_name: str, viewer: Viewer) -> None:
         """Remove the image's data from one store, keeping its other locations."""
@@ -360,9 +431,7 @@ class ImageService:
     def add_member(self, image_id: str, member_id: str, viewer: Viewer) -> Member:
         self._shared("add_member", image_id, viewer)
         quota = self.conf.image_member_quota
-        if quota >= 0 and len(self.registry.list_members(image_id)) >= quota:
-            raise QuotaExceeded(f"Image {image_id} already has the maximum of {quota} members.")
-        return self.registry.add_member(image_id, member_id)
+        return self.registry.add_member(image_id, member_id, limit=quota if quota >= 0 else None)
 
     def set_member_status(self, image_id: str, member_id: str, status: str, viewer: Viewer) -> Member:
         """Only the member itself (or an admin) accepts or rejects an image."""
@@ -381,61 +450,129 @@ class ImageService:
     def _location_store(self, url: str, viewer: Viewer) -> Store:
         """The store that will read *url*, after its driver accepted it.
 
-        Services (Nova, Cinder) may register locations in any store; users only URLs
-        of a read-only (http) store, so nobody points an image at another's data.
+        Services (Nova, Cinder) may register locations in any store; users only in a
+        store whose driver says its locations point at data users control
+        (``Capability.USER_LOCATIONS``: http among ours), never at other images' data.
+
+        :raises abbild.errors.Invalid: no such store, or the URL is refused; users
+            learn no more than that (the reason, which may say what a host name
+            resolves to or whether a file exists, goes to the log).
         """
+        service = self.policy.allows("service_api", viewer)
         scheme = urllib.parse.urlsplit(url).scheme.lower()
-        stores = [s for s in self.stores if scheme in s.driver.schemes]
-        if not self.policy.allows("service_api", viewer):
-            stores = [s for s in stores if s.read_only]
+        stores = [s for s in self.stores if scheme in s.driver.schemes and (service or s.takes_user_locations)]
         if not stores:
-            readable = sorted({sc for s in self.stores if s.read_only for sc in s.driver.schemes})
+            offered = sorted({sc for s in self.stores if s.takes_user_locations for sc in s.driver.schemes})
             raise Invalid(f"No store here may read {scheme or 'such'} URLs for you"
-                          + (f"; use one of: {', '.join(readable)}" if readable else
-                             " (no http store is configured)"))  # fmt: skip
+                          + (f"; use one of: {', '.join(offered)}" if offered else
+                             " (no store here takes locations from users)"))  # fmt: skip
         refusal: StoreError | None = None
         for store in stores:  # the first store that accepts it: file:// URIs, say, belong to one datadir
             try:
-                store.driver.validate_location(url)
+                with self._location_errors(url, service):
+                    store.driver.validate_location(url)
                 return store
             except StoreError as exc:
                 refusal = exc
         raise Invalid(f"Location refused: {refusal}") from refusal
 
+    @contextlib.contextmanager
+    def _location_errors(self, url: str, service: bool) -> Iterator[None]:
+        """Store errors while checking or reading a location a caller gave: services
+        get them as they are; users a refusal that tells nothing about the network or
+        the store behind it (only that nothing is at their URL), and the operator's
+        log the reason."""
+        try:
+            yield
+        except StoreError as exc:
+            if service or isinstance(exc, NotFound):
+                raise
+            LOG.warning("location %s refused: %s", url.split("?", 1)[0], exc)
+            raise Invalid("Location refused: the image service cannot use that URL (the operator's log "
+                          "has the reason under this request's x-openstack-request-id).") from exc  # fmt: skip
+
     def _checked_location_count(self, image: Image) -> None:
         check_count(image.id, "locations", "image_location_quota", len(image.locations), len(image.locations) + 1,
                     self.conf.image_location_quota)  # fmt: skip
+
+    @staticmethod
+    def _check_validation(image: Image, validation: dict | None) -> None:
+        """*validation* (``checksum``, ``os_hash_algo``, ``os_hash_value``) against the
+        hashes the image has.
+
+        :raises abbild.errors.Conflict: they differ (Glance: 409).
+        :raises abbild.errors.Invalid: a value the image lacks and would take is malformed.
+        """
+        for name, value in (validation or {}).items():
+            current = getattr(image, name)
+            if current is not None:
+                if current != value:
+                    raise Conflict(f"validation_data {name} {value!r} differs from the image's {current!r}")
+                continue
+            expected = HASH_LENGTHS.get(validation.get("os_hash_algo")) if name == "os_hash_value" else 32
+            if name != "os_hash_algo" and len(value) != expected:
+                raise Invalid(f"validation_data {name} must be {expected} hex digits for "
+                              f"{validation.get('os_hash_algo') if name == 'os_hash_value' else 'md5'}.")  # fmt: skip
+
+    def _verify_copy(self, image: Image, store: Store, url: str, service: bool) -> None:
+        """Read the data at *url* once and check that it is *image*'s: the same size and
+        hashes. A new location of an active image is served under the image's
+        ``Content-MD5``, so different bytes there would be a corrupted image.
+
+        :raises abbild.errors.Conflict: the data differs.
+        """
+        with self._location_errors(url, service):
+            stream = ImageStream(store.get(url), hash_algo=image.os_hash_algo or self.conf.hashing_algorithm,
+                                 max_size=image.size, declared_size=image.size)  # fmt: skip
+            try:
+                for _ in stream:
+                    pass
+            except (SizeMismatch, SizeLimitExceeded):
+                raise Conflict(f"The data at {url} does not have the {image.size} bytes of image {image.id}") from None
+        mismatch = [name for name, theirs in (("checksum", stream.checksum), ("os_hash_value", stream.os_hash_value))
+                    if getattr(image, name) is not None and getattr(image, name) != theirs]  # fmt: skip
+        if mismatch:
+            raise Conflict(f"The data at {url} is not image {image.id}'s: its {' and '.join(mismatch)} differ")
 
     def add_location(self, image_id: str, url: str, metadata: dict, validation: dict | None,
                      viewer: Viewer) -> Image:
         """Register data that already lives at *url* (the legacy PATCH ``add
         /locations/-``): a queued image becomes active with the size the store
-        reports; an active one gains a copy. *validation* (``os_hash_algo``,
-        ``os_hash_value``, ``checksum``) is taken as the data's hashes, and must agree
-        with those the image has."""
-        self._authorized("set_image_location", image_id, viewer)
+        reports and the hashes *validation* gives (``checksum``, ``os_hash_algo``,
+        ``os_hash_value``); an active one gains a copy, once its data was read and
+        found to be the same (409 if not, or if *validation* disagrees)."""
+        image = self._authorized("set_image_location", image_id, viewer)
+        service = self.policy.allows("service_api", viewer)
         store = self._location_store(url, viewer)
-        size = store.size(url)
+        with self._location_errors(url, service):
+            size = store.size(url)
+        self._check_validation(image, validation)
+        verified = image.status is Status.ACTIVE
+        if verified:
+            if image.size not in (None, size):
+                raise Conflict(f"The data at {url} has {size} bytes; image {image_id} has {image.size}")
+            self._verify_copy(image, store, url, service)
 
         def change(image: Image) -> None:
             if image.status not in (Status.QUEUED, Status.ACTIVE):
                 raise Conflict(f"Image {image_id} has status '{image.status}'; locations can be added to queued "
                                "or active images only")  # fmt: skip
+            if image.status is Status.ACTIVE and not verified:
+                raise Conflict(f"Image {image_id} became active meanwhile; add the location again to have it checked")
             if any(loc.uri == url for loc in image.locations):
                 raise Conflict(f"Image {image_id} already has location {url}")
             self._checked_location_count(image)
-            for name, value in (validation or {}).items():
-                if getattr(image, name) not in (None, value):
-                    raise Conflict(f"validation_data {name} {value!r} differs from the image's {getattr(image, name)!r}")
-                setattr(image, name, value)
+            self._check_validation(image, validation)
             if image.size not in (None, size):
                 raise Conflict(f"The data at {url} has {size} bytes; image {image_id} has {image.size}")
             image.locations.append(Location(store.name, url, size, "active", dict(metadata)))
             if image.status is Status.QUEUED:
+                for name, value in (validation or {}).items():
+                    setattr(image, name, value)
                 image.size = size
                 image.transition(Status.ACTIVE)
 
-        image = self.registry.update_image(image_id, change)
+        image = self.registry.update_image(image_id, change, storage_limit=self._storage_limit())
         notify(self.plugins, "abbild_image_updated", image=image)
         return image
 
@@ -462,34 +599,60 @@ class ImageService:
         image = self._authorized("fetch_image_location", image_id, viewer)
         return [loc for loc in image.locations if loc.status == "active"]
 
-    def import_location(self, image_id: str, url: str, validation: dict | None, viewer: Viewer):
+    def import_location(self, image_id: str, url: str, validation: dict | None, viewer: Viewer) -> None:
         """Register *url* for a queued image the way API 2.17's ``POST .../locations``
-        does: claim the image now, then (in the returned job, which the caller runs in
-        the background) read the data once to learn its size and hashes, check them
-        against *validation*, and activate. A failure leaves the image queued."""
-        self._authorized("add_image_location", image_id, viewer)
+        does: claim the image now, then, in a background job, read the data once to
+        learn its size and hashes, check them against *validation*, and activate. A
+        failure leaves the image queued.
+
+        :raises abbild.errors.TooManyJobs: the caller's project has its limit of
+            background jobs (429); :class:`~abbild.errors.Busy`: the pool is full (503).
+        """
+        image = self._authorized("add_image_location", image_id, viewer)
+        service = self.policy.allows("service_api", viewer)
         store = self._location_store(url, viewer)
-        self._claim(image_id)
+        validation = validation or {}
+        self._check_validation(Image(id=image_id), validation)
+        max_size, limit_name = self._upload_limit(image)
+        claim = self.claims.take(image_id)
 
         def job() -> None:
             try:
-                stream = ImageStream(store.get(url), hash_algo=(validation or {}).get("os_hash_algo") or
-                                     self.conf.hashing_algorithm, max_size=self.conf.image_size_cap,
-                                     on_progress=lambda _n: self._renew_lease(image_id))  # fmt: skip
-                for _ in stream:
-                    pass
-                if validation and validation.get("os_hash_value") not in (None, stream.os_hash_value):
-                    raise Invalid(f"The data at {url} does not match validation_data: its "
-                                  f"{stream.hash_algo} is {stream.os_hash_value}")  # fmt: skip
-                stored = StoredObject(url, stream.size)
-                image = self.registry.update_image(image_id, lambda img: self._activate(img, store, stored, stream))
+                with self._location_errors(url, service):
+                    stream = ImageStream(store.get(url), hash_algo=validation.get("os_hash_algo") or
+                                         self.conf.hashing_algorithm, max_size=max_size, limit_name=limit_name,
+                                         on_progress=self._checker(claim), progress_every=1)  # fmt: skip
+                    for _ in stream:
+                        pass
+                wrong = [name for name in ("checksum", "os_hash_value")
+                         if validation.get(name) not in (None, getattr(stream, name))]  # fmt: skip
+                if wrong:
+                    raise Invalid(f"The data at {url} does not match validation_data: its {' and '.join(wrong)} "
+                                  f"differ")  # fmt: skip
+                image = self._activate(claim, store, StoredObject(url, stream.size), stream)
             except Exception as exc:
                 LOG.warning("image %s: importing %s failed: %s", image_id, url, exc)
-                self._release(image_id, exc)
+                self.claims.release(claim, exc)
                 return
+            finally:
+                self.claims.drop(claim)
             notify(self.plugins, "abbild_image_activated", image=image)
 
-        return job
+        try:
+            self.jobs.submit(job, project=image.owner or viewer.project_id)
+        except Exception as exc:
+            self.claims.release(claim, exc)
+            raise
+
+    def _checker(self, claim: Claim) -> Callable[[int], None]:
+        """Between chunks: stop when the claim was lost or the server is shutting down."""
+
+        def check(_progress: int) -> None:
+            claim.check()
+            if self.jobs.stopping.is_set() and threading.current_thread().name.startswith("abbild-job"):
+                raise Busy("This server is shutting down; the import stopped and can be started again.")
+
+        return check
 
     # -- data ---------------------------------------------------------------------------
 
@@ -507,54 +670,55 @@ class ImageService:
         The image is claimed (``queued`` -> ``saving``) with a compare-and-swap, so a
         second concurrent upload fails with 409. On any failure the partial data is
         removed and the image returns to ``queued``; it becomes ``active`` only after
-        the store acknowledged every byte.
+        the store acknowledged every byte, in the transaction that checks the owner's
+        storage quota.
         """
         image = self._authorized("upload_image", image_id, viewer)
         store = self._upload_store(image, store_name)
         max_size, limit_name = self._upload_limit(image)
         if declared_size is not None and declared_size > max_size:
             raise SizeLimitExceeded(max_size, limit_name)
-        self._claim(image_id)
-        stream = ImageStream(
-            chunks,
-            hash_algo=self.conf.hashing_algorithm,
-            max_size=max_size,
-            limit_name=limit_name,
-            declared_size=declared_size,
-            on_progress=lambda _n: self._renew_lease(image_id),
-        )
+        claim = self.claims.take(image_id)
         try:
-            stored = store.put(image_id, stream, declared_size)
-        except BaseException as exc:
-            self._release(image_id, exc)
-            raise
-        try:
-            # Uploads running side by side each saw the room the others were filling.
-            self._upload_limit(image, uploaded=stream.size)
-            image = self.registry.update_image(image_id, lambda img: self._activate(img, store, stored, stream))
-        except BaseException as exc:
-            # The metadata never pointed at this data: remove it, or it is orphaned.
-            self._delete_quietly(store, stored.uri)
-            if isinstance(exc, (ImageNotFound, InvalidTransition)):
-                raise Gone(image_id) from exc
-            self._release(image_id, exc)
-            raise
+            stream = ImageStream(chunks, hash_algo=self.conf.hashing_algorithm, max_size=max_size,
+                                 limit_name=limit_name, declared_size=declared_size, on_progress=claim.check,
+                                 progress_every=1)  # fmt: skip
+            try:
+                stored = store.put(image_id, stream, declared_size)
+            except BaseException as exc:
+                self.claims.release(claim, exc)
+                raise
+            try:
+                image = self._activate(claim, store, stored, stream)
+            except BaseException as exc:
+                # The metadata never pointed at this data: remove it, or it is orphaned.
+                self._delete_quietly(store, stored.uri)
+                if isinstance(exc, (ImageNotFound, InvalidTransition)):
+                    raise Gone(image_id) from exc
+                self.claims.release(claim, exc)
+                raise
+        finally:
+            self.claims.drop(claim)
         location = image.locations[-1]
         notify(self.plugins, "abbild_image_uploaded", image=image, location=location)
         notify(self.plugins, "abbild_image_activated", image=image)
         return image
 
-    def _upload_limit(self, image: Image, uploaded: int = 0) -> tuple[int, str]:
-        """How many bytes the upload of *image* may write, and which limit says so.
+    def _storage_limit(self) -> int | None:
+        return self.storage_quota or None
 
-        :raises abbild.errors.QuotaExceeded: the owner's images together, with
-            *uploaded* more bytes, exceed ``user_storage_quota``.
+    def _upload_limit(self, image: Image) -> tuple[int, str]:
+        """How many bytes new data for *image* may have, and which limit says so. The
+        final word is the registry's, when the image is activated (uploads running
+        side by side each see the room the others are filling).
+
+        :raises abbild.errors.QuotaExceeded: the owner has no room left.
         """
         if not self.storage_quota or image.owner is None:
             return self.conf.image_size_cap, "image_size_cap"
         used = self.registry.usage(image.owner).size
-        if used + uploaded > self.storage_quota:
-            raise QuotaExceeded(f"Project {image.owner} would store {used + uploaded} bytes of image data; "
+        if used > self.storage_quota:
+            raise QuotaExceeded(f"Project {image.owner} stores {used} bytes of image data; "
                                 f"user_storage_quota allows {self.storage_quota}.")  # fmt: skip
         room = self.storage_quota - used
         if room < self.conf.image_size_cap:
@@ -572,87 +736,27 @@ class ImageService:
             raise UnsupportedOperation(store.name, "writing")
         return store
 
-    def _claim(self, image_id: str) -> None:
-        def change(image: Image) -> None:
-            if image.status is not Status.QUEUED:
-                raise Conflict(
-                    f"Image {image_id} has status '{image.status}'; data can only be uploaded to a 'queued' image"
-                )
-            image.transition(Status.SAVING)
-            image.upload_worker = self.worker
-            image.upload_lease = self._lease_expiry()
+    def _activate(self, claim: Claim, store: Store, stored: StoredObject, stream: ImageStream) -> Image:
+        """``saving -> active`` with the data's size, hashes and location, if the claim
+        is still ours and the owner's storage quota has room for it.
 
-        self.registry.update_image(image_id, change)
-
-    def _lease_expiry(self) -> datetime.datetime:
-        return utcnow() + datetime.timedelta(seconds=self.conf.upload_lease_seconds)
-
-    def _ours(self, image: Image) -> bool:
-        return image.status is Status.SAVING and image.upload_worker == self.worker
-
-    def _renew_lease(self, image_id: str) -> None:
-        def change(image: Image) -> None:
-            if not self._ours(image):
-                raise Gone(image_id)
-            image.upload_lease = self._lease_expiry()
-
-        try:
-            self.registry.update_image(image_id, change)
-        except ImageNotFound:
-            raise Gone(image_id) from None
-
-    def _activate(self, image: Image, store: Store, stored: StoredObject, stream: ImageStream) -> None:
-        if not self._ours(image):
-            raise InvalidTransition(image.id, image.status.value, Status.ACTIVE.value)
-        self._checked_location_count(image)
-        image.size = stream.size
-        image.checksum = stream.checksum
-        image.os_hash_algo = stream.hash_algo
-        image.os_hash_value = stream.os_hash_value
-        image.locations.append(Location(store.name, stored.uri, stored.size, "active", dict(stored.extra)))
-        image.upload_worker = image.upload_lease = None
-        image.transition(Status.ACTIVE)
-
-    def _release(self, image_id: str, error: BaseException, *, in_background: bool = False) -> bool:
-        """Undo a claim after a failed upload: back to ``queued``, if still ours.
-
-        When the registry cannot be reached (often the very reason the upload failed),
-        keep trying in the background for as long as the claim's lease would last, so
-        the image does not stay ``saving`` until this process restarts.
-
-        :returns: False if the registry could not be reached.
+        :raises abbild.errors.InvalidTransition: the image changed hands.
+        :raises abbild.errors.QuotaExceeded:
         """
 
         def change(image: Image) -> None:
-            if self._ours(image):
-                image.transition(Status.QUEUED)
-                image.upload_worker = image.upload_lease = None
+            if not self.claims.ours(image, claim):
+                raise InvalidTransition(image.id, image.status.value, Status.ACTIVE.value)
+            self._checked_location_count(image)
+            image.size = stream.size
+            image.checksum = stream.checksum
+            image.os_hash_algo = stream.hash_algo
+            image.os_hash_value = stream.os_hash_value
+            image.locations.append(Location(store.name, stored.uri, stored.size, "active", dict(stored.extra)))
+            image.upload_worker = image.upload_lease = None
+            image.transition(Status.ACTIVE)
 
-        try:
-            image = self.registry.update_image(image_id, change)
-        except ImageNotFound:
-            return True
-        except RegistryUnavailable as exc:
-            if not in_background:
-                LOG.warning("image %s: registry unavailable (%s); will retry returning it to 'queued'", image_id, exc)
-                threading.Thread(target=self._release_later, args=(image_id, error), daemon=True,
-                                 name=f"release-{image_id}").start()  # fmt: skip
-            return False
-        except Exception:
-            LOG.exception("image %s: could not return it to 'queued' after a failed upload", image_id)
-            return True
-        notify(self.plugins, "abbild_image_upload_failed", image=image, error=error)
-        return True
-
-    def _release_later(self, image_id: str, error: BaseException) -> None:
-        deadline = time.monotonic() + self.conf.upload_lease_seconds
-        delay = 1.0
-        while time.monotonic() < deadline:
-            time.sleep(delay)
-            delay = min(delay * 2, 30.0)
-            if self._release(image_id, error, in_background=True):
-                return
-        LOG.error("image %s: still 'saving'; recovery returns it to 'queued' once its lease ran out", image_id)
+        return self.registry.update_image(claim.image_id, change, storage_limit=self._storage_limit())
 
     @staticmethod
     def _delete_quietly(store: Store, uri: str) -> None:
@@ -705,25 +809,21 @@ class ImageService:
 
     # -- recovery -----------------------------------------------------------------------
 
-    def recover_interrupted_uploads(self) -> list[str]:
-        """Return images left in ``saving`` by a dead process to ``queued`` and remove
-        whatever data their upload left behind.
+    def recover(self) -> list[str]:
+        """Undo or finish the work a dead process left behind (:mod:`abbild.uploads`):
+        images it left ``saving`` return to ``queued`` without whatever data their
+        upload wrote; images it left ``pending_delete`` lose their data and are
+        ``deleted``.
 
-        Safe to run on every start of every worker: an upload whose process is alive on
-        this host, or whose lease (renewed while bytes flow) has not run out, is left
-        alone.
+        Safe to run on every start of every worker: work whose process is alive on
+        this host, or whose lease has not run out, is left alone.
+
+        :returns: the ids of the images recovered.
         """
         recovered = []
-        now = utcnow()
-        for image in self.registry.images_in_status(Status.SAVING.value):
-            if image.upload_worker == self.worker:
-                continue
-            alive = worker_alive(image.upload_worker or "")
-            if alive or (alive is None and image.upload_lease and image.upload_lease > now):
-                continue
-            claimed_by = image.upload_worker
+        for image in self.claims.stale(Status.SAVING):
 
-            def change(current: Image) -> None:
+            def change(current: Image, claimed_by=image.upload_worker) -> None:
                 if current.status is not Status.SAVING or current.upload_worker != claimed_by:
                     raise Conflict("the upload changed hands")
                 current.transition(Status.QUEUED)
@@ -733,11 +833,18 @@ class ImageService:
                 self.registry.update_image(image.id, change)
             except (Conflict, ImageNotFound):
                 continue
-            for store in self.stores:
-                try:
-                    store.discard(image.id)
-                except StoreError:
-                    LOG.exception("image %s: could not discard partial data in store %s", image.id, store.name)
-            LOG.warning("image %s: upload by %s was interrupted; the image is queued again", image.id, claimed_by)
+            self._discard_everywhere(image.id)
+            LOG.warning("image %s: upload by %s was interrupted; the image is queued again",
+                        image.id, image.upload_worker)  # fmt: skip
             recovered.append(image.id)
+        for image in self.claims.stale(Status.PENDING_DELETE):
+            try:
+                deleted = self._delete_data(image)
+            except (InUse, InvalidTransition, ImageNotFound) as exc:
+                LOG.warning("image %s: its delete cannot be finished now: %s", image.id, exc)
+                continue
+            if deleted.status is Status.DELETED:
+                LOG.warning("image %s: an interrupted delete was finished", image.id)
+                notify(self.plugins, "abbild_image_deleted", image=deleted)
+                recovered.append(image.id)
         return recovered

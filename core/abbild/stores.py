@@ -35,6 +35,10 @@ class Store:
     def read_only(self) -> bool:
         return Capability.WRITE not in self.capabilities
 
+    @property
+    def takes_user_locations(self) -> bool:
+        return Capability.USER_LOCATIONS in self.capabilities
+
     def _require(self, cap: Capability, operation: str) -> None:
         if cap not in self.capabilities:
             raise UnsupportedOperation(self.name, operation)

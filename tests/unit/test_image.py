@@ -17,10 +17,12 @@ ALLOWED = {
     "importing": {"active", "deleted", "queued"},
     "active": {"pending_delete", "deleted", "deactivated"},
     "killed": {"deleted"},
-    "pending_delete": {"deleted", "active"},
+    "pending_delete": {"deleted", "active", "deactivated"},
     "deleted": set(),
-    "deactivated": {"active", "deleted"},
+    "deactivated": {"active", "deleted", "pending_delete"},
 }
+# Glance's table, and two more (abbild deletes a deactivated image's data the way it
+# deletes an active one's: pending_delete first, back if the store refuses).
 ALL_PAIRS = list(itertools.product(ALLOWED, ALLOWED))
 ALLOWED_PAIRS = [(src, dst) for src, dst in ALL_PAIRS if dst in ALLOWED[src]]
 FORBIDDEN_PAIRS = [(src, dst) for src, dst in ALL_PAIRS if dst not in ALLOWED[src]]

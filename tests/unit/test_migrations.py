@@ -55,7 +55,7 @@ def collations(engine) -> tuple[dict, dict]:
 
 
 def test_head_is_the_latest_revision():
-    assert migrate.head() == "0001"
+    assert migrate.head() == "0002"
 
 
 def test_sync_empty_database(blank_engine):

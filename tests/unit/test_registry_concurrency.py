@@ -97,3 +97,64 @@ def test_no_lost_updates(sql_url, sql_registry, runner, tmp_path):
     created = sql_registry.images_in_status("queued")
     assert sorted(image.name for image in created) == sorted(expected_tags | {"shared"})
     assert all(image.tags == {image.name} for image in created if image.id != shared.id)
+
+
+# -- quotas: the check and the write are one step --------------------------------------------
+
+
+def _side_by_side(calls) -> tuple[int, list[BaseException]]:
+    """Run *calls* at the same moment, one thread each; returns how many returned and
+    what the others raised."""
+    from abbild.errors import QuotaExceeded
+
+    start = threading.Barrier(len(calls))
+    done, refused, unexpected = [], [], []
+
+    def run(call) -> None:
+        start.wait()
+        try:
+            call()
+            done.append(call)
+        except QuotaExceeded as exc:
+            refused.append(exc)
+        except Exception:
+            unexpected.append(traceback.format_exc())
+
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not unexpected, unexpected[0]
+    return len(done), refused
+
+
+@pytest.mark.backend("sql")
+def test_uploads_finishing_together_stay_within_the_storage_limit(sql_registry):
+    """Four 600-byte images activated at once against a 1,024-byte limit: one fits."""
+    from abbild.image import Status
+
+    owner = f"p-{uuid.uuid4().hex[:8]}"
+    images = [sql_registry.create_image(Image(id=str(uuid.uuid4()), owner=owner, disk_format="raw",
+                                              container_format="bare")) for _ in range(WORKERS)]  # fmt: skip
+
+    def activate(image_id):
+        def change(image: Image) -> None:
+            image.size = 600
+            image.transition(Status.ACTIVE)
+
+        return lambda: sql_registry.update_image(image_id, change, storage_limit=1024)
+
+    done, refused = _side_by_side([activate(i.id) for i in images])
+    assert (done, len(refused)) == (1, WORKERS - 1)
+    assert "user_storage_quota allows 1024" in str(refused[0])
+    assert sql_registry.usage(owner).size == 600
+
+
+@pytest.mark.backend("sql")
+def test_members_added_together_stay_within_the_member_limit(sql_registry):
+    image = sql_registry.create_image(Image(id=str(uuid.uuid4()), owner="owner"))
+    done, refused = _side_by_side([lambda m=m: sql_registry.add_member(image.id, m, limit=2)
+                                   for m in ("a", "b", "c", "d", "e")])  # fmt: skip
+    assert (done, len(refused)) == (2, 3)
+    assert len(sql_registry.list_members(image.id)) == 2

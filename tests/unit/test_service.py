@@ -10,7 +10,7 @@ import pytest
 from abbild.errors import Conflict, Forbidden, ImageNotFound, SizeLimitExceeded, SizeMismatch
 from abbild.image import Image, Status, utcnow
 from abbild.registry import Viewer
-from abbild.service import Gone
+from abbild.errors import Gone
 
 ADMIN = Viewer(is_admin=True)
 
@@ -151,9 +151,9 @@ def test_recovery_resets_dead_local_workers_and_expired_leases(service):
     dead_local = _claimed(service, f"{socket.gethostname()}:999999999:1", 3600, complete=True)
     expired_remote = _claimed(service, "elsewhere:1:1", -5)
     live_remote = _claimed(service, "elsewhere:2:2", 3600)
-    ours = _claimed(service, service.worker, 3600)
+    ours = _claimed(service, service.claims.worker, 3600)
 
-    assert sorted(service.recover_interrupted_uploads()) == sorted([dead_local, expired_remote])
+    assert sorted(service.recover()) == sorted([dead_local, expired_remote])
     for image_id in (dead_local, expired_remote):
         image = service.registry.get_image(image_id)
         assert image.status is Status.QUEUED and image.upload_worker is None
@@ -196,7 +196,7 @@ def test_a_zombie_worker_is_dead():
     import signal
     import time
 
-    from abbild.service import worker_alive, worker_identity
+    from abbild.uploads import worker_alive, worker_identity
 
     pid = os.fork()
     if pid == 0:

@@ -129,3 +129,13 @@ class MemberRow(Base):
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
 
     __table_args__ = (UniqueConstraint("image_id", "member"), Index(None, "member"))
+
+
+class OwnerLockRow(Base):
+    """One row per project, locked (``SELECT ... FOR UPDATE``) while a write checks the
+    project's storage quota, so that two uploads of one project finishing at the same
+    time are checked one after the other."""
+
+    __tablename__ = "owner_locks"
+
+    owner: Mapped[str255] = mapped_column(primary_key=True)

@@ -13,7 +13,7 @@ from sqlalchemy import and_, case, create_engine, delete, event, exists, false, 
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from abbild.db.models import ImageRow, LocationRow, MemberRow, PropertyRow, TagRow
+from abbild.db.models import ImageRow, LocationRow, MemberRow, OwnerLockRow, PropertyRow, TagRow
 from abbild.errors import (
     ConcurrentUpdate,
     Conflict,
@@ -21,6 +21,7 @@ from abbild.errors import (
     ImageNotFound,
     Invalid,
     MemberNotFound,
+    QuotaExceeded,
     RegistryUnavailable,
 )
 from abbild.image import Image, Location, Status, utcnow
@@ -144,14 +145,15 @@ class SQLRegistry(Registry):
                 raise ImageNotFound(image_id)
             return _to_image(row)
 
-    def save_image(self, image: Image) -> Image:
+    def save_image(self, image: Image, *, storage_limit: int | None = None) -> Image:
         def work(session: Session):
             # Our UPDATE holds the row lock until commit, so the children are ours too.
-            return _save(session, image, lambda: _load_children(session, image.id))
+            return _save(session, image, lambda: _load_children(session, image.id), storage_limit)
 
         return self._writing(work)
 
-    def update_image(self, image_id: str, change: Callable[[Image], None], *, attempts: int = 20) -> Image:
+    def update_image(self, image_id: str, change: Callable[[Image], None], *, storage_limit: int | None = None,
+                     attempts: int = 20) -> Image:  # fmt: skip
         """Apply *change* to the current image and save it, in one write transaction.
 
         The image row is locked before it is read (``SELECT ... FOR UPDATE``; on SQLite
@@ -177,7 +179,8 @@ class SQLRegistry(Registry):
                 change(image)
             finally:
                 self._in_change.image_id = None
-            return _save(session, image, lambda: (current.properties, current.tags, current.locations))
+            return _save(session, image, lambda: (current.properties, current.tags, current.locations),
+                         storage_limit)  # fmt: skip
 
         return self._writing(work)
 
@@ -238,10 +241,19 @@ class SQLRegistry(Registry):
             row = session.scalars(_member_query(image_id, member_id)).first()
             return _to_member(row) if row is not None else None
 
-    def add_member(self, image_id: str, member_id: str) -> Member:
+    def add_member(self, image_id: str, member_id: str, *, limit: int | None = None) -> Member:
         now = utcnow()
 
         def work(session: Session):
+            if limit is not None:
+                # The image row's lock makes the count and the insert one step: two
+                # members added side by side cannot both take the last place.
+                session.execute(select(ImageRow.id).where(ImageRow.id == image_id).with_for_update())
+                count = session.scalar(
+                    select(func.count()).where(MemberRow.image_id == image_id, MemberRow.deleted == false())
+                )
+                if count >= limit:
+                    raise QuotaExceeded(f"Image {image_id} already has the maximum of {limit} members.")
             # A removed member keeps its row (the unique key); adding it again revives it.
             row = session.scalars(
                 select(MemberRow).where(MemberRow.image_id == image_id, MemberRow.member == member_id).with_for_update()
@@ -297,7 +309,7 @@ def _to_member(row: MemberRow) -> Member:
 # -- row <-> image ------------------------------------------------------------------------
 
 
-def _save(session: Session, image: Image, old_children: Callable[[], tuple]) -> Image:
+def _save(session: Session, image: Image, old_children: Callable[[], tuple], storage_limit: int | None) -> Image:
     """Compare-and-swap *image* at its ``version``; returns it as stored."""
     saved = _normalized(image)
     saved.updated_at = max(utcnow(), saved.updated_at)
@@ -314,8 +326,34 @@ def _save(session: Session, image: Image, old_children: Callable[[], tuple]) -> 
         if current is None or current.deleted:
             raise ImageNotFound(image.id)
         raise ConcurrentUpdate(image.id)
+    if storage_limit is not None and saved.owner is not None:
+        _check_storage(session, saved.owner, storage_limit)
     _write_children(session, saved, old_children())
     return saved
+
+
+def _check_storage(session: Session, owner: str, limit: int) -> None:
+    """:raises abbild.errors.QuotaExceeded: *owner*'s images, as this transaction
+    leaves them, hold more than *limit* bytes.
+
+    The owner's lock row is taken after the image row (every writer does it in that
+    order, so none waits for another in a circle), and the sum is read once it is
+    held: it then includes whatever another upload of the owner committed before.
+    """
+    lock = select(OwnerLockRow.owner).where(OwnerLockRow.owner == owner).with_for_update()
+    if session.execute(lock).first() is None:
+        try:
+            with session.begin_nested():
+                session.execute(insert(OwnerLockRow).values(owner=owner))
+        except IntegrityError:
+            pass  # a concurrent writer made it; the select below waits for that writer
+        session.execute(lock)
+    used = session.scalar(
+        select(func.coalesce(func.sum(ImageRow.size), 0)).where(ImageRow.owner == owner, ImageRow.deleted == false())
+    )
+    if used > limit:
+        raise QuotaExceeded(f"Project {owner} would store {used} bytes of image data; "
+                            f"user_storage_quota allows {limit}.")  # fmt: skip
 
 
 def _naive_utc(value: datetime.datetime | None) -> datetime.datetime | None:

@@ -35,7 +35,8 @@ class HTTPDriver(Driver):
     """
 
     schemes = ("http", "https")
-    capabilities = Capability.READ | Capability.RANGE_READ
+    # Users register their own URLs here; the guard keeps them off internal hosts.
+    capabilities = Capability.READ | Capability.RANGE_READ | Capability.USER_LOCATIONS
     options = opts.OPTS
 
     def configure(self) -> Capability:
