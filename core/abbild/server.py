@@ -131,6 +131,9 @@ class EmbeddedServer(BaseApplication):
             "loglevel": "info",
             "proc_name": "abbild",
             "control_socket_disable": True,
+            # Forwarded headers count only through [oslo_middleware]
+            # enable_proxy_headers_parsing, not because a peer is on loopback.
+            "forwarded_allow_ips": "",
         }
         super().__init__()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from abbild import config
+from abbild_paste import http_proxy
 
 # Newest first. Clients switch features on by version (glanceclient's has_version), so
 # only versions whose API abbild serves are listed: multi-store (2.8, 2.10) is always on,
@@ -31,11 +32,37 @@ def versions_document(base_url: str) -> bytes:
 
 
 def _base_url(environ, public_endpoint: str | None) -> str:
+    """``public_endpoint``, else the address this connection really reached (or the
+    one a trusted proxy forwarded): never the ``Host`` header, which any client
+    sets, and which would otherwise become the links clients follow."""
     if public_endpoint:
         return public_endpoint
-    scheme = environ.get("HTTP_X_FORWARDED_PROTO") or environ["wsgi.url_scheme"]
-    host = environ.get("HTTP_HOST") or f"{environ['SERVER_NAME']}:{environ['SERVER_PORT']}"
-    return f"{scheme}://{host}{environ.get('SCRIPT_NAME', '')}"
+    scheme = environ.get("wsgi.url_scheme")
+    scheme = scheme if scheme in http_proxy.SCHEMES else "http"
+    host = environ.get(http_proxy.FORWARDED_HOST) or _local_address(environ)
+    prefix = environ.get("SCRIPT_NAME", "")
+    return f"{scheme}://{host}{prefix if http_proxy.valid_prefix(prefix) else ''}"
+
+
+def _local_address(environ) -> str:
+    """host:port of the listening socket the request came in on."""
+    sock = environ.get("gunicorn.socket")
+    if sock is not None:
+        try:
+            address = sock.getsockname()
+        except OSError:
+            address = None
+        if isinstance(address, tuple):
+            return _authority(address[0], address[1])
+        return "localhost"  # a unix socket: only public_endpoint or a proxy can tell
+    if environ.get("SERVER_ADDR"):  # Apache: the local address; its SERVER_PORT may come from Host
+        return _authority(environ["SERVER_ADDR"], environ.get("mod_wsgi.listener_port") or environ["SERVER_PORT"])
+    return _authority(environ["SERVER_NAME"], environ["SERVER_PORT"])
+
+
+def _authority(host: str, port) -> str:
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return authority if http_proxy.valid_authority(authority) else "localhost"
 
 
 def filter_factory(global_conf, **local_conf):

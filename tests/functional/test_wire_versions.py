@@ -12,6 +12,8 @@ import uuid
 import pytest
 import requests
 
+from tests.functional.helpers import server_config
+
 REQUEST_ID = re.compile(r"^req-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 EXPECTED_VERSIONS = ["v2.11", "v2.10", "v2.9", "v2.8", "v2.7", "v2.6", "v2.5", "v2.4", "v2.3", "v2.2", "v2.1", "v2.0"]
 
@@ -92,6 +94,88 @@ def test_version_by_accept_header_with_unprefixed_path(server, accept):
 def test_unknown_version_by_accept_header_is_300(server):
     resp = requests.get(f"{server.url}/images", headers={"Accept": "application/vnd.openstack.images-v1"})
     assert resp.status_code == 300
+
+
+# -- the versions document's links ------------------------------------------------------
+# Clients follow these links, and the document needs no token: a Host or X-Forwarded-*
+# header that anyone can send must not make them (GLANCE-API.md section 2).
+
+
+def _hrefs(url: str, path: str, headers: dict) -> set[str]:
+    resp = requests.get(url + path, headers=headers, allow_redirects=False)
+    assert resp.status_code in (200, 300), resp.text
+    return {link["href"] for version in resp.json()["versions"] for link in version["links"]}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Host": "evil.example:666", "X-Forwarded-Proto": "javascript"},
+        {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example", "X-Forwarded-Prefix": "/evil"},
+        {"Forwarded": "proto=https;host=evil.example"},
+        {"X-Forwarded-Ssl": "on", "X-Forwarded-Protocol": "ssl"},
+    ],
+)
+@pytest.mark.parametrize("path", ["/", "/versions"])
+def test_versions_links_ignore_host_and_forwarded_headers(server, path, headers):
+    """Without [oslo_middleware] enable_proxy_headers_parsing: the address this
+    connection reached, with the scheme it really used."""
+    assert _hrefs(server.url, path, headers) == {f"{server.url}/v2/"}
+
+
+@pytest.fixture(scope="module")
+def behind_proxy(server_factory):
+    return server_factory("behind-proxy", server_config(stores="[oslo_middleware]\nenable_proxy_headers_parsing = true\n"))
+
+
+@pytest.mark.parametrize(
+    "headers, href",
+    [
+        ({"X-Forwarded-Proto": "https", "X-Forwarded-Host": "images.example.org"}, "https://images.example.org/v2/"),
+        ({"Forwarded": "for=192.0.2.60;proto=https;host=images.example.org:8443"},
+         "https://images.example.org:8443/v2/"),
+        ({"X-Forwarded-Proto": "https", "X-Forwarded-Host": "[2001:db8::1]:9292", "X-Forwarded-Prefix": "/image"},
+         "https://[2001:db8::1]:9292/image/v2/"),
+        ({"X-Forwarded-Host": "images.example.org", "Host": "evil.example"}, "http://images.example.org/v2/"),
+        ({"X-Forwarded-Proto": "https"}, "https://{local}/v2/"),
+    ],
+)  # fmt: skip
+def test_versions_links_follow_a_trusted_proxy(behind_proxy, headers, href):
+    local = behind_proxy.url.removeprefix("http://")
+    assert _hrefs(behind_proxy.url, "/versions", headers) == {href.format(local=local)}
+
+
+@pytest.mark.parametrize(
+    "headers, href",
+    [
+        ({"X-Forwarded-Proto": "javascript", "Host": "evil.example:666"}, "http://{local}/v2/"),
+        ({"Forwarded": "proto=javascript;host=evil.example"}, "http://evil.example/v2/"),
+        ({"X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example:666/x"}, "https://{local}/v2/"),
+        ({"X-Forwarded-Host": "evil.example:99999"}, "http://{local}/v2/"),
+        ({"X-Forwarded-Host": "user@evil.example"}, "http://{local}/v2/"),
+        ({"X-Forwarded-Host": "[evil]:80"}, "http://{local}/v2/"),
+        ({"X-Forwarded-Host": "evil.example, images.example.org"}, "http://{local}/v2/"),
+        ({"X-Forwarded-Host": "images.example.org", "X-Forwarded-Prefix": "@evil.example"},
+         "http://images.example.org/v2/"),
+        ({"X-Forwarded-Host": "images.example.org", "X-Forwarded-Prefix": "/a?b#"}, "http://images.example.org/v2/"),
+    ],
+)  # fmt: skip
+def test_versions_links_refuse_what_is_not_a_scheme_host_or_path(behind_proxy, headers, href):
+    """Even from a trusted proxy: only http or https, a host[:port] and a path; anything
+    else falls back to the connection's own value."""
+    local = behind_proxy.url.removeprefix("http://")
+    assert _hrefs(behind_proxy.url, "/versions", headers) == {href.format(local=local)}
+
+
+def test_the_api_works_behind_a_proxy_prefix(behind_proxy):
+    resp = requests.get(f"{behind_proxy.url}/v2/images", headers={"X-Forwarded-Prefix": "/image"})
+    assert resp.status_code == 200 and resp.json()["images"] == []
+
+
+def test_public_endpoint_makes_the_links(server_factory):
+    srv = server_factory("public-endpoint", server_config(default="public_endpoint = https://images.example.org/image"))
+    headers = {"Host": "evil.example", "X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "http"}
+    assert _hrefs(srv.url, "/", headers) == {"https://images.example.org/image/v2/"}
 
 
 # -- healthcheck ------------------------------------------------------------------------
