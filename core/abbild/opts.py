@@ -51,8 +51,10 @@ image_opts = [
     cfg.IntOpt("api_limit_max", default=1000, min=1, help="Largest page size a client may ask for."),
     cfg.StrOpt(
         "public_endpoint",
-        help="URL clients reach this service at, used in the versions document. "
-        "Default: the URL of the request.",
+        help="URL clients reach this service at, used in the links of the versions "
+        "document; behind a load balancer or proxy, its URL. Unset: the scheme, address "
+        "and port the connection really reached (or those a trusted proxy forwards, see "
+        "[oslo_middleware] enable_proxy_headers_parsing), never the request's Host header.",
     ),
     cfg.IntOpt(
         "image_member_quota",
