@@ -135,6 +135,15 @@ def test_request_ids_reach_the_access_log(server):
     assert "req-through-apache" in access_log.read_text()
 
 
+def test_versions_links_ignore_the_host_header(server):
+    """Apache derives SERVER_NAME, and SERVER_PORT, from the Host header a client sends
+    (UseCanonicalName Off); the links name the address and port it really listens on."""
+    headers = {"Host": "evil.example:666", "X-Forwarded-Proto": "javascript", "X-Forwarded-Host": "evil.example"}
+    for path in ("/", "/versions"):
+        resp = requests.get(f"{server.url}{path}", headers=headers, timeout=10)
+        assert {link["href"] for v in resp.json()["versions"] for link in v["links"]} == {f"{server.url}/v2/"}
+
+
 # -- the glanceclient tests, against Apache ---------------------------------------------------
 # The module is loaded again under another name, so its tests and fixtures run here with
 # this module's ``server`` fixture (Apache) instead of ``abbild serve``.
