@@ -48,12 +48,15 @@ def valid_prefix(value: str) -> bool:
 
 
 def filter_factory(global_conf, **local_conf):
-    from oslo_middleware.http_proxy_to_wsgi import HTTPProxyToWSGI
+    from oslo_middleware import http_proxy_to_wsgi
 
     from abbild import config
 
     files = [f for f in (global_conf.get("config_files") or "").split(",") if f]
     conf = config.load(files)
+    conf.register_opts(http_proxy_to_wsgi.OPTS, group="oslo_middleware")
+    if not conf.oslo_middleware.enable_proxy_headers_parsing:
+        return lambda app: app
 
     def make(app):
         def keep_valid(environ, start_response):
@@ -69,9 +72,7 @@ def filter_factory(global_conf, **local_conf):
                 environ["SCRIPT_NAME"] = original["SCRIPT_NAME"]
             return app(environ, start_response)
 
-        parser = HTTPProxyToWSGI(keep_valid, conf)  # registers [oslo_middleware]
-        if not conf.oslo_middleware.enable_proxy_headers_parsing:
-            return app
+        parser = http_proxy_to_wsgi.HTTPProxyToWSGI(keep_valid, conf)
 
         def middleware(environ, start_response):
             environ[_ORIGINAL] = {
