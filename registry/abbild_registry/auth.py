@@ -1,5 +1,6 @@
 """Who may talk to the registry, and for whom: the auth filter of the registry
-pipeline, and the refusal to listen beyond loopback without authentication.
+pipeline, and the refusal to serve anyone beyond loopback without authentication
+(at start-up, and in the filter for servers that bind elsewhere: mod_wsgi, uWSGI).
 
 ``hmac``: the API nodes sign each request with the shared secret and name the caller
 in it; whoever holds the secret may act for anyone. ``keystone``: each request carries
@@ -82,8 +83,8 @@ def _path_qs(environ) -> str:
     return urllib.parse.quote(path, safe="/") + (f"?{query}" if query else "")
 
 
-def _refuse(start_response, status: str, reason: str):
-    body = json.dumps({"error": {"type": "Unauthorized", "message": reason, "args": {}}}).encode()
+def _refuse(start_response, status: str, reason: str, kind: str = "Unauthorized"):
+    body = json.dumps({"error": {"type": kind, "message": reason, "args": {}}}).encode()
     start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
 
@@ -92,6 +93,61 @@ class Refused(Exception):
     def __init__(self, status: str, reason: str) -> None:
         super().__init__(reason)
         self.status, self.reason = status, reason
+
+
+def is_loopback_address(address: str | None) -> bool:
+    """Whether a client's address (``REMOTE_ADDR``) is this machine's loopback."""
+    try:
+        ip = ipaddress.ip_address((address or "").split("%")[0])
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def _from_loopback(environ) -> None:
+    """:raises Refused: 403 for a client beyond loopback (noauth)."""
+    address = environ.get("REMOTE_ADDR")
+    if not is_loopback_address(address):
+        raise Refused("403 Forbidden", f"[registry_server] auth_strategy = noauth serves this machine only "
+                                       f"(loopback), and {address or 'this client'} is not: set auth_strategy = "
+                                       f"keystone (with [keystone_authtoken]) or hmac (with shared_secret) to "
+                                       f"serve the API nodes")  # fmt: skip
+
+
+def read_body(environ, limit: int) -> bytes:
+    """The request body, at most *limit* bytes, read once and put back for the app.
+
+    :raises Refused: 413 for a larger body (before reading it when its
+        Content-Length says so, else once the limit is passed), 400 for a malformed
+        Content-Length.
+    """
+    too_large = Refused("413 Request Entity Too Large", f"the body is larger than {limit} bytes ([registry_server] "
+                                                       f"max_request_body_size)")  # fmt: skip
+    length = environ.get("CONTENT_LENGTH")
+    if length:
+        if not length.isascii() or not length.isdigit():
+            raise Refused("400 Bad Request", f"malformed Content-Length {length!r}")
+        if int(length) > limit:
+            raise too_large
+        body = environ["wsgi.input"].read(int(length))
+    elif environ.get("wsgi.input_terminated"):
+        # A chunked body (the server de-chunks it and ends the input where it ends).
+        body = environ["wsgi.input"].read(limit + 1)
+        if len(body) > limit:
+            raise too_large
+    else:
+        body = b""
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+    return body
+
+
+def _refused(start_response, environ, refusal: "Refused"):
+    LOG.warning("refused a request from %s: %s", environ.get("REMOTE_ADDR"), refusal.reason)
+    kind = {"401": "Unauthorized", "403": "Unauthorized", "413": "RequestTooLarge"}.get(refusal.status[:3], "Invalid")
+    return _refuse(start_response, refusal.status, f"registry request refused: {refusal.reason}", kind)
 
 
 def _roles(header: str | None) -> tuple[str, ...]:
@@ -125,17 +181,17 @@ def keystone_caller(environ, service_roles) -> wire.Caller:
                               roles=roles, is_admin="admin" in roles))  # fmt: skip
 
 
-def keystone_middleware(app, conf):
-    """Puts :func:`keystone_caller` into the environ, or refuses the request. Goes
-    behind keystonemiddleware's auth_token, which registers (and reads)
-    ``[keystone_authtoken]`` of *conf*."""
+def keystone_middleware(app, conf, body_limit: int = 1 << 20):
+    """Puts :func:`keystone_caller` into the environ (then reads the body, at most
+    *body_limit* bytes), or refuses the request. Goes behind keystonemiddleware's
+    auth_token, which registers (and reads) ``[keystone_authtoken]`` of *conf*."""
 
     def middleware(environ, start_response):
         try:
             environ[CALLER_KEY] = keystone_caller(environ, conf.keystone_authtoken.service_token_roles)
+            read_body(environ, body_limit)
         except Refused as refusal:
-            LOG.warning("refused a request from %s: %s", environ.get("REMOTE_ADDR"), refusal.reason)
-            return _refuse(start_response, refusal.status, f"registry request refused: {refusal.reason}")
+            return _refused(start_response, environ, refusal)
         return app(environ, start_response)
 
     return middleware
@@ -149,7 +205,7 @@ def _keystone_filter(conf):
     def make(app):
         # The decision is ours, so that a missing user token can still mean a service
         # job, and a missing service role can be told from a bad token.
-        return auth_token.AuthProtocol(keystone_middleware(app, conf),
+        return auth_token.AuthProtocol(keystone_middleware(app, conf, conf.registry_server.max_request_body_size),
                                        {"oslo_config_config": conf, "delay_auth_decision": "true"})  # fmt: skip
 
     return make
@@ -158,7 +214,9 @@ def _keystone_filter(conf):
 def filter_factory(global_conf, **local_conf):
     """Authenticates each request (``[registry_server] auth_strategy``) and puts the
     caller it acts for into the environ. Unsigned, altered, stale and replayed
-    requests get 401, as do requests without valid Keystone tokens."""
+    requests get 401, as do requests without valid Keystone tokens; with noauth,
+    requests from beyond loopback get 403. Bodies beyond ``max_request_body_size``
+    get 413. What the headers decide is decided before the body is read."""
     conf = load_conf(config_files(global_conf))
     check_auth_config(conf)
     if conf.registry_server.auth_strategy == "keystone":
@@ -170,23 +228,26 @@ def filter_factory(global_conf, **local_conf):
         def middleware(environ, start_response):
             if environ.get("PATH_INFO") == "/healthcheck":
                 return app(environ, start_response)
-            # The body is read here (it is small JSON) because the signature covers it.
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-            body = environ["wsgi.input"].read(length) if length else b""
-            environ["wsgi.input"] = io.BytesIO(body)
             headers = {
                 name: environ.get("HTTP_" + name.upper().replace("-", "_"))
                 for name in (wire.CALLER_HEADER, wire.TIMESTAMP_HEADER, wire.NONCE_HEADER, wire.SIGNATURE_HEADER)
             }
-            if verifier is not None:
-                try:
+            try:
+                if verifier is None:
+                    _from_loopback(environ)
+                else:
+                    verifier.check_headers(headers)
+                # Read here (it is small JSON) because the signature covers it.
+                body = read_body(environ, server.max_request_body_size)
+                if verifier is not None:
                     verifier.verify(environ["REQUEST_METHOD"], _path_qs(environ), headers, body)
-                except wire.SignatureError as error:
-                    LOG.warning("refused a request from %s: %s", environ.get("REMOTE_ADDR"), error)
-                    return _refuse(start_response, "401 Unauthorized", f"registry request refused: {error}")
+            except wire.SignatureError as error:
+                return _refused(start_response, environ, Refused("401 Unauthorized", str(error)))
+            except Refused as refusal:
+                return _refused(start_response, environ, refusal)
             try:
                 environ[CALLER_KEY] = wire.caller_from_header(headers[wire.CALLER_HEADER] or "")
-            except ValueError:
+            except (ValueError, TypeError):
                 return _refuse(start_response, "400 Bad Request", f"{wire.CALLER_HEADER} header missing or malformed")
             return app(environ, start_response)
 

@@ -49,6 +49,14 @@ server_opts = [
         help="Seconds a signed request stays valid; older ones, and a second use of "
         "the same request within this window, are refused.",
     ),
+    cfg.IntOpt(
+        "max_request_body_size",
+        default=1 << 20,
+        min=1024,
+        help="Largest request body, in bytes, the registry reads: its requests are "
+        "small JSON documents (an image's metadata). A larger one is refused with 413, "
+        "before it is read when its Content-Length says so.",
+    ),
 ]
 
 

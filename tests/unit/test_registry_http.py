@@ -18,6 +18,7 @@ import wsgiref.simple_server
 
 import pytest
 import requests
+import webob
 
 from abbild import registry_wire as wire
 from abbild.caller import acting_as
@@ -168,6 +169,66 @@ def test_altered_body_is_refused(url, client):
     assert client.list_members(image.id) == []
 
 
+def test_non_ascii_signature_is_refused(url, client):
+    image = _image(client)
+    path = f"/v1/images/{image.id}"
+    headers = {**_signed("GET", path), wire.SIGNATURE_HEADER: "\xe9" * 64}
+    resp = requests.get(url + path, headers=headers)
+    assert resp.status_code == 401 and "malformed X-Abbild-Signature" in resp.text, resp.text
+
+
+class _Unread:
+    """A request body that must not be read."""
+
+    def read(self, *args):
+        raise AssertionError("the body was read")
+
+
+def _filtered(tmp_path, text: str):
+    conf = tmp_path / "r.conf"
+    conf.write_text(f"[registry_server]\n{text}")
+    return filter_factory({"config_files": str(conf)})(lambda environ, start_response: webob.Response("ok")(
+        environ, start_response))  # fmt: skip
+
+
+@pytest.mark.parametrize("headers, status, reason", [
+    (lambda: {}, 401, "unsigned request"),
+    (lambda: {**_signed("POST", "/v1/images"), wire.TIMESTAMP_HEADER: "1"}, 401, "stale request"),
+    (lambda: {**_signed("POST", "/v1/images"), wire.TIMESTAMP_HEADER: "\u0661\u0662"}, 401,
+     "malformed X-Abbild-Timestamp"),
+    (lambda: _signed("POST", "/v1/images"), 413, "max_request_body_size"),
+], ids=["unsigned", "stale", "non-ascii digits", "too large"])  # fmt: skip
+def test_headers_decide_before_the_body_is_read(tmp_path, headers, status, reason):
+    app = _filtered(tmp_path, f"shared_secret = {SECRET}\nmax_request_body_size = 2048\n")
+    req = webob.Request.blank("/v1/images", method="POST", headers=headers())
+    req.environ.update({"CONTENT_LENGTH": "1000000000", "wsgi.input": _Unread()})
+    resp = req.get_response(app)
+    assert resp.status_code == status and reason in resp.text, resp.text
+
+
+def test_malformed_content_length_is_400(tmp_path):
+    app = _filtered(tmp_path, "auth_strategy = noauth\n")
+    req = webob.Request.blank("/v1/images", method="POST", remote_addr="127.0.0.1")
+    req.environ["CONTENT_LENGTH"] = "12abc"
+    assert req.get_response(app).status_code == 400
+
+
+@pytest.mark.parametrize("address", ["192.0.2.10", "::ffff:192.0.2.10", "2001:db8::1", "", "localhost"])
+def test_noauth_answers_no_client_beyond_loopback(tmp_path, address):
+    """Also where `abbild registry` never checked its bind address (mod_wsgi, uWSGI)."""
+    req = webob.Request.blank("/v1/images", headers={wire.CALLER_HEADER: wire.caller_header(None)})
+    req.environ["REMOTE_ADDR"] = address
+    resp = req.get_response(_filtered(tmp_path, "auth_strategy = noauth\n"))
+    assert resp.status_code == 403 and "auth_strategy = noauth serves this machine only" in resp.text, resp.text
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"])
+def test_noauth_answers_loopback(tmp_path, address):
+    req = webob.Request.blank("/v1/images", headers={wire.CALLER_HEADER: wire.caller_header(None)})
+    req.environ["REMOTE_ADDR"] = address
+    assert req.get_response(_filtered(tmp_path, "auth_strategy = noauth\n")).text == "ok"
+
+
 def test_wrong_secret_is_a_clear_registry_error(url, client):
     image = _image(client)
     with pytest.raises(RegistryUnavailable, match="shared_secret"):
@@ -252,7 +313,7 @@ def test_only_the_owner_writes(client):
             client.update_image(image.id, lambda i: setattr(i, "name", "mine now"))
         with pytest.raises(Forbidden):
             client.create_image(Image(id=str(uuid.uuid4()), owner="p1"))
-    with acting_as(Viewer("p1")):
+    with acting_as(Viewer("p1", roles=("member", "reader"))):  # the policy's modify_image wants a member
         assert client.update_image(image.id, lambda i: setattr(i, "name", "renamed")).name == "renamed"
 
 
