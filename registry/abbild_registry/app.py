@@ -18,16 +18,23 @@ registry applies the visibility rules to it: an image the caller may not see doe
 not exist, whatever an API node asks for.
 
 With ``auth_strategy = keystone`` an API node that sends its service token without a
-user's token acts for nobody: it may only carry on uploads in progress, the work that
-runs outside any user request (start-up recovery, releasing a failed upload's claim
-once the registry is back, a location import). Those are the *service jobs*:
+user's token acts for nobody: it may only carry on uploads and deletes in progress, the
+work that runs outside any user request (start-up recovery, releasing a failed upload's
+claim once the registry is back, a location import, deleting the data of a deleted
+image again). Those are the *service jobs*:
 
-- ``GET /v1/images?in_status=saving``
-- ``GET /v1/images/{id}`` of an image in ``saving`` (any other does not exist)
+- ``GET /v1/images?in_status=saving`` and ``?in_status=pending_delete``
+- ``GET /v1/images/{id}`` of an image in ``saving`` or ``pending_delete`` (any other
+  does not exist)
 - ``PUT /v1/images/{id}`` of an image in ``saving`` that stays ``saving`` (a renewed
-  lease) or becomes ``active`` or ``queued``, with its owner and visibility unchanged
+  lease) or becomes ``active`` or ``queued``, or of one in ``pending_delete`` that
+  stays there (fewer locations) or becomes ``deleted``, with its owner and visibility
+  unchanged
 
 Anything else needs the user's token (401).
+
+What a user's write may change is :mod:`abbild_registry.rules`: no more than the API
+lets that user change.
 """
 
 from __future__ import annotations
@@ -46,11 +53,15 @@ from abbild import registry_wire as wire
 from abbild.image import Image, Status
 from abbild.registry import Registry
 from abbild_registry import opts
+from abbild_registry.rules import ImageRules
 
 LOG = logging.getLogger(__name__)
 CALLER_KEY = "abbild_registry.caller"
-#: Where a service job may take an upload in progress (see the module docstring).
-JOB_TARGETS = (Status.SAVING, Status.ACTIVE, Status.QUEUED)
+#: The images a service job may work on, and where it may take them (the module docstring).
+JOB_TARGETS = {
+    Status.SAVING: (Status.SAVING, Status.ACTIVE, Status.QUEUED),
+    Status.PENDING_DELETE: (Status.PENDING_DELETE, Status.DELETED),
+}
 
 
 def _json(value, status: int = 200) -> webob.Response:
@@ -71,8 +82,9 @@ def _error(error: errors.AbbildError) -> webob.Response:
 class RegistryApp:
     """The routes, and the visibility rules applied to each request's caller."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, rules: ImageRules | None = None) -> None:
         self.registry = registry
+        self.rules = rules or ImageRules(load_conf([]))
         self.routes = [
             (re.compile(r"^/v1/images$"), {"GET": self.list_images, "POST": self.create_image}),
             (re.compile(r"^/v1/images/(?P<image_id>[^/]+)$"), {"GET": self.get_image, "PUT": self.save_image}),
@@ -110,7 +122,7 @@ class RegistryApp:
     def _service_job(self, req: webob.Request, handler) -> bool:
         """Whether a caller without a user may try this at all (the module docstring)."""
         if handler == self.list_images:
-            return req.GET.get("in_status") == Status.SAVING.value
+            return req.GET.get("in_status") in {status.value for status in JOB_TARGETS}
         return handler in (self.get_image, self.save_image)
 
     def _readable(self, image: Image, caller: wire.Caller) -> bool:
@@ -118,7 +130,7 @@ class RegistryApp:
         images, ownerless, public and community ones, and shared ones they are a member
         of (in any status)."""
         if caller.jobs_only:
-            return image.status is Status.SAVING
+            return image.status in JOB_TARGETS
         viewer = caller.viewer
         if caller.privileged or image.owner is None or image.owner == viewer.project_id:
             return True
@@ -130,7 +142,7 @@ class RegistryApp:
     @staticmethod
     def _owns(image: Image, caller: wire.Caller) -> bool:
         if caller.jobs_only:
-            return image.status is Status.SAVING
+            return image.status in JOB_TARGETS
         viewer = caller.viewer
         return caller.privileged or (
             not viewer.anonymous and viewer.project_id is not None and image.owner == viewer.project_id
@@ -157,7 +169,7 @@ class RegistryApp:
 
     def list_images(self, req, caller):
         if "in_status" in req.GET:
-            if not caller.jobs_only:  # those may list 'saving' only, which _service_job checked
+            if not caller.jobs_only:  # those may list what _service_job allowed
                 self._service_only(caller, "Listing images by status")
             images = self.registry.images_in_status(req.GET["in_status"])
         else:
@@ -172,6 +184,7 @@ class RegistryApp:
         image = wire.image_from_json(req.json_body)
         if not self._owns(image, caller):
             raise errors.Forbidden("Images can only be created for the caller's own project.")
+        self.rules.check_create(image, caller)
         return _json(wire.image_to_json(self.registry.create_image(image)), 201)
 
     def get_image(self, req, caller, image_id):
@@ -187,10 +200,12 @@ class RegistryApp:
         # Checked on the stored image; if it changes before the write, the write's
         # version check fails, so the check always applies to what gets replaced.
         stored = self._owned(image_id, caller)
-        if caller.jobs_only and not (image.status in JOB_TARGETS and image.owner == stored.owner
+        if caller.jobs_only and not (image.status in JOB_TARGETS[stored.status] and image.owner == stored.owner
                                      and image.visibility == stored.visibility):  # fmt: skip
-            raise errors.Forbidden(f"Without a user's token, image {image_id} may only leave 'saving' "
-                                   f"for 'active' or 'queued', keeping its owner and visibility.")
+            raise errors.Forbidden(f"Without a user's token, image {image_id} may only go from '{stored.status}' "
+                                   f"to {' or '.join(repr(s.value) for s in JOB_TARGETS[stored.status])}, "
+                                   f"keeping its owner and visibility.")
+        self.rules.check_save(stored, image, caller)
         return _json(wire.image_to_json(self.registry.save_image(image)))
 
     def usage(self, req, caller, owner):
@@ -246,6 +261,7 @@ def app_factory(global_conf, **local_conf):
     """``paste.app_factory``: the registry over the database of ``[database] connection``."""
     from abbild.db.registry import SQLRegistry, prepare_schema
 
-    registry = SQLRegistry(load_conf(config_files(global_conf)))
+    conf = load_conf(config_files(global_conf))
+    registry = SQLRegistry(conf)
     prepare_schema(registry)
-    return RegistryApp(registry)
+    return RegistryApp(registry, ImageRules(conf))

@@ -31,8 +31,8 @@ import dataclasses
 import urllib.parse
 
 from abbild import registry_wire as wire
-from abbild.errors import Forbidden
-from abbild.image import Image, Status
+from abbild.errors import Forbidden, InvalidTransition
+from abbild.image import TRANSITIONS, Image, Status
 from abbild.policy import Policy
 from abbild.protections import PropertyProtections
 
@@ -154,8 +154,8 @@ class ImageRules:
         if not changed:
             return
         source, status = stored.status, new.status
-        if source is not status:
-            stored.copy().transition(status)  # InvalidTransition (409), formats missing (400)
+        if source is not status and status not in TRANSITIONS[source]:
+            raise InvalidTransition(stored.id, source.value, status.value)
         action = None
         if source is status is S.SAVING:
             what, allowed = "lease renewal", {"upload_lease"}
@@ -200,8 +200,8 @@ class ImageRules:
             self._authorize(action, viewer, target, stored.id)
         refused = sorted(changed - allowed)
         if refused:
-            raise Forbidden(f"Attribute '{refused[0]}' is read-only: a {what} of image {stored.id} "
-                            f"({source} -> {status}) does not change it.")  # fmt: skip
+            raise Forbidden(f"Attribute '{refused[0]}' is read-only: image {stored.id} keeps it in this {what} "
+                            f"({source} -> {status}).")  # fmt: skip
 
     @staticmethod
     def _check_new_location(stored: Image, new: Image, what: str, own_data: bool) -> None:
@@ -209,7 +209,7 @@ class ImageRules:
         http(s) URL (what users register)."""
         location = _appended(stored, new)
         if location is None:
-            raise Forbidden(f"Attribute 'locations': a {what} of image {stored.id} adds exactly one location.")
+            raise Forbidden(f"Attribute 'locations': image {stored.id} gains exactly one location in this {what}.")
         if not (_user_location(location.uri) or (own_data and names_image(location.uri, stored.id))):
             where = "this image's own data in a store, or an http(s) URL" if own_data else "an http(s) URL"
             raise Forbidden(f"Attribute 'locations': {location.uri} is not {where}; only administrators and "
@@ -218,7 +218,7 @@ class ImageRules:
     @staticmethod
     def _fewer_locations(stored: Image, new: Image, what: str, keep_one: bool) -> set[str]:
         if not _subsequence(new.locations, stored.locations) or (keep_one and not new.locations):
-            raise Forbidden(f"Attribute 'locations': a {what} of image {stored.id} only removes locations"
+            raise Forbidden(f"Attribute 'locations': image {stored.id} only loses locations in this {what}"
                             + (", and keeps one." if keep_one else "."))  # fmt: skip
         return {"locations"}
 
@@ -228,8 +228,7 @@ class ImageRules:
         the store and the validation data), never replace them."""
         replaced = sorted(n for n in DATA if getattr(stored, n) is not None and getattr(stored, n) != getattr(new, n))
         if replaced:
-            raise Forbidden(f"Attribute '{replaced[0]}' is read-only: a {what} of image {stored.id} "
-                            f"does not replace it.")  # fmt: skip
+            raise Forbidden(f"Attribute '{replaced[0]}' is read-only: image {stored.id} keeps it in this {what}.")
         return set(DATA)
 
     # -- policy and protections -----------------------------------------------------------

@@ -54,6 +54,7 @@ def serve(config_files: Sequence[str], host: str | None, port: int | None, threa
     from abbild.db.registry import SQLRegistry, prepare_schema
     from abbild_registry.app import load_conf
     from abbild_registry.auth import check_bind
+    from abbild_registry.rules import ImageRules
 
     out = out or sys.stderr
     conf = load_conf(config_files)
@@ -62,6 +63,7 @@ def serve(config_files: Sequence[str], host: str | None, port: int | None, threa
     port = port or conf.registry_server.bind_port
     check_bind(host, conf)
     # Build once before forking: a broken config fails here, with its message.
+    ImageRules(conf)
     registry = SQLRegistry(conf)
     try:
         prepare_schema(registry)

@@ -10,13 +10,20 @@ shared secret can claim any caller.
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
+import threading
+import time
 import urllib.parse
+import uuid
 
 import pytest
 import requests
 
+from abbild import registry_wire as wire
+from abbild.image import Image
 from abbild.testing.backends import backend_unavailable
 from tests.functional import keystone as ks
 from tests.functional.conftest import RegistryProcess, Server
@@ -28,6 +35,11 @@ REGISTRY_USER, API_NODE_USER, SERVICE_PROJECT = "abbild-service", "abbild-api-no
 OWNER = ("abbild-alpha-member", "abbild-alpha")
 OTHER = ("abbild-beta-member", "abbild-beta")
 OCTET = {"Content-Type": "application/octet-stream"}
+PATCH = {"Content-Type": "application/openstack-images-v2.1-json-patch"}
+# Properties x_admin_* are for administrators only ([DEFAULT] property_protection_file).
+PROTECTIONS = ("[^x_admin_]\ncreate = admin\nread = @\nupdate = admin\ndelete = admin\n"
+               "[.*]\ncreate = @\nread = @\nupdate = @\ndelete = @\n")  # fmt: skip
+WEB_DATA = os.urandom(50_000)
 
 
 def authtoken_section(user: str) -> str:
@@ -61,9 +73,37 @@ def registry_conf(tokens, tmp_path_factory):
     """The config file of a keystone-mode registry; its database is next to it."""
     base = tmp_path_factory.mktemp("registry-keystone")
     registry_conf = base / "abbild-registry.conf"
-    registry_conf.write_text(f"[database]\nconnection = sqlite:///{base}/abbild.sqlite\n"
+    (base / "protections.conf").write_text(PROTECTIONS)
+    registry_conf.write_text(f"[DEFAULT]\nproperty_protection_file = {base}/protections.conf\n"
+                             f"[database]\nconnection = sqlite:///{base}/abbild.sqlite\n"
                              f"[registry_server]\nauth_strategy = keystone\n" + authtoken_section(REGISTRY_USER))
     return registry_conf
+
+
+class _WebData(http.server.BaseHTTPRequestHandler):
+    """WEB_DATA at every path: the data of locations registered by URL."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_HEAD(self, body: bool = False) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(WEB_DATA)))
+        self.end_headers()
+        if body:
+            self.wfile.write(WEB_DATA)
+
+    def do_GET(self) -> None:
+        self.do_HEAD(body=True)
+
+
+@pytest.fixture(scope="module")
+def web():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _WebData)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+    httpd.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +116,15 @@ def servers(tokens, registry_conf):
     api_conf = base / "abbild-api.conf"
     api_conf.write_text(f"""
 [DEFAULT]
-enabled_backends = local:filesystem
+enabled_backends = local:filesystem, web:http
 default_backend = local
+show_multiple_locations = true
 [paste_deploy]
 flavor = keystone
 [local]
 datadir = {base}/images
+[web]
+allowed_networks = 127.0.0.1/32
 """ + authtoken_section(API_NODE_USER))
     registry.start()
     api = Server(base, "--config-file", str(api_conf), "--config-file", registry.client_config())
@@ -262,3 +305,171 @@ def test_service_role_is_checked_even_where_keystonemiddleware_does_not(registry
         assert listing(registry.url, tokens["owner"], tokens["service"]).status_code == 200
     finally:
         registry.stop()
+
+
+# -- a compromised API node, forging image bodies with a user's token ---------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def project_of(user: tuple[str, str]) -> str:
+    return ks.token_for(user[0], PASSWORD, user[1])[1]
+
+
+def as_user(tokens, user: str = "owner") -> dict:
+    return {"X-Auth-Token": tokens[user], "X-Service-Token": tokens["service"]}
+
+
+def refused_naming(resp: requests.Response, attribute: str) -> bool:
+    return resp.status_code == 403 and f"'{attribute}'" in resp.json()["error"]["message"]
+
+
+def api_image(api: str, tokens, user: str = "owner", upload: bool = False, **fields) -> str:
+    headers = {"X-Auth-Token": tokens[user]}
+    resp = requests.post(f"{api}/v2/images", headers=headers,
+                         json={"disk_format": "raw", "container_format": "bare", **fields})  # fmt: skip
+    assert resp.status_code == 201, resp.text
+    image_id = resp.json()["id"]
+    if upload:
+        resp = requests.put(f"{api}/v2/images/{image_id}/file", data=os.urandom(1000), headers={**headers, **OCTET})
+        assert resp.status_code == 204, resp.text
+    return image_id
+
+
+def stored(registry: str, image_id: str, tokens, user: str = "owner") -> dict:
+    resp = requests.get(f"{registry}/v1/images/{image_id}", headers=as_user(tokens, user), timeout=30)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def put_image(registry: str, body: dict, tokens, user: str = "owner") -> requests.Response:
+    return requests.put(f"{registry}/v1/images/{body['id']}", json=body, headers=as_user(tokens, user), timeout=30)
+
+
+@pytest.fixture(scope="module")
+def victims_data(servers, tokens) -> dict:
+    """The location of another project's private image: data an attacker must not reach."""
+    api, registry = servers
+    image_id = api_image(api, tokens, "other", upload=True, visibility="private")
+    [location] = stored(registry, image_id, tokens, "other")["locations"]
+    assert location["uri"].startswith("file://") and image_id in location["uri"]
+    return location
+
+
+@pytest.mark.parametrize("name, value, attribute", [
+    ("visibility", "public", "visibility"),
+    ("status", "active", "status"),
+    ("checksum", "0" * 32, "checksum"),
+    ("size", 1 << 40, "size"),
+    ("os_hash_value", "0" * 128, "os_hash_value"),
+    ("upload_worker", "elsewhere:1:1", "upload_worker"),
+    ("properties", {"x_admin_approved": "yes"}, "x_admin_approved"),
+    ("locations", "victim", "locations"),
+], ids=["public", "active", "checksum", "size", "os_hash_value", "claim", "protected property",
+        "another image's data"])  # fmt: skip
+def test_forged_new_image_is_refused(servers, tokens, victims_data, name, value, attribute):
+    _, registry = servers
+    body = wire.image_to_json(Image(id=str(uuid.uuid4()), owner=project_of(OWNER), visibility="private"))
+    body[name] = [victims_data] if value == "victim" else value
+    resp = requests.post(f"{registry}/v1/images", json=body, headers=as_user(tokens), timeout=30)
+    assert refused_naming(resp, attribute), resp.text
+    assert requests.get(f"{registry}/v1/images/{body['id']}", headers=as_user(tokens), timeout=30).status_code == 404
+
+
+def test_a_users_own_new_image_is_created(servers, tokens):
+    _, registry = servers
+    body = wire.image_to_json(Image(id=str(uuid.uuid4()), owner=project_of(OWNER), visibility="community"))
+    resp = requests.post(f"{registry}/v1/images", json=body, headers=as_user(tokens), timeout=30)
+    assert resp.status_code == 201, resp.text
+
+
+@pytest.mark.parametrize("attribute, change", [
+    ("owner", lambda image, victim: image.update(owner=project_of(OTHER))),
+    ("visibility", lambda image, victim: image.update(visibility="public")),
+    ("checksum", lambda image, victim: image.update(checksum="0" * 32)),
+    ("size", lambda image, victim: image.update(size=1 << 40)),
+    ("os_hash_value", lambda image, victim: image.update(os_hash_value="0" * 128)),
+    ("created_at", lambda image, victim: image.update(created_at="2001-01-01T00:00:00")),
+    ("x_admin_approved", lambda image, victim: image["properties"].update(x_admin_approved="yes")),
+    ("locations", lambda image, victim: image["locations"].append(victim)),
+    ("locations", lambda image, victim: image.update(locations=[victim])),
+], ids=["owner", "public", "checksum", "size", "os_hash_value", "created_at", "protected property",
+        "another image's data added", "another image's data instead"])  # fmt: skip
+def test_forged_change_of_an_active_image_is_refused(servers, tokens, private_image, victims_data, attribute, change):
+    _, registry = servers
+    image_id, _ = private_image
+    before = stored(registry, image_id, tokens)
+    forged = json.loads(json.dumps(before))
+    change(forged, victims_data)
+    resp = put_image(registry, forged, tokens)
+    assert refused_naming(resp, attribute), resp.text
+    assert stored(registry, image_id, tokens) == before
+
+
+def test_forged_activation_is_refused(servers, tokens, victims_data):
+    """A claimed upload finished with another image's data, or a queued image made
+    active without any: refused; the claim and its release are the service's own."""
+    api, registry = servers
+    image_id = api_image(api, tokens)
+    queued = stored(registry, image_id, tokens)
+    made_active = put_image(registry, {**queued, "status": "active", "size": 5, "checksum": "0" * 32}, tokens)
+    assert refused_naming(made_active, "status"), made_active.text
+    claimed = put_image(registry, {**queued, "status": "saving", "upload_worker": "elsewhere:1:1"}, tokens)
+    assert claimed.status_code == 200, claimed.text
+    saving = claimed.json()
+    forged = {**saving, "status": "active", "size": victims_data["size"], "checksum": "0" * 32,
+              "locations": [victims_data], "upload_worker": None}  # fmt: skip
+    assert refused_naming(put_image(registry, forged, tokens), "locations")
+    released = put_image(registry, {**saving, "status": "queued", "upload_worker": None, "upload_lease": None}, tokens)
+    assert released.status_code == 200 and released.json()["status"] == "queued", released.text
+
+
+# -- the API's own flows, through a keystone-mode registry ------------------------------------
+
+
+def wait_for_status(api: str, image_id: str, headers: dict, status: str) -> dict:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        image = requests.get(f"{api}/v2/images/{image_id}", headers=headers).json()
+        if image["status"] == status:
+            return image
+        time.sleep(0.1)
+    raise AssertionError(f"image {image_id} is {image['status']}, not {status}")
+
+
+def test_the_apis_own_changes_pass_the_registrys_rules(servers, tokens, web):
+    """Create, upload, PATCH, share, deactivate, register locations, delete: each write
+    the service makes for a user is one the registry lets that user make."""
+    api, _ = servers
+    owner, other = {"X-Auth-Token": tokens["owner"]}, {"X-Auth-Token": tokens["other"]}
+    image_id = api_image(api, tokens, upload=True, visibility="shared")
+    changes = [{"op": "replace", "path": "/name", "value": "renamed"},
+               {"op": "add", "path": "/os_distro", "value": "debian"},
+               {"op": "add", "path": "/tags", "value": ["a", "b"]},
+               {"op": "replace", "path": "/min_ram", "value": 512}]  # fmt: skip
+    patched = requests.patch(f"{api}/v2/images/{image_id}", json=changes, headers={**owner, **PATCH})
+    assert patched.status_code == 200 and patched.json()["os_distro"] == "debian", patched.text
+    member = project_of(OTHER)
+    added = requests.post(f"{api}/v2/images/{image_id}/members", json={"member": member}, headers=owner)
+    assert added.status_code == 200, added.text
+    accepted = requests.put(f"{api}/v2/images/{image_id}/members/{member}", json={"status": "accepted"}, headers=other)
+    assert accepted.status_code == 200, accepted.text
+    assert requests.get(f"{api}/v2/images/{image_id}", headers=other).status_code == 200
+    for action in ("deactivate", "reactivate"):
+        resp = requests.post(f"{api}/v2/images/{image_id}/actions/{action}", headers=owner)
+        assert resp.status_code == 204, resp.text
+    community = requests.patch(f"{api}/v2/images/{image_id}", headers={**owner, **PATCH},
+                               json=[{"op": "replace", "path": "/visibility", "value": "community"}])  # fmt: skip
+    assert community.status_code == 200, community.text
+
+    by_patch = api_image(api, tokens)
+    location = {"op": "add", "path": "/locations/-", "value": {"url": f"{web}/by-patch.img", "metadata": {}}}
+    resp = requests.patch(f"{api}/v2/images/{by_patch}", json=[location], headers={**owner, **PATCH})
+    assert resp.status_code == 200 and resp.json()["status"] == "active", resp.text
+    by_post = api_image(api, tokens)
+    resp = requests.post(f"{api}/v2/images/{by_post}/locations", json={"url": f"{web}/by-post.img"}, headers=owner)
+    assert resp.status_code == 202, resp.text
+    assert wait_for_status(api, by_post, owner, "active")["size"] == len(WEB_DATA)  # finished with the service token
+
+    for done in (image_id, by_patch, by_post):
+        assert requests.delete(f"{api}/v2/images/{done}", headers=owner).status_code == 204
+        assert requests.get(f"{api}/v2/images/{done}", headers=owner).status_code == 404

@@ -16,7 +16,7 @@ import pytest
 from abbild.caller import acting_as, auth_token
 from abbild.context import RequestContext
 from abbild.errors import ConfigError, Forbidden, ImageNotFound, RegistryUnavailable
-from abbild.image import Image, Status
+from abbild.image import Image, Location, Status
 from abbild.registry import ImageFilters, Viewer
 from abbild.registry_client import HTTPRegistry
 from abbild_registry.app import RegistryApp, load_conf
@@ -136,6 +136,37 @@ def test_service_token_alone_carries_uploads_on_and_nothing_else(url):
                     lambda: client.list_images(ImageFilters(), [], 10), lambda: client.usage("p1")):  # fmt: skip
         with pytest.raises(RegistryUnavailable, match="acts for a user"):
             refused()
+
+
+def test_service_token_alone_finishes_deletes_and_nothing_else(url):
+    """Deleting the data of a pending_delete image again (background retries, start-up
+    recovery) is a service job too; bringing the image back is not."""
+    client = client_for(url)
+    image = _image(client, disk_format="raw", container_format="bare")
+    own = Location("local", f"file:///var/lib/abbild/images/{image.id}", 3)
+    gone = Location("web", "https://example.com/mirror.img", 3)
+
+    def activate(i: Image) -> None:
+        i.size, i.checksum, i.locations = 3, "0" * 32, [own]
+        i.transition(Status.ACTIVE)
+
+    with as_user("alice-token"):
+        client.update_image(image.id, lambda i: i.transition(Status.SAVING))
+        client.update_image(image.id, activate)
+        client.update_image(image.id, lambda i: i.locations.append(gone))
+        client.update_image(image.id, lambda i: i.transition(Status.PENDING_DELETE))
+    assert [i.id for i in client.images_in_status("pending_delete")] == [image.id]
+    with pytest.raises(Forbidden):
+        client.update_image(image.id, lambda i: i.transition(Status.ACTIVE))
+    with pytest.raises(Forbidden):
+        client.update_image(image.id, lambda i: i.locations.append(own))
+    assert client.update_image(image.id, lambda i: i.locations.remove(gone)).locations == [own]
+
+    def deleted(i: Image) -> None:
+        i.locations = []
+        i.transition(Status.DELETED)
+
+    assert client.update_image(image.id, deleted).status is Status.DELETED
 
 
 def test_images_in_status_goes_without_the_users_token(url, monkeypatch):

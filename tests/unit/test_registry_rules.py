@@ -1,0 +1,289 @@
+"""abbild_registry.rules: a user's write changes no more than the API would let that
+user change. Each change the image service makes for a user passes; each forged one
+is refused with a message naming the attribute. (Over the wire, with a real Keystone:
+tests/functional/test_registry_keystone.py.)"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+
+import pytest
+
+from abbild.errors import Forbidden, InvalidTransition
+from abbild.image import Image, Location, Status
+from abbild.registry import Viewer
+from abbild.registry_wire import Caller
+from abbild_registry.app import load_conf
+from abbild_registry.rules import ImageRules, names_image
+
+IMAGE_ID = "7f1c5a3e-2d4b-4c8e-9a61-0b2f3d4e5f60"
+OTHER_ID = "0a9b8c7d-6e5f-4a3b-8c2d-1e0f9a8b7c6d"
+USER = Caller(Viewer("p1", user_id="u1", roles=("member", "reader")))
+READER = Caller(Viewer("p1", user_id="u2", roles=("reader",)))
+ADMIN = Caller(Viewer("admins", roles=("admin", "member"), is_admin=True))
+SERVICE_USER = Caller(Viewer("service", roles=("service",)))
+JOBS = Caller(None, jobs_only=True)  # a service token alone
+OWN_DATA = Location("local", f"file:///var/lib/abbild/images/{IMAGE_ID}", 5)
+LEASE = datetime.datetime(2030, 1, 1, 12, 0, 0)
+
+
+@pytest.fixture
+def rules(tmp_path):
+    protections = tmp_path / "protections.conf"
+    protections.write_text("[^x_admin_]\ncreate = admin\nread = @\nupdate = admin\ndelete = admin\n"
+                           "[.*]\ncreate = @\nread = @\nupdate = @\ndelete = @\n")  # fmt: skip
+    conf = tmp_path / "registry.conf"
+    conf.write_text(f"[DEFAULT]\nproperty_protection_file = {protections}\n")
+    return ImageRules(load_conf([str(conf)]))
+
+
+def queued(**fields) -> Image:
+    return Image(id=IMAGE_ID, owner="p1", visibility="private", disk_format="raw", container_format="bare",
+                 created_at=LEASE, properties={"x_admin_note": "kept"}, **fields)  # fmt: skip
+
+
+def saving() -> Image:
+    return dataclasses.replace(queued(), status=Status.SAVING, upload_worker="api-1:42:99", upload_lease=LEASE)
+
+
+def active(**fields) -> Image:
+    values = {"status": Status.ACTIVE, "size": 5, "checksum": "0" * 32, "os_hash_algo": "sha512",
+              "os_hash_value": "1" * 128, "locations": [OWN_DATA], **fields}  # fmt: skip
+    return dataclasses.replace(queued(), **values)
+
+
+def changed(image: Image, change) -> Image:
+    new = image.copy()
+    change(new)
+    return new
+
+
+def activate(location: Location):
+    def change(image: Image) -> None:
+        image.size, image.checksum, image.os_hash_algo, image.os_hash_value = 5, "a" * 32, "sha512", "b" * 128
+        image.locations.append(location)
+        image.upload_worker = image.upload_lease = None
+        image.transition(Status.ACTIVE)
+
+    return change
+
+
+def claim(image: Image) -> None:
+    image.transition(Status.SAVING)
+    image.upload_worker, image.upload_lease = "api-1:42:99", LEASE
+
+
+def release(image: Image) -> None:
+    image.transition(Status.QUEUED)
+    image.upload_worker = image.upload_lease = None
+
+
+def set_attributes(image: Image) -> None:
+    image.name, image.protected, image.os_hidden, image.min_disk, image.min_ram = "n", True, True, 1, 2
+    image.tags, image.visibility, image.disk_format = {"t"}, "community", "qcow2"
+    image.properties["color"] = "blue"
+
+
+def pending_delete(image: Image) -> None:
+    image.transition(Status.PENDING_DELETE)
+    image.upload_worker, image.upload_lease = "api-1:42:99", LEASE
+
+
+def data_gone(image: Image) -> None:
+    image.locations = []
+    image.upload_worker = image.upload_lease = None
+    image.transition(Status.DELETED)
+
+
+def register_url(image: Image) -> None:
+    image.locations.append(Location("web", "https://example.com/disk.img", 5, "active", {"a": "b"}))
+    image.size, image.checksum = image.size or 5, image.checksum or "c" * 32
+    if image.status is Status.QUEUED:
+        image.transition(Status.ACTIVE)
+
+
+def two_locations() -> Image:
+    return active(locations=[OWN_DATA, Location("web", "https://example.com/disk.img", 5)])
+
+
+# -- what the service does for a user passes --------------------------------------------------
+
+
+@pytest.mark.parametrize("stored, change", [
+    (queued, set_attributes),
+    (queued, claim),
+    (saving, lambda i: setattr(i, "upload_lease", LEASE + datetime.timedelta(minutes=5))),
+    (saving, activate(OWN_DATA)),
+    (saving, activate(Location("web", "http://example.com/disk.img", 5))),  # a location import
+    (saving, release),
+    (queued, register_url),
+    (active, register_url),
+    (active, lambda i: i.transition(Status.DEACTIVATED)),
+    (lambda: active(status=Status.DEACTIVATED), lambda i: i.transition(Status.ACTIVE)),
+    (active, pending_delete),
+    (saving, lambda i: i.transition(Status.DELETED)),  # no data yet
+    (lambda: changed(two_locations(), pending_delete), lambda i: i.locations.pop(0)),
+    (lambda: changed(active(), pending_delete), data_gone),
+    (lambda: changed(active(), pending_delete), lambda i: i.transition(Status.ACTIVE)),  # data in use
+    (queued, lambda i: i.transition(Status.DELETED)),
+    (active, lambda i: setattr(i, "properties", {"x_admin_note": "kept", "os_distro": "debian"})),
+], ids=["attributes", "claim", "lease", "activation", "import", "release", "url on queued", "url on active",
+        "deactivate", "reactivate", "delete", "delete upload", "data going", "data gone",
+        "undelete", "delete queued", "property"])  # fmt: skip
+def test_the_services_own_changes_pass(rules, stored, change):
+    before = stored()
+    rules.check_save(before, changed(before, change), USER)
+
+
+@pytest.mark.parametrize("stored, change", [
+    (saving, lambda i: setattr(i, "upload_lease", LEASE + datetime.timedelta(minutes=5))),
+    (saving, activate(OWN_DATA)),
+    (saving, activate(Location("web", "https://example.com/disk.img", 5))),
+    (saving, release),
+], ids=["lease", "activation", "import", "release"])  # fmt: skip
+def test_service_jobs_pass(rules, stored, change):
+    before = stored()
+    rules.check_save(before, changed(before, change), JOBS)
+
+
+def test_a_users_new_image_passes(rules):
+    rules.check_create(Image(id=IMAGE_ID, owner="p1", visibility="shared", properties={"os_distro": "x"}), USER)
+
+
+# -- forged changes are refused, naming the attribute --------------------------------------
+
+
+def _refused(call, attribute: str) -> None:
+    with pytest.raises(Forbidden) as refusal:
+        call()
+    assert f"'{attribute}'" in str(refusal.value), refusal.value
+
+
+@pytest.mark.parametrize("stored, change, attribute", [
+    (queued, lambda i: setattr(i, "owner", "p2"), "owner"),
+    (queued, lambda i: setattr(i, "visibility", "public"), "visibility"),
+    (queued, lambda i: setattr(i, "status", Status.ACTIVE), "status"),
+    (active, lambda i: setattr(i, "checksum", "f" * 32), "checksum"),
+    (active, lambda i: setattr(i, "size", 1 << 40), "size"),
+    (active, lambda i: setattr(i, "os_hash_value", "f" * 128), "os_hash_value"),
+    (active, lambda i: setattr(i, "virtual_size", 7), "virtual_size"),
+    (active, lambda i: setattr(i, "created_at", LEASE - datetime.timedelta(days=9)), "created_at"),
+    (active, lambda i: setattr(i, "deleted_at", LEASE), "deleted_at"),
+    (active, lambda i: setattr(i, "upload_worker", "me"), "upload_worker"),
+    (active, lambda i: setattr(i, "disk_format", "qcow2"), "disk_format"),
+    (active, lambda i: i.properties.update(x_admin_note="changed"), "x_admin_note"),
+    (active, lambda i: i.properties.pop("x_admin_note"), "x_admin_note"),
+    (queued, lambda i: i.properties.update(x_admin_flag="1"), "x_admin_flag"),
+    (queued, lambda i: i.properties.update(os_glance_import_task="t"), "os_glance_import_task"),
+    (saving, activate(Location("local", f"file:///var/lib/abbild/images/{OTHER_ID}", 5)), "locations"),
+    (saving, activate(Location("local", f"file:///var/lib/abbild/images/{OTHER_ID}/../{IMAGE_ID}")), "locations"),
+    (saving, lambda i: [activate(OWN_DATA)(i), i.locations.append(OWN_DATA)], "locations"),
+    (saving, lambda i: [activate(OWN_DATA)(i), setattr(i, "owner", "p2")], "owner"),
+    (saving, lambda i: setattr(i, "upload_worker", "thief:1:1"), "upload_worker"),
+    (lambda: dataclasses.replace(saving(), checksum="a" * 32), lambda i: setattr(i, "status", Status.QUEUED),
+     "checksum"),
+    (active, lambda i: i.locations.append(Location("local", f"file:///var/lib/abbild/images/{OTHER_ID}")),
+     "locations"),
+    (active, lambda i: i.locations.append(Location("ceph", f"rbd://fsid/images/{IMAGE_ID}/snap")), "locations"),
+    (active, lambda i: [i.locations.append(Location("web", "https://example.com/x")), setattr(i, "size", 9)],
+     "size"),
+    (active, lambda i: i.locations.pop(), "locations"),  # the last one
+    (two_locations, lambda i: i.locations.reverse(), "locations"),
+    (active, lambda i: [i.transition(Status.DEACTIVATED), setattr(i, "size", 6)], "size"),
+    (active, lambda i: [pending_delete(i), i.locations.clear()], "locations"),
+    (active, lambda i: [pending_delete(i), setattr(i, "checksum", None)], "checksum"),
+    (lambda: changed(active(), pending_delete), lambda i: [i.transition(Status.ACTIVE), i.locations.clear()],
+     "locations"),
+    (saving, lambda i: i.transition(Status.KILLED), "status"),
+], ids=["owner", "public", "status", "checksum", "size", "os_hash_value", "virtual_size", "created_at",
+        "deleted_at", "claim", "format", "protected update", "protected delete", "protected create", "reserved",
+        "another image's data", "dot-dot", "two locations", "activation and owner", "steal", "release keeps hash",
+        "file url", "own rbd on active", "url and size", "last location", "reorder", "deactivate and size",
+        "pending_delete drops data", "pending_delete and hash", "undelete without data", "killed"])  # fmt: skip
+def test_forged_changes_are_refused(rules, stored, change, attribute):
+    before = stored()
+    _refused(lambda: rules.check_save(before, changed(before, change), USER), attribute)
+
+
+@pytest.mark.parametrize("fields, attribute", [
+    ({"visibility": "public"}, "visibility"),
+    ({"status": Status.ACTIVE}, "status"),
+    ({"checksum": "0" * 32}, "checksum"),
+    ({"size": 5}, "size"),
+    ({"os_hash_algo": "sha512"}, "os_hash_algo"),
+    ({"locations": [OWN_DATA]}, "locations"),
+    ({"upload_worker": "api-1:1:1"}, "upload_worker"),
+    ({"properties": {"x_admin_note": "mine"}}, "x_admin_note"),
+], ids=lambda v: v if isinstance(v, str) else "")  # fmt: skip
+def test_forged_new_images_are_refused(rules, fields, attribute):
+    _refused(lambda: rules.check_create(Image(id=IMAGE_ID, owner="p1", **fields), USER), attribute)
+
+
+def test_service_jobs_change_no_attribute(rules):
+    _refused(lambda: rules.check_save(saving(), changed(saving(), lambda i: setattr(i, "name", "x")), JOBS), "name")
+    foreign = activate(Location("local", f"file:///var/lib/abbild/images/{OTHER_ID}", 5))
+    _refused(lambda: rules.check_save(saving(), changed(saving(), foreign), JOBS), "locations")
+
+
+def test_the_policy_applies(rules):
+    """A reader changes nothing; a protected image is not deleted."""
+    with pytest.raises(Forbidden, match="modify_image"):
+        rules.check_save(queued(), changed(queued(), lambda i: setattr(i, "name", "x")), READER)
+    with pytest.raises(Forbidden, match="upload_image"):
+        rules.check_save(queued(), changed(queued(), claim), READER)
+    with pytest.raises(Forbidden, match="add_image"):
+        rules.check_create(Image(id=IMAGE_ID, owner="p1"), READER)
+    with pytest.raises(Forbidden, match="delete_image_location"):
+        rules.check_save(two_locations(), changed(two_locations(), lambda i: i.locations.pop(0)), USER)
+    protected = active(protected=True)
+    with pytest.raises(Forbidden, match="protected"):
+        rules.check_save(protected, changed(protected, pending_delete), USER)
+
+
+def test_where_the_policy_lets_members_remove_locations_they_do(tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text('"delete_image_location": "role:member"\n')
+    conf = tmp_path / "registry.conf"
+    conf.write_text(f"[oslo_policy]\npolicy_file = {policy}\n")
+    rules = ImageRules(load_conf([str(conf)]))
+    rules.check_save(two_locations(), changed(two_locations(), lambda i: i.locations.pop(0)), USER)
+    _refused(lambda: rules.check_save(active(), changed(active(), lambda i: i.locations.pop()), USER), "locations")
+
+
+def test_transitions_follow_the_status_table(rules):
+    with pytest.raises(InvalidTransition):
+        rules.check_save(active(), changed(active(), lambda i: setattr(i, "status", Status.SAVING)), USER)
+
+
+@pytest.mark.parametrize("caller", [ADMIN, SERVICE_USER, Caller(None)], ids=["admin", "service role", "service"])
+def test_admins_and_services_are_trusted(rules, caller):
+    forged = active(owner="p2", visibility="public", checksum="f" * 32,
+                    locations=[Location("local", f"file:///var/lib/abbild/images/{OTHER_ID}")])  # fmt: skip
+    rules.check_save(queued(), forged, caller)
+    rules.check_create(forged, caller)
+
+
+@pytest.mark.parametrize("uri", [
+    f"file:///var/lib/abbild/images/{IMAGE_ID}",
+    f"s3://bucket/{IMAGE_ID}",
+    f"swift://glance_7f/{IMAGE_ID}",
+    f"rbd://fsid/images/{IMAGE_ID}/snap",
+    f"vsphere://vc.example.com/folder/openstack_glance/{IMAGE_ID}?dcPath=dc1&dsName=ds%201",
+    f"blobs://mine/{IMAGE_ID}",
+])  # fmt: skip
+def test_each_stores_uri_names_the_image(uri):
+    assert names_image(uri, IMAGE_ID)
+    assert not names_image(uri.replace(IMAGE_ID, OTHER_ID), IMAGE_ID)
+
+
+@pytest.mark.parametrize("uri", [
+    f"file:///var/lib/abbild/images/{OTHER_ID}",
+    f"file:///var/lib/abbild/images/{OTHER_ID}/../{IMAGE_ID}",
+    f"file:///var/lib/abbild/images/%2E%2E/{IMAGE_ID}",
+    f"rbd://fsid/images/{OTHER_ID}/{IMAGE_ID}",
+    f"s3://bucket/{OTHER_ID}?{IMAGE_ID}",
+    f"s3://{IMAGE_ID}",
+])  # fmt: skip
+def test_other_data_does_not_name_the_image(uri):
+    assert not names_image(uri, IMAGE_ID)
