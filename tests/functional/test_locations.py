@@ -255,3 +255,148 @@ def test_a_service_registers_only_files_inside_a_store(noauth_url, server_factor
     assert resp.status_code == 400
     resp = add_location(noauth_url, image_id, {}, location["url"])
     assert resp.status_code == 200 and resp.json()["size"] == len(b"donor data")
+
+
+# -- what users may point an image at -------------------------------------------------------
+
+
+@pytest.fixture
+def read_only_store(server_factory, tmp_path):
+    """A server whose store ``archive`` is a filesystem store that cannot be written (an
+    NFS export that came back read-only, say), holding another project's image data.
+    chattr +i makes the directory unwritable even for root."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "victim.img").write_bytes(b"the victim's private data")
+    if subprocess.run(["chattr", "+i", str(archive)], capture_output=True).returncode != 0:
+        from abbild.testing.backends import backend_unavailable
+
+        backend_unavailable("chattr +i is not supported here (needed for a read-only datadir as root)")
+    try:
+        srv = server_factory("read-only-store", server_config(
+            flavor="trusted-headers", default="show_multiple_locations = true", extra_backends="archive:filesystem",
+            stores=f"[archive]\ndatadir = {archive}\n"))  # fmt: skip
+        detail = requests.get(f"{srv.url}/v2/info/stores/detail", headers=who("ops", "admin")).json()
+        assert {s["id"]: s.get("read-only") for s in detail["stores"]}["archive"] == "true"
+        yield srv.url, f"file://{archive}"
+    finally:
+        subprocess.run(["chattr", "-i", str(archive)], check=True)
+
+
+def test_users_cannot_register_files_of_a_read_only_store(read_only_store, project):
+    url, archive = read_only_store
+    victim, attacker = f"victim-{project}", f"attacker-{project}"
+    image_id = new_image(url, who(victim))
+    # A service (Nova, say) may register a file of a store; the image stays private.
+    assert add_location(url, image_id, who(victim, "member", "reader", "service"), f"{archive}/victim.img").status_code == 200
+    assert requests.get(f"{url}/v2/images/{image_id}", headers=who(attacker)).status_code == 404
+
+    own = new_image(url, who(attacker))
+    answers = []
+    for target in (f"{archive}/victim.img", f"{archive}/no-such.img"):
+        posted = requests.post(f"{url}/v2/images/{own}/locations", json={"url": target}, headers=who(attacker))
+        patched = add_location(url, own, who(attacker), target)
+        assert (posted.status_code, patched.status_code) == (400, 400), (posted.text, patched.text)
+        answers.append((posted.json() if posted.headers["Content-Type"].startswith("application/json")
+                        else posted.text, patched.text))  # fmt: skip
+    # The same answer whether the file exists or not: the refusal tells nothing.
+    assert answers[0] == answers[1]
+    assert requests.get(f"{url}/v2/images/{own}", headers=who(attacker)).json()["status"] == "queued"
+    assert requests.get(f"{url}/v2/images/{own}/file", headers=who(attacker)).status_code == 204
+
+
+def test_a_copy_with_other_bytes_is_not_added_to_an_active_image(url, web, project):
+    headers = who(project)
+    image_id = new_image(url, headers)
+    same_size = bytes(b ^ 0xFF for b in PAYLOAD[:64]) + PAYLOAD[64:]
+    assert requests.put(f"{url}/v2/images/{image_id}/file", data=same_size,
+                        headers={**headers, **OCTET}).status_code == 204  # fmt: skip
+    resp = add_location(url, image_id, headers, f"{web}/other-bytes.img")
+    assert resp.status_code == 409, resp.text
+    assert "checksum" in resp.text
+    image = requests.get(f"{url}/v2/images/{image_id}", headers=headers).json()
+    assert [loc["url"] for loc in image["locations"]] == [image["locations"][0]["url"]]
+    assert requests.get(f"{url}/v2/images/{image_id}/file", params={"prefer": "web"},
+                        headers=headers).content == same_size  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "validation",
+    [
+        {"checksum": "0" * 32},
+        {"os_hash_algo": "sha256", "os_hash_value": hashlib.sha256(PAYLOAD).hexdigest()},  # another algorithm
+        {"os_hash_algo": "sha256", "os_hash_value": "a" * 128},  # of the wrong length for it, too
+    ],
+)
+def test_validation_data_that_differs_from_an_active_image_is_409(url, web, project, validation):
+    headers = who(project)
+    image_id = new_image(url, headers)
+    assert requests.put(f"{url}/v2/images/{image_id}/file", data=PAYLOAD, headers={**headers, **OCTET}).status_code == 204
+    resp = add_location(url, image_id, headers, f"{web}/validated.img", validation_data=validation)
+    assert resp.status_code == 409, resp.text
+    good = {"checksum": hashlib.md5(PAYLOAD).hexdigest(), "os_hash_algo": "sha512",
+            "os_hash_value": hashlib.sha512(PAYLOAD).hexdigest()}  # fmt: skip
+    assert add_location(url, image_id, headers, f"{web}/validated.img", validation_data=good).status_code == 200
+
+
+def test_refusals_keep_the_network_to_the_log(server_factory, project):
+    config = server_config(flavor="trusted-headers", extra_backends="web:http")
+    srv = server_factory("refusal-log", config)
+    image_id = new_image(srv.url, who(project))
+    for location in ("http://10.1.2.3/x.img", "http://no-such-host.invalid/x.img"):
+        resp = requests.post(f"{srv.url}/v2/images/{image_id}/locations", json={"url": location},
+                             headers=who(project))  # fmt: skip
+        assert resp.status_code == 400 and "Location refused" in resp.text
+        assert "10.1.2.3 " not in resp.text and "resolve" not in resp.text and "denied" not in resp.text
+    log = srv.read_log()
+    assert "10.1.2.3" in log and "denied network" in log and "no-such-host.invalid" in log
+
+
+class _SlowHandler(_Handler):
+    """PAYLOAD, a little at a time: an import that takes a few seconds."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(PAYLOAD)))
+        self.end_headers()
+        for start in range(0, len(PAYLOAD), 256 << 10):
+            self.wfile.write(PAYLOAD[start:start + (256 << 10)])
+            time.sleep(0.25)
+
+
+def _worker_threads(srv) -> int:
+    """Threads of the server's worker process (the child of gunicorn's master)."""
+    children = open(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read().split()
+    return len(os.listdir(f"/proc/{children[0]}/task"))
+
+
+def test_background_imports_are_bounded(server_factory, project):
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    slow = f"http://127.0.0.1:{httpd.server_port}"
+    limits = "background_workers = 2\nbackground_queue_size = 1\nbackground_jobs_per_project = 2"
+    config = server_config(flavor="trusted-headers", default=limits, extra_backends="web:http", stores=WEB_STORE)
+    srv = server_factory("bounded-jobs", config)
+    try:
+        other = f"other-{project}"
+        images = [new_image(srv.url, who(p)) for p in (project, project, project, other, other)]
+
+        def post(image_id, owner):
+            return requests.post(f"{srv.url}/v2/images/{image_id}/locations", json={"url": f"{slow}/{image_id}"},
+                                 headers=who(owner))  # fmt: skip
+
+        statuses = [post(i, p).status_code for i, p in zip(images, (project, project, project, other, other))]
+        # Two per project; two threads and one waiting place in all.
+        assert statuses == [202, 202, 429, 202, 503]
+        # Refused imports start no threads (each used to start one, and the hashing two more).
+        threads = _worker_threads(srv)
+        more = [new_image(srv.url, who(f"p{n}-{project}")) for n in range(6)]
+        assert {post(i, f"p{n}-{project}").status_code for n, i in enumerate(more)} == {503}
+        assert _worker_threads(srv) <= threads + 1
+        for image_id, owner in ((images[0], project), (images[1], project), (images[3], other)):
+            _wait_for(srv.url, image_id, who(owner), "active", timeout=60)
+        for image_id, owner in ((images[2], project), (images[4], other)):
+            assert requests.get(f"{srv.url}/v2/images/{image_id}", headers=who(owner)).json()["status"] == "queued"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

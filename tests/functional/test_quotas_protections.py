@@ -120,3 +120,33 @@ def test_protected_property_hidden_and_guarded(url, project):
                           headers={**member, **PATCH})  # fmt: skip
     assert resp.status_code == 200 and "x_billing_code" not in resp.json()
     assert requests.get(f"{url.url}/v2/images/{image_id}", headers=admin).json()["x_billing_code"] == "42"
+
+
+def test_concurrent_uploads_stay_within_the_storage_quota(url, project):
+    """Four uploads that each fit alone, finishing at the same moment: only as many as
+    the quota holds become active, the others are 413 and leave nothing behind."""
+    import concurrent.futures
+    import threading
+
+    piece = 200 << 10  # 4 x 400 KiB against 1 MiB: two fit
+    images = [new_image(url.url, who(project)) for _ in range(4)]
+    all_sent_but_the_end = threading.Barrier(4)
+
+    def body():
+        yield b"x" * piece
+        all_sent_but_the_end.wait(30)
+        yield b"y" * piece
+
+    def upload(image_id):
+        return requests.put(f"{url.url}/v2/images/{image_id}/file", data=body(),
+                            headers={**who(project), **OCTET}).status_code  # fmt: skip
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        statuses = sorted(pool.map(upload, images))
+    assert statuses == [204, 204, 413, 413]
+    shown = [requests.get(f"{url.url}/v2/images/{i}", headers=who(project)).json() for i in images]
+    assert sum(image["size"] or 0 for image in shown if image["status"] == "active") == 4 * piece
+    assert sorted(image["status"] for image in shown) == ["active", "active", "queued", "queued"]
+    files = set(os.listdir(url.images))
+    assert {i["id"] for i in shown if i["status"] == "active"} <= files
+    assert not {i["id"] for i in shown if i["status"] == "queued"} & files
