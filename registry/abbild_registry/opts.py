@@ -55,7 +55,9 @@ server_opts = [
         min=1024,
         help="Largest request body, in bytes, the registry reads: its requests are "
         "small JSON documents (an image's metadata). A larger one is refused with 413, "
-        "before it is read when its Content-Length says so.",
+        "before it is read when its Content-Length says so. Raise it where images carry "
+        "more metadata than that (many long extra properties): an image whose metadata "
+        "does not fit cannot be changed or deleted through the registry.",
     ),
 ]
 
