@@ -72,7 +72,7 @@ def _error(error: errors.AbbildError) -> webob.Response:
     status = {
         errors.ImageNotFound: 404, errors.MemberNotFound: 404, errors.DuplicateImage: 409,
         errors.ConcurrentUpdate: 409, errors.InvalidTransition: 409, errors.Conflict: 409,
-        errors.Forbidden: 403, errors.Invalid: 400, errors.RegistryUnavailable: 503,
+        errors.Forbidden: 403, errors.Invalid: 400, errors.QuotaExceeded: 413, errors.RegistryUnavailable: 503,
     }.get(type(error), 500)  # fmt: skip
     if status == 500:
         LOG.error("unexpected registry error: %r", error)
@@ -206,7 +206,9 @@ class RegistryApp:
                                    f"to {' or '.join(repr(s.value) for s in JOB_TARGETS[stored.status])}, "
                                    f"keeping its owner and visibility.")
         self.rules.check_save(stored, image, caller)
-        return _json(wire.image_to_json(self.registry.save_image(image)))
+        limit = req.GET.get("storage_limit")
+        saved = self.registry.save_image(image, storage_limit=None if limit is None else int(limit))
+        return _json(wire.image_to_json(saved))
 
     def usage(self, req, caller, owner):
         if not (caller.privileged or owner == caller.viewer.project_id):
@@ -231,7 +233,7 @@ class RegistryApp:
 
     def add_member(self, req, caller, image_id):
         self._owned(image_id, caller)
-        member = self.registry.add_member(image_id, req.json_body["member_id"])
+        member = self.registry.add_member(image_id, req.json_body["member_id"], limit=req.json_body.get("limit"))
         return _json(wire.member_to_json(member), 201)
 
     def set_member_status(self, req, caller, image_id, member_id):
