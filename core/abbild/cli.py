@@ -55,7 +55,8 @@ def cmd_serve(args) -> int:
     elif flavor == "keystone":
         print("  auth:     Keystone tokens (keystonemiddleware, [keystone_authtoken] in the config)", file=sys.stderr)
     EmbeddedServer(files, args.host, args.port, threads=args.threads, workers=args.workers,
-                   access_log=args.access_log, flavor=flavor).run()  # fmt: skip
+                   access_log=args.access_log, flavor=flavor, client_header_timeout=args.client_header_timeout,
+                   client_body_timeout=args.client_body_timeout).run()  # fmt: skip
     return 0
 
 
@@ -82,8 +83,9 @@ def cmd_api(args) -> int:
              __import__("abbild").__version__, conf.bind_host, conf.bind_port, conf.workers, conf.threads,
              ", ".join(files))  # fmt: skip
     EmbeddedServer(files, conf.bind_host, conf.bind_port, threads=conf.threads, workers=conf.workers,
-                   access_log=conf.access_log,
-                   graceful_shutdown_timeout=conf.graceful_shutdown_timeout).run()  # fmt: skip
+                   access_log=conf.access_log, graceful_shutdown_timeout=conf.graceful_shutdown_timeout,
+                   client_header_timeout=conf.client_header_timeout,
+                   client_body_timeout=conf.client_body_timeout).run()  # fmt: skip
     return 0
 
 
@@ -155,6 +157,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=16, help="requests served concurrently per worker")
     s.add_argument("--workers", type=int, default=1, help="worker processes")
     s.add_argument("--access-log", action="store_true", help="log every request to stdout")
+    s.add_argument("--client-header-timeout", type=int, default=60, metavar="SECONDS",
+                   help="time a client has to send a request's headers, in all (default 60)")  # fmt: skip
+    s.add_argument("--client-body-timeout", type=int, default=300, metavar="SECONDS",
+                   help="time a request body may pause before the request is abandoned (default 300)")  # fmt: skip
     s.add_argument("--auth", choices=["noauth", "trusted-headers", "keystone"],
                    help="authentication flavour (default: [paste_deploy] flavor, noauth for the embedded default)")  # fmt: skip
     s.set_defaults(func=cmd_serve)

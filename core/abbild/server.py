@@ -5,10 +5,16 @@ serves requests on threads, and sends files with ``sendfile``."""
 from __future__ import annotations
 
 import logging
+import selectors
 import socket
+import struct
 import threading
+import time
 from collections.abc import Sequence
+from functools import partial
 
+import webob.exc
+from gunicorn import util
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
 from gunicorn.workers.gthread import ThreadWorker
@@ -21,6 +27,9 @@ LOG = logging.getLogger(__name__)
 # After the graceful timeout, aborted uploads get this long to roll back (delete their
 # partial data, return the image to 'queued') before gunicorn kills the worker.
 ROLLBACK_SECONDS = 10
+
+# The most a worker reads from a connection at once while collecting its request headers.
+HEAD_READ_SIZE = 64 << 10
 
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" status: %(s)s len: %(B)s time: %(L)ss'
 
@@ -41,6 +50,25 @@ def server_opts(default_port: int) -> list[cfg.Opt]:
             "progress this many seconds to finish. Uploads still running after that are "
             "aborted and rolled back: their partial data is removed and the image returns "
             "to 'queued'.",
+        ),
+        cfg.IntOpt(
+            "client_header_timeout",
+            default=60,
+            min=1,
+            help="Seconds a client has, in all, to send a request's line and headers; then "
+            "its connection is closed (with 408 Request Timeout if part of a request came). "
+            "Until they are complete the request holds no thread, so clients that send them "
+            "slowly cannot take the threads. On a kept-alive connection the time starts with "
+            "the first byte of the next request.",
+        ),
+        cfg.IntOpt(
+            "client_body_timeout",
+            default=300,
+            min=1,
+            help="Seconds a read of a request body waits for the next byte. An upload "
+            "that stalls this long is abandoned and answered with 408 Request Timeout: "
+            "its partial data is removed and the image returns to 'queued'. A slow upload "
+            "that keeps sending takes as long as it needs.",
         ),
         cfg.BoolOpt("access_log", default=True, help="Log one line per request, with its request id."),
     ]
@@ -85,8 +113,153 @@ def abort_uploads() -> None:
             pass
 
 
+class ClientTimeout(Exception):
+    """No byte of a request body arrived for ``client_body_timeout`` seconds."""
+
+    def __init__(self, seconds: int) -> None:
+        super().__init__(f"No data of the request body arrived for {seconds} seconds (client_body_timeout); "
+                         "the request was abandoned.")
+        self.seconds = seconds
+
+
+class BodyReads:
+    """A connection's socket as its request parser reads it. The worker has read the
+    headers already, so the parser reads only bodies here: a read that waits *idle*
+    seconds for a byte raises :class:`ClientTimeout`. Responses go to the socket itself,
+    with no such limit."""
+
+    def __init__(self, sock: socket.socket, idle: int) -> None:
+        self.sock = sock
+        self.idle = idle
+        # The kernel's receive timeout, not settimeout(): that would make every read
+        # poll first, one more release of the GIL per read, which the upload's hashing
+        # threads make costly (see gunicorn's SocketUnreader.max_body_chunk). Sends keep
+        # no timeout; where gunicorn sets a Python timeout (draining a body), it wins.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", idle, 0))
+
+    def recv(self, size: int) -> bytes:
+        try:
+            return self.sock.recv(size)
+        except BlockingIOError:
+            if self.sock.gettimeout() is None:  # a blocking read: SO_RCVTIMEO ran out
+                raise ClientTimeout(self.idle) from None
+            raise
+
+    def __getattr__(self, name):  # gettimeout and settimeout, for gunicorn's drain
+        return getattr(self.sock, name)
+
+
+def answer_client_timeouts(app):
+    """Wrap a WSGI *app*: a request whose body stopped coming gets 408 Request Timeout
+    (the app has cleaned up on the way: a failed upload is rolled back)."""
+
+    def application(environ, start_response):
+        try:
+            return app(environ, start_response)
+        except ClientTimeout as exc:
+            timeout = exc
+        # Logged outside the except block: oslo.log would append the message once more.
+        LOG.warning("%s %s from %s: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
+                    environ.get("REMOTE_ADDR"), timeout)  # fmt: skip
+        return webob.exc.HTTPRequestTimeout(explanation=str(timeout))(environ, start_response)
+
+    return application
+
+
 class GracefulThreadWorker(ThreadWorker):
-    """gunicorn's gthread worker, plus a deadline for uploads when it is told to stop."""
+    """gunicorn's gthread worker (HTTP/1.1 in the clear, as EmbeddedServer sets it up),
+    safe from slow clients, plus a deadline for uploads when it is told to stop.
+
+    A request gets a thread only once its line and headers are all in: until then its
+    connection waits in the main loop's selector, for ``client_header_timeout`` seconds
+    in all, so clients that send headers slowly hold no thread (gunicorn's own parser
+    would block a thread in ``recv`` for as long as they like). A request body that
+    pauses ``client_body_timeout`` seconds is abandoned (:class:`BodyReads`).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Connections whose request headers are still coming, in the order of their
+        # deadlines (each got the same timeout when it was added).
+        self.heads: dict = {}
+        # The longest head gunicorn's parser accepts; anything longer it refuses anyway.
+        self.max_head = self.cfg.limit_request_line + self.cfg.limit_request_fields * (
+            self.cfg.limit_request_field_size + 2) + 8  # fmt: skip
+
+    def load_wsgi(self):
+        super().load_wsgi()
+        self.wsgi = answer_client_timeouts(self.wsgi)
+
+    def enqueue_req(self, conn):
+        """A request begins on *conn* (new, kept alive and readable, or with bytes read
+        ahead): read its headers here, and give it to a thread once they are complete."""
+        conn.head = bytearray(conn.parser.unreader.take_buffered() if conn.parser else b"")
+        if b"\r\n\r\n" in conn.head:  # pipelined behind the previous request
+            super().enqueue_req(conn)
+            return
+        conn.head_deadline = time.monotonic() + self.app.client_header_timeout
+        conn.sock.setblocking(False)
+        self.heads[conn] = None
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.read_head, conn))
+
+    def read_head(self, conn, _sock=None):
+        try:
+            data = conn.sock.recv(HEAD_READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client went away
+            self.drop_head(conn)
+            return
+        searched = max(len(conn.head) - 3, 0)  # never search the whole head again
+        conn.head += data
+        if conn.head.find(b"\r\n\r\n", searched) >= 0:
+            self.poller.unregister(conn.sock)
+            del self.heads[conn]
+            super().enqueue_req(conn)
+        elif len(conn.head) > self.max_head:
+            self.drop_head(conn, 431, "Request Header Fields Too Large",
+                           f"The request headers exceed {self.max_head} bytes.")  # fmt: skip
+
+    def drop_head(self, conn, status: int = 0, reason: str = "", message: str = "") -> None:
+        self.poller.unregister(conn.sock)
+        del self.heads[conn]
+        if status:
+            try:
+                util.write_error(conn.sock, status, reason, message)
+            except OSError:
+                pass
+        self.nr_conns -= 1
+        conn.close()
+
+    def murder_pending(self):
+        """Also close the connections whose headers are late (gunicorn calls this on
+        every turn of its main loop), and when stopping, those that sent nothing."""
+        super().murder_pending()
+        now = time.monotonic()
+        late = []
+        for conn in self.heads:
+            if conn.head_deadline <= now or not (self.alive or conn.head):
+                late.append(conn)
+            elif self.alive:
+                break  # the others came later, so their deadlines are later too
+        for conn in late:
+            if not conn.head:
+                self.drop_head(conn)
+                continue
+            timeout = self.app.client_header_timeout
+            self.log.info("%s: closing the connection: its request headers did not arrive within %d seconds",
+                          conn.client[0], timeout)  # fmt: skip
+            self.drop_head(conn, 408, "Request Timeout", f"The request headers did not arrive within {timeout} seconds.")
+
+    def handle(self, conn):
+        """Serve the request whose head ``read_head`` collected (runs on a thread)."""
+        if conn.parser is None:
+            conn.init()
+            conn.parser.unreader.sock = BodyReads(conn.sock, self.app.client_body_timeout)
+        conn.parser.unreader.unread(bytes(conn.head))
+        return super().handle(conn)
 
     def handle_exit(self, sig, frame):
         if self.alive:
@@ -110,9 +283,12 @@ class OsloLogger(Logger):
 class EmbeddedServer(BaseApplication):
     def __init__(self, config_files: Sequence[str], host: str, port: int, threads: int = 16,
                  workers: int = 1, access_log: bool = False, flavor: str | None = None,
-                 graceful_shutdown_timeout: int = 60) -> None:  # fmt: skip
+                 graceful_shutdown_timeout: int = 60, client_header_timeout: int = 60,
+                 client_body_timeout: int = 300) -> None:  # fmt: skip
         self.config_files = list(config_files)
         self.flavor = flavor
+        self.client_header_timeout = client_header_timeout
+        self.client_body_timeout = client_body_timeout
         self.options = {
             "bind": f"{host}:{port}" if ":" not in host else f"[{host}]:{port}",
             "worker_class": GracefulThreadWorker,
