@@ -9,6 +9,7 @@ import sys
 
 from abbild import config, logging_setup
 from abbild.errors import AbbildError, ConfigError
+from abbild_paste import pipeline
 
 LOG = logging.getLogger("abbild.cli")
 
@@ -34,6 +35,12 @@ def cmd_serve(args) -> int:
     files = _config_files(args)
     conf = config.load(files)
     _setup_logging(conf, args, "abbild")
+    # The embedded default is noauth on loopback; anything beyond loopback must say how
+    # callers are authenticated.
+    flavor = args.auth or conf.paste_deploy.flavor or "noauth"
+    if flavor == "noauth":
+        config.refuse_noauth_beyond_loopback(args.host, "abbild serve")
+    pipeline.check(conf, files, flavor)
     # Build everything once before forking: a broken config fails here, with its
     # message, instead of in a worker that gunicorn restarts forever.
     service = ImageService.from_config(conf)
@@ -46,7 +53,6 @@ def cmd_serve(args) -> int:
     for store in service.stores:
         if store.driver_name == "filesystem":
             print(f"  data:     {store.driver.properties().get('data_dir')}", file=sys.stderr)
-    flavor = args.auth or conf.paste_deploy.flavor
     if flavor == "noauth":
         print("  auth:     OFF (noauth: every caller is an administrator; keep this on 127.0.0.1)", file=sys.stderr)
     elif flavor == "trusted-headers":
@@ -77,6 +83,10 @@ def cmd_api(args) -> int:
     conf = config.load(files)
     conf.register_opts(server_opts(default_port=9292))
     _setup_logging(conf, args, "abbild-api")
+    flavor = pipeline.flavor_of(conf)
+    if flavor == "noauth":
+        config.refuse_noauth_beyond_loopback(conf.bind_host, "abbild api")
+    pipeline.check(conf, files, flavor)
     # As in cmd_serve: a broken config fails here, before any worker is forked.
     ImageService.from_config(conf).registry.close()
     LOG.info("abbild-api %s listening on %s:%s with %d worker(s) x %d threads; config: %s",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 from collections.abc import Sequence
 
 from oslo_config import cfg
@@ -31,6 +33,31 @@ def service_config_file(service: str) -> str:
         raise ConfigError(f"{path} does not exist; create it (etc/{service}.conf.sample lists every option) "
                           f"or point {CONFIG_DIR_ENV} at the directory holding it")  # fmt: skip
     return path
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address *host* (a name, or an address, bracketed or not)
+    resolves to is a loopback address: only this machine reaches it."""
+    try:
+        return ipaddress.ip_address(host.strip("[]").split("%")[0]).is_loopback
+    except ValueError:
+        pass
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+
+
+def refuse_noauth_beyond_loopback(host: str, what: str) -> None:
+    """:raises abbild.errors.ConfigError: *what* would serve *host* without
+        authentication, and *host* is not loopback-only."""
+    from abbild.errors import ConfigError
+
+    if not is_loopback(host):
+        raise ConfigError(f"{what} will not listen on {host} without authentication (noauth): anyone who reaches "
+                          f"it would be an administrator. Listen on 127.0.0.1, or choose another auth flavour: "
+                          f"keystone, or trusted-headers behind a gateway")  # fmt: skip
 
 
 def load(config_files: Sequence[str] = (), *, project: str = "abbild") -> cfg.ConfigOpts:

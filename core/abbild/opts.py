@@ -172,12 +172,15 @@ database_opts = [
 paste_opts = [
     cfg.StrOpt(
         "flavor",
-        default="noauth",
-        help="Pipeline flavour from abbild-api-paste.ini: ``noauth`` (everyone is an "
-        "administrator; for local use only) or ``trusted-headers`` (a gateway in front "
-        "already authenticated the caller and passes X-Identity-Status, X-User-Id, "
+        help="Pipeline flavour from abbild-api-paste.ini, that is how callers are "
+        "authenticated: ``keystone`` (Keystone tokens, validated by keystonemiddleware "
+        "with the options of [keystone_authtoken]), ``trusted-headers`` (a gateway in "
+        "front already authenticated the caller and passes X-Identity-Status, X-User-Id, "
         "X-Project-Id and X-Roles, as keystonemiddleware does; never expose such a "
-        "service to anyone but that gateway).",
+        "service to anyone but that gateway) or ``noauth`` (every caller is an "
+        "administrator; answers loopback clients only). No default: ``abbild api`` and "
+        "the WSGI application refuse to start without it; ``abbild serve`` runs noauth "
+        "on 127.0.0.1 without it.",
     ),
     cfg.StrOpt("config_file", help="Paste ini file; default: the one shipped with abbild."),
 ]

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import json
 
+from abbild.config import is_loopback
 from abbild.context import ENVIRON_KEY, RequestContext
 
 
 def noauth_filter_factory(global_conf, **local_conf):
     """Every caller is an administrator without a project, as Glance's
-    unauthenticated-context: for local use, never on a network others can reach."""
+    unauthenticated-context: for local use, never on a network others can reach. So a
+    client that is not on this machine gets 403, whatever server runs the pipeline
+    (``abbild serve`` refuses to listen beyond loopback too, but mod_wsgi or uWSGI
+    listen where they are told)."""
 
     def make(app):
         def middleware(environ, start_response):
+            if not is_loopback(environ.get("REMOTE_ADDR") or ""):
+                return _plain(start_response, "403 Forbidden",
+                              "This image service runs without authentication (noauth) and answers clients on its "
+                              "own machine only.")  # fmt: skip
             environ[ENVIRON_KEY] = RequestContext(
                 request_id=environ.get("abbild.request_id"), roles=("admin",), is_admin=True
             )

@@ -2,24 +2,78 @@
 
 from __future__ import annotations
 
+import configparser
 import os
 from collections.abc import Sequence
 
 from paste.deploy import loadapp
 
 from abbild import config
+from abbild.errors import ConfigError
 
 SHIPPED_INI = os.path.join(os.path.dirname(__file__), "abbild-api-paste.ini")
+PREFIX = "abbild-api-"
+FLAVORS = (
+    "keystone (Keystone tokens, [keystone_authtoken])",
+    "trusted-headers (a gateway in front authenticates callers)",
+    "noauth (every caller an administrator; loopback clients only)",
+)
+
+
+def flavor_of(conf, flavor: str | None = None) -> str:
+    """The auth flavour to run: *flavor*, else ``[paste_deploy] flavor``.
+
+    :raises abbild.errors.ConfigError: neither names one. Nothing guesses one: a
+        missing or misspelt option must not make every caller an administrator.
+    """
+    flavor = flavor or conf.paste_deploy.flavor
+    if not flavor:
+        raise ConfigError("[paste_deploy] flavor is not set: set it to one of " + "; ".join(FLAVORS))
+    return flavor
+
+
+def check(conf, config_files: Sequence[str], flavor: str) -> str:
+    """Check that the pipeline of *flavor* exists and can be built here, before any
+    request would find out.
+
+    :returns: the paste ini to load it from.
+    :raises abbild.errors.ConfigError: no such pipeline; keystone without
+        keystonemiddleware installed.
+    """
+    ini = conf.paste_deploy.config_file or _ini_beside(config_files) or SHIPPED_INI
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        with open(ini) as f:
+            parser.read_file(f)
+    except (OSError, configparser.Error) as exc:
+        raise ConfigError(f"paste ini {ini}: {exc}") from exc
+    names = {section.partition(":")[2]: section for section in parser.sections()}
+    if PREFIX + flavor not in names:
+        known = sorted(name[len(PREFIX):] for name in names if name.startswith(PREFIX))
+        raise ConfigError(f"[paste_deploy] flavor = {flavor}: {ini} has no pipeline {PREFIX}{flavor}; "
+                          f"its flavours are: {', '.join(known) or 'none'}")  # fmt: skip
+    pipeline = parser[names[PREFIX + flavor]].get("pipeline", "").split()
+    if "authtoken" in pipeline:
+        try:
+            import keystonemiddleware  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"[paste_deploy] flavor = {flavor} needs keystonemiddleware: "
+                              "pip install 'abbild[keystone]'") from None  # fmt: skip
+    return ini
 
 
 def load_api(config_files: Sequence[str], flavor: str | None = None):
     """The WSGI app of the pipeline ``abbild-api-<flavor>``; the flavour defaults to
-    ``[paste_deploy] flavor``."""
+    ``[paste_deploy] flavor``.
+
+    :raises abbild.errors.ConfigError: no flavour, or not one that can run.
+    """
     conf = config.load(config_files)
-    ini = conf.paste_deploy.config_file or _ini_beside(config_files) or SHIPPED_INI
+    flavor = flavor_of(conf, flavor)
+    ini = check(conf, config_files, flavor)
     return loadapp(
         f"config:{os.path.abspath(ini)}",
-        name=f"abbild-api-{flavor or conf.paste_deploy.flavor}",
+        name=PREFIX + flavor,
         global_conf={"config_files": ",".join(os.path.abspath(f) for f in config_files)},
     )
 

@@ -39,6 +39,7 @@ class API:
             f"graceful_shutdown_timeout = {graceful_shutdown_timeout}\n"
             f"log_file = {base}/abbild-api.log\n"
             f"[database]\nconnection = sqlite:///{base}/abbild.sqlite\n"
+            f"[paste_deploy]\nflavor = noauth\n"
             f"[local]\ndatadir = {base}/images\n"
         )
         # Like a production host: the config dir, not --config-file.
