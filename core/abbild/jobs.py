@@ -8,9 +8,11 @@ one (beyond it: :class:`~abbild.errors.Busy`, HTTP 503); and a fixed number of j
 per project, running or waiting (beyond it: :class:`~abbild.errors.TooManyJobs`,
 HTTP 429).
 
-Graceful shutdown drains every pool of the process (:func:`drain_all`): it sets
-``stopping``, which long jobs check between steps to give up cleanly, and waits for
-the jobs to end.
+Graceful shutdown drains every pool of the process (:func:`drain_all`): it takes no
+more jobs and sets ``closing``, which jobs that only wait to try something again
+take as their cue to leave it to the next start; it gives the others the grace period
+to finish, then sets ``stopping``, which jobs at work check between steps to stop and
+roll back.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Jobs:
     def __init__(self, workers: int, queue_size: int, per_project: int) -> None:
         self.capacity = workers + queue_size
         self.per_project = per_project
+        self.closing = threading.Event()
         self.stopping = threading.Event()
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="abbild-job")
         self._lock = threading.Condition()
@@ -62,7 +65,7 @@ class Jobs:
         :raises abbild.errors.Busy: the pool is full, or shutting down.
         """
         with self._lock:
-            if self.stopping.is_set():
+            if self.closing.is_set():
                 raise Busy("This server is shutting down; try again in a moment.")
             if project is not None and self._by_project[project] >= self.per_project:
                 raise TooManyJobs(f"Project {project} has {self.per_project} background jobs running or waiting "
@@ -95,26 +98,42 @@ class Jobs:
                     del self._by_project[project]
             self._lock.notify_all()
 
-    def drain(self, timeout: float) -> bool:
-        """Take no more jobs, tell the running ones to stop (``stopping``), and wait up
-        to *timeout* seconds for every job to end.
+    def drain(self, grace: float, rollback: float = 10.0) -> bool:
+        """Take no more jobs; give the running and waiting ones *grace* seconds to
+        end, then tell them to stop (``stopping``) and wait *rollback* seconds more.
 
         :returns: whether all ended.
         """
-        self.stopping.set()
+        self.closing.set()
+        done = self._wait_idle(grace)
+        if not done:
+            self.stopping.set()
+            done = self._wait_idle(rollback)
+        self._executor.shutdown(wait=done, cancel_futures=True)
+        return done
+
+    def _wait_idle(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         with self._lock:
             while self._pending and (left := deadline - time.monotonic()) > 0:
                 self._lock.wait(left)
-            done = not self._pending
-        self._executor.shutdown(wait=done, cancel_futures=True)
-        return done
+            return not self._pending
 
 
-def drain_all(timeout: float) -> bool:
-    """Drain every pool of this process (graceful shutdown); see :meth:`Jobs.drain`."""
-    deadline = time.monotonic() + timeout
-    results = [pool.drain(max(0.0, deadline - time.monotonic())) for pool in list(_pools)]
+def drain_all(grace: float, rollback: float = 10.0) -> bool:
+    """Drain every pool of this process, side by side (graceful shutdown); see
+    :meth:`Jobs.drain`."""
+    pools = list(_pools)
+    results = [False] * len(pools)
+
+    def drain(i: int) -> None:
+        results[i] = pools[i].drain(grace, rollback)
+
+    threads = [threading.Thread(target=drain, args=(i,)) for i in range(len(pools))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     if not all(results):
-        LOG.warning("graceful shutdown: background jobs still running after %ss", timeout)
+        LOG.warning("graceful shutdown: background jobs still running after %ss", grace + rollback)
     return all(results)

@@ -25,7 +25,14 @@ import urllib3.exceptions
 from oslo_config import cfg
 
 from abbild import caller, registry_wire as wire
-from abbild.errors import ConcurrentUpdate, ConfigError, MemberNotFound, RegistryError, RegistryUnavailable
+from abbild.errors import (
+    ConcurrentUpdate,
+    ConfigError,
+    MemberNotFound,
+    QuotaExceeded,
+    RegistryError,
+    RegistryUnavailable,
+)
 from abbild.image import Image
 from abbild.registry import ImageFilters, Member, Registry, Viewer
 
@@ -218,6 +225,9 @@ class HTTPRegistry(Registry):
                 f"{self.url} refused our tokens ({error.get('message')}): check the [registry_client] "
                 f"service user (it needs the role service) and the registry's [keystone_authtoken]"
             )
+        if resp.status_code == 413:
+            raise QuotaExceeded(f"The image registry refused a request of {len(data)} bytes: the image's metadata is "
+                                f"larger than its [registry_server] max_request_body_size allows")  # fmt: skip
         if resp.status_code == 401:
             raise RegistryUnavailable(
                 f"{self.url} refused our requests ({error and error.get('message')}): check that "

@@ -20,7 +20,7 @@ from gunicorn.glogging import Logger
 from gunicorn.workers.gthread import ThreadWorker
 from oslo_config import cfg
 
-from abbild import logging_setup
+from abbild import jobs, logging_setup
 
 LOG = logging.getLogger(__name__)
 
@@ -263,10 +263,21 @@ class GracefulThreadWorker(ThreadWorker):
 
     def handle_exit(self, sig, frame):
         if self.alive:
-            timer = threading.Timer(max(self.cfg.graceful_timeout - ROLLBACK_SECONDS, 0), abort_uploads)
+            grace = max(self.cfg.graceful_timeout - ROLLBACK_SECONDS, 0)
+            timer = threading.Timer(grace, abort_uploads)
             timer.daemon = True
             timer.start()
+            # Background jobs (location imports, retries) get the same grace as requests.
+            self.draining = threading.Thread(target=jobs.drain_all, args=(grace, ROLLBACK_SECONDS),
+                                             name="abbild-drain", daemon=True)  # fmt: skip
+            self.draining.start()
         super().handle_exit(sig, frame)
+
+    def run(self):
+        super().run()
+        draining = getattr(self, "draining", None)
+        if draining is not None:
+            draining.join(self.cfg.graceful_timeout)  # jobs roll back before the process ends
 
 
 class OsloLogger(Logger):

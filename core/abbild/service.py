@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import threading
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 
@@ -325,8 +324,8 @@ class ImageService:
 
         def retry() -> None:
             for delay in (2.0**n for n in range(9)):
-                if self.jobs.stopping.wait(delay):
-                    return
+                if self.jobs.closing.wait(delay):
+                    return  # shutting down: the next start retries
                 try:
                     image = self.registry.get_image(image_id)
                     if image.status is not Status.PENDING_DELETE or image.upload_worker not in (
@@ -649,7 +648,7 @@ class ImageService:
 
         def check(_progress: int) -> None:
             claim.check()
-            if self.jobs.stopping.is_set() and threading.current_thread().name.startswith("abbild-job"):
+            if self.jobs.stopping.is_set():
                 raise Busy("This server is shutting down; the import stopped and can be started again.")
 
         return check

@@ -184,7 +184,7 @@ class Claims:
         def retry() -> None:
             deadline = time.monotonic() + self.lease_seconds
             delay = 1.0
-            while time.monotonic() < deadline and not self.jobs.stopping.wait(delay):
+            while time.monotonic() < deadline and not self.jobs.closing.wait(delay):
                 delay = min(delay * 2, 30.0)
                 if self._release(claim, error):
                     return

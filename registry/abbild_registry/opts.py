@@ -51,13 +51,15 @@ server_opts = [
     ),
     cfg.IntOpt(
         "max_request_body_size",
-        default=1 << 20,
+        default=16 << 20,
         min=1024,
-        help="Largest request body, in bytes, the registry reads: its requests are "
-        "small JSON documents (an image's metadata). A larger one is refused with 413, "
-        "before it is read when its Content-Length says so. Raise it where images carry "
-        "more metadata than that (many long extra properties): an image whose metadata "
-        "does not fit cannot be changed or deleted through the registry.",
+        help="Largest request body, in bytes, the registry reads: its requests are JSON "
+        "documents (an image's metadata). A larger one is refused with 413, before it is "
+        "read when its Content-Length says so. The default holds an image with the API's "
+        "default limits filled (image_property_quota = 128 values of "
+        "max_property_value_length = 65,535 ASCII characters); raise it with those: an "
+        "image whose metadata does not fit cannot be changed through the registry (the "
+        "API answers 413 and says so).",
     ),
 ]
 

@@ -22,7 +22,7 @@ from abbild_registry.server import load_registry_app
 from tests.functional.conftest import RegistryProcess
 
 HUGE = 1_000_000_000
-LIMIT = 1 << 20  # [registry_server] max_request_body_size, default
+LIMIT = 16 << 20  # [registry_server] max_request_body_size, default
 
 
 @pytest.fixture(scope="module")

@@ -202,11 +202,15 @@ def test_jobs_are_bounded_per_project_and_in_all():
         jobs.submit(job)
 
 
-def test_drain_tells_running_jobs_to_stop():
-    jobs = Jobs(workers=1, queue_size=0, per_project=1)
-    stopped = []
-    jobs.submit(lambda: stopped.append(jobs.stopping.wait(10)))
-    assert jobs.drain(5) and stopped == [True]
+def test_drain_gives_jobs_their_grace_then_tells_them_to_stop():
+    jobs = Jobs(workers=2, queue_size=0, per_project=2)
+    finished, stopped = [], []
+    jobs.submit(lambda: (time.sleep(0.3), finished.append(True)))
+    jobs.submit(lambda: stopped.append(jobs.stopping.wait(30)))
+    started = time.monotonic()
+    assert jobs.drain(grace=1, rollback=5)
+    assert finished == [True] and stopped == [True]
+    assert 1 <= time.monotonic() - started < 5
 
 
 def _status(service, image_id):

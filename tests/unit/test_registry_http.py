@@ -43,10 +43,10 @@ class _QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
 
 
 @contextlib.contextmanager
-def registry_server(sql_registry, tmp_path, auth_strategy="hmac"):
+def registry_server(sql_registry, tmp_path, auth_strategy="hmac", more=""):
     """The registry pipeline's auth filter and app over *sql_registry*, on a free loopback port."""
     conf = tmp_path / "registry.conf"
-    conf.write_text(f"[registry_server]\nauth_strategy = {auth_strategy}\nshared_secret = {SECRET}\n")
+    conf.write_text(f"[registry_server]\nauth_strategy = {auth_strategy}\nshared_secret = {SECRET}\n{more}")
     app = filter_factory({"config_files": str(conf)})(RegistryApp(sql_registry))
     httpd = wsgiref.simple_server.make_server("127.0.0.1", 0, app, _ThreadingServer, _QuietHandler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
@@ -416,3 +416,15 @@ def test_every_registry_method_goes_over_http():
 
     missing = {name for name in Registry.__abstractmethods__ if name not in vars(HTTPRegistry)}
     assert not missing, f"HTTPRegistry lacks {sorted(missing)}"
+
+
+def test_metadata_beyond_the_registrys_body_limit_is_a_clear_413(sql_registry, tmp_path):
+    from abbild.errors import QuotaExceeded
+
+    with registry_server(sql_registry, tmp_path, more="max_request_body_size = 4096\n") as url:
+        client = HTTPRegistry(url=url, shared_secret=SECRET, retries=0)
+        image = client.create_image(Image(id=str(uuid.uuid4()), owner="p1"))
+        image.properties["long"] = "x" * 5000
+        with pytest.raises(QuotaExceeded, match="max_request_body_size"):
+            client.save_image(image)
+        client.close()
