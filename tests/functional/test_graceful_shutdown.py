@@ -9,6 +9,7 @@ carrying the request id."""
 from __future__ import annotations
 
 import hashlib
+import http.server
 import http.client
 import os
 import re
@@ -18,11 +19,14 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
 import pytest
 import requests
+
+from tests.functional.helpers import who
 
 BLOCK = os.urandom(64 << 10)
 
@@ -30,7 +34,7 @@ BLOCK = os.urandom(64 << 10)
 class API:
     """An ``abbild api`` process with its own config dir (SQLite + filesystem store)."""
 
-    def __init__(self, base, graceful_shutdown_timeout: int) -> None:
+    def __init__(self, base, graceful_shutdown_timeout: int, more: str = "", flavor: str = "noauth") -> None:
         self.base = base
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
@@ -39,8 +43,8 @@ class API:
             f"graceful_shutdown_timeout = {graceful_shutdown_timeout}\n"
             f"log_file = {base}/abbild-api.log\n"
             f"[database]\nconnection = sqlite:///{base}/abbild.sqlite\n"
-            f"[paste_deploy]\nflavor = noauth\n"
-            f"[local]\ndatadir = {base}/images\n"
+            f"[paste_deploy]\nflavor = {flavor}\n"
+            f"[local]\ndatadir = {base}/images\n{more}"
         )
         # Like a production host: the config dir, not --config-file.
         env = dict(os.environ, ABBILD_CONFIG_DIR=str(base))
@@ -86,8 +90,8 @@ def free_port() -> int:
 def start_api(tmp_path):
     apis = []
 
-    def start(graceful_shutdown_timeout: int) -> API:
-        apis.append(API(tmp_path, graceful_shutdown_timeout))
+    def start(graceful_shutdown_timeout: int, **kwargs) -> API:
+        apis.append(API(tmp_path, graceful_shutdown_timeout, **kwargs))
         return apis[-1]
 
     yield start
@@ -191,3 +195,53 @@ def test_log_lines_are_in_openstack_format_with_request_ids(start_api):
     # asctime.msecs pid LEVEL logger [global_request_id request_id user_identity] message
     pattern = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \d+ INFO gunicorn\.access \[- req-graceful-test [^]]*\] "
     assert re.match(pattern + r'127\.0\.0\.1 "GET /v2/images/0{8}-0{4}-0{4}-0{4}-0{12} HTTP/1\.1" status: 404', line)
+
+
+class _SlowWeb(http.server.BaseHTTPRequestHandler):
+    """Serves 4 MiB at every path, 256 KiB every 0.2 s (about 3 s in all)."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_HEAD(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(4 << 20))
+        self.end_headers()
+
+    def do_GET(self):
+        self.do_HEAD()
+        for _ in range(16):
+            self.wfile.write(b"w" * (256 << 10))
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def slow_web():
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowWeb)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+WEB_STORE = "[DEFAULT]\nenabled_backends = local:filesystem, web:http\ndefault_backend = local\n" \
+            "[web]\nallowed_networks = 127.0.0.1/32\n"
+
+
+@pytest.mark.parametrize("grace, outcome", [(30, "active"), (1, "queued")])
+def test_sigterm_waits_for_background_imports_or_rolls_them_back(start_api, slow_web, grace, outcome):
+    """A location import (POST .../locations, answered 202) goes on after its request:
+    shutdown lets it finish within the grace period, else stops and rolls it back
+    itself, leaving nothing for the next start to recover."""
+    api = start_api(graceful_shutdown_timeout=grace, more=WEB_STORE, flavor="trusted-headers")
+    owner = who("p-graceful")
+    resp = requests.post(f"{api.url}/v2/images", json={"disk_format": "raw", "container_format": "bare"},
+                         headers=owner)  # fmt: skip
+    image_id = resp.json()["id"]
+    resp = requests.post(f"{api.url}/v2/images/{image_id}/locations", json={"url": f"{slow_web}/{image_id}.img"},
+                         headers=owner)  # fmt: skip
+    assert resp.status_code == 202, resp.text
+    assert wait_for(lambda: api.status(image_id) == "saving", 10)
+    api.proc.send_signal(signal.SIGTERM)
+    assert api.proc.wait(grace + 30) == 0
+    assert api.status(image_id) == outcome
