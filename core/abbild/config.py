@@ -35,18 +35,30 @@ def service_config_file(service: str) -> str:
     return path
 
 
+def is_loopback_address(address: str | None) -> bool:
+    """Whether a client's address (``REMOTE_ADDR``) is this machine's loopback."""
+    try:
+        ip = ipaddress.ip_address((address or "").strip("[]").split("%")[0])
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
 def is_loopback(host: str) -> bool:
     """True when every address *host* (a name, or an address, bracketed or not)
     resolves to is a loopback address: only this machine reaches it."""
     try:
-        return ipaddress.ip_address(host.strip("[]").split("%")[0]).is_loopback
+        ipaddress.ip_address(host.strip("[]").split("%")[0])
+        return is_loopback_address(host)
     except ValueError:
         pass
     try:
         addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
     except OSError:
         return False
-    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+    return bool(addresses) and all(is_loopback_address(a) for a in addresses)
 
 
 def refuse_noauth_beyond_loopback(host: str, what: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from abbild.config import is_loopback
+from abbild.config import is_loopback_address
 from abbild.context import ENVIRON_KEY, RequestContext
 
 
@@ -17,7 +17,7 @@ def noauth_filter_factory(global_conf, **local_conf):
 
     def make(app):
         def middleware(environ, start_response):
-            if not is_loopback(environ.get("REMOTE_ADDR") or ""):
+            if not is_loopback_address(environ.get("REMOTE_ADDR")):
                 return _plain(start_response, "403 Forbidden",
                               "This image service runs without authentication (noauth) and answers clients on its "
                               "own machine only.")  # fmt: skip

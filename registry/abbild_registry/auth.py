@@ -13,13 +13,12 @@ user's token says, so an API node can reach no more than its users could.
 from __future__ import annotations
 
 import io
-import ipaddress
 import json
 import logging
-import socket
 import urllib.parse
 
 from abbild import registry_wire as wire
+from abbild.config import is_loopback, is_loopback_address
 from abbild.errors import ConfigError
 from abbild.registry import Viewer
 from abbild_registry.app import CALLER_KEY, config_files, load_conf
@@ -44,19 +43,6 @@ def check_auth_config(conf) -> None:
             "not set: set it (and the same value in the API nodes' [registry_client] shared_secret), "
             "or set auth_strategy = noauth for a registry on a loopback address"
         )
-
-
-def is_loopback(host: str) -> bool:
-    """True when every address *host* resolves to is a loopback address."""
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        pass
-    try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
-    except OSError:
-        return False
-    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
 
 
 def check_bind(host: str, conf) -> None:
@@ -93,17 +79,6 @@ class Refused(Exception):
     def __init__(self, status: str, reason: str) -> None:
         super().__init__(reason)
         self.status, self.reason = status, reason
-
-
-def is_loopback_address(address: str | None) -> bool:
-    """Whether a client's address (``REMOTE_ADDR``) is this machine's loopback."""
-    try:
-        ip = ipaddress.ip_address((address or "").split("%")[0])
-    except ValueError:
-        return False
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
 
 
 def _from_loopback(environ) -> None:
