@@ -12,11 +12,12 @@ import webob.exc as exc
 from abbild import config
 from abbild.caller import acting_as
 from abbild.context import ENVIRON_KEY, RequestContext
-from abbild.errors import AbbildError
+from abbild.errors import AbbildError, Forbidden
 from abbild.registry import Viewer
 from abbild.service import ImageService
 from abbild_api import data, images, info, members
 from abbild_api.errors import to_http
+from abbild_api.http import BODY_LIMIT, check_text
 
 LOG = logging.getLogger(__name__)
 
@@ -66,8 +67,10 @@ class Application:
 
     @webob.dec.wsgify
     def __call__(self, req: webob.Request) -> webob.Response:
+        path = _checked_url(req)
+        req.environ[BODY_LIMIT] = self.conf.max_json_body_size
         for pattern, methods in self.routes:
-            m = pattern.match(req.path_info)
+            m = pattern.match(path)
             if not m:
                 continue
             handler = methods.get(req.method)
@@ -83,10 +86,32 @@ class Application:
                 # The http registry acts for this caller (nobody in particular without one).
                 ctx = req.environ.get(ENVIRON_KEY)
                 with acting_as(ctx.viewer if ctx is not None else Viewer(), getattr(ctx, "auth_token", None)):
+                    if ctx is not None and ctx.anonymous and req.method not in ("GET", "HEAD"):
+                        self._refuse_anonymous_write(req, params.get("image_id"), ctx)
                     return handler(self, req, **params)
             except AbbildError as error:
                 raise to_http(error) from error
         raise exc.HTTPNotFound(explanation="The resource could not be found.")
+
+    def _refuse_anonymous_write(self, req, image_id: str | None, ctx: RequestContext) -> None:
+        """An anonymous caller may only read, so a write gets the answer it would get
+        anyway (404 for an image it cannot see, else 403) before its body is read."""
+        if image_id is not None:
+            self.service.get(image_id, ctx.viewer)
+        raise Forbidden(f"Anonymous callers may only read: {req.method} needs credentials (an X-Auth-Token).")
+
+
+def _checked_url(req: webob.Request) -> str:
+    """The decoded path; the query string is decoded too (``req.GET``), so that no
+    handler meets bytes that are not UTF-8, or a NUL no database keeps."""
+    try:
+        path, query = req.path_info, req.GET
+    except UnicodeDecodeError:
+        raise exc.HTTPBadRequest(explanation="The URL is not valid UTF-8 once its %-escapes are decoded.") from None
+    check_text(path, "The URL path")
+    for name, value in query.items():
+        check_text(name + "=" + value, "The query string")
+    return path
 
 
 def app_factory(global_conf, **local_conf):

@@ -23,17 +23,89 @@ def reject_body(req: webob.Request) -> None:
         raise exc.HTTPBadRequest(explanation="A body is not expected with this request.")
 
 
+# The dispatcher puts ``max_json_body_size`` here for read_json.
+BODY_LIMIT = "abbild.max_json_body_size"
+# Deeper than any real request (a PATCH list of changes holding a location's metadata).
+MAX_JSON_DEPTH = 32
+
+
 def read_json(req: webob.Request, *, kind=(dict,)):
+    """The request's JSON body, read only up to ``max_json_body_size`` bytes (413
+    beyond), nested at most MAX_JSON_DEPTH deep, with strings a database can store: no
+    lone surrogates, no NULs (400 otherwise)."""
     if not has_body(req):
         raise exc.HTTPBadRequest(explanation="Body expected in request.")
+    limit = req.environ[BODY_LIMIT]
+    too_large = exc.HTTPRequestEntityTooLarge(
+        explanation=f"Request body is larger than {limit} bytes (max_json_body_size).")
+    if req.content_length is not None and req.content_length > limit:
+        raise too_large
+    body = _read_at_most(req.body_file, limit + 1)
+    if len(body) > limit:
+        raise too_large
     try:
-        value = json.loads(req.body)
+        value = json.loads(body, parse_constant=_not_json)
     except ValueError:
         raise exc.HTTPBadRequest(explanation="Malformed JSON in request body.") from None
+    except RecursionError:  # far deeper than MAX_JSON_DEPTH
+        raise _too_deep() from None
+    _check_strings_and_depth(value)
     if not isinstance(value, kind):
         raise exc.HTTPBadRequest(explanation="Request body must be a JSON " + " or ".join(
             {dict: "object", list: "array"}[k] for k in kind))
     return value
+
+
+def _read_at_most(stream, size: int) -> bytes:
+    # A chunked body has no length to check first: read no more than we would keep.
+    chunks, total = [], 0
+    while total < size:
+        data = stream.read(min(size - total, 1 << 16))
+        if not data:
+            break
+        chunks.append(data)
+        total += len(data)
+    return b"".join(chunks)
+
+
+def _not_json(name: str):
+    raise ValueError(f"{name} is not JSON")  # json.loads would accept NaN and Infinity
+
+
+def _check_strings_and_depth(value) -> None:
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, str):
+            check_text(item, "Request body")
+        elif isinstance(item, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise _too_deep()
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+
+
+def _too_deep() -> exc.HTTPBadRequest:
+    return exc.HTTPBadRequest(
+        explanation=f"Request body is nested too deeply: at most {MAX_JSON_DEPTH} levels of arrays and objects.")
+
+
+def check_text(text: str, where: str) -> None:
+    """:raises webob.exc.HTTPBadRequest: *text* holds what no database keeps: a NUL
+    or a lone surrogate (a \\ud800 escape without its pair)."""
+    if "\0" in text:
+        raise exc.HTTPBadRequest(explanation=f"{where} contains a NUL character (\\u0000) in {_quoted(text)}; "
+                                 "strings may not contain NULs.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise exc.HTTPBadRequest(explanation=f"{where} contains a lone surrogate in {_quoted(text)}: "
+                                 "a \\ud800-\\udfff escape must be half of a pair.") from None
+
+
+def _quoted(text: str) -> str:
+    # ascii(): the message itself must be valid UTF-8, and stay short.
+    return ascii(text[:40] + ("..." if len(text) > 40 else ""))
 
 
 def json_response(value, status: int = 200, **headers) -> webob.Response:

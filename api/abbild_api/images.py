@@ -24,7 +24,7 @@ _BASE = ("id", "name", "status", "visibility", "protected", "os_hidden", "owner"
          "container_format", "size", "virtual_size", "checksum", "os_hash_algo", "os_hash_value",
          "min_disk", "min_ram")  # fmt: skip
 PATCH_TYPES = ("application/openstack-images-v2.1-json-patch", "application/openstack-images-v2.0-json-patch")
-_VALIDATOR = jsonschema.Draft4Validator(schemas.image_schema())
+_VALIDATOR = jsonschema.Draft4Validator(schemas.image_validation_schema())
 
 
 def timestamp(value: datetime.datetime | None) -> str | None:
@@ -58,12 +58,17 @@ def location_view(location) -> dict:
     return {"url": location.uri, "metadata": {**location.metadata, "store": location.store}}
 
 
-def _validate(values: dict) -> None:
+def _validate(values: dict, conf) -> None:
     error = jsonschema.exceptions.best_match(_VALIDATOR.iter_errors(values))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path)
         raise Invalid(f"Provided object does not match schema 'image': {error.message}" + (
             f" (at '{where}')" if where else ""))
+    longest = conf.max_property_value_length
+    for name, value in values.items():
+        if name not in schemas.IMAGE_PROPERTIES and isinstance(value, str) and len(value) > longest:
+            raise Invalid(f"Property '{name}' is {len(value)} characters long; a property value may have at most "
+                          f"{longest} characters (max_property_value_length).")
 
 
 def _check_settable(name: str) -> None:
@@ -104,7 +109,7 @@ def create(app, req):
             continue
         _check_settable(name)
     image_id = body.pop("id") if "id" in body else str(uuid.uuid4())  # null or "" fail validation
-    _validate({"id": image_id, **body})
+    _validate({"id": image_id, **body}, app.conf)
     ctx = app.context(req)
     owner = body.get("owner", ctx.project_id)
     image = Image(id=image_id.lower(), owner=owner)
@@ -144,13 +149,16 @@ def _bool(name: str, value: str) -> bool:
     raise Invalid(f"Invalid value '{value}' for {name}: expected true or false.")
 
 
-def _int(name: str, value: str, minimum: int = 0) -> int:
+def _int(name: str, value: str, minimum: int = 0, maximum: int | None = schemas.INT64_MAX) -> int:
+    shown = value if len(value) <= 40 else value[:40] + "..."
     try:
         number = int(value)
     except ValueError:
-        raise Invalid(f"Invalid value '{value}' for {name}: expected an integer.") from None
+        raise Invalid(f"Invalid value '{shown}' for {name}: expected an integer.") from None
     if number < minimum:
-        raise Invalid(f"Invalid value '{value}' for {name}: must be at least {minimum}.")
+        raise Invalid(f"Invalid value '{shown}' for {name}: must be at least {minimum}.")
+    if maximum is not None and number > maximum:
+        raise Invalid(f"Invalid value '{shown}' for {name}: must be at most {maximum}.")
     return number
 
 
@@ -163,7 +171,10 @@ def _time(name: str, value: str) -> tuple[str, str, datetime.datetime]:
     except ValueError:
         raise Invalid(f"Invalid time '{when}' for {name}: use ISO 8601, e.g. 2024-01-01T00:00:00Z") from None
     if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+        try:
+            parsed = parsed.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+        except OverflowError:
+            raise Invalid(f"Invalid time '{when}' for {name}: in UTC it falls outside the years 1 to 9999.") from None
     return name, op, parsed
 
 
@@ -198,7 +209,7 @@ def parse_list_params(params, conf) -> tuple[ImageFilters, list, int, str | None
         if name in ("sort_key", "sort_dir", "sort"):
             continue
         if name == "limit":
-            limit = min(_int("limit", value), conf.api_limit_max)
+            limit = min(_int("limit", value, maximum=None), conf.api_limit_max)  # never reaches the database
         elif name == "marker":
             marker = value
         elif name in IN_FILTERS:
@@ -389,8 +400,10 @@ def update(app, req, image_id):
                 raise Forbidden(f"Attribute {name} can be only replaced for a queued image.")
             if name == "owner" and value != image.owner and not ctx.is_admin:
                 raise Forbidden("Only administrators may change the owner of an image.")
-            values[name] = sorted(set(value)) if name == "tags" and isinstance(value, list) else value
-        _validate({"id": image.id, **values})
+            if name == "tags" and isinstance(value, list) and all(isinstance(tag, str) for tag in value):
+                value = sorted(set(value))  # anything else fails validation below, with a message
+            values[name] = value
+        _validate({"id": image.id, **values}, app.conf)
         _apply(image, values)
 
     image = app.service.update(image_id, change, ctx.viewer)

@@ -87,6 +87,21 @@ def image_schema() -> dict:
     }
 
 
+# The database columns: min_ram and min_disk are Integer (32 bits on MariaDB and
+# PostgreSQL), the sizes BigInteger.
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+
+
+def image_validation_schema() -> dict:
+    """The image schema that requests are checked against: the served one (Glance's,
+    which clients compare), with the ranges the database can hold."""
+    schema = image_schema()
+    for name in ("min_ram", "min_disk"):
+        schema["properties"][name]["maximum"] = INT32_MAX
+    return schema
+
+
 def images_schema() -> dict:
     return {
         "name": "images",

@@ -66,6 +66,26 @@ image_opts = [
         default=128,
         help="Most extra properties one image may have; a negative value means no limit.",
     ),
+    cfg.IntOpt(
+        "max_property_value_length",
+        default=65535,
+        min=1,
+        help="Longest value of one extra image property, in characters; longer ones are "
+        "refused with 400. Values are shown in every image list, so each one costs every "
+        "reader. MariaDB and MySQL keep at most 65,535 bytes of UTF-8 per value (fewer "
+        "characters where they take more than one byte): a longer value is refused there "
+        "with 400 too.\n\n"
+        "Related options: image_property_quota, max_json_body_size",
+    ),
+    cfg.IntOpt(
+        "max_json_body_size",
+        default=1 << 20,
+        min=1024,
+        help="Largest JSON request body, in bytes (default 1 MiB): image create and "
+        "update, members, locations. A larger one is refused with 413, before it is "
+        "read when Content-Length gives its size, else as soon as it has grown past "
+        "the limit. Image data is no JSON body: image_size_cap limits it.",
+    ),
     cfg.IntOpt("image_tag_quota", default=128, help="Most tags one image may have; negative: no limit."),
     cfg.IntOpt(
         "image_location_quota",

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from sqlalchemy import and_, case, create_engine, delete, event, exists, false, func, insert, or_, select, true, update
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from abbild.db.models import ImageRow, LocationRow, MemberRow, OwnerLockRow, PropertyRow, TagRow
@@ -111,6 +111,8 @@ class SQLRegistry(Registry):
             try:
                 with self._write() as session, session.begin():
                     return work(session)
+            except DataError as exc:  # a value its column cannot hold: MariaDB's TEXT keeps 65,535 bytes
+                raise Invalid(f"The database cannot store a value of this request: {exc.orig}") from exc
             except DBAPIError as exc:
                 if isinstance(exc, IntegrityError) or not _retryable(exc) or attempt == 4:
                     if isinstance(exc, OperationalError) and not _retryable(exc):
