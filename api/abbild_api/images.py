@@ -244,9 +244,19 @@ def parse_list_params(params, conf) -> tuple[ImageFilters, list, int, str | None
     return f, _sort(params), limit, marker
 
 
+def _unreadable(app, name: str, viewer) -> bool:
+    """Whether property protections hide extra property *name* from *viewer*."""
+    protections = app.service.protections
+    return protections is not None and not protections.allows(name, "read", viewer)
+
+
 def index(app, req):
     filters, sort, limit, marker = parse_list_params(req.GET, app.conf)
     viewer = app.context(req).viewer
+    for name in filters.properties:
+        # The answer would tell whether some image holds that value.
+        if _unreadable(app, name, viewer):
+            raise Forbidden(f"Property '{name}' is protected: you may not read it, so you may not filter images by it.")
     images = app.service.list(filters, sort, limit, marker, viewer)
     query = [(k, v) for k, v in req.GET.items() if k != "marker"]
     body = {
@@ -384,6 +394,9 @@ def update(app, req, image_id):
         values = _writable_view(image)
         for op, name, value, legacy in ops:
             base = name in schemas.IMAGE_PROPERTIES
+            if not base and _unreadable(app, name, ctx.viewer):
+                # The same answer whether the image has it or not: nothing to learn from it.
+                raise Forbidden(f"Property '{name}' is protected: you may not read it, so you may not change it.")
             if op == "remove":
                 if base:
                     raise Forbidden(f"Properties {name} may not be removed.")
