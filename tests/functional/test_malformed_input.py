@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+import tempfile
 import urllib.parse
-import uuid
 
 import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from tests.conftest import SQL_BACKENDS, _sql_database, _sql_migrate
 from tests.functional.conftest import Server
@@ -24,6 +26,9 @@ from tests.functional.helpers import server_config
 ACCEPT = {"Accept": "application/json"}
 CREATE = {**ACCEPT, "Content-Type": "application/json"}
 PATCH = {**ACCEPT, "Content-Type": "application/openstack-images-v2.1-json-patch"}
+
+# Hypothesis keeps caches in ./.hypothesis; like pytest's (-p no:cacheprovider), not in the checkout.
+set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "abbild-hypothesis"))
 
 
 @pytest.fixture(scope="module", params=SQL_BACKENDS)
