@@ -28,6 +28,7 @@ from abbild import caller, registry_wire as wire
 from abbild.errors import (
     ConcurrentUpdate,
     ConfigError,
+    ImageNotFound,
     MemberNotFound,
     QuotaExceeded,
     RegistryError,
@@ -110,6 +111,26 @@ def _describe(error: requests.RequestException, timeout: float) -> str:
 
 def _q(segment: str) -> str:
     return urllib.parse.quote(segment, safe="")
+
+
+def _no_segment(segment: str) -> bool:
+    """An empty or dots-only id cannot be a path segment: HTTP clients resolve "."
+    and ".." away, so the registry would see another path."""
+    return not segment.strip(".")
+
+
+def _image_path(image_id: str) -> str:
+    """:raises abbild.errors.ImageNotFound: an id that names no image (and no path)."""
+    if _no_segment(image_id):
+        raise ImageNotFound(image_id)
+    return f"/v1/images/{_q(image_id)}"
+
+
+def _member_path(image_id: str, member_id: str) -> str:
+    """:raises abbild.errors.MemberNotFound: a member id that names no member (and no path)."""
+    if _no_segment(member_id):
+        raise MemberNotFound(image_id, member_id)
+    return f"{_image_path(image_id)}/members/{_q(member_id)}"
 
 
 def service_session(group):
@@ -261,7 +282,7 @@ class HTTPRegistry(Registry):
 
     def get_image(self, image_id: str, *, include_deleted: bool = False) -> Image:
         params = {"include_deleted": "1"} if include_deleted else None
-        return wire.image_from_json(self._call("GET", f"/v1/images/{_q(image_id)}", params=params))
+        return wire.image_from_json(self._call("GET", _image_path(image_id), params=params))
 
     def list_images(self, filters: ImageFilters, sort, limit, marker=None, viewer: Viewer | None = None):
         params = {"filters": json.dumps(wire.filters_to_json(filters)), "limit": str(limit),
@@ -290,7 +311,7 @@ class HTTPRegistry(Registry):
         """
         sent = wire.image_to_json(image)
         params = None if storage_limit is None else {"storage_limit": str(storage_limit)}
-        status, result = self._request("PUT", f"/v1/images/{_q(image.id)}", body=sent, params=params,
+        status, result = self._request("PUT", _image_path(image.id), body=sent, params=params,
                                        ok_after_retry=(409,))  # fmt: skip
         if status == 409:
             current = self.get_image(image.id)
@@ -316,27 +337,27 @@ class HTTPRegistry(Registry):
     # -- members ------------------------------------------------------------------------
 
     def list_members(self, image_id: str) -> list[Member]:
-        result = self._call("GET", f"/v1/images/{_q(image_id)}/members")
+        result = self._call("GET", _image_path(image_id) + "/members")
         return [wire.member_from_json(m) for m in result["members"]]
 
     def get_member(self, image_id: str, member_id: str) -> Member | None:
         try:
-            return wire.member_from_json(self._call("GET", f"/v1/images/{_q(image_id)}/members/{_q(member_id)}"))
+            return wire.member_from_json(self._call("GET", _member_path(image_id, member_id)))
         except MemberNotFound:
             return None
 
     def add_member(self, image_id: str, member_id: str, *, limit: int | None = None) -> Member:
         body = {"member_id": member_id, "limit": limit}
-        result = self._call("POST", f"/v1/images/{_q(image_id)}/members", body=body, ok=(201,))
+        result = self._call("POST", _image_path(image_id) + "/members", body=body, ok=(201,))
         return wire.member_from_json(result)
 
     def set_member_status(self, image_id: str, member_id: str, status: str) -> Member:
-        result = self._call("PUT", f"/v1/images/{_q(image_id)}/members/{_q(member_id)}", body={"status": status})
+        result = self._call("PUT", _member_path(image_id, member_id), body={"status": status})
         return wire.member_from_json(result)
 
     def delete_member(self, image_id: str, member_id: str) -> None:
         # After a lost answer the retry finds no member: the first attempt removed it.
-        self._request("DELETE", f"/v1/images/{_q(image_id)}/members/{_q(member_id)}", ok=(204,),
+        self._request("DELETE", _member_path(image_id, member_id), ok=(204,),
                       ok_after_retry=(404,))  # fmt: skip
 
 

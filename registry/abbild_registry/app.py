@@ -43,6 +43,7 @@ import dataclasses
 import json
 import logging
 import re
+import urllib.parse
 
 import webob
 import webob.dec
@@ -97,8 +98,9 @@ class RegistryApp:
 
     @webob.dec.wsgify
     def __call__(self, req: webob.Request) -> webob.Response:
+        path = _routed_path(req.environ)
         for pattern, methods in self.routes:
-            m = pattern.match(req.path_info)
+            m = pattern.match(path)
             if not m:
                 continue
             handler = methods.get(req.method)
@@ -109,7 +111,8 @@ class RegistryApp:
                 return _json({"error": {"type": "Unauthorized", "args": {}, "message":
                               f"{req.method} {req.path_info} acts for a user: send the user's X-Auth-Token"}}, 401)
             try:
-                return handler(req, caller, **m.groupdict())
+                # Segments are matched %-encoded, so an id holding a "/" stays one segment.
+                return handler(req, caller, **{k: urllib.parse.unquote(v) for k, v in m.groupdict().items()})
             except errors.AbbildError as error:
                 return _error(error)
             except (ValueError, KeyError, TypeError) as error:
@@ -247,6 +250,23 @@ class RegistryApp:
         self._owned(image_id, caller)
         self.registry.delete_member(image_id, member_id)
         return webob.Response(status=204)
+
+
+def path_qs(environ) -> str:
+    """The path and query as the client sent (and signed) them, %-encoded."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw:
+        return raw
+    path = (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")).encode("latin-1").decode()
+    query = environ.get("QUERY_STRING")
+    return urllib.parse.quote(path, safe="/") + (f"?{query}" if query else "")
+
+
+def _routed_path(environ) -> str:
+    """The path below the app's mount point, still %-encoded."""
+    path = path_qs(environ).split("?", 1)[0]
+    mount = urllib.parse.quote(environ.get("SCRIPT_NAME", ""), safe="/")
+    return path[len(mount):] if mount and path.startswith(mount) else path
 
 
 def config_files(global_conf: dict) -> list[str]:

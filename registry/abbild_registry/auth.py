@@ -21,7 +21,7 @@ from abbild import registry_wire as wire
 from abbild.config import is_loopback, is_loopback_address
 from abbild.errors import ConfigError
 from abbild.registry import Viewer
-from abbild_registry.app import CALLER_KEY, config_files, load_conf
+from abbild_registry.app import CALLER_KEY, config_files, load_conf, path_qs
 
 LOG = logging.getLogger(__name__)
 
@@ -57,16 +57,6 @@ def check_bind(host: str, conf) -> None:
             f"could read and change every image. Listen on 127.0.0.1, or set [registry_server] "
             f"auth_strategy = keystone (with [keystone_authtoken]), or hmac and shared_secret"
         )
-
-
-def _path_qs(environ) -> str:
-    """The path and query as the client sent (and signed) them."""
-    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
-    if raw:
-        return raw
-    path = (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")).encode("latin-1").decode()
-    query = environ.get("QUERY_STRING")
-    return urllib.parse.quote(path, safe="/") + (f"?{query}" if query else "")
 
 
 def _refuse(start_response, status: str, reason: str, kind: str = "Unauthorized"):
@@ -215,7 +205,7 @@ def filter_factory(global_conf, **local_conf):
                 # Read here (it is small JSON) because the signature covers it.
                 body = read_body(environ, server.max_request_body_size)
                 if verifier is not None:
-                    verifier.verify(environ["REQUEST_METHOD"], _path_qs(environ), headers, body)
+                    verifier.verify(environ["REQUEST_METHOD"], path_qs(environ), headers, body)
             except wire.SignatureError as error:
                 return _refused(start_response, environ, Refused("401 Unauthorized", str(error)))
             except Refused as refusal:

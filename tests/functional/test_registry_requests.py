@@ -164,3 +164,24 @@ def test_noauth_answers_only_loopback_wherever_the_app_is_served(tmp_path):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.mark.parametrize("image_id", ["", "/", "a/b", "%2F", ".", "..", "x?y", "x#y"])
+def test_an_id_with_url_characters_is_just_not_found(registry, image_id):
+    """The API asks for ids a client named (a marker, say): the registry answers 'no
+    such image', never routes the id's '/' or '..' elsewhere (a 500 at the API)."""
+    from abbild.errors import ImageNotFound, MemberNotFound
+    from abbild.registry_client import HTTPRegistry
+
+    client = HTTPRegistry(url=registry.url, shared_secret=registry.secret, retries=0)
+    try:
+        with pytest.raises(ImageNotFound):
+            client.get_image(image_id)
+        with pytest.raises(ImageNotFound):
+            client.list_members(image_id)
+        real = client.create_image(Image(id=str(uuid.uuid4()), owner="p1"))
+        assert client.get_member(real.id, image_id) is None
+        with pytest.raises(MemberNotFound):
+            client.set_member_status(real.id, image_id, "accepted")
+    finally:
+        client.close()

@@ -428,3 +428,4 @@ def test_metadata_beyond_the_registrys_body_limit_is_a_clear_413(sql_registry, t
         with pytest.raises(QuotaExceeded, match="max_request_body_size"):
             client.save_image(image)
         client.close()
+
