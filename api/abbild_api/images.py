@@ -12,7 +12,7 @@ import webob.exc as exc
 
 from abbild.errors import Conflict, Forbidden, Invalid
 from abbild.image import HASH_LENGTHS, Image, Status
-from abbild.registry import IN_FILTERS, SORT_KEYS, TIME_OPERATORS, ImageFilters
+from abbild.registry import IN_FILTERS, NUMBER_FILTERS, SORT_KEYS, TIME_OPERATORS, ImageFilters
 from abbild_api import schemas
 from abbild_api.http import json_response, no_content, read_json, reject_body
 
@@ -228,6 +228,9 @@ def parse_list_params(params, conf) -> tuple[ImageFilters, list, int, str | None
             f.member_status = value
         elif name in ("size_min", "size_max"):
             setattr(f, name, _int(name, value))
+        elif name in NUMBER_FILTERS:
+            column_max = schemas.INT32_MAX if name.startswith("min_") else schemas.INT64_MAX
+            f.numbers[name] = _int(name, value, maximum=column_max)
         elif name in ("owner", "checksum", "os_hash_value"):
             setattr(f, name, value)
         elif name == "tag":

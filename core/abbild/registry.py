@@ -18,6 +18,8 @@ from abbild.image import Image
 SORT_KEYS = ("name", "status", "container_format", "disk_format", "size", "id", "created_at", "updated_at")
 #: Columns that accept exact or ``in:`` matches.
 IN_FILTERS = ("name", "id", "status", "container_format", "disk_format")
+#: Integer columns that accept an exact match (Glance filters any image column).
+NUMBER_FILTERS = ("size", "virtual_size", "min_disk", "min_ram")
 TIME_OPERATORS = ("gt", "gte", "eq", "neq", "lt", "lte")
 
 
@@ -53,6 +55,7 @@ class ImageFilters:
     """Validated list filters (the API turns query strings into this)."""
 
     values: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # column -> allowed values
+    numbers: dict[str, int] = dataclasses.field(default_factory=dict)  # integer column -> its value
     visibility: str | None = None  # None: the default scoping; "all": no visibility filter
     member_status: str = "accepted"
     owner: str | None = None

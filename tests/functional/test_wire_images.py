@@ -399,6 +399,24 @@ def test_filter_size_checksum_and_hash(server, tag):
     assert sizes({"checksum": "0" * 32}) == []
 
 
+def test_filter_exact_on_integer_columns(server, tag):
+    """Glance filters any image column by exact value: size, min_ram, min_disk."""
+    small = active(server, os.urandom(10), tags=[tag])["id"]
+    big = active(server, os.urandom(20), tags=[tag])["id"]
+    roomy = create(server, tags=[tag], min_ram=512, min_disk=4)["id"]
+    assert ids(server, {"tag": tag, "size": 20}) == [big]
+    assert ids(server, {"tag": tag, "size": 10}) == [small]
+    assert ids(server, {"tag": tag, "size": 11}) == []
+    assert ids(server, {"tag": tag, "min_ram": 512}) == [roomy]
+    assert ids(server, {"tag": tag, "min_disk": 4, "min_ram": 512}) == [roomy]
+    assert set(ids(server, {"tag": tag, "min_ram": 0})) == {small, big}
+
+
+@pytest.mark.parametrize("name", ["size", "min_ram", "min_disk", "virtual_size"])
+def test_filter_on_an_integer_column_needs_an_integer(server, name):
+    assert "expected an integer" in str(listing(server, {name: "big"}, status=400))
+
+
 def test_filter_tags_are_anded(server, tag):
     a = create(server, tags=[tag, "red"])["id"]
     b = create(server, tags=[tag, "blue"])["id"]

@@ -25,7 +25,7 @@ from abbild.errors import (
     RegistryUnavailable,
 )
 from abbild.image import Image, Location, Status, utcnow
-from abbild.registry import IN_FILTERS, SORT_KEYS, TIME_OPERATORS, ImageFilters, Member, Registry, Usage, Viewer
+from abbild.registry import IN_FILTERS, NUMBER_FILTERS, SORT_KEYS, TIME_OPERATORS, ImageFilters, Member, Registry, Usage, Viewer
 
 LOG = logging.getLogger(__name__)
 
@@ -484,12 +484,12 @@ def _visibility_conditions(filters: ImageFilters, viewer: Viewer) -> list:
     conditions = []
     if filters.visibility not in (None, "all"):
         conditions.append(ImageRow.visibility == filters.visibility)
-    if viewer.is_admin:
-        return conditions
-    conditions.append(_scope(viewer, filters.member_status))
     if filters.visibility is None:
-        # Community images stay out of default lists unless they are the caller's own.
+        # Community images stay out of every default list, an administrator's too,
+        # unless they are the caller's own (as Glance).
         conditions.append(or_(ImageRow.visibility != "community", _owned_by(viewer.project_id)))
+    if not viewer.is_admin:
+        conditions.append(_scope(viewer, filters.member_status))
     return conditions
 
 
@@ -510,6 +510,10 @@ def _filter_conditions(filters: ImageFilters) -> list:
         if name not in IN_FILTERS:
             raise Invalid(f"Invalid filter: {name}")
         c.append(getattr(ImageRow, name).in_(values))
+    for name, number in filters.numbers.items():
+        if name not in NUMBER_FILTERS:
+            raise Invalid(f"Invalid filter: {name}")
+        c.append(getattr(ImageRow, name) == number)
     if filters.owner is not None:
         c.append(ImageRow.owner == filters.owner)
     if filters.size_min is not None:
