@@ -376,8 +376,11 @@ def _change_location(app, ctx, image_id, op, path, value) -> None:
         app.service.remove_location(image_id, int(m.group(1)), ctx.viewer)
     elif path == "/locations" and value == []:
         raise Forbidden("Cannot remove every location of an image: delete the image instead.")
+    elif path == "/locations" and isinstance(value, list):
+        locations = [_location_value(location)[:2] for location in value]
+        app.service.replace_location_metadata(image_id, locations, ctx.viewer)
     else:
-        raise Invalid("Replacing the locations is not supported: add and remove them one at a time.")
+        raise Invalid(f"Replace /locations as a whole (its metadata only), not {path}.")
 
 
 def update(app, req, image_id):

@@ -575,6 +575,30 @@ class ImageService:
         notify(self.plugins, "abbild_image_updated", image=image)
         return image
 
+    def replace_location_metadata(self, image_id: str, locations: list[tuple[str, dict]], viewer: Viewer) -> Image:
+        """PATCH ``replace /locations`` as Glance takes it: the same URLs, in the same
+        order, each with new metadata. A metadata ``store`` must name the store the
+        location is in (clients send back what they were shown).
+
+        :raises abbild.errors.Invalid: a location dropped, added, moved or changed.
+        """
+        self._authorized("set_image_location", image_id, viewer)
+
+        def change(image: Image) -> None:
+            urls = [loc.uri for loc in image.locations]
+            if [url for url, _ in locations] != urls:
+                raise Invalid("Replacing the locations may only change their metadata: send the same URLs in "
+                              "the same order, and add or remove locations one at a time.")  # fmt: skip
+            for location, (_, metadata) in zip(image.locations, locations):
+                metadata = dict(metadata)
+                if metadata.pop("store", location.store) != location.store:
+                    raise Invalid(f"Location {location.uri} is in store {location.store!r}; its store cannot change.")
+                location.metadata = metadata
+
+        image = self.registry.update_image(image_id, change)
+        notify(self.plugins, "abbild_image_updated", image=image)
+        return image
+
     def remove_location(self, image_id: str, index: int, viewer: Viewer) -> Image:
         """Forget one location (and delete its data, where the store can)."""
         self._authorized("delete_image_location", image_id, viewer)

@@ -17,8 +17,9 @@ registry's config: give it the API's policy file) and property protections
   renew its lease, activate it (``saving -> active`` with its size and hashes and one
   new location holding this image's own data, or an http(s) URL the user registered),
   release it (``saving -> queued``, the hashes cleared), register an http(s) location,
-  remove a location, deactivate and reactivate, and delete (``pending_delete`` while
-  the data goes, then ``deleted``, or undeleted when a store still uses the data).
+  remove a location, change locations' metadata, deactivate and reactivate, and
+  delete (``pending_delete`` while the data goes, then ``deleted``, or undeleted when
+  a store still uses the data).
 
 A new image of a user is ``queued``, theirs, and has no data, locations or claim.
 Administrators and callers with the role ``service`` are trusted, as is the service
@@ -183,6 +184,8 @@ class ImageRules:
         elif {source, status} == {S.ACTIVE, S.DEACTIVATED}:
             action = "deactivate" if status is S.DEACTIVATED else "reactivate"
             what, allowed = f"{action[:-1]}ion", {"status"}
+        elif "locations" in changed and source is status and _only_metadata_differs(stored, new):
+            what, allowed, action = "change of location metadata", {"locations"}, "set_image_location"
         elif "locations" in changed and (source, status) in ((S.QUEUED, S.ACTIVE), (S.ACTIVE, S.ACTIVE)):
             if len(new.locations) < len(stored.locations):
                 what, allowed, action = "location removal", set(), "delete_image_location"
@@ -256,3 +259,13 @@ class ImageRules:
                 self.protections.authorize(name, "create", viewer)
             elif before[name] != after[name]:
                 self.protections.authorize(name, "update", viewer)
+
+
+def _only_metadata_differs(stored: Image, new: Image) -> bool:
+    """The same locations (store, URI, size, status) in the same order: PATCH replace
+    /locations, which may only change their metadata."""
+
+    def where(image: Image) -> list[tuple]:
+        return [(loc.store, loc.uri, loc.size, loc.status) for loc in image.locations]
+
+    return where(stored) == where(new)

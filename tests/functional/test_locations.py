@@ -400,3 +400,35 @@ def test_background_imports_are_bounded(server_factory, project):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def _replace_locations(url, image_id, headers, locations):
+    change = [{"op": "replace", "path": "/locations", "value": locations}]
+    return requests.patch(f"{url}/v2/images/{image_id}", json=change, headers={**headers, **PATCH})
+
+
+def test_replace_locations_changes_metadata_only(url, web, project):
+    """As Glance: PATCH replace /locations takes the same list with new metadata, and
+    answers 400 when the replacement drops a location or changes a URL."""
+    headers = who(project)
+    image_id = new_image(url, headers)
+    first, second = f"{web}/replace-a.img", f"{web}/replace-b.img"
+    assert add_location(url, image_id, headers, first).status_code == 200
+    assert add_location(url, image_id, headers, second).status_code == 200
+    shown = requests.get(f"{url}/v2/images/{image_id}", headers=headers).json()["locations"]
+
+    same = _replace_locations(url, image_id, headers, shown)  # what a client read, sent back
+    assert same.status_code == 200, same.text
+    assert same.json()["locations"] == shown
+    tagged = [{"url": first, "metadata": {"rack": "a1"}}, {"url": second, "metadata": {"store": "web"}}]
+    resp = _replace_locations(url, image_id, headers, tagged)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["locations"] == [{"url": first, "metadata": {"rack": "a1", "store": "web"}},
+                                        {"url": second, "metadata": {"store": "web"}}]  # fmt: skip
+
+    for bad in ([tagged[0]], [tagged[0], {"url": f"{web}/other.img", "metadata": {}}], [tagged[1], tagged[0]],
+                [{"url": first, "metadata": {"store": "local"}}, tagged[1]]):  # fmt: skip
+        resp = _replace_locations(url, image_id, headers, bad)
+        assert resp.status_code == 400, resp.text
+    after = requests.get(f"{url}/v2/images/{image_id}", headers=headers).json()["locations"]
+    assert [loc["url"] for loc in after] == [first, second]

@@ -128,9 +128,10 @@ def two_locations() -> Image:
     (lambda: changed(active(), pending_delete), lambda i: i.transition(Status.ACTIVE)),  # data in use
     (queued, lambda i: i.transition(Status.DELETED)),
     (active, lambda i: setattr(i, "properties", {"x_admin_note": "kept", "os_distro": "debian"})),
+    (two_locations, lambda i: setattr(i.locations[1], "metadata", {"rack": "a1"})),
 ], ids=["attributes", "claim", "lease", "activation", "import", "release", "url on queued", "url on active",
         "deactivate", "reactivate", "delete", "delete upload", "data going", "data gone",
-        "undelete", "delete queued", "property"])  # fmt: skip
+        "undelete", "delete queued", "property", "location metadata"])  # fmt: skip
 def test_the_services_own_changes_pass(rules, stored, change):
     before = stored()
     rules.check_save(before, changed(before, change), USER)
@@ -196,11 +197,14 @@ def _refused(call, attribute: str) -> None:
     (lambda: changed(active(), pending_delete), lambda i: [i.transition(Status.ACTIVE), i.locations.clear()],
      "locations"),
     (saving, lambda i: i.transition(Status.KILLED), "status"),
+    (two_locations, lambda i: [setattr(i.locations[1], "metadata", {"rack": "a1"}), setattr(i, "size", 9)],
+     "size"),
 ], ids=["owner", "public", "status", "checksum", "size", "os_hash_value", "virtual_size", "created_at",
         "deleted_at", "claim", "format", "protected update", "protected delete", "protected create", "reserved",
         "another image's data", "dot-dot", "two locations", "activation and owner", "steal", "release keeps hash",
         "file url", "own rbd on active", "url and size", "last location", "reorder", "deactivate and size",
-        "pending_delete drops data", "pending_delete and hash", "undelete without data", "killed"])  # fmt: skip
+        "pending_delete drops data", "pending_delete and hash", "undelete without data", "killed",
+        "location metadata and size"])  # fmt: skip
 def test_forged_changes_are_refused(rules, stored, change, attribute):
     before = stored()
     _refused(lambda: rules.check_save(before, changed(before, change), USER), attribute)
