@@ -10,7 +10,7 @@ import logging
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 
-from abbild.driver import Capability, StoredObject
+from abbild.driver import StoredObject
 from abbild.errors import (
     Busy,
     Conflict,
@@ -59,6 +59,19 @@ def load_registry(conf) -> Registry:
 
         prepare_schema(registry)
     return registry
+
+
+def _read_through(stream: ImageStream) -> ImageStream:
+    """Read *stream* to its end (data read only to learn its size and hashes)."""
+    for _ in stream:
+        pass
+    return stream
+
+
+def _hashes_differing(expected: dict, stream: ImageStream) -> list[str]:
+    """Which of ``checksum`` and ``os_hash_value`` *expected* gives and *stream*'s data
+    does not have."""
+    return [name for name in ("checksum", "os_hash_value") if expected.get(name) not in (None, getattr(stream, name))]
 
 
 def can_see(image: Image, viewer: Viewer) -> bool:
@@ -192,7 +205,7 @@ class ImageService:
 
     def update(self, image_id: str, change: Callable[[Image], None], viewer: Viewer, *,
                action: str = "modify_image") -> Image:
-        before = self._authorized(action, image_id, viewer)
+        self._authorized(action, image_id, viewer)
 
         def checked_change(image: Image) -> None:
             old = dataclasses.replace(image, properties=dict(image.properties), tags=set(image.tags))
@@ -508,10 +521,9 @@ class ImageService:
                 if current != value:
                     raise Conflict(f"validation_data {name} {value!r} differs from the image's {current!r}")
                 continue
-            expected = HASH_LENGTHS.get(validation.get("os_hash_algo")) if name == "os_hash_value" else 32
-            if name != "os_hash_algo" and len(value) != expected:
-                raise Invalid(f"validation_data {name} must be {expected} hex digits for "
-                              f"{validation.get('os_hash_algo') if name == 'os_hash_value' else 'md5'}.")  # fmt: skip
+            algo = "md5" if name == "checksum" else validation.get("os_hash_algo")
+            if name != "os_hash_algo" and len(value) != HASH_LENGTHS.get(algo):
+                raise Invalid(f"validation_data {name} must be {HASH_LENGTHS.get(algo)} hex digits for {algo}.")
 
     def _verify_copy(self, image: Image, store: Store, url: str, service: bool) -> None:
         """Read the data at *url* once and check that it is *image*'s: the same size and
@@ -521,15 +533,13 @@ class ImageService:
         :raises abbild.errors.Conflict: the data differs.
         """
         with self._location_errors(url, service):
-            stream = ImageStream(store.get(url), hash_algo=image.os_hash_algo or self.conf.hashing_algorithm,
-                                 max_size=image.size, declared_size=image.size)  # fmt: skip
             try:
-                for _ in stream:
-                    pass
+                stream = _read_through(ImageStream(store.get(url), hash_algo=image.os_hash_algo or
+                                                   self.conf.hashing_algorithm, max_size=image.size,
+                                                   declared_size=image.size))  # fmt: skip
             except (SizeMismatch, SizeLimitExceeded):
                 raise Conflict(f"The data at {url} does not have the {image.size} bytes of image {image.id}") from None
-        mismatch = [name for name, theirs in (("checksum", stream.checksum), ("os_hash_value", stream.os_hash_value))
-                    if getattr(image, name) is not None and getattr(image, name) != theirs]  # fmt: skip
+        mismatch = _hashes_differing({"checksum": image.checksum, "os_hash_value": image.os_hash_value}, stream)
         if mismatch:
             raise Conflict(f"The data at {url} is not image {image.id}'s: its {' and '.join(mismatch)} differ")
 
@@ -642,13 +652,11 @@ class ImageService:
         def job() -> None:
             try:
                 with self._location_errors(url, service):
-                    stream = ImageStream(store.get(url), hash_algo=validation.get("os_hash_algo") or
-                                         self.conf.hashing_algorithm, max_size=max_size, limit_name=limit_name,
-                                         on_progress=self._checker(claim), progress_every=1)  # fmt: skip
-                    for _ in stream:
-                        pass
-                wrong = [name for name in ("checksum", "os_hash_value")
-                         if validation.get(name) not in (None, getattr(stream, name))]  # fmt: skip
+                    stream = _read_through(ImageStream(store.get(url), hash_algo=validation.get("os_hash_algo") or
+                                                       self.conf.hashing_algorithm, max_size=max_size,
+                                                       limit_name=limit_name, on_progress=self._checker(claim),
+                                                       progress_every=1))  # fmt: skip
+                wrong = _hashes_differing(validation, stream)
                 if wrong:
                     raise Invalid(f"The data at {url} does not match validation_data: its {' and '.join(wrong)} "
                                   f"differ")  # fmt: skip

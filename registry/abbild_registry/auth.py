@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import urllib.parse
 
 from abbild import registry_wire as wire
 from abbild.config import is_loopback, is_loopback_address
