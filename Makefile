@@ -20,7 +20,7 @@ install-test:
 	$(PIP) mod_wsgi
 
 serve: install
-	$(PYTHON) -m abbild.cli serve $(ARGS)
+	$(PYTHON) -m abbild_cmd.cli serve $(ARGS)
 
 # Everything: unit, driver and functional tests on the embedded SQL registry; the
 # functional tests again through a real abbild-registry; the client tests again with

@@ -1,5 +1,6 @@
 """Meta-tests that keep the layout and the plugin surface honest."""
 
+import ast
 import configparser
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def test_entry_point_name_is_the_folder_name(driver):
 
 
 def test_top_level_folders_are_not_packages():
-    for folder in ("core", "api", "paste", "drivers", "etc", "tests", "bench"):
+    for folder in ("core", "api", "paste", "registry", "cmd", "drivers", "etc", "tests", "bench"):
         assert not (ROOT / folder / "__init__.py").exists(), folder
 
 
@@ -63,3 +64,35 @@ def test_installed_import_names_only(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Which abbild packages each may import: the core imports nothing above it, the layers
+# above import the core (and not each other), and only the composition root (abbild_cmd)
+# puts them together. Drivers are the core's plugins.
+LAYERS = {
+    "core/abbild": {"abbild"},
+    "api/abbild_api": {"abbild", "abbild_api"},
+    "paste/abbild_paste": {"abbild", "abbild_paste"},
+    "registry/abbild_registry": {"abbild", "abbild_registry"},
+    "cmd/abbild_cmd": {"abbild", "abbild_api", "abbild_paste", "abbild_registry", "abbild_cmd"},
+    **{f"drivers/{d}/abbild_{d}": {"abbild", f"abbild_{d}"} for d in DRIVERS},
+}
+
+
+def _abbild_imports(path: pathlib.Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return {n for n in names if n == "abbild" or n.startswith("abbild_")}
+
+
+@pytest.mark.parametrize("package", sorted(LAYERS))
+def test_packages_import_only_their_layer_and_below(package):
+    wrong = {
+        str(path.relative_to(ROOT)): sorted(_abbild_imports(path) - LAYERS[package])
+        for path in (ROOT / package).rglob("*.py")
+    }
+    assert {path: names for path, names in wrong.items() if names} == {}

@@ -29,6 +29,8 @@ def test_wheel_has_the_packages_and_their_data(wheel_names):
         "abbild/db/migrations/versions/0001_initial.py",
         "abbild/testing/conformance.py",
         "abbild_api/app.py",
+        "abbild_cmd/cli.py",
+        "abbild_registry/abbild-registry-paste.ini",
         "abbild_paste/abbild-api-paste.ini",
     ):
         assert name in wheel_names
@@ -36,4 +38,4 @@ def test_wheel_has_the_packages_and_their_data(wheel_names):
 
 def test_wheel_has_no_folder_names(wheel_names):
     tops = {name.split("/")[0] for name in wheel_names}
-    assert tops <= {"abbild", "abbild_api", "abbild_paste", "abbild_registry"} | {n for n in tops if n.endswith(".dist-info")}
+    assert tops <= {"abbild", "abbild_api", "abbild_paste", "abbild_registry", "abbild_cmd"} | {n for n in tops if n.endswith(".dist-info")}

@@ -83,7 +83,7 @@ export LANG=C.UTF-8 LC_ALL=C.UTF-8
 EOF
 # Migrate before starting, as an operator would: otherwise every daemon process runs the
 # migrations at once, and SQLite answers all but one with "database is locked".
-"$PYTHON" -I -m abbild.cli db sync --config-file "$DIR/etc/abbild-api.conf" >/dev/null
+"$PYTHON" -I -m abbild_cmd.cli db sync --config-file "$DIR/etc/abbild-api.conf" >/dev/null
 chown -R "$RUN_AS:$RUN_AS" "$DIR/data"
 chmod o+x "$DIR"
 
@@ -91,7 +91,7 @@ chmod o+x "$DIR"
 # --chunked-request: WSGIChunkedRequest On (uploads of unknown size come chunked);
 # --limit-request-body 0: no cap on image size here (abbild enforces image_size_cap);
 # --enable-sendfile: downloads through wsgi.file_wrapper go out with sendfile().
-"$EXPRESS" setup-server abbild_api.wsgi --application-type module \
+"$EXPRESS" setup-server abbild_cmd.wsgi --application-type module \
     --server-root "$DIR/server" --host 127.0.0.1 --port "$PORT" \
     --user "$RUN_AS" --group "$RUN_AS" --processes 2 --threads 8 \
     --chunked-request --limit-request-body 0 --enable-sendfile \

@@ -81,7 +81,7 @@ class RegistryProcess:
     def start(self, timeout: float = 30) -> "RegistryProcess":
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "abbild.cli", "registry", "--port", str(self.port),
+                [sys.executable, "-m", "abbild_cmd.cli", "registry", "--port", str(self.port),
                  *(a for f in self.config_files for a in ("--config-file", f))],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
@@ -136,7 +136,7 @@ class Server:
             args = self._with_registry(args)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "abbild.cli", "serve", "--port", str(self.port), *args]
+                [sys.executable, "-m", "abbild_cmd.cli", "serve", "--port", str(self.port), *args]
                 + ([] if "--config-file" in args else ["--data-dir", self.data_dir]),
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip

@@ -1,4 +1,4 @@
-"""abbild-api deployed under Apache httpd + mod_wsgi (``abbild_api.wsgi:application``),
+"""abbild-api deployed under Apache httpd + mod_wsgi (``abbild_cmd.wsgi:application``),
 driven by python-glanceclient: a chunked upload of 1 GiB made up on the fly, then its
 download, hashed on both sides while the bytes stream; and some of the glanceclient
 tests, pointed at Apache.

@@ -51,18 +51,18 @@ def _refused(args, env=None) -> str:
     ],
 )
 def test_abbild_api_refuses_to_start(tmp_path, text, message):
-    said = _refused(["-m", "abbild.cli", "api", "--config-file", _config(tmp_path, text)])
+    said = _refused(["-m", "abbild_cmd.cli", "api", "--config-file", _config(tmp_path, text)])
     assert message in said
 
 
 def test_the_wsgi_application_refuses_to_load_without_a_flavor(tmp_path):
     _config(tmp_path, KEYSTONE_WITHOUT_FLAVOR)
-    said = _refused(["-c", "import abbild_api.wsgi"], env={"ABBILD_CONFIG_DIR": str(tmp_path)})
+    said = _refused(["-c", "import abbild_cmd.wsgi"], env={"ABBILD_CONFIG_DIR": str(tmp_path)})
     assert "[paste_deploy] flavor is not set" in said
 
 
 def test_abbild_serve_keeps_noauth_to_loopback(tmp_path):
-    said = _refused(["-m", "abbild.cli", "serve", "--host", "0.0.0.0", "--port", str(free_port()),
+    said = _refused(["-m", "abbild_cmd.cli", "serve", "--host", "0.0.0.0", "--port", str(free_port()),
                      "--data-dir", str(tmp_path)])  # fmt: skip
     assert "will not listen on 0.0.0.0 without authentication" in said
 

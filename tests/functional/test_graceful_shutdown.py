@@ -48,7 +48,7 @@ class API:
         )
         # Like a production host: the config dir, not --config-file.
         env = dict(os.environ, ABBILD_CONFIG_DIR=str(base))
-        self.proc = subprocess.Popen([sys.executable, "-m", "abbild.cli", "api"], env=env, start_new_session=True,
+        self.proc = subprocess.Popen([sys.executable, "-m", "abbild_cmd.cli", "api"], env=env, start_new_session=True,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # fmt: skip
         deadline = time.monotonic() + 30
         while not self.healthy():

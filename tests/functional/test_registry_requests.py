@@ -18,7 +18,7 @@ import pytest
 
 from abbild import registry_wire as wire
 from abbild.image import Image
-from abbild_registry.server import load_registry_app
+from abbild_registry.pipeline import load_registry_app
 from tests.functional.conftest import RegistryProcess
 
 HUGE = 1_000_000_000

@@ -275,7 +275,7 @@ def test_hmac_may_listen_anywhere(tmp_path):
 def test_cli_refuses_before_listening(tmp_path):
     conf = tmp_path / "r.conf"
     conf.write_text(f"[database]\nconnection = sqlite:///{tmp_path}/r.sqlite\n[registry_server]\nauth_strategy = noauth\n")
-    result = subprocess.run([sys.executable, "-m", "abbild.cli", "registry", "--host", "0.0.0.0", "--port", "1",
+    result = subprocess.run([sys.executable, "-m", "abbild_cmd.cli", "registry", "--host", "0.0.0.0", "--port", "1",
                              "--config-file", str(conf)], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 2
     assert "will not listen on 0.0.0.0 without authentication" in result.stderr

@@ -26,7 +26,7 @@ def _config_files(args) -> list[str]:
 
 
 def cmd_serve(args) -> int:
-    from abbild.server import EmbeddedServer
+    from abbild_cmd.server import EmbeddedServer
     from abbild.service import ImageService
 
     if args.config_file and args.data_dir:
@@ -67,7 +67,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_registry(args) -> int:
-    from abbild_registry.server import serve
+    from abbild_cmd.registry_server import serve
 
     serve(args.config_file or [], args.host, args.port, threads=args.threads, access_log=args.access_log)
     return 0
@@ -76,7 +76,7 @@ def cmd_registry(args) -> int:
 def cmd_api(args) -> int:
     """The API service configured for production (``$ABBILD_CONFIG_DIR/abbild-api.conf``
     or --config-file) on the embedded multi-threaded server; SIGTERM stops it gracefully."""
-    from abbild.server import EmbeddedServer, server_opts
+    from abbild_cmd.server import EmbeddedServer, server_opts
     from abbild.service import ImageService
 
     files = args.config_file or [config.service_config_file("abbild-api")]

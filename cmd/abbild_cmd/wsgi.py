@@ -1,5 +1,5 @@
 """The module-level WSGI ``application`` of abbild-api, for mod_wsgi, uWSGI and any
-other WSGI server: ``abbild_api.wsgi:application``.
+other WSGI server: ``abbild_cmd.wsgi:application``.
 
 It reads ``abbild-api.conf`` (and ``abbild-api-paste.ini``, if present; otherwise the
 shipped pipelines) from ``$ABBILD_CONFIG_DIR``, default ``/etc/abbild``, like Glance's
