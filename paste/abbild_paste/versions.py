@@ -8,11 +8,19 @@ import json
 from abbild import config
 from abbild_paste import http_proxy
 
-# Newest first. Clients switch features on by version (glanceclient's has_version), so
-# only versions whose API abbild serves are listed: multi-store (2.8, 2.10) is always on,
-# because abbild always names its stores; image tasks (2.12), the cache API (2.14, 2.16,
-# 2.18) and the location API (2.17) come with those features.
-VERSIONS = ("2.11", "2.10", "2.9", "2.8", "2.7", "2.6", "2.5", "2.4", "2.3", "2.2", "2.1", "2.0")
+# Every minor version, newest first, with the feature a client expects once it sees the
+# id (glanceclient's has_version gates image tasks on 2.12, the cache API on 2.14 and
+# 2.18, the location API on 2.17). An id is listed only when abbild serves its feature:
+# None means served. 2.9, 2.11, 2.13 and 2.15 changed nothing a client can see. Glance
+# lists 2.8 and 2.10-2.13 only with several stores; abbild always names its stores.
+HISTORY = (
+    ("2.18", "cache"), ("2.17", None), ("2.16", "cache"), ("2.15", None), ("2.14", "cache"),
+    ("2.13", None), ("2.12", "image tasks"), ("2.11", None), ("2.10", None), ("2.9", None),
+    ("2.8", None), ("2.7", None), ("2.6", None), ("2.5", None), ("2.4", None), ("2.3", None),
+    ("2.2", None), ("2.1", None), ("2.0", None),
+)  # fmt: skip
+SERVED_FEATURES: frozenset[str] = frozenset()  # the cache and image tasks are not built yet
+VERSIONS = tuple(version for version, feature in HISTORY if feature is None or feature in SERVED_FEATURES)
 CURRENT = VERSIONS[0]
 KNOWN = frozenset({"v2"} | {f"v{v}" for v in VERSIONS})
 ACCEPT_PREFIX = "application/vnd.openstack.images-"

@@ -67,12 +67,14 @@ def stored_file(server, image_id) -> Path:
 def test_versions_list_and_has_version(glance):
     versions = glance.versions.list()
     ids = [v["id"] for v in versions]
-    assert ids[0] == "v2.11" and "v2.0" in ids and "v2.3" in ids
-    assert [v["id"] for v in versions if v["status"] == "CURRENT"] == ["v2.11"]
-    # glanceclient gates features on exact ids: multi-store needs v2.8 and v2.10; image
-    # tasks (v2.12), the cache API (v2.14) and locations (v2.17) are not served yet.
-    assert glance_utils.has_version(glance.http_client, "v2.10")
-    for absent in ("v2.12", "v2.14", "v2.17"):
+    assert ids[0] == "v2.17" and "v2.0" in ids and "v2.3" in ids
+    assert [v["id"] for v in versions if v["status"] == "CURRENT"] == ["v2.17"]
+    # glanceclient gates features on exact ids: multi-store needs v2.8 and v2.10,
+    # locations v2.17; image tasks (v2.12) and the cache API (v2.14, v2.18) are not
+    # served yet.
+    for present in ("v2.8", "v2.10", "v2.17"):
+        assert glance_utils.has_version(glance.http_client, present)
+    for absent in ("v2.12", "v2.14", "v2.16", "v2.18"):
         assert not glance_utils.has_version(glance.http_client, absent)
 
 

@@ -207,6 +207,24 @@ def test_post_locations_hashes_in_the_background(url, web, project):
     assert again.status_code == 409  # only queued images
 
 
+def test_glanceclient_uses_the_location_api_of_2_17(url, web, project):
+    """glanceclient switches its 2.17 calls on by the versions document."""
+    from glanceclient import Client
+    from keystoneauth1 import session
+
+    # Trusted headers through the session: glanceclient's own %-encodes the roles' commas.
+    service = who(project, "member", "reader", "service")
+    glance = Client("2", session=session.Session(additional_headers=service), endpoint_override=url)
+    image = glance.images.create(disk_format="raw", container_format="bare")
+    digest = hashlib.sha512(PAYLOAD).hexdigest()
+    glance.images.add_image_location(image.id, f"{web}/v217.img",
+                                     validation_data={"os_hash_algo": "sha512", "os_hash_value": digest})  # fmt: skip
+    image = _wait_for(url, image.id, service, "active")
+    assert image["os_hash_value"] == digest
+    locations = glance.images.get_image_locations(image["id"])
+    assert [loc["url"] for loc in locations] == [f"{web}/v217.img"]
+
+
 def test_post_locations_with_wrong_hash_leaves_the_image_queued(url, web, project):
     headers = who(project)
     image_id = new_image(url, headers)

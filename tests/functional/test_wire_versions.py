@@ -15,7 +15,10 @@ import requests
 from tests.functional.helpers import server_config
 
 REQUEST_ID = re.compile(r"^req-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-EXPECTED_VERSIONS = ["v2.11", "v2.10", "v2.9", "v2.8", "v2.7", "v2.6", "v2.5", "v2.4", "v2.3", "v2.2", "v2.1", "v2.0"]
+# Glance 33 with several stores and no cache, less image tasks (2.12), which abbild
+# does not serve yet.
+EXPECTED_VERSIONS = ["v2.17", "v2.15", "v2.13", "v2.11", "v2.10", "v2.9", "v2.8", "v2.7", "v2.6", "v2.5", "v2.4",
+                     "v2.3", "v2.2", "v2.1", "v2.0"]  # fmt: skip
 
 
 def create(server, **body) -> dict:
@@ -54,7 +57,8 @@ def _check_versions_document(server, resp) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/", "/v1/images", "/v1.1/images", "/v3/images", "/v2.99/images", "/v2.14/images", "/images", "/nope"]
+    "path", ["/", "/v1/images", "/v1.1/images", "/v3/images", "/v2.99/images", "/v2.12/images", "/v2.14/images", "/v2.16/images",
+     "/v2.18/images", "/images", "/nope"]
 )
 def test_implicit_or_unknown_version_gets_versions_document_300(server, path):
     resp = requests.get(server.url + path, allow_redirects=False)
@@ -68,7 +72,7 @@ def test_versions_is_200(server):
     _check_versions_document(server, resp)
 
 
-@pytest.mark.parametrize("prefix", ["/v2.0", "/v2.3", "/v2.8", "/v2.11"])
+@pytest.mark.parametrize("prefix", ["/v2.0", "/v2.3", "/v2.8", "/v2.11", "/v2.15", "/v2.17"])
 def test_minor_version_prefix_is_v2(server, prefix):
     tag = f"ver-{uuid.uuid4().hex}"
     ids = {create(server, tags=[tag])["id"] for _ in range(2)}
