@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import uuid
+import weakref
 from collections.abc import Sequence
 
 from oslo_config import cfg
@@ -91,6 +93,34 @@ def load(config_files: Sequence[str] = (), *, project: str = "abbild") -> cfg.Co
     except cfg.Error as exc:
         raise ConfigError(str(exc)) from exc
     return conf
+
+
+# The configurations of the paste pipelines being loaded in this process, by the token
+# their loader put into global_conf: PasteDeploy passes factories strings only. Weak, so
+# an entry lives as long as the pipeline's app holds its conf, and no longer.
+_PIPELINE_CONFS: weakref.WeakValueDictionary[str, cfg.ConfigOpts] = weakref.WeakValueDictionary()
+PIPELINE_CONF_KEY = "abbild_conf"
+
+
+def pipeline_global_conf(conf: cfg.ConfigOpts, config_files: Sequence[str]) -> dict[str, str]:
+    """The ``global_conf`` for ``paste.deploy.loadapp`` that hands *conf*, parsed from
+    *config_files*, to every factory of the pipeline through :func:`for_pipeline`."""
+    token = uuid.uuid4().hex
+    _PIPELINE_CONFS[token] = conf
+    return {"config_files": ",".join(os.path.abspath(f) for f in config_files), PIPELINE_CONF_KEY: token}
+
+
+def for_pipeline(global_conf) -> cfg.ConfigOpts:
+    """The configuration a paste factory works with: the one its pipeline's loader
+    parsed (see :func:`pipeline_global_conf`), so the app and every filter share one
+    object, and options registered on it (by plugins, from ``abbild_configure``, when
+    the app is built: PasteDeploy builds a pipeline's app before its filters) reach the
+    filters. A pipeline loaded by a plain ``loadapp`` gets its ``config_files`` parsed.
+    """
+    conf = _PIPELINE_CONFS.get(global_conf.get(PIPELINE_CONF_KEY) or "")
+    if conf is not None:
+        return conf
+    return load([f for f in (global_conf.get("config_files") or "").split(",") if f])
 
 
 EMBEDDED_CONFIG = """\
