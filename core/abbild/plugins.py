@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -29,13 +30,43 @@ class DefaultStoreSelection:
         return self.default if self.default in stores else next(iter(stores), None)
 
 
+NOTIFICATION_PREFIX = "abbild_image_"
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's, with every plugin isolated in the lifecycle notifications: a failing
+    implementation is logged with the plugin's and the hook's name and the others still
+    run, since a broken notifier must not fail the request that committed the change.
+    (A pluggy wrapper could only see the first exception; the rest would not run.)"""
+
+    def register(self, plugin, name=None):
+        plugin_name = super().register(plugin, name)
+        for caller in self.get_hookcallers(plugin) or ():
+            if caller.name.startswith(NOTIFICATION_PREFIX):
+                for impl in caller.get_hookimpls():
+                    if impl.plugin is plugin and not (impl.wrapper or impl.hookwrapper):
+                        impl.function = _isolated(impl.function, impl.plugin_name, caller.name)  # type: ignore[misc]
+        return plugin_name
+
+
+def _isolated(function, plugin_name: str, hook_name: str):
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except Exception:
+            LOG.exception("plugin %s failed in %s", plugin_name, hook_name)
+
+    return call
+
+
 def get_plugin_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:
     """Build a plugin manager with the specs, the built-ins and (optionally) every
     installed plugin of the ``abbild.plugins`` entry-point group.
 
     ``ABBILD_TRACE_HOOKS=1`` logs every hook call with its arguments and results.
     """
-    pm = pluggy.PluginManager("abbild")
+    pm = PluginManager("abbild")
     pm.add_hookspecs(hookspecs)
     pm.register(DefaultStoreSelection(), name="abbild.default-store")
     if load_entrypoints:
@@ -48,11 +79,7 @@ def get_plugin_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:
 
 
 def notify(pm: pluggy.PluginManager, hook_name: str, **kwargs) -> None:
-    """Call a notification hook on every plugin, each isolated from the others:
-    a failing plugin is logged by name and the rest still run."""
-    caller = getattr(pm.hook, hook_name)
-    for impl in reversed(caller.get_hookimpls()):
-        try:
-            impl.function(**{name: kwargs[name] for name in impl.argnames})
-        except Exception:
-            LOG.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
+    """Call a notification hook on every plugin (through pluggy, so its tracing and
+    monitoring see it); a plugin manager of :func:`get_plugin_manager` isolates the
+    plugins from each other."""
+    getattr(pm.hook, hook_name)(**kwargs)
