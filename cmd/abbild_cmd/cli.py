@@ -20,9 +20,21 @@ def _default_data_dir() -> str:
 
 
 def _config_files(args) -> list[str]:
+    """``abbild serve``'s: --config-file, else the embedded default in --data-dir."""
     if args.config_file:
         return args.config_file
-    return [config.embedded_config_file(getattr(args, "data_dir", None) or _default_data_dir())]
+    return [config.embedded_config_file(args.data_dir or _default_data_dir())]
+
+
+def _service_config_files(args) -> list[str]:
+    """``abbild db`` and ``abbild stores``: --config-file, else an explicit --data-dir
+    (the embedded default of ``abbild serve``), else ``$ABBILD_CONFIG_DIR/abbild-api.conf``,
+    as ``abbild api`` and the WSGI application. Never the embedded default unasked."""
+    if args.config_file and args.data_dir:
+        raise ConfigError("give --config-file or --data-dir, not both")
+    if args.data_dir:
+        return [config.embedded_config_file(args.data_dir)]
+    return config.service_config_files("abbild-api", args.config_file)
 
 
 def cmd_serve(args) -> int:
@@ -69,7 +81,8 @@ def cmd_serve(args) -> int:
 def cmd_registry(args) -> int:
     from abbild_cmd.registry_server import serve
 
-    serve(args.config_file or [], args.host, args.port, threads=args.threads, access_log=args.access_log)
+    serve(config.service_config_files("abbild-registry", args.config_file), args.host, args.port,
+          threads=args.threads, access_log=args.access_log)  # fmt: skip
     return 0
 
 
@@ -79,7 +92,7 @@ def cmd_api(args) -> int:
     from abbild_cmd.server import EmbeddedServer, server_opts
     from abbild.service import ImageService
 
-    files = args.config_file or [config.service_config_file("abbild-api")]
+    files = config.service_config_files("abbild-api", args.config_file)
     conf = config.load(files)
     conf.register_opts(server_opts(default_port=9292))
     _setup_logging(conf, args, "abbild-api")
@@ -115,13 +128,19 @@ def cmd_db(args) -> int:
     from abbild.db import migrate
     from abbild.db.registry import SQLRegistry
 
-    conf = config.load(_config_files(args))
+    files = _service_config_files(args)
+    conf = config.load(files)
     registry = SQLRegistry(conf)
+    # Name the database: a sync of another one than meant must not pass for success.
+    database = _safe_url(conf.database.connection)
     try:
         if args.db_command == "sync":
-            print(migrate.sync(registry.engine))
+            before = migrate.current(registry.engine)
+            after = migrate.sync(registry.engine)
+            change = f"upgraded from {before} to" if before and before != after else "at" if before else "created at"
+            print(f"{database}: {change} revision {after} (config: {', '.join(files)})")
         else:
-            print(migrate.current(registry.engine) or "none (run 'abbild db sync')")
+            print(f"{database}: revision {migrate.current(registry.engine) or 'none (run abbild db sync)'}")
     finally:
         registry.close()
     return 0
@@ -133,7 +152,7 @@ def cmd_stores(args) -> int:
     print("Installed drivers:")
     for name, target in sorted(installed_drivers().items()):
         print(f"  {name:12} {target}")
-    conf = config.load(_config_files(args))
+    conf = config.load(_service_config_files(args))
     stores = StoreManager(conf)
     print("Configured stores:")
     failures = 0
@@ -153,15 +172,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def with_config(sp, data_dir=True):
+    def with_config(sp, data_dir=None, default="$ABBILD_CONFIG_DIR/abbild-api.conf, /etc/abbild"):
         sp.add_argument("--config-file", action="append", metavar="PATH",
-                        help="oslo.config file (repeatable; later files win)")  # fmt: skip
+                        help=f"oslo.config file (repeatable; later files win); default: {default}")  # fmt: skip
         if data_dir:
-            sp.add_argument("--data-dir", metavar="DIR",
-                            help=f"embedded default only: where metadata and images live (default {_default_data_dir()})")  # fmt: skip
+            sp.add_argument("--data-dir", metavar="DIR", help=data_dir)
         return sp
 
-    s = with_config(sub.add_parser("serve", help="run the whole service (API on the embedded server)"))
+    embedded = "the embedded default of `abbild serve` in DIR instead of a config file"
+
+    s = with_config(sub.add_parser("serve", help="run the whole service (API on the embedded server)"),
+                    data_dir=f"embedded default only: where metadata and images live (default {_default_data_dir()})",
+                    default="the embedded default (SQLite and a local directory in --data-dir, no auth)")  # fmt: skip
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=9292)
     s.add_argument("--threads", type=int, default=16, help="requests served concurrently per worker")
@@ -176,7 +198,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     r = with_config(sub.add_parser("registry", help="run abbild-registry, the private metadata service"),
-                    data_dir=False)  # fmt: skip
+                    default="$ABBILD_CONFIG_DIR/abbild-registry.conf, /etc/abbild")  # fmt: skip
     r.add_argument("--host", help="default: [registry_server] bind_host (127.0.0.1)")
     r.add_argument("--port", type=int, help="default: [registry_server] bind_port (9191)")
     r.add_argument("--threads", type=int, default=16, help="requests served concurrently")
@@ -184,14 +206,15 @@ def parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_registry)
 
     a = with_config(sub.add_parser("api", help="run the API service for production (default config: "
-                                                "$ABBILD_CONFIG_DIR/abbild-api.conf, /etc/abbild)"), data_dir=False)  # fmt: skip
+                                                "$ABBILD_CONFIG_DIR/abbild-api.conf, /etc/abbild)"))  # fmt: skip
     a.set_defaults(func=cmd_api)
 
-    d = with_config(sub.add_parser("db", help="database schema"))
+    d = with_config(sub.add_parser("db", help="database schema"), data_dir=embedded)
     d.add_argument("db_command", choices=["sync", "version"])
     d.set_defaults(func=cmd_db)
 
-    st = with_config(sub.add_parser("stores", help="installed drivers, configured stores and their health"))
+    st = with_config(sub.add_parser("stores", help="installed drivers, configured stores and their health"),
+                     data_dir=embedded)  # fmt: skip
     st.set_defaults(func=cmd_stores)
     return p
 

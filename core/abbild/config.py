@@ -32,9 +32,21 @@ def service_config_file(service: str) -> str:
 
     path = os.path.join(config_dir(), f"{service}.conf")
     if not os.path.isfile(path):
-        raise ConfigError(f"{path} does not exist; create it (etc/{service}.conf.sample lists every option) "
-                          f"or point {CONFIG_DIR_ENV} at the directory holding it")  # fmt: skip
+        raise ConfigError(f"{path} does not exist; create it (etc/{service}.conf.sample lists every option), "
+                          f"point {CONFIG_DIR_ENV} at the directory holding it, or give the command "
+                          f"--config-file")  # fmt: skip
     return path
+
+
+def service_config_files(service: str, given: Sequence[str] | None = None) -> list[str]:
+    """The config files of a production command or application (``abbild api``,
+    ``abbild registry``, ``abbild db``, ``abbild stores``, the WSGI application): those
+    given (``--config-file``), else ``<config dir>/<service>.conf``. Never a default
+    database: a command that silently used one would report success on the wrong data.
+
+    :raises abbild.errors.ConfigError: none given and that file does not exist.
+    """
+    return list(given) if given else [service_config_file(service)]
 
 
 def is_loopback_address(address: str | None) -> bool:

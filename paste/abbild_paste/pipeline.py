@@ -38,7 +38,7 @@ def check(conf, config_files: Sequence[str], flavor: str) -> str:
 
     :returns: the paste ini to load it from.
     :raises abbild.errors.ConfigError: no such pipeline; keystone without
-        keystonemiddleware installed.
+        keystonemiddleware installed, or without a usable ``[keystone_authtoken]``.
     """
     ini = conf.paste_deploy.config_file or _ini_beside(config_files) or SHIPPED_INI
     parser = configparser.ConfigParser(interpolation=None, strict=False)
@@ -59,7 +59,56 @@ def check(conf, config_files: Sequence[str], flavor: str) -> str:
         except ImportError:
             raise ConfigError(f"[paste_deploy] flavor = {flavor} needs keystonemiddleware: "
                               "pip install 'abbild[keystone]'") from None  # fmt: skip
+        section = names.get("authtoken", "filter:authtoken")
+        _check_authtoken(config_files, flavor, dict(parser[section]) if parser.has_section(section) else {})
     return ini
+
+
+AUTHTOKEN_GROUP = "keystone_authtoken"
+
+
+def _check_authtoken(config_files: Sequence[str], flavor: str, paste_options: dict) -> None:
+    """keystonemiddleware starts without a usable ``[keystone_authtoken]`` and then
+    answers every request 500; refuse to start instead, naming what is missing.
+
+    Options in the paste ini's ``[filter:authtoken]`` count too: keystonemiddleware
+    reads them first.
+    """
+    from keystoneauth1 import exceptions as ks_exc
+    from keystoneauth1 import loading
+    from keystonemiddleware import auth_token
+    from oslo_config import cfg
+
+    # A private ConfigOpts: registering keystonemiddleware's options here must not
+    # change the service's own.
+    conf = cfg.ConfigOpts()
+    for group, group_opts in auth_token.list_opts():
+        conf.register_opts(group_opts, group=group)
+    loading.register_auth_conf_options(conf, AUTHTOKEN_GROUP)
+    try:
+        conf(args=[], project="abbild", default_config_files=list(config_files), default_config_dirs=[])
+    except cfg.Error as exc:
+        raise ConfigError(str(exc)) from exc
+    section = conf[AUTHTOKEN_GROUP]
+    missing = []
+    if not (paste_options.get("www_authenticate_uri") or section.www_authenticate_uri):
+        missing.append("www_authenticate_uri (Keystone's public URL, where clients get tokens)")
+    if paste_options.get("auth_type"):
+        pass  # the plugin's options are in the paste ini as well; keystonemiddleware checks them
+    elif not section.auth_type:
+        missing.append("auth_type (password, with auth_url, username, password, project_name, user_domain_name "
+                       "and project_domain_name of the service user abbild validates tokens as)")  # fmt: skip
+    else:
+        try:
+            loading.load_auth_from_conf_options(conf, AUTHTOKEN_GROUP)
+        except ks_exc.MissingRequiredOptions as exc:
+            missing += [opt.dest for opt in exc.options]
+        except ks_exc.NoMatchingPlugin:
+            raise ConfigError(f"[{AUTHTOKEN_GROUP}] auth_type = {section.auth_type}: no such keystoneauth plugin "
+                              "(password is the usual one)") from None  # fmt: skip
+    if missing:
+        raise ConfigError(f"[paste_deploy] flavor = {flavor}: [{AUTHTOKEN_GROUP}] in {', '.join(config_files)} "
+                          f"lacks {'; '.join(missing)}. Without them every request would fail")  # fmt: skip
 
 
 def load_api(config_files: Sequence[str], flavor: str | None = None):
