@@ -115,8 +115,8 @@ def _checked_url(req: webob.Request) -> str:
 
 
 def app_factory(global_conf, **local_conf):
-    """``paste.app_factory``: config files come from the ``config_files`` setting (a
-    comma-separated list, set by whoever loads the pipeline)."""
-    files = [f for f in (global_conf.get("config_files") or local_conf.get("config_files") or "").split(",") if f]
-    conf = config.load(files)
-    return Application(ImageService.from_config(conf))
+    """``paste.app_factory``: the configuration its pipeline's loader parsed, else the
+    config files of the ``config_files`` setting (a comma-separated list)."""
+    if not global_conf.get("config_files") and local_conf.get("config_files"):  # an ini naming its own files
+        global_conf = {**global_conf, "config_files": local_conf["config_files"]}
+    return Application(ImageService.from_config(config.for_pipeline(global_conf)))

@@ -74,7 +74,7 @@ def cmd_serve(args) -> int:
         print("  auth:     Keystone tokens (keystonemiddleware, [keystone_authtoken] in the config)", file=sys.stderr)
     EmbeddedServer(files, args.host, args.port, threads=args.threads, workers=args.workers,
                    access_log=args.access_log, flavor=flavor, client_header_timeout=args.client_header_timeout,
-                   client_body_timeout=args.client_body_timeout).run()  # fmt: skip
+                   client_body_timeout=args.client_body_timeout, conf=conf).run()  # fmt: skip
     return 0
 
 
@@ -108,7 +108,7 @@ def cmd_api(args) -> int:
     EmbeddedServer(files, conf.bind_host, conf.bind_port, threads=conf.threads, workers=conf.workers,
                    access_log=conf.access_log, graceful_shutdown_timeout=conf.graceful_shutdown_timeout,
                    client_header_timeout=conf.client_header_timeout,
-                   client_body_timeout=conf.client_body_timeout).run()  # fmt: skip
+                   client_body_timeout=conf.client_body_timeout, conf=conf).run()  # fmt: skip
     return 0
 
 

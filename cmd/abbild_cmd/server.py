@@ -295,8 +295,9 @@ class EmbeddedServer(BaseApplication):
     def __init__(self, config_files: Sequence[str], host: str, port: int, threads: int = 16,
                  workers: int = 1, access_log: bool = False, flavor: str | None = None,
                  graceful_shutdown_timeout: int = 60, client_header_timeout: int = 60,
-                 client_body_timeout: int = 300) -> None:  # fmt: skip
+                 client_body_timeout: int = 300, conf: cfg.ConfigOpts | None = None) -> None:  # fmt: skip
         self.config_files = list(config_files)
+        self.conf = conf  # parsed before forking: the workers inherit it instead of parsing again
         self.flavor = flavor
         self.client_header_timeout = client_header_timeout
         self.client_body_timeout = client_body_timeout
@@ -332,4 +333,4 @@ class EmbeddedServer(BaseApplication):
     def load(self):
         from abbild_paste.pipeline import load_api
 
-        return logging_setup.per_request(track_uploads(load_api(self.config_files, self.flavor)))
+        return logging_setup.per_request(track_uploads(load_api(self.config_files, self.flavor, conf=self.conf)))

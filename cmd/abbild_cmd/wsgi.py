@@ -15,8 +15,9 @@ from abbild_paste.pipeline import load_api
 
 def init_application():
     files = [config.service_config_file("abbild-api")]
-    logging_setup.setup(config.load(files), "abbild-api")
-    return logging_setup.per_request(load_api(files))
+    conf = config.load(files)
+    logging_setup.setup(conf, "abbild-api")
+    return logging_setup.per_request(load_api(files, conf=conf))
 
 
 application = init_application()

@@ -43,17 +43,13 @@ def authtoken_filter_factory(global_conf, **local_conf):
         from keystonemiddleware import auth_token
     except ImportError:
         raise ConfigError("the keystone flavour needs keystonemiddleware: pip install 'abbild[keystone]'") from None
-    conf = config.load(_config_files(global_conf))
+    conf = config.for_pipeline(global_conf)
 
     def make(app):
         return auth_token.AuthProtocol(app, {"oslo_config_config": conf, "delay_auth_decision": "true",
                                              **local_conf})
 
     return make
-
-
-def _config_files(global_conf) -> list[str]:
-    return [f for f in (global_conf.get("config_files") or "").split(",") if f]
 
 
 def _split(value: str | None) -> tuple[str, ...]:
@@ -85,7 +81,7 @@ def context_filter_factory(global_conf, **local_conf):
     """
     from abbild import config
 
-    allow_anonymous = config.load(_config_files(global_conf)).allow_anonymous_access
+    allow_anonymous = config.for_pipeline(global_conf).allow_anonymous_access
 
     def make(app):
         def middleware(environ, start_response):

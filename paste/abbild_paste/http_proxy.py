@@ -52,8 +52,7 @@ def filter_factory(global_conf, **local_conf):
 
     from abbild import config
 
-    files = [f for f in (global_conf.get("config_files") or "").split(",") if f]
-    conf = config.load(files)
+    conf = config.for_pipeline(global_conf)
     conf.register_opts(http_proxy_to_wsgi.OPTS, group="oslo_middleware")
     if not conf.oslo_middleware.enable_proxy_headers_parsing:
         return lambda app: app

@@ -111,20 +111,19 @@ def _check_authtoken(config_files: Sequence[str], flavor: str, paste_options: di
                           f"lacks {'; '.join(missing)}. Without them every request would fail")  # fmt: skip
 
 
-def load_api(config_files: Sequence[str], flavor: str | None = None):
+def load_api(config_files: Sequence[str], flavor: str | None = None, conf=None):
     """The WSGI app of the pipeline ``abbild-api-<flavor>``; the flavour defaults to
-    ``[paste_deploy] flavor``.
+    ``[paste_deploy] flavor``. The app and every filter share one configuration:
+    *conf*, if the caller parsed *config_files* already, else parsed here.
 
     :raises abbild.errors.ConfigError: no flavour, or not one that can run.
     """
-    conf = config.load(config_files)
+    if conf is None:
+        conf = config.load(config_files)
     flavor = flavor_of(conf, flavor)
     ini = check(conf, config_files, flavor)
-    return loadapp(
-        f"config:{os.path.abspath(ini)}",
-        name=PREFIX + flavor,
-        global_conf={"config_files": ",".join(os.path.abspath(f) for f in config_files)},
-    )
+    return loadapp(f"config:{os.path.abspath(ini)}", name=PREFIX + flavor,
+                   global_conf=config.pipeline_global_conf(conf, config_files))  # fmt: skip
 
 
 def _ini_beside(config_files: Sequence[str]) -> str | None:

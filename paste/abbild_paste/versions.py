@@ -74,8 +74,7 @@ def _authority(host: str, port) -> str:
 
 
 def filter_factory(global_conf, **local_conf):
-    files = [f for f in (global_conf.get("config_files") or "").split(",") if f]
-    public_endpoint = local_conf.get("public_endpoint") or config.load(files).public_endpoint
+    public_endpoint = local_conf.get("public_endpoint") or config.for_pipeline(global_conf).public_endpoint
 
     def make(app):
         def middleware(environ, start_response):
