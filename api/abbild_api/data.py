@@ -31,7 +31,7 @@ def upload(app, req, image_id):
     # Read the raw input: the server de-chunks chunked bodies, and only Content-Length
     # (never the declared size) may bound what we read from the socket.
     body = read_chunks(req.environ["wsgi.input"], req.content_length)
-    app.service.upload(
+    app.service.uploads.upload(
         image_id,
         body,
         declared_size=declared,
@@ -106,14 +106,10 @@ class _FileWindow:
 
 
 def download(app, req, image_id):
-    ctx = app.context(req)
-    image = app.service.get(image_id, ctx.viewer)
-    size = image.size or 0
-    wanted = _requested_range(req, size) if image.locations else None
-    offset, length = wanted or (0, None)
     prefer = [p.strip() for p in req.GET.get("prefer", "").split(",") if p.strip()]
     wrapper = req.environ.get("wsgi.file_wrapper")
-    dl = app.service.download(image_id, ctx.viewer, offset, length, zero_copy=wrapper is not None, prefer=prefer)
+    dl = app.service.download(image_id, app.context(req).viewer, lambda size: _requested_range(req, size),
+                              zero_copy=wrapper is not None, prefer=prefer)  # fmt: skip
     if dl is None:
         return no_content()
     if dl.file is not None:
@@ -123,7 +119,7 @@ def download(app, req, image_id):
     resp = webob.Response(app_iter=app_iter, content_type="application/octet-stream", content_length=dl.length)
     if dl.image.checksum:
         resp.headers["Content-MD5"] = dl.image.checksum
-    if wanted:
+    if dl.partial:
         resp.status = 206
-        resp.headers["Content-Range"] = f"bytes {offset}-{offset + dl.length - 1}/{size}"
+        resp.headers["Content-Range"] = f"bytes {dl.offset}-{dl.offset + dl.length - 1}/{dl.image.size or 0}"
     return resp

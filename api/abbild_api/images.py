@@ -359,8 +359,8 @@ def _location_value(value) -> tuple[str, dict, dict | None]:
     return value["url"], metadata, _validation_data(value.get("validation_data"))
 
 
-def _change_location(app, ctx, image_id, op, path, value) -> None:
-    """One json-patch change of ``/locations`` (the legacy location API)."""
+def _change_location(app, ctx, image_id, op, path, value) -> Image:
+    """One json-patch change of ``/locations`` (the legacy location API); the image after it."""
     if not app.conf.show_multiple_locations:
         raise Forbidden("Locations are not shown here (show_multiple_locations is off), so they cannot be changed "
                         f"through PATCH; register one with POST /v2/images/{image_id}/locations instead.")
@@ -368,19 +368,18 @@ def _change_location(app, ctx, image_id, op, path, value) -> None:
         if not re.fullmatch(r"/locations/(-|\d+)", path):
             raise Invalid(f"Add a location at /locations/- (or /locations/<index>), not {path}.")
         url, metadata, validation = _location_value(value)
-        app.service.add_location(image_id, url, metadata, validation, ctx.viewer)
-    elif op == "remove":
+        return app.service.locations.add(image_id, url, metadata, validation, ctx.viewer)
+    if op == "remove":
         m = re.fullmatch(r"/locations/(\d+)", path)
         if not m:
             raise Invalid(f"Remove a location by its index: /locations/<index>, not {path}.")
-        app.service.remove_location(image_id, int(m.group(1)), ctx.viewer)
-    elif path == "/locations" and value == []:
+        return app.service.locations.remove(image_id, int(m.group(1)), ctx.viewer)
+    if path == "/locations" and value == []:
         raise Forbidden("Cannot remove every location of an image: delete the image instead.")
-    elif path == "/locations" and isinstance(value, list):
+    if path == "/locations" and isinstance(value, list):
         locations = [_location_value(location)[:2] for location in value]
-        app.service.replace_location_metadata(image_id, locations, ctx.viewer)
-    else:
-        raise Invalid(f"Replace /locations as a whole (its metadata only), not {path}.")
+        return app.service.locations.replace_metadata(image_id, locations, ctx.viewer)
+    raise Invalid(f"Replace /locations as a whole (its metadata only), not {path}.")
 
 
 def update(app, req, image_id):
@@ -388,10 +387,9 @@ def update(app, req, image_id):
     ctx = app.context(req)
     location_ops = [o for o in ops if o[1] == "locations"]
     for op, _, (path, value), _ in location_ops:
-        _change_location(app, ctx, image_id, op, path, value)
+        image = _change_location(app, ctx, image_id, op, path, value)
     ops = [o for o in ops if o[1] != "locations"]
     if location_ops and not ops:
-        image = app.service.get(image_id, ctx.viewer)
         return json_response(image_view(app.service.readable(image, ctx.viewer), app.conf))
 
     def change(image: Image) -> None:
@@ -435,25 +433,25 @@ def add_location(app, req, image_id):
     if unknown:
         raise Invalid(f"Unknown field(s) {', '.join(sorted(unknown))}: a location has url and validation_data.")
     url, _, validation = _location_value(body)
-    app.service.import_location(image_id, url, validation, app.context(req).viewer)
+    app.service.locations.import_(image_id, url, validation, app.context(req).viewer)
     return no_content(202)
 
 
 def list_locations(app, req, image_id):
     reject_body(req)
-    locations = app.service.locations(image_id, app.context(req).viewer)
+    locations = app.service.locations.list(image_id, app.context(req).viewer)
     return json_response([location_view(loc) for loc in locations])
 
 
 def delete(app, req, image_id):
     reject_body(req)
-    app.service.delete(image_id, app.context(req).viewer)
+    app.service.deletes.delete(image_id, app.context(req).viewer)
     return no_content()
 
 
 def delete_from_store(app, req, store, image_id):
     reject_body(req)
-    app.service.delete_from_store(image_id, store, app.context(req).viewer)
+    app.service.deletes.delete_from_store(image_id, store, app.context(req).viewer)
     return no_content()
 
 

@@ -167,3 +167,7 @@ class RegistryUnavailable(RegistryError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(f"The image registry is unavailable: {reason}")
+
+
+class SignatureError(AbbildError):
+    """A registry request is not authentic; the message says why (for the log and the 401)."""

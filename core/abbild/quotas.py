@@ -29,3 +29,8 @@ def check_count(image_id: str, what: str, option: str, before: int, after: int, 
     """
     if 0 <= limit < after and after > before:
         raise QuotaExceeded(f"Image {image_id} would have {after} {what}; at most {limit} are allowed ({option}).")
+
+
+def check_location_added(image, limit: int) -> None:
+    """*image* may take one more location under ``image_location_quota`` (*limit*)."""
+    check_count(image.id, "locations", "image_location_quota", len(image.locations), len(image.locations) + 1, limit)

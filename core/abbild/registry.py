@@ -39,6 +39,25 @@ class Viewer:
 MEMBER_STATUSES = ("pending", "accepted", "rejected")
 
 
+def why_visible(image: Image, viewer: Viewer, registry: Registry) -> str | None:
+    """Why *viewer* may know that *image* exists, or ``None`` if not (GLANCE-API 7.4):
+    ``"admin"``; ``"owner"`` (their project's, or nobody's); ``"everyone"`` (public and
+    community images); ``"member"`` (a shared image their project is a member of, in
+    any status). The one statement of the rule: the service and the registry service
+    ask it, and the SQL registry's list query says the same in SQL (``_scope``; a test
+    checks that the two agree)."""
+    if viewer.is_admin:
+        return "admin"
+    if image.owner is None or image.owner == viewer.project_id:
+        return "owner"
+    if image.visibility in ("public", "community"):
+        return "everyone"
+    if image.visibility == "shared" and viewer.project_id is not None \
+            and registry.get_member(image.id, viewer.project_id) is not None:
+        return "member"
+    return None
+
+
 @dataclasses.dataclass
 class Member:
     """A project an image is shared with, and what that project said about it."""
@@ -174,6 +193,13 @@ class Registry(abc.ABC):
             except ConcurrentUpdate:
                 continue
         raise ConcurrentUpdate(image_id)
+
+    def prepare(self) -> None:
+        """Get ready to serve, or say why not (a database schema that is behind,
+        say): called once, before the first request.
+
+        :raises abbild.errors.ConfigError:
+        """
 
     def close(self) -> None:
         """Release connections."""

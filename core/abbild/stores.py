@@ -12,7 +12,7 @@ from stevedore import driver as stevedore_driver
 from stevedore.exception import NoMatches
 
 from abbild.driver import Capability, Driver, StoredObject
-from abbild.errors import ConfigError, Invalid, UnsupportedOperation
+from abbild.errors import ConfigError, Invalid, NotFound, StoreError, UnsupportedOperation
 from abbild.opts import RESERVED_GROUPS, common_store_opts
 
 LOG = logging.getLogger(__name__)
@@ -60,6 +60,16 @@ class Store:
     def discard(self, key: str) -> None:
         if Capability.WRITE in self.capabilities:
             self.driver.discard(key)
+
+    def delete_orphan(self, uri: str) -> None:
+        """Delete data no image points at any more; a failure is logged, not raised
+        (the caller's own outcome matters more than this cleanup)."""
+        try:
+            self.delete(uri)
+        except NotFound:
+            pass
+        except Exception:
+            LOG.exception("could not remove orphaned data at %s in store %s", uri, self.name)
 
     def open_local(self, uri: str):
         self._require(Capability.READ, "reading")
@@ -148,6 +158,14 @@ class StoreManager:
 
     def for_location(self, store_name: str) -> Store | None:
         return self._stores.get(store_name)
+
+    def discard_everywhere(self, key: str) -> None:
+        """Remove the partial data an interrupted upload of *key* may have left in any store."""
+        for store in self:
+            try:
+                store.discard(key)
+            except StoreError:
+                LOG.exception("image %s: could not discard partial data in store %s", key, store.name)
 
     def rank(self) -> dict[str, int]:
         """Store name -> download preference, 0 first: higher weights first, then the

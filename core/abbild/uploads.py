@@ -1,4 +1,5 @@
-"""Who is writing an image's data, and what happens when that writer fails.
+"""An upload end to end (:class:`Uploads`): who is writing an image's data, how it is
+streamed into a store and activated, and what happens when that writer fails.
 
 An upload (``PUT .../file``), a location import (``POST .../locations``) and a delete
 each work on an image's data outside the registry's transactions, for as long as the
@@ -13,12 +14,14 @@ identity of the process doing the work (``host:pid:start-time``), and
    claim lost when the image changed hands (deleted, recovered by another host): the
    work checks :meth:`Claim.check` between chunks and stops with
    :class:`~abbild.errors.Gone`.
-3. The work ends by saving the image (``saving -> active``, with its size, hashes and
-   location) or by :meth:`Claims.release` (back to ``queued``; when the registry is
+3. The work ends by saving the image (:meth:`Uploads.activate`: ``saving -> active``,
+   with its size, hashes and location, in the transaction that checks the owner's
+   storage quota) or by :meth:`Claims.release` (back to ``queued``; when the registry is
    unreachable, retried in the background for as long as a lease would last).
 4. :meth:`Claims.stale` finds the claims of processes that died: on this host, a
    process that no longer runs; elsewhere, a lease that ran out. Start-up recovery
-   (:meth:`abbild.service.ImageService.recover`) undoes or finishes their work.
+   (:meth:`Uploads.recover`, and :mod:`abbild.deletes` for deletes) undoes or finishes
+   their work.
 """
 
 from __future__ import annotations
@@ -30,11 +33,30 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
-from abbild.errors import Conflict, Gone, ImageNotFound, RegistryUnavailable
-from abbild.image import Image, Status, utcnow
+from abbild.driver import StoredObject
+from abbild.errors import (
+    Busy,
+    Conflict,
+    Gone,
+    ImageNotFound,
+    InvalidTransition,
+    QuotaExceeded,
+    RegistryUnavailable,
+    SizeLimitExceeded,
+    UnsupportedOperation,
+)
+from abbild.image import Image, Location, Status, utcnow
 from abbild.plugins import notify
-from abbild.registry import Registry
+from abbild.quotas import check_location_added
+from abbild.registry import Registry, Viewer
+from abbild.streams import ImageStream
+from abbild.stores import Store
+
+if TYPE_CHECKING:
+    from abbild.service import ImageService
 
 LOG = logging.getLogger(__name__)
 
@@ -229,3 +251,149 @@ class Claims:
     def stale(self, status: Status) -> list[Image]:
         """The images in *status* that nobody works on any more (:meth:`is_stale`)."""
         return [image for image in self.registry.images_in_status(status.value) if self.is_stale(image)]
+
+
+class Uploads:
+    """An upload from its claim to its end (the module docstring)."""
+
+    def __init__(self, service: ImageService) -> None:
+        self.service = service
+        self.registry, self.stores, self.claims = service.registry, service.stores, service.claims
+        self.plugins, self.jobs, self.conf = service.plugins, service.jobs, service.conf
+
+    def upload(
+        self,
+        image_id: str,
+        chunks: Iterable[bytes],
+        *,
+        declared_size: int | None,
+        viewer: Viewer,
+        store_name: str | None = None,
+    ) -> Image:
+        """Stream *chunks* into a store and activate the image.
+
+        The image is claimed (``queued`` -> ``saving``) with a compare-and-swap, so a
+        second concurrent upload fails with 409. On any failure the partial data is
+        removed and the image returns to ``queued``; it becomes ``active`` only after
+        the store acknowledged every byte, in the transaction that checks the owner's
+        storage quota.
+        """
+        image = self.service.authorized("upload_image", image_id, viewer)
+        store = self._store_for(image, store_name)
+        max_size, limit_name = self.limit(image)
+        if declared_size is not None and declared_size > max_size:
+            raise SizeLimitExceeded(max_size, limit_name)
+        claim = self.claims.take(image_id)
+        try:
+            stream = ImageStream(chunks, hash_algo=self.conf.hashing_algorithm, max_size=max_size,
+                                 limit_name=limit_name, declared_size=declared_size, on_progress=claim.check,
+                                 progress_every=1)  # fmt: skip
+            try:
+                stored = store.put(image_id, stream, declared_size)
+            except BaseException as exc:
+                self.claims.release(claim, exc)
+                raise
+            try:
+                image = self.activate(claim, store, stored, stream)
+            except BaseException as exc:
+                # The metadata never pointed at this data: remove it, or it is orphaned.
+                store.delete_orphan(stored.uri)
+                if isinstance(exc, (ImageNotFound, InvalidTransition)):
+                    raise Gone(image_id) from exc
+                self.claims.release(claim, exc)
+                raise
+        finally:
+            self.claims.drop(claim)
+        location = image.locations[-1]
+        notify(self.plugins, "abbild_image_uploaded", image=image, location=location)
+        notify(self.plugins, "abbild_image_activated", image=image)
+        return image
+
+    def activate(self, claim: Claim, store: Store, stored: StoredObject, stream: ImageStream) -> Image:
+        """``saving -> active`` with the data's size, hashes and location, if the claim
+        is still ours and the owner's storage quota has room for it.
+
+        :raises abbild.errors.InvalidTransition: the image changed hands.
+        :raises abbild.errors.QuotaExceeded:
+        """
+
+        def change(image: Image) -> None:
+            if not self.claims.ours(image, claim):
+                raise InvalidTransition(image.id, image.status.value, Status.ACTIVE.value)
+            check_location_added(image, self.conf.image_location_quota)
+            image.size = stream.size
+            image.checksum = stream.checksum
+            image.os_hash_algo = stream.hash_algo
+            image.os_hash_value = stream.os_hash_value
+            image.locations.append(Location(store.name, stored.uri, stored.size, "active", dict(stored.extra)))
+            image.upload_worker = image.upload_lease = None
+            image.transition(Status.ACTIVE)
+
+        return self.registry.update_image(claim.image_id, change, storage_limit=self.storage_limit())
+
+    def limit(self, image: Image) -> tuple[int, str]:
+        """How many bytes new data for *image* may have, and which limit says so. The
+        final word is the registry's, when the image is activated (uploads running
+        side by side each see the room the others are filling).
+
+        :raises abbild.errors.QuotaExceeded: the owner has no room left.
+        """
+        if not self.service.storage_quota or image.owner is None:
+            return self.conf.image_size_cap, "image_size_cap"
+        used = self.registry.usage(image.owner).size
+        if used > self.service.storage_quota:
+            raise QuotaExceeded(f"Project {image.owner} stores {used} bytes of image data; "
+                                f"user_storage_quota allows {self.service.storage_quota}.")  # fmt: skip
+        room = self.service.storage_quota - used
+        if room < self.conf.image_size_cap:
+            return room, f"room left under user_storage_quota ({self.service.storage_quota} bytes, {used} used)"
+        return self.conf.image_size_cap, "image_size_cap"
+
+    def storage_limit(self) -> int | None:
+        return self.service.storage_quota or None
+
+    def _store_for(self, image: Image, store_name: str | None) -> Store:
+        if store_name is None:
+            writable = {s.name: s for s in self.stores if not s.read_only}
+            store_name = self.plugins.hook.abbild_select_store(image=image, stores=writable)
+            if store_name is None:
+                raise UnsupportedOperation(self.stores.default.name, "writing (no writable store)")
+        store = self.stores[store_name]
+        if store.read_only:
+            raise UnsupportedOperation(store.name, "writing")
+        return store
+
+    def checker(self, claim: Claim) -> Callable[[int], None]:
+        """Between chunks: stop when the claim was lost or the server is shutting down."""
+
+        def check(_progress: int) -> None:
+            claim.check()
+            if self.jobs.stopping.is_set():
+                raise Busy("This server is shutting down; the import stopped and can be started again.")
+
+        return check
+
+    def recover(self) -> list[str]:
+        """Return the images a dead process left ``saving`` to ``queued``, without
+        whatever data their upload wrote.
+
+        :returns: the ids of the images recovered.
+        """
+        recovered = []
+        for image in self.claims.stale(Status.SAVING):
+
+            def change(current: Image, claimed_by=image.upload_worker) -> None:
+                if current.status is not Status.SAVING or current.upload_worker != claimed_by:
+                    raise Conflict("the upload changed hands")
+                current.transition(Status.QUEUED)
+                current.upload_worker = current.upload_lease = None
+
+            try:
+                self.registry.update_image(image.id, change)
+            except (Conflict, ImageNotFound):
+                continue
+            self.stores.discard_everywhere(image.id)
+            LOG.warning("image %s: upload by %s was interrupted; the image is queued again",
+                        image.id, image.upload_worker)  # fmt: skip
+            recovered.append(image.id)
+        return recovered

@@ -20,7 +20,7 @@ ADMIN = Viewer(is_admin=True)
 
 def active_image(service, data=b"image data", **kw):
     image = service.create(Image(id=str(uuid.uuid4()), disk_format="raw", container_format="bare", **kw), ADMIN)
-    return service.upload(image.id, [data], declared_size=len(data), viewer=ADMIN)
+    return service.uploads.upload(image.id, [data], declared_size=len(data), viewer=ADMIN)
 
 
 def objects(service, store="mem"):
@@ -44,7 +44,7 @@ def test_protected_set_while_a_delete_runs_keeps_image_and_data(service):
 
     service.registry.update_image = update_image
     with pytest.raises(Forbidden, match="protected"):
-        service.delete(image.id, ADMIN)
+        service.deletes.delete(image.id, ADMIN)
     after = service.registry.get_image(image.id)
     assert after.status is Status.ACTIVE and after.protected
     assert objects(service) == {image.id: b"image data"}
@@ -63,7 +63,7 @@ def test_registry_failure_after_the_data_went_leaves_no_active_image(service):
 
     service.registry.update_image = update_image
     with pytest.raises(RegistryUnavailable):
-        service.delete(image.id, ADMIN)
+        service.deletes.delete(image.id, ADMIN)
     service.registry.update_image = real_update
     assert objects(service) == {}
     assert service.registry.get_image(image.id).status is Status.PENDING_DELETE
@@ -84,7 +84,7 @@ def test_store_failure_keeps_the_data_listed_and_retries(service):
         real_delete(uri)
 
     driver.delete = delete
-    service.delete(image.id, ADMIN)  # accepted: the data goes later
+    service.deletes.delete(image.id, ADMIN)  # accepted: the data goes later
     with pytest.raises(ImageNotFound):
         service.get(image.id, ADMIN)
     pending = service.registry.get_image(image.id)
@@ -102,7 +102,7 @@ def test_data_in_use_brings_the_image_back(service):
 
     service.stores["mem"].driver.delete = delete
     with pytest.raises(InUse):
-        service.delete(image.id, ADMIN)
+        service.deletes.delete(image.id, ADMIN)
     after = service.registry.get_image(image.id)
     assert after.status is Status.DEACTIVATED and after.upload_worker is None and len(after.locations) == 1
 
@@ -132,7 +132,7 @@ def test_delete_of_a_stale_upload_discards_its_partial_data(service):
 
     service.registry.update_image(image.id, claimed_by_a_dead_process)
     objects(service)[image.id] = b"partial"
-    service.delete(image.id, ADMIN)
+    service.deletes.delete(image.id, ADMIN)
     assert objects(service) == {}
 
 
@@ -155,7 +155,7 @@ def test_a_slow_upload_keeps_its_lease_on_time(service):
         yield b"y" * 100
 
     service_elsewhere = type(service)(service.conf, service.registry, service.stores, service.plugins)
-    done = service.upload(image.id, slow_body(), declared_size=None, viewer=ADMIN)
+    done = service.uploads.upload(image.id, slow_body(), declared_size=None, viewer=ADMIN)
     assert recovered == []
     assert done.status is Status.ACTIVE and objects(service)[image.id] == b"x" * 100 + b"y" * 100
 
@@ -171,7 +171,7 @@ def test_an_upload_that_lost_its_claim_stops(service):
         yield b"y"
 
     with pytest.raises(Exception, match="deleted during the upload"):
-        service.upload(image.id, body(), declared_size=None, viewer=ADMIN)
+        service.uploads.upload(image.id, body(), declared_size=None, viewer=ADMIN)
     assert objects(service) == {}
 
 

@@ -61,7 +61,7 @@ def test_hook_abbild_select_store(service):
 
     service.plugins.register(PickOther())
     image = _image(service)
-    service.upload(image.id, [b"x"], declared_size=1, viewer=ADMIN)
+    service.uploads.upload(image.id, [b"x"], declared_size=1, viewer=ADMIN)
     assert service.registry.get_image(image.id).locations[0].store == "other"
 
 
@@ -81,7 +81,7 @@ def test_hook_abbild_image_updated(service):
 def test_hook_abbild_image_uploaded(service):
     calls = _plugin(service, "abbild_image_uploaded")
     image = _image(service)
-    service.upload(image.id, [b"x"], declared_size=1, viewer=ADMIN)
+    service.uploads.upload(image.id, [b"x"], declared_size=1, viewer=ADMIN)
     assert calls.seen == [("abbild_image_uploaded", "active")]
 
 
@@ -89,14 +89,14 @@ def test_hook_abbild_image_upload_failed(service):
     calls = _plugin(service, "abbild_image_upload_failed")
     image = _image(service)
     with pytest.raises(Exception):
-        service.upload(image.id, [b"xx"], declared_size=1, viewer=ADMIN)
+        service.uploads.upload(image.id, [b"xx"], declared_size=1, viewer=ADMIN)
     assert calls.seen == [("abbild_image_upload_failed", "queued")]
 
 
 def test_hook_abbild_image_activated(service):
     calls = _plugin(service, "abbild_image_activated")
     image = _image(service)
-    service.upload(image.id, [b"x"], declared_size=1, viewer=ADMIN)
+    service.uploads.upload(image.id, [b"x"], declared_size=1, viewer=ADMIN)
     service.set_active(image.id, False, ADMIN)
     service.set_active(image.id, True, ADMIN)
     service.set_active(image.id, True, ADMIN)  # already active: no event
@@ -106,7 +106,7 @@ def test_hook_abbild_image_activated(service):
 def test_hook_abbild_image_deactivated(service):
     calls = _plugin(service, "abbild_image_deactivated")
     image = _image(service)
-    service.upload(image.id, [b"x"], declared_size=1, viewer=ADMIN)
+    service.uploads.upload(image.id, [b"x"], declared_size=1, viewer=ADMIN)
     service.set_active(image.id, False, ADMIN)
     service.set_active(image.id, False, ADMIN)
     assert calls.seen == [("abbild_image_deactivated", "deactivated")]
@@ -115,5 +115,5 @@ def test_hook_abbild_image_deactivated(service):
 def test_hook_abbild_image_deleted(service):
     calls = _plugin(service, "abbild_image_deleted")
     image = _image(service)
-    service.delete(image.id, ADMIN)
+    service.deletes.delete(image.id, ADMIN)
     assert calls.seen == [("abbild_image_deleted", "deleted")]

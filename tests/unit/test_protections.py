@@ -191,15 +191,15 @@ def test_storage_quota_cuts_off_the_upload_and_leaves_nothing(service):
     service.storage_quota = 1000
     owner = viewer("member", "reader")
     first = create(service, owner)
-    service.upload(first.id, [b"x" * 600], declared_size=None, viewer=owner)
+    service.uploads.upload(first.id, [b"x" * 600], declared_size=None, viewer=owner)
     second = create(service, owner)
     with pytest.raises(SizeLimitExceeded, match="user_storage_quota"):
-        service.upload(second.id, [b"y" * 300, b"y" * 300], declared_size=None, viewer=owner)
+        service.uploads.upload(second.id, [b"y" * 300, b"y" * 300], declared_size=None, viewer=owner)
     assert service.registry.get_image(second.id).status is Status.QUEUED
     assert second.id not in service.stores["mem"].driver._objects
     with pytest.raises(SizeLimitExceeded):  # a declared size over the room fails before any byte
-        service.upload(second.id, iter(()), declared_size=401, viewer=owner)
-    service.upload(second.id, [b"y" * 400], declared_size=400, viewer=owner)  # exactly the room left
+        service.uploads.upload(second.id, iter(()), declared_size=401, viewer=owner)
+    service.uploads.upload(second.id, [b"y" * 400], declared_size=400, viewer=owner)  # exactly the room left
     usage = service.usage(owner)
     assert usage["image_count_total"] == {"limit": -1, "usage": 2}
     assert usage["image_size_total"]["usage"] == 0  # MiB, rounded down
@@ -210,14 +210,14 @@ def test_storage_quota_rechecked_after_parallel_uploads(service, monkeypatch):
     service.storage_quota = 1000
     owner = viewer("member", "reader")
     first, second = create(service, owner), create(service, owner)
-    service.upload(first.id, [b"x" * 600], declared_size=None, viewer=owner)
+    service.uploads.upload(first.id, [b"x" * 600], declared_size=None, viewer=owner)
 
     # The second upload checked its room before the first had finished.
-    real = service._upload_limit
-    monkeypatch.setattr(service, "_upload_limit",
+    real = service.uploads.limit
+    monkeypatch.setattr(service.uploads, "limit",
                         lambda image, uploaded=0: (1000, "x") if not uploaded else real(image, uploaded))
     with pytest.raises(QuotaExceeded, match="user_storage_quota allows 1000"):
-        service.upload(second.id, [b"y" * 600], declared_size=None, viewer=owner)
+        service.uploads.upload(second.id, [b"y" * 600], declared_size=None, viewer=owner)
     assert service.registry.get_image(second.id).status is Status.QUEUED
     assert second.id not in service.stores["mem"].driver._objects
 
@@ -227,8 +227,8 @@ def test_location_quota(service):
     image = create(service, ADMIN)
     other = service.stores["other"]
     uris = [other.put(f"copy-{i}", [b"same data"], 9).uri for i in range(3)]
-    service.add_location(image.id, uris[0], {}, None, ADMIN)  # queued -> active
-    service.add_location(image.id, uris[1], {}, None, ADMIN)
+    service.locations.add(image.id, uris[0], {}, None, ADMIN)  # queued -> active
+    service.locations.add(image.id, uris[1], {}, None, ADMIN)
     with pytest.raises(QuotaExceeded, match="3 locations; at most 2.*image_location_quota"):
-        service.add_location(image.id, uris[2], {}, None, ADMIN)
+        service.locations.add(image.id, uris[2], {}, None, ADMIN)
     assert [loc.uri for loc in service.registry.get_image(image.id).locations] == uris[:2]

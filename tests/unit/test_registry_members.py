@@ -56,3 +56,31 @@ def test_member_status_filters_the_members_list(sql_registry, status, expected):
         sql_registry.set_member_status(image_id, "me", member_status)
     found = sql_registry.list_images(ImageFilters(member_status=status), [], 100, viewer=Viewer(project_id="me"))
     assert {i.name for i in found} == expected
+
+
+def test_the_list_query_and_the_visibility_rule_agree(sql_registry):
+    """The SQL registry's list query restates the visibility rule (why_visible) in SQL:
+    for every kind of image and viewer, an image is listed (visibility=all,
+    member_status=all) exactly when the rule says the viewer may see it."""
+    from abbild.registry import why_visible
+
+    tag = f"rule-{uuid.uuid4().hex}"
+    images = []
+    for visibility in ("public", "community", "shared", "private"):
+        for owner in ("owner", "me", None):
+            for member_status in (None, "pending", "accepted", "rejected"):
+                if member_status and visibility != "shared":
+                    continue
+                image = sql_registry.create_image(
+                    Image(id=str(uuid.uuid4()), owner=owner, visibility=visibility, tags={tag}))
+                if member_status:
+                    sql_registry.add_member(image.id, "me")
+                    sql_registry.set_member_status(image.id, "me", member_status)
+                images.append(image)
+    viewers = [Viewer(project_id="me"), Viewer(project_id="stranger"), Viewer(), Viewer(anonymous=True),
+               Viewer(project_id="me", is_admin=True)]  # fmt: skip
+    for viewer in viewers:
+        listed = {i.id for i in sql_registry.list_images(ImageFilters(visibility="all", member_status="all",
+                                                                      tags=[tag]), [], 1000, viewer=viewer)}  # fmt: skip
+        expected = {i.id for i in images if why_visible(i, viewer, sql_registry) is not None}
+        assert listed == expected, viewer

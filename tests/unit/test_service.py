@@ -26,20 +26,20 @@ def objects(service, store="mem"):
 def test_upload_activates_with_hashes_and_fires_hooks(service):
     image = new_image(service)
     data = b"abc" * 1000
-    done = service.upload(image.id, [data[:100], data[100:]], declared_size=len(data), viewer=ADMIN)
+    done = service.uploads.upload(image.id, [data[:100], data[100:]], declared_size=len(data), viewer=ADMIN)
     assert done.status is Status.ACTIVE
     assert done.checksum == hashlib.md5(data).hexdigest()
     assert done.os_hash_value == hashlib.sha512(data).hexdigest()
     assert done.size == len(data) and done.upload_worker is None
     assert [loc.store for loc in done.locations] == ["mem"]
     assert service.recorder.events == [("created", image.id), ("uploaded", "active", "mem"), ("activated", image.id)]
-    dl = service.download(image.id, ADMIN)
+    dl = service.download(image.id, ADMIN, lambda size: None)
     assert b"".join(dl.chunks) == data
 
 
 def test_upload_to_a_named_store(service):
     image = new_image(service)
-    service.upload(image.id, [b"x"], declared_size=1, viewer=ADMIN, store_name="other")
+    service.uploads.upload(image.id, [b"x"], declared_size=1, viewer=ADMIN, store_name="other")
     assert len(objects(service, "other")) == 1 and not objects(service, "mem")
 
 
@@ -54,7 +54,7 @@ def test_upload_to_a_named_store(service):
 def test_failed_upload_rolls_back(service, chunks, declared, error):
     image = new_image(service)
     with pytest.raises(error):
-        service.upload(image.id, chunks, declared_size=declared, viewer=ADMIN)
+        service.uploads.upload(image.id, chunks, declared_size=declared, viewer=ADMIN)
     after = service.registry.get_image(image.id)
     assert after.status is Status.QUEUED and after.upload_worker is None and after.locations == []
     assert objects(service) == {}
@@ -69,16 +69,16 @@ def test_client_disconnect_rolls_back(service):
         raise OSError("connection reset")
 
     with pytest.raises(OSError):
-        service.upload(image.id, body(), declared_size=None, viewer=ADMIN)
+        service.uploads.upload(image.id, body(), declared_size=None, viewer=ADMIN)
     assert service.registry.get_image(image.id).status is Status.QUEUED
     assert objects(service) == {}
 
 
 def test_second_upload_conflicts(service):
     image = new_image(service)
-    service.upload(image.id, [b"x"], declared_size=1, viewer=ADMIN)
+    service.uploads.upload(image.id, [b"x"], declared_size=1, viewer=ADMIN)
     with pytest.raises(Conflict):
-        service.upload(image.id, [b"y"], declared_size=1, viewer=ADMIN)
+        service.uploads.upload(image.id, [b"y"], declared_size=1, viewer=ADMIN)
     assert len(objects(service)) == 1
 
 
@@ -87,11 +87,11 @@ def test_delete_during_upload_removes_the_data(service):
 
     def body():
         yield b"x" * 10
-        service.delete(image.id, ADMIN)  # another request deletes the image mid-upload
+        service.deletes.delete(image.id, ADMIN)  # another request deletes the image mid-upload
         yield b"y" * 10
 
     with pytest.raises(Gone):
-        service.upload(image.id, body(), declared_size=None, viewer=ADMIN)
+        service.uploads.upload(image.id, body(), declared_size=None, viewer=ADMIN)
     assert objects(service) == {}
     with pytest.raises(ImageNotFound):
         service.registry.get_image(image.id)
@@ -100,32 +100,32 @@ def test_delete_during_upload_removes_the_data(service):
 def test_formats_are_required_before_data(service):
     image = service.create(Image(id=str(uuid.uuid4())), ADMIN)
     with pytest.raises(Exception, match="disk_format must be set"):
-        service.upload(image.id, [b"x"], declared_size=1, viewer=ADMIN)
+        service.uploads.upload(image.id, [b"x"], declared_size=1, viewer=ADMIN)
     assert service.registry.get_image(image.id).status is Status.QUEUED
 
 
 def test_protected_images_are_not_deleted(service):
     image = new_image(service, protected=True)
     with pytest.raises(Forbidden):
-        service.delete(image.id, ADMIN)
+        service.deletes.delete(image.id, ADMIN)
     assert service.registry.get_image(image.id).status is Status.QUEUED
 
 
 def test_delete_removes_data_and_fires_hook(service):
     image = new_image(service)
-    service.upload(image.id, [b"x"], declared_size=1, viewer=ADMIN)
-    service.delete(image.id, ADMIN)
+    service.uploads.upload(image.id, [b"x"], declared_size=1, viewer=ADMIN)
+    service.deletes.delete(image.id, ADMIN)
     assert objects(service) == {}
     assert service.recorder.events[-1] == ("deleted", "deleted")
 
 
 def test_deactivated_download_is_admin_only(service):
     image = new_image(service)
-    service.upload(image.id, [b"x"], declared_size=1, viewer=ADMIN)
+    service.uploads.upload(image.id, [b"x"], declared_size=1, viewer=ADMIN)
     service.set_active(image.id, False, ADMIN)
     with pytest.raises(Forbidden):
-        service.download(image.id, Viewer(project_id="p", roles=("member", "reader")))
-    assert service.download(image.id, ADMIN) is not None
+        service.download(image.id, Viewer(project_id="p", roles=("member", "reader")), lambda size: None)
+    assert service.download(image.id, ADMIN, lambda size: None) is not None
     service.set_active(image.id, True, ADMIN)
     assert service.registry.get_image(image.id).status is Status.ACTIVE
 
@@ -166,28 +166,28 @@ def test_delete_from_one_store_keeps_the_other(service):
     from abbild.image import Location
 
     image = new_image(service)
-    service.upload(image.id, [b"data"], declared_size=4, viewer=ADMIN, store_name="mem")
+    service.uploads.upload(image.id, [b"data"], declared_size=4, viewer=ADMIN, store_name="mem")
     copy = service.stores["other"].put(image.id, [b"data"], 4)
     service.registry.update_image(image.id, lambda i: i.locations.append(Location("other", copy.uri, 4)))
 
-    service.delete_from_store(image.id, "mem", ADMIN)
+    service.deletes.delete_from_store(image.id, "mem", ADMIN)
     after = service.registry.get_image(image.id)
     assert [loc.store for loc in after.locations] == ["other"]
     assert objects(service, "mem") == {} and len(objects(service, "other")) == 1
-    assert b"".join(service.download(image.id, ADMIN).chunks) == b"data"
+    assert b"".join(service.download(image.id, ADMIN, lambda size: None).chunks) == b"data"
     with pytest.raises(Forbidden):
-        service.delete_from_store(image.id, "other", ADMIN)
+        service.deletes.delete_from_store(image.id, "other", ADMIN)
 
 
 def test_download_falls_back_to_the_next_location(service):
     from abbild.image import Location
 
     image = new_image(service)
-    service.upload(image.id, [b"data"], declared_size=4, viewer=ADMIN, store_name="mem")
+    service.uploads.upload(image.id, [b"data"], declared_size=4, viewer=ADMIN, store_name="mem")
     # A location whose data vanished comes first (store weight); the next one serves.
     service.stores["other"].weight = 5
     service.registry.update_image(image.id, lambda i: i.locations.insert(0, Location("other", "memory://other/gone", 4)))
-    dl = service.download(image.id, ADMIN)
+    dl = service.download(image.id, ADMIN, lambda size: None)
     assert dl.store.name == "mem" and b"".join(dl.chunks) == b"data"
 
 

@@ -86,6 +86,9 @@ class SQLRegistry(Registry):
         self._write = sessionmaker(self.engine.execution_options(abbild_write=True), expire_on_commit=False)
         self._in_change = threading.local()  # set while an update_image change runs
 
+    def prepare(self) -> None:
+        prepare_schema(self)
+
     def close(self) -> None:
         self.engine.dispose()
 
