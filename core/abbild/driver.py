@@ -79,7 +79,10 @@ class Driver(abc.ABC):
         :param length: number of bytes to return, or ``None`` for "to the end".
         :returns: an iterator of non-empty ``bytes`` chunks with a ``close()`` that
             releases any connection or file handle, even before the first chunk (a
-            plain generator does not run its ``finally`` then).
+            plain generator does not run its ``finally`` then), and that is released
+            as well when the data ends or a read fails. Return an
+            :class:`abbild.streams.ChunkReader` over the backend's read and release
+            calls; it does all of that (``ChunkReader(None)``: no bytes).
         :raises abbild.errors.NotFound: no object at *uri*, raised by the call itself,
             before any chunk, so the API can still answer with an error status.
         """
@@ -102,7 +105,13 @@ class Driver(abc.ABC):
         raise NotImplementedError
 
     def delete(self, uri: str) -> None:
-        """:raises abbild.errors.NotFound: no object at *uri*.
+        """Remove the object at *uri*.
+
+        No object there (deleted already, never written, or *uri* is not one of this
+        store's) is not an error: the call returns, as S3's DELETE does. A delete that
+        is retried after a crash succeeds, and no driver needs a look-up first only to
+        report what every caller would ignore.
+
         :raises abbild.errors.InUse: the backend refuses because something depends on it."""
         raise NotImplementedError
 

@@ -72,10 +72,9 @@ class MemoryDriver(Driver):
         return StoredObject(uri=self._uri(key), size=len(data))
 
     def delete(self, uri: str) -> None:
-        key, _ = self._lookup(uri)
-        with self._lock:
-            if self._objects.pop(key, None) is None:
-                raise NotFound(uri)
+        if uri.startswith(self._prefix):  # any other URI names nothing to delete here
+            with self._lock:
+                self._objects.pop(urllib.parse.unquote(uri[len(self._prefix) :]), None)
 
     def discard(self, key: str) -> None:
         with self._lock:

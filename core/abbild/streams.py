@@ -1,5 +1,6 @@
 """Byte-stream wrappers: the upload path is hashed, counted and limited here, once,
-so that no driver ever does it."""
+so that no driver ever does it; and every driver's download stream releases its
+backend here (:class:`ChunkReader`)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,74 @@ def read_chunks(fileobj: IO[bytes], limit: int | None = None, chunk_size: int = 
         if remaining is not None:
             remaining -= len(chunk)
         yield chunk
+
+
+class ChunkReader:
+    """The closeable iterator of byte chunks that a driver's ``get`` returns.
+
+    Calls *read* for up to *chunk_size* bytes at a time and yields what it returns,
+    after dropping the first *skip* bytes, until *read* returns ``b""`` or *length*
+    bytes (all, if ``None``) went out. *close* releases the backend (a file, a
+    connection, an image handle) and runs exactly once: when the data ends, when the
+    caller closes the reader, or when *read* raises, whose exception then propagates.
+    A closed reader yields nothing more.
+
+    Not a generator: ``close()`` must release the backend even before the first chunk,
+    and a generator that never started does not run its ``finally``.
+
+    :param read: ``size -> bytes``, at most *size* of them, ``b""`` at the end; it
+        raises :class:`~abbild.errors.StoreError` for the backend's failures itself.
+        ``None`` is an empty stream.
+    :param skip: bytes to read and drop first (a server that answered a range request
+        with the whole object).
+    """
+
+    def __init__(
+        self,
+        read: Callable[[int], bytes] | None,
+        close: Callable[[], object] | None = None,
+        *,
+        length: int | None = None,
+        skip: int = 0,
+        chunk_size: int = CHUNK_SIZE,
+    ) -> None:
+        self._read, self._close = read, close
+        self._left, self._skip, self._chunk_size = length, skip, chunk_size
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._read is None:
+            raise StopIteration
+        try:
+            chunk = self._next_chunk(self._read)
+        except BaseException:
+            self.close()
+            raise
+        if not chunk:
+            self.close()  # release the backend as soon as the data is out
+            raise StopIteration
+        return chunk
+
+    def _next_chunk(self, read: Callable[[int], bytes]) -> bytes:
+        while self._skip > 0:
+            dropped = read(min(self._skip, self._chunk_size))
+            if not dropped:
+                return b""
+            self._skip -= len(dropped)
+        want = self._chunk_size if self._left is None else min(self._chunk_size, self._left)
+        if want <= 0:
+            return b""
+        chunk = read(want)
+        if self._left is not None:
+            self._left -= len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        close, self._close, self._read = self._close, None, None
+        if close is not None:
+            close()
 
 
 class _HashThread(threading.Thread):

@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from abbild.errors import SizeLimitExceeded, SizeMismatch
-from abbild.streams import ImageStream, IterStream, read_chunks
+from abbild.errors import BackendUnavailable, SizeLimitExceeded, SizeMismatch
+from abbild.streams import ChunkReader, ImageStream, IterStream, read_chunks
 
 
 def _digests(data: bytes, algo: str = "sha512"):
@@ -69,3 +69,115 @@ def test_iterstream_is_a_file():
     assert f.read(4) == b"abcd"
     assert f.read() == b"efgh"
     assert f.read() == b""
+
+
+class Source:
+    """A backend object for ChunkReader: bytes to read, closes counted, and an
+    optional failure on the read after *fail_after* reads."""
+
+    def __init__(self, data: bytes, fail_after: int | None = None) -> None:
+        self.file = io.BytesIO(data)
+        self.reads, self.closes, self.fail_after = [], 0, fail_after
+
+    def read(self, size: int) -> bytes:
+        if self.closes:
+            raise AssertionError("read after close")
+        if self.fail_after is not None and len(self.reads) >= self.fail_after:
+            raise BackendUnavailable("cold", "connection reset")
+        self.reads.append(size)
+        return self.file.read(size)
+
+    def close(self) -> None:
+        self.closes += 1
+
+
+def reader(source: Source, **kwargs) -> ChunkReader:
+    return ChunkReader(source.read, source.close, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({}, [b"0123", b"4567", b"89"]),
+        ({"length": 6}, [b"0123", b"45"]),
+        ({"length": 8}, [b"0123", b"4567"]),
+        ({"length": 50}, [b"0123", b"4567", b"89"]),
+        ({"length": 0}, []),
+        ({"skip": 3}, [b"3456", b"789"]),
+        ({"skip": 5, "length": 4}, [b"5678"]),
+        ({"skip": 10}, []),
+        ({"skip": 12}, []),
+    ],
+)
+def test_chunk_reader_reads_skips_and_limits(kwargs, expected):
+    source = Source(b"0123456789")
+    assert list(reader(source, chunk_size=4, **kwargs)) == expected
+    assert source.closes == 1
+
+
+def test_chunk_reader_closes_once_on_exhaustion():
+    source = Source(b"abc")
+    chunks = reader(source, chunk_size=2)
+    assert list(chunks) == [b"ab", b"c"]
+    assert source.closes == 1  # released by the end of the data, before any close()
+    chunks.close()
+    chunks.close()
+    assert list(chunks) == []
+    assert source.closes == 1
+
+
+def test_chunk_reader_stops_at_length_without_reading_further():
+    source = Source(b"0123456789")
+    assert list(reader(source, chunk_size=4, length=8)) == [b"0123", b"4567"]
+    assert source.reads == [4, 4]
+
+
+def test_chunk_reader_close_before_first_chunk():
+    source = Source(b"abc")
+    chunks = reader(source)
+    chunks.close()
+    assert source.closes == 1
+    assert source.reads == []
+    assert list(chunks) == []
+    assert source.closes == 1
+
+
+def test_chunk_reader_close_after_first_chunk():
+    source = Source(b"0123456789")
+    chunks = reader(source, chunk_size=4)
+    assert next(chunks) == b"0123"
+    chunks.close()
+    assert list(chunks) == [], "a closed reader yielded more chunks"
+    assert source.closes == 1
+    assert source.reads == [4]
+
+
+@pytest.mark.parametrize("fail_after", [0, 1, 2])
+def test_chunk_reader_error_propagates_and_closes(fail_after):
+    source = Source(b"0123456789", fail_after=fail_after)
+    chunks = reader(source, chunk_size=2, skip=2)
+    with pytest.raises(BackendUnavailable, match="connection reset"):
+        list(chunks)
+    assert source.closes == 1
+    chunks.close()
+    assert list(chunks) == []
+    assert source.closes == 1
+
+
+def test_chunk_reader_close_error_propagates_once():
+    def close():
+        closes.append(1)
+        raise OSError("close failed")
+
+    closes = []
+    chunks = ChunkReader(io.BytesIO(b"ab").read, close)
+    with pytest.raises(OSError, match="close failed"):
+        list(chunks)
+    chunks.close()
+    assert closes == [1]
+
+
+def test_chunk_reader_without_read_or_close_is_empty():
+    assert list(ChunkReader(None)) == []
+    ChunkReader(None).close()
+    assert list(ChunkReader(io.BytesIO(b"xy").read, chunk_size=1)) == [b"x", b"y"]

@@ -267,13 +267,15 @@ class DriverConformance:
             driver.get(stored.uri)
         with pytest.raises(NotFound):
             driver.size(stored.uri)
-        with pytest.raises(NotFound):
-            driver.delete(stored.uri)
+        assert driver.delete(stored.uri) is None, "deleting again is not an error"
 
-    @requires(DELETE)
-    def test_delete_missing_raises_not_found(self, driver, missing_uri):
+    @requires(DELETE, READ)
+    def test_delete_missing_is_not_an_error(self, driver, existing, missing_uri):
+        uri, payload = existing
+        assert driver.delete(missing_uri) is None
         with pytest.raises(NotFound):
-            driver.delete(missing_uri)
+            driver.size(missing_uri)
+        assert read_all(driver, uri) == payload, "deleting a missing object touched another"
 
     # -- early close --------------------------------------------------------------------
 
@@ -291,6 +293,15 @@ class DriverConformance:
         chunks.close()
         assert first and payload.startswith(first)
         assert list(chunks) == [], "a closed stream yielded more chunks"
+
+    @requires(READ)
+    def test_close_after_the_end_is_harmless(self, driver, existing):
+        uri, payload = existing
+        chunks = driver.get(uri)
+        assert b"".join(chunks) == payload
+        chunks.close()
+        chunks.close()
+        assert list(chunks) == []
 
     @requires(READ, WRITE, DELETE)
     def test_close_early_then_delete_and_put_again(self, driver):

@@ -26,7 +26,7 @@ from abbild.errors import (
     StoreError,
     StoreFull,
 )
-from abbild.streams import read_chunks
+from abbild.streams import ChunkReader
 
 from abbild_filesystem import opts
 
@@ -121,7 +121,7 @@ class FilesystemDriver(Driver):
         except BaseException:
             f.close()
             raise
-        return _FileChunks(f, length, self.conf.chunk_size)
+        return ChunkReader(f.read, f.close, length=length, chunk_size=self.conf.chunk_size)
 
     def validate_location(self, uri: str) -> None:
         """Only files directly in this store's datadir (services register those)."""
@@ -179,9 +179,10 @@ class FilesystemDriver(Driver):
         return StoredObject(uri=self._uri(final), size=written)
 
     def delete(self, uri: str) -> None:
-        path = self._resolve(uri)
-        with self._os_errors(uri):
-            os.unlink(path)
+        with contextlib.suppress(NotFound):  # gone already, or never an object of this store
+            path = self._resolve(uri)
+            with self._os_errors(uri):
+                os.unlink(path)
 
     def discard(self, key: str) -> None:
         for path in self._paths(key):
@@ -263,32 +264,6 @@ class FilesystemDriver(Driver):
             return AccessDenied(self.store_name, exc.strerror)
         # Anything else (EIO, a datadir that vanished, ...) is a broken backend.
         return BackendError(self.store_name, f"{what}: {exc.strerror}")
-
-
-class _FileChunks:
-    """Iterator over *length* bytes (all, if ``None``) of an open file, which it owns.
-
-    Not a generator: ``close()`` must close the file even before the first chunk, and
-    a generator that never started does not run its ``finally``.
-    """
-
-    def __init__(self, f: IO[bytes], length: int | None, chunk_size: int) -> None:
-        self._f = f
-        self._chunks = read_chunks(f, length, chunk_size)
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        try:
-            return next(self._chunks)
-        except StopIteration:
-            self.close()  # release the file as soon as the data is out
-            raise
-
-    def close(self) -> None:
-        self._chunks = iter(())
-        self._f.close()
 
 
 class _Writer:

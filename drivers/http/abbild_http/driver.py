@@ -15,6 +15,7 @@ from urllib3.exceptions import SSLError
 
 from abbild.driver import Capability, Driver
 from abbild.errors import AccessDenied, BackendError, BackendUnavailable, ConfigError, NotFound
+from abbild.streams import ChunkReader
 
 from abbild_http import opts
 from abbild_http.guard import Guard, Target
@@ -101,14 +102,14 @@ class HTTPDriver(Driver):
         if offset or length is not None:
             if length == 0:
                 self.size(uri)  # nothing to read, but a missing object is still NotFound
-                return _ResponseChunks(None, self.store_name, "", 0, 0, 1)
+                return ChunkReader(None)
             last = "" if length is None else str(offset + length - 1)
             headers["Range"] = f"bytes={offset}-{last}"
         response, target = self._open(uri, "GET", headers)
         try:
             if response.status == 416:  # the range starts at or past the end
                 response.close()
-                return _ResponseChunks(None, self.store_name, "", 0, 0, 1)
+                return ChunkReader(None)
             self._raise_for_status(response, uri, target)
             skip = offset
             if response.status == 206:
@@ -116,11 +117,19 @@ class HTTPDriver(Driver):
                 if not match or int(match[1]) > offset:
                     raise BackendError(self.store_name, f"{target.display}: the server sent the wrong range")
                 skip = offset - int(match[1])
-            # A 200 answer to a Range request is the whole object: skip and cut here.
-            return _ResponseChunks(response, self.store_name, target.display, skip, length, self.conf.chunk_size)
         except BaseException:
             response.close()
             raise
+
+        def read(size: int) -> bytes:
+            try:
+                return response.read(size)
+            except Urllib3Error as exc:  # the server stalled or cut the body short
+                raise BackendUnavailable(self.store_name, f"{target.display}: download failed ({exc})") from None
+
+        # A 200 answer to a Range request is the whole object: skip and cut here. Closing
+        # early drops the connection instead of reading the rest of an image.
+        return ChunkReader(read, response.close, skip=skip, length=length, chunk_size=self.conf.chunk_size)
 
     # -- HTTP -------------------------------------------------------------------------
 
@@ -221,52 +230,3 @@ def _int_header(response, name: str) -> int | None:
     value = response.headers.get(name, "")
     # isdigit() alone takes "²", which int() refuses
     return int(value) if value.isascii() and value.isdigit() else None
-
-
-class _ResponseChunks:
-    """Iterator over the body of *response*: *skip* bytes dropped, then up to
-    *length* bytes (all, if ``None``) in pieces of at most *chunk_size*.
-
-    Not a generator: ``close()`` must release the connection even before the first
-    chunk. Closing drops the connection instead of reading the rest of an image.
-    ``response=None`` is an empty stream.
-    """
-
-    def __init__(self, response, store: str, display: str, skip: int, length: int | None, chunk_size: int) -> None:
-        self._response = response
-        self._store, self._display = store, display
-        self._skip, self._remaining, self._chunk_size = skip, length, chunk_size
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        while self._skip:
-            self._skip -= len(self._read(min(self._skip, self._chunk_size)))
-        want = self._chunk_size if self._remaining is None else min(self._chunk_size, self._remaining)
-        chunk = self._read(want)
-        if not chunk:
-            self.close()  # release the connection as soon as the data is out
-            raise StopIteration
-        if self._remaining is not None:
-            self._remaining -= len(chunk)
-        return chunk
-
-    def _read(self, size: int) -> bytes:
-        """:returns: up to *size* bytes; ``b""`` at the end or once closed.
-        :raises BackendUnavailable: the server stalled or cut the body short."""
-        if self._response is None or size <= 0:
-            return b""
-        try:
-            chunk = self._response.read(size)
-        except Urllib3Error as exc:
-            self.close()
-            raise BackendUnavailable(self._store, f"{self._display}: download failed ({exc})") from None
-        if not chunk:
-            self._skip = 0
-        return chunk
-
-    def close(self) -> None:
-        response, self._response = self._response, None
-        if response is not None:
-            response.close()

@@ -29,6 +29,7 @@ class ImageHandler(http.server.BaseHTTPRequestHandler):
     - ``/slow/<name>``: waits ``server.delay`` seconds before answering
     - ``/oddlength/<name>``: like ``/files``, but every answer says ``Content-Length:
       <server.odd_length>`` instead of the real length
+    - ``/short/<name>``: says the whole length, sends half the body and hangs up
     - ``/status/<code>``: answers with that status
     - anything in ``server.redirects``: answers 302 to the mapped location
     """
@@ -54,7 +55,7 @@ class ImageHandler(http.server.BaseHTTPRequestHandler):
         if mode == "slow":
             server.stopping.wait(server.delay)
         data = server.files.get(name)
-        if data is None or mode not in ("files", "norange", "nolength", "nohead", "slow", "oddlength"):
+        if data is None or mode not in ("files", "norange", "nolength", "nohead", "slow", "oddlength", "short"):
             return self._send(404, b"not found", {}, body)
         if mode == "nohead" and not body:
             return self._send(405, b"", {}, body)
@@ -78,7 +79,7 @@ class ImageHandler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(data)))
         self.end_headers()  # HTTP/1.0: the connection closes after each answer
         if body:
-            self.wfile.write(data)
+            self.wfile.write(data[: len(data) // 2] if mode == "short" else data)
 
 
 class ImageServer(http.server.ThreadingHTTPServer):

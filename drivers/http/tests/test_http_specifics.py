@@ -379,6 +379,14 @@ def test_early_close_drops_the_connection(loopback_driver, served):
     assert list(chunks) == []
 
 
+def test_body_cut_short_is_backend_unavailable(loopback_driver, served):
+    chunks = loopback_driver.get(served.url("/short/img"))
+    with pytest.raises(BackendUnavailable, match="download failed"):
+        list(chunks)
+    assert list(chunks) == []
+    chunks.close()  # the failure closed it already: closing again is harmless
+
+
 # -- TLS ------------------------------------------------------------------------------
 
 

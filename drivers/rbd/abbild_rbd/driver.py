@@ -24,6 +24,7 @@ from abbild.errors import (
     StoreError,
     StoreFull,
 )
+from abbild.streams import ChunkReader
 
 from abbild_rbd import opts
 
@@ -135,7 +136,22 @@ class RBDDriver(Driver):
             ioctx.close()
             raise
         end = size if length is None else min(size, offset + length)
-        return _ImageChunks(self, uri, ioctx, image, offset, end)
+        position = offset
+
+        def read(want: int) -> bytes:
+            nonlocal position
+            with self._errors(uri):
+                chunk = image.read(position, want)
+            position += len(chunk)
+            return chunk
+
+        def close() -> None:
+            try:
+                image.close()
+            finally:
+                ioctx.close()
+
+        return ChunkReader(read, close, length=max(0, end - offset), chunk_size=self._chunk_size)
 
     def size(self, uri: str) -> int:
         pool, name, snap = self._parse(uri)
@@ -194,25 +210,27 @@ class RBDDriver(Driver):
         return offset
 
     def delete(self, uri: str) -> None:
-        """Unprotect and remove the snapshot, then the image.
+        """Unprotect and remove the snapshot, then the image. No pool, image or
+        snapshot by that name: there is nothing to delete.
 
         :raises abbild.errors.InUse: the snapshot has clones, the image has other
             snapshots, or it is open elsewhere; nothing was changed then (Glance: 409).
         """
-        pool, name, snap = self._parse(uri)
-        with self._ioctx(pool, uri) as ioctx, self._errors(uri):
-            with self._rbd.Image(ioctx, name) as image:
-                snaps = {s["name"] for s in image.list_snaps()}
-                if snap is not None and snap not in snaps:
-                    raise NotFound(uri)
-                others = sorted(snaps - {snap})
-                if others:
-                    raise InUse(uri, f"the image has other snapshots ({', '.join(others)})")
-                if snap is not None:
-                    if image.is_protected_snap(snap):
-                        self._unprotect(image, snap, uri)
-                    image.remove_snap(snap)
-            self._rbd.RBD().remove(ioctx, name)
+        with contextlib.suppress(NotFound):
+            pool, name, snap = self._parse(uri)
+            with self._ioctx(pool, uri) as ioctx, self._errors(uri):
+                with self._rbd.Image(ioctx, name) as image:
+                    snaps = {s["name"] for s in image.list_snaps()}
+                    if snap is not None and snap not in snaps:
+                        return
+                    others = sorted(snaps - {snap})
+                    if others:
+                        raise InUse(uri, f"the image has other snapshots ({', '.join(others)})")
+                    if snap is not None:
+                        if image.is_protected_snap(snap):
+                            self._unprotect(image, snap, uri)
+                        image.remove_snap(snap)
+                self._rbd.RBD().remove(ioctx, name)
 
     def discard(self, key: str) -> None:
         """Remove the image *key* with all its snapshots, complete or partial."""
@@ -352,36 +370,3 @@ class RBDDriver(Driver):
         if fsid != self._fsid:  # an image of another Ceph cluster
             raise NotFound(uri)
         return pool, name, snap
-
-
-class _ImageChunks:
-    """Iterator over bytes [offset, end) of an open RBD image, which it owns with its
-    I/O context.
-
-    Not a generator: ``close()`` must close the image even before the first chunk, and
-    a generator that never started does not run its ``finally``.
-    """
-
-    def __init__(self, driver: RBDDriver, uri: str, ioctx, image, offset: int, end: int) -> None:
-        self._driver, self._uri = driver, uri
-        self._ioctx, self._image = ioctx, image
-        self._offset, self._end = offset, end
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        if self._image is None or self._offset >= self._end:
-            self.close()  # release the image as soon as the data is out
-            raise StopIteration
-        length = min(self._driver._chunk_size, self._end - self._offset)
-        with self._driver._errors(self._uri):
-            chunk = self._image.read(self._offset, length)
-        self._offset += len(chunk)
-        return chunk
-
-    def close(self) -> None:
-        if self._image is not None:
-            self._image.close()
-            self._ioctx.close()
-            self._image = None

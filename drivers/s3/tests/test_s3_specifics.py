@@ -59,11 +59,27 @@ def test_uri_names_bucket_and_key_only(shared_driver, bucket):
 )
 def test_foreign_or_malformed_uri_is_not_found(shared_driver, bucket, uri):
     shared_driver.discard("img")
-    shared_driver.put("img", [b"x"], 1)  # what a lax parser might find instead
+    planted = shared_driver.put("img", [b"x"], 1)  # what a lax parser might find instead
     uri = uri.format(bucket=bucket)
-    for operation in (shared_driver.get, shared_driver.size, shared_driver.delete):
+    for operation in (shared_driver.get, shared_driver.size):
         with pytest.raises(NotFound):
             operation(uri)
+    assert shared_driver.delete(uri) is None  # nothing there: nothing to delete
+    assert read_all(shared_driver, planted.uri) == b"x"
+
+
+def test_delete_is_one_request_whether_or_not_the_key_exists(make_driver, s3_client, bucket):
+    driver = make_driver()
+    sent = []
+    driver._client.meta.events.register("before-call.s3", lambda model, **_: sent.append(model.name))
+    uri = driver.put(new_key(), [b"x"], 1).uri
+    sent.clear()
+    driver.delete(uri)
+    assert sent == ["DeleteObject"]
+    assert s3_client.list_objects_v2(Bucket=bucket, Prefix=uri.rsplit("/", 1)[1])["KeyCount"] == 0
+    sent.clear()
+    driver.delete(uri)  # gone already: S3 says 204 as well
+    assert sent == ["DeleteObject"]
 
 
 # -- upload strategy ----------------------------------------------------------------------

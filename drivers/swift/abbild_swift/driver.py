@@ -25,6 +25,7 @@ from abbild.errors import (
     StoreError,
     StoreFull,
 )
+from abbild.streams import ChunkReader
 
 from abbild_swift import opts
 
@@ -194,7 +195,7 @@ class SwiftDriver(Driver):
         container, name = self._parse(uri)
         if length == 0:
             self.size(uri)  # still NotFound for a missing object
-            return _Download(None, lambda: None)
+            return ChunkReader(None)
         headers = {}
         if offset or length is not None:
             last = "" if length is None else offset + length - 1
@@ -206,10 +207,19 @@ class SwiftDriver(Driver):
         except BaseException as exc:
             if _status(exc.__cause__) == 416:  # offset at or past the end: nothing to send
                 self._give_back(conn)
-                return _Download(None, lambda: None)
+                return ChunkReader(None)
             conn.close()
             raise
-        return _Download(body, lambda: self._give_back(conn), lambda: self._errors(f"GET {uri}"))
+
+        def read(size: int) -> bytes:
+            with self._errors(f"GET {uri}"):
+                return body.read(size)
+
+        def release() -> None:
+            body.close()
+            self._give_back(conn)
+
+        return ChunkReader(read, release, chunk_size=self.conf.chunk_size)
 
     def size(self, uri: str) -> int:
         container, name = self._parse(uri)
@@ -280,18 +290,20 @@ class SwiftDriver(Driver):
         return min(base << (index // SEGMENTS_PER_SIZE), MAX_SEGMENT)
 
     def delete(self, uri: str) -> None:
-        container, name = self._parse(uri)
-        with self._connection() as conn:
-            segments = self._segments_of(conn, container, name, uri)
-            with self._errors(f"DELETE {uri}", missing=uri):
-                # The manifest first: no reader ever sees an object with segments missing.
-                conn.delete_object(container, name)
+        try:
+            container, name = self._parse(uri)
+            with self._connection() as conn:
+                segments = self._segments_of(conn, container, name, uri)
+                with contextlib.suppress(NotFound), self._errors(f"DELETE {uri}", missing=uri):
+                    # The manifest first: no reader ever sees an object with segments missing.
+                    conn.delete_object(container, name)
+        except NotFound:
+            return  # nothing there (or no object of this store): nothing to delete
         self._delete_quietly(container, segments)
 
     def discard(self, key: str) -> None:
         container, name = self._locate(key)
-        with contextlib.suppress(NotFound):
-            self.delete(uri_of(container, name))
+        self.delete(uri_of(container, name))
         # Segments of uploads that failed, or whose process died, before their manifest.
         with self._connection() as conn:
             try:
@@ -545,38 +557,3 @@ class _Source:
             if self._error is not None:
                 raise self._error  # noqa: B904  the original, as the caller gave it
             raise
-
-
-class _Download:
-    """Iterator over a Swift response body with a ``close()`` that releases the
-    connection even before the first chunk (a plain generator would not)."""
-
-    def __init__(self, body, release, errors=None) -> None:
-        self._body = body
-        self._release = release
-        self._errors = errors
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        if self._body is None:
-            raise StopIteration
-        try:
-            with self._errors():
-                chunk = next(self._body, None)
-        except BaseException:
-            self.close()
-            raise
-        if chunk is None:
-            self.close()  # release the connection as soon as the data is out
-            raise StopIteration
-        return chunk
-
-    def close(self) -> None:
-        body, self._body = self._body, None
-        if body is not None:
-            body.close()
-        release, self._release = self._release, None
-        if release is not None:
-            release()

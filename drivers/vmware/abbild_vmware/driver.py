@@ -39,6 +39,7 @@ from abbild.errors import (
     NotFound,
     StoreFull,
 )
+from abbild.streams import ChunkReader
 
 from abbild_vmware import opts
 
@@ -156,12 +157,12 @@ class VMwareDriver(Driver):
             headers["Range"] = f"bytes={offset}-{last}"
         if length == 0:  # no byte wanted, but a missing object must still raise
             self.size(uri)
-            return _Body(None, self.store_name, 0, 0, 1)
+            return ChunkReader(None)
         response = self._call("GET", self._target(uri), headers)
         try:
             if response.status == 416:  # the range starts at or past the end
                 response.close()
-                return _Body(None, self.store_name, 0, 0, 1)
+                return ChunkReader(None)
             self._raise_for_status(response, uri)
             skip = offset  # a 200 answer to a Range request is the whole file
             if response.status == 206:
@@ -169,10 +170,17 @@ class VMwareDriver(Driver):
                 skip = offset - int(match[1]) if match else -1
                 if skip < 0:
                     raise BackendError(self.store_name, f"{uri}: the server sent the wrong range")
-            return _Body(response, self.store_name, skip, length, self.conf.chunk_size)
         except BaseException:
             response.close()
             raise
+
+        def read(size: int) -> bytes:
+            try:
+                return response.read(size)
+            except Urllib3Error as exc:
+                raise BackendUnavailable(self.store_name, f"download failed ({exc})") from None
+
+        return ChunkReader(read, response.close, skip=skip, length=length, chunk_size=self.conf.chunk_size)
 
     # -- writing ----------------------------------------------------------------------
 
@@ -213,8 +221,9 @@ class VMwareDriver(Driver):
         return StoredObject(uri=uri, size=counted.count)
 
     def delete(self, uri: str) -> None:
-        with contextlib.closing(self._call("DELETE", self._target(uri))) as response:
-            self._raise_for_status(response, uri)
+        with contextlib.suppress(NotFound):  # gone already, or not a location of this server
+            with contextlib.closing(self._call("DELETE", self._target(uri))) as response:
+                self._raise_for_status(response, uri)
 
     def discard(self, key: str) -> None:
         for datastore in self._datastores:
@@ -395,44 +404,3 @@ class _Counted:
         for chunk in self._chunks:
             self.count += len(chunk)
             yield chunk
-
-
-class _Body:
-    """Iterator over a response body: *skip* bytes dropped, then up to *length*
-    (all, if ``None``) in pieces of at most *chunk_size*; ``response=None`` is empty.
-
-    Not a generator, so ``close()`` drops the connection even before the first chunk.
-    """
-
-    def __init__(self, response, store: str, skip: int, length: int | None, chunk_size: int) -> None:
-        self._response, self._store = response, store
-        self._skip, self._left, self._chunk_size = skip, length, chunk_size
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        while self._skip > 0:
-            dropped = self._read(min(self._skip, self._chunk_size))
-            self._skip = self._skip - len(dropped) if dropped else 0
-        chunk = self._read(self._chunk_size if self._left is None else min(self._chunk_size, self._left))
-        if not chunk:
-            self.close()
-            raise StopIteration
-        if self._left is not None:
-            self._left -= len(chunk)
-        return chunk
-
-    def _read(self, size: int) -> bytes:
-        if self._response is None or size <= 0:
-            return b""
-        try:
-            return self._response.read(size)
-        except Urllib3Error as exc:
-            self.close()
-            raise BackendUnavailable(self._store, f"download failed ({exc})") from None
-
-    def close(self) -> None:
-        response, self._response = self._response, None
-        if response is not None:
-            response.close()

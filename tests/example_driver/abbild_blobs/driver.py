@@ -8,6 +8,7 @@ behind on failure, ``get`` that raises NotFound before its first chunk, ranges, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -94,8 +95,8 @@ class BlobDriver(Driver):
         return StoredObject(uri=f"blobs://{self.store_name}/{urllib.parse.quote(key, safe='')}", size=total)
 
     def delete(self, uri: str) -> None:
-        if not self._db().execute("DELETE FROM chunks WHERE key = ?", (self._key(uri),)).rowcount:
-            raise NotFound(uri)
+        with contextlib.suppress(NotFound):  # deleting what is not there is no error
+            self._db().execute("DELETE FROM chunks WHERE key = ?", (self._key(uri),))
 
     def discard(self, key: str) -> None:
         self._db().execute("DELETE FROM chunks WHERE key = ?", (key,))
