@@ -8,7 +8,9 @@ skips (fails under CI=true)."""
 from __future__ import annotations
 
 import configparser
+import itertools
 import os
+import re
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -68,4 +70,65 @@ def test_every_installed_driver_is_in_the_sample(generator_config):
     assert wanted <= set(namespaces(generator_config)), (
         f"add `namespace = ...` lines for {sorted(wanted - set(namespaces(generator_config)))} to "
         f"etc/{generator_config.name}, then regenerate the sample"
+    )
+
+
+# -- no comments after a value --------------------------------------------------------------
+# oslo.config, PasteDeploy (configparser) and systemd take `key = value  # note` as the value
+# "value  # note": a sample written that way breaks what it configures, quietly. Comments go
+# on lines of their own.
+
+INLINE_COMMENT = re.compile(r"^\s*[^#;\s\[][^=]*=.*\s#")
+FENCE = re.compile(r"^\s*(`{3,})\s*([\w-]*)")
+HEREDOC = re.compile(r"(?:cat|tee)\b[^<]*?(?:>\s*)?(\S+\.(?:conf|ini|service))\b.*<<-?\s*['\"]?(\w+)")
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+CONFIG_FILES = sorted([*ETC.glob("*.sample"), *ETC.glob("*.ini"), *ETC.glob("*.conf"), *ETC.glob("systemd/*"),
+                       *ROOT.glob("*/abbild_*/*.ini")])  # fmt: skip
+
+
+def fenced_blocks(path: Path):
+    """(language, first line number, lines) of every fenced block in a Markdown file."""
+    block = None
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        fence = FENCE.match(line)
+        if block is None and fence:
+            block = (fence.group(2), number + 1, [])
+        elif block is not None and fence and not fence.group(2):
+            yield block
+            block = None
+        elif block is not None:
+            block[2].append(line)
+
+
+def config_texts():
+    """(where, first line number, lines) of every config text users copy: the files in
+    etc/ and the shipped paste inis, the ini blocks of README.md and docs/, and what the
+    shell blocks there write into config files (heredocs)."""
+    for path in CONFIG_FILES:
+        yield str(path.relative_to(ROOT)), 1, path.read_text().splitlines()
+    for path in DOCUMENTS:
+        for language, first, lines in fenced_blocks(path):
+            where = f"{path.relative_to(ROOT)} ({language} block)"
+            if language == "ini":
+                yield where, first, lines
+            elif language in ("bash", "sh", "shell", "console"):
+                for index, line in enumerate(lines):
+                    heredoc = HEREDOC.search(line)
+                    if heredoc:
+                        body = list(itertools.takewhile(lambda x: x.strip() != heredoc.group(2), lines[index + 1:]))
+                        yield f"{where}, {heredoc.group(1)}", first + index + 1, body
+
+
+def test_the_scan_finds_config_texts():
+    found = {where.split(" (")[0] for where, _, _ in config_texts()}
+    assert {"README.md", "docs/deploying.md", "etc/abbild-api.conf.sample", "etc/systemd/abbild-api.service"} <= found
+    assert any(", /etc/abbild/abbild-api.conf" in where for where, _, _ in config_texts())
+
+
+def test_no_comment_follows_a_value():
+    found = [f"{where}, line {first + index}: {line.strip()}"
+             for where, first, lines in config_texts()
+             for index, line in enumerate(lines) if INLINE_COMMENT.match(line)]  # fmt: skip
+    assert not found, "comments after a value become part of it; move them to a line of their own:\n" + "\n".join(
+        found
     )
