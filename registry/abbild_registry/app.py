@@ -269,13 +269,17 @@ def _routed_path(environ) -> str:
     return path[len(mount):] if mount and path.startswith(mount) else path
 
 
-def config_files(global_conf: dict) -> list[str]:
-    return [f for f in (global_conf.get("config_files") or "").split(",") if f]
-
-
 def load_conf(files):
     conf = config.load(files)
     opts.register_opts(conf)
+    return conf
+
+
+def pipeline_conf(global_conf: dict):
+    """The configuration of a factory of the registry's pipeline, shared by all of them
+    (:func:`abbild.config.for_pipeline`)."""
+    conf = config.for_pipeline(global_conf)
+    opts.register_opts(conf)  # a no-op on the loader's conf, which has them
     return conf
 
 
@@ -283,7 +287,7 @@ def app_factory(global_conf, **local_conf):
     """``paste.app_factory``: the registry over the database of ``[database] connection``."""
     from abbild.db.registry import SQLRegistry, prepare_schema
 
-    conf = load_conf(config_files(global_conf))
+    conf = pipeline_conf(global_conf)
     registry = SQLRegistry(conf)
     prepare_schema(registry)
     return RegistryApp(registry, ImageRules(conf))

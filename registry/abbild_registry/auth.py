@@ -20,7 +20,7 @@ from abbild import registry_wire as wire
 from abbild.config import is_loopback, is_loopback_address
 from abbild.errors import ConfigError
 from abbild.registry import Viewer
-from abbild_registry.app import CALLER_KEY, config_files, load_conf, path_qs
+from abbild_registry.app import CALLER_KEY, path_qs, pipeline_conf
 
 LOG = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def filter_factory(global_conf, **local_conf):
     requests get 401, as do requests without valid Keystone tokens; with noauth,
     requests from beyond loopback get 403. Bodies beyond ``max_request_body_size``
     get 413. What the headers decide is decided before the body is read."""
-    conf = load_conf(config_files(global_conf))
+    conf = pipeline_conf(global_conf)
     check_auth_config(conf)
     if conf.registry_server.auth_strategy == "keystone":
         return _keystone_filter(conf)
