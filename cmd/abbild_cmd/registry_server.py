@@ -33,7 +33,7 @@ def serve(config_files: Sequence[str], host: str | None, port: int | None, threa
     """
     import sys
 
-    from abbild.db.registry import SQLRegistry, prepare_schema
+    from abbild.db.registry import SQLRegistry
     from abbild_registry.app import load_conf
     from abbild_registry.auth import check_bind
     from abbild_registry.rules import ImageRules
@@ -48,7 +48,7 @@ def serve(config_files: Sequence[str], host: str | None, port: int | None, threa
     ImageRules(conf)
     registry = SQLRegistry(conf)
     try:
-        prepare_schema(registry)
+        registry.prepare()
     finally:
         registry.close()
     auth = {"hmac": "HMAC-signed requests", "keystone": "Keystone tokens (the user's and a service token)",

@@ -196,10 +196,6 @@ _NONCE = re.compile(r"[0-9a-f]{16,128}")
 _TIMESTAMP = re.compile(r"-?[0-9]{1,20}")
 
 
-class SignatureError(Exception):
-    """The request is not authentic; the message says why (for the log and the 401)."""
-
-
 class Verifier:
     """Checks signatures, and remembers recent nonces so that a request is accepted once.
 
@@ -217,34 +213,34 @@ class Verifier:
         """What the headers alone decide: present, well formed and fresh. Run before
         reading the body, so an unsigned or stale request costs no read.
 
-        :raises SignatureError:
+        :raises abbild.errors.SignatureError:
         """
         missing = [h for h in (CALLER_HEADER, TIMESTAMP_HEADER, NONCE_HEADER, SIGNATURE_HEADER) if not headers.get(h)]
         if missing:
-            raise SignatureError(f"unsigned request: no {', '.join(missing)}")
+            raise errors.SignatureError(f"unsigned request: no {', '.join(missing)}")
         if not _SIGNATURE.fullmatch(headers[SIGNATURE_HEADER]):
-            raise SignatureError(f"malformed {SIGNATURE_HEADER}: 64 hex digits expected")
+            raise errors.SignatureError(f"malformed {SIGNATURE_HEADER}: 64 hex digits expected")
         if not _NONCE.fullmatch(headers[NONCE_HEADER]):
-            raise SignatureError(f"malformed {NONCE_HEADER}: 16 to 128 hex digits expected")
+            raise errors.SignatureError(f"malformed {NONCE_HEADER}: 16 to 128 hex digits expected")
         if not _TIMESTAMP.fullmatch(headers[TIMESTAMP_HEADER]):
-            raise SignatureError(f"malformed {TIMESTAMP_HEADER}: seconds since the epoch expected")
+            raise errors.SignatureError(f"malformed {TIMESTAMP_HEADER}: seconds since the epoch expected")
         age = time.time() - int(headers[TIMESTAMP_HEADER])
         if abs(age) > self.max_skew:
-            raise SignatureError(f"stale request: its timestamp is {age:.0f}s off (the limit is {self.max_skew}s)")
+            raise errors.SignatureError(f"stale request: its timestamp is {age:.0f}s off (the limit is {self.max_skew}s)")
 
     def verify(self, method: str, path_qs: str, headers, body: bytes) -> None:
-        """:raises SignatureError:"""
+        """:raises abbild.errors.SignatureError:"""
         self.check_headers(headers)
         caller, timestamp, nonce, signature = (headers[h] for h in (CALLER_HEADER, TIMESTAMP_HEADER, NONCE_HEADER,
                                                                     SIGNATURE_HEADER))  # fmt: skip
         expected = _signature(self.secret, method, path_qs, timestamp, nonce, caller, body_digest(body))
         # compare_digest: the time taken must not tell how much of a guess was right.
         if not hmac.compare_digest(expected, signature):
-            raise SignatureError("bad signature")
+            raise errors.SignatureError("bad signature")
         now = time.monotonic()
         with self._lock:
             if nonce in self._seen:
-                raise SignatureError("replayed request")
+                raise errors.SignatureError("replayed request")
             if len(self._seen) > 1000:
                 # A nonce older than twice the window fails the timestamp check anyway.
                 self._seen = {n: t for n, t in self._seen.items() if t > now}

@@ -52,7 +52,7 @@ import webob.exc as exc
 from abbild import config, errors
 from abbild import registry_wire as wire
 from abbild.image import Image, Status
-from abbild.registry import Registry
+from abbild.registry import Registry, why_visible
 from abbild_registry import opts
 from abbild_registry.rules import ImageRules
 
@@ -129,18 +129,11 @@ class RegistryApp:
         return handler in (self.get_image, self.save_image)
 
     def _readable(self, image: Image, caller: wire.Caller) -> bool:
-        """GLANCE-API 7.4: admins and the service read everything; others their own
-        images, ownerless, public and community ones, and shared ones they are a member
-        of (in any status)."""
+        """The service reads everything; everyone else what the visibility rule
+        (:func:`abbild.registry.why_visible`) shows them."""
         if caller.jobs_only:
             return image.status in JOB_TARGETS
-        viewer = caller.viewer
-        if caller.privileged or image.owner is None or image.owner == viewer.project_id:
-            return True
-        if image.visibility in ("public", "community"):
-            return True
-        return (image.visibility == "shared" and viewer.project_id is not None
-                and self.registry.get_member(image.id, viewer.project_id) is not None)  # fmt: skip
+        return caller.privileged or why_visible(image, caller.viewer, self.registry) is not None
 
     @staticmethod
     def _owns(image: Image, caller: wire.Caller) -> bool:
@@ -285,9 +278,9 @@ def pipeline_conf(global_conf: dict):
 
 def app_factory(global_conf, **local_conf):
     """``paste.app_factory``: the registry over the database of ``[database] connection``."""
-    from abbild.db.registry import SQLRegistry, prepare_schema
+    from abbild.db.registry import SQLRegistry
 
     conf = pipeline_conf(global_conf)
     registry = SQLRegistry(conf)
-    prepare_schema(registry)
+    registry.prepare()
     return RegistryApp(registry, ImageRules(conf))

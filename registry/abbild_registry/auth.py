@@ -18,7 +18,7 @@ import logging
 
 from abbild import registry_wire as wire
 from abbild.config import is_loopback, is_loopback_address
-from abbild.errors import ConfigError
+from abbild.errors import ConfigError, SignatureError
 from abbild.registry import Viewer
 from abbild_registry.app import CALLER_KEY, path_qs, pipeline_conf
 
@@ -205,7 +205,7 @@ def filter_factory(global_conf, **local_conf):
                 body = read_body(environ, server.max_request_body_size)
                 if verifier is not None:
                     verifier.verify(environ["REQUEST_METHOD"], path_qs(environ), headers, body)
-            except wire.SignatureError as error:
+            except SignatureError as error:
                 return _refused(start_response, environ, Refused("401 Unauthorized", str(error)))
             except Refused as refusal:
                 return _refused(start_response, environ, refusal)

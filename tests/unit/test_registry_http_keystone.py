@@ -75,10 +75,10 @@ class _Quiet(wsgiref.simple_server.WSGIRequestHandler):
 
 @pytest.fixture
 def url(tmp_path):
-    from abbild.db.registry import SQLRegistry, prepare_schema
+    from abbild.db.registry import SQLRegistry
 
     registry = SQLRegistry(url=f"sqlite:///{tmp_path}/registry.db")
-    prepare_schema(registry)
+    registry.prepare()
     app = fake_auth_token(keystone_middleware(RegistryApp(registry), CONF))
     httpd = wsgiref.simple_server.make_server("127.0.0.1", 0, app, handler_class=_Quiet)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()

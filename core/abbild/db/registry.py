@@ -87,7 +87,24 @@ class SQLRegistry(Registry):
         self._in_change = threading.local()  # set while an update_image change runs
 
     def prepare(self) -> None:
-        prepare_schema(self)
+        """Make sure the database schema is current before serving.
+
+        The embedded SQLite database is upgraded in place; a server database must be
+        upgraded by the operator (``abbild db sync``), who may want a backup first.
+        """
+        from abbild.db import migrate
+        from abbild.errors import ConfigError
+
+        current, head = migrate.current(self.engine), migrate.head()
+        if current == head:
+            return
+        if self.url.startswith("sqlite"):
+            migrate.sync(self.engine)
+            return
+        raise ConfigError(
+            f"the database schema is at revision {current or 'none'}, this abbild needs {head}: "
+            f"run 'abbild db sync' (with the same config file) first"
+        )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -574,26 +591,3 @@ def _after(keys, marker: ImageRow):
         clauses.append(and_(*equal_so_far, after))
         equal_so_far.append(same)
     return or_(*clauses)
-
-
-
-
-def prepare_schema(registry: SQLRegistry) -> None:
-    """Make sure the database schema is current before serving.
-
-    The embedded SQLite database is upgraded in place; a server database must be
-    upgraded by the operator (``abbild db sync``), who may want a backup first.
-    """
-    from abbild.db import migrate
-    from abbild.errors import ConfigError
-
-    current, head = migrate.current(registry.engine), migrate.head()
-    if current == head:
-        return
-    if registry.url.startswith("sqlite"):
-        migrate.sync(registry.engine)
-        return
-    raise ConfigError(
-        f"the database schema is at revision {current or 'none'}, this abbild needs {head}: "
-        f"run 'abbild db sync' (with the same config file) first"
-    )
