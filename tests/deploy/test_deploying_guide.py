@@ -184,7 +184,9 @@ def _memcached_items() -> int:
         conn.sendall(b"stats\r\n")
         stats = b""
         while not stats.endswith(b"END\r\n"):
-            stats += conn.recv(65536)
+            chunk = conn.recv(65536)
+            assert chunk, f"memcached closed the connection after {stats!r}"
+            stats += chunk
     return int(re.search(rb"STAT total_items (\d+)", stats).group(1))
 
 
