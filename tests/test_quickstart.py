@@ -49,10 +49,11 @@ def free_port() -> int:
 
 
 def build_artefacts() -> set[str]:
-    """What git sees in the checkout, ignored or not, that a build leaves behind."""
-    status = run(["git", "status", "--porcelain", "--ignored"], cwd=ROOT).stdout
-    return {line[3:] for line in status.splitlines()
-            if re.search(r"(^|/)(build|dist|\.eggs)/|\.egg-info/?$|\.whl$", line[3:])}  # fmt: skip
+    """What a build leaves behind that ``git status`` shows in the checkout (that is, what
+    .gitignore lets through, to be committed by mistake)."""
+    status = run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT).stdout
+    return {line[3:] for line in status.splitlines() if line.startswith("?? ")
+            and re.search(r"(^|/)(build|dist|\.eggs|__editable__[^/]*)/|\.(egg|dist)-info/|\.whl$", line[3:])}  # fmt: skip
 
 
 def group_members(pgid: int) -> list[str]:
@@ -123,7 +124,7 @@ def use_it(url: str, data_dir: pathlib.Path) -> None:
 def test_make_serve_in_a_fresh_clone_and_venv(tmp_path):
     artefacts_before = build_artefacts()
     clone = copy_checkout(tmp_path / "abbild")
-    venv = tmp_path / "venv"
+    venv = clone / ".venv"  # as the README says
     run([sys.executable, "-m", "venv", venv])
     command = readme_first_command()
     assert command == ["make", "serve"]
