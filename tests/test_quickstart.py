@@ -15,6 +15,7 @@ import hashlib
 import io
 import os
 import pathlib
+import random
 import re
 import signal
 import socket
@@ -43,9 +44,18 @@ def readme_first_command() -> list[str]:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below the ephemeral range. The server binds it only once make
+    serve has installed everything, half a minute or more later, and meanwhile the other
+    tests' connections take their local ports from the ephemeral range."""
+    ephemeral = int(pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    while True:
+        port = random.randrange(ephemeral // 2, ephemeral)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
 
 
 def build_artefacts() -> set[str]:
