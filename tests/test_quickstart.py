@@ -136,6 +136,7 @@ def test_make_serve_in_a_fresh_clone_and_venv(tmp_path):
     clone = copy_checkout(tmp_path / "abbild")
     venv = clone / ".venv"  # as the README says
     run([sys.executable, "-m", "venv", venv])
+    assert "include-system-site-packages = false" in (venv / "pyvenv.cfg").read_text()
     command = readme_first_command()
     assert command == ["make", "serve"]
     port, data_dir = free_port(), tmp_path / "data"
