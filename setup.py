@@ -2,8 +2,11 @@ from setuptools import find_packages, setup
 
 # The only place that knows how folders map to import names (DESIGN.md section 1).
 setup(
-    packages=find_packages("core") + find_packages("api") + find_packages("paste")
-    + find_packages("registry") + find_packages("cmd"),
+    packages=find_packages("core")
+    + find_packages("api")
+    + find_packages("paste")
+    + find_packages("registry")
+    + find_packages("cmd"),
     package_dir={
         "abbild": "core/abbild",
         "abbild_api": "api/abbild_api",

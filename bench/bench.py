@@ -183,8 +183,9 @@ class Api:
         """Send one request, read the whole (small) response; returns (status, bytes)."""
         for attempt in (0, 1):
             try:
-                self.conn.request(method, self.prefix + path, body=body, headers=self.headers(headers),
-                                  encode_chunked=encode_chunked)
+                self.conn.request(
+                    method, self.prefix + path, body=body, headers=self.headers(headers), encode_chunked=encode_chunked
+                )
                 resp = self.conn.getresponse()
                 data = resp.read()
                 break
@@ -271,7 +272,7 @@ def limit_copy(path: str, tmpdir: str) -> dict:
         for block in file_blocks(path):
             view = memoryview(block)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             n += len(block)
         os.fsync(fd)
         dt = time.perf_counter() - t0
@@ -317,10 +318,12 @@ def machine_limits(path: str, tmpdir: str, repeat: int = 2) -> dict:
     for _ in file_blocks(path):  # warm the page cache so every test reads the same way
         pass
     out = {}
-    for key, label, fn in (("hash_serial", "serial md5+sha512", lambda: limit_hash_serial(path)),
-                           ("hash_concurrent", "concurrent md5 || sha512", lambda: limit_hash_concurrent(path)),
-                           ("copy", "file copy + fsync", lambda: limit_copy(path, tmpdir)),
-                           ("sendfile", "bare sendfile to loopback", lambda: limit_sendfile(path))):
+    for key, label, fn in (
+        ("hash_serial", "serial md5+sha512", lambda: limit_hash_serial(path)),
+        ("hash_concurrent", "concurrent md5 || sha512", lambda: limit_hash_concurrent(path)),
+        ("copy", "file copy + fsync", lambda: limit_copy(path, tmpdir)),
+        ("sendfile", "bare sendfile to loopback", lambda: limit_sendfile(path)),
+    ):
         runs = []
         for i in range(max(1, repeat)):
             log(f"limits: {label} ({i + 1}/{repeat})")
@@ -382,9 +385,13 @@ class Measure:
         return False
 
     def result(self, nbytes: int) -> dict:
-        r = {"seconds": self.seconds, "bytes": nbytes, "mib_s": mib_s(nbytes, self.seconds),
-             "client_cpu_s_per_gib": self.client_cpu * GiB / nbytes if nbytes else None,
-             "other_cores": self.other_cores}
+        r = {
+            "seconds": self.seconds,
+            "bytes": nbytes,
+            "mib_s": mib_s(nbytes, self.seconds),
+            "client_cpu_s_per_gib": self.client_cpu * GiB / nbytes if nbytes else None,
+            "other_cores": self.other_cores,
+        }
         if self.server_cpu is not None:
             r["server_cpu_s"] = self.server_cpu
             r["server_cpu_s_per_gib"] = self.server_cpu * GiB / nbytes if nbytes else None
@@ -396,8 +403,14 @@ def upload(api: Api, image_id: str, path: str, size: int, chunked: bool, meter: 
     with Measure(meter) as m:
         if chunked:
             headers["Transfer-Encoding"] = "chunked"
-            api.request("PUT", f"/v2/images/{image_id}/file", body=file_blocks(path), headers=headers,
-                        encode_chunked=True, expect=204)
+            api.request(
+                "PUT",
+                f"/v2/images/{image_id}/file",
+                body=file_blocks(path),
+                headers=headers,
+                encode_chunked=True,
+                expect=204,
+            )
         else:
             headers["Content-Length"] = str(size)
             with open(path, "rb", buffering=0) as f:  # http.client sends it blocksize (1 MiB) at a time
@@ -472,7 +485,9 @@ def bench_creates(api_factory, count: int, threads: int) -> dict:
         w.join()
     wall = time.perf_counter() - t0
     return {
-        "ids": ids, "errors": errors, "seconds": wall,
+        "ids": ids,
+        "errors": errors,
+        "seconds": wall,
         "per_s": len(ids) / wall if wall > 0 else 0.0,
         "median_ms": statistics.median(latencies) * 1000 if latencies else None,
         "p95_ms": percentile(latencies, 95) * 1000 if latencies else None,
@@ -503,12 +518,17 @@ def bench_paging(api: Api, limit: int, max_pages: int = 100000) -> dict:
             u = urllib.parse.urlsplit(nxt)
             path = u.path + (f"?{u.query}" if u.query else "")
             if api.prefix and path.startswith(api.prefix):
-                path = path[len(api.prefix):]
+                path = path[len(api.prefix) :]
         else:
             path = None
     total = time.perf_counter() - t0
-    return {"pages": len(lat), "images": seen, "seconds": total,
-            "median_ms": statistics.median(lat) * 1000, "p95_ms": percentile(lat, 95) * 1000}
+    return {
+        "pages": len(lat),
+        "images": seen,
+        "seconds": total,
+        "median_ms": statistics.median(lat) * 1000,
+        "p95_ms": percentile(lat, 95) * 1000,
+    }
 
 
 # --------------------------------------------------------------------------- report
@@ -533,61 +553,121 @@ def report(res: dict) -> None:
     print_table(
         f"(a) machine limits, same {res['size_mib']} MiB, this run",
         ["what", "MiB/s (best)", "seconds", "all runs MiB/s"],
-        [[label, fmt(lim[k]["mib_s"]), fmt(lim[k]["seconds"], ".2f"), " ".join(map(str, lim[k]["runs"]))]
-         for k, label in (("hash_serial", "serial md5+sha512"), ("hash_concurrent", "concurrent md5 || sha512"),
-                          ("copy", "file copy (write + fsync)"), ("sendfile", "bare sendfile to loopback"))],
+        [
+            [label, fmt(lim[k]["mib_s"]), fmt(lim[k]["seconds"], ".2f"), " ".join(map(str, lim[k]["runs"]))]
+            for k, label in (
+                ("hash_serial", "serial md5+sha512"),
+                ("hash_concurrent", "concurrent md5 || sha512"),
+                ("copy", "file copy (write + fsync)"),
+                ("sendfile", "bare sendfile to loopback"),
+            )
+        ],
     )
-    print(f"  bare sendfile: {lim['sendfile']['cpu_s_per_gib']:.3f} s CPU per GiB (best run): the floor for"
-          " a server's download CPU on this machine")
+    print(
+        f"  bare sendfile: {lim['sendfile']['cpu_s_per_gib']:.3f} s CPU per GiB (best run): the floor for"
+        " a server's download CPU on this machine"
+    )
     if res.get("steal") is not None:
         print(f"  machine-wide during the whole run: steal {res['steal']:.1%}, iowait {res['iowait']:.1%}")
     if "transfers" in res:
         rows = []
-        for key, label in (("upload_cl", "upload, Content-Length"), ("upload_chunked", "upload, chunked"),
-                           ("download", "download, cold (to nowhere)"),
-                           ("download_warm", "download, warm (to nowhere)"),
-                           ("download_md5", "download + md5 (verify)")):
+        for key, label in (
+            ("upload_cl", "upload, Content-Length"),
+            ("upload_chunked", "upload, chunked"),
+            ("download", "download, cold (to nowhere)"),
+            ("download_warm", "download, warm (to nowhere)"),
+            ("download_md5", "download + md5 (verify)"),
+        ):
             r = res["transfers"].get(key)
             if r:
-                rows.append([label, fmt(r["mib_s"]), fmt(r["seconds"], ".2f"),
-                             fmt(r.get("server_cpu_s_per_gib"), ".3f"), fmt(r["client_cpu_s_per_gib"], ".3f"),
-                             fmt(r.get("other_cores"), ".2f")])
-        print_table(f"(b, c) transfers of a {res['size_mib']} MiB image",
-                    ["what", "MiB/s", "seconds", "server CPU s/GiB", "client CPU s/GiB", "other cores busy"], rows)
-        print("  other cores busy: CPU used meanwhile by everything but this client and the server (other\n"
-              "  processes, kernel writeback), averaged; well above 0.1 means the run was disturbed.")
+                rows.append(
+                    [
+                        label,
+                        fmt(r["mib_s"]),
+                        fmt(r["seconds"], ".2f"),
+                        fmt(r.get("server_cpu_s_per_gib"), ".3f"),
+                        fmt(r["client_cpu_s_per_gib"], ".3f"),
+                        fmt(r.get("other_cores"), ".2f"),
+                    ]
+                )
+        print_table(
+            f"(b, c) transfers of a {res['size_mib']} MiB image",
+            ["what", "MiB/s", "seconds", "server CPU s/GiB", "client CPU s/GiB", "other cores busy"],
+            rows,
+        )
+        print(
+            "  other cores busy: CPU used meanwhile by everything but this client and the server (other\n"
+            "  processes, kernel writeback), averaged; well above 0.1 means the run was disturbed."
+        )
         for line in res["transfers"].get("checks", []):
             print(f"  check: {line}")
     if "metadata" in res:
         md = res["metadata"]
         c = md["creates"]
-        rows = [[f"create x{len(c['ids'])} ({md['threads']} clients)", f"{c['per_s']:.1f}/s",
-                 fmt(c["median_ms"], ".2f"), fmt(c["p95_ms"], ".2f")]]
+        rows = [
+            [
+                f"create x{len(c['ids'])} ({md['threads']} clients)",
+                f"{c['per_s']:.1f}/s",
+                fmt(c["median_ms"], ".2f"),
+                fmt(c["p95_ms"], ".2f"),
+            ]
+        ]
         for key in ("list25", "list200"):
             r = md[key]
-            rows.append([f"GET /v2/images?limit={key[4:]} (x{r['n']})", "", fmt(r["median_ms"], ".2f"), fmt(r["p95_ms"], ".2f")])
+            rows.append(
+                [f"GET /v2/images?limit={key[4:]} (x{r['n']})", "", fmt(r["median_ms"], ".2f"), fmt(r["p95_ms"], ".2f")]
+            )
         p = md["paging"]
-        rows.append([f"page through all, limit={md['page_limit']} ({p['pages']} pages, {p['images']} images, {p['seconds']:.2f} s)",
-                     "", fmt(p["median_ms"], ".2f"), fmt(p["p95_ms"], ".2f")])
+        rows.append(
+            [
+                f"page through all, limit={md['page_limit']} ({p['pages']} pages, {p['images']} images, {p['seconds']:.2f} s)",
+                "",
+                fmt(p["median_ms"], ".2f"),
+                fmt(p["p95_ms"], ".2f"),
+            ]
+        )
         print_table("(d) metadata", ["what", "rate", "median ms", "p95 ms"], rows)
         if c["errors"]:
             print(f"  {len(c['errors'])} create errors, first: {c['errors'][0]}")
     if "transfers" in res:
         t, serial = res["transfers"], lim["hash_serial"]["mib_s"]
         rows = []
-        for key, label in (("upload_cl", "upload CL / serial hash"), ("upload_chunked", "upload chunked / serial hash")):
+        for key, label in (
+            ("upload_cl", "upload CL / serial hash"),
+            ("upload_chunked", "upload chunked / serial hash"),
+        ):
             if key in t:
                 ratio = t[key]["mib_s"] / serial
-                rows.append([label, f"{ratio:.2f}", f">= {TARGET_UPLOAD_RATIO}", "PASS" if ratio >= TARGET_UPLOAD_RATIO else "FAIL"])
-        for key, label in (("download", "server CPU s/GiB download, cold"),
-                           ("download_warm", "server CPU s/GiB download, warm")):
+                rows.append(
+                    [
+                        label,
+                        f"{ratio:.2f}",
+                        f">= {TARGET_UPLOAD_RATIO}",
+                        "PASS" if ratio >= TARGET_UPLOAD_RATIO else "FAIL",
+                    ]
+                )
+        for key, label in (
+            ("download", "server CPU s/GiB download, cold"),
+            ("download_warm", "server CPU s/GiB download, warm"),
+        ):
             d = t.get(key, {}).get("server_cpu_s_per_gib")
-            rows.append([label, fmt(d, ".3f"), f"<= {TARGET_CPU_DOWNLOAD}",
-                         "-" if d is None else ("PASS" if d <= TARGET_CPU_DOWNLOAD else "FAIL")])
+            rows.append(
+                [
+                    label,
+                    fmt(d, ".3f"),
+                    f"<= {TARGET_CPU_DOWNLOAD}",
+                    "-" if d is None else ("PASS" if d <= TARGET_CPU_DOWNLOAD else "FAIL"),
+                ]
+            )
         warm = t.get("download_warm", {}).get("server_cpu_s_per_gib")
         if warm is not None:
-            rows.append(["download warm CPU / bare sendfile CPU", f"{warm / lim['sendfile']['cpu_s_per_gib']:.2f}", "", ""])
-        for key, label in (("upload_cl", "server CPU s/GiB upload CL"), ("upload_chunked", "server CPU s/GiB upload chunked")):
+            rows.append(
+                ["download warm CPU / bare sendfile CPU", f"{warm / lim['sendfile']['cpu_s_per_gib']:.2f}", "", ""]
+            )
+        for key, label in (
+            ("upload_cl", "server CPU s/GiB upload CL"),
+            ("upload_chunked", "server CPU s/GiB upload chunked"),
+        ):
             u = t.get(key, {}).get("server_cpu_s_per_gib")
             if u is not None:
                 rows.append([label, f"{u:.3f}", "", ""])
@@ -598,17 +678,24 @@ def report(res: dict) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--url", default="http://127.0.0.1:9292", help="the server's base URL (default %(default)s)")
     ap.add_argument("--token", help="X-Auth-Token to send (not needed with noauth)")
     ap.add_argument("--size-mib", type=int, default=1024, help="image size for transfers (default %(default)s)")
-    ap.add_argument("--images", type=int, default=2000, help="images to create for the metadata part (default %(default)s)")
+    ap.add_argument(
+        "--images", type=int, default=2000, help="images to create for the metadata part (default %(default)s)"
+    )
     ap.add_argument("--threads", type=int, default=4, help="concurrent clients for creates (default %(default)s)")
-    ap.add_argument("--page-limit", type=int, default=200, help="page size when paging through all (default %(default)s)")
+    ap.add_argument(
+        "--page-limit", type=int, default=200, help="page size when paging through all (default %(default)s)"
+    )
     ap.add_argument("--server-pid", type=int, help="server pid: report its CPU time (incl. child processes)")
     ap.add_argument("--tmpdir", default=None, help="where the random file and the copy go (default: $TMPDIR)")
-    ap.add_argument("--repeat", type=int, default=2, help="runs of each machine limit; the best counts (default %(default)s)")
+    ap.add_argument(
+        "--repeat", type=int, default=2, help="runs of each machine limit; the best counts (default %(default)s)"
+    )
     ap.add_argument("--only-limits", action="store_true", help="measure the machine limits only (no server needed)")
     ap.add_argument("--skip-transfers", action="store_true", help="skip upload/download")
     ap.add_argument("--skip-metadata", action="store_true", help="skip creates/lists")
@@ -646,10 +733,14 @@ def main(argv=None) -> int:
                 t[key]["image_id"] = image_id
                 meta = api.json("GET", f"/v2/images/{image_id}")
                 ok = meta.get("checksum") == want_md5 and meta.get("size") == size
-                t["checks"].append(f"{key}: size {meta.get('size')} checksum {meta.get('checksum')} "
-                                   f"{'==' if meta.get('checksum') == want_md5 else '!='} local md5 -> {'OK' if ok else 'MISMATCH'}")
+                t["checks"].append(
+                    f"{key}: size {meta.get('size')} checksum {meta.get('checksum')} "
+                    f"{'==' if meta.get('checksum') == want_md5 else '!='} local md5 -> {'OK' if ok else 'MISMATCH'}"
+                )
                 if meta.get("os_hash_algo") == "sha512":
-                    t["checks"].append(f"{key}: os_hash_value {'==' if meta.get('os_hash_value') == want_sha else '!='} local sha512")
+                    t["checks"].append(
+                        f"{key}: os_hash_value {'==' if meta.get('os_hash_value') == want_sha else '!='} local sha512"
+                    )
             image_id = t["upload_cl"]["image_id"]
             # The first read comes from the disk (the filesystem store writes with O_DIRECT,
             # past the page cache); the second from the page cache, which is what a
@@ -663,8 +754,10 @@ def main(argv=None) -> int:
                 t["download_md5"] = download(api, image_id, meter, with_md5=True)
                 checksum = api.json("GET", f"/v2/images/{image_id}").get("checksum")
                 got = t["download_md5"]["md5"]
-                t["checks"].append(f"download: md5 {got} {'==' if got == checksum else '!='} checksum {checksum} -> "
-                                   f"{'OK' if got == checksum else 'MISMATCH'}")
+                t["checks"].append(
+                    f"download: md5 {got} {'==' if got == checksum else '!='} checksum {checksum} -> "
+                    f"{'OK' if got == checksum else 'MISMATCH'}"
+                )
         if not args.skip_metadata:
             md = res["metadata"] = {"threads": args.threads, "page_limit": args.page_limit}
             log(f"creating {args.images} images with {args.threads} clients")

@@ -21,9 +21,7 @@ from abbild.testing.backends import backend_unavailable
 
 SQL_SERVER_URLS = {
     "mariadb": os.environ.get("ABBILD_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/mysql"),
-    "postgresql": os.environ.get(
-        "ABBILD_TEST_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-    ),
+    "postgresql": os.environ.get("ABBILD_TEST_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
 }
 SQL_BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
@@ -61,9 +59,7 @@ def _sql_server_database(kind: str):
         yield url.render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
-            conn.exec_driver_sql(
-                f"DROP DATABASE IF EXISTS {name}" + (" WITH (FORCE)" if kind == "postgresql" else "")
-            )
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}" + (" WITH (FORCE)" if kind == "postgresql" else ""))
         admin.dispose()
 
 

@@ -82,8 +82,15 @@ INLINE_COMMENT = re.compile(r"^\s*[^#;\s\[][^=]*=.*\s#")
 FENCE = re.compile(r"^\s*(`{3,})\s*([\w-]*)")
 HEREDOC = re.compile(r"(?:cat|tee)\b[^<]*?(?:>\s*)?(\S+\.(?:conf|ini|service))\b.*<<-?\s*['\"]?(\w+)")
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-CONFIG_FILES = sorted([*ETC.glob("*.sample"), *ETC.glob("*.ini"), *ETC.glob("*.conf"), *ETC.glob("systemd/*"),
-                       *ROOT.glob("*/abbild_*/*.ini")])  # fmt: skip
+CONFIG_FILES = sorted(
+    [
+        *ETC.glob("*.sample"),
+        *ETC.glob("*.ini"),
+        *ETC.glob("*.conf"),
+        *ETC.glob("systemd/*"),
+        *ROOT.glob("*/abbild_*/*.ini"),
+    ]
+)
 
 
 def fenced_blocks(path: Path):
@@ -115,7 +122,8 @@ def config_texts():
                 for index, line in enumerate(lines):
                     heredoc = HEREDOC.search(line)
                     if heredoc:
-                        body = list(itertools.takewhile(lambda x: x.strip() != heredoc.group(2), lines[index + 1:]))
+                        end = heredoc.group(2)
+                        body = list(itertools.takewhile(lambda x, end=end: x.strip() != end, lines[index + 1 :]))
                         yield f"{where}, {heredoc.group(1)}", first + index + 1, body
 
 
@@ -126,9 +134,10 @@ def test_the_scan_finds_config_texts():
 
 
 def test_no_comment_follows_a_value():
-    found = [f"{where}, line {first + index}: {line.strip()}"
-             for where, first, lines in config_texts()
-             for index, line in enumerate(lines) if INLINE_COMMENT.match(line)]  # fmt: skip
-    assert not found, "comments after a value become part of it; move them to a line of their own:\n" + "\n".join(
-        found
-    )
+    found = [
+        f"{where}, line {first + index}: {line.strip()}"
+        for where, first, lines in config_texts()
+        for index, line in enumerate(lines)
+        if INLINE_COMMENT.match(line)
+    ]
+    assert not found, "comments after a value become part of it; move them to a line of their own:\n" + "\n".join(found)

@@ -2,10 +2,10 @@
 
 import ast
 import configparser
-import subprocess
-import sys
 import pathlib
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -96,3 +96,10 @@ def test_packages_import_only_their_layer_and_below(package):
         for path in (ROOT / package).rglob("*.py")
     }
     assert {path: names for path, names in wrong.items() if names} == {}
+
+
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]])
+def test_the_tree_passes_ruff(command):
+    """One formatter and linter, configured in pyproject.toml."""
+    result = subprocess.run([sys.executable, "-m", "ruff", *command, str(ROOT)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -79,8 +79,14 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def run(args, **kwargs) -> subprocess.CompletedProcess:
     """Run *args*; on failure, fail the test with what it printed."""
-    proc = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=900,
-                          env=kwargs.pop("env", clean_env()), **kwargs)  # fmt: skip
+    proc = subprocess.run(
+        [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=kwargs.pop("env", clean_env()),
+        **kwargs,
+    )
     if proc.returncode != 0:
         pytest.fail(f"{' '.join(map(str, args))} exited with {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -136,8 +142,20 @@ def wheelhouse(tmp_path_factory) -> pathlib.Path:
         builder = work / "builder"
         run([sys.executable, "-m", "venv", "--without-pip", builder])
         run([*PIP, "--python", builder / "bin/python", "install", "-q", *build_requires(projects)])
-        run([*PIP, "--python", builder / "bin/python", "wheel", "-q", "--no-build-isolation", "--no-deps",
-             "-w", work / "own", *projects])  # fmt: skip
+        run(
+            [
+                *PIP,
+                "--python",
+                builder / "bin/python",
+                "wheel",
+                "-q",
+                "--no-build-isolation",
+                "--no-deps",
+                "-w",
+                work / "own",
+                *projects,
+            ]
+        )
         # The wheels, and those of what they require, resolved from the index, together.
         run([*PIP, "wheel", "-q", "-w", house, *(work / "own").glob("*.whl")])
         (work / "done").touch()
@@ -229,10 +247,23 @@ def probe(dist: str, optional: list, needs_more: list, result: str) -> None:
 def test_a_distribution_works_with_what_it_declares(dist, wheelhouse, tmp_path):
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", "--without-pip", venv])  # the main pip installs into it
-    run([*PIP, "--python", venv / "bin/python", "install", "-q", "--no-compile", "--no-index",
-         "--find-links", wheelhouse, dist])  # fmt: skip
-    site = pathlib.Path(run([venv / "bin/python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"])
-                        .stdout.strip())  # fmt: skip
+    run(
+        [
+            *PIP,
+            "--python",
+            venv / "bin/python",
+            "install",
+            "-q",
+            "--no-compile",
+            "--no-index",
+            "--find-links",
+            wheelhouse,
+            dist,
+        ]
+    )
+    site = pathlib.Path(
+        run([venv / "bin/python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]).stdout.strip()
+    )
     for module in SYSTEM_MODULES.get(dist, ()):
         spec = importlib.util.find_spec(module)
         if spec is None:

@@ -62,8 +62,12 @@ def build_artefacts() -> set[str]:
     """What a build leaves behind that ``git status`` shows in the checkout (that is, what
     .gitignore lets through, to be committed by mistake)."""
     status = run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT).stdout
-    return {line[3:] for line in status.splitlines() if line.startswith("?? ")
-            and re.search(r"(^|/)(build|dist|\.eggs|__editable__[^/]*)/|\.(egg|dist)-info/|\.whl$", line[3:])}  # fmt: skip
+    return {
+        line[3:]
+        for line in status.splitlines()
+        if line.startswith("?? ")
+        and re.search(r"(^|/)(build|dist|\.eggs|__editable__[^/]*)/|\.(egg|dist)-info/|\.whl$", line[3:])
+    }
 
 
 def group_members(pgid: int) -> list[str]:
@@ -147,9 +151,13 @@ def test_make_serve_in_a_fresh_clone_and_venv(tmp_path):
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [*command, f"PYTHON={venv / 'bin/python'}", f"ARGS=--port {port} --data-dir {data_dir}"],
-            cwd=clone, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            cwd=clone,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
     try:
         # It installs first: resolving and downloading abbild's requirements takes most of it.
         wait_healthy(proc, url, log, timeout=480)

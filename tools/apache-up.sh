@@ -73,9 +73,8 @@ flavor = noauth
 description = Images in $DIR/data/images
 datadir = $DIR/data/images
 EOF
-# The shipped pipelines, with the healthcheck's disable file moved into the scratch dir.
-sed "s|/etc/abbild/healthcheck_disable|$DIR/etc/healthcheck_disable|" \
-    "$("$PYTHON" -I -c 'import abbild_paste.pipeline as p; print(p.SHIPPED_INI)')" >"$DIR/etc/abbild-api-paste.ini"
+# The shipped pipelines; the healthcheck's drain file follows ABBILD_CONFIG_DIR (below).
+cp "$("$PYTHON" -I -c 'import abbild_paste.pipeline as p; print(p.SHIPPED_INI)')" "$DIR/etc/abbild-api-paste.ini"
 cat >"$DIR/envvars" <<EOF
 export ABBILD_CONFIG_DIR=$DIR/etc
 export XDG_CACHE_HOME=$DIR/data/cache

@@ -29,8 +29,10 @@ ROUTES = [
     ("/v2/images/{image_id}/locations", {"GET": images.list_locations, "POST": images.add_location}),
     ("/v2/images/{image_id}/tags/{tag}", {"PUT": images.add_tag, "DELETE": images.delete_tag}),
     ("/v2/images/{image_id}/members", {"GET": members.index, "POST": members.create}),
-    ("/v2/images/{image_id}/members/{member_id}",
-     {"GET": members.show, "PUT": members.update, "DELETE": members.delete}),  # fmt: skip
+    (
+        "/v2/images/{image_id}/members/{member_id}",
+        {"GET": members.show, "PUT": members.update, "DELETE": members.delete},
+    ),
     ("/v2/images/{image_id}/actions/deactivate", {"POST": images.deactivate}),
     ("/v2/images/{image_id}/actions/reactivate", {"POST": images.reactivate}),
     ("/v2/schemas/{name}", {"GET": lambda app, req, name: _schema(app, req, name)}),

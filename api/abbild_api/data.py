@@ -108,8 +108,13 @@ class _FileWindow:
 def download(app, req, image_id):
     prefer = [p.strip() for p in req.GET.get("prefer", "").split(",") if p.strip()]
     wrapper = req.environ.get("wsgi.file_wrapper")
-    dl = app.service.download(image_id, app.context(req).viewer, lambda size: _requested_range(req, size),
-                              zero_copy=wrapper is not None, prefer=prefer)  # fmt: skip
+    dl = app.service.download(
+        image_id,
+        app.context(req).viewer,
+        lambda size: _requested_range(req, size),
+        zero_copy=wrapper is not None,
+        prefer=prefer,
+    )
     if dl is None:
         return no_content()
     if dl.file is not None:

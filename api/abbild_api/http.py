@@ -37,7 +37,8 @@ def read_json(req: webob.Request, *, kind=(dict,)):
         raise exc.HTTPBadRequest(explanation="Body expected in request.")
     limit = req.environ[BODY_LIMIT]
     too_large = exc.HTTPRequestEntityTooLarge(
-        explanation=f"Request body is larger than {limit} bytes (max_json_body_size).")
+        explanation=f"Request body is larger than {limit} bytes (max_json_body_size)."
+    )
     if req.content_length is not None and req.content_length > limit:
         raise too_large
     body = _read_at_most(req.body_file, limit + 1)
@@ -51,8 +52,9 @@ def read_json(req: webob.Request, *, kind=(dict,)):
         raise _too_deep() from None
     _check_strings_and_depth(value)
     if not isinstance(value, kind):
-        raise exc.HTTPBadRequest(explanation="Request body must be a JSON " + " or ".join(
-            {dict: "object", list: "array"}[k] for k in kind))
+        raise exc.HTTPBadRequest(
+            explanation="Request body must be a JSON " + " or ".join({dict: "object", list: "array"}[k] for k in kind)
+        )
     return value
 
 
@@ -87,20 +89,24 @@ def _check_strings_and_depth(value) -> None:
 
 def _too_deep() -> exc.HTTPBadRequest:
     return exc.HTTPBadRequest(
-        explanation=f"Request body is nested too deeply: at most {MAX_JSON_DEPTH} levels of arrays and objects.")
+        explanation=f"Request body is nested too deeply: at most {MAX_JSON_DEPTH} levels of arrays and objects."
+    )
 
 
 def check_text(text: str, where: str) -> None:
     """:raises webob.exc.HTTPBadRequest: *text* holds what no database keeps: a NUL
     or a lone surrogate (a \\ud800 escape without its pair)."""
     if "\0" in text:
-        raise exc.HTTPBadRequest(explanation=f"{where} contains a NUL character (\\u0000) in {_quoted(text)}; "
-                                 "strings may not contain NULs.")
+        raise exc.HTTPBadRequest(
+            explanation=f"{where} contains a NUL character (\\u0000) in {_quoted(text)}; strings may not contain NULs."
+        )
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise exc.HTTPBadRequest(explanation=f"{where} contains a lone surrogate in {_quoted(text)}: "
-                                 "a \\ud800-\\udfff escape must be half of a pair.") from None
+        raise exc.HTTPBadRequest(
+            explanation=f"{where} contains a lone surrogate in {_quoted(text)}: "
+            "a \\ud800-\\udfff escape must be half of a pair."
+        ) from None
 
 
 def _quoted(text: str) -> str:

@@ -17,11 +17,36 @@ from abbild_api import schemas
 from abbild_api.http import json_response, no_content, read_json, reject_body
 
 # Settable base attributes; everything else a client writes is an extra property.
-WRITABLE = ("name", "visibility", "protected", "os_hidden", "owner", "container_format", "disk_format",
-            "min_ram", "min_disk", "tags")  # fmt: skip
-_BASE = ("id", "name", "status", "visibility", "protected", "os_hidden", "owner", "disk_format",
-         "container_format", "size", "virtual_size", "checksum", "os_hash_algo", "os_hash_value",
-         "min_disk", "min_ram")  # fmt: skip
+WRITABLE = (
+    "name",
+    "visibility",
+    "protected",
+    "os_hidden",
+    "owner",
+    "container_format",
+    "disk_format",
+    "min_ram",
+    "min_disk",
+    "tags",
+)
+_BASE = (
+    "id",
+    "name",
+    "status",
+    "visibility",
+    "protected",
+    "os_hidden",
+    "owner",
+    "disk_format",
+    "container_format",
+    "size",
+    "virtual_size",
+    "checksum",
+    "os_hash_algo",
+    "os_hash_value",
+    "min_disk",
+    "min_ram",
+)
 PATCH_TYPES = ("application/openstack-images-v2.1-json-patch", "application/openstack-images-v2.0-json-patch")
 _VALIDATOR = jsonschema.Draft4Validator(schemas.image_validation_schema())
 
@@ -61,13 +86,16 @@ def _validate(values: dict, conf) -> None:
     error = jsonschema.exceptions.best_match(_VALIDATOR.iter_errors(values))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path)
-        raise Invalid(f"Provided object does not match schema 'image': {error.message}" + (
-            f" (at '{where}')" if where else ""))
+        raise Invalid(
+            f"Provided object does not match schema 'image': {error.message}" + (f" (at '{where}')" if where else "")
+        )
     longest = conf.max_property_value_length
     for name, value in values.items():
         if name not in schemas.IMAGE_PROPERTIES and isinstance(value, str) and len(value) > longest:
-            raise Invalid(f"Property '{name}' is {len(value)} characters long; a property value may have at most "
-                          f"{longest} characters (max_property_value_length).")
+            raise Invalid(
+                f"Property '{name}' is {len(value)} characters long; a property value may have at most "
+                f"{longest} characters (max_property_value_length)."
+            )
 
 
 def _check_settable(name: str) -> None:
@@ -164,7 +192,9 @@ def _int(name: str, value: str, minimum: int = 0, maximum: int | None = schemas.
 def _time(name: str, value: str) -> tuple[str, str, datetime.datetime]:
     op, sep, when = value.partition(":")
     if not sep or op not in TIME_OPERATORS:
-        raise Invalid(f"Invalid operator '{op}' for {name}: use one of {', '.join(TIME_OPERATORS)}, e.g. gte:2024-01-01T00:00:00Z")
+        raise Invalid(
+            f"Invalid operator '{op}' for {name}: use one of {', '.join(TIME_OPERATORS)}, e.g. gte:2024-01-01T00:00:00Z"
+        )
     try:
         parsed = datetime.datetime.fromisoformat(when.replace("Z", "+00:00"))
     except ValueError:
@@ -282,11 +312,11 @@ def show(app, req, image_id):
 
 def _pointer(path) -> str:
     if not isinstance(path, str) or not path.startswith("/"):
-        raise Invalid(f"Pointer `{path}` does not start with \"/\".")
+        raise Invalid(f'Pointer `{path}` does not start with "/".')
     if path.endswith("/") or "//" in path:
-        raise Invalid(f"Pointer `{path}` contains adjacent \"/\".")
+        raise Invalid(f'Pointer `{path}` contains adjacent "/".')
     if re.search(r"~(?![01])", path):
-        raise Invalid(f"Pointer `{path}` contains \"~\" not part of a recognized escape sequence.")
+        raise Invalid(f'Pointer `{path}` contains "~" not part of a recognized escape sequence.')
     parts = path[1:].split("/")
     if len(parts) > 1:
         raise Invalid(f"Nested paths are not allowed: `{path}`.")
@@ -362,8 +392,10 @@ def _location_value(value) -> tuple[str, dict, dict | None]:
 def _change_location(app, ctx, image_id, op, path, value) -> Image:
     """One json-patch change of ``/locations`` (the legacy location API); the image after it."""
     if not app.conf.show_multiple_locations:
-        raise Forbidden("Locations are not shown here (show_multiple_locations is off), so they cannot be changed "
-                        f"through PATCH; register one with POST /v2/images/{image_id}/locations instead.")
+        raise Forbidden(
+            "Locations are not shown here (show_multiple_locations is off), so they cannot be changed "
+            f"through PATCH; register one with POST /v2/images/{image_id}/locations instead."
+        )
     if op == "add":
         if not re.fullmatch(r"/locations/(-|\d+)", path):
             raise Invalid(f"Add a location at /locations/- (or /locations/<index>), not {path}.")
@@ -410,8 +442,11 @@ def update(app, req, image_id):
                 raise Conflict(f"Property {name} does not exist.")
             if op == "add" and legacy and name in values:  # base attributes always exist
                 raise Conflict(f"Property {name} already present.")
-            if name in ("disk_format", "container_format") and image.status is not Status.QUEUED \
-                    and value != values.get(name):
+            if (
+                name in ("disk_format", "container_format")
+                and image.status is not Status.QUEUED
+                and value != values.get(name)
+            ):
                 raise Forbidden(f"Attribute {name} can be only replaced for a queued image.")
             if name == "owner" and value != image.owner and not ctx.is_admin:
                 raise Forbidden("Only administrators may change the owner of an image.")

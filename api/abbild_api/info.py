@@ -8,9 +8,7 @@ from abbild_api.http import json_response, reject_body
 
 
 def import_methods(app, req):
-    return json_response(
-        {"import-methods": {"description": "Import methods available.", "type": "array", "value": []}}
-    )
+    return json_response({"import-methods": {"description": "Import methods available.", "type": "array", "value": []}})
 
 
 def _store(app, store, detail: bool) -> dict:

@@ -22,28 +22,58 @@ IMAGE_PROPERTIES = {
     "visibility": {"type": "string", "description": "Scope of image accessibility", "enum": list(VISIBILITIES)},
     "protected": {"type": "boolean", "description": "If true, image will not be deletable."},
     "os_hidden": {"type": "boolean", "description": "If true, image will not appear in default image list response."},
-    "checksum": {"type": ["null", "string"], "readOnly": True, "maxLength": 32,
-                 "description": "md5 hash of image contents."},  # fmt: skip
-    "os_hash_algo": {"type": ["null", "string"], "readOnly": True, "maxLength": 64,
-                     "description": "Algorithm to calculate the os_hash_value"},  # fmt: skip
-    "os_hash_value": {"type": ["null", "string"], "readOnly": True, "maxLength": 128,
-                      "description": "Hexdigest of the image contents using the algorithm specified by the os_hash_algo"},  # fmt: skip
+    "checksum": {
+        "type": ["null", "string"],
+        "readOnly": True,
+        "maxLength": 32,
+        "description": "md5 hash of image contents.",
+    },
+    "os_hash_algo": {
+        "type": ["null", "string"],
+        "readOnly": True,
+        "maxLength": 64,
+        "description": "Algorithm to calculate the os_hash_value",
+    },
+    "os_hash_value": {
+        "type": ["null", "string"],
+        "readOnly": True,
+        "maxLength": 128,
+        "description": "Hexdigest of the image contents using the algorithm specified by the os_hash_algo",
+    },
     "owner": {"type": ["null", "string"], "description": "Owner of the image", "maxLength": 255},
     "size": {"type": ["null", "integer"], "readOnly": True, "description": "Size of image file in bytes"},
     "virtual_size": {"type": ["null", "integer"], "readOnly": True, "description": "Virtual size of image in bytes"},
-    "container_format": {"type": ["null", "string"], "description": "Format of the container",
-                         "enum": [None, *CONTAINER_FORMATS]},  # fmt: skip
+    "container_format": {
+        "type": ["null", "string"],
+        "description": "Format of the container",
+        "enum": [None, *CONTAINER_FORMATS],
+    },
     "disk_format": {"type": ["null", "string"], "description": "Format of the disk", "enum": [None, *DISK_FORMATS]},
     "created_at": dict(_DATE, description="Date and time of image registration"),
     "updated_at": dict(_DATE, description="Date and time of the last image modification"),
-    "tags": {"type": "array", "description": "List of strings related to the image",
-             "items": {"type": "string", "maxLength": 255}},  # fmt: skip
-    "direct_url": {"type": "string", "readOnly": True, "description": "URL to access the image file kept in external store"},
+    "tags": {
+        "type": "array",
+        "description": "List of strings related to the image",
+        "items": {"type": "string", "maxLength": 255},
+    },
+    "direct_url": {
+        "type": "string",
+        "readOnly": True,
+        "description": "URL to access the image file kept in external store",
+    },
     "min_ram": {"type": "integer", "description": "Amount of ram (in MB) required to boot image.", "minimum": 0},
-    "min_disk": {"type": "integer", "description": "Amount of disk space (in GB) required to boot image.", "minimum": 0},
+    "min_disk": {
+        "type": "integer",
+        "description": "Amount of disk space (in GB) required to boot image.",
+        "minimum": 0,
+    },
     "self": {"type": "string", "readOnly": True, "description": "An image self url"},
     "file": {"type": "string", "readOnly": True, "description": "An image file url"},
-    "stores": {"type": "string", "readOnly": True, "description": "Store in which image data resides.  Only present when the operator has enabled multiple stores.  May be a comma-separated list of store identifiers."},
+    "stores": {
+        "type": "string",
+        "readOnly": True,
+        "description": "Store in which image data resides.  Only present when the operator has enabled multiple stores.  May be a comma-separated list of store identifiers.",
+    },
     "schema": {"type": "string", "readOnly": True, "description": "An image schema url"},
     "locations": {
         "type": "array",
@@ -57,17 +87,43 @@ IMAGE_PROPERTIES = {
 }
 # Well-known extra properties Glance ships in schema-image.json; clients show them.
 EXTRA_PROPERTIES = {
-    "kernel_id": {"type": ["null", "string"], "pattern": UUID_PATTERN,
-                  "description": "ID of image stored in Glance that should be used as the kernel when booting an AMI-style image.",
-                  "is_base": False},  # fmt: skip
-    "ramdisk_id": {"type": ["null", "string"], "pattern": UUID_PATTERN,
-                   "description": "ID of image stored in Glance that should be used as the ramdisk when booting an AMI-style image.",
-                   "is_base": False},  # fmt: skip
-    "instance_uuid": {"type": "string", "description": "Metadata which can be used to record which instance this image is associated with. (Informational only, does not create an instance snapshot.)", "is_base": False},
-    "architecture": {"type": "string", "description": "Operating system architecture as specified in https://docs.openstack.org/python-glanceclient/latest/cli/property-keys.html", "is_base": False},
-    "os_distro": {"type": "string", "description": "Common name of operating system distribution as specified in https://docs.openstack.org/python-glanceclient/latest/cli/property-keys.html", "is_base": False},
-    "os_version": {"type": "string", "description": "Operating system version as specified by the distributor.", "is_base": False},
-    "description": {"type": "string", "description": "A human-readable string describing this image.", "is_base": False},
+    "kernel_id": {
+        "type": ["null", "string"],
+        "pattern": UUID_PATTERN,
+        "description": "ID of image stored in Glance that should be used as the kernel when booting an AMI-style image.",
+        "is_base": False,
+    },
+    "ramdisk_id": {
+        "type": ["null", "string"],
+        "pattern": UUID_PATTERN,
+        "description": "ID of image stored in Glance that should be used as the ramdisk when booting an AMI-style image.",
+        "is_base": False,
+    },
+    "instance_uuid": {
+        "type": "string",
+        "description": "Metadata which can be used to record which instance this image is associated with. (Informational only, does not create an instance snapshot.)",
+        "is_base": False,
+    },
+    "architecture": {
+        "type": "string",
+        "description": "Operating system architecture as specified in https://docs.openstack.org/python-glanceclient/latest/cli/property-keys.html",
+        "is_base": False,
+    },
+    "os_distro": {
+        "type": "string",
+        "description": "Common name of operating system distribution as specified in https://docs.openstack.org/python-glanceclient/latest/cli/property-keys.html",
+        "is_base": False,
+    },
+    "os_version": {
+        "type": "string",
+        "description": "Operating system version as specified by the distributor.",
+        "is_base": False,
+    },
+    "description": {
+        "type": "string",
+        "description": "A human-readable string describing this image.",
+        "is_base": False,
+    },
 }
 READ_ONLY = frozenset(name for name, spec in IMAGE_PROPERTIES.items() if spec.get("readOnly")) | {"id"}
 RESERVED = frozenset({"location", "deleted", "deleted_at"})

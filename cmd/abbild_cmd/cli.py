@@ -38,12 +38,14 @@ def _service_config_files(args) -> list[str]:
 
 
 def cmd_serve(args) -> int:
-    from abbild_cmd.server import EmbeddedServer
     from abbild.service import ImageService
+    from abbild_cmd.server import EmbeddedServer
 
     if args.config_file and args.data_dir:
-        raise ConfigError("--data-dir applies to the embedded default only; with --config-file, "
-                          "set [database] connection and the stores' datadir in that file")
+        raise ConfigError(
+            "--data-dir applies to the embedded default only; with --config-file, "
+            "set [database] connection and the stores' datadir in that file"
+        )
     files = _config_files(args)
     conf = config.load(files)
     _setup_logging(conf, args, "abbild")
@@ -68,29 +70,46 @@ def cmd_serve(args) -> int:
     if flavor == "noauth":
         print("  auth:     OFF (noauth: every caller is an administrator; keep this on 127.0.0.1)", file=sys.stderr)
     elif flavor == "trusted-headers":
-        print("  auth:     trusted headers (X-Identity-Status, X-Project-Id, X-Roles from the gateway in front;"
-              " only that gateway may reach this port)", file=sys.stderr)
+        print(
+            "  auth:     trusted headers (X-Identity-Status, X-Project-Id, X-Roles from the gateway in front;"
+            " only that gateway may reach this port)",
+            file=sys.stderr,
+        )
     elif flavor == "keystone":
         print("  auth:     Keystone tokens (keystonemiddleware, [keystone_authtoken] in the config)", file=sys.stderr)
-    EmbeddedServer(files, args.host, args.port, threads=args.threads, workers=args.workers,
-                   access_log=args.access_log, flavor=flavor, client_header_timeout=args.client_header_timeout,
-                   client_body_timeout=args.client_body_timeout, conf=conf).run()  # fmt: skip
+    EmbeddedServer(
+        files,
+        args.host,
+        args.port,
+        threads=args.threads,
+        workers=args.workers,
+        access_log=args.access_log,
+        flavor=flavor,
+        client_header_timeout=args.client_header_timeout,
+        client_body_timeout=args.client_body_timeout,
+        conf=conf,
+    ).run()
     return 0
 
 
 def cmd_registry(args) -> int:
     from abbild_cmd.registry_server import serve
 
-    serve(config.service_config_files("abbild-registry", args.config_file), args.host, args.port,
-          threads=args.threads, access_log=args.access_log)  # fmt: skip
+    serve(
+        config.service_config_files("abbild-registry", args.config_file),
+        args.host,
+        args.port,
+        threads=args.threads,
+        access_log=args.access_log,
+    )
     return 0
 
 
 def cmd_api(args) -> int:
     """The API service configured for production (``$ABBILD_CONFIG_DIR/abbild-api.conf``
     or --config-file) on the embedded multi-threaded server; SIGTERM stops it gracefully."""
-    from abbild_cmd.server import EmbeddedServer, server_opts
     from abbild.service import ImageService
+    from abbild_cmd.server import EmbeddedServer, server_opts
 
     files = config.service_config_files("abbild-api", args.config_file)
     conf = config.load(files)
@@ -102,13 +121,27 @@ def cmd_api(args) -> int:
     pipeline.check(conf, files, flavor)
     # As in cmd_serve: a broken config fails here, before any worker is forked.
     ImageService.from_config(conf).registry.close()
-    LOG.info("abbild-api %s listening on %s:%s with %d worker(s) x %d threads; config: %s",
-             __import__("abbild").__version__, conf.bind_host, conf.bind_port, conf.workers, conf.threads,
-             ", ".join(files))  # fmt: skip
-    EmbeddedServer(files, conf.bind_host, conf.bind_port, threads=conf.threads, workers=conf.workers,
-                   access_log=conf.access_log, graceful_shutdown_timeout=conf.graceful_shutdown_timeout,
-                   client_header_timeout=conf.client_header_timeout,
-                   client_body_timeout=conf.client_body_timeout, conf=conf).run()  # fmt: skip
+    LOG.info(
+        "abbild-api %s listening on %s:%s with %d worker(s) x %d threads; config: %s",
+        __import__("abbild").__version__,
+        conf.bind_host,
+        conf.bind_port,
+        conf.workers,
+        conf.threads,
+        ", ".join(files),
+    )
+    EmbeddedServer(
+        files,
+        conf.bind_host,
+        conf.bind_port,
+        threads=conf.threads,
+        workers=conf.workers,
+        access_log=conf.access_log,
+        graceful_shutdown_timeout=conf.graceful_shutdown_timeout,
+        client_header_timeout=conf.client_header_timeout,
+        client_body_timeout=conf.client_body_timeout,
+        conf=conf,
+    ).run()
     return 0
 
 
@@ -173,56 +206,84 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_config(sp, data_dir=None, default="$ABBILD_CONFIG_DIR/abbild-api.conf, /etc/abbild"):
-        sp.add_argument("--config-file", action="append", metavar="PATH",
-                        help=f"oslo.config file (repeatable; later files win); default: {default}")  # fmt: skip
+        sp.add_argument(
+            "--config-file",
+            action="append",
+            metavar="PATH",
+            help=f"oslo.config file (repeatable; later files win); default: {default}",
+        )
         if data_dir:
             sp.add_argument("--data-dir", metavar="DIR", help=data_dir)
         return sp
 
     embedded = "the embedded default of `abbild serve` in DIR instead of a config file"
 
-    s = with_config(sub.add_parser("serve", help="run the whole service (API on the embedded server)"),
-                    data_dir=f"embedded default only: where metadata and images live (default {_default_data_dir()})",
-                    default="the embedded default (SQLite and a local directory in --data-dir, no auth)")  # fmt: skip
+    s = with_config(
+        sub.add_parser("serve", help="run the whole service (API on the embedded server)"),
+        data_dir=f"embedded default only: where metadata and images live (default {_default_data_dir()})",
+        default="the embedded default (SQLite and a local directory in --data-dir, no auth)",
+    )
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=9292)
     s.add_argument("--threads", type=int, default=16, help="requests served concurrently per worker")
     s.add_argument("--workers", type=int, default=1, help="worker processes")
     s.add_argument("--access-log", action="store_true", help="log every request to stdout")
-    s.add_argument("--client-header-timeout", type=int, default=60, metavar="SECONDS",
-                   help="time a client has to send a request's headers, in all (default 60)")  # fmt: skip
-    s.add_argument("--client-body-timeout", type=int, default=300, metavar="SECONDS",
-                   help="time a request body may pause before the request is abandoned (default 300)")  # fmt: skip
-    s.add_argument("--auth", choices=["noauth", "trusted-headers", "keystone"],
-                   help="authentication flavour (default: [paste_deploy] flavor, noauth for the embedded default)")  # fmt: skip
+    s.add_argument(
+        "--client-header-timeout",
+        type=int,
+        default=60,
+        metavar="SECONDS",
+        help="time a client has to send a request's headers, in all (default 60)",
+    )
+    s.add_argument(
+        "--client-body-timeout",
+        type=int,
+        default=300,
+        metavar="SECONDS",
+        help="time a request body may pause before the request is abandoned (default 300)",
+    )
+    s.add_argument(
+        "--auth",
+        choices=["noauth", "trusted-headers", "keystone"],
+        help="authentication flavour (default: [paste_deploy] flavor, noauth for the embedded default)",
+    )
     s.set_defaults(func=cmd_serve)
 
-    r = with_config(sub.add_parser("registry", help="run abbild-registry, the private metadata service"),
-                    default="$ABBILD_CONFIG_DIR/abbild-registry.conf, /etc/abbild")  # fmt: skip
+    r = with_config(
+        sub.add_parser("registry", help="run abbild-registry, the private metadata service"),
+        default="$ABBILD_CONFIG_DIR/abbild-registry.conf, /etc/abbild",
+    )
     r.add_argument("--host", help="default: [registry_server] bind_host (127.0.0.1)")
     r.add_argument("--port", type=int, help="default: [registry_server] bind_port (9191)")
     r.add_argument("--threads", type=int, default=16, help="requests served concurrently")
     r.add_argument("--access-log", action="store_true", help="log every request to stdout")
     r.set_defaults(func=cmd_registry)
 
-    a = with_config(sub.add_parser("api", help="run the API service for production (default config: "
-                                                "$ABBILD_CONFIG_DIR/abbild-api.conf, /etc/abbild)"))  # fmt: skip
+    a = with_config(
+        sub.add_parser(
+            "api",
+            help="run the API service for production (default config: $ABBILD_CONFIG_DIR/abbild-api.conf, /etc/abbild)",
+        )
+    )
     a.set_defaults(func=cmd_api)
 
     d = with_config(sub.add_parser("db", help="database schema"), data_dir=embedded)
     d.add_argument("db_command", choices=["sync", "version"])
     d.set_defaults(func=cmd_db)
 
-    st = with_config(sub.add_parser("stores", help="installed drivers, configured stores and their health"),
-                     data_dir=embedded)  # fmt: skip
+    st = with_config(
+        sub.add_parser("stores", help="installed drivers, configured stores and their health"), data_dir=embedded
+    )
     st.set_defaults(func=cmd_stores)
     return p
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(process)d %(levelname)s %(name)s %(message)s")  # fmt: skip
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(process)d %(levelname)s %(name)s %(message)s",
+    )
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         return args.func(args)

@@ -8,12 +8,14 @@ from abbild import logging_setup
 from abbild_cmd.server import EmbeddedServer
 from abbild_registry.pipeline import load_registry_app
 
+
 class RegistryServer(EmbeddedServer):
     """One worker process: the replay memory of the signature check lives in it (its
     threads share it); a second process would accept a request the first has seen."""
 
-    def __init__(self, config_files: Sequence[str], host: str, port: int, threads: int = 16,
-                 access_log: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self, config_files: Sequence[str], host: str, port: int, threads: int = 16, access_log: bool = False
+    ) -> None:
         super().__init__(config_files, host, port, threads=threads, workers=1, access_log=access_log)
 
     def load_config(self) -> None:
@@ -24,8 +26,14 @@ class RegistryServer(EmbeddedServer):
         return logging_setup.per_request(load_registry_app(self.config_files))
 
 
-def serve(config_files: Sequence[str], host: str | None, port: int | None, threads: int = 16,
-          access_log: bool = False, out=None) -> None:  # fmt: skip
+def serve(
+    config_files: Sequence[str],
+    host: str | None,
+    port: int | None,
+    threads: int = 16,
+    access_log: bool = False,
+    out=None,
+) -> None:
     """Check everything, then serve until stopped.
 
     :raises abbild.errors.ConfigError: no authentication beyond loopback, no secret for
@@ -51,8 +59,11 @@ def serve(config_files: Sequence[str], host: str | None, port: int | None, threa
         registry.prepare()
     finally:
         registry.close()
-    auth = {"hmac": "HMAC-signed requests", "keystone": "Keystone tokens (the user's and a service token)",
-            "noauth": "OFF (noauth: loopback only)"}[conf.registry_server.auth_strategy]  # fmt: skip
+    auth = {
+        "hmac": "HMAC-signed requests",
+        "keystone": "Keystone tokens (the user's and a service token)",
+        "noauth": "OFF (noauth: loopback only)",
+    }[conf.registry_server.auth_strategy]
     print(f"abbild-registry on http://{host}:{port}/", file=out)
     print(f"  config:   {', '.join(config_files) or '(defaults)'}", file=out)
     print(f"  auth:     {auth}", file=out)

@@ -104,8 +104,9 @@ def abort_uploads() -> None:
     body, so the upload fails and the service rolls it back."""
     uploads = list(_uploads)
     if uploads:
-        LOG.warning("graceful shutdown timeout reached: aborting %d upload(s); their images return to 'queued'",
-                    len(uploads))  # fmt: skip
+        LOG.warning(
+            "graceful shutdown timeout reached: aborting %d upload(s); their images return to 'queued'", len(uploads)
+        )
     for sock in uploads:
         try:
             sock.shutdown(socket.SHUT_RD)  # wakes a thread blocked in recv; the response can still be sent
@@ -117,8 +118,10 @@ class ClientTimeout(Exception):
     """No byte of a request body arrived for ``client_body_timeout`` seconds."""
 
     def __init__(self, seconds: int) -> None:
-        super().__init__(f"No data of the request body arrived for {seconds} seconds (client_body_timeout); "
-                         "the request was abandoned.")
+        super().__init__(
+            f"No data of the request body arrived for {seconds} seconds (client_body_timeout); "
+            "the request was abandoned."
+        )
         self.seconds = seconds
 
 
@@ -159,8 +162,13 @@ def answer_client_timeouts(app):
         except ClientTimeout as exc:
             timeout = exc
         # Logged outside the except block: oslo.log would append the message once more.
-        LOG.warning("%s %s from %s: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
-                    environ.get("REMOTE_ADDR"), timeout)  # fmt: skip
+        LOG.warning(
+            "%s %s from %s: %s",
+            environ.get("REQUEST_METHOD"),
+            environ.get("PATH_INFO"),
+            environ.get("REMOTE_ADDR"),
+            timeout,
+        )
         return webob.exc.HTTPRequestTimeout(explanation=str(timeout))(environ, start_response)
 
     return application
@@ -183,8 +191,9 @@ class GracefulThreadWorker(ThreadWorker):
         # deadlines (each got the same timeout when it was added).
         self.heads: dict = {}
         # The longest head gunicorn's parser accepts; anything longer it refuses anyway.
-        self.max_head = self.cfg.limit_request_line + self.cfg.limit_request_fields * (
-            self.cfg.limit_request_field_size + 2) + 8  # fmt: skip
+        self.max_head = (
+            self.cfg.limit_request_line + self.cfg.limit_request_fields * (self.cfg.limit_request_field_size + 2) + 8
+        )
 
     def load_wsgi(self):
         super().load_wsgi()
@@ -219,8 +228,9 @@ class GracefulThreadWorker(ThreadWorker):
             del self.heads[conn]
             super().enqueue_req(conn)
         elif len(conn.head) > self.max_head:
-            self.drop_head(conn, 431, "Request Header Fields Too Large",
-                           f"The request headers exceed {self.max_head} bytes.")  # fmt: skip
+            self.drop_head(
+                conn, 431, "Request Header Fields Too Large", f"The request headers exceed {self.max_head} bytes."
+            )
 
     def drop_head(self, conn, status: int = 0, reason: str = "", message: str = "") -> None:
         self.poller.unregister(conn.sock)
@@ -249,9 +259,14 @@ class GracefulThreadWorker(ThreadWorker):
                 self.drop_head(conn)
                 continue
             timeout = self.app.client_header_timeout
-            self.log.info("%s: closing the connection: its request headers did not arrive within %d seconds",
-                          conn.client[0], timeout)  # fmt: skip
-            self.drop_head(conn, 408, "Request Timeout", f"The request headers did not arrive within {timeout} seconds.")
+            self.log.info(
+                "%s: closing the connection: its request headers did not arrive within %d seconds",
+                conn.client[0],
+                timeout,
+            )
+            self.drop_head(
+                conn, 408, "Request Timeout", f"The request headers did not arrive within {timeout} seconds."
+            )
 
     def handle(self, conn):
         """Serve the request whose head ``read_head`` collected (runs on a thread)."""
@@ -268,8 +283,9 @@ class GracefulThreadWorker(ThreadWorker):
             timer.daemon = True
             timer.start()
             # Background jobs (location imports, retries) get the same grace as requests.
-            self.draining = threading.Thread(target=jobs.drain_all, args=(grace, ROLLBACK_SECONDS),
-                                             name="abbild-drain", daemon=True)  # fmt: skip
+            self.draining = threading.Thread(
+                target=jobs.drain_all, args=(grace, ROLLBACK_SECONDS), name="abbild-drain", daemon=True
+            )
             self.draining.start()
         super().handle_exit(sig, frame)
 
@@ -292,10 +308,20 @@ class OsloLogger(Logger):
 
 
 class EmbeddedServer(BaseApplication):
-    def __init__(self, config_files: Sequence[str], host: str, port: int, threads: int = 16,
-                 workers: int = 1, access_log: bool = False, flavor: str | None = None,
-                 graceful_shutdown_timeout: int = 60, client_header_timeout: int = 60,
-                 client_body_timeout: int = 300, conf: cfg.ConfigOpts | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config_files: Sequence[str],
+        host: str,
+        port: int,
+        threads: int = 16,
+        workers: int = 1,
+        access_log: bool = False,
+        flavor: str | None = None,
+        graceful_shutdown_timeout: int = 60,
+        client_header_timeout: int = 60,
+        client_body_timeout: int = 300,
+        conf: cfg.ConfigOpts | None = None,
+    ) -> None:
         self.config_files = list(config_files)
         self.conf = conf  # parsed before forking: the workers inherit it instead of parsing again
         self.flavor = flavor

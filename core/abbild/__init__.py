@@ -23,7 +23,19 @@ from abbild.errors import (  # noqa: E402
 from abbild.plugins import hookimpl  # noqa: E402
 
 __all__ = [
-    "AbbildError", "AccessDenied", "AlreadyExists", "BackendUnavailable", "Capability", "ConfigError",
-    "Driver", "InUse", "NotFound", "SizeMismatch", "StoreError", "StoreFull", "StoredObject",
-    "UnsupportedOperation", "hookimpl",
-]  # fmt: skip
+    "AbbildError",
+    "AccessDenied",
+    "AlreadyExists",
+    "BackendUnavailable",
+    "Capability",
+    "ConfigError",
+    "Driver",
+    "InUse",
+    "NotFound",
+    "SizeMismatch",
+    "StoreError",
+    "StoreFull",
+    "StoredObject",
+    "UnsupportedOperation",
+    "hookimpl",
+]

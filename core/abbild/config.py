@@ -32,9 +32,11 @@ def service_config_file(service: str) -> str:
 
     path = os.path.join(config_dir(), f"{service}.conf")
     if not os.path.isfile(path):
-        raise ConfigError(f"{path} does not exist; create it (etc/{service}.conf.sample lists every option), "
-                          f"point {CONFIG_DIR_ENV} at the directory holding it, or give the command "
-                          f"--config-file")  # fmt: skip
+        raise ConfigError(
+            f"{path} does not exist; create it (etc/{service}.conf.sample lists every option), "
+            f"point {CONFIG_DIR_ENV} at the directory holding it, or give the command "
+            f"--config-file"
+        )
     return path
 
 
@@ -77,13 +79,15 @@ def is_loopback(host: str) -> bool:
 
 def refuse_noauth_beyond_loopback(host: str, what: str) -> None:
     """:raises abbild.errors.ConfigError: *what* would serve *host* without
-        authentication, and *host* is not loopback-only."""
+    authentication, and *host* is not loopback-only."""
     from abbild.errors import ConfigError
 
     if not is_loopback(host):
-        raise ConfigError(f"{what} will not listen on {host} without authentication (noauth): anyone who reaches "
-                          f"it would be an administrator. Listen on 127.0.0.1, or choose another auth flavour: "
-                          f"keystone, or trusted-headers behind a gateway")  # fmt: skip
+        raise ConfigError(
+            f"{what} will not listen on {host} without authentication (noauth): anyone who reaches "
+            f"it would be an administrator. Listen on 127.0.0.1, or choose another auth flavour: "
+            f"keystone, or trusted-headers behind a gateway"
+        )
 
 
 def load(config_files: Sequence[str] = (), *, project: str = "abbild") -> cfg.ConfigOpts:

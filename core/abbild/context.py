@@ -27,5 +27,10 @@ class RequestContext:
 
     @property
     def viewer(self) -> Viewer:
-        return Viewer(project_id=self.project_id, is_admin=self.is_admin, user_id=self.user_id,
-                      roles=self.roles, anonymous=self.anonymous)
+        return Viewer(
+            project_id=self.project_id,
+            is_admin=self.is_admin,
+            user_id=self.user_id,
+            roles=self.roles,
+            anonymous=self.anonymous,
+        )

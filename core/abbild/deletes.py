@@ -90,8 +90,9 @@ class Deletes:
         for location in image.locations:
             store = self.stores.for_location(location.store)
             if store is None:
-                LOG.warning("image %s: location in unknown store %r forgotten, its data left in place",
-                            image.id, location.store)  # fmt: skip
+                LOG.warning(
+                    "image %s: location in unknown store %r forgotten, its data left in place", image.id, location.store
+                )
                 continue
             try:
                 store.delete(location.uri)
@@ -101,8 +102,9 @@ class Deletes:
                 in_use = in_use or exc
                 left.append(location)
             except StoreError as exc:
-                LOG.warning("image %s: could not delete its data in store %s (%s); will retry",
-                            image.id, store.name, exc)  # fmt: skip
+                LOG.warning(
+                    "image %s: could not delete its data in store %s (%s); will retry", image.id, store.name, exc
+                )
                 left.append(location)
 
         def change(current: Image) -> None:
@@ -139,7 +141,9 @@ class Deletes:
                 try:
                     image = self.registry.get_image(image_id)
                     if image.status is not Status.PENDING_DELETE or image.upload_worker not in (
-                        None, self.claims.worker):  # fmt: skip
+                        None,
+                        self.claims.worker,
+                    ):
                         return  # finished, or another process took it over
                     image = self._delete_data(image)
                 except InUse:

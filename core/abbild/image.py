@@ -96,7 +96,7 @@ class Image:
     # Bumped by the registry on every write; the compare-and-swap token.
     version: int = 0
 
-    def copy(self) -> "Image":
+    def copy(self) -> Image:
         return copy.deepcopy(self)
 
     def transition(self, target: Status) -> None:

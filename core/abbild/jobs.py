@@ -29,7 +29,7 @@ from abbild.errors import Busy, TooManyJobs
 
 LOG = logging.getLogger(__name__)
 
-_pools: weakref.WeakSet["Jobs"] = weakref.WeakSet()
+_pools: weakref.WeakSet[Jobs] = weakref.WeakSet()
 
 
 class Jobs:
@@ -48,7 +48,7 @@ class Jobs:
         _pools.add(self)
 
     @classmethod
-    def from_config(cls, conf) -> "Jobs":
+    def from_config(cls, conf) -> Jobs:
         return cls(conf.background_workers, conf.background_queue_size, conf.background_jobs_per_project)
 
     @property
@@ -68,8 +68,10 @@ class Jobs:
             if self.closing.is_set():
                 raise Busy("This server is shutting down; try again in a moment.")
             if project is not None and self._by_project[project] >= self.per_project:
-                raise TooManyJobs(f"Project {project} has {self.per_project} background jobs running or waiting "
-                                  f"(background_jobs_per_project); try again when one has finished.")  # fmt: skip
+                raise TooManyJobs(
+                    f"Project {project} has {self.per_project} background jobs running or waiting "
+                    f"(background_jobs_per_project); try again when one has finished."
+                )
             if self._pending >= self.capacity:
                 raise Busy("This server has no room for more background work now; try again in a moment.")
             self._pending += 1

@@ -17,8 +17,8 @@ from abbild.image import HASH_LENGTHS, Image, Location, Status
 from abbild.plugins import notify
 from abbild.quotas import check_location_added
 from abbild.registry import Viewer
-from abbild.streams import ImageStream
 from abbild.stores import Store
+from abbild.streams import ImageStream
 
 if TYPE_CHECKING:
     from abbild.service import ImageService
@@ -45,8 +45,7 @@ class Locations:
         self.registry, self.stores, self.claims = service.registry, service.stores, service.claims
         self.plugins, self.jobs, self.conf = service.plugins, service.jobs, service.conf
 
-    def add(self, image_id: str, url: str, metadata: dict, validation: dict | None,
-                     viewer: Viewer) -> Image:
+    def add(self, image_id: str, url: str, metadata: dict, validation: dict | None, viewer: Viewer) -> Image:
         """Register data that already lives at *url* (the legacy PATCH ``add
         /locations/-``): a queued image becomes active with the size the store
         reports and the hashes *validation* gives (``checksum``, ``os_hash_algo``,
@@ -66,8 +65,10 @@ class Locations:
 
         def change(image: Image) -> None:
             if image.status not in (Status.QUEUED, Status.ACTIVE):
-                raise Conflict(f"Image {image_id} has status '{image.status}'; locations can be added to queued "
-                               "or active images only")  # fmt: skip
+                raise Conflict(
+                    f"Image {image_id} has status '{image.status}'; locations can be added to queued "
+                    "or active images only"
+                )
             if image.status is Status.ACTIVE and not verified:
                 raise Conflict(f"Image {image_id} became active meanwhile; add the location again to have it checked")
             if any(loc.uri == url for loc in image.locations):
@@ -107,14 +108,19 @@ class Locations:
         def job() -> None:
             try:
                 with self._errors(url, service):
-                    stream = _read_through(ImageStream(store.get(url), hash_algo=validation.get("os_hash_algo") or
-                                                       self.conf.hashing_algorithm, max_size=max_size,
-                                                       limit_name=limit_name, on_progress=self.service.uploads.checker(claim),
-                                                       progress_every=1))  # fmt: skip
+                    stream = _read_through(
+                        ImageStream(
+                            store.get(url),
+                            hash_algo=validation.get("os_hash_algo") or self.conf.hashing_algorithm,
+                            max_size=max_size,
+                            limit_name=limit_name,
+                            on_progress=self.service.uploads.checker(claim),
+                            progress_every=1,
+                        )
+                    )
                 wrong = _hashes_differing(validation, stream)
                 if wrong:
-                    raise Invalid(f"The data at {url} does not match validation_data: its {' and '.join(wrong)} "
-                                  f"differ")  # fmt: skip
+                    raise Invalid(f"The data at {url} does not match validation_data: its {' and '.join(wrong)} differ")
                 image = self.service.uploads.activate(claim, store, StoredObject(url, stream.size), stream)
             except Exception as exc:
                 LOG.warning("image %s: importing %s failed: %s", image_id, url, exc)
@@ -142,8 +148,10 @@ class Locations:
         def change(image: Image) -> None:
             urls = [loc.uri for loc in image.locations]
             if [url for url, _ in locations] != urls:
-                raise Invalid("Replacing the locations may only change their metadata: send the same URLs in "
-                              "the same order, and add or remove locations one at a time.")  # fmt: skip
+                raise Invalid(
+                    "Replacing the locations may only change their metadata: send the same URLs in "
+                    "the same order, and add or remove locations one at a time."
+                )
             for location, (_, metadata) in zip(image.locations, locations):
                 metadata = dict(metadata)
                 if metadata.pop("store", location.store) != location.store:
@@ -193,9 +201,10 @@ class Locations:
         stores = [s for s in self.stores if scheme in s.driver.schemes and (service or s.takes_user_locations)]
         if not stores:
             offered = sorted({sc for s in self.stores if s.takes_user_locations for sc in s.driver.schemes})
-            raise Invalid(f"No store here may read {scheme or 'such'} URLs for you"
-                          + (f"; use one of: {', '.join(offered)}" if offered else
-                             " (no store here takes locations from users)"))  # fmt: skip
+            raise Invalid(
+                f"No store here may read {scheme or 'such'} URLs for you"
+                + (f"; use one of: {', '.join(offered)}" if offered else " (no store here takes locations from users)")
+            )
         refusal: StoreError | None = None
         for store in stores:  # the first store that accepts it: file:// URIs, say, belong to one datadir
             try:
@@ -218,8 +227,10 @@ class Locations:
             if service or isinstance(exc, NotFound):
                 raise
             LOG.warning("location %s refused: %s", url.split("?", 1)[0], exc)
-            raise Invalid("Location refused: the image service cannot use that URL (the operator's log "
-                          "has the reason under this request's x-openstack-request-id).") from exc  # fmt: skip
+            raise Invalid(
+                "Location refused: the image service cannot use that URL (the operator's log "
+                "has the reason under this request's x-openstack-request-id)."
+            ) from exc
 
     @staticmethod
     def _check_validation(image: Image, validation: dict | None) -> None:
@@ -248,9 +259,14 @@ class Locations:
         """
         with self._errors(url, service):
             try:
-                stream = _read_through(ImageStream(store.get(url), hash_algo=image.os_hash_algo or
-                                                   self.conf.hashing_algorithm, max_size=image.size,
-                                                   declared_size=image.size))  # fmt: skip
+                stream = _read_through(
+                    ImageStream(
+                        store.get(url),
+                        hash_algo=image.os_hash_algo or self.conf.hashing_algorithm,
+                        max_size=image.size,
+                        declared_size=image.size,
+                    )
+                )
             except (SizeMismatch, SizeLimitExceeded):
                 raise Conflict(f"The data at {url} does not have the {image.size} bytes of image {image.id}") from None
         mismatch = _hashes_differing({"checksum": image.checksum, "os_hash_value": image.os_hash_value}, stream)

@@ -23,8 +23,15 @@ from oslo_log import log as oslo_log
 _current = threading.local()
 
 # Libraries whose INFO lines say nothing an operator needs.
-QUIET_LOGGERS = ["alembic=WARN", "stevedore=WARN", "urllib3=WARN", "keystonemiddleware=WARN",
-                 "swiftclient=WARN", "botocore=WARN", "boto3=WARN"]  # swiftclient: 3 INFO lines per 404
+QUIET_LOGGERS = [
+    "alembic=WARN",
+    "stevedore=WARN",
+    "urllib3=WARN",
+    "keystonemiddleware=WARN",
+    "swiftclient=WARN",
+    "botocore=WARN",
+    "boto3=WARN",
+]  # swiftclient: 3 INFO lines per 404
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:

@@ -44,8 +44,7 @@ image_opts = [
     cfg.StrOpt(
         "hashing_algorithm",
         default="sha512",
-        help="hashlib algorithm for os_hash_value, computed on every upload next to "
-        "the legacy md5 checksum.",
+        help="hashlib algorithm for os_hash_value, computed on every upload next to the legacy md5 checksum.",
     ),
     cfg.IntOpt("limit_param_default", default=25, min=1, help="Default page size of image lists."),
     cfg.IntOpt("api_limit_max", default=1000, min=1, help="Largest page size a client may ask for."),
@@ -123,8 +122,10 @@ image_opts = [
     cfg.StrOpt(
         "property_protection_rule_format",
         default="roles",
-        choices=[("roles", "values are comma-separated role names, @ everyone, ! nobody"),
-                 ("policies", "values are policy rule names")],
+        choices=[
+            ("roles", "values are comma-separated role names, @ everyone, ! nobody"),
+            ("policies", "values are policy rule names"),
+        ],
         help="How the values in property_protection_file are read.",
     ),
     cfg.BoolOpt(
@@ -163,8 +164,7 @@ job_opts = [
         "background_jobs_per_project",
         default=2,
         min=1,
-        help="Background jobs one project may have running or waiting in one process; "
-        "more are refused with 429.",
+        help="Background jobs one project may have running or waiting in one process; more are refused with 429.",
     ),
 ]
 
@@ -205,8 +205,19 @@ paste_opts = [
     cfg.StrOpt("config_file", help="Paste ini file; default: the one shipped with abbild."),
 ]
 
-RESERVED_GROUPS = frozenset({"DEFAULT", "database", "paste_deploy", "registry", "registry_client", "registry_server",
-                             "abbild", "oslo_policy", "keystone_authtoken"})
+RESERVED_GROUPS = frozenset(
+    {
+        "DEFAULT",
+        "database",
+        "paste_deploy",
+        "registry",
+        "registry_client",
+        "registry_server",
+        "abbild",
+        "oslo_policy",
+        "keystone_authtoken",
+    }
+)
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:

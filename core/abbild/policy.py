@@ -38,8 +38,10 @@ RULES: dict[str, tuple[str, str]] = {
     "delete_image": (ADMIN_OR_MEMBER, "DELETE /v2/images/{image_id}"),
     "upload_image": (ADMIN_OR_MEMBER, "PUT /v2/images/{image_id}/file"),
     "download_image": (f"{ADMIN} or (role:member and ({_IMAGE_READERS}))", "GET /v2/images/{image_id}/file"),
-    "download_from_store": (f"{ADMIN} or (role:member and ({_IMAGE_READERS}))",
-                            "GET /v2/images/{image_id}/file?prefer=<stores>"),
+    "download_from_store": (
+        f"{ADMIN} or (role:member and ({_IMAGE_READERS}))",
+        "GET /v2/images/{image_id}/file?prefer=<stores>",
+    ),
     "publicize_image": (ADMIN, "Setting visibility to public"),
     "communitize_image": (ADMIN_OR_MEMBER, "Setting visibility to community"),
     "deactivate": (ADMIN_OR_MEMBER, "POST /v2/images/{image_id}/actions/deactivate"),

@@ -27,7 +27,7 @@ class PropertyProtections:
         self.rules, self.format, self.policy = rules, fmt, policy
 
     @classmethod
-    def from_config(cls, conf, policy) -> "PropertyProtections | None":
+    def from_config(cls, conf, policy) -> PropertyProtections | None:
         """The protections of ``property_protection_file``, or None when there is none.
 
         :raises abbild.errors.ConfigError: the file is missing or not valid, named.
@@ -53,8 +53,10 @@ class PropertyProtections:
             values = dict(parser.items(section))
             missing = [op for op in OPERATIONS if op not in values]
             if missing:
-                raise ConfigError(f"{path}: section [{section}] must set {', '.join(missing)}"
-                                  f" (each of {', '.join(OPERATIONS)} is required)")  # fmt: skip
+                raise ConfigError(
+                    f"{path}: section [{section}] must set {', '.join(missing)}"
+                    f" (each of {', '.join(OPERATIONS)} is required)"
+                )
             if fmt == "roles":
                 allowed = {op: _roles(path, section, op, values[op]) for op in OPERATIONS}
             else:

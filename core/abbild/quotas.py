@@ -16,8 +16,10 @@ def parse_size(text: str, option: str = "user_storage_quota") -> int:
     """
     m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?B)?\s*", text or "", re.IGNORECASE)
     if not m:
-        raise ConfigError(f"{option} = {text!r} is not a size: write a number of bytes, or one with a unit "
-                          f"(B, KB, MB, GB, TB), like 500GB")  # fmt: skip
+        raise ConfigError(
+            f"{option} = {text!r} is not a size: write a number of bytes, or one with a unit "
+            f"(B, KB, MB, GB, TB), like 500GB"
+        )
     return int(m.group(1)) * _UNITS[(m.group(2) or "").upper()]
 
 

@@ -52,8 +52,11 @@ def why_visible(image: Image, viewer: Viewer, registry: Registry) -> str | None:
         return "owner"
     if image.visibility in ("public", "community"):
         return "everyone"
-    if image.visibility == "shared" and viewer.project_id is not None \
-            and registry.get_member(image.id, viewer.project_id) is not None:
+    if (
+        image.visibility == "shared"
+        and viewer.project_id is not None
+        and registry.get_member(image.id, viewer.project_id) is not None
+    ):
         return "member"
     return None
 
@@ -177,8 +180,9 @@ class Registry(abc.ABC):
     def delete_member(self, image_id: str, member_id: str) -> None:
         """:raises abbild.errors.MemberNotFound:"""
 
-    def update_image(self, image_id: str, change: Callable[[Image], None], *, storage_limit: int | None = None,
-                     attempts: int = 20) -> Image:  # fmt: skip
+    def update_image(
+        self, image_id: str, change: Callable[[Image], None], *, storage_limit: int | None = None, attempts: int = 20
+    ) -> Image:
         """Apply *change* to the current image and save it, atomically.
 
         *change* mutates the image it is given (or raises to abort). On a concurrent
@@ -194,12 +198,12 @@ class Registry(abc.ABC):
                 continue
         raise ConcurrentUpdate(image_id)
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 (optional: most registries need nothing)
         """Get ready to serve, or say why not (a database schema that is behind,
         say): called once, before the first request.
 
         :raises abbild.errors.ConfigError:
         """
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (optional)
         """Release connections."""

@@ -24,7 +24,8 @@ import requests
 import urllib3.exceptions
 from oslo_config import cfg
 
-from abbild import caller, registry_wire as wire
+from abbild import caller
+from abbild import registry_wire as wire
 from abbild.errors import (
     ConcurrentUpdate,
     ConfigError,
@@ -41,13 +42,16 @@ LOG = logging.getLogger(__name__)
 GROUP = "registry_client"
 
 client_opts = [
-    cfg.URIOpt("url", default="http://127.0.0.1:9191", schemes=["http", "https"],
-               help="Where abbild-registry listens."),  # fmt: skip
+    cfg.URIOpt(
+        "url", default="http://127.0.0.1:9191", schemes=["http", "https"], help="Where abbild-registry listens."
+    ),
     cfg.StrOpt(
         "auth_strategy",
         default="hmac",
-        choices=[("hmac", "sign every request with shared_secret"),
-                 ("keystone", "send the user's token and a service token of the user below")],  # fmt: skip
+        choices=[
+            ("hmac", "sign every request with shared_secret"),
+            ("keystone", "send the user's token and a service token of the user below"),
+        ],
         help="How to authenticate to the registry: the same as its [registry_server] "
         "auth_strategy.\n\n"
         "Related options: shared_secret; auth_url, username, password, project_name, "
@@ -143,26 +147,43 @@ def service_session(group):
         from keystoneauth1 import session
         from keystoneauth1.identity import v3
     except ImportError:
-        raise ConfigError("[registry_client] auth_strategy = keystone needs keystoneauth1: "
-                          "pip install 'abbild[keystone]'") from None  # fmt: skip
+        raise ConfigError(
+            "[registry_client] auth_strategy = keystone needs keystoneauth1: pip install 'abbild[keystone]'"
+        ) from None
     missing = [name for name in ("auth_url", "username", "password") if not group[name]]
     if missing:
-        raise ConfigError(f"[registry_client] auth_strategy = keystone needs {', '.join(missing)}: "
-                          f"the service user whose token goes with every registry request")  # fmt: skip
-    auth = v3.Password(auth_url=group.auth_url, username=group.username, password=group.password,
-                       project_name=group.project_name, user_domain_name=group.user_domain_name,
-                       project_domain_name=group.project_domain_name)  # fmt: skip
+        raise ConfigError(
+            f"[registry_client] auth_strategy = keystone needs {', '.join(missing)}: "
+            f"the service user whose token goes with every registry request"
+        )
+    auth = v3.Password(
+        auth_url=group.auth_url,
+        username=group.username,
+        password=group.password,
+        project_name=group.project_name,
+        user_domain_name=group.user_domain_name,
+        project_domain_name=group.project_domain_name,
+    )
     return session.Session(auth=auth)
 
 
 class HTTPRegistry(Registry):
     """:param keystone: a keystoneauth1 session whose token goes with every request as
-        ``X-Service-Token``, with the user's as ``X-Auth-Token`` (keystone mode);
-        ``None``: sign with *shared_secret* (hmac mode)."""
+    ``X-Service-Token``, with the user's as ``X-Auth-Token`` (keystone mode);
+    ``None``: sign with *shared_secret* (hmac mode)."""
 
-    def __init__(self, conf=None, *, url: str | None = None, shared_secret: str | None = None,
-                 timeout: float = 30.0, retries: int = 3, retry_backoff: float = 0.2,
-                 ca_file: str | None = None, keystone=None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        conf=None,
+        *,
+        url: str | None = None,
+        shared_secret: str | None = None,
+        timeout: float = 30.0,
+        retries: int = 3,
+        retry_backoff: float = 0.2,
+        ca_file: str | None = None,
+        keystone=None,
+    ) -> None:
         if conf is not None:
             conf.register_opts(client_opts, group=GROUP)
             group = conf[GROUP]
@@ -189,9 +210,18 @@ class HTTPRegistry(Registry):
 
     # -- transport ----------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, *, body=None, params: dict | None = None,
-                 viewer: Viewer | None = None, as_service: bool = False, ok=(200,),
-                 ok_after_retry=()):  # fmt: skip
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body=None,
+        params: dict | None = None,
+        viewer: Viewer | None = None,
+        as_service: bool = False,
+        ok=(200,),
+        ok_after_retry=(),
+    ):
         """Send one call; returns ``(status, decoded JSON or None)``.
 
         :param viewer: whom the call acts for; default: the bound caller, or the
@@ -220,8 +250,9 @@ class HTTPRegistry(Registry):
             else:
                 headers[wire.CALLER_HEADER] = who
             try:
-                resp = self.session.request(method, self.url + path, data=data or None, headers=headers,
-                                            timeout=self.timeout)  # fmt: skip
+                resp = self.session.request(
+                    method, self.url + path, data=data or None, headers=headers, timeout=self.timeout
+                )
                 break
             except requests.RequestException as error:
                 # A POST that may have arrived must not run twice: only the caller knows
@@ -247,8 +278,10 @@ class HTTPRegistry(Registry):
                 f"service user (it needs the role service) and the registry's [keystone_authtoken]"
             )
         if resp.status_code == 413:
-            raise QuotaExceeded(f"The image registry refused a request of {len(data)} bytes: the image's metadata is "
-                                f"larger than its [registry_server] max_request_body_size allows")  # fmt: skip
+            raise QuotaExceeded(
+                f"The image registry refused a request of {len(data)} bytes: the image's metadata is "
+                f"larger than its [registry_server] max_request_body_size allows"
+            )
         if resp.status_code == 401:
             raise RegistryUnavailable(
                 f"{self.url} refused our requests ({error and error.get('message')}): check that "
@@ -285,8 +318,11 @@ class HTTPRegistry(Registry):
         return wire.image_from_json(self._call("GET", _image_path(image_id), params=params))
 
     def list_images(self, filters: ImageFilters, sort, limit, marker=None, viewer: Viewer | None = None):
-        params = {"filters": json.dumps(wire.filters_to_json(filters)), "limit": str(limit),
-                  "sort": ",".join(f"{key}:{direction}" for key, direction in sort)}  # fmt: skip
+        params = {
+            "filters": json.dumps(wire.filters_to_json(filters)),
+            "limit": str(limit),
+            "sort": ",".join(f"{key}:{direction}" for key, direction in sort),
+        }
         if marker is not None:
             params["marker"] = marker
         result = self._call("GET", "/v1/images", params=params, viewer=viewer)
@@ -311,8 +347,7 @@ class HTTPRegistry(Registry):
         """
         sent = wire.image_to_json(image)
         params = None if storage_limit is None else {"storage_limit": str(storage_limit)}
-        status, result = self._request("PUT", _image_path(image.id), body=sent, params=params,
-                                       ok_after_retry=(409,))  # fmt: skip
+        status, result = self._request("PUT", _image_path(image.id), body=sent, params=params, ok_after_retry=(409,))
         if status == 409:
             current = self.get_image(image.id)
             if current.version == image.version + 1 and _same_content(wire.image_to_json(current), sent):
@@ -321,8 +356,9 @@ class HTTPRegistry(Registry):
             raise ConcurrentUpdate(image.id)
         return wire.image_from_json(result)
 
-    def update_image(self, image_id: str, change: Callable[[Image], None], *, storage_limit: int | None = None,
-                     attempts: int = 20) -> Image:  # fmt: skip
+    def update_image(
+        self, image_id: str, change: Callable[[Image], None], *, storage_limit: int | None = None, attempts: int = 20
+    ) -> Image:
         """Read, apply *change* here, write back conditionally; on a conflict, again on
         the fresh image, after a short random pause so that contending writers spread out."""
         for attempt in range(attempts):
@@ -357,8 +393,7 @@ class HTTPRegistry(Registry):
 
     def delete_member(self, image_id: str, member_id: str) -> None:
         # After a lost answer the retry finds no member: the first attempt removed it.
-        self._request("DELETE", _member_path(image_id, member_id), ok=(204,),
-                      ok_after_retry=(404,))  # fmt: skip
+        self._request("DELETE", _member_path(image_id, member_id), ok=(204,), ok_after_retry=(404,))
 
 
 def _same_content(stored: dict, sent: dict) -> bool:

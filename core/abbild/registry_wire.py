@@ -226,13 +226,16 @@ class Verifier:
             raise errors.SignatureError(f"malformed {TIMESTAMP_HEADER}: seconds since the epoch expected")
         age = time.time() - int(headers[TIMESTAMP_HEADER])
         if abs(age) > self.max_skew:
-            raise errors.SignatureError(f"stale request: its timestamp is {age:.0f}s off (the limit is {self.max_skew}s)")
+            raise errors.SignatureError(
+                f"stale request: its timestamp is {age:.0f}s off (the limit is {self.max_skew}s)"
+            )
 
     def verify(self, method: str, path_qs: str, headers, body: bytes) -> None:
         """:raises abbild.errors.SignatureError:"""
         self.check_headers(headers)
-        caller, timestamp, nonce, signature = (headers[h] for h in (CALLER_HEADER, TIMESTAMP_HEADER, NONCE_HEADER,
-                                                                    SIGNATURE_HEADER))  # fmt: skip
+        caller, timestamp, nonce, signature = (
+            headers[h] for h in (CALLER_HEADER, TIMESTAMP_HEADER, NONCE_HEADER, SIGNATURE_HEADER)
+        )
         expected = _signature(self.secret, method, path_qs, timestamp, nonce, caller, body_digest(body))
         # compare_digest: the time taken must not tell how much of a guess was right.
         if not hmac.compare_digest(expected, signature):

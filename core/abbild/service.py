@@ -76,7 +76,7 @@ class ImageService:
         self.deletes = Deletes(self)
 
     @classmethod
-    def from_config(cls, conf) -> "ImageService":
+    def from_config(cls, conf) -> ImageService:
         """Build the registry, the stores and the plugins from *conf*, then recover
         the work that a dead process left behind.
 
@@ -114,8 +114,12 @@ class ImageService:
         why = why_visible(image, viewer, self.registry)
         if why is None:
             raise ImageNotFound(image_id)
-        target = {"project_id": image.owner, "owner": image.owner, "visibility": image.visibility,
-                  "member_id": viewer.project_id if why == "member" else None}  # fmt: skip
+        target = {
+            "project_id": image.owner,
+            "owner": image.owner,
+            "visibility": image.visibility,
+            "member_id": viewer.project_id if why == "member" else None,
+        }
         return image, target
 
     def authorized(self, actions: str | tuple[str, ...], image_id: str, viewer: Viewer) -> Image:
@@ -163,8 +167,14 @@ class ImageService:
 
     def _check_change(self, before: Image, after: Image, viewer: Viewer) -> None:
         """Quotas and property protections for a change from *before* to *after*."""
-        check_count(after.id, "properties", "image_property_quota", len(before.properties), len(after.properties),
-                    self.conf.image_property_quota)  # fmt: skip
+        check_count(
+            after.id,
+            "properties",
+            "image_property_quota",
+            len(before.properties),
+            len(after.properties),
+            self.conf.image_property_quota,
+        )
         check_count(after.id, "tags", "image_tag_quota", len(before.tags), len(after.tags), self.conf.image_tag_quota)
         if self.protections is None:
             return
@@ -185,8 +195,9 @@ class ImageService:
         notify(self.plugins, "abbild_image_created", image=image)
         return image
 
-    def update(self, image_id: str, change: Callable[[Image], None], viewer: Viewer, *,
-               action: str = "modify_image") -> Image:
+    def update(
+        self, image_id: str, change: Callable[[Image], None], viewer: Viewer, *, action: str = "modify_image"
+    ) -> Image:
         self.authorized(action, image_id, viewer)
 
         def checked_change(image: Image) -> None:
@@ -228,12 +239,14 @@ class ImageService:
         used = self.registry.usage(viewer.project_id) if viewer.project_id else Usage()
         mib = 1 << 20
         return {
-            "image_size_total": {"limit": self.storage_quota // mib if self.storage_quota else -1,
-                                 "usage": used.size // mib},
+            "image_size_total": {
+                "limit": self.storage_quota // mib if self.storage_quota else -1,
+                "usage": used.size // mib,
+            },
             "image_stage_total": {"limit": -1, "usage": 0},
             "image_count_total": {"limit": -1, "usage": used.images},
             "image_count_uploading": {"limit": -1, "usage": used.uploading},
-        }  # fmt: skip
+        }
 
     # -- members ------------------------------------------------------------------------
 
@@ -266,7 +279,9 @@ class ImageService:
 
     def get_member(self, image_id: str, member_id: str, viewer: Viewer) -> Member:
         image = self._shared(image_id, viewer, ("get_member", None))
-        member = self.registry.get_member(image_id, member_id) if self._may_see_member(image, member_id, viewer) else None
+        member = (
+            self.registry.get_member(image_id, member_id) if self._may_see_member(image, member_id, viewer) else None
+        )
         if member is None:
             raise MemberNotFound(image_id, member_id)
         return member
@@ -291,8 +306,14 @@ class ImageService:
 
     # -- data out -------------------------------------------------------------------------
 
-    def download(self, image_id: str, viewer: Viewer, byte_range: Callable[[int], tuple[int, int] | None],
-                 zero_copy: bool = False, prefer: list[str] = ()) -> Download | None:
+    def download(
+        self,
+        image_id: str,
+        viewer: Viewer,
+        byte_range: Callable[[int], tuple[int, int] | None],
+        zero_copy: bool = False,
+        prefer: list[str] = (),
+    ) -> Download | None:
         """Open the image's data, trying its locations from the highest store weight down,
         or the stores in *prefer* first (``?prefer=``). The image is read once.
 
@@ -301,8 +322,9 @@ class ImageService:
         :returns: ``None`` when the image has no data.
         :raises abbild.errors.Forbidden: deactivated, and the caller is no admin.
         """
-        image = self.authorized(("download_image", "download_from_store") if prefer else "download_image",
-                                image_id, viewer)  # fmt: skip
+        image = self.authorized(
+            ("download_image", "download_from_store") if prefer else "download_image", image_id, viewer
+        )
         if image.status is Status.DEACTIVATED and not viewer.is_admin:
             raise Forbidden("The requested image has been deactivated. Image data download is forbidden.")
         rank = self.stores.rank()
@@ -312,8 +334,8 @@ class ImageService:
                 raise Invalid(f"Unknown store(s) in prefer: {', '.join(unknown)}; the stores are: {', '.join(rank)}")
             rank = {name: (prefer.index(name) - len(prefer) if name in prefer else r) for name, r in rank.items()}
         locations = sorted(
-            (l for l in image.locations if l.status == "active" and l.store in rank),
-            key=lambda l: rank[l.store],
+            (loc for loc in image.locations if loc.status == "active" and loc.store in rank),
+            key=lambda loc: rank[loc.store],
         )
         if not locations:
             return None

@@ -196,5 +196,3 @@ def installed_drivers() -> dict[str, str]:
     from importlib.metadata import entry_points
 
     return {ep.name: ep.value for ep in entry_points(group=NAMESPACE)}
-
-

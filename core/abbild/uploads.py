@@ -52,8 +52,8 @@ from abbild.image import Image, Location, Status, utcnow
 from abbild.plugins import notify
 from abbild.quotas import check_location_added
 from abbild.registry import Registry, Viewer
-from abbild.streams import ImageStream
 from abbild.stores import Store
+from abbild.streams import ImageStream
 
 if TYPE_CHECKING:
     from abbild.service import ImageService
@@ -142,8 +142,9 @@ class Claims:
 
         def change(image: Image) -> None:
             if image.status is not Status.QUEUED:
-                raise Conflict(f"Image {image_id} has status '{image.status}'; data can only be uploaded "
-                               f"to a 'queued' image")  # fmt: skip
+                raise Conflict(
+                    f"Image {image_id} has status '{image.status}'; data can only be uploaded to a 'queued' image"
+                )
             self.mark(image, Status.SAVING)
 
         self.registry.update_image(image_id, change)
@@ -210,8 +211,9 @@ class Claims:
                 delay = min(delay * 2, 30.0)
                 if self._release(claim, error):
                     return
-            LOG.error("image %s: still 'saving'; recovery returns it to 'queued' once its lease ran out",
-                      claim.image_id)  # fmt: skip
+            LOG.error(
+                "image %s: still 'saving'; recovery returns it to 'queued' once its lease ran out", claim.image_id
+            )
 
         try:
             self.jobs.submit(retry)
@@ -285,9 +287,15 @@ class Uploads:
             raise SizeLimitExceeded(max_size, limit_name)
         claim = self.claims.take(image_id)
         try:
-            stream = ImageStream(chunks, hash_algo=self.conf.hashing_algorithm, max_size=max_size,
-                                 limit_name=limit_name, declared_size=declared_size, on_progress=claim.check,
-                                 progress_every=1)  # fmt: skip
+            stream = ImageStream(
+                chunks,
+                hash_algo=self.conf.hashing_algorithm,
+                max_size=max_size,
+                limit_name=limit_name,
+                declared_size=declared_size,
+                on_progress=claim.check,
+                progress_every=1,
+            )
             try:
                 stored = store.put(image_id, stream, declared_size)
             except BaseException as exc:
@@ -342,8 +350,10 @@ class Uploads:
             return self.conf.image_size_cap, "image_size_cap"
         used = self.registry.usage(image.owner).size
         if used > self.service.storage_quota:
-            raise QuotaExceeded(f"Project {image.owner} stores {used} bytes of image data; "
-                                f"user_storage_quota allows {self.service.storage_quota}.")  # fmt: skip
+            raise QuotaExceeded(
+                f"Project {image.owner} stores {used} bytes of image data; "
+                f"user_storage_quota allows {self.service.storage_quota}."
+            )
         room = self.service.storage_quota - used
         if room < self.conf.image_size_cap:
             return room, f"room left under user_storage_quota ({self.service.storage_quota} bytes, {used} used)"
@@ -393,7 +403,8 @@ class Uploads:
             except (Conflict, ImageNotFound):
                 continue
             self.stores.discard_everywhere(image.id)
-            LOG.warning("image %s: upload by %s was interrupted; the image is queued again",
-                        image.id, image.upload_worker)  # fmt: skip
+            LOG.warning(
+                "image %s: upload by %s was interrupted; the image is queued again", image.id, image.upload_worker
+            )
             recovered.append(image.id)
         return recovered

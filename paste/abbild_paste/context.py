@@ -18,9 +18,12 @@ def noauth_filter_factory(global_conf, **local_conf):
     def make(app):
         def middleware(environ, start_response):
             if not is_loopback_address(environ.get("REMOTE_ADDR")):
-                return _plain(start_response, "403 Forbidden",
-                              "This image service runs without authentication (noauth) and answers clients on its "
-                              "own machine only.")  # fmt: skip
+                return _plain(
+                    start_response,
+                    "403 Forbidden",
+                    "This image service runs without authentication (noauth) and answers clients on its "
+                    "own machine only.",
+                )
             environ[ENVIRON_KEY] = RequestContext(
                 request_id=environ.get("abbild.request_id"), roles=("admin",), is_admin=True
             )
@@ -46,8 +49,7 @@ def authtoken_filter_factory(global_conf, **local_conf):
     conf = config.for_pipeline(global_conf)
 
     def make(app):
-        return auth_token.AuthProtocol(app, {"oslo_config_config": conf, "delay_auth_decision": "true",
-                                             **local_conf})
+        return auth_token.AuthProtocol(app, {"oslo_config_config": conf, "delay_auth_decision": "true", **local_conf})
 
     return make
 

@@ -49,16 +49,19 @@ def check(conf, config_files: Sequence[str], flavor: str) -> str:
         raise ConfigError(f"paste ini {ini}: {exc}") from exc
     names = {section.partition(":")[2]: section for section in parser.sections()}
     if PREFIX + flavor not in names:
-        known = sorted(name[len(PREFIX):] for name in names if name.startswith(PREFIX))
-        raise ConfigError(f"[paste_deploy] flavor = {flavor}: {ini} has no pipeline {PREFIX}{flavor}; "
-                          f"its flavours are: {', '.join(known) or 'none'}")  # fmt: skip
+        known = sorted(name[len(PREFIX) :] for name in names if name.startswith(PREFIX))
+        raise ConfigError(
+            f"[paste_deploy] flavor = {flavor}: {ini} has no pipeline {PREFIX}{flavor}; "
+            f"its flavours are: {', '.join(known) or 'none'}"
+        )
     pipeline = parser[names[PREFIX + flavor]].get("pipeline", "").split()
     if "authtoken" in pipeline:
         try:
             import keystonemiddleware  # noqa: F401
         except ImportError:
-            raise ConfigError(f"[paste_deploy] flavor = {flavor} needs keystonemiddleware: "
-                              "pip install 'abbild[keystone]'") from None  # fmt: skip
+            raise ConfigError(
+                f"[paste_deploy] flavor = {flavor} needs keystonemiddleware: pip install 'abbild[keystone]'"
+            ) from None
         section = names.get("authtoken", "filter:authtoken")
         _check_authtoken(config_files, flavor, dict(parser[section]) if parser.has_section(section) else {})
     return ini
@@ -96,19 +99,25 @@ def _check_authtoken(config_files: Sequence[str], flavor: str, paste_options: di
     if paste_options.get("auth_type"):
         pass  # the plugin's options are in the paste ini as well; keystonemiddleware checks them
     elif not section.auth_type:
-        missing.append("auth_type (password, with auth_url, username, password, project_name, user_domain_name "
-                       "and project_domain_name of the service user abbild validates tokens as)")  # fmt: skip
+        missing.append(
+            "auth_type (password, with auth_url, username, password, project_name, user_domain_name "
+            "and project_domain_name of the service user abbild validates tokens as)"
+        )
     else:
         try:
             loading.load_auth_from_conf_options(conf, AUTHTOKEN_GROUP)
         except ks_exc.MissingRequiredOptions as exc:
             missing += [opt.dest for opt in exc.options]
         except ks_exc.NoMatchingPlugin:
-            raise ConfigError(f"[{AUTHTOKEN_GROUP}] auth_type = {section.auth_type}: no such keystoneauth plugin "
-                              "(password is the usual one)") from None  # fmt: skip
+            raise ConfigError(
+                f"[{AUTHTOKEN_GROUP}] auth_type = {section.auth_type}: no such keystoneauth plugin "
+                "(password is the usual one)"
+            ) from None
     if missing:
-        raise ConfigError(f"[paste_deploy] flavor = {flavor}: [{AUTHTOKEN_GROUP}] in {', '.join(config_files)} "
-                          f"lacks {'; '.join(missing)}. Without them every request would fail")  # fmt: skip
+        raise ConfigError(
+            f"[paste_deploy] flavor = {flavor}: [{AUTHTOKEN_GROUP}] in {', '.join(config_files)} "
+            f"lacks {'; '.join(missing)}. Without them every request would fail"
+        )
 
 
 def load_api(config_files: Sequence[str], flavor: str | None = None, conf=None):
@@ -122,8 +131,11 @@ def load_api(config_files: Sequence[str], flavor: str | None = None, conf=None):
         conf = config.load(config_files)
     flavor = flavor_of(conf, flavor)
     ini = check(conf, config_files, flavor)
-    return loadapp(f"config:{os.path.abspath(ini)}", name=PREFIX + flavor,
-                   global_conf=config.pipeline_global_conf(conf, config_files))  # fmt: skip
+    return loadapp(
+        f"config:{os.path.abspath(ini)}",
+        name=PREFIX + flavor,
+        global_conf=config.pipeline_global_conf(conf, config_files),
+    )
 
 
 def _ini_beside(config_files: Sequence[str]) -> str | None:

@@ -14,11 +14,26 @@ from abbild_paste import http_proxy
 # None means served. 2.9, 2.11, 2.13 and 2.15 changed nothing a client can see. Glance
 # lists 2.8 and 2.10-2.13 only with several stores; abbild always names its stores.
 HISTORY = (
-    ("2.18", "cache"), ("2.17", None), ("2.16", "cache"), ("2.15", None), ("2.14", "cache"),
-    ("2.13", None), ("2.12", "image tasks"), ("2.11", None), ("2.10", None), ("2.9", None),
-    ("2.8", None), ("2.7", None), ("2.6", None), ("2.5", None), ("2.4", None), ("2.3", None),
-    ("2.2", None), ("2.1", None), ("2.0", None),
-)  # fmt: skip
+    ("2.18", "cache"),
+    ("2.17", None),
+    ("2.16", "cache"),
+    ("2.15", None),
+    ("2.14", "cache"),
+    ("2.13", None),
+    ("2.12", "image tasks"),
+    ("2.11", None),
+    ("2.10", None),
+    ("2.9", None),
+    ("2.8", None),
+    ("2.7", None),
+    ("2.6", None),
+    ("2.5", None),
+    ("2.4", None),
+    ("2.3", None),
+    ("2.2", None),
+    ("2.1", None),
+    ("2.0", None),
+)
 SERVED_FEATURES: frozenset[str] = frozenset()  # the cache and image tasks are not built yet
 VERSIONS = tuple(version for version, feature in HISTORY if feature is None or feature in SERVED_FEATURES)
 CURRENT = VERSIONS[0]
@@ -31,8 +46,11 @@ def versions_document(base_url: str) -> bytes:
     return json.dumps(
         {
             "versions": [
-                {"id": f"v{v}", "status": "CURRENT" if v == CURRENT else "SUPPORTED",
-                 "links": [{"rel": "self", "href": href}]}  # fmt: skip
+                {
+                    "id": f"v{v}",
+                    "status": "CURRENT" if v == CURRENT else "SUPPORTED",
+                    "links": [{"rel": "self", "href": href}],
+                }
                 for v in VERSIONS
             ]
         }
@@ -84,7 +102,7 @@ def filter_factory(global_conf, **local_conf):
                 return _versions(environ, start_response, "200 OK")
             accept = environ.get("HTTP_ACCEPT", "")
             if accept.startswith(ACCEPT_PREFIX):
-                version, rest = accept[len(ACCEPT_PREFIX):], path.lstrip("/")
+                version, rest = accept[len(ACCEPT_PREFIX) :], path.lstrip("/")
             else:
                 version = first
             if version not in KNOWN:

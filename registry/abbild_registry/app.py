@@ -71,10 +71,17 @@ def _json(value, status: int = 200) -> webob.Response:
 
 def _error(error: errors.AbbildError) -> webob.Response:
     status = {
-        errors.ImageNotFound: 404, errors.MemberNotFound: 404, errors.DuplicateImage: 409,
-        errors.ConcurrentUpdate: 409, errors.InvalidTransition: 409, errors.Conflict: 409,
-        errors.Forbidden: 403, errors.Invalid: 400, errors.QuotaExceeded: 413, errors.RegistryUnavailable: 503,
-    }.get(type(error), 500)  # fmt: skip
+        errors.ImageNotFound: 404,
+        errors.MemberNotFound: 404,
+        errors.DuplicateImage: 409,
+        errors.ConcurrentUpdate: 409,
+        errors.InvalidTransition: 409,
+        errors.Conflict: 409,
+        errors.Forbidden: 403,
+        errors.Invalid: 400,
+        errors.QuotaExceeded: 413,
+        errors.RegistryUnavailable: 503,
+    }.get(type(error), 500)
     if status == 500:
         LOG.error("unexpected registry error: %r", error)
     return _json({"error": wire.error_to_json(error)}, status)
@@ -89,12 +96,16 @@ class RegistryApp:
         self.routes = [
             (re.compile(r"^/v1/images$"), {"GET": self.list_images, "POST": self.create_image}),
             (re.compile(r"^/v1/images/(?P<image_id>[^/]+)$"), {"GET": self.get_image, "PUT": self.save_image}),
-            (re.compile(r"^/v1/images/(?P<image_id>[^/]+)/members$"),
-             {"GET": self.list_members, "POST": self.add_member}),
-            (re.compile(r"^/v1/images/(?P<image_id>[^/]+)/members/(?P<member_id>[^/]+)$"),
-             {"GET": self.get_member, "PUT": self.set_member_status, "DELETE": self.delete_member}),
+            (
+                re.compile(r"^/v1/images/(?P<image_id>[^/]+)/members$"),
+                {"GET": self.list_members, "POST": self.add_member},
+            ),
+            (
+                re.compile(r"^/v1/images/(?P<image_id>[^/]+)/members/(?P<member_id>[^/]+)$"),
+                {"GET": self.get_member, "PUT": self.set_member_status, "DELETE": self.delete_member},
+            ),
             (re.compile(r"^/v1/projects/(?P<owner>[^/]+)/usage$"), {"GET": self.usage}),
-        ]  # fmt: skip
+        ]
 
     @webob.dec.wsgify
     def __call__(self, req: webob.Request) -> webob.Response:
@@ -108,8 +119,16 @@ class RegistryApp:
                 raise exc.HTTPMethodNotAllowed(headers={"Allow": ", ".join(methods)})
             caller = req.environ[CALLER_KEY]
             if caller.jobs_only and not self._service_job(req, handler):
-                return _json({"error": {"type": "Unauthorized", "args": {}, "message":
-                              f"{req.method} {req.path_info} acts for a user: send the user's X-Auth-Token"}}, 401)
+                return _json(
+                    {
+                        "error": {
+                            "type": "Unauthorized",
+                            "args": {},
+                            "message": f"{req.method} {req.path_info} acts for a user: send the user's X-Auth-Token",
+                        }
+                    },
+                    401,
+                )
             try:
                 # Segments are matched %-encoded, so an id holding a "/" stays one segment.
                 return handler(req, caller, **{k: urllib.parse.unquote(v) for k, v in m.groupdict().items()})
@@ -196,11 +215,16 @@ class RegistryApp:
         # Checked on the stored image; if it changes before the write, the write's
         # version check fails, so the check always applies to what gets replaced.
         stored = self._owned(image_id, caller)
-        if caller.jobs_only and not (image.status in JOB_TARGETS[stored.status] and image.owner == stored.owner
-                                     and image.visibility == stored.visibility):  # fmt: skip
-            raise errors.Forbidden(f"Without a user's token, image {image_id} may only go from '{stored.status}' "
-                                   f"to {' or '.join(repr(s.value) for s in JOB_TARGETS[stored.status])}, "
-                                   f"keeping its owner and visibility.")
+        if caller.jobs_only and not (
+            image.status in JOB_TARGETS[stored.status]
+            and image.owner == stored.owner
+            and image.visibility == stored.visibility
+        ):
+            raise errors.Forbidden(
+                f"Without a user's token, image {image_id} may only go from '{stored.status}' "
+                f"to {' or '.join(repr(s.value) for s in JOB_TARGETS[stored.status])}, "
+                f"keeping its owner and visibility."
+            )
         self.rules.check_save(stored, image, caller)
         limit = req.GET.get("storage_limit")
         saved = self.registry.save_image(image, storage_limit=None if limit is None else int(limit))
@@ -259,7 +283,7 @@ def _routed_path(environ) -> str:
     """The path below the app's mount point, still %-encoded."""
     path = path_qs(environ).split("?", 1)[0]
     mount = urllib.parse.quote(environ.get("SCRIPT_NAME", ""), safe="/")
-    return path[len(mount):] if mount and path.startswith(mount) else path
+    return path[len(mount) :] if mount and path.startswith(mount) else path
 
 
 def load_conf(files):

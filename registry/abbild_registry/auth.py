@@ -27,7 +27,7 @@ LOG = logging.getLogger(__name__)
 
 def check_auth_config(conf) -> None:
     """:raises abbild.errors.ConfigError: hmac without a secret, keystone without
-        keystonemiddleware."""
+    keystonemiddleware."""
     server = conf.registry_server
     if server.auth_strategy == "keystone":
         try:
@@ -74,10 +74,13 @@ def _from_loopback(environ) -> None:
     """:raises Refused: 403 for a client beyond loopback (noauth)."""
     address = environ.get("REMOTE_ADDR")
     if not is_loopback_address(address):
-        raise Refused("403 Forbidden", f"[registry_server] auth_strategy = noauth serves this machine only "
-                                       f"(loopback), and {address or 'this client'} is not: set auth_strategy = "
-                                       f"keystone (with [keystone_authtoken]) or hmac (with shared_secret) to "
-                                       f"serve the API nodes")  # fmt: skip
+        raise Refused(
+            "403 Forbidden",
+            f"[registry_server] auth_strategy = noauth serves this machine only "
+            f"(loopback), and {address or 'this client'} is not: set auth_strategy = "
+            f"keystone (with [keystone_authtoken]) or hmac (with shared_secret) to "
+            f"serve the API nodes",
+        )
 
 
 def read_body(environ, limit: int) -> bytes:
@@ -87,8 +90,10 @@ def read_body(environ, limit: int) -> bytes:
         Content-Length says so, else once the limit is passed), 400 for a malformed
         Content-Length.
     """
-    too_large = Refused("413 Request Entity Too Large", f"the body is larger than {limit} bytes ([registry_server] "
-                                                       f"max_request_body_size)")  # fmt: skip
+    too_large = Refused(
+        "413 Request Entity Too Large",
+        f"the body is larger than {limit} bytes ([registry_server] max_request_body_size)",
+    )
     length = environ.get("CONTENT_LENGTH")
     if length:
         if not length.isascii() or not length.isdigit():
@@ -108,7 +113,7 @@ def read_body(environ, limit: int) -> bytes:
     return body
 
 
-def _refused(start_response, environ, refusal: "Refused"):
+def _refused(start_response, environ, refusal: Refused):
     LOG.warning("refused a request from %s: %s", environ.get("REMOTE_ADDR"), refusal.reason)
     kind = {"401": "Unauthorized", "403": "Unauthorized", "413": "RequestTooLarge"}.get(refusal.status[:3], "Invalid")
     return _refuse(start_response, refusal.status, f"registry request refused: {refusal.reason}", kind)
@@ -131,8 +136,11 @@ def keystone_caller(environ, service_roles) -> wire.Caller:
     # Absent without a service token; "Invalid" with a bad one and, since
     # service_token_roles_required is on by default, with one lacking the roles.
     if environ.get("HTTP_X_SERVICE_IDENTITY_STATUS") != "Confirmed":
-        raise Refused("401 Unauthorized", f"an X-Service-Token (the API's service user) is required, valid and "
-                                          f"with one of the roles {', '.join(service_roles)}")  # fmt: skip
+        raise Refused(
+            "401 Unauthorized",
+            f"an X-Service-Token (the API's service user) is required, valid and "
+            f"with one of the roles {', '.join(service_roles)}",
+        )
     # Checked here too, for a [keystone_authtoken] with service_token_roles_required off.
     if not set(service_roles) & set(_roles(environ.get("HTTP_X_SERVICE_ROLES"))):
         raise Refused("403 Forbidden", f"the X-Service-Token has none of the roles {', '.join(service_roles)}")
@@ -141,8 +149,14 @@ def keystone_caller(environ, service_roles) -> wire.Caller:
     if environ.get("HTTP_X_IDENTITY_STATUS") != "Confirmed":
         raise Refused("401 Unauthorized", "the X-Auth-Token (the user's) is invalid or expired")
     roles = _roles(environ.get("HTTP_X_ROLES"))
-    return wire.Caller(Viewer(project_id=environ.get("HTTP_X_PROJECT_ID"), user_id=environ.get("HTTP_X_USER_ID"),
-                              roles=roles, is_admin="admin" in roles))  # fmt: skip
+    return wire.Caller(
+        Viewer(
+            project_id=environ.get("HTTP_X_PROJECT_ID"),
+            user_id=environ.get("HTTP_X_USER_ID"),
+            roles=roles,
+            is_admin="admin" in roles,
+        )
+    )
 
 
 def keystone_middleware(app, conf, body_limit: int = 1 << 20):
@@ -169,8 +183,10 @@ def _keystone_filter(conf):
     def make(app):
         # The decision is ours, so that a missing user token can still mean a service
         # job, and a missing service role can be told from a bad token.
-        return auth_token.AuthProtocol(keystone_middleware(app, conf, conf.registry_server.max_request_body_size),
-                                       {"oslo_config_config": conf, "delay_auth_decision": "true"})  # fmt: skip
+        return auth_token.AuthProtocol(
+            keystone_middleware(app, conf, conf.registry_server.max_request_body_size),
+            {"oslo_config_config": conf, "delay_auth_decision": "true"},
+        )
 
     return make
 

@@ -17,12 +17,16 @@ server_opts = [
     cfg.StrOpt(
         "auth_strategy",
         default="hmac",
-        choices=[("hmac", "every request is signed with the shared secret; its holders (the API "
-                          "nodes) may act for anyone"),
-                 ("keystone", "every request carries the user's Keystone token and the API node's "
-                              "service token; the registry acts for the user the token names, so "
-                              "an API node reaches no more than its users could"),
-                 ("noauth", "no authentication: loopback only, for development")],  # fmt: skip
+        choices=[
+            ("hmac", "every request is signed with the shared secret; its holders (the API nodes) may act for anyone"),
+            (
+                "keystone",
+                "every request carries the user's Keystone token and the API node's "
+                "service token; the registry acts for the user the token names, so "
+                "an API node reaches no more than its users could",
+            ),
+            ("noauth", "no authentication: loopback only, for development"),
+        ],
         help="How callers (the API nodes) prove who they are, and whom they act for.\n\n"
         "keystone validates tokens with keystonemiddleware, configured in "
         "[keystone_authtoken] of this file; a service token needs one of its "
@@ -39,8 +43,7 @@ server_opts = [
     ),
     cfg.StrOpt(
         "paste_config_file",
-        help="Paste ini of the registry pipeline; default: the abbild-registry-paste.ini "
-        "shipped with abbild.",
+        help="Paste ini of the registry pipeline; default: the abbild-registry-paste.ini shipped with abbild.",
     ),
     cfg.IntOpt(
         "max_clock_skew",

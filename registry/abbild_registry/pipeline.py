@@ -19,5 +19,8 @@ def load_registry_app(config_files: Sequence[str]):
 
     conf = load_conf(config_files)
     ini = conf.registry_server.paste_config_file or SHIPPED_INI
-    return loadapp(f"config:{os.path.abspath(ini)}", name="abbild-registry",
-                   global_conf=config.pipeline_global_conf(conf, config_files))  # fmt: skip
+    return loadapp(
+        f"config:{os.path.abspath(ini)}",
+        name="abbild-registry",
+        global_conf=config.pipeline_global_conf(conf, config_files),
+    )

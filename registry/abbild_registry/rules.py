@@ -38,8 +38,21 @@ from abbild.policy import Policy
 from abbild.protections import PropertyProtections
 
 S = Status
-USER_ATTRIBUTES = frozenset({"name", "visibility", "protected", "os_hidden", "owner", "disk_format",
-                             "container_format", "min_disk", "min_ram", "tags", "properties"})  # fmt: skip
+USER_ATTRIBUTES = frozenset(
+    {
+        "name",
+        "visibility",
+        "protected",
+        "os_hidden",
+        "owner",
+        "disk_format",
+        "container_format",
+        "min_disk",
+        "min_ram",
+        "tags",
+        "properties",
+    }
+)
 DATA = frozenset({"size", "virtual_size", "checksum", "os_hash_algo", "os_hash_value"})
 CLAIM = frozenset({"upload_worker", "upload_lease"})
 # Set by the registry itself on every write.
@@ -125,15 +138,19 @@ class ImageRules:
         :raises abbild.errors.InvalidTransition: the status table forbids the change."""
         if self.trusted(caller):
             return
-        changed = {f.name for f in dataclasses.fields(Image)
-                   if f.name not in _REGISTRY_SET and getattr(stored, f.name) != getattr(new, f.name)}  # fmt: skip
+        changed = {
+            f.name
+            for f in dataclasses.fields(Image)
+            if f.name not in _REGISTRY_SET and getattr(stored, f.name) != getattr(new, f.name)
+        }
         viewer = caller.viewer  # None: a service token alone (a service job)
         target = {"project_id": stored.owner, "owner": stored.owner, "visibility": stored.visibility}
         attributes = sorted(changed & USER_ATTRIBUTES)
         if attributes:
             if viewer is None:
-                raise Forbidden(f"Attribute '{attributes[0]}' of image {stored.id} does not change "
-                                f"without a user's token.")  # fmt: skip
+                raise Forbidden(
+                    f"Attribute '{attributes[0]}' of image {stored.id} does not change without a user's token."
+                )
             self._check_attributes(stored, new, attributes, viewer, target)
         self._check_transition(stored, new, changed - USER_ATTRIBUTES, viewer, target)
 
@@ -169,8 +186,9 @@ class ImageRules:
             what, allowed = "release of an upload", {"status"} | DATA | CLAIM
             kept = sorted(name for name in DATA if getattr(new, name) is not None)
             if kept:
-                raise Forbidden(f"Attribute '{kept[0]}' is read-only: the release of image {stored.id}'s "
-                                f"upload clears it.")  # fmt: skip
+                raise Forbidden(
+                    f"Attribute '{kept[0]}' is read-only: the release of image {stored.id}'s upload clears it."
+                )
         elif S.PENDING_DELETE in (source, status) or status is S.DELETED:
             # Out of view first (pending_delete), then deleted once the data is gone;
             # or back where it was, when a store still uses the data.
@@ -197,14 +215,17 @@ class ImageRules:
         elif source is status:
             what, allowed = "change of attributes", set()
         else:
-            raise Forbidden(f"Attribute 'status': image {stored.id} does not go from '{source}' to '{status}' "
-                            f"through the registry.")  # fmt: skip
+            raise Forbidden(
+                f"Attribute 'status': image {stored.id} does not go from '{source}' to '{status}' through the registry."
+            )
         if action is not None and viewer is not None:
             self._authorize(action, viewer, target, stored.id)
         refused = sorted(changed - allowed)
         if refused:
-            raise Forbidden(f"Attribute '{refused[0]}' is read-only: image {stored.id} keeps it in this {what} "
-                            f"({source} -> {status}).")  # fmt: skip
+            raise Forbidden(
+                f"Attribute '{refused[0]}' is read-only: image {stored.id} keeps it in this {what} "
+                f"({source} -> {status})."
+            )
 
     @staticmethod
     def _check_new_location(stored: Image, new: Image, what: str, own_data: bool) -> None:
@@ -215,14 +236,18 @@ class ImageRules:
             raise Forbidden(f"Attribute 'locations': image {stored.id} gains exactly one location in this {what}.")
         if not (_user_location(location.uri) or (own_data and names_image(location.uri, stored.id))):
             where = "this image's own data in a store, or an http(s) URL" if own_data else "an http(s) URL"
-            raise Forbidden(f"Attribute 'locations': {location.uri} is not {where}; only administrators and "
-                            f"services register other locations.")  # fmt: skip
+            raise Forbidden(
+                f"Attribute 'locations': {location.uri} is not {where}; only administrators and "
+                f"services register other locations."
+            )
 
     @staticmethod
     def _fewer_locations(stored: Image, new: Image, what: str, keep_one: bool) -> set[str]:
         if not _subsequence(new.locations, stored.locations) or (keep_one and not new.locations):
-            raise Forbidden(f"Attribute 'locations': image {stored.id} only loses locations in this {what}"
-                            + (", and keeps one." if keep_one else "."))  # fmt: skip
+            raise Forbidden(
+                f"Attribute 'locations': image {stored.id} only loses locations in this {what}"
+                + (", and keeps one." if keep_one else ".")
+            )
         return {"locations"}
 
     @staticmethod
@@ -243,13 +268,17 @@ class ImageRules:
     def _check_visibility(self, image: Image, viewer, target: dict) -> None:
         action = {"public": "publicize_image", "community": "communitize_image"}.get(image.visibility)
         if action and not self.policy.allows(action, viewer, target):
-            raise Forbidden(f"Attribute 'visibility': you may not make image {image.id} {image.visibility} "
-                            f"(policy {action}).")  # fmt: skip
+            raise Forbidden(
+                f"Attribute 'visibility': you may not make image {image.id} {image.visibility} (policy {action})."
+            )
 
     def _check_properties(self, before: dict, after: dict, viewer, image_id: str) -> None:
         for name in sorted(before.keys() | after.keys()):
-            if name in after and after[name] != before.get(name) and (
-                    name in _RESERVED_PROPERTIES or name.startswith("os_glance")):  # fmt: skip
+            if (
+                name in after
+                and after[name] != before.get(name)
+                and (name in _RESERVED_PROPERTIES or name.startswith("os_glance"))
+            ):
                 raise Forbidden(f"Attribute '{name}' is reserved.")
             if self.protections is None:
                 continue

@@ -156,8 +156,12 @@ def _user_openrc(path: Path, keystone: dict[str, str]) -> None:
     from tests.functional import keystone as ks
 
     ks.ensure_user(USER, USER_PASSWORD, USER_PROJECT, ["member"])
-    values = {**{k: v for k, v in keystone.items() if k.startswith("OS_")}, "OS_USERNAME": USER,
-              "OS_PASSWORD": USER_PASSWORD, "OS_PROJECT_NAME": USER_PROJECT}  # fmt: skip
+    values = {
+        **{k: v for k, v in keystone.items() if k.startswith("OS_")},
+        "OS_USERNAME": USER,
+        "OS_PASSWORD": USER_PASSWORD,
+        "OS_PROJECT_NAME": USER_PROJECT,
+    }
     path.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items()))
 
 
@@ -173,8 +177,10 @@ def _remove_catalog_entry() -> None:
 
 def _apache_errors() -> str:
     try:
-        return "\n--- /var/log/apache2/abbild-api-error.log ---\n" + Path(
-            "/var/log/apache2/abbild-api-error.log").read_text()[-3000:]  # fmt: skip
+        return (
+            "\n--- /var/log/apache2/abbild-api-error.log ---\n"
+            + Path("/var/log/apache2/abbild-api-error.log").read_text()[-3000:]
+        )
     except OSError:
         return ""
 
@@ -194,8 +200,15 @@ def _run(script_path: Path, env: dict[str, str], log: Path) -> tuple[int, str]:
     """Run the guide; again (it is idempotent) while another apt-get holds apt's lock."""
     for attempt in range(4):
         with open(log, "w") as out:
-            proc = subprocess.run(["bash", str(script_path)], env=env, cwd=script_path.parent, stdout=out,
-                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=900)  # fmt: skip
+            proc = subprocess.run(
+                ["bash", str(script_path)],
+                env=env,
+                cwd=script_path.parent,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                timeout=900,
+            )
         said = log.read_text()
         if proc.returncode == 0 or "Could not get lock /var/lib/" not in said or attempt == 3:
             return proc.returncode, said
@@ -224,16 +237,20 @@ def test_the_guide_runs_as_written(tmp_path):
     # The operator's shell: no OS_* of the caller's (the guide sources its openrc files);
     # `openstack` is the console script beside this interpreter (a pyenv shim may lack it).
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OS_", "PYTEST_", "PYTHON"))}
-    env.update(PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}",
-               DEBIAN_FRONTEND="noninteractive", HOME=str(tmp_path))  # fmt: skip
+    env.update(
+        PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}",
+        DEBIAN_FRONTEND="noninteractive",
+        HOME=str(tmp_path),
+    )
     apache_was_running, memcached_was_running = _running(APACHE_PID_FILE), _memcached_running()
     Path("/etc/abbild/healthcheck_disable").unlink(missing_ok=True)  # left by an interrupted run
     api_log = Path("/var/log/abbild/abbild-api.log")
     api_log_start = api_log.stat().st_size if api_log.exists() else 0
     try:
         returncode, said = _run(tmp_path / "guide.sh", env, tmp_path / "guide.log")
-        assert returncode == 0, (f"docs/deploying.md failed (exit {returncode}); the end of its output:\n"
-                                 + said[-6000:] + _apache_errors())  # fmt: skip
+        assert returncode == 0, (
+            f"docs/deploying.md failed (exit {returncode}); the end of its output:\n" + said[-6000:] + _apache_errors()
+        )
 
         # The guide's last check: `openstack image create --file`, `image save`, `cmp`, as
         # an ordinary user whose client found abbild in Keystone's catalog.

@@ -74,17 +74,28 @@ class RegistryProcess:
         """A config file that points an API server at this registry."""
         path = os.path.join(self.data_dir, f"registry-client-{self.port}.conf")
         with open(path, "w") as f:
-            f.write(f"[DEFAULT]\nregistry = http\n\n[registry_client]\nurl = {self.url}\n"
-                    f"shared_secret = {self.secret}\n{self.client_options}")  # fmt: skip
+            f.write(
+                f"[DEFAULT]\nregistry = http\n\n[registry_client]\nurl = {self.url}\n"
+                f"shared_secret = {self.secret}\n{self.client_options}"
+            )
         return path
 
-    def start(self, timeout: float = 30) -> "RegistryProcess":
+    def start(self, timeout: float = 30) -> RegistryProcess:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "abbild_cmd.cli", "registry", "--port", str(self.port),
-                 *(a for f in self.config_files for a in ("--config-file", f))],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "abbild_cmd.cli",
+                    "registry",
+                    "--port",
+                    str(self.port),
+                    *(a for f in self.config_files for a in ("--config-file", f)),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         try:
             _wait_healthy(self.proc, self.url, timeout, "abbild registry", self.read_log)
         except RuntimeError:
@@ -129,7 +140,7 @@ class Server:
             self.registry.start()
         return [*args, "--config-file", self.registry.client_config()]
 
-    def start(self, timeout: float = 30) -> "Server":
+    def start(self, timeout: float = 30) -> Server:
         os.makedirs(self.data_dir, exist_ok=True)
         args = list(self.args)
         if REGISTRY == "http":
@@ -138,8 +149,10 @@ class Server:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "abbild_cmd.cli", "serve", "--port", str(self.port), *args]
                 + ([] if "--config-file" in args else ["--data-dir", self.data_dir]),
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

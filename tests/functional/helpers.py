@@ -25,5 +25,9 @@ datadir = {{dir}}/images
 
 def who(project: str, *roles: str) -> dict:
     """The trusted headers of a caller of *project* (a project member by default)."""
-    return {"X-Identity-Status": "Confirmed", "X-User-Id": f"u-{project}", "X-Project-Id": project,
-            "X-Roles": ",".join(roles or ("member", "reader"))}  # fmt: skip
+    return {
+        "X-Identity-Status": "Confirmed",
+        "X-User-Id": f"u-{project}",
+        "X-Project-Id": project,
+        "X-Roles": ",".join(roles or ("member", "reader")),
+    }

@@ -66,7 +66,7 @@ def unavailable_reason() -> str | None:
         return f"Keystone is not available: {exc}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def admin_session() -> ks_session.Session:
     """A keystoneauth1 session as the bootstrap admin, scoped to the ``admin`` project
     (re-authenticates by itself when the token expires)."""
@@ -82,7 +82,7 @@ def admin_session() -> ks_session.Session:
     return ks_session.Session(auth=auth)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def admin_client() -> ks_client.Client:
     """A python-keystoneclient v3 client on :func:`admin_session`."""
     return ks_client.Client(session=admin_session(), interface="public")
@@ -113,16 +113,15 @@ def ensure_project(name: str) -> str:
     """The id of the project *name* in the default domain, created if missing."""
     projects = admin_client().projects
     return _ensure(
-        projects, name,
+        projects,
+        name,
         lambda: projects.create(name, DOMAIN_ID, description="abbild functional tests"),
         domain=DOMAIN_ID,
-    )  # fmt: skip
+    )
 
 
 def _password_works(name: str, password: str) -> bool:
-    auth = v3.Password(
-        auth_url=auth_url(), username=name, password=password, user_domain_id=DOMAIN_ID, unscoped=True
-    )
+    auth = v3.Password(auth_url=auth_url(), username=name, password=password, user_domain_id=DOMAIN_ID, unscoped=True)
     try:
         auth.get_auth_ref(ks_session.Session())
         return True
@@ -139,10 +138,11 @@ def ensure_user(name: str, password: str, project: str | None = None, roles=()) 
     users = admin_client().users
     project_id = ensure_project(project) if project else None
     user_id = _ensure(
-        users, name,
+        users,
+        name,
         lambda: users.create(name, domain=DOMAIN_ID, password=password, default_project=project_id),
         domain=DOMAIN_ID,
-    )  # fmt: skip
+    )
     if not _password_works(name, password):
         users.update(user_id, password=password, enabled=True)
     if roles and not project_id:
@@ -172,7 +172,8 @@ def validate_token(token: str) -> dict:
     ``token`` body (user, project, roles, catalog, expires_at). Raises
     keystoneauth1.exceptions.NotFound for an invalid or revoked token."""
     resp = admin_session().get(
-        "/auth/tokens", endpoint_filter={"service_type": "identity", "interface": "public"},
+        "/auth/tokens",
+        endpoint_filter={"service_type": "identity", "interface": "public"},
         headers={"X-Subject-Token": token},
-    )  # fmt: skip
+    )
     return resp.json()["token"]

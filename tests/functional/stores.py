@@ -29,8 +29,11 @@ def _env_file(path: str, needed: str) -> dict[str, str]:
     found = read_env_file(path)
     found.update({k: v for k, v in os.environ.items() if k in found or k == needed})
     if needed not in found:
-        pytest.fail(f"ABBILD_TEST_STORE={STORE}: no {needed} in the environment or {path}; "
-                    "start the backend with its tools/*-up.sh script", pytrace=False)  # fmt: skip
+        pytest.fail(
+            f"ABBILD_TEST_STORE={STORE}: no {needed} in the environment or {path}; "
+            "start the backend with its tools/*-up.sh script",
+            pytrace=False,
+        )
     return found
 
 
@@ -42,34 +45,43 @@ def _one_store(driver: str, section: str) -> str:
 
 def _s3() -> str:
     env = _env_file(os.environ.get("CEPH_DIR", "/tmp/abbild-ceph") + "/env.sh", "CEPH_RGW_ENDPOINT")
-    return _one_store("s3", f"""endpoint_url = {env['CEPH_RGW_ENDPOINT']}
-access_key = {env['CEPH_S3_ACCESS_KEY']}
-secret_key = {env['CEPH_S3_SECRET_KEY']}
+    return _one_store(
+        "s3",
+        f"""endpoint_url = {env["CEPH_RGW_ENDPOINT"]}
+access_key = {env["CEPH_S3_ACCESS_KEY"]}
+secret_key = {env["CEPH_S3_SECRET_KEY"]}
 bucket = abbild-functional-{uuid.uuid4().hex[:8]}
 create_bucket = true
-""")
+""",
+    )
 
 
 def _rbd() -> str:
     env = _env_file(os.environ.get("CEPH_DIR", "/tmp/abbild-ceph") + "/env.sh", "CEPH_CONF")
-    return _one_store("rbd", f"""pool = {env.get('CEPH_RBD_POOL', 'images')}
-user = {env.get('CEPH_USER', 'admin')}
-ceph_conf = {env['CEPH_CONF']}
-keyring = {env['CEPH_ADMIN_KEYRING']}
-""")
+    return _one_store(
+        "rbd",
+        f"""pool = {env.get("CEPH_RBD_POOL", "images")}
+user = {env.get("CEPH_USER", "admin")}
+ceph_conf = {env["CEPH_CONF"]}
+keyring = {env["CEPH_ADMIN_KEYRING"]}
+""",
+    )
 
 
 def _swift() -> str:
     env = _env_file(os.environ.get("SWIFT_DIR", "/tmp/abbild-swift") + "/env.sh", "ST_AUTH")
-    return _one_store("swift", f"""auth_version = 1
-auth_address = {env['ST_AUTH']}
-user = {env['ST_USER']}
-key = {env['ST_KEY']}
+    return _one_store(
+        "swift",
+        f"""auth_version = 1
+auth_address = {env["ST_AUTH"]}
+user = {env["ST_USER"]}
+key = {env["ST_KEY"]}
 container = abbild-functional-{uuid.uuid4().hex[:8]}
 # small, so that functional uploads are segmented too
 large_object_size = 4
 large_object_chunk_size = 1
-""")
+""",
+    )
 
 
 @contextlib.contextmanager
@@ -78,23 +90,40 @@ def _vmware(workdir):
 
     port, ca = free_port(), os.path.join(workdir, "vsphere-ca.pem")
     proc = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "drivers/vmware/tests/fake_vsphere.py"), "--port", str(port),
-         "--ca-out", ca, "--user", "abbild", "--password", "secret", "--datastore", "dc1:ds1:100000000000"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            os.path.join(ROOT, "drivers/vmware/tests/fake_vsphere.py"),
+            "--port",
+            str(port),
+            "--ca-out",
+            ca,
+            "--user",
+            "abbild",
+            "--password",
+            "secret",
+            "--datastore",
+            "dc1:ds1:100000000000",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 20
         while not os.path.exists(ca) and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.2)
-        yield _one_store("vmware", f"""host = 127.0.0.1
+        yield _one_store(
+            "vmware",
+            f"""host = 127.0.0.1
 port = {port}
 user = abbild
 password = secret
 datastores = dc1:ds1:100
 image_dir = /abbild
 ca_file = {ca}
-""")
+""",
+        )
     finally:
         proc.terminate()
         proc.wait(timeout=10)

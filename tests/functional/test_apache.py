@@ -43,8 +43,12 @@ def server():
     # the other's.
     worker_id = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     index = int(worker_id.removeprefix("gw"))
-    env = dict(os.environ, ABBILD_APACHE_PORT=str(9480 + index), ABBILD_APACHE_DIR=f"/tmp/abbild-apache-{worker_id}",
-               PYTHON=sys.executable)  # fmt: skip
+    env = dict(
+        os.environ,
+        ABBILD_APACHE_PORT=str(9480 + index),
+        ABBILD_APACHE_DIR=f"/tmp/abbild-apache-{worker_id}",
+        PYTHON=sys.executable,
+    )
     up = subprocess.run(["bash", REPO / "tools/apache-up.sh"], env=env, capture_output=True, text=True, timeout=600)
     if up.returncode != 0:
         reason = f"Apache + mod_wsgi could not be started (tools/apache-up.sh):\n{up.stderr[-3000:]}"
@@ -120,8 +124,10 @@ def test_chunked_1gib_upload_and_download(glance, server):
 
     assert received == BIG
     assert sha256.hexdigest() == source.sha256.hexdigest()
-    print(f"\nApache + mod_wsgi, 1 GiB: chunked upload {upload_seconds:.1f} s ({BIG / upload_seconds / 2**20:.0f} MiB/s), "
-          f"download {download_seconds:.1f} s ({BIG / download_seconds / 2**20:.0f} MiB/s)")  # fmt: skip
+    print(
+        f"\nApache + mod_wsgi, 1 GiB: chunked upload {upload_seconds:.1f} s ({BIG / upload_seconds / 2**20:.0f} MiB/s), "
+        f"download {download_seconds:.1f} s ({BIG / download_seconds / 2**20:.0f} MiB/s)"
+    )
     glance.images.delete(image.id)
 
 
@@ -148,13 +154,18 @@ def test_versions_links_ignore_the_host_header(server):
 # The module is loaded again under another name, so its tests and fixtures run here with
 # this module's ``server`` fixture (Apache) instead of ``abbild serve``.
 
-_spec = importlib.util.spec_from_file_location("glanceclient_tests_on_apache",
-                                               Path(__file__).with_name("test_clients_glanceclient.py"))  # fmt: skip
+_spec = importlib.util.spec_from_file_location(
+    "glanceclient_tests_on_apache", Path(__file__).with_name("test_clients_glanceclient.py")
+)
 _glanceclient_tests = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_glanceclient_tests)
 
-payload, tag, active_image, five_images = (_glanceclient_tests.payload, _glanceclient_tests.tag,
-                                           _glanceclient_tests.active_image, _glanceclient_tests.five_images)  # fmt: skip
+payload, tag, active_image, five_images = (
+    _glanceclient_tests.payload,
+    _glanceclient_tests.tag,
+    _glanceclient_tests.active_image,
+    _glanceclient_tests.five_images,
+)
 test_versions_list_and_has_version = _glanceclient_tests.test_versions_list_and_has_version
 test_stores_and_import_info = _glanceclient_tests.test_stores_and_import_info
 test_create_with_properties = _glanceclient_tests.test_create_with_properties

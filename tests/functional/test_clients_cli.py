@@ -99,16 +99,24 @@ def api_image(server, tag, data=None, **attrs) -> dict:
     assert resp.status_code == 201, resp.text
     image_id = resp.json()["id"]
     if data is not None:
-        resp = requests.put(f"{server.url}/v2/images/{image_id}/file", data=data, timeout=30,
-                            headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+        resp = requests.put(
+            f"{server.url}/v2/images/{image_id}/file",
+            data=data,
+            timeout=30,
+            headers={"Content-Type": "application/octet-stream"},
+        )
         assert resp.status_code == 204, resp.text
     return api_get(server, image_id)
 
 
 def api_patch(server, image_id, **values) -> None:
     ops = [{"op": "replace", "path": f"/{k}", "value": v} for k, v in values.items()]
-    resp = requests.patch(f"{server.url}/v2/images/{image_id}", json=ops, timeout=10,
-                          headers={"Content-Type": "application/openstack-images-v2.1-json-patch"})  # fmt: skip
+    resp = requests.patch(
+        f"{server.url}/v2/images/{image_id}",
+        json=ops,
+        timeout=10,
+        headers={"Content-Type": "application/openstack-images-v2.1-json-patch"},
+    )
     assert resp.status_code == 200, resp.text
 
 
@@ -160,8 +168,23 @@ def test_glance_discovers_v2_and_caches_the_image_schema(glance, server, cli_env
 
 
 def test_glance_image_create_from_file_and_download(glance, tag, payload, payload_file, tmp_path):
-    proc = glance("image-create", "--name", tag, "--disk-format", "raw", "--container-format", "bare",
-                  "--min-ram", "64", "--property", "foo=bar", "--tags", tag, "--file", str(payload_file))  # fmt: skip
+    proc = glance(
+        "image-create",
+        "--name",
+        tag,
+        "--disk-format",
+        "raw",
+        "--container-format",
+        "bare",
+        "--min-ram",
+        "64",
+        "--property",
+        "foo=bar",
+        "--tags",
+        tag,
+        "--file",
+        str(payload_file),
+    )
     image = show_table(proc.stdout)
     assert (image["name"], image["status"], image["size"], image["stores"]) == (tag, "active", str(SIZE), "local")
     assert (image["min_ram"], image["foo"], json.loads(image["tags"])) == ("64", "bar", [tag])
@@ -174,8 +197,18 @@ def test_glance_image_create_from_file_and_download(glance, tag, payload, payloa
 
 def test_glance_image_update(glance, server, tag):
     image = api_image(server, tag, foo="bar")
-    proc = glance("image-update", image["id"], "--name", "renamed", "--min-ram", "256", "--property", "color=blue",
-                  "--remove-property", "foo")  # fmt: skip
+    proc = glance(
+        "image-update",
+        image["id"],
+        "--name",
+        "renamed",
+        "--min-ram",
+        "256",
+        "--property",
+        "color=blue",
+        "--remove-property",
+        "foo",
+    )
     for shown in (show_table(proc.stdout), api_get(server, image["id"])):
         assert (shown["name"], str(shown["min_ram"]), shown["color"]) == ("renamed", "256", "blue")
         assert "foo" not in shown
@@ -189,11 +222,13 @@ def test_glance_tags(glance, server, tag):
 
 
 def test_glance_image_list_filters_sort_and_pages(glance, tag, four_images):
-    proc = glance("image-list", "--tag", tag, "--property-filter", "parity=even", "--sort", "name:asc",
-                  "--page-size", "1")  # fmt: skip
+    proc = glance(
+        "image-list", "--tag", tag, "--property-filter", "parity=even", "--sort", "name:asc", "--page-size", "1"
+    )
     assert [row["Name"] for row in list_table(proc.stdout)] == [f"{tag}-0", f"{tag}-2"]
-    proc = glance("image-list", "--tag", tag, "--sort-key", "name", "--sort-dir", "desc", "--limit", "3",
-                  "--page-size", "2")  # fmt: skip
+    proc = glance(
+        "image-list", "--tag", tag, "--sort-key", "name", "--sort-dir", "desc", "--limit", "3", "--page-size", "2"
+    )
     assert [(row["ID"], row["Name"]) for row in list_table(proc.stdout)] == [
         (four_images[i], f"{tag}-{i}") for i in (3, 2, 1)
     ]
@@ -224,10 +259,14 @@ def test_glance_protected_delete_refused_then_delete_and_404(glance, server, tag
         # abbild answers 400
         (["image-list", "--visibility", "bogus"], "HTTP 400 Bad Request: Invalid visibility value: bogus"),
         # glance validates against the schema it fetched from abbild, before sending
-        (["image-create", "--min-ram", "-1"],
-         "Unable to set 'min_ram' to -1. Reason: -1 is less than the minimum of 0"),
-        (["image-create", "--disk-format", "floppy"],
-         "Unable to set 'disk_format' to 'floppy'. Reason: 'floppy' is not one of"),
+        (
+            ["image-create", "--min-ram", "-1"],
+            "Unable to set 'min_ram' to -1. Reason: -1 is less than the minimum of 0",
+        ),
+        (
+            ["image-create", "--disk-format", "floppy"],
+            "Unable to set 'disk_format' to 'floppy'. Reason: 'floppy' is not one of",
+        ),
     ],
     ids=["list-visibility", "create-min-ram", "create-disk-format"],
 )
@@ -252,9 +291,25 @@ def test_openstack_connects_without_keystone(openstack, server, tag, auth):
 
 
 def test_openstack_image_create_from_file_and_save(openstack, tag, payload, payload_file, tmp_path):
-    image = openstack("image", "create", "--disk-format", "raw", "--container-format", "bare",
-                      "--file", str(payload_file), "--property", "foo=bar", "--tag", tag, "--min-ram", "64",
-                      tag, "-f", "json")  # fmt: skip
+    image = openstack(
+        "image",
+        "create",
+        "--disk-format",
+        "raw",
+        "--container-format",
+        "bare",
+        "--file",
+        str(payload_file),
+        "--property",
+        "foo=bar",
+        "--tag",
+        tag,
+        "--min-ram",
+        "64",
+        tag,
+        "-f",
+        "json",
+    )
     assert (image["name"], image["status"], image["size"], image["min_ram"]) == (tag, "active", SIZE, 64)
     assert image["checksum"] == hashlib.md5(payload).hexdigest() and image["tags"] == [tag]
     props = image["properties"]
@@ -267,8 +322,19 @@ def test_openstack_image_create_from_file_and_save(openstack, tag, payload, payl
 
 def test_openstack_image_set_and_unset(openstack, server, tag):
     image = api_image(server, tag, foo="bar", tags=[tag, "old"])
-    openstack("image", "set", "--name", "renamed", "--min-ram", "128", "--property", "color=blue", "--tag", "extra",
-              image["id"])  # fmt: skip
+    openstack(
+        "image",
+        "set",
+        "--name",
+        "renamed",
+        "--min-ram",
+        "128",
+        "--property",
+        "color=blue",
+        "--tag",
+        "extra",
+        image["id"],
+    )
     openstack("image", "unset", "--property", "foo", "--tag", "old", image["id"])
     shown = api_get(server, image["id"])
     assert (shown["name"], shown["min_ram"], shown["color"]) == ("renamed", 128, "blue")
@@ -305,8 +371,10 @@ def test_openstack_protected_delete_refused_then_delete_and_404(openstack, serve
 @pytest.mark.parametrize(
     "command, message",
     [
-        (lambda tag, path, image: ["image", "create", "--file", path, "--tag", tag, "--min-ram", "-1", tag],
-         "400 Bad Request: Provided object does not match schema 'image': -1 is less than the minimum of 0"),
+        (
+            lambda tag, path, image: ["image", "create", "--file", path, "--tag", tag, "--min-ram", "-1", tag],
+            "400 Bad Request: Provided object does not match schema 'image': -1 is less than the minimum of 0",
+        ),
         # the SDK sends its PATCH with an empty Accept, gets text/plain and shows no detail
         (lambda tag, path, image: ["image", "set", "--min-ram", "-1", image], "BadRequestException: 400"),
     ],

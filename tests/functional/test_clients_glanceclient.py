@@ -181,8 +181,9 @@ def test_unsatisfiable_range_is_416(server, active_image):
 
 
 def test_update_sets_and_removes_properties(glance, active_image):
-    updated = glance.images.update(active_image.id, remove_props=["foo"], name="renamed", min_ram=1024,
-                                   os_distro="debian", color="blue")  # fmt: skip
+    updated = glance.images.update(
+        active_image.id, remove_props=["foo"], name="renamed", min_ram=1024, os_distro="debian", color="blue"
+    )
     for image in (updated, glance.images.get(active_image.id)):
         assert (image.name, image.min_ram, image.os_distro, image.color) == ("renamed", 1024, "debian", "blue")
         assert "foo" not in image

@@ -18,8 +18,10 @@ from openstack.image.v2.image import Image
 SIZE = 2 * 1024 * 1024 + 321
 
 # The SDK warns about its own deprecations (RemovedInSDK*Warning are PendingDeprecationWarnings).
-pytestmark = [pytest.mark.filterwarnings("ignore::openstack.warnings.OpenStackDeprecationWarning"),
-              pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::openstack.warnings.OpenStackDeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::PendingDeprecationWarning"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +57,15 @@ def create(conn, tag, **attrs):
 @pytest.fixture
 def active_image(conn, tag, payload_file):
     """An image created and uploaded from a file; the SDK checks abbild's md5 against the file's."""
-    image = conn.image.create_image(tag, filename=str(payload_file), disk_format="raw", container_format="bare",
-                                    tags=[tag], properties={"foo": "bar"}, validate_checksum=True)  # fmt: skip
+    image = conn.image.create_image(
+        tag,
+        filename=str(payload_file),
+        disk_format="raw",
+        container_format="bare",
+        tags=[tag],
+        properties={"foo": "bar"},
+        validate_checksum=True,
+    )
     return conn.image.get_image(image.id)
 
 
@@ -88,8 +97,11 @@ def test_connect_without_keystone_discovers_v2(server, tag, kwargs):
 
 def test_schemas(conn):
     image = conn.image.get_image_schema()
-    assert image.properties["min_ram"] == {"type": "integer", "minimum": 0,
-                                           "description": "Amount of ram (in MB) required to boot image."}  # fmt: skip
+    assert image.properties["min_ram"] == {
+        "type": "integer",
+        "minimum": 0,
+        "description": "Amount of ram (in MB) required to boot image.",
+    }
     assert image.additional_properties == {"type": "string"}
     assert conn.image.get_images_schema().properties["images"]["type"] == "array"
     assert conn.image.get_member_schema().properties["status"]["enum"] == ["pending", "accepted", "rejected"]
@@ -105,8 +117,16 @@ def test_stores_and_import_info(conn):
 
 
 def test_create_with_properties(conn, tag):
-    image = create(conn, tag, min_disk=3, min_ram=256, visibility="private", is_protected=False, os_distro="cirros",
-                   properties={"color": "red"})  # fmt: skip
+    image = create(
+        conn,
+        tag,
+        min_disk=3,
+        min_ram=256,
+        visibility="private",
+        is_protected=False,
+        os_distro="cirros",
+        properties={"color": "red"},
+    )
     image = conn.image.get_image(image.id)
     assert (image.status, image.visibility, image.min_disk, image.min_ram) == ("queued", "private", 3, 256)
     assert (image.os_distro, image.properties["color"], image.tags) == ("cirros", "red", [tag])
@@ -124,8 +144,9 @@ def test_create_image_from_file(active_image, payload):
 
 def test_create_image_from_bytes(conn, tag):
     data = b"small image " * 1000
-    created = conn.image.create_image(tag, data=data, disk_format="qcow2", container_format="bare", tags=[tag],
-                                      validate_checksum=True)  # fmt: skip
+    created = conn.image.create_image(
+        tag, data=data, disk_format="qcow2", container_format="bare", tags=[tag], validate_checksum=True
+    )
     image = conn.image.get_image(created.id)
     assert (image.status, image.size, image.checksum) == ("active", len(data), hashlib.md5(data).hexdigest())
     assert conn.image.download_image(image).content == data

@@ -25,16 +25,18 @@ auth_url = http://127.0.0.1:5000/v3
 def _config(tmp_path, text: str) -> str:
     port = free_port()
     path = tmp_path / "abbild-api.conf"
-    path.write_text(f"[DEFAULT]\nbind_port = {port}\nworkers = 1\n[database]\n"
-                    f"connection = sqlite:///{tmp_path}/abbild.sqlite\n[local]\ndatadir = {tmp_path}/images\n"
-                    + text)  # fmt: skip
+    path.write_text(
+        f"[DEFAULT]\nbind_port = {port}\nworkers = 1\n[database]\n"
+        f"connection = sqlite:///{tmp_path}/abbild.sqlite\n[local]\ndatadir = {tmp_path}/images\n" + text
+    )
     return str(path)
 
 
 def _refused(args, env=None) -> str:
     """Run an entry point that must refuse to start; returns what it said."""
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **(env or {})})  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
+    )
     assert proc.returncode != 0, f"it started:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout + proc.stderr  # oslo.log writes to stdout
 
@@ -44,10 +46,14 @@ def _refused(args, env=None) -> str:
     [
         (KEYSTONE_WITHOUT_FLAVOR, "[paste_deploy] flavor is not set"),
         ("[paste_deploy]\nflavour = keystone\n", "[paste_deploy] flavor is not set"),  # the option misspelt
-        ("[paste_deploy]\nflavor = keystnoe\n", "no pipeline abbild-api-keystnoe; its flavours are: keystone, noauth, "
-                                                "trusted-headers"),
-        ("[DEFAULT]\nbind_host = 0.0.0.0\n[paste_deploy]\nflavor = noauth\n", "will not listen on 0.0.0.0 without "
-                                                                                "authentication"),
+        (
+            "[paste_deploy]\nflavor = keystnoe\n",
+            "no pipeline abbild-api-keystnoe; its flavours are: keystone, noauth, trusted-headers",
+        ),
+        (
+            "[DEFAULT]\nbind_host = 0.0.0.0\n[paste_deploy]\nflavor = noauth\n",
+            "will not listen on 0.0.0.0 without authentication",
+        ),
     ],
 )
 def test_abbild_api_refuses_to_start(tmp_path, text, message):
@@ -62,8 +68,9 @@ def test_the_wsgi_application_refuses_to_load_without_a_flavor(tmp_path):
 
 
 def test_abbild_serve_keeps_noauth_to_loopback(tmp_path):
-    said = _refused(["-m", "abbild_cmd.cli", "serve", "--host", "0.0.0.0", "--port", str(free_port()),
-                     "--data-dir", str(tmp_path)])  # fmt: skip
+    said = _refused(
+        ["-m", "abbild_cmd.cli", "serve", "--host", "0.0.0.0", "--port", str(free_port()), "--data-dir", str(tmp_path)]
+    )
     assert "will not listen on 0.0.0.0 without authentication" in said
 
 
@@ -86,10 +93,14 @@ def test_noauth_answers_loopback_clients_only(tmp_path):
 UNUSABLE_AUTHTOKEN = [
     # keystonemiddleware would start with these and answer every request 500
     ("", ["www_authenticate_uri", "auth_type"]),
-    ("[keystone_authtoken]\nwww_authenticate_uri = http://127.0.0.1:5000/v3\nauth_url = http://127.0.0.1:5000/v3\n",
-     ["auth_type"]),
-    ("[keystone_authtoken]\nauth_type = password\nusername = abbild\npassword = x\n",
-     ["www_authenticate_uri", "auth_url"]),
+    (
+        "[keystone_authtoken]\nwww_authenticate_uri = http://127.0.0.1:5000/v3\nauth_url = http://127.0.0.1:5000/v3\n",
+        ["auth_type"],
+    ),
+    (
+        "[keystone_authtoken]\nauth_type = password\nusername = abbild\npassword = x\n",
+        ["www_authenticate_uri", "auth_url"],
+    ),
 ]
 ENTRY_POINTS = {
     "abbild api": lambda conf: ["-m", "abbild_cmd.cli", "api", "--config-file", conf],
@@ -111,8 +122,11 @@ def test_keystone_flavour_refuses_to_start_without_a_usable_authtoken_section(tm
 
 
 def test_keystone_flavour_names_an_unknown_auth_plugin(tmp_path):
-    conf = _config(tmp_path, "[paste_deploy]\nflavor = keystone\n[keystone_authtoken]\n"
-                             "www_authenticate_uri = http://127.0.0.1:5000/v3\nauth_type = pasword\n")  # fmt: skip
+    conf = _config(
+        tmp_path,
+        "[paste_deploy]\nflavor = keystone\n[keystone_authtoken]\n"
+        "www_authenticate_uri = http://127.0.0.1:5000/v3\nauth_type = pasword\n",
+    )
     said = _refused(ENTRY_POINTS["abbild api"](conf))
     assert "auth_type = pasword: no such keystoneauth plugin" in said
 
@@ -124,17 +138,21 @@ def _cli(args, tmp_path, config_dir, **kwargs) -> subprocess.CompletedProcess:
     """The abbild command with a private home (where the embedded default would go)."""
     home = tmp_path / "home"
     env = {**os.environ, "ABBILD_CONFIG_DIR": str(config_dir), "HOME": str(home), "XDG_DATA_HOME": str(home / "data")}
-    return subprocess.run([sys.executable, "-m", "abbild_cmd.cli", *args], capture_output=True, text=True,
-                          timeout=60, env=env, **kwargs)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "abbild_cmd.cli", *args], capture_output=True, text=True, timeout=60, env=env, **kwargs
+    )
 
 
-@pytest.mark.parametrize("command, service", [
-    (["db", "sync"], "abbild-api"),
-    (["db", "version"], "abbild-api"),
-    (["stores"], "abbild-api"),
-    (["api"], "abbild-api"),
-    (["registry", "--port", "1"], "abbild-registry"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "command, service",
+    [
+        (["db", "sync"], "abbild-api"),
+        (["db", "version"], "abbild-api"),
+        (["stores"], "abbild-api"),
+        (["api"], "abbild-api"),
+        (["registry", "--port", "1"], "abbild-registry"),
+    ],
+)
 def test_service_commands_want_their_config_file(tmp_path, command, service):
     """Without --config-file a service command reads $ABBILD_CONFIG_DIR/<service>.conf, and
     without that file it refuses: it never falls back to the embedded default."""
@@ -166,14 +184,17 @@ def test_db_sync_of_the_embedded_default_only_when_asked(tmp_path):
     synced = _cli(["db", "sync", "--data-dir", str(data)], tmp_path, tmp_path / "nowhere")
     assert synced.returncode == 0, synced.stderr
     assert synced.stdout.startswith(f"sqlite:///{data}/abbild.sqlite: ")
-    both = _cli(["db", "sync", "--data-dir", str(data), "--config-file", str(data / "abbild-api.conf")],
-                tmp_path, tmp_path)  # fmt: skip
+    both = _cli(
+        ["db", "sync", "--data-dir", str(data), "--config-file", str(data / "abbild-api.conf")], tmp_path, tmp_path
+    )
     assert both.returncode == 2 and "not both" in both.stderr
 
 
 def test_stores_reads_the_config_dir(tmp_path):
-    _config(tmp_path, "[DEFAULT]\nenabled_backends = here:filesystem\ndefault_backend = here\n"
-                      f"[here]\ndatadir = {tmp_path}/here\n")  # fmt: skip
+    _config(
+        tmp_path,
+        f"[DEFAULT]\nenabled_backends = here:filesystem\ndefault_backend = here\n[here]\ndatadir = {tmp_path}/here\n",
+    )
     proc = _cli(["stores"], tmp_path, tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "here (default): driver=filesystem" in proc.stdout
@@ -182,16 +203,20 @@ def test_stores_reads_the_config_dir(tmp_path):
 def test_registry_reads_the_config_dir(tmp_path):
     """It gets as far as its own checks on the config it found."""
     (tmp_path / "abbild-registry.conf").write_text(
-        f"[database]\nconnection = sqlite:///{tmp_path}/r.sqlite\n[registry_server]\nauth_strategy = noauth\n")
+        f"[database]\nconnection = sqlite:///{tmp_path}/r.sqlite\n[registry_server]\nauth_strategy = noauth\n"
+    )
     proc = _cli(["registry", "--host", "0.0.0.0", "--port", "1"], tmp_path, tmp_path)
     assert proc.returncode == 2 and "will not listen on 0.0.0.0 without authentication" in proc.stderr
 
 
-@pytest.mark.parametrize("ini, drain", [
-    (None, "{config_dir}/healthcheck_disable"),  # the shipped pipelines
-    ("disable_by_file_path = drain-me", "{config_dir}/drain-me"),
-    ("disable_by_file_path = {tmp}/elsewhere", "{tmp}/elsewhere"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "ini, drain",
+    [
+        (None, "{config_dir}/healthcheck_disable"),  # the shipped pipelines
+        ("disable_by_file_path = drain-me", "{config_dir}/drain-me"),
+        ("disable_by_file_path = {tmp}/elsewhere", "{tmp}/elsewhere"),
+    ],
+)
 def test_the_drain_file_lives_in_the_config_dir(tmp_path, monkeypatch, ini, drain):
     from abbild_paste.pipeline import SHIPPED_INI, load_api
 

@@ -9,8 +9,8 @@ carrying the request id."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import http.client
+import http.server
 import os
 import re
 import select
@@ -48,8 +48,13 @@ class API:
         )
         # Like a production host: the config dir, not --config-file.
         env = dict(os.environ, ABBILD_CONFIG_DIR=str(base))
-        self.proc = subprocess.Popen([sys.executable, "-m", "abbild_cmd.cli", "api"], env=env, start_new_session=True,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "abbild_cmd.cli", "api"],
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 30
         while not self.healthy():
             assert self.proc.poll() is None and time.monotonic() < deadline, f"abbild api did not start:\n{self.log()}"
@@ -187,8 +192,10 @@ def test_upload_still_running_after_the_timeout_is_rolled_back(start_api):
 
 def test_log_lines_are_in_openstack_format_with_request_ids(start_api):
     api = start_api(graceful_shutdown_timeout=1)
-    requests.get(f"{api.url}/v2/images/00000000-0000-0000-0000-000000000000",
-                 headers={"x-openstack-request-id": "req-graceful-test"})  # fmt: skip
+    requests.get(
+        f"{api.url}/v2/images/00000000-0000-0000-0000-000000000000",
+        headers={"x-openstack-request-id": "req-graceful-test"},
+    )
     api.proc.send_signal(signal.SIGTERM)
     assert api.proc.wait(20) == 0
     line = next(line for line in api.log().splitlines() if "req-graceful-test" in line)
@@ -224,8 +231,10 @@ def slow_web():
     httpd.server_close()
 
 
-WEB_STORE = "[DEFAULT]\nenabled_backends = local:filesystem, web:http\ndefault_backend = local\n" \
-            "[web]\nallowed_networks = 127.0.0.1/32\n"
+WEB_STORE = (
+    "[DEFAULT]\nenabled_backends = local:filesystem, web:http\ndefault_backend = local\n"
+    "[web]\nallowed_networks = 127.0.0.1/32\n"
+)
 
 
 @pytest.mark.parametrize("grace, outcome", [(30, "active"), (1, "queued")])
@@ -235,11 +244,11 @@ def test_sigterm_waits_for_background_imports_or_rolls_them_back(start_api, slow
     itself, leaving nothing for the next start to recover."""
     api = start_api(graceful_shutdown_timeout=grace, more=WEB_STORE, flavor="trusted-headers")
     owner = who("p-graceful")
-    resp = requests.post(f"{api.url}/v2/images", json={"disk_format": "raw", "container_format": "bare"},
-                         headers=owner)  # fmt: skip
+    resp = requests.post(f"{api.url}/v2/images", json={"disk_format": "raw", "container_format": "bare"}, headers=owner)
     image_id = resp.json()["id"]
-    resp = requests.post(f"{api.url}/v2/images/{image_id}/locations", json={"url": f"{slow_web}/{image_id}.img"},
-                         headers=owner)  # fmt: skip
+    resp = requests.post(
+        f"{api.url}/v2/images/{image_id}/locations", json={"url": f"{slow_web}/{image_id}.img"}, headers=owner
+    )
     assert resp.status_code == 202, resp.text
     assert wait_for(lambda: api.status(image_id) == "saving", 10)
     api.proc.send_signal(signal.SIGTERM)

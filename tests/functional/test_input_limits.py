@@ -25,7 +25,9 @@ JSON_ERRORS = {"Accept": "application/json"}
 
 @pytest.fixture(scope="module")
 def url(server_factory):
-    return server_factory("limits", server_config(flavor="trusted-headers", default="allow_anonymous_access = true")).url
+    return server_factory(
+        "limits", server_config(flavor="trusted-headers", default="allow_anonymous_access = true")
+    ).url
 
 
 def new_image(url, headers, **body):
@@ -76,8 +78,9 @@ def test_chunked_body_over_the_limit_is_413_while_reading(url, project):
 def test_big_description_is_refused_and_not_stored(url, project, chunked):
     tag = uuid.uuid4().hex
     data = json.dumps({"description": "d" * (8 * MIB), "tags": [tag]}).encode()
-    resp = requests.post(f"{url}/v2/images", data=iter([data]) if chunked else data,
-                         headers={**who(project), **JSON_ERRORS})  # fmt: skip
+    resp = requests.post(
+        f"{url}/v2/images", data=iter([data]) if chunked else data, headers={**who(project), **JSON_ERRORS}
+    )
     assert resp.status_code == 413, resp.text[:200]
     assert "max_json_body_size" in resp.json()["message"]
     assert requests.get(f"{url}/v2/images?tag={tag}", headers=who(project)).json()["images"] == []
@@ -86,8 +89,9 @@ def test_big_description_is_refused_and_not_stored(url, project, chunked):
 def test_patch_body_over_the_limit_is_413(url, project):
     image_id = new_image(url, who(project))
     changes = [{"op": "add", "path": f"/p{i}", "value": "v" * 60000} for i in range(20)]
-    resp = requests.patch(f"{url}/v2/images/{image_id}", data=json.dumps(changes),
-                          headers={**who(project), **PATCH, **JSON_ERRORS})  # fmt: skip
+    resp = requests.patch(
+        f"{url}/v2/images/{image_id}", data=json.dumps(changes), headers={**who(project), **PATCH, **JSON_ERRORS}
+    )
     assert resp.status_code == 413 and "max_json_body_size" in resp.json()["message"]
 
 
@@ -111,8 +115,11 @@ def test_property_value_of_65535_characters_is_kept_one_more_is_400(url, project
     assert resp.status_code == 400
     message = resp.json()["message"]
     assert name in message and "65535 characters" in message and "max_property_value_length" in message
-    resp = requests.patch(f"{url}/v2/images/{image_id}", json=[{"op": "replace", "path": f"/{name}", "value": "v" * 65536}],
-                          headers={**who(project), **PATCH, **JSON_ERRORS})  # fmt: skip
+    resp = requests.patch(
+        f"{url}/v2/images/{image_id}",
+        json=[{"op": "replace", "path": f"/{name}", "value": "v" * 65536}],
+        headers={**who(project), **PATCH, **JSON_ERRORS},
+    )
     assert resp.status_code == 400 and name in resp.json()["message"]
 
 

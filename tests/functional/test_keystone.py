@@ -59,12 +59,11 @@ project_domain_id = default
 
 @pytest.fixture(scope="module")
 def url(keystone, server_factory):
-    text = KEYSTONE_CONFIG.format(auth_url=ks.auth_url(), user=SERVICE_USER, password=PASSWORD,
-                                  project=SERVICE_PROJECT)  # fmt: skip
+    text = KEYSTONE_CONFIG.format(auth_url=ks.auth_url(), user=SERVICE_USER, password=PASSWORD, project=SERVICE_PROJECT)
     return server_factory("keystone", text).url
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def login(user: str, project: str, *roles: str) -> tuple[str, str]:
     """A token for *user* with *roles* on *project* (all created if missing): (token, project_id)."""
     ks.ensure_user(user, PASSWORD, project, roles)
@@ -92,8 +91,11 @@ PRINCIPALS = {
     "image member, rejected": ("abbild-epsilon-member", "abbild-epsilon", "member"),
     "anonymous": None,
 }
-MEMBER_STATUS = {"image member, pending": "pending", "image member, accepted": "accepted",
-                 "image member, rejected": "rejected"}  # fmt: skip
+MEMBER_STATUS = {
+    "image member, pending": "pending",
+    "image member, accepted": "accepted",
+    "image member, rejected": "rejected",
+}
 
 
 # -- authentication -------------------------------------------------------------------------
@@ -119,8 +121,9 @@ def test_owner_is_the_token_project(url):
     resp = requests.post(f"{url}/v2/images", json={"name": "mine"}, headers={"X-Auth-Token": token})
     assert resp.status_code == 201, resp.text
     assert resp.json()["owner"] == project_id
-    other = requests.post(f"{url}/v2/images", json={"owner": project_of("other project member")},
-                          headers={"X-Auth-Token": token})  # fmt: skip
+    other = requests.post(
+        f"{url}/v2/images", json={"owner": project_of("other project member")}, headers={"X-Auth-Token": token}
+    )
     assert other.status_code == 403
 
 
@@ -134,9 +137,16 @@ def test_glanceclient_with_keystone_session(url, keystone):
 
     user, project, *_ = PRINCIPALS["owner member"]
     login(*PRINCIPALS["owner member"])
-    sess = session.Session(auth=v3.Password(
-        auth_url=ks.auth_url(), username=user, password=PASSWORD, project_name=project,
-        user_domain_id="default", project_domain_id="default"))  # fmt: skip
+    sess = session.Session(
+        auth=v3.Password(
+            auth_url=ks.auth_url(),
+            username=user,
+            password=PASSWORD,
+            project_name=project,
+            user_domain_id="default",
+            project_domain_id="default",
+        )
+    )
     glance = Client("2", session=sess, endpoint_override=url)
     data = os.urandom(300_000)
     image = glance.images.create(name="gc-keystone", disk_format="raw", container_format="bare")
@@ -154,10 +164,16 @@ def test_openstacksdk_with_password_auth(url, keystone):
     login(*PRINCIPALS["owner member"])
     conn = openstack.connect(
         auth_type="password",
-        auth={"auth_url": ks.auth_url(), "username": user, "password": PASSWORD, "project_name": project,
-              "user_domain_id": "default", "project_domain_id": "default"},
+        auth={
+            "auth_url": ks.auth_url(),
+            "username": user,
+            "password": PASSWORD,
+            "project_name": project,
+            "user_domain_id": "default",
+            "project_domain_id": "default",
+        },
         image_endpoint_override=url,
-    )  # fmt: skip
+    )
     data = os.urandom(200_000)
     image = conn.image.create_image(name="sdk-keystone", data=data, disk_format="raw", container_format="bare")
     image = conn.image.get_image(image.id)
@@ -172,9 +188,17 @@ def _cli_env(who: str, tmp_path) -> dict:
     user, project, *_ = PRINCIPALS[who]
     login(*PRINCIPALS[who])
     env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
-    env.update(HOME=str(tmp_path), OS_AUTH_URL=ks.auth_url(), OS_USERNAME=user, OS_PASSWORD=PASSWORD,
-               OS_PROJECT_NAME=project, OS_USER_DOMAIN_ID="default", OS_PROJECT_DOMAIN_ID="default",
-               OS_IDENTITY_API_VERSION="3", OS_AUTH_TYPE="password")  # fmt: skip
+    env.update(
+        HOME=str(tmp_path),
+        OS_AUTH_URL=ks.auth_url(),
+        OS_USERNAME=user,
+        OS_PASSWORD=PASSWORD,
+        OS_PROJECT_NAME=project,
+        OS_USER_DOMAIN_ID="default",
+        OS_PROJECT_DOMAIN_ID="default",
+        OS_IDENTITY_API_VERSION="3",
+        OS_AUTH_TYPE="password",
+    )
     return env
 
 
@@ -187,8 +211,21 @@ def cli(argv, env) -> str:
 def test_glance_cli_member_commands(url, tmp_path):
     owner, friend = _cli_env("owner member", tmp_path), _cli_env("image member, pending", tmp_path)
     glance = [executable("glance"), "--os-image-url", url]
-    image_id = cli(glance + ["image-create", "--name", "cli-shared", "--visibility", "shared",
-                             "--disk-format", "raw", "--container-format", "bare"], owner)  # fmt: skip
+    image_id = cli(
+        glance
+        + [
+            "image-create",
+            "--name",
+            "cli-shared",
+            "--visibility",
+            "shared",
+            "--disk-format",
+            "raw",
+            "--container-format",
+            "bare",
+        ],
+        owner,
+    )
     image_id = next(line.split("|")[2].strip() for line in image_id.splitlines() if "| id " in line)
     member = project_of("image member, pending")
     assert "pending" in cli(glance + ["member-create", image_id, member], owner)
@@ -217,9 +254,11 @@ def test_openstack_cli_add_project_and_accept(url, tmp_path):
 def _shared_image(url, *, upload=True) -> str:
     """A shared image of the owner project, with data, and the three image members."""
     owner = auth("owner member")
-    image = requests.post(f"{url}/v2/images", headers=owner,
-                          json={"name": "matrix", "visibility": "shared", "disk_format": "raw",
-                                "container_format": "bare"})  # fmt: skip
+    image = requests.post(
+        f"{url}/v2/images",
+        headers=owner,
+        json={"name": "matrix", "visibility": "shared", "disk_format": "raw", "container_format": "bare"},
+    )
     assert image.status_code == 201, image.text
     image_id = image.json()["id"]
     if upload:
@@ -230,8 +269,9 @@ def _shared_image(url, *, upload=True) -> str:
         resp = requests.post(f"{url}/v2/images/{image_id}/members", json={"member": member}, headers=owner)
         assert resp.status_code == 200, resp.text
         if status != "pending":
-            resp = requests.put(f"{url}/v2/images/{image_id}/members/{member}", json={"status": status},
-                                headers=auth(who))  # fmt: skip
+            resp = requests.put(
+                f"{url}/v2/images/{image_id}/members/{member}", json={"status": status}, headers=auth(who)
+            )
             assert resp.status_code == 200, resp.text
     return image_id
 
@@ -251,8 +291,7 @@ def _list(url, image_id, headers) -> str:
 def _update_member(url, image_id, headers, who):
     """A member updates its own membership; anyone else tries the pending member's."""
     member = project_of(who) if who in MEMBER_STATUS else project_of("image member, pending")
-    return requests.put(f"{url}/v2/images/{image_id}/members/{member}", json={"status": "accepted"},
-                        headers=headers)  # fmt: skip
+    return requests.put(f"{url}/v2/images/{image_id}/members/{member}", json={"status": "accepted"}, headers=headers)
 
 
 OPERATIONS = {
@@ -262,30 +301,75 @@ OPERATIONS = {
     "download": (True, lambda u, i, h, w: requests.get(f"{u}/v2/images/{i}/file", headers=h)),
     "update": (True, lambda u, i, h, w: _patch(u, i, h, name="renamed")),
     "delete": (True, lambda u, i, h, w: requests.delete(f"{u}/v2/images/{i}", headers=h)),
-    "add member": (True, lambda u, i, h, w: requests.post(f"{u}/v2/images/{i}/members",
-                                                          json={"member": "someone-else"}, headers=h)),
+    "add member": (
+        True,
+        lambda u, i, h, w: requests.post(f"{u}/v2/images/{i}/members", json={"member": "someone-else"}, headers=h),
+    ),
     "update member": (True, _update_member),
     "deactivate": (True, lambda u, i, h, w: requests.post(f"{u}/v2/images/{i}/actions/deactivate", headers=h)),
     "publicize": (True, lambda u, i, h, w: _patch(u, i, h, visibility="public")),
     "communitize": (True, lambda u, i, h, w: _patch(u, i, h, visibility="community")),
-    "upload": (False, lambda u, i, h, w: requests.put(f"{u}/v2/images/{i}/file", data=b"new data",
-                                                      headers={**h, **OCTET})),
+    "upload": (
+        False,
+        lambda u, i, h, w: requests.put(f"{u}/v2/images/{i}/file", data=b"new data", headers={**h, **OCTET}),
+    ),
 }
 
 _READS_OF_A_MEMBER = {"show": "200", "list": None, "download": "200", "update member": "200"}
 EXPECTED = {
-    "admin": {"show": "200", "list": "200 listed", "download": "200", "update": "200", "delete": "204",
-              "add member": "200", "update member": "200", "deactivate": "204", "publicize": "200",
-              "communitize": "200", "upload": "204"},
-    "owner member": {"show": "200", "list": "200 listed", "download": "200", "update": "200", "delete": "204",
-                     "add member": "200", "update member": "403", "deactivate": "204", "publicize": "403",
-                     "communitize": "200", "upload": "204"},
-    "owner reader": {"show": "200", "list": "200 listed", **dict.fromkeys(
-        ("download", "update", "delete", "add member", "update member", "deactivate", "publicize", "communitize",
-         "upload"), "403")},
+    "admin": {
+        "show": "200",
+        "list": "200 listed",
+        "download": "200",
+        "update": "200",
+        "delete": "204",
+        "add member": "200",
+        "update member": "200",
+        "deactivate": "204",
+        "publicize": "200",
+        "communitize": "200",
+        "upload": "204",
+    },
+    "owner member": {
+        "show": "200",
+        "list": "200 listed",
+        "download": "200",
+        "update": "200",
+        "delete": "204",
+        "add member": "200",
+        "update member": "403",
+        "deactivate": "204",
+        "publicize": "403",
+        "communitize": "200",
+        "upload": "204",
+    },
+    "owner reader": {
+        "show": "200",
+        "list": "200 listed",
+        **dict.fromkeys(
+            (
+                "download",
+                "update",
+                "delete",
+                "add member",
+                "update member",
+                "deactivate",
+                "publicize",
+                "communitize",
+                "upload",
+            ),
+            "403",
+        ),
+    },
     "other project member": {"list": "200 unlisted", **{op: "404" for op in OPERATIONS if op != "list"}},
-    **{who: {**dict.fromkeys(OPERATIONS, "403"), **_READS_OF_A_MEMBER,
-             "list": "200 listed" if who.endswith("accepted") else "200 unlisted"} for who in MEMBER_STATUS},
+    **{
+        who: {
+            **dict.fromkeys(OPERATIONS, "403"),
+            **_READS_OF_A_MEMBER,
+            "list": "200 listed" if who.endswith("accepted") else "200 unlisted",
+        }
+        for who in MEMBER_STATUS
+    },
     "anonymous": {**dict.fromkeys(OPERATIONS, "401")},
 }
 
@@ -319,15 +403,32 @@ def test_permission_matrix(url, capsys):
 def test_private_image_is_404_for_another_project_on_every_path(url):
     owner, stranger = auth("owner member"), auth("other project member")
     image_id = requests.post(f"{url}/v2/images", json={"visibility": "private"}, headers=owner).json()["id"]
-    paths = [("GET", ""), ("PATCH", ""), ("DELETE", ""), ("GET", "/file"), ("PUT", "/file"),
-             ("PUT", "/tags/x"), ("DELETE", "/tags/x"), ("GET", "/members"), ("POST", "/members"),
-             ("GET", "/members/m"), ("PUT", "/members/m"), ("DELETE", "/members/m"),
-             ("POST", "/actions/deactivate"), ("POST", "/actions/reactivate")]  # fmt: skip
+    paths = [
+        ("GET", ""),
+        ("PATCH", ""),
+        ("DELETE", ""),
+        ("GET", "/file"),
+        ("PUT", "/file"),
+        ("PUT", "/tags/x"),
+        ("DELETE", "/tags/x"),
+        ("GET", "/members"),
+        ("POST", "/members"),
+        ("GET", "/members/m"),
+        ("PUT", "/members/m"),
+        ("DELETE", "/members/m"),
+        ("POST", "/actions/deactivate"),
+        ("POST", "/actions/reactivate"),
+    ]
     for method, path in paths:
         headers = {**stranger, **(PATCH if method == "PATCH" else OCTET if path == "/file" else {})}
         body = b"[]" if method == "PATCH" else b"x" if method == "PUT" and path == "/file" else None
         json = {"member": "m"} if path == "/members" else {"status": "accepted"} if path == "/members/m" else None
-        resp = requests.request(method, f"{url}/v2/images/{image_id}{path}", headers=headers, data=body,
-                                json=json if method in ("POST", "PUT") else None)
+        resp = requests.request(
+            method,
+            f"{url}/v2/images/{image_id}{path}",
+            headers=headers,
+            data=body,
+            json=json if method in ("POST", "PUT") else None,
+        )
         assert resp.status_code == 404, (method, path, resp.status_code, resp.text)
         assert image_id in resp.text or "not found" in resp.text.lower()

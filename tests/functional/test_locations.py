@@ -47,7 +47,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if body:
             self.gets.append(self.path)
-            self.wfile.write(PAYLOAD[start:end + 1])
+            self.wfile.write(PAYLOAD[start : end + 1])
 
     def do_HEAD(self):
         self._send(False)
@@ -72,8 +72,9 @@ WEB_STORE = "[web]\nallowed_networks = 127.0.0.1/32\n"
 
 @pytest.fixture(scope="module")
 def url(server_factory, web):
-    config = server_config(flavor="trusted-headers", default="show_multiple_locations = true",
-                           extra_backends="web:http", stores=WEB_STORE)  # fmt: skip
+    config = server_config(
+        flavor="trusted-headers", default="show_multiple_locations = true", extra_backends="web:http", stores=WEB_STORE
+    )
     return server_factory("locations", config).url
 
 
@@ -137,8 +138,11 @@ def test_last_location_cannot_be_removed(url, web, project):
     headers = who(project)
     image_id = new_image(url, headers)
     assert add_location(url, image_id, headers, f"{web}/a.img").status_code == 200
-    resp = requests.patch(f"{url}/v2/images/{image_id}", json=[{"op": "remove", "path": "/locations/0"}],
-                          headers={**who(project, "admin"), **PATCH})  # fmt: skip
+    resp = requests.patch(
+        f"{url}/v2/images/{image_id}",
+        json=[{"op": "remove", "path": "/locations/0"}],
+        headers={**who(project, "admin"), **PATCH},
+    )
     assert resp.status_code == 403 and "last location" in resp.text
 
 
@@ -190,8 +194,10 @@ def _wait_for(url, image_id, headers, status, timeout=20.0) -> dict:
 def test_post_locations_hashes_in_the_background(url, web, project):
     headers = who(project)
     image_id = new_image(url, headers)
-    body = {"url": f"{web}/posted.img",
-            "validation_data": {"os_hash_algo": "sha256", "os_hash_value": hashlib.sha256(PAYLOAD).hexdigest()}}
+    body = {
+        "url": f"{web}/posted.img",
+        "validation_data": {"os_hash_algo": "sha256", "os_hash_value": hashlib.sha256(PAYLOAD).hexdigest()},
+    }
     resp = requests.post(f"{url}/v2/images/{image_id}/locations", json=body, headers=headers)
     assert resp.status_code == 202, resp.text
     image = _wait_for(url, image_id, headers, "active")
@@ -217,8 +223,9 @@ def test_glanceclient_uses_the_location_api_of_2_17(url, web, project):
     glance = Client("2", session=session.Session(additional_headers=service), endpoint_override=url)
     image = glance.images.create(disk_format="raw", container_format="bare")
     digest = hashlib.sha512(PAYLOAD).hexdigest()
-    glance.images.add_image_location(image.id, f"{web}/v217.img",
-                                     validation_data={"os_hash_algo": "sha512", "os_hash_value": digest})  # fmt: skip
+    glance.images.add_image_location(
+        image.id, f"{web}/v217.img", validation_data={"os_hash_algo": "sha512", "os_hash_value": digest}
+    )
     image = _wait_for(url, image.id, service, "active")
     assert image["os_hash_value"] == digest
     locations = glance.images.get_image_locations(image["id"])
@@ -236,9 +243,14 @@ def test_post_locations_with_wrong_hash_leaves_the_image_queued(url, web, projec
 
 @pytest.mark.parametrize(
     "body",
-    [{}, {"url": ""}, {"url": "http://x", "extra": 1}, {"url": "http://x", "validation_data": {"os_hash_algo": "sha256"}},
-     {"url": "http://x", "validation_data": {"os_hash_algo": "crc32", "os_hash_value": "00"}}],
-)  # fmt: skip
+    [
+        {},
+        {"url": ""},
+        {"url": "http://x", "extra": 1},
+        {"url": "http://x", "validation_data": {"os_hash_algo": "sha256"}},
+        {"url": "http://x", "validation_data": {"os_hash_algo": "crc32", "os_hash_value": "00"}},
+    ],
+)
 def test_post_locations_bad_body_is_400(url, project, body):
     image_id = new_image(url, who(project))
     resp = requests.post(f"{url}/v2/images/{image_id}/locations", json=body, headers=who(project))
@@ -248,7 +260,9 @@ def test_post_locations_bad_body_is_400(url, project, body):
 def test_prefer_picks_the_store_to_read_from(url, web, project):
     headers = who(project)
     image_id = new_image(url, headers)
-    assert requests.put(f"{url}/v2/images/{image_id}/file", data=PAYLOAD, headers={**headers, **OCTET}).status_code == 204
+    assert (
+        requests.put(f"{url}/v2/images/{image_id}/file", data=PAYLOAD, headers={**headers, **OCTET}).status_code == 204
+    )
     path = f"/preferred-{image_id}.img"
     assert add_location(url, image_id, headers, web + path).status_code == 200
     assert _Handler.gets.count(path) == 1  # read once, to check it holds the image's data
@@ -291,9 +305,15 @@ def read_only_store(server_factory, tmp_path):
 
         backend_unavailable("chattr +i is not supported here (needed for a read-only datadir as root)")
     try:
-        srv = server_factory("read-only-store", server_config(
-            flavor="trusted-headers", default="show_multiple_locations = true", extra_backends="archive:filesystem",
-            stores=f"[archive]\ndatadir = {archive}\n"))  # fmt: skip
+        srv = server_factory(
+            "read-only-store",
+            server_config(
+                flavor="trusted-headers",
+                default="show_multiple_locations = true",
+                extra_backends="archive:filesystem",
+                stores=f"[archive]\ndatadir = {archive}\n",
+            ),
+        )
         detail = requests.get(f"{srv.url}/v2/info/stores/detail", headers=who("ops", "admin")).json()
         assert {s["id"]: s.get("read-only") for s in detail["stores"]}["archive"] == "true"
         yield srv.url, f"file://{archive}"
@@ -306,7 +326,10 @@ def test_users_cannot_register_files_of_a_read_only_store(read_only_store, proje
     victim, attacker = f"victim-{project}", f"attacker-{project}"
     image_id = new_image(url, who(victim))
     # A service (Nova, say) may register a file of a store; the image stays private.
-    assert add_location(url, image_id, who(victim, "member", "reader", "service"), f"{archive}/victim.img").status_code == 200
+    assert (
+        add_location(url, image_id, who(victim, "member", "reader", "service"), f"{archive}/victim.img").status_code
+        == 200
+    )
     assert requests.get(f"{url}/v2/images/{image_id}", headers=who(attacker)).status_code == 404
 
     own = new_image(url, who(attacker))
@@ -315,8 +338,12 @@ def test_users_cannot_register_files_of_a_read_only_store(read_only_store, proje
         posted = requests.post(f"{url}/v2/images/{own}/locations", json={"url": target}, headers=who(attacker))
         patched = add_location(url, own, who(attacker), target)
         assert (posted.status_code, patched.status_code) == (400, 400), (posted.text, patched.text)
-        answers.append((posted.json() if posted.headers["Content-Type"].startswith("application/json")
-                        else posted.text, patched.text))  # fmt: skip
+        answers.append(
+            (
+                posted.json() if posted.headers["Content-Type"].startswith("application/json") else posted.text,
+                patched.text,
+            )
+        )
     # The same answer whether the file exists or not: the refusal tells nothing.
     assert answers[0] == answers[1]
     assert requests.get(f"{url}/v2/images/{own}", headers=who(attacker)).json()["status"] == "queued"
@@ -327,15 +354,18 @@ def test_a_copy_with_other_bytes_is_not_added_to_an_active_image(url, web, proje
     headers = who(project)
     image_id = new_image(url, headers)
     same_size = bytes(b ^ 0xFF for b in PAYLOAD[:64]) + PAYLOAD[64:]
-    assert requests.put(f"{url}/v2/images/{image_id}/file", data=same_size,
-                        headers={**headers, **OCTET}).status_code == 204  # fmt: skip
+    assert (
+        requests.put(f"{url}/v2/images/{image_id}/file", data=same_size, headers={**headers, **OCTET}).status_code
+        == 204
+    )
     resp = add_location(url, image_id, headers, f"{web}/other-bytes.img")
     assert resp.status_code == 409, resp.text
     assert "checksum" in resp.text
     image = requests.get(f"{url}/v2/images/{image_id}", headers=headers).json()
     assert [loc["url"] for loc in image["locations"]] == [image["locations"][0]["url"]]
-    assert requests.get(f"{url}/v2/images/{image_id}/file", params={"prefer": "web"},
-                        headers=headers).content == same_size  # fmt: skip
+    assert (
+        requests.get(f"{url}/v2/images/{image_id}/file", params={"prefer": "web"}, headers=headers).content == same_size
+    )
 
 
 @pytest.mark.parametrize(
@@ -349,11 +379,16 @@ def test_a_copy_with_other_bytes_is_not_added_to_an_active_image(url, web, proje
 def test_validation_data_that_differs_from_an_active_image_is_409(url, web, project, validation):
     headers = who(project)
     image_id = new_image(url, headers)
-    assert requests.put(f"{url}/v2/images/{image_id}/file", data=PAYLOAD, headers={**headers, **OCTET}).status_code == 204
+    assert (
+        requests.put(f"{url}/v2/images/{image_id}/file", data=PAYLOAD, headers={**headers, **OCTET}).status_code == 204
+    )
     resp = add_location(url, image_id, headers, f"{web}/validated.img", validation_data=validation)
     assert resp.status_code == 409, resp.text
-    good = {"checksum": hashlib.md5(PAYLOAD).hexdigest(), "os_hash_algo": "sha512",
-            "os_hash_value": hashlib.sha512(PAYLOAD).hexdigest()}  # fmt: skip
+    good = {
+        "checksum": hashlib.md5(PAYLOAD).hexdigest(),
+        "os_hash_algo": "sha512",
+        "os_hash_value": hashlib.sha512(PAYLOAD).hexdigest(),
+    }
     assert add_location(url, image_id, headers, f"{web}/validated.img", validation_data=good).status_code == 200
 
 
@@ -362,8 +397,7 @@ def test_refusals_keep_the_network_to_the_log(server_factory, project):
     srv = server_factory("refusal-log", config)
     image_id = new_image(srv.url, who(project))
     for location in ("http://10.1.2.3/x.img", "http://no-such-host.invalid/x.img"):
-        resp = requests.post(f"{srv.url}/v2/images/{image_id}/locations", json={"url": location},
-                             headers=who(project))  # fmt: skip
+        resp = requests.post(f"{srv.url}/v2/images/{image_id}/locations", json={"url": location}, headers=who(project))
         assert resp.status_code == 400 and "Location refused" in resp.text
         assert "10.1.2.3 " not in resp.text and "resolve" not in resp.text and "denied" not in resp.text
     log = srv.read_log()
@@ -378,7 +412,7 @@ class _SlowHandler(_Handler):
         self.send_header("Content-Length", str(len(PAYLOAD)))
         self.end_headers()
         for start in range(0, len(PAYLOAD), 256 << 10):
-            self.wfile.write(PAYLOAD[start:start + (256 << 10)])
+            self.wfile.write(PAYLOAD[start : start + (256 << 10)])
             time.sleep(0.25)
 
 
@@ -400,8 +434,9 @@ def test_background_imports_are_bounded(server_factory, project):
         images = [new_image(srv.url, who(p)) for p in (project, project, project, other, other)]
 
         def post(image_id, owner):
-            return requests.post(f"{srv.url}/v2/images/{image_id}/locations", json={"url": f"{slow}/{image_id}"},
-                                 headers=who(owner))  # fmt: skip
+            return requests.post(
+                f"{srv.url}/v2/images/{image_id}/locations", json={"url": f"{slow}/{image_id}"}, headers=who(owner)
+            )
 
         statuses = [post(i, p).status_code for i, p in zip(images, (project, project, project, other, other))]
         # Two per project; two threads and one waiting place in all.
@@ -441,11 +476,17 @@ def test_replace_locations_changes_metadata_only(url, web, project):
     tagged = [{"url": first, "metadata": {"rack": "a1"}}, {"url": second, "metadata": {"store": "web"}}]
     resp = _replace_locations(url, image_id, headers, tagged)
     assert resp.status_code == 200, resp.text
-    assert resp.json()["locations"] == [{"url": first, "metadata": {"rack": "a1", "store": "web"}},
-                                        {"url": second, "metadata": {"store": "web"}}]  # fmt: skip
+    assert resp.json()["locations"] == [
+        {"url": first, "metadata": {"rack": "a1", "store": "web"}},
+        {"url": second, "metadata": {"store": "web"}},
+    ]
 
-    for bad in ([tagged[0]], [tagged[0], {"url": f"{web}/other.img", "metadata": {}}], [tagged[1], tagged[0]],
-                [{"url": first, "metadata": {"store": "local"}}, tagged[1]]):  # fmt: skip
+    for bad in (
+        [tagged[0]],
+        [tagged[0], {"url": f"{web}/other.img", "metadata": {}}],
+        [tagged[1], tagged[0]],
+        [{"url": first, "metadata": {"store": "local"}}, tagged[1]],
+    ):
         resp = _replace_locations(url, image_id, headers, bad)
         assert resp.status_code == 400, resp.text
     after = requests.get(f"{url}/v2/images/{image_id}", headers=headers).json()["locations"]

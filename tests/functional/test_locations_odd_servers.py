@@ -58,8 +58,11 @@ def odd_web():
 
 @pytest.fixture(scope="module")
 def url(server_factory):
-    config = server_config(default="show_multiple_locations = true", extra_backends="web:http",
-                           stores="[web]\nallowed_networks = 127.0.0.1/32\n")  # fmt: skip
+    config = server_config(
+        default="show_multiple_locations = true",
+        extra_backends="web:http",
+        stores="[web]\nallowed_networks = 127.0.0.1/32\n",
+    )
     return server_factory("locations-odd", config).url
 
 

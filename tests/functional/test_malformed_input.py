@@ -69,21 +69,34 @@ def image_id(url):
 # -- paths and queries --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method,path", [
-    ("GET", "/v2/images/%FF"), ("GET", "/v2/images?name=%FF"), ("GET", "/v2/images?%C3=1"),
-    ("PUT", "/v2/images/{id}/tags/%FF"), ("DELETE", "/v2/images/{id}/tags/a%FF"),
-    ("GET", "/v2/images/{id}/members/%ED%A0%80"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("GET", "/v2/images/%FF"),
+        ("GET", "/v2/images?name=%FF"),
+        ("GET", "/v2/images?%C3=1"),
+        ("PUT", "/v2/images/{id}/tags/%FF"),
+        ("DELETE", "/v2/images/{id}/tags/a%FF"),
+        ("GET", "/v2/images/{id}/members/%ED%A0%80"),
+    ],
+)
 def test_invalid_utf8_in_the_url_is_400(url, image_id, method, path):
     resp = requests.request(method, url + path.format(id=image_id), headers=ACCEPT)
     assert resp.status_code == 400 and "UTF-8" in message_of(resp)
 
 
-@pytest.mark.parametrize("method,path", [
-    ("GET", "/v2/images?name=a%00b"), ("GET", "/v2/images?owner=%00"), ("GET", "/v2/images?x_prop=%00"),
-    ("GET", "/v2/images?marker=%00"), ("GET", "/v2/images?tag=%00"), ("PUT", "/v2/images/{id}/tags/a%00"),
-    ("GET", "/v2/images/{id}/members/%00"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("GET", "/v2/images?name=a%00b"),
+        ("GET", "/v2/images?owner=%00"),
+        ("GET", "/v2/images?x_prop=%00"),
+        ("GET", "/v2/images?marker=%00"),
+        ("GET", "/v2/images?tag=%00"),
+        ("PUT", "/v2/images/{id}/tags/a%00"),
+        ("GET", "/v2/images/{id}/members/%00"),
+    ],
+)
 def test_nul_in_the_url_is_400(url, image_id, method, path):
     resp = requests.request(method, url + path.format(id=image_id), headers=ACCEPT)
     assert resp.status_code == 400 and "NUL" in message_of(resp)
@@ -108,8 +121,9 @@ def test_largest_integer_filters_work(url):
 def test_min_ram_and_disk_beyond_the_column_are_400(url, image_id, name, value):
     resp = requests.post(f"{url}/v2/images", json={name: value}, headers=CREATE)
     assert resp.status_code == 400 and name in message_of(resp)
-    resp = requests.patch(f"{url}/v2/images/{image_id}", json=[{"op": "replace", "path": f"/{name}", "value": value}],
-                          headers=PATCH)  # fmt: skip
+    resp = requests.patch(
+        f"{url}/v2/images/{image_id}", json=[{"op": "replace", "path": f"/{name}", "value": value}], headers=PATCH
+    )
     assert resp.status_code == 400 and name in message_of(resp)
 
 
@@ -149,8 +163,9 @@ def test_deeply_nested_json_is_400(url, image_id, depth):
 
 @pytest.mark.parametrize("tags", [[{}], [1, "a"], [None], [["a"]], "a", {"a": 1}])
 def test_patch_tags_with_non_strings_is_400(url, image_id, tags):
-    resp = requests.patch(f"{url}/v2/images/{image_id}", json=[{"op": "replace", "path": "/tags", "value": tags}],
-                          headers=PATCH)  # fmt: skip
+    resp = requests.patch(
+        f"{url}/v2/images/{image_id}", json=[{"op": "replace", "path": "/tags", "value": tags}], headers=PATCH
+    )
     assert resp.status_code == 400 and "tags" in message_of(resp)
 
 
@@ -162,8 +177,9 @@ def test_non_json_numbers_are_400(url, text):
 # -- strings: lone surrogates and NULs -----------------------------------------------------
 
 
-@pytest.mark.parametrize("body", ['{"name": "\\ud800"}', '{"x\\udfff": "a"}', '{"x": "a\\ud800b"}',
-                                  '{"tags": ["\\udc00"]}'])  # fmt: skip
+@pytest.mark.parametrize(
+    "body", ['{"name": "\\ud800"}', '{"x\\udfff": "a"}', '{"x": "a\\ud800b"}', '{"tags": ["\\udc00"]}']
+)
 def test_lone_surrogates_in_bodies_are_400(url, body):
     assert "surrogate" in message_of(raw_post(url, "/v2/images", body))
 
@@ -172,26 +188,31 @@ def test_lone_surrogates_in_member_ids_and_patches_are_400(url, image_id):
     assert "surrogate" in message_of(raw_post(url, f"/v2/images/{image_id}/members", '{"member": "p\\ud800"}'))
     resp = requests.put(f"{url}/v2/images/{image_id}/members/x", data='{"status": "\\ud800"}', headers=CREATE)
     assert "surrogate" in message_of(resp)
-    resp = requests.patch(f"{url}/v2/images/{image_id}", data='[{"op": "add", "path": "/x\\ud800", "value": "v"}]',
-                          headers=PATCH)  # fmt: skip
+    resp = requests.patch(
+        f"{url}/v2/images/{image_id}", data='[{"op": "add", "path": "/x\\ud800", "value": "v"}]', headers=PATCH
+    )
     assert "surrogate" in message_of(resp)
 
 
 def test_surrogate_pairs_are_characters(url):
     resp = raw_post(url, "/v2/images", '{"name": "\\ud83d\\ude00", "x_\\ud83d\\ude00": "\\ud83d\\ude00"}')
-    assert resp.status_code == 201 and resp.json()["name"] == "\U0001f600" and resp.json()["x_\U0001f600"] == "\U0001f600"
+    assert (
+        resp.status_code == 201 and resp.json()["name"] == "\U0001f600" and resp.json()["x_\U0001f600"] == "\U0001f600"
+    )
 
 
-@pytest.mark.parametrize("body", ['{"tags": ["a\\u0000"]}', '{"x": "a\\u0000"}', '{"x\\u0000": "a"}',
-                                  '{"name": "\\u0000"}'])  # fmt: skip
+@pytest.mark.parametrize(
+    "body", ['{"tags": ["a\\u0000"]}', '{"x": "a\\u0000"}', '{"x\\u0000": "a"}', '{"name": "\\u0000"}']
+)
 def test_nul_in_bodies_is_400(url, body):
     assert "NUL" in message_of(raw_post(url, "/v2/images", body))
 
 
 def test_nul_in_member_ids_and_patches_is_400(url, image_id):
     assert "NUL" in message_of(raw_post(url, f"/v2/images/{image_id}/members", '{"member": "p\\u0000"}'))
-    resp = requests.patch(f"{url}/v2/images/{image_id}", data='[{"op": "add", "path": "/tags", "value": ["\\u0000"]}]',
-                          headers=PATCH)  # fmt: skip
+    resp = requests.patch(
+        f"{url}/v2/images/{image_id}", data='[{"op": "add", "path": "/tags", "value": ["\\u0000"]}]', headers=PATCH
+    )
     assert "NUL" in message_of(resp)
 
 
@@ -227,28 +248,61 @@ ODD_TEXT = st.one_of(
 ODD_INT = st.one_of(st.sampled_from([-1, 2**31 - 1, 2**31, 2**63 - 1, 2**63, 2**64, -(2**63) - 1]), st.integers())
 ODD_TIME = st.builds(
     "{}{}".format,
-    st.one_of(st.sampled_from(["9999-12-31T23:59:59", "0001-01-01T00:00:00", "2024-02-29T12:00:00"]),
-              st.datetimes().map(datetime.datetime.isoformat), ODD_TEXT),
+    st.one_of(
+        st.sampled_from(["9999-12-31T23:59:59", "0001-01-01T00:00:00", "2024-02-29T12:00:00"]),
+        st.datetimes().map(datetime.datetime.isoformat),
+        ODD_TEXT,
+    ),
     st.sampled_from(["", "Z", "+14:00", "-14:00", "+23:59"]),
-)  # fmt: skip
+)
 JSON_VALUES = st.recursive(
     st.one_of(ODD_TEXT, ODD_INT, st.none(), st.booleans(), st.floats(allow_nan=False, allow_infinity=False)),
     lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(ODD_TEXT, inner, max_size=3)),
     max_leaves=6,
 )
 VALUES = st.one_of(ODD_TEXT, ODD_INT, JSON_VALUES, st.lists(st.one_of(ODD_TEXT, ODD_INT), max_size=3))
-FIELDS = ["name", "tags", "min_ram", "min_disk", "visibility", "protected", "os_hidden", "owner", "disk_format",
-          "container_format", "description", "x_prop"]  # fmt: skip
+FIELDS = [
+    "name",
+    "tags",
+    "min_ram",
+    "min_disk",
+    "visibility",
+    "protected",
+    "os_hidden",
+    "owner",
+    "disk_format",
+    "container_format",
+    "description",
+    "x_prop",
+]
 FILTER_VALUES = {
     **dict.fromkeys(["size_min", "size_max", "limit"], ODD_INT.map(str)),
-    **dict.fromkeys(["created_at", "updated_at"], st.builds("{}:{}".format, st.sampled_from(["gte", "lt", "eq", "x"]),
-                                                            ODD_TIME)),
-    **dict.fromkeys(["name", "owner", "tag", "x_prop", "marker", "checksum", "status", "disk_format", "protected",
-                     "visibility", "member_status", "sort_key", "sort_dir", "sort"],
-                    st.one_of(ODD_TEXT, ODD_TEXT.map("in:{}".format), st.sampled_from(['in:"a', "in:a,b", "name:asc"]))),
-}  # fmt: skip
-GENERATIVE = settings(max_examples=10, deadline=None, derandomize=True, database=None,
-                      suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+    **dict.fromkeys(
+        ["created_at", "updated_at"], st.builds("{}:{}".format, st.sampled_from(["gte", "lt", "eq", "x"]), ODD_TIME)
+    ),
+    **dict.fromkeys(
+        [
+            "name",
+            "owner",
+            "tag",
+            "x_prop",
+            "marker",
+            "checksum",
+            "status",
+            "disk_format",
+            "protected",
+            "visibility",
+            "member_status",
+            "sort_key",
+            "sort_dir",
+            "sort",
+        ],
+        st.one_of(ODD_TEXT, ODD_TEXT.map("in:{}".format), st.sampled_from(['in:"a', "in:a,b", "name:asc"])),
+    ),
+}
+GENERATIVE = settings(
+    max_examples=10, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 def url_segment(value) -> str:
@@ -286,8 +340,13 @@ def send(url, method, path, headers, body=None):
 def test_generated_image_fields(url, field, value):
     send(url, "POST", "/v2/images", CREATE, {field: value})
     # The value, then the value in a list of mixed types (what an array field may meet).
-    send(url, "PATCH", "/v2/images/{id}", PATCH, [{"op": "add", "path": f"/{field}", "value": value},
-                                                  {"op": "add", "path": f"/{field}", "value": [value, 0]}])
+    send(
+        url,
+        "PATCH",
+        "/v2/images/{id}",
+        PATCH,
+        [{"op": "add", "path": f"/{field}", "value": value}, {"op": "add", "path": f"/{field}", "value": [value, 0]}],
+    )
 
 
 @GENERATIVE
@@ -298,8 +357,10 @@ def test_generated_property_names(url, name, value, op):
 
 
 @GENERATIVE
-@given(change=st.fixed_dictionaries({}, optional={"op": JSON_VALUES, "path": JSON_VALUES, "value": JSON_VALUES}),
-       body=JSON_VALUES)  # fmt: skip
+@given(
+    change=st.fixed_dictionaries({}, optional={"op": JSON_VALUES, "path": JSON_VALUES, "value": JSON_VALUES}),
+    body=JSON_VALUES,
+)
 def test_generated_patch_shapes(url, change, body):
     send(url, "PATCH", "/v2/images/{id}", PATCH, [change])
     send(url, "PATCH", "/v2/images/{id}", PATCH, body)
@@ -313,9 +374,16 @@ def test_generated_list_filters(url, name, data):
     send(url, "GET", f"/v2/images?{name}={url_segment(value)}", ACCEPT)
 
 
-@pytest.mark.parametrize("method,path", [("GET", "/v2/images/"), ("PUT", "/v2/images/{id}/tags/"),
-                                         ("DELETE", "/v2/images/{id}/tags/"), ("GET", "/v2/images/{id}/members/"),
-                                         ("GET", "/v2/images?")])  # fmt: skip
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("GET", "/v2/images/"),
+        ("PUT", "/v2/images/{id}/tags/"),
+        ("DELETE", "/v2/images/{id}/tags/"),
+        ("GET", "/v2/images/{id}/members/"),
+        ("GET", "/v2/images?"),
+    ],
+)
 @GENERATIVE
 @given(segment=st.one_of(ODD_TEXT.filter(bool), st.binary(min_size=1, max_size=6)))
 def test_generated_url_segments(url, method, path, segment):
@@ -324,7 +392,13 @@ def test_generated_url_segments(url, method, path, segment):
 
 @pytest.mark.parametrize("path", ["/v2/images", "/v2/images/{id}/members", "/v2/images/{id}/members/p"])
 @GENERATIVE
-@given(body=st.one_of(st.integers(1, 3000).map(lambda n: b"[" * n + b"]" * n), st.binary(max_size=40),
-                      st.fixed_dictionaries({}, optional={"member": VALUES, "status": VALUES}), JSON_VALUES))  # fmt: skip
+@given(
+    body=st.one_of(
+        st.integers(1, 3000).map(lambda n: b"[" * n + b"]" * n),
+        st.binary(max_size=40),
+        st.fixed_dictionaries({}, optional={"member": VALUES, "status": VALUES}),
+        JSON_VALUES,
+    )
+)
 def test_generated_bodies(url, path, body):
     send(url, "PUT" if path.endswith("/p") else "POST", path, CREATE, body)

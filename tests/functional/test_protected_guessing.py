@@ -36,8 +36,9 @@ delete = @
 def url(server_factory, tmp_path_factory):
     rules = tmp_path_factory.mktemp("guessing") / "property-protections.conf"
     rules.write_text(PROTECTIONS)
-    srv = server_factory("guessing", server_config(flavor="trusted-headers",
-                                                   default=f"property_protection_file = {rules}"))  # fmt: skip
+    srv = server_factory(
+        "guessing", server_config(flavor="trusted-headers", default=f"property_protection_file = {rules}")
+    )
     return srv.url
 
 
@@ -62,8 +63,9 @@ def image_id(url, callers, secret):
 
 
 def patch(url, image_id, headers, media, change):
-    return requests.patch(f"{url}/v2/images/{image_id}", json=[change],
-                          headers={**headers, **media, "Accept": "application/json"})  # fmt: skip
+    return requests.patch(
+        f"{url}/v2/images/{image_id}", json=[change], headers={**headers, **media, "Accept": "application/json"}
+    )
 
 
 CHANGES = [
@@ -76,10 +78,12 @@ CHANGES = [
 ]
 
 
-@pytest.mark.parametrize("media,change", CHANGES, ids=["add", "replace", "remove", "2.0-add", "2.0-replace",
-                                                       "2.0-remove"])  # fmt: skip
-def test_patch_of_an_unreadable_property_answers_the_same_whether_it_exists(url, callers, image_id, secret, media,
-                                                                            change):
+@pytest.mark.parametrize(
+    "media,change", CHANGES, ids=["add", "replace", "remove", "2.0-add", "2.0-replace", "2.0-remove"]
+)
+def test_patch_of_an_unreadable_property_answers_the_same_whether_it_exists(
+    url, callers, image_id, secret, media, change
+):
     member, admin = callers
     answers = []
     for name in ("x_secret_set", "x_secret_unset"):
@@ -99,7 +103,9 @@ def test_patch_of_an_unreadable_property_answers_the_same_whether_it_exists(url,
 def test_readable_properties_behave_as_before(url, callers, image_id):
     member, admin = callers
     assert patch(url, image_id, member, PATCH_2_1, {"op": "remove", "path": "/x_gone"}).status_code == 409
-    assert patch(url, image_id, member, PATCH_2_1, {"op": "replace", "path": "/x_open", "value": "p"}).status_code == 200
+    assert (
+        patch(url, image_id, member, PATCH_2_1, {"op": "replace", "path": "/x_open", "value": "p"}).status_code == 200
+    )
     resp = patch(url, image_id, admin, PATCH_2_1, {"op": "replace", "path": "/x_secret_set", "value": "43"})
     assert resp.status_code == 200 and resp.json()["x_secret_set"] == "43"
     # A member may still create a write-only property on a new image (nothing there to guess).
@@ -113,8 +119,9 @@ def test_filter_on_an_unreadable_property_is_403(url, callers, image_id, secret,
     value = secret if held else uuid.uuid4().hex
     resp = requests.get(f"{url}/v2/images?x_secret_set={value}", headers={**member, "Accept": "application/json"})
     assert resp.status_code == 403
-    assert resp.json()["message"].startswith("Property 'x_secret_set' is protected: you may not read it, "
-                                              "so you may not filter images by it.")  # fmt: skip
+    assert resp.json()["message"].startswith(
+        "Property 'x_secret_set' is protected: you may not read it, so you may not filter images by it."
+    )
     resp = requests.get(f"{url}/v2/images?x_secret_unset={value}", headers={**member, "Accept": "application/json"})
     assert resp.status_code == 403 and "x_secret_unset" in resp.json()["message"]
 

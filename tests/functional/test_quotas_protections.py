@@ -33,16 +33,18 @@ delete = @
 def url(server_factory, tmp_path_factory):
     rules = tmp_path_factory.mktemp("protections") / "property-protections.conf"
     rules.write_text(PROTECTIONS)
-    limits = ("image_property_quota = 3\nimage_tag_quota = 2\nuser_storage_quota = 1MB\n"
-              f"property_protection_file = {rules}")
+    limits = (
+        f"image_property_quota = 3\nimage_tag_quota = 2\nuser_storage_quota = 1MB\nproperty_protection_file = {rules}"
+    )
     srv = server_factory("quotas", server_config(flavor="trusted-headers", default=limits))
     srv.images = srv.data_dir + "/images"
     return srv
 
 
 def new_image(url, headers, **body):
-    resp = requests.post(f"{url}/v2/images", json={"disk_format": "raw", "container_format": "bare", **body},
-                         headers=headers)  # fmt: skip
+    resp = requests.post(
+        f"{url}/v2/images", json={"disk_format": "raw", "container_format": "bare", **body}, headers=headers
+    )
     assert resp.status_code == 201, resp.text
     return resp.json()["id"]
 
@@ -52,8 +54,11 @@ def test_property_quota_is_413(url, project):
     assert resp.status_code == 413
     assert "image_property_quota" in resp.text
     image_id = new_image(url.url, who(project), a="1", b="2", c="3")
-    resp = requests.patch(f"{url.url}/v2/images/{image_id}", json=[{"op": "add", "path": "/d", "value": "4"}],
-                          headers={**who(project), **PATCH})  # fmt: skip
+    resp = requests.patch(
+        f"{url.url}/v2/images/{image_id}",
+        json=[{"op": "add", "path": "/d", "value": "4"}],
+        headers={**who(project), **PATCH},
+    )
     assert resp.status_code == 413 and "at most 3" in resp.text
 
 
@@ -61,9 +66,11 @@ def test_tag_quota_is_413_on_put_and_patch(url, project):
     image_id = new_image(url.url, who(project), tags=["a", "b"])
     resp = requests.put(f"{url.url}/v2/images/{image_id}/tags/c", headers=who(project))
     assert resp.status_code == 413 and "image_tag_quota" in resp.text
-    resp = requests.patch(f"{url.url}/v2/images/{image_id}", json=[{"op": "replace", "path": "/tags",
-                                                                     "value": ["a", "b", "c"]}],
-                          headers={**who(project), **PATCH})  # fmt: skip
+    resp = requests.patch(
+        f"{url.url}/v2/images/{image_id}",
+        json=[{"op": "replace", "path": "/tags", "value": ["a", "b", "c"]}],
+        headers={**who(project), **PATCH},
+    )
     assert resp.status_code == 413
     assert requests.put(f"{url.url}/v2/images/{image_id}/tags/a", headers=who(project)).status_code == 204
 
@@ -97,8 +104,9 @@ def test_storage_quota_stops_a_chunked_upload_and_keeps_nothing(url, project):
 
 def test_declared_size_over_quota_is_refused_before_reading(url, project):
     image_id = new_image(url.url, who(project))
-    resp = requests.put(f"{url.url}/v2/images/{image_id}/file", data=b"x" * ((1 << 20) + 1),
-                        headers={**who(project), **OCTET})  # fmt: skip
+    resp = requests.put(
+        f"{url.url}/v2/images/{image_id}/file", data=b"x" * ((1 << 20) + 1), headers={**who(project), **OCTET}
+    )
     assert resp.status_code == 413
 
 
@@ -112,12 +120,17 @@ def test_protected_property_hidden_and_guarded(url, project):
     assert requests.get(f"{url.url}/v2/images/{image_id}", headers=billing).json()["x_billing_code"] == "42"
     listed = requests.get(f"{url.url}/v2/images", headers=member).json()["images"]
     assert all("x_billing_code" not in i for i in listed)
-    resp = requests.patch(f"{url.url}/v2/images/{image_id}",
-                          json=[{"op": "replace", "path": "/x_billing_code", "value": "43"}],
-                          headers={**member, **PATCH})  # fmt: skip
+    resp = requests.patch(
+        f"{url.url}/v2/images/{image_id}",
+        json=[{"op": "replace", "path": "/x_billing_code", "value": "43"}],
+        headers={**member, **PATCH},
+    )
     assert resp.status_code == 403
-    resp = requests.patch(f"{url.url}/v2/images/{image_id}", json=[{"op": "replace", "path": "/note", "value": "x"}],
-                          headers={**member, **PATCH})  # fmt: skip
+    resp = requests.patch(
+        f"{url.url}/v2/images/{image_id}",
+        json=[{"op": "replace", "path": "/note", "value": "x"}],
+        headers={**member, **PATCH},
+    )
     assert resp.status_code == 200 and "x_billing_code" not in resp.json()
     assert requests.get(f"{url.url}/v2/images/{image_id}", headers=admin).json()["x_billing_code"] == "42"
 
@@ -138,8 +151,9 @@ def test_concurrent_uploads_stay_within_the_storage_quota(url, project):
         yield b"y" * piece
 
     def upload(image_id):
-        return requests.put(f"{url.url}/v2/images/{image_id}/file", data=body(),
-                            headers={**who(project), **OCTET}).status_code  # fmt: skip
+        return requests.put(
+            f"{url.url}/v2/images/{image_id}/file", data=body(), headers={**who(project), **OCTET}
+        ).status_code
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         statuses = sorted(pool.map(upload, images))

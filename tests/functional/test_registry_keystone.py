@@ -37,17 +37,21 @@ OTHER = ("abbild-beta-member", "abbild-beta")
 OCTET = {"Content-Type": "application/octet-stream"}
 PATCH = {"Content-Type": "application/openstack-images-v2.1-json-patch"}
 # Properties x_admin_* are for administrators only ([DEFAULT] property_protection_file).
-PROTECTIONS = ("[^x_admin_]\ncreate = admin\nread = @\nupdate = admin\ndelete = admin\n"
-               "[.*]\ncreate = @\nread = @\nupdate = @\ndelete = @\n")  # fmt: skip
+PROTECTIONS = (
+    "[^x_admin_]\ncreate = admin\nread = @\nupdate = admin\ndelete = admin\n"
+    "[.*]\ncreate = @\nread = @\nupdate = @\ndelete = @\n"
+)
 WEB_DATA = os.urandom(50_000)
 
 
 def authtoken_section(user: str) -> str:
     """``[keystone_authtoken]``: validate tokens as the service user *user*."""
     url = ks.auth_url()
-    return (f"[keystone_authtoken]\nwww_authenticate_uri = {url}\nauth_url = {url}\nauth_type = password\n"
-            f"username = {user}\npassword = {PASSWORD}\nproject_name = {SERVICE_PROJECT}\n"
-            f"user_domain_id = default\nproject_domain_id = default\n")  # fmt: skip
+    return (
+        f"[keystone_authtoken]\nwww_authenticate_uri = {url}\nauth_url = {url}\nauth_type = password\n"
+        f"username = {user}\npassword = {PASSWORD}\nproject_name = {SERVICE_PROJECT}\n"
+        f"user_domain_id = default\nproject_domain_id = default\n"
+    )
 
 
 def token(user: str, project: str, roles=("member",)) -> str:
@@ -74,9 +78,11 @@ def registry_conf(tokens, tmp_path_factory):
     base = tmp_path_factory.mktemp("registry-keystone")
     registry_conf = base / "abbild-registry.conf"
     (base / "protections.conf").write_text(PROTECTIONS)
-    registry_conf.write_text(f"[DEFAULT]\nproperty_protection_file = {base}/protections.conf\n"
-                             f"[database]\nconnection = sqlite:///{base}/abbild.sqlite\n"
-                             f"[registry_server]\nauth_strategy = keystone\n" + authtoken_section(REGISTRY_USER))
+    registry_conf.write_text(
+        f"[DEFAULT]\nproperty_protection_file = {base}/protections.conf\n"
+        f"[database]\nconnection = sqlite:///{base}/abbild.sqlite\n"
+        f"[registry_server]\nauth_strategy = keystone\n" + authtoken_section(REGISTRY_USER)
+    )
     return registry_conf
 
 
@@ -111,10 +117,13 @@ def servers(tokens, registry_conf):
     """(API url, registry url): a keystone-mode registry and an API in front of it."""
     base, auth_url = registry_conf.parent, ks.auth_url()
     registry = RegistryProcess(base, [str(registry_conf)])
-    registry.client_options = (f"auth_strategy = keystone\nauth_url = {auth_url}\nusername = {API_NODE_USER}\n"
-                               f"password = {PASSWORD}\nproject_name = {SERVICE_PROJECT}\n")  # fmt: skip
+    registry.client_options = (
+        f"auth_strategy = keystone\nauth_url = {auth_url}\nusername = {API_NODE_USER}\n"
+        f"password = {PASSWORD}\nproject_name = {SERVICE_PROJECT}\n"
+    )
     api_conf = base / "abbild-api.conf"
-    api_conf.write_text(f"""
+    api_conf.write_text(
+        f"""
 [DEFAULT]
 enabled_backends = local:filesystem, web:http
 default_backend = local
@@ -125,7 +134,9 @@ flavor = keystone
 datadir = {base}/images
 [web]
 allowed_networks = 127.0.0.1/32
-""" + authtoken_section(API_NODE_USER))
+"""
+        + authtoken_section(API_NODE_USER)
+    )
     registry.start()
     api = Server(base, "--config-file", str(api_conf), "--config-file", registry.client_config())
     api.registry = registry  # stopped with the API; under ABBILD_TEST_REGISTRY=http, not a second one
@@ -143,9 +154,16 @@ def private_image(servers, tokens):
     """A private image of the owner's project, uploaded through the API: (id, data)."""
     api, _ = servers
     owner = {"X-Auth-Token": tokens["owner"]}
-    resp = requests.post(f"{api}/v2/images", headers=owner, json={
-        "name": "keystone-registry-private", "visibility": "private", "disk_format": "raw",
-        "container_format": "bare"})  # fmt: skip
+    resp = requests.post(
+        f"{api}/v2/images",
+        headers=owner,
+        json={
+            "name": "keystone-registry-private",
+            "visibility": "private",
+            "disk_format": "raw",
+            "container_format": "bare",
+        },
+    )
     assert resp.status_code == 201, resp.text
     image_id, data = resp.json()["id"], os.urandom(100_000)
     resp = requests.put(f"{api}/v2/images/{image_id}/file", data=data, headers={**owner, **OCTET})
@@ -220,14 +238,18 @@ def test_asserted_identity_headers_are_ignored(servers, tokens, private_image):
     owner_project = ks.token_for(OWNER[0], PASSWORD, OWNER[1])[1]
     forged = {
         "X-Abbild-Caller": json.dumps({"service": True}),
-        "X-Identity-Status": "Confirmed", "X-Project-Id": owner_project, "X-Roles": "admin,member",
-    }  # fmt: skip
+        "X-Identity-Status": "Confirmed",
+        "X-Project-Id": owner_project,
+        "X-Roles": "admin,member",
+    }
     for user in (tokens["other"], None):
         assert registry_get(registry, f"/v1/images/{image_id}", user, tokens["service"], **forged).status_code == 404
     assert image_id not in listed_ids(listing(registry, tokens["other"], tokens["service"], **forged))
     owner_caller = {"X-Abbild-Caller": json.dumps({"service": False, "project_id": owner_project})}
-    assert registry_get(registry, f"/v1/images/{image_id}", tokens["other"], tokens["service"],
-                        **owner_caller).status_code == 404  # fmt: skip
+    assert (
+        registry_get(registry, f"/v1/images/{image_id}", tokens["other"], tokens["service"], **owner_caller).status_code
+        == 404
+    )
 
 
 def test_service_token_alone_reaches_only_uploads_in_progress(servers, tokens, private_image):
@@ -240,8 +262,12 @@ def test_service_token_alone_reaches_only_uploads_in_progress(servers, tokens, p
     assert image_id not in listed_ids(registry_get(registry, "/v1/images?in_status=saving", None, service))
     assert registry_get(registry, f"/v1/images/{image_id}/members", None, service).status_code == 401
     image = registry_get(registry, f"/v1/images/{image_id}", tokens["owner"], service).json()
-    made_public = requests.put(f"{registry}/v1/images/{image_id}", json={**image, "visibility": "public"},
-                               headers={"X-Service-Token": service}, timeout=30)  # fmt: skip
+    made_public = requests.put(
+        f"{registry}/v1/images/{image_id}",
+        json={**image, "visibility": "public"},
+        headers={"X-Service-Token": service},
+        timeout=30,
+    )
     assert made_public.status_code == 404, made_public.text
 
 
@@ -262,8 +288,9 @@ def test_service_token_alone_carries_an_upload_on(servers, tokens):
     assert seen.status_code == 200, seen.text
     shared = requests.put(path, json={**seen.json(), "visibility": "public"}, headers={"X-Service-Token": service})
     assert shared.status_code == 403, shared.text
-    released = requests.put(path, json={**seen.json(), "status": "queued", "upload_worker": None},
-                            headers={"X-Service-Token": service})  # fmt: skip
+    released = requests.put(
+        path, json={**seen.json(), "status": "queued", "upload_worker": None}, headers={"X-Service-Token": service}
+    )
     assert released.status_code == 200, released.text
     assert registry_get(registry, f"/v1/images/{image_id}", None, service).status_code == 404
 
@@ -287,8 +314,13 @@ def test_service_token_without_the_service_role_is_refused(servers, tokens, priv
     not_a_service = tokens["other"]
     resp = registry_get(registry, f"/v1/images/{image_id}", tokens["owner"], not_a_service)
     assert resp.status_code == 401 and "roles service" in resp.text, resp.text
-    forged = registry_get(registry, f"/v1/images/{image_id}", tokens["owner"], not_a_service,
-                          **{"X-Service-Roles": "service", "X-Service-Identity-Status": "Confirmed"})  # fmt: skip
+    forged = registry_get(
+        registry,
+        f"/v1/images/{image_id}",
+        tokens["owner"],
+        not_a_service,
+        **{"X-Service-Roles": "service", "X-Service-Identity-Status": "Confirmed"},
+    )
     assert forged.status_code == 401, forged.text
 
 
@@ -310,7 +342,7 @@ def test_service_role_is_checked_even_where_keystonemiddleware_does_not(registry
 # -- a compromised API node, forging image bodies with a user's token ---------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def project_of(user: tuple[str, str]) -> str:
     return ks.token_for(user[0], PASSWORD, user[1])[1]
 
@@ -325,8 +357,9 @@ def refused_naming(resp: requests.Response, attribute: str) -> bool:
 
 def api_image(api: str, tokens, user: str = "owner", upload: bool = False, **fields) -> str:
     headers = {"X-Auth-Token": tokens[user]}
-    resp = requests.post(f"{api}/v2/images", headers=headers,
-                         json={"disk_format": "raw", "container_format": "bare", **fields})  # fmt: skip
+    resp = requests.post(
+        f"{api}/v2/images", headers=headers, json={"disk_format": "raw", "container_format": "bare", **fields}
+    )
     assert resp.status_code == 201, resp.text
     image_id = resp.json()["id"]
     if upload:
@@ -355,17 +388,29 @@ def victims_data(servers, tokens) -> dict:
     return location
 
 
-@pytest.mark.parametrize("name, value, attribute", [
-    ("visibility", "public", "visibility"),
-    ("status", "active", "status"),
-    ("checksum", "0" * 32, "checksum"),
-    ("size", 1 << 40, "size"),
-    ("os_hash_value", "0" * 128, "os_hash_value"),
-    ("upload_worker", "elsewhere:1:1", "upload_worker"),
-    ("properties", {"x_admin_approved": "yes"}, "x_admin_approved"),
-    ("locations", "victim", "locations"),
-], ids=["public", "active", "checksum", "size", "os_hash_value", "claim", "protected property",
-        "another image's data"])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, value, attribute",
+    [
+        ("visibility", "public", "visibility"),
+        ("status", "active", "status"),
+        ("checksum", "0" * 32, "checksum"),
+        ("size", 1 << 40, "size"),
+        ("os_hash_value", "0" * 128, "os_hash_value"),
+        ("upload_worker", "elsewhere:1:1", "upload_worker"),
+        ("properties", {"x_admin_approved": "yes"}, "x_admin_approved"),
+        ("locations", "victim", "locations"),
+    ],
+    ids=[
+        "public",
+        "active",
+        "checksum",
+        "size",
+        "os_hash_value",
+        "claim",
+        "protected property",
+        "another image's data",
+    ],
+)
 def test_forged_new_image_is_refused(servers, tokens, victims_data, name, value, attribute):
     _, registry = servers
     body = wire.image_to_json(Image(id=str(uuid.uuid4()), owner=project_of(OWNER), visibility="private"))
@@ -382,18 +427,31 @@ def test_a_users_own_new_image_is_created(servers, tokens):
     assert resp.status_code == 201, resp.text
 
 
-@pytest.mark.parametrize("attribute, change", [
-    ("owner", lambda image, victim: image.update(owner=project_of(OTHER))),
-    ("visibility", lambda image, victim: image.update(visibility="public")),
-    ("checksum", lambda image, victim: image.update(checksum="0" * 32)),
-    ("size", lambda image, victim: image.update(size=1 << 40)),
-    ("os_hash_value", lambda image, victim: image.update(os_hash_value="0" * 128)),
-    ("created_at", lambda image, victim: image.update(created_at="2001-01-01T00:00:00")),
-    ("x_admin_approved", lambda image, victim: image["properties"].update(x_admin_approved="yes")),
-    ("locations", lambda image, victim: image["locations"].append(victim)),
-    ("locations", lambda image, victim: image.update(locations=[victim])),
-], ids=["owner", "public", "checksum", "size", "os_hash_value", "created_at", "protected property",
-        "another image's data added", "another image's data instead"])  # fmt: skip
+@pytest.mark.parametrize(
+    "attribute, change",
+    [
+        ("owner", lambda image, victim: image.update(owner=project_of(OTHER))),
+        ("visibility", lambda image, victim: image.update(visibility="public")),
+        ("checksum", lambda image, victim: image.update(checksum="0" * 32)),
+        ("size", lambda image, victim: image.update(size=1 << 40)),
+        ("os_hash_value", lambda image, victim: image.update(os_hash_value="0" * 128)),
+        ("created_at", lambda image, victim: image.update(created_at="2001-01-01T00:00:00")),
+        ("x_admin_approved", lambda image, victim: image["properties"].update(x_admin_approved="yes")),
+        ("locations", lambda image, victim: image["locations"].append(victim)),
+        ("locations", lambda image, victim: image.update(locations=[victim])),
+    ],
+    ids=[
+        "owner",
+        "public",
+        "checksum",
+        "size",
+        "os_hash_value",
+        "created_at",
+        "protected property",
+        "another image's data added",
+        "another image's data instead",
+    ],
+)
 def test_forged_change_of_an_active_image_is_refused(servers, tokens, private_image, victims_data, attribute, change):
     _, registry = servers
     image_id, _ = private_image
@@ -416,8 +474,14 @@ def test_forged_activation_is_refused(servers, tokens, victims_data):
     claimed = put_image(registry, {**queued, "status": "saving", "upload_worker": "elsewhere:1:1"}, tokens)
     assert claimed.status_code == 200, claimed.text
     saving = claimed.json()
-    forged = {**saving, "status": "active", "size": victims_data["size"], "checksum": "0" * 32,
-              "locations": [victims_data], "upload_worker": None}  # fmt: skip
+    forged = {
+        **saving,
+        "status": "active",
+        "size": victims_data["size"],
+        "checksum": "0" * 32,
+        "locations": [victims_data],
+        "upload_worker": None,
+    }
     assert refused_naming(put_image(registry, forged, tokens), "locations")
     released = put_image(registry, {**saving, "status": "queued", "upload_worker": None, "upload_lease": None}, tokens)
     assert released.status_code == 200 and released.json()["status"] == "queued", released.text
@@ -442,10 +506,12 @@ def test_the_apis_own_changes_pass_the_registrys_rules(servers, tokens, web):
     api, _ = servers
     owner, other = {"X-Auth-Token": tokens["owner"]}, {"X-Auth-Token": tokens["other"]}
     image_id = api_image(api, tokens, upload=True, visibility="shared")
-    changes = [{"op": "replace", "path": "/name", "value": "renamed"},
-               {"op": "add", "path": "/os_distro", "value": "debian"},
-               {"op": "add", "path": "/tags", "value": ["a", "b"]},
-               {"op": "replace", "path": "/min_ram", "value": 512}]  # fmt: skip
+    changes = [
+        {"op": "replace", "path": "/name", "value": "renamed"},
+        {"op": "add", "path": "/os_distro", "value": "debian"},
+        {"op": "add", "path": "/tags", "value": ["a", "b"]},
+        {"op": "replace", "path": "/min_ram", "value": 512},
+    ]
     patched = requests.patch(f"{api}/v2/images/{image_id}", json=changes, headers={**owner, **PATCH})
     assert patched.status_code == 200 and patched.json()["os_distro"] == "debian", patched.text
     member = project_of(OTHER)
@@ -457,8 +523,11 @@ def test_the_apis_own_changes_pass_the_registrys_rules(servers, tokens, web):
     for action in ("deactivate", "reactivate"):
         resp = requests.post(f"{api}/v2/images/{image_id}/actions/{action}", headers=owner)
         assert resp.status_code == 204, resp.text
-    community = requests.patch(f"{api}/v2/images/{image_id}", headers={**owner, **PATCH},
-                               json=[{"op": "replace", "path": "/visibility", "value": "community"}])  # fmt: skip
+    community = requests.patch(
+        f"{api}/v2/images/{image_id}",
+        headers={**owner, **PATCH},
+        json=[{"op": "replace", "path": "/visibility", "value": "community"}],
+    )
     assert community.status_code == 200, community.text
 
     by_patch = api_image(api, tokens)

@@ -33,8 +33,9 @@ def _create(url: str, name: str) -> str:
 
 
 def _upload(url: str, image_id: str, payload: bytes) -> requests.Response:
-    return requests.put(f"{url}/v2/images/{image_id}/file", data=payload,
-                        headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+    return requests.put(
+        f"{url}/v2/images/{image_id}/file", data=payload, headers={"Content-Type": "application/octet-stream"}
+    )
 
 
 def _files(data_dir) -> list[str]:
@@ -88,8 +89,7 @@ def test_registry_killed_and_restarted(make_server, make_registry, tmp_path):
     _assert_unavailable(requests.get(f"{url}/v2/images/{kept_id}"))
     _assert_unavailable(requests.get(f"{url}/v2/images/{kept_id}/file"))
     _assert_unavailable(requests.post(f"{url}/v2/images", json={"name": "during"}))
-    _assert_unavailable(requests.patch(f"{url}/v2/images/{kept_id}", data="[]",
-                                       headers={"Content-Type": JSON_PATCH}))  # fmt: skip
+    _assert_unavailable(requests.patch(f"{url}/v2/images/{kept_id}", data="[]", headers={"Content-Type": JSON_PATCH}))
     assert requests.get(f"{url}/healthcheck").status_code == 200  # the API itself lives on
 
     # -- back: the API carries on, on the connections it reopens ------------------------

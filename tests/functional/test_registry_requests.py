@@ -40,8 +40,9 @@ def exchange(url: str, head: str, body_parts=(), timeout: float = 10, source: st
     (status, headers, body) of the answer. A server that waits for more raises
     socket.timeout."""
     parts = urllib.parse.urlsplit(url)
-    with socket.create_connection((parts.hostname, parts.port), timeout=timeout,
-                                  source_address=(source, 0) if source else None) as sock:  # fmt: skip
+    with socket.create_connection(
+        (parts.hostname, parts.port), timeout=timeout, source_address=(source, 0) if source else None
+    ) as sock:
         sock.sendall(head.replace("\n", "\r\n").encode("latin-1") + b"\r\n\r\n")
         for part in body_parts:
             sock.sendall(part)
@@ -76,24 +77,26 @@ def new_image_body() -> bytes:
 
 def test_unsigned_request_is_refused_before_its_body(registry):
     started = time.monotonic()
-    status, _, body = exchange(registry.url, f"POST /v1/images HTTP/1.1\nHost: registry\nContent-Length: {HUGE}\n"
-                                             f"Content-Type: application/json")  # fmt: skip
+    status, _, body = exchange(
+        registry.url,
+        f"POST /v1/images HTTP/1.1\nHost: registry\nContent-Length: {HUGE}\nContent-Type: application/json",
+    )
     assert status == 401 and b"unsigned request" in body, body
     assert time.monotonic() - started < 5
 
 
 def test_stale_request_is_refused_before_its_body(registry):
     stale = str(int(time.time()) - 3600)
-    head = signed_head(registry, "POST", "/v1/images", b"", f"Content-Length: {HUGE}",
-                       **{wire.TIMESTAMP_HEADER: stale})  # fmt: skip
+    head = signed_head(registry, "POST", "/v1/images", b"", f"Content-Length: {HUGE}", **{wire.TIMESTAMP_HEADER: stale})
     status, _, body = exchange(registry.url, head)
     assert status == 401 and b"stale request" in body, body
 
 
 def test_non_ascii_signature_is_401(registry):
     body = new_image_body()
-    head = signed_head(registry, "POST", "/v1/images", body, f"Content-Length: {len(body)}",
-                       **{wire.SIGNATURE_HEADER: "\xe9" * 64})  # fmt: skip
+    head = signed_head(
+        registry, "POST", "/v1/images", body, f"Content-Length: {len(body)}", **{wire.SIGNATURE_HEADER: "\xe9" * 64}
+    )
     status, _, answer = exchange(registry.url, head, [body])
     assert status == 401 and b"malformed X-Abbild-Signature" in answer, answer
 
@@ -105,7 +108,7 @@ def test_body_beyond_the_limit_is_413_before_it_is_read(registry):
 
 
 def _chunked(body: bytes, size: int = 64 << 10) -> list[bytes]:
-    chunks = [body[i:i + size] for i in range(0, len(body), size)]
+    chunks = [body[i : i + size] for i in range(0, len(body), size)]
     return [b"%x\r\n%s\r\n" % (len(c), c) for c in chunks] + [b"0\r\n\r\n"]
 
 
@@ -149,13 +152,16 @@ def test_noauth_answers_only_loopback_wherever_the_app_is_served(tmp_path):
     address = own_address()
     assert not address.startswith("127."), address
     conf = tmp_path / "abbild-registry.conf"
-    conf.write_text(f"[database]\nconnection = sqlite:///{tmp_path}/abbild.sqlite\n"
-                    f"[registry_server]\nauth_strategy = noauth\n")  # fmt: skip
+    conf.write_text(
+        f"[database]\nconnection = sqlite:///{tmp_path}/abbild.sqlite\n[registry_server]\nauth_strategy = noauth\n"
+    )
     httpd = wsgiref.simple_server.make_server("0.0.0.0", 0, load_registry_app([str(conf)]), handler_class=_Quiet)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
-        head = (f"GET /v1/images?limit=10&filters=%7B%7D HTTP/1.1\nHost: registry\nConnection: close\n"
-                f"{wire.CALLER_HEADER}: {wire.caller_header(None)}")  # fmt: skip
+        head = (
+            f"GET /v1/images?limit=10&filters=%7B%7D HTTP/1.1\nHost: registry\nConnection: close\n"
+            f"{wire.CALLER_HEADER}: {wire.caller_header(None)}"
+        )
         status, _, body = exchange(f"http://{address}:{httpd.server_port}", head, source=address)
         assert status == 403, body
         assert f"{address} is not".encode() in body and b"auth_strategy = keystone" in body, body

@@ -15,9 +15,10 @@ from paste.deploy import loadapp
 from abbild import config
 from abbild import registry_wire as wire
 from abbild_paste import pipeline
-from abbild_registry.pipeline import SHIPPED_INI as REGISTRY_INI, load_registry_app
+from abbild_registry.pipeline import SHIPPED_INI as REGISTRY_INI
+from abbild_registry.pipeline import load_registry_app
 
-PLUGIN = '''
+PLUGIN = """
 from oslo_config import cfg
 
 from abbild import config, hookimpl
@@ -46,7 +47,7 @@ def probe_filter_factory(global_conf, **local_conf):
         return middleware
 
     return make
-'''
+"""
 
 PROBE_INI = """
 [pipeline:abbild-api-probe]
@@ -77,9 +78,11 @@ paste.filter_factory = abbild_probe_plugin:probe_filter_factory
 
 def _api_config(tmp_path, text: str = "") -> str:
     path = tmp_path / "abbild-api.conf"
-    path.write_text(f"[database]\nconnection = sqlite:///{tmp_path}/abbild.sqlite\n"
-                    f"[DEFAULT]\nenabled_backends = local:filesystem\ndefault_backend = local\n"
-                    f"[local]\ndatadir = {tmp_path}/images\n" + textwrap.dedent(text))  # fmt: skip
+    path.write_text(
+        f"[database]\nconnection = sqlite:///{tmp_path}/abbild.sqlite\n"
+        f"[DEFAULT]\nenabled_backends = local:filesystem\ndefault_backend = local\n"
+        f"[local]\ndatadir = {tmp_path}/images\n" + textwrap.dedent(text)
+    )
     return str(path)
 
 
@@ -119,7 +122,10 @@ def confs_handed_out(monkeypatch):
 
 def test_the_keystone_pipeline_parses_once_and_shares_it(tmp_path, confs_handed_out):
     handed, parsed = confs_handed_out
-    files = [_api_config(tmp_path, """
+    files = [
+        _api_config(
+            tmp_path,
+            """
         [keystone_authtoken]
         www_authenticate_uri = http://127.0.0.1:5000/v3
         auth_type = password
@@ -131,7 +137,9 @@ def test_the_keystone_pipeline_parses_once_and_shares_it(tmp_path, confs_handed_
         project_domain_name = Default
         [oslo_middleware]
         enable_proxy_headers_parsing = true
-        """)]  # fmt: skip
+        """,
+        )
+    ]
     app = pipeline.load_api(files, "keystone")
     assert len(parsed) == 1
     # the app, http_proxy_to_wsgi, versions, authtoken and context
@@ -149,13 +157,18 @@ def test_a_plugins_option_reaches_the_filters(tmp_path, probe_plugin):
 
     ini = tmp_path / "probe-paste.ini"
     ini.write_text(PROBE_INI)
-    files = [_api_config(tmp_path, f"""
+    files = [
+        _api_config(
+            tmp_path,
+            f"""
         [paste_deploy]
         flavor = probe
         config_file = {ini}
         [probe_plugin]
         greeting = hello from the config file
-        """)]  # fmt: skip
+        """,
+        )
+    ]
     app = pipeline.load_api(files)
     response = webob.Request.blank("/v2/images", remote_addr="127.0.0.1").get_response(app)
     assert response.status_int == 200
@@ -175,13 +188,15 @@ def test_a_plain_loadapp_of_the_shipped_ini_still_works(tmp_path, confs_handed_o
 def test_the_registry_pipeline_parses_once_and_shares_it(tmp_path, confs_handed_out):
     handed, parsed = confs_handed_out
     path = tmp_path / "abbild-registry.conf"
-    path.write_text(f"[database]\nconnection = sqlite:///{tmp_path}/registry.sqlite\n"
-                    "[registry_server]\nauth_strategy = noauth\n")  # fmt: skip
+    path.write_text(
+        f"[database]\nconnection = sqlite:///{tmp_path}/registry.sqlite\n[registry_server]\nauth_strategy = noauth\n"
+    )
     app = load_registry_app([str(path)])
     assert len(parsed) == 1
     assert len(handed) == 2 and handed[0] is handed[1]  # the app and the auth filter
     plain = loadapp(f"config:{REGISTRY_INI}", name="abbild-registry", global_conf={"config_files": str(path)})
     for loaded in (app, plain):
-        request = webob.Request.blank("/v1/images?limit=1", remote_addr="127.0.0.1",
-                                      headers={wire.CALLER_HEADER: wire.caller_header(None)})  # fmt: skip
+        request = webob.Request.blank(
+            "/v1/images?limit=1", remote_addr="127.0.0.1", headers={wire.CALLER_HEADER: wire.caller_header(None)}
+        )
         assert request.get_response(loaded).status_int == 200

@@ -32,7 +32,11 @@ datadir = {dir}/images
 
 
 def who(project: str | None, *roles: str) -> dict:
-    headers = {"X-Identity-Status": "Confirmed", "X-User-Id": f"user-of-{project}", "X-Roles": ",".join(roles or ("member", "reader"))}
+    headers = {
+        "X-Identity-Status": "Confirmed",
+        "X-User-Id": f"user-of-{project}",
+        "X-Roles": ",".join(roles or ("member", "reader")),
+    }
     if project:
         headers["X-Project-Id"] = project
     return headers
@@ -45,8 +49,9 @@ def projects():
 
 
 def create(url, project, **body):
-    resp = requests.post(f"{url}/v2/images", json={"disk_format": "raw", "container_format": "bare", **body},
-                         headers=who(project))  # fmt: skip
+    resp = requests.post(
+        f"{url}/v2/images", json={"disk_format": "raw", "container_format": "bare", **body}, headers=who(project)
+    )
     assert resp.status_code == 201, resp.text
     return resp.json()
 

@@ -22,8 +22,14 @@ HEADER_LINE = b"X-Slow: one more header line\r\n"
 
 
 def start(make_server, header_timeout: int = 30, body_timeout: int = 30):
-    return make_server("--threads", str(THREADS), "--client-header-timeout", str(header_timeout),
-                       "--client-body-timeout", str(body_timeout)).start()  # fmt: skip
+    return make_server(
+        "--threads",
+        str(THREADS),
+        "--client-header-timeout",
+        str(header_timeout),
+        "--client-body-timeout",
+        str(body_timeout),
+    ).start()
 
 
 def open_request(srv, first_lines: bytes) -> socket.socket:
@@ -46,8 +52,9 @@ def closed_by_server(sock: socket.socket) -> bytes | None:
 
 
 def create_image(srv) -> str:
-    resp = requests.post(f"{srv.url}/v2/images", json={"name": "slow", "disk_format": "raw",
-                                                       "container_format": "bare"}, timeout=10)  # fmt: skip
+    resp = requests.post(
+        f"{srv.url}/v2/images", json={"name": "slow", "disk_format": "raw", "container_format": "bare"}, timeout=10
+    )
     assert resp.status_code == 201, resp.text
     return resp.json()["id"]
 

@@ -37,8 +37,9 @@ def show(server, image_id) -> dict:
 
 
 def put(server, image_id, data, headers=None) -> requests.Response:
-    return requests.put(f"{server.url}/v2/images/{image_id}/file", data=data, headers={**OCTETS, **JSON,
-                                                                                       **(headers or {})})  # fmt: skip
+    return requests.put(
+        f"{server.url}/v2/images/{image_id}/file", data=data, headers={**OCTETS, **JSON, **(headers or {})}
+    )
 
 
 def uploaded(server, data: bytes) -> str:
@@ -335,8 +336,9 @@ def test_range(server, stored, header, span):
     assert resp.headers["Content-Type"] == "application/octet-stream"
 
 
-@pytest.mark.parametrize("header,span", [("bytes 1-3/*", (1, 3)), ("bytes 0-99/100", (0, 99)),
-                                         ("bytes 99-99/*", (99, 99))])  # fmt: skip
+@pytest.mark.parametrize(
+    "header,span", [("bytes 1-3/*", (1, 3)), ("bytes 0-99/100", (0, 99)), ("bytes 99-99/*", (99, 99))]
+)
 def test_legacy_content_range_request(server, stored, header, span):
     image_id, data = stored
     first, last = span
@@ -353,16 +355,29 @@ def test_multiple_ranges_are_400(server, stored, header):
     assert resp.json()["code"] == "400 Bad Request"
 
 
-@pytest.mark.parametrize("header", ["bytes=100-", "bytes=100-200", "bytes=500-600", "bytes=5-2", "bytes=-0",
-                                    "bytes=abc", "items=0-1", "bytes=-", "bytes=1-2-3"])  # fmt: skip
+@pytest.mark.parametrize(
+    "header",
+    [
+        "bytes=100-",
+        "bytes=100-200",
+        "bytes=500-600",
+        "bytes=5-2",
+        "bytes=-0",
+        "bytes=abc",
+        "items=0-1",
+        "bytes=-",
+        "bytes=1-2-3",
+    ],
+)
 def test_unsatisfiable_range_is_416(server, stored, header):
     resp = requests.get(f"{server.url}/v2/images/{stored[0]}/file", headers={"Range": header})
     assert resp.status_code == 416
     assert resp.headers["Content-Range"] == "bytes */100"
 
 
-@pytest.mark.parametrize("header", ["bytes 100-101/*", "bytes 50-200/*", "bytes 3-100/100", "bytes=1-3",
-                                    "bytes 3-1/*", "nonsense"])  # fmt: skip
+@pytest.mark.parametrize(
+    "header", ["bytes 100-101/*", "bytes 50-200/*", "bytes 3-100/100", "bytes=1-3", "bytes 3-1/*", "nonsense"]
+)
 def test_unsatisfiable_legacy_content_range_is_416(server, stored, header):
     resp = requests.get(f"{server.url}/v2/images/{stored[0]}/file", headers={"Content-Range": header})
     assert resp.status_code == 416

@@ -65,9 +65,7 @@ def ids(server, query) -> list[str]:
 
 
 def patch(server, image_id, changes, media=V21):
-    return requests.patch(
-        f"{server.url}/v2/images/{image_id}", json=changes, headers={"Content-Type": media, **JSON}
-    )
+    return requests.patch(f"{server.url}/v2/images/{image_id}", json=changes, headers={"Content-Type": media, **JSON})
 
 
 # -- create -----------------------------------------------------------------------------
@@ -87,8 +85,17 @@ def test_create_defaults(server):
     assert image["protected"] is False and image["os_hidden"] is False
     assert image["min_ram"] == 0 and image["min_disk"] == 0
     assert image["tags"] == []
-    for name in ("name", "owner", "disk_format", "container_format", "size", "virtual_size", "checksum",
-                 "os_hash_algo", "os_hash_value"):  # fmt: skip
+    for name in (
+        "name",
+        "owner",
+        "disk_format",
+        "container_format",
+        "size",
+        "virtual_size",
+        "checksum",
+        "os_hash_algo",
+        "os_hash_value",
+    ):
         assert name in image and image[name] is None, name
     assert image["self"] == f"/v2/images/{image['id']}"
     assert image["file"] == f"/v2/images/{image['id']}/file"
@@ -99,9 +106,21 @@ def test_create_defaults(server):
 
 
 def test_create_with_values_and_extra_properties(server, tag):
-    image = create(server, name="full", visibility="private", protected=False, os_hidden=False, disk_format="qcow2",
-                   container_format="bare", min_ram=512, min_disk=2, tags=[tag, tag, "b"], os_distro="debian",
-                   anything="goes", kernel_id=None)  # fmt: skip
+    image = create(
+        server,
+        name="full",
+        visibility="private",
+        protected=False,
+        os_hidden=False,
+        disk_format="qcow2",
+        container_format="bare",
+        min_ram=512,
+        min_disk=2,
+        tags=[tag, tag, "b"],
+        os_distro="debian",
+        anything="goes",
+        kernel_id=None,
+    )
     assert image["name"] == "full" and image["visibility"] == "private"
     assert image["disk_format"] == "qcow2" and image["container_format"] == "bare"
     assert image["min_ram"] == 512 and image["min_disk"] == 2
@@ -163,13 +182,28 @@ def test_duplicate_id_of_deleted_image_is_409(server):
 
 
 READ_ONLY = {
-    "status": "active", "checksum": "0" * 32, "size": 1, "virtual_size": 1, "os_hash_algo": "sha512",
-    "os_hash_value": "0" * 128, "created_at": "2020-01-01T00:00:00Z", "updated_at": "2020-01-01T00:00:00Z",
-    "self": "/v2/images/x", "file": "/v2/images/x/file", "schema": "/v2/schemas/image", "direct_url": "file:///x",
-    "stores": "local", "locations": [],
-}  # fmt: skip
-RESERVED = {"location": "file:///etc/passwd", "deleted": "true", "deleted_at": "x", "os_glance_x": "y",
-            "os_glance_import_task": "z"}  # fmt: skip
+    "status": "active",
+    "checksum": "0" * 32,
+    "size": 1,
+    "virtual_size": 1,
+    "os_hash_algo": "sha512",
+    "os_hash_value": "0" * 128,
+    "created_at": "2020-01-01T00:00:00Z",
+    "updated_at": "2020-01-01T00:00:00Z",
+    "self": "/v2/images/x",
+    "file": "/v2/images/x/file",
+    "schema": "/v2/schemas/image",
+    "direct_url": "file:///x",
+    "stores": "local",
+    "locations": [],
+}
+RESERVED = {
+    "location": "file:///etc/passwd",
+    "deleted": "true",
+    "deleted_at": "x",
+    "os_glance_x": "y",
+    "os_glance_import_task": "z",
+}
 
 
 @pytest.mark.parametrize("name,value", {**READ_ONLY, **RESERVED}.items())
@@ -353,8 +387,9 @@ def test_filter_exact_and_in_on_columns(server, tag):
         assert set(ids(server, {"tag": tag, **query})) == expected, query
 
 
-@pytest.mark.parametrize("name,value", [("name", 'in:"unclosed,a'), ("disk_format", "gte:raw"),
-                                        ("status", "neq:active"), ("id", "eq:x")])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,value", [("name", 'in:"unclosed,a'), ("disk_format", "gte:raw"), ("status", "neq:active"), ("id", "eq:x")]
+)
 def test_bad_in_filter_is_400(server, name, value):
     listing(server, {name: value}, status=400)
 
@@ -375,9 +410,18 @@ def test_filter_visibility(server, tag):
     assert {made["public"], made["private"], made["shared"]} <= default
 
 
-@pytest.mark.parametrize("name,value", [("visibility", "everyone"), ("member_status", "maybe"),
-                                        ("size_min", "big"), ("size_max", "-"), ("protected", "yes"),
-                                        ("os_hidden", "1"), ("changes-since", "2020-01-01T00:00:00Z")])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("visibility", "everyone"),
+        ("member_status", "maybe"),
+        ("size_min", "big"),
+        ("size_max", "-"),
+        ("protected", "yes"),
+        ("os_hidden", "1"),
+        ("changes-since", "2020-01-01T00:00:00Z"),
+    ],
+)
 def test_bad_filter_value_is_400(server, name, value):
     listing(server, {name: value}, status=400)
 
@@ -461,8 +505,9 @@ def test_filter_times(server, tag):
         assert ids(server, {"tag": tag, **query}) == expected, query
 
 
-@pytest.mark.parametrize("value", ["gte:yesterday", "2020-01-01T00:00:00Z", "after:2020-01-01T00:00:00Z",
-                                   "gte:", "gte:2020-13-45T00:00:00Z"])  # fmt: skip
+@pytest.mark.parametrize(
+    "value", ["gte:yesterday", "2020-01-01T00:00:00Z", "after:2020-01-01T00:00:00Z", "gte:", "gte:2020-13-45T00:00:00Z"]
+)
 @pytest.mark.parametrize("name", ["created_at", "updated_at"])
 def test_bad_time_filter_is_400(server, name, value):
     listing(server, {name: value}, status=400)
@@ -536,14 +581,18 @@ def image(server, tag):
 
 
 def test_patch_v21(server, image):
-    resp = patch(server, image["id"], [
-        {"op": "replace", "path": "/name", "value": "renamed"},
-        {"op": "add", "path": "/size_hint", "value": "small"},
-        {"op": "replace", "path": "/color", "value": "blue"},
-        {"op": "replace", "path": "/min_ram", "value": 128},
-        {"op": "replace", "path": "/visibility", "value": "private"},
-        {"op": "add", "path": "/a~1b~0c", "value": "escaped"},
-    ])  # fmt: skip
+    resp = patch(
+        server,
+        image["id"],
+        [
+            {"op": "replace", "path": "/name", "value": "renamed"},
+            {"op": "add", "path": "/size_hint", "value": "small"},
+            {"op": "replace", "path": "/color", "value": "blue"},
+            {"op": "replace", "path": "/min_ram", "value": 128},
+            {"op": "replace", "path": "/visibility", "value": "private"},
+            {"op": "add", "path": "/a~1b~0c", "value": "escaped"},
+        ],
+    )
     assert resp.status_code == 200, resp.text
     assert resp.headers["Content-Type"].startswith("application/json")
     body = resp.json()
@@ -554,11 +603,16 @@ def test_patch_v21(server, image):
 
 
 def test_patch_v20(server, image):
-    resp = patch(server, image["id"], [
-        {"replace": "/name", "value": "old-style"},
-        {"add": "/shape", "value": "round"},
-        {"remove": "/color"},
-    ], media=V20)  # fmt: skip
+    resp = patch(
+        server,
+        image["id"],
+        [
+            {"replace": "/name", "value": "old-style"},
+            {"add": "/shape", "value": "round"},
+            {"remove": "/color"},
+        ],
+        media=V20,
+    )
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["name"] == "old-style" and body["shape"] == "round" and "color" not in body
@@ -581,10 +635,13 @@ def test_patch_v20_add_of_base_attribute_is_409(server, image, name, value):
     assert resp.status_code == 200 and resp.json()[name] == value
 
 
-@pytest.mark.parametrize("change", [
-    {"op": "replace", "path": "/missing", "value": "x"},
-    {"op": "remove", "path": "/missing"},
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"op": "replace", "path": "/missing", "value": "x"},
+        {"op": "remove", "path": "/missing"},
+    ],
+)
 def test_patch_missing_extra_property_is_409(server, image, change):
     resp = patch(server, image["id"], [change])
     assert resp.status_code == 409
@@ -598,11 +655,15 @@ def test_patch_remove_extra_property(server, image):
 
 
 def test_patch_is_all_or_nothing(server, image):
-    resp = patch(server, image["id"], [
-        {"op": "add", "path": "/fresh", "value": "x"},
-        {"op": "replace", "path": "/name", "value": "never"},
-        {"op": "remove", "path": "/missing"},
-    ])  # fmt: skip
+    resp = patch(
+        server,
+        image["id"],
+        [
+            {"op": "add", "path": "/fresh", "value": "x"},
+            {"op": "replace", "path": "/name", "value": "never"},
+            {"op": "remove", "path": "/missing"},
+        ],
+    )
     assert resp.status_code == 409
     after = show(server, image["id"])
     assert "fresh" not in after and after["name"] == "patch-me"
@@ -628,21 +689,25 @@ def test_patch_read_only_or_reserved_is_403(server, image, name, op):
     else:
         assert resp.status_code == 403, resp.text
     assert {k: v for k, v in show(server, image["id"]).items() if k != "updated_at"} == {
-        k: v for k, v in image.items() if k != "updated_at"}
+        k: v for k, v in image.items() if k != "updated_at"
+    }
 
 
-@pytest.mark.parametrize("change", [
-    {"op": "replace", "path": "/visibility", "value": "everyone"},
-    {"op": "replace", "path": "/min_ram", "value": -1},
-    {"op": "replace", "path": "/disk_format", "value": "floppy"},
-    {"op": "replace", "path": "/protected", "value": "yes"},
-    {"op": "replace", "path": "/name", "value": "n" * 256},
-    {"op": "add", "path": "/extra", "value": 5},
-    {"op": "replace", "path": "/color", "value": None},
-    {"op": "replace", "path": "/tags", "value": ["t" * 256]},
-    {"op": "replace", "path": "/tags", "value": "a"},
-    {"op": "add", "path": "/" + "k" * 256, "value": "v"},
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"op": "replace", "path": "/visibility", "value": "everyone"},
+        {"op": "replace", "path": "/min_ram", "value": -1},
+        {"op": "replace", "path": "/disk_format", "value": "floppy"},
+        {"op": "replace", "path": "/protected", "value": "yes"},
+        {"op": "replace", "path": "/name", "value": "n" * 256},
+        {"op": "add", "path": "/extra", "value": 5},
+        {"op": "replace", "path": "/color", "value": None},
+        {"op": "replace", "path": "/tags", "value": ["t" * 256]},
+        {"op": "replace", "path": "/tags", "value": "a"},
+        {"op": "add", "path": "/" + "k" * 256, "value": "v"},
+    ],
+)
 def test_patch_schema_violation_is_400(server, image, change):
     resp = patch(server, image["id"], [change])
     assert resp.status_code == 400, resp.text
@@ -655,22 +720,25 @@ def test_patch_bad_pointer_is_400(server, image, path):
     assert resp.status_code == 400, resp.text
 
 
-@pytest.mark.parametrize("change,media", [
-    ({"op": "move", "path": "/name", "value": "x"}, V21),
-    ({"op": "replace", "value": "x"}, V21),
-    ({"path": "/name", "value": "x"}, V21),
-    ({"op": "replace", "path": "/name"}, V21),
-    ({"op": "add", "path": "/thing"}, V21),
-    ({"replace": "/name"}, V20),
-    ({"replace": "/name", "add": "/other", "value": "x"}, V20),
-    ({"op": "replace", "path": "/name", "value": "x"}, V20),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change,media",
+    [
+        ({"op": "move", "path": "/name", "value": "x"}, V21),
+        ({"op": "replace", "value": "x"}, V21),
+        ({"path": "/name", "value": "x"}, V21),
+        ({"op": "replace", "path": "/name"}, V21),
+        ({"op": "add", "path": "/thing"}, V21),
+        ({"replace": "/name"}, V20),
+        ({"replace": "/name", "add": "/other", "value": "x"}, V20),
+        ({"op": "replace", "path": "/name", "value": "x"}, V20),
+    ],
+)
 def test_patch_bad_operation_is_400(server, image, change, media):
     resp = patch(server, image["id"], [change], media=media)
     assert resp.status_code == 400, resp.text
 
 
-@pytest.mark.parametrize("body", [b"{}", b"\"x\"", b"1", b"null", b"[1]", b"[\"op\"]", b"{nope", b""])
+@pytest.mark.parametrize("body", [b"{}", b'"x"', b"1", b"null", b"[1]", b'["op"]', b"{nope", b""])
 def test_patch_body_not_a_list_of_objects_is_400(server, image, body):
     resp = requests.patch(f"{server.url}/v2/images/{image['id']}", data=body, headers={"Content-Type": V21})
     assert resp.status_code == 400, resp.text
@@ -687,8 +755,11 @@ def test_patch_wrong_content_type_is_415_with_accept_patch(server, image, conten
     headers = {"Accept": "application/json"}
     if content_type:
         headers["Content-Type"] = content_type
-    resp = requests.patch(f"{server.url}/v2/images/{image['id']}", data=b'[{"op": "replace", "path": "/name", '
-                          b'"value": "x"}]', headers=headers)  # fmt: skip
+    resp = requests.patch(
+        f"{server.url}/v2/images/{image['id']}",
+        data=b'[{"op": "replace", "path": "/name", "value": "x"}]',
+        headers=headers,
+    )
     assert resp.status_code == 415
     assert resp.json()["code"] == "415 Unsupported Media Type"
     assert {t.strip() for t in resp.headers["Accept-Patch"].split(",")} == {V20, V21}
@@ -711,15 +782,27 @@ def test_patch_formats_locked_after_upload(server):
         resp = patch(server, image["id"], [{"op": "replace", "path": f"/{name}", "value": value}])
         assert resp.status_code == 403, resp.text
     # Writing the current value is no change, and other attributes stay writable.
-    resp = patch(server, image["id"], [{"op": "replace", "path": "/disk_format", "value": "raw"},
-                                       {"op": "replace", "path": "/name", "value": "still"}])  # fmt: skip
+    resp = patch(
+        server,
+        image["id"],
+        [
+            {"op": "replace", "path": "/disk_format", "value": "raw"},
+            {"op": "replace", "path": "/name", "value": "still"},
+        ],
+    )
     assert resp.status_code == 200, resp.text
     assert resp.json()["disk_format"] == "raw" and resp.json()["name"] == "still"
 
 
 def test_patch_formats_while_queued(server, image):
-    resp = patch(server, image["id"], [{"op": "add", "path": "/disk_format", "value": "vmdk"},
-                                       {"op": "replace", "path": "/container_format", "value": "ova"}])  # fmt: skip
+    resp = patch(
+        server,
+        image["id"],
+        [
+            {"op": "add", "path": "/disk_format", "value": "vmdk"},
+            {"op": "replace", "path": "/container_format", "value": "ova"},
+        ],
+    )
     assert resp.status_code == 200, resp.text
     assert resp.json()["disk_format"] == "vmdk" and resp.json()["container_format"] == "ova"
 
@@ -760,8 +843,12 @@ def test_delete(server, tag):
     assert resp.status_code == 204 and resp.content == b""
     assert not os.path.exists(path)
     for method in ("GET", "DELETE", "PATCH"):
-        resp = requests.request(method, f"{server.url}/v2/images/{image['id']}", headers={"Content-Type": V21},
-                                data=b"[]" if method == "PATCH" else None)  # fmt: skip
+        resp = requests.request(
+            method,
+            f"{server.url}/v2/images/{image['id']}",
+            headers={"Content-Type": V21},
+            data=b"[]" if method == "PATCH" else None,
+        )
         assert resp.status_code == 404, method
     assert requests.get(f"{server.url}/v2/images/{image['id']}/file").status_code == 404
     assert listing(server, {"tag": tag})["images"] == []

@@ -17,8 +17,23 @@ from tests.functional.helpers import server_config
 REQUEST_ID = re.compile(r"^req-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 # Glance 33 with several stores and no cache, less image tasks (2.12), which abbild
 # does not serve yet.
-EXPECTED_VERSIONS = ["v2.17", "v2.15", "v2.13", "v2.11", "v2.10", "v2.9", "v2.8", "v2.7", "v2.6", "v2.5", "v2.4",
-                     "v2.3", "v2.2", "v2.1", "v2.0"]  # fmt: skip
+EXPECTED_VERSIONS = [
+    "v2.17",
+    "v2.15",
+    "v2.13",
+    "v2.11",
+    "v2.10",
+    "v2.9",
+    "v2.8",
+    "v2.7",
+    "v2.6",
+    "v2.5",
+    "v2.4",
+    "v2.3",
+    "v2.2",
+    "v2.1",
+    "v2.0",
+]
 
 
 def create(server, **body) -> dict:
@@ -57,8 +72,20 @@ def _check_versions_document(server, resp) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/", "/v1/images", "/v1.1/images", "/v3/images", "/v2.99/images", "/v2.12/images", "/v2.14/images", "/v2.16/images",
-     "/v2.18/images", "/images", "/nope"]
+    "path",
+    [
+        "/",
+        "/v1/images",
+        "/v1.1/images",
+        "/v3/images",
+        "/v2.99/images",
+        "/v2.12/images",
+        "/v2.14/images",
+        "/v2.16/images",
+        "/v2.18/images",
+        "/images",
+        "/nope",
+    ],
 )
 def test_implicit_or_unknown_version_gets_versions_document_300(server, path):
     resp = requests.get(server.url + path, allow_redirects=False)
@@ -129,21 +156,27 @@ def test_versions_links_ignore_host_and_forwarded_headers(server, path, headers)
 
 @pytest.fixture(scope="module")
 def behind_proxy(server_factory):
-    return server_factory("behind-proxy", server_config(stores="[oslo_middleware]\nenable_proxy_headers_parsing = true\n"))
+    return server_factory(
+        "behind-proxy", server_config(stores="[oslo_middleware]\nenable_proxy_headers_parsing = true\n")
+    )
 
 
 @pytest.mark.parametrize(
     "headers, href",
     [
         ({"X-Forwarded-Proto": "https", "X-Forwarded-Host": "images.example.org"}, "https://images.example.org/v2/"),
-        ({"Forwarded": "for=192.0.2.60;proto=https;host=images.example.org:8443"},
-         "https://images.example.org:8443/v2/"),
-        ({"X-Forwarded-Proto": "https", "X-Forwarded-Host": "[2001:db8::1]:9292", "X-Forwarded-Prefix": "/image"},
-         "https://[2001:db8::1]:9292/image/v2/"),
+        (
+            {"Forwarded": "for=192.0.2.60;proto=https;host=images.example.org:8443"},
+            "https://images.example.org:8443/v2/",
+        ),
+        (
+            {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "[2001:db8::1]:9292", "X-Forwarded-Prefix": "/image"},
+            "https://[2001:db8::1]:9292/image/v2/",
+        ),
         ({"X-Forwarded-Host": "images.example.org", "Host": "evil.example"}, "http://images.example.org/v2/"),
         ({"X-Forwarded-Proto": "https"}, "https://{local}/v2/"),
     ],
-)  # fmt: skip
+)
 def test_versions_links_follow_a_trusted_proxy(behind_proxy, headers, href):
     local = behind_proxy.url.removeprefix("http://")
     assert _hrefs(behind_proxy.url, "/versions", headers) == {href.format(local=local)}
@@ -159,11 +192,13 @@ def test_versions_links_follow_a_trusted_proxy(behind_proxy, headers, href):
         ({"X-Forwarded-Host": "user@evil.example"}, "http://{local}/v2/"),
         ({"X-Forwarded-Host": "[evil]:80"}, "http://{local}/v2/"),
         ({"X-Forwarded-Host": "evil.example, images.example.org"}, "http://{local}/v2/"),
-        ({"X-Forwarded-Host": "images.example.org", "X-Forwarded-Prefix": "@evil.example"},
-         "http://images.example.org/v2/"),
+        (
+            {"X-Forwarded-Host": "images.example.org", "X-Forwarded-Prefix": "@evil.example"},
+            "http://images.example.org/v2/",
+        ),
         ({"X-Forwarded-Host": "images.example.org", "X-Forwarded-Prefix": "/a?b#"}, "http://images.example.org/v2/"),
     ],
-)  # fmt: skip
+)
 def test_versions_links_refuse_what_is_not_a_scheme_host_or_path(behind_proxy, headers, href):
     """Even from a trusted proxy: only http or https, a host[:port] and a path; anything
     else falls back to the connection's own value."""
@@ -176,12 +211,16 @@ def test_uploads_and_downloads_pass_the_proxy_filter(behind_proxy):
     uploads, downloads, ranges and HEAD must come out as without it."""
     forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "images.example.org", "X-Forwarded-Prefix": "/image"}
     url = behind_proxy.url
-    image = requests.post(f"{url}/v2/images", json={"disk_format": "raw", "container_format": "bare"},
-                          headers=forwarded).json()  # fmt: skip
+    image = requests.post(
+        f"{url}/v2/images", json={"disk_format": "raw", "container_format": "bare"}, headers=forwarded
+    ).json()
     data = bytes(range(256)) * 4096
     chunks = (data[i : i + 65536] for i in range(0, len(data), 65536))  # sent chunked
-    resp = requests.put(f"{url}/v2/images/{image['id']}/file", data=chunks,
-                        headers={**forwarded, "Content-Type": "application/octet-stream"})  # fmt: skip
+    resp = requests.put(
+        f"{url}/v2/images/{image['id']}/file",
+        data=chunks,
+        headers={**forwarded, "Content-Type": "application/octet-stream"},
+    )
     assert resp.status_code == 204, resp.text
     resp = requests.get(f"{url}/v2/images/{image['id']}/file", headers=forwarded)
     assert resp.status_code == 200 and resp.content == data
@@ -301,9 +340,19 @@ def test_wrong_method_is_405_with_allow(server, image, method, path, allowed):
 
 @pytest.mark.parametrize(
     "path",
-    ["/v2/nothing", "/v2", "/v2/", "/v2/images/{id}/nope", "/v2/images/{id}/tags", "/v2/images/{id}/actions/explode",
-     "/v2/schemas/nope", "/v2/schemas/image/extra", "/v2/info/usage-nope", "/v2/info/stores/nope"],
-)  # fmt: skip
+    [
+        "/v2/nothing",
+        "/v2",
+        "/v2/",
+        "/v2/images/{id}/nope",
+        "/v2/images/{id}/tags",
+        "/v2/images/{id}/actions/explode",
+        "/v2/schemas/nope",
+        "/v2/schemas/image/extra",
+        "/v2/info/usage-nope",
+        "/v2/info/stores/nope",
+    ],
+)
 def test_unknown_path_is_404(server, image, path):
     resp = requests.get(server.url + path.format(id=image["id"]), headers={"Accept": "application/json"})
     assert resp.status_code == 404
@@ -334,8 +383,9 @@ def test_body_where_none_is_expected_is_400(server, image, method, path):
     assert after.status_code == 200 and after.json()["tags"] == []  # nothing happened
 
 
-@pytest.mark.parametrize("method,path", [("PUT", "/v2/images/{id}/tags/chunked"),
-                                         ("POST", "/v2/images/{id}/actions/deactivate")])
+@pytest.mark.parametrize(
+    "method,path", [("PUT", "/v2/images/{id}/tags/chunked"), ("POST", "/v2/images/{id}/actions/deactivate")]
+)
 def test_chunked_body_where_none_is_expected_is_400(server, image, method, path):
     # For POST/PUT/PATCH a Transfer-Encoding alone means a body (GLANCE-API 13).
     resp = requests.request(method, server.url + path.format(id=image["id"]), data=iter([b"x"]))
@@ -345,14 +395,14 @@ def test_chunked_body_where_none_is_expected_is_400(server, image, method, path)
     assert requests.get(f"{server.url}/v2/images/{image['id']}").json()["tags"] == []
 
 
-@pytest.mark.parametrize("body", [b"{nope", b"", b"{\"a\": }", b"\xff\xfe", b"[1, 2"])
+@pytest.mark.parametrize("body", [b"{nope", b"", b'{"a": }', b"\xff\xfe", b"[1, 2"])
 def test_malformed_or_missing_json_on_create_is_400(server, body):
     status, headers, text = raw(server, "POST", "/v2/images", body, {"Accept": "application/json"})
     assert status == 400, text
     assert json.loads(text)["code"] == "400 Bad Request"
 
 
-@pytest.mark.parametrize("body", [b"1", b"\"name\"", b"null", b"true", b"[]", b"[{\"name\": \"x\"}]"])
+@pytest.mark.parametrize("body", [b"1", b'"name"', b"null", b"true", b"[]", b'[{"name": "x"}]'])
 def test_non_object_json_on_create_is_400(server, body):
     status, _, text = raw(server, "POST", "/v2/images", body, {"Accept": "application/json"})
     assert status == 400, text
@@ -403,10 +453,31 @@ def test_error_body_of_405_and_400_by_accept(server):
 # -- schemas ----------------------------------------------------------------------------
 
 IMAGE_PROPERTIES = {
-    "id", "name", "status", "visibility", "protected", "os_hidden", "checksum", "os_hash_algo", "os_hash_value",
-    "owner", "size", "virtual_size", "container_format", "disk_format", "created_at", "updated_at", "tags",
-    "direct_url", "min_ram", "min_disk", "self", "file", "schema", "locations",
-}  # fmt: skip
+    "id",
+    "name",
+    "status",
+    "visibility",
+    "protected",
+    "os_hidden",
+    "checksum",
+    "os_hash_algo",
+    "os_hash_value",
+    "owner",
+    "size",
+    "virtual_size",
+    "container_format",
+    "disk_format",
+    "created_at",
+    "updated_at",
+    "tags",
+    "direct_url",
+    "min_ram",
+    "min_disk",
+    "self",
+    "file",
+    "schema",
+    "locations",
+}
 
 
 def _get_schema(server, name):
@@ -428,18 +499,60 @@ def test_image_schema(server):
     ]
     props = schema["properties"]
     assert set(props["visibility"]["enum"]) == {"public", "private", "shared", "community"}
-    assert set(props["status"]["enum"]) == {"queued", "saving", "active", "killed", "deleted", "uploading",
-                                            "importing", "pending_delete", "deactivated"}  # fmt: skip
-    assert props["disk_format"]["enum"] == [None, "ami", "ari", "aki", "vhd", "vhdx", "vmdk", "raw", "qcow2", "vdi",
-                                            "iso", "ploop"]  # fmt: skip
-    assert props["container_format"]["enum"] == [None, "ami", "ari", "aki", "bare", "ovf", "ova", "docker",
-                                                 "compressed"]  # fmt: skip
+    assert set(props["status"]["enum"]) == {
+        "queued",
+        "saving",
+        "active",
+        "killed",
+        "deleted",
+        "uploading",
+        "importing",
+        "pending_delete",
+        "deactivated",
+    }
+    assert props["disk_format"]["enum"] == [
+        None,
+        "ami",
+        "ari",
+        "aki",
+        "vhd",
+        "vhdx",
+        "vmdk",
+        "raw",
+        "qcow2",
+        "vdi",
+        "iso",
+        "ploop",
+    ]
+    assert props["container_format"]["enum"] == [
+        None,
+        "ami",
+        "ari",
+        "aki",
+        "bare",
+        "ovf",
+        "ova",
+        "docker",
+        "compressed",
+    ]
     assert props["name"] == {"type": ["null", "string"], "description": props["name"]["description"], "maxLength": 255}
     assert props["tags"]["items"] == {"type": "string", "maxLength": 255}
     assert props["min_ram"]["minimum"] == 0 and props["min_disk"]["minimum"] == 0
     assert props["checksum"]["maxLength"] == 32 and props["os_hash_value"]["maxLength"] == 128
-    for name in ("status", "checksum", "size", "virtual_size", "created_at", "updated_at", "self", "file", "schema",
-                 "direct_url", "os_hash_algo", "os_hash_value"):  # fmt: skip
+    for name in (
+        "status",
+        "checksum",
+        "size",
+        "virtual_size",
+        "created_at",
+        "updated_at",
+        "self",
+        "file",
+        "schema",
+        "direct_url",
+        "os_hash_algo",
+        "os_hash_value",
+    ):
         assert props[name].get("readOnly") is True, name
     for name in ("kernel_id", "ramdisk_id", "os_distro", "description"):
         assert props[name]["is_base"] is False
@@ -474,9 +587,7 @@ def test_member_schemas(server):
 def test_info_import_lists_no_methods(server):
     resp = requests.get(f"{server.url}/v2/info/import")
     assert resp.status_code == 200
-    assert resp.json() == {
-        "import-methods": {"description": "Import methods available.", "type": "array", "value": []}
-    }
+    assert resp.json() == {"import-methods": {"description": "Import methods available.", "type": "array", "value": []}}
 
 
 def test_info_stores(server):

@@ -92,7 +92,11 @@ def test_back_to_queued_clears_data_fields(src):
     image.transition("queued")
     assert {attr: getattr(image, attr) for attr in HASHES} == dict.fromkeys(HASHES)
     assert (image.name, image.disk_format, image.min_disk, image.tags, image.properties) == (
-        "keep", "raw", 3, {"t"}, {"p": "v"}
+        "keep",
+        "raw",
+        3,
+        {"t"},
+        {"p": "v"},
     )
 
 
@@ -115,7 +119,11 @@ def test_copy_is_deep():
 def test_defaults():
     image = Image(id="img")
     assert (image.status, image.visibility, image.protected, image.os_hidden, image.version) == (
-        Status.QUEUED, "shared", False, False, 0
+        Status.QUEUED,
+        "shared",
+        False,
+        False,
+        0,
     )
 
 

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from abbild.errors import BackendUnavailable, Busy, Forbidden, ImageNotFound, InUse, RegistryUnavailable, TooManyJobs
-from abbild.image import Image, Location, Status
+from abbild.image import Image, Status
 from abbild.jobs import Jobs
 from abbild.registry import Viewer
 from abbild.uploads import Claims

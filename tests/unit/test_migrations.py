@@ -49,7 +49,8 @@ def collations(engine) -> tuple[dict, dict]:
     inspector = sa.inspect(engine)
     reflected = {table: {c["name"]: c["type"] for c in inspector.get_columns(table)} for table in Base.metadata.tables}
     found = {
-        (table, column.name): getattr(reflected[table][column.name], "collation", None) for table, column in text_columns
+        (table, column.name): getattr(reflected[table][column.name], "collation", None)
+        for table, column in text_columns
     }
     return declared, found
 

@@ -12,8 +12,9 @@ from abbild.image import Image
 from abbild.plugins import get_plugin_manager, notify
 from abbild.registry import Viewer
 
-NOTIFICATIONS = sorted(n for n in get_plugin_manager(load_entrypoints=False).hook.__dict__
-                       if n.startswith("abbild_image_"))  # fmt: skip
+NOTIFICATIONS = sorted(
+    n for n in get_plugin_manager(load_entrypoints=False).hook.__dict__ if n.startswith("abbild_image_")
+)
 ARGS = {"image": types.SimpleNamespace(id="i"), "location": object(), "error": RuntimeError("upload")}
 
 

@@ -6,6 +6,7 @@ import uuid
 import pytest
 
 from abbild import hookimpl
+from abbild.errors import SizeMismatch
 from abbild.image import Image
 from abbild.plugins import get_plugin_manager
 from abbild.registry import Viewer
@@ -88,7 +89,7 @@ def test_hook_abbild_image_uploaded(service):
 def test_hook_abbild_image_upload_failed(service):
     calls = _plugin(service, "abbild_image_upload_failed")
     image = _image(service)
-    with pytest.raises(Exception):
+    with pytest.raises(SizeMismatch):  # two bytes where one was declared
         service.uploads.upload(image.id, [b"xx"], declared_size=1, viewer=ADMIN)
     assert calls.seen == [("abbild_image_upload_failed", "queued")]
 

@@ -47,8 +47,7 @@ def test_a_caller_without_reader_role_does_not_learn_the_image_exists(service):
 
 
 def test_anonymous_reads_public_images_only_and_writes_nothing(service):
-    public = service.create(Image(id=str(uuid.uuid4()), owner="owner", visibility="public"),
-                            Viewer(is_admin=True))  # fmt: skip
+    public = service.create(Image(id=str(uuid.uuid4()), owner="owner", visibility="public"), Viewer(is_admin=True))
     shared = new_image(service)
     assert service.get(public.id, ANONYMOUS).id == public.id
     with pytest.raises(ImageNotFound):

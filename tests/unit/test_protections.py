@@ -175,8 +175,10 @@ def test_a_negative_quota_means_no_limit(service):
     assert len(create(service, ADMIN, **{f"p{i}": "v" for i in range(200)}).properties) == 200
 
 
-@pytest.mark.parametrize("text, size", [("0", 0), ("1024", 1024), ("10B", 10), ("2KB", 2048), ("3 mb", 3 << 20),
-                                        ("1GB", 1 << 30), ("1TB", 1 << 40)])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, size",
+    [("0", 0), ("1024", 1024), ("10B", 10), ("2KB", 2048), ("3 mb", 3 << 20), ("1GB", 1 << 30), ("1TB", 1 << 40)],
+)
 def test_parse_size(text, size):
     assert parse_size(text) == size
 
@@ -214,8 +216,9 @@ def test_storage_quota_rechecked_after_parallel_uploads(service, monkeypatch):
 
     # The second upload checked its room before the first had finished.
     real = service.uploads.limit
-    monkeypatch.setattr(service.uploads, "limit",
-                        lambda image, uploaded=0: (1000, "x") if not uploaded else real(image, uploaded))
+    monkeypatch.setattr(
+        service.uploads, "limit", lambda image, uploaded=0: (1000, "x") if not uploaded else real(image, uploaded)
+    )
     with pytest.raises(QuotaExceeded, match="user_storage_quota allows 1000"):
         service.uploads.upload(second.id, [b"y" * 600], declared_size=None, viewer=owner)
     assert service.registry.get_image(second.id).status is Status.QUEUED

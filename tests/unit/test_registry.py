@@ -91,7 +91,9 @@ def full_image() -> Image:
             "empty": "",
         },
         locations=[
-            Location("file", "file:///var/lib/abbild/x", 5 * 2**40, "active", {"k": "v", "nested": {"n": [1, 2.5, None]}}),
+            Location(
+                "file", "file:///var/lib/abbild/x", 5 * 2**40, "active", {"k": "v", "nested": {"n": [1, 2.5, None]}}
+            ),
             Location("s3", "s3://bucket/ü/" + "x" * 2000, None, "pending", {}),
         ],
         upload_worker="worker-𝔘:1234",
@@ -131,8 +133,12 @@ def test_create_minimal_image_round_trip(sql_registry):
     created = sql_registry.create_image(Image(id=str(uuid.uuid4())))
     assert sql_registry.get_image(created.id) == created
     assert (created.name, created.size, created.tags, created.properties, created.locations) == (
-        None, None, set(), {}, []
-    )  # fmt: skip
+        None,
+        None,
+        set(),
+        {},
+        [],
+    )
 
 
 def test_create_does_not_modify_its_argument(sql_registry):
@@ -207,9 +213,11 @@ CHILD_CHANGES = {
     "change location metadata": lambda i: i.locations[1].metadata.update(new=True),
     "change location status": lambda i: setattr(i.locations[0], "status", "deleted"),
     "everything": lambda i: [
-        i.properties.pop("b"), i.properties.update(a="2", c="3"),
-        i.tags.symmetric_difference_update({"x", "w"}), i.locations.insert(1, LOC_C),
-    ],  # fmt: skip
+        i.properties.pop("b"),
+        i.properties.update(a="2", c="3"),
+        i.tags.symmetric_difference_update({"x", "w"}),
+        i.locations.insert(1, LOC_C),
+    ],
     "scalars only": lambda i: [setattr(i, "name", "renamed"), setattr(i, "size", 7), setattr(i, "min_ram", 512)],
 }
 
@@ -323,10 +331,13 @@ def test_update_image_runs_change_once_on_latest(sql_registry):
 
 @pytest.mark.parametrize(
     "write",
-    [lambda r, i: r.update_image(i, lambda other: None), lambda r, i: r.save_image(r.get_image(i)),
-     lambda r, i: r.create_image(make_image("other"))],
+    [
+        lambda r, i: r.update_image(i, lambda other: None),
+        lambda r, i: r.save_image(r.get_image(i)),
+        lambda r, i: r.create_image(make_image("other")),
+    ],
     ids=["update_image", "save_image", "create_image"],
-)  # fmt: skip
+)
 def test_change_must_not_write_through_the_registry(sql_registry, write):
     """It would wait for the lock held by the update around it."""
     image = sql_registry.create_image(make_image("x"))
@@ -375,19 +386,50 @@ def test_owner_is_case_sensitive(sql_registry):
 
 # name -> fields; created_at/updated_at are set from the position (see ``catalog``).
 CATALOG = {
-    "alpha": dict(status=Status.ACTIVE, disk_format="qcow2", container_format="bare", size=100, owner="p1",
-                  checksum="c1", os_hash_value="h1", tags={"web", "prod"}, protected=True,
-                  properties={"os_distro": "ubuntu", "arch": "x86_64"}),
-    "beta": dict(status=Status.ACTIVE, disk_format="raw", container_format="bare", size=200, owner="p2",
-                 checksum="c2", os_hash_value="h2", tags={"web"}, properties={"os_distro": "Ubuntu"}),
+    "alpha": dict(
+        status=Status.ACTIVE,
+        disk_format="qcow2",
+        container_format="bare",
+        size=100,
+        owner="p1",
+        checksum="c1",
+        os_hash_value="h1",
+        tags={"web", "prod"},
+        protected=True,
+        properties={"os_distro": "ubuntu", "arch": "x86_64"},
+    ),
+    "beta": dict(
+        status=Status.ACTIVE,
+        disk_format="raw",
+        container_format="bare",
+        size=200,
+        owner="p2",
+        checksum="c2",
+        os_hash_value="h2",
+        tags={"web"},
+        properties={"os_distro": "Ubuntu"},
+    ),
     "gamma": dict(status=Status.QUEUED, owner="p1", tags={"Web"}, properties={"arch": "x86_64"}),
-    "delta": dict(status=Status.SAVING, disk_format="iso", container_format="ovf", size=300, visibility="public",
-                  properties={"os_distro": "ubuntu", "arch": "aarch64"}),
-    "hidden": dict(status=Status.ACTIVE, disk_format="raw", container_format="bare", size=200, owner="p2",
-                   os_hidden=True, tags={"web"}),
+    "delta": dict(
+        status=Status.SAVING,
+        disk_format="iso",
+        container_format="ovf",
+        size=300,
+        visibility="public",
+        properties={"os_distro": "ubuntu", "arch": "aarch64"},
+    ),
+    "hidden": dict(
+        status=Status.ACTIVE,
+        disk_format="raw",
+        container_format="bare",
+        size=200,
+        owner="p2",
+        os_hidden=True,
+        tags={"web"},
+    ),
     "epsilon": dict(status=Status.DEACTIVATED, disk_format="vmdk", container_format="bare", size=0, owner="p3"),
     "killed": dict(status=Status.KILLED, owner="p1", tags={"web"}),
-}  # fmt: skip
+}
 LISTED = set(CATALOG) - {"killed"}
 SHOWN = LISTED - {"hidden"}
 
@@ -443,10 +485,20 @@ FILTER_CASES = {
     "visibility public": (ImageFilters(visibility="public"), {"delta"}),
     "visibility shared": (ImageFilters(visibility="shared"), SHOWN - {"delta"}),
     "visibility all": (ImageFilters(visibility="all"), SHOWN),
-    "everything at once": (ImageFilters(values={"status": ["active"]}, owner="p1", size_min=100, size_max=100,
-                                        checksum="c1", tags=["web"], protected=True,
-                                        properties={"arch": "x86_64"}), {"alpha"}),
-}  # fmt: skip
+    "everything at once": (
+        ImageFilters(
+            values={"status": ["active"]},
+            owner="p1",
+            size_min=100,
+            size_max=100,
+            checksum="c1",
+            tags=["web"],
+            protected=True,
+            properties={"arch": "x86_64"},
+        ),
+        {"alpha"},
+    ),
+}
 
 
 @pytest.mark.parametrize("filters,expected", FILTER_CASES.values(), ids=FILTER_CASES.keys())
@@ -455,8 +507,13 @@ def test_filter(catalog, filters, expected):
 
 
 TIME_OPS = {
-    "gt": operator.gt, "gte": operator.ge, "eq": operator.eq, "neq": operator.ne, "lt": operator.lt, "lte": operator.le
-}  # fmt: skip
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "eq": operator.eq,
+    "neq": operator.ne,
+    "lt": operator.lt,
+    "lte": operator.le,
+}
 
 
 @pytest.mark.parametrize("op", TIME_OPS)
@@ -482,10 +539,13 @@ def test_time_filter_with_time_zone(catalog):
 
 @pytest.mark.parametrize(
     "filters",
-    [ImageFilters(values={"tags": ["x"]}), ImageFilters(times=[("size", "eq", BASE_TIME)]),
-     ImageFilters(times=[("created_at", "like", BASE_TIME)])],
+    [
+        ImageFilters(values={"tags": ["x"]}),
+        ImageFilters(times=[("size", "eq", BASE_TIME)]),
+        ImageFilters(times=[("created_at", "like", BASE_TIME)]),
+    ],
     ids=["in filter on a non-column", "time filter on a non-time", "unknown time operator"],
-)  # fmt: skip
+)
 def test_invalid_filters(catalog, filters):
     with pytest.raises(Invalid):
         catalog.list_images(filters, [], 10)
@@ -518,11 +578,21 @@ MY_DEFAULT = {"public", "community mine", "shared mine", "shared accepted", "pri
 def scoped(sql_registry):
     for name, (visibility, owner, _) in SCOPED.items():
         sql_registry.create_image(make_image(name, visibility=visibility, owner=owner))
-    write_rows(sql_registry, [
-        MemberRow(image_id=image_id(name), member=member, status=status, deleted=deleted, created_at=BASE_TIME,
-                  updated_at=BASE_TIME)
-        for name, (_, _, members) in SCOPED.items() for member, status, deleted in members
-    ])  # fmt: skip
+    write_rows(
+        sql_registry,
+        [
+            MemberRow(
+                image_id=image_id(name),
+                member=member,
+                status=status,
+                deleted=deleted,
+                created_at=BASE_TIME,
+                updated_at=BASE_TIME,
+            )
+            for name, (_, _, members) in SCOPED.items()
+            for member, status, deleted in members
+        ],
+    )
     return sql_registry
 
 
@@ -534,13 +604,22 @@ VISIBILITY_CASES = {
     "private": (Viewer(ME), dict(visibility="private"), {"private mine", "private no owner"}),
     "all": (Viewer(ME), dict(visibility="all"), MY_DEFAULT | {"community other"}),
     "pending": (Viewer(ME), dict(member_status="pending"), MY_DEFAULT - {"shared accepted"} | {"shared pending"}),
-    "rejected shared": (Viewer(ME), dict(member_status="rejected", visibility="shared"),
-                        {"shared mine", "shared rejected"}),
-    "any member status": (Viewer(ME), dict(member_status="all", visibility="shared"),
-                          {"shared mine", "shared accepted", "shared pending", "shared rejected"}),
+    "rejected shared": (
+        Viewer(ME),
+        dict(member_status="rejected", visibility="shared"),
+        {"shared mine", "shared rejected"},
+    ),
+    "any member status": (
+        Viewer(ME),
+        dict(member_status="all", visibility="shared"),
+        {"shared mine", "shared accepted", "shared pending", "shared rejected"},
+    ),
     "another project": (Viewer("third"), {}, {"public", "shared someone else", "private no owner"}),
-    "another project, rejected": (Viewer("third"), dict(member_status="rejected"),
-                                  {"public", "shared accepted", "private no owner"}),
+    "another project, rejected": (
+        Viewer("third"),
+        dict(member_status="rejected"),
+        {"public", "shared accepted", "private no owner"},
+    ),
     "no project": (Viewer(None), {}, {"public", "private no owner"}),
     # Community images stay out of an administrator's default list too (Glance 33),
     # unless they are the administrator's project's own.
@@ -548,10 +627,13 @@ VISIBILITY_CASES = {
     "admin of a project": (Viewer(ME, is_admin=True), {}, set(SCOPED) - {"community other"}),
     "admin, community": (Viewer(is_admin=True), dict(visibility="community"), {"community other", "community mine"}),
     "admin, all": (Viewer(is_admin=True), dict(visibility="all"), set(SCOPED)),
-    "admin filters": (Viewer("x", is_admin=True), dict(visibility="private"),
-                      {"private mine", "private other", "private member row", "private no owner"}),
+    "admin filters": (
+        Viewer("x", is_admin=True),
+        dict(visibility="private"),
+        {"private mine", "private other", "private member row", "private no owner"},
+    ),
     "no viewer is admin": (None, dict(visibility="all"), set(SCOPED)),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("viewer,filters,expected", VISIBILITY_CASES.values(), ids=VISIBILITY_CASES.keys())
@@ -598,14 +680,23 @@ def many(sql_registry):
     rows = [
         ImageRow(
             id=str(uuid.UUID(int=rnd.getrandbits(128), version=4)),
-            name=rnd.choice(NAMES), size=rnd.choice(SIZES), status=rnd.choice(STATUSES).value,
-            container_format=rnd.choice(FORMATS), disk_format=rnd.choice([None, "raw", "qcow2"]),
-            os_hidden=n % 7 == 0, visibility="public", protected=False, min_disk=0, min_ram=0, deleted=False, version=1,
+            name=rnd.choice(NAMES),
+            size=rnd.choice(SIZES),
+            status=rnd.choice(STATUSES).value,
+            container_format=rnd.choice(FORMATS),
+            disk_format=rnd.choice([None, "raw", "qcow2"]),
+            os_hidden=n % 7 == 0,
+            visibility="public",
+            protected=False,
+            min_disk=0,
+            min_ram=0,
+            deleted=False,
+            version=1,
             created_at=BASE_TIME + datetime.timedelta(minutes=rnd.randrange(8)),
             updated_at=BASE_TIME + datetime.timedelta(seconds=rnd.randrange(20)),
         )
         for n in range(PAGED)
-    ]  # fmt: skip
+    ]
     write_rows(sql_registry, rows)
     return sql_registry.list_images(EVERYTHING, [], 1000)
 
@@ -722,9 +813,13 @@ def test_list_returns_children(sql_registry):
 def test_images_in_status(sql_registry):
     expected = {
         sql_registry.create_image(make_image(name, status=Status.SAVING, **fields)).id: name
-        for name, fields in {"a": {}, "hidden": dict(os_hidden=True), "private": dict(visibility="private", owner="x"),
-                             "children": dict(tags={"t"}, properties={"p": "v"}, locations=[LOC_A])}.items()
-    }  # fmt: skip
+        for name, fields in {
+            "a": {},
+            "hidden": dict(os_hidden=True),
+            "private": dict(visibility="private", owner="x"),
+            "children": dict(tags={"t"}, properties={"p": "v"}, locations=[LOC_A]),
+        }.items()
+    }
     sql_registry.create_image(make_image("active", status=Status.ACTIVE))
     gone = sql_registry.create_image(make_image("gone", status=Status.SAVING))
     delete(sql_registry, gone.id)

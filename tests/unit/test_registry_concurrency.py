@@ -135,8 +135,10 @@ def test_uploads_finishing_together_stay_within_the_storage_limit(sql_registry):
     from abbild.image import Status
 
     owner = f"p-{uuid.uuid4().hex[:8]}"
-    images = [sql_registry.create_image(Image(id=str(uuid.uuid4()), owner=owner, disk_format="raw",
-                                              container_format="bare")) for _ in range(WORKERS)]  # fmt: skip
+    images = [
+        sql_registry.create_image(Image(id=str(uuid.uuid4()), owner=owner, disk_format="raw", container_format="bare"))
+        for _ in range(WORKERS)
+    ]
 
     def activate(image_id):
         def change(image: Image) -> None:
@@ -154,7 +156,8 @@ def test_uploads_finishing_together_stay_within_the_storage_limit(sql_registry):
 @pytest.mark.backend("sql")
 def test_members_added_together_stay_within_the_member_limit(sql_registry):
     image = sql_registry.create_image(Image(id=str(uuid.uuid4()), owner="owner"))
-    done, refused = _side_by_side([lambda m=m: sql_registry.add_member(image.id, m, limit=2)
-                                   for m in ("a", "b", "c", "d", "e")])  # fmt: skip
+    done, refused = _side_by_side(
+        [lambda m=m: sql_registry.add_member(image.id, m, limit=2) for m in ("a", "b", "c", "d", "e")]
+    )
     assert (done, len(refused)) == (2, 3)
     assert len(sql_registry.list_members(image.id)) == 2

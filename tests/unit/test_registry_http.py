@@ -122,7 +122,12 @@ def _signed(method, path, body=b"", secret=SECRET, caller=None, timestamp=None):
     if timestamp is not None:
         headers[wire.TIMESTAMP_HEADER] = str(timestamp)
         headers[wire.SIGNATURE_HEADER] = wire._signature(
-            secret, method, path, str(timestamp), headers[wire.NONCE_HEADER], headers[wire.CALLER_HEADER],
+            secret,
+            method,
+            path,
+            str(timestamp),
+            headers[wire.NONCE_HEADER],
+            headers[wire.CALLER_HEADER],
             wire.body_digest(body),
         )
     return headers
@@ -147,11 +152,13 @@ def test_signed_request_is_accepted_once(url, client):
         lambda path: _signed("GET", path, timestamp=int(time.time()) + 3600),
         lambda path: _signed("GET", path + "?include_deleted=1"),  # signed for another query
         lambda path: _signed("DELETE", path),  # signed for another method
-        lambda path: {**_signed("GET", path, caller=wire.caller_header(Viewer("p2"))),
-                      wire.CALLER_HEADER: wire.caller_header(None)},  # the caller swapped
+        lambda path: {
+            **_signed("GET", path, caller=wire.caller_header(Viewer("p2"))),
+            wire.CALLER_HEADER: wire.caller_header(None),
+        },  # the caller swapped
     ],
     ids=["missing", "unsigned", "bad signature", "stale", "from the future", "query", "method", "caller"],
-)  # fmt: skip
+)
 def test_unauthentic_requests_are_refused(url, client, headers):
     image = _image(client)
     path = f"/v1/images/{image.id}"
@@ -187,17 +194,25 @@ class _Unread:
 def _filtered(tmp_path, text: str):
     conf = tmp_path / "r.conf"
     conf.write_text(f"[registry_server]\n{text}")
-    return filter_factory({"config_files": str(conf)})(lambda environ, start_response: webob.Response("ok")(
-        environ, start_response))  # fmt: skip
+    return filter_factory({"config_files": str(conf)})(
+        lambda environ, start_response: webob.Response("ok")(environ, start_response)
+    )
 
 
-@pytest.mark.parametrize("headers, status, reason", [
-    (lambda: {}, 401, "unsigned request"),
-    (lambda: {**_signed("POST", "/v1/images"), wire.TIMESTAMP_HEADER: "1"}, 401, "stale request"),
-    (lambda: {**_signed("POST", "/v1/images"), wire.TIMESTAMP_HEADER: "\u0661\u0662"}, 401,
-     "malformed X-Abbild-Timestamp"),
-    (lambda: _signed("POST", "/v1/images"), 413, "max_request_body_size"),
-], ids=["unsigned", "stale", "non-ascii digits", "too large"])  # fmt: skip
+@pytest.mark.parametrize(
+    "headers, status, reason",
+    [
+        (lambda: {}, 401, "unsigned request"),
+        (lambda: {**_signed("POST", "/v1/images"), wire.TIMESTAMP_HEADER: "1"}, 401, "stale request"),
+        (
+            lambda: {**_signed("POST", "/v1/images"), wire.TIMESTAMP_HEADER: "\u0661\u0662"},
+            401,
+            "malformed X-Abbild-Timestamp",
+        ),
+        (lambda: _signed("POST", "/v1/images"), 413, "max_request_body_size"),
+    ],
+    ids=["unsigned", "stale", "non-ascii digits", "too large"],
+)
 def test_headers_decide_before_the_body_is_read(tmp_path, headers, status, reason):
     app = _filtered(tmp_path, f"shared_secret = {SECRET}\nmax_request_body_size = 2048\n")
     req = webob.Request.blank("/v1/images", method="POST", headers=headers())
@@ -274,9 +289,26 @@ def test_hmac_may_listen_anywhere(tmp_path):
 
 def test_cli_refuses_before_listening(tmp_path):
     conf = tmp_path / "r.conf"
-    conf.write_text(f"[database]\nconnection = sqlite:///{tmp_path}/r.sqlite\n[registry_server]\nauth_strategy = noauth\n")
-    result = subprocess.run([sys.executable, "-m", "abbild_cmd.cli", "registry", "--host", "0.0.0.0", "--port", "1",
-                             "--config-file", str(conf)], capture_output=True, text=True, timeout=60)  # fmt: skip
+    conf.write_text(
+        f"[database]\nconnection = sqlite:///{tmp_path}/r.sqlite\n[registry_server]\nauth_strategy = noauth\n"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "abbild_cmd.cli",
+            "registry",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "1",
+            "--config-file",
+            str(conf),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "will not listen on 0.0.0.0 without authentication" in result.stderr
 
@@ -397,7 +429,9 @@ def test_lost_answer_to_a_member_delete(client, monkeypatch):
 
 
 def test_wire_round_trip():
-    filters = ImageFilters(values={"name": ["a"]}, tags=["t"], times=[("created_at", "gt", wire._time_in("2024-01-01T00:00:00"))])
+    filters = ImageFilters(
+        values={"name": ["a"]}, tags=["t"], times=[("created_at", "gt", wire._time_in("2024-01-01T00:00:00"))]
+    )
     assert wire.filters_from_json(json.loads(json.dumps(wire.filters_to_json(filters)))) == filters
 
 
@@ -428,4 +462,3 @@ def test_metadata_beyond_the_registrys_body_limit_is_a_clear_413(sql_registry, t
         with pytest.raises(QuotaExceeded, match="max_request_body_size"):
             client.save_image(image)
         client.close()
-

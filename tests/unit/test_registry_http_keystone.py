@@ -37,8 +37,11 @@ def fake_auth_token(app):
     then describe the tokens it knows (``delay_auth_decision``: never refuses)."""
 
     def middleware(environ, start_response):
-        for key in [k for k in environ if k.startswith(("HTTP_X_SERVICE_", "HTTP_X_IDENTITY_", "HTTP_X_ROLES",
-                                                          "HTTP_X_PROJECT_", "HTTP_X_USER_"))]:  # fmt: skip
+        for key in [
+            k
+            for k in environ
+            if k.startswith(("HTTP_X_SERVICE_", "HTTP_X_IDENTITY_", "HTTP_X_ROLES", "HTTP_X_PROJECT_", "HTTP_X_USER_"))
+        ]:
             if key != "HTTP_X_SERVICE_TOKEN":
                 del environ[key]
         if "HTTP_X_SERVICE_TOKEN" in environ:
@@ -132,8 +135,12 @@ def test_service_token_alone_carries_uploads_on_and_nothing_else(url):
         client.update_image(image.id, lambda i: setattr(i, "owner", "p2"))
     released = client.update_image(image.id, lambda i: i.transition(Status.QUEUED))
     assert released.status is Status.QUEUED
-    for refused in (lambda: client.images_in_status("active"), lambda: client.list_members(image.id),
-                    lambda: client.list_images(ImageFilters(), [], 10), lambda: client.usage("p1")):  # fmt: skip
+    for refused in (
+        lambda: client.images_in_status("active"),
+        lambda: client.list_members(image.id),
+        lambda: client.list_images(ImageFilters(), [], 10),
+        lambda: client.usage("p1"),
+    ):
         with pytest.raises(RegistryUnavailable, match="acts for a user"):
             refused()
 
@@ -189,17 +196,25 @@ def test_a_refused_service_token_is_unavailable_and_renewed(url):
 
 
 def _environ(service="Confirmed", service_roles="service", user_token="t", user="Confirmed", **more) -> dict:
-    environ = {"HTTP_X_SERVICE_IDENTITY_STATUS": service, "HTTP_X_SERVICE_ROLES": service_roles,
-               "HTTP_X_AUTH_TOKEN": user_token, "HTTP_X_IDENTITY_STATUS": user, **more}  # fmt: skip
+    environ = {
+        "HTTP_X_SERVICE_IDENTITY_STATUS": service,
+        "HTTP_X_SERVICE_ROLES": service_roles,
+        "HTTP_X_AUTH_TOKEN": user_token,
+        "HTTP_X_IDENTITY_STATUS": user,
+        **more,
+    }
     return {k: v for k, v in environ.items() if v is not None}
 
 
-@pytest.mark.parametrize("environ, status", [
-    (_environ(service=None), "401"),  # no service token
-    (_environ(service="Invalid"), "401"),
-    (_environ(service_roles="member,reader"), "403"),
-    (_environ(user="Invalid"), "401"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "environ, status",
+    [
+        (_environ(service=None), "401"),  # no service token
+        (_environ(service="Invalid"), "401"),
+        (_environ(service_roles="member,reader"), "403"),
+        (_environ(user="Invalid"), "401"),
+    ],
+)
 def test_keystone_caller_refuses(environ, status):
     with pytest.raises(Refused) as refused:
         keystone_caller(environ, ["service"])
@@ -207,8 +222,9 @@ def test_keystone_caller_refuses(environ, status):
 
 
 def test_keystone_caller_is_the_tokens_user_or_the_service_jobs():
-    caller = keystone_caller(_environ(HTTP_X_PROJECT_ID="p1", HTTP_X_ROLES="Admin,member", HTTP_X_USER_ID="u1"),
-                             ["service"])  # fmt: skip
+    caller = keystone_caller(
+        _environ(HTTP_X_PROJECT_ID="p1", HTTP_X_ROLES="Admin,member", HTTP_X_USER_ID="u1"), ["service"]
+    )
     assert caller.viewer == Viewer("p1", is_admin=True, user_id="u1", roles=("admin", "member"))
     jobs = keystone_caller(_environ(user_token=None, user="Invalid"), ["service"])
     assert jobs.jobs_only and not jobs.privileged

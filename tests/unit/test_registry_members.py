@@ -46,8 +46,15 @@ def test_member_ids_are_case_sensitive(sql_registry):
     assert len(sql_registry.list_members(image_id)) == 2
 
 
-@pytest.mark.parametrize("status,expected", [("accepted", {"accepted"}), ("pending", {"pending"}),
-                                             ("rejected", {"rejected"}), ("all", {"accepted", "pending", "rejected"})])  # fmt: skip
+@pytest.mark.parametrize(
+    "status,expected",
+    [
+        ("accepted", {"accepted"}),
+        ("pending", {"pending"}),
+        ("rejected", {"rejected"}),
+        ("all", {"accepted", "pending", "rejected"}),
+    ],
+)
 def test_member_status_filters_the_members_list(sql_registry, status, expected):
     ids = {}
     for member_status in ("accepted", "pending", "rejected"):
@@ -72,15 +79,25 @@ def test_the_list_query_and_the_visibility_rule_agree(sql_registry):
                 if member_status and visibility != "shared":
                     continue
                 image = sql_registry.create_image(
-                    Image(id=str(uuid.uuid4()), owner=owner, visibility=visibility, tags={tag}))
+                    Image(id=str(uuid.uuid4()), owner=owner, visibility=visibility, tags={tag})
+                )
                 if member_status:
                     sql_registry.add_member(image.id, "me")
                     sql_registry.set_member_status(image.id, "me", member_status)
                 images.append(image)
-    viewers = [Viewer(project_id="me"), Viewer(project_id="stranger"), Viewer(), Viewer(anonymous=True),
-               Viewer(project_id="me", is_admin=True)]  # fmt: skip
+    viewers = [
+        Viewer(project_id="me"),
+        Viewer(project_id="stranger"),
+        Viewer(),
+        Viewer(anonymous=True),
+        Viewer(project_id="me", is_admin=True),
+    ]
     for viewer in viewers:
-        listed = {i.id for i in sql_registry.list_images(ImageFilters(visibility="all", member_status="all",
-                                                                      tags=[tag]), [], 1000, viewer=viewer)}  # fmt: skip
+        listed = {
+            i.id
+            for i in sql_registry.list_images(
+                ImageFilters(visibility="all", member_status="all", tags=[tag]), [], 1000, viewer=viewer
+            )
+        }
         expected = {i.id for i in images if why_visible(i, viewer, sql_registry) is not None}
         assert listed == expected, viewer

@@ -31,16 +31,26 @@ LEASE = datetime.datetime(2030, 1, 1, 12, 0, 0)
 @pytest.fixture
 def rules(tmp_path):
     protections = tmp_path / "protections.conf"
-    protections.write_text("[^x_admin_]\ncreate = admin\nread = @\nupdate = admin\ndelete = admin\n"
-                           "[.*]\ncreate = @\nread = @\nupdate = @\ndelete = @\n")  # fmt: skip
+    protections.write_text(
+        "[^x_admin_]\ncreate = admin\nread = @\nupdate = admin\ndelete = admin\n"
+        "[.*]\ncreate = @\nread = @\nupdate = @\ndelete = @\n"
+    )
     conf = tmp_path / "registry.conf"
     conf.write_text(f"[DEFAULT]\nproperty_protection_file = {protections}\n")
     return ImageRules(load_conf([str(conf)]))
 
 
 def queued(**fields) -> Image:
-    return Image(id=IMAGE_ID, owner="p1", visibility="private", disk_format="raw", container_format="bare",
-                 created_at=LEASE, properties={"x_admin_note": "kept"}, **fields)  # fmt: skip
+    return Image(
+        id=IMAGE_ID,
+        owner="p1",
+        visibility="private",
+        disk_format="raw",
+        container_format="bare",
+        created_at=LEASE,
+        properties={"x_admin_note": "kept"},
+        **fields,
+    )
 
 
 def saving() -> Image:
@@ -48,8 +58,15 @@ def saving() -> Image:
 
 
 def active(**fields) -> Image:
-    values = {"status": Status.ACTIVE, "size": 5, "checksum": "0" * 32, "os_hash_algo": "sha512",
-              "os_hash_value": "1" * 128, "locations": [OWN_DATA], **fields}  # fmt: skip
+    values = {
+        "status": Status.ACTIVE,
+        "size": 5,
+        "checksum": "0" * 32,
+        "os_hash_algo": "sha512",
+        "os_hash_value": "1" * 128,
+        "locations": [OWN_DATA],
+        **fields,
+    }
     return dataclasses.replace(queued(), **values)
 
 
@@ -110,39 +127,64 @@ def two_locations() -> Image:
 # -- what the service does for a user passes --------------------------------------------------
 
 
-@pytest.mark.parametrize("stored, change", [
-    (queued, set_attributes),
-    (queued, claim),
-    (saving, lambda i: setattr(i, "upload_lease", LEASE + datetime.timedelta(minutes=5))),
-    (saving, activate(OWN_DATA)),
-    (saving, activate(Location("web", "http://example.com/disk.img", 5))),  # a location import
-    (saving, release),
-    (queued, register_url),
-    (active, register_url),
-    (active, lambda i: i.transition(Status.DEACTIVATED)),
-    (lambda: active(status=Status.DEACTIVATED), lambda i: i.transition(Status.ACTIVE)),
-    (active, pending_delete),
-    (saving, lambda i: i.transition(Status.DELETED)),  # no data yet
-    (lambda: changed(two_locations(), pending_delete), lambda i: i.locations.pop(0)),
-    (lambda: changed(active(), pending_delete), data_gone),
-    (lambda: changed(active(), pending_delete), lambda i: i.transition(Status.ACTIVE)),  # data in use
-    (queued, lambda i: i.transition(Status.DELETED)),
-    (active, lambda i: setattr(i, "properties", {"x_admin_note": "kept", "os_distro": "debian"})),
-    (two_locations, lambda i: setattr(i.locations[1], "metadata", {"rack": "a1"})),
-], ids=["attributes", "claim", "lease", "activation", "import", "release", "url on queued", "url on active",
-        "deactivate", "reactivate", "delete", "delete upload", "data going", "data gone",
-        "undelete", "delete queued", "property", "location metadata"])  # fmt: skip
+@pytest.mark.parametrize(
+    "stored, change",
+    [
+        (queued, set_attributes),
+        (queued, claim),
+        (saving, lambda i: setattr(i, "upload_lease", LEASE + datetime.timedelta(minutes=5))),
+        (saving, activate(OWN_DATA)),
+        (saving, activate(Location("web", "http://example.com/disk.img", 5))),  # a location import
+        (saving, release),
+        (queued, register_url),
+        (active, register_url),
+        (active, lambda i: i.transition(Status.DEACTIVATED)),
+        (lambda: active(status=Status.DEACTIVATED), lambda i: i.transition(Status.ACTIVE)),
+        (active, pending_delete),
+        (saving, lambda i: i.transition(Status.DELETED)),  # no data yet
+        (lambda: changed(two_locations(), pending_delete), lambda i: i.locations.pop(0)),
+        (lambda: changed(active(), pending_delete), data_gone),
+        (lambda: changed(active(), pending_delete), lambda i: i.transition(Status.ACTIVE)),  # data in use
+        (queued, lambda i: i.transition(Status.DELETED)),
+        (active, lambda i: setattr(i, "properties", {"x_admin_note": "kept", "os_distro": "debian"})),
+        (two_locations, lambda i: setattr(i.locations[1], "metadata", {"rack": "a1"})),
+    ],
+    ids=[
+        "attributes",
+        "claim",
+        "lease",
+        "activation",
+        "import",
+        "release",
+        "url on queued",
+        "url on active",
+        "deactivate",
+        "reactivate",
+        "delete",
+        "delete upload",
+        "data going",
+        "data gone",
+        "undelete",
+        "delete queued",
+        "property",
+        "location metadata",
+    ],
+)
 def test_the_services_own_changes_pass(rules, stored, change):
     before = stored()
     rules.check_save(before, changed(before, change), USER)
 
 
-@pytest.mark.parametrize("stored, change", [
-    (saving, lambda i: setattr(i, "upload_lease", LEASE + datetime.timedelta(minutes=5))),
-    (saving, activate(OWN_DATA)),
-    (saving, activate(Location("web", "https://example.com/disk.img", 5))),
-    (saving, release),
-], ids=["lease", "activation", "import", "release"])  # fmt: skip
+@pytest.mark.parametrize(
+    "stored, change",
+    [
+        (saving, lambda i: setattr(i, "upload_lease", LEASE + datetime.timedelta(minutes=5))),
+        (saving, activate(OWN_DATA)),
+        (saving, activate(Location("web", "https://example.com/disk.img", 5))),
+        (saving, release),
+    ],
+    ids=["lease", "activation", "import", "release"],
+)
 def test_service_jobs_pass(rules, stored, change):
     before = stored()
     rules.check_save(before, changed(before, change), JOBS)
@@ -161,65 +203,112 @@ def _refused(call, attribute: str) -> None:
     assert f"'{attribute}'" in str(refusal.value), refusal.value
 
 
-@pytest.mark.parametrize("stored, change, attribute", [
-    (queued, lambda i: setattr(i, "owner", "p2"), "owner"),
-    (queued, lambda i: setattr(i, "visibility", "public"), "visibility"),
-    (queued, lambda i: setattr(i, "status", Status.ACTIVE), "status"),
-    (active, lambda i: setattr(i, "checksum", "f" * 32), "checksum"),
-    (active, lambda i: setattr(i, "size", 1 << 40), "size"),
-    (active, lambda i: setattr(i, "os_hash_value", "f" * 128), "os_hash_value"),
-    (active, lambda i: setattr(i, "virtual_size", 7), "virtual_size"),
-    (active, lambda i: setattr(i, "created_at", LEASE - datetime.timedelta(days=9)), "created_at"),
-    (active, lambda i: setattr(i, "deleted_at", LEASE), "deleted_at"),
-    (active, lambda i: setattr(i, "upload_worker", "me"), "upload_worker"),
-    (active, lambda i: setattr(i, "disk_format", "qcow2"), "disk_format"),
-    (active, lambda i: i.properties.update(x_admin_note="changed"), "x_admin_note"),
-    (active, lambda i: i.properties.pop("x_admin_note"), "x_admin_note"),
-    (queued, lambda i: i.properties.update(x_admin_flag="1"), "x_admin_flag"),
-    (queued, lambda i: i.properties.update(os_glance_import_task="t"), "os_glance_import_task"),
-    (saving, activate(Location("local", f"file:///var/lib/abbild/images/{OTHER_ID}", 5)), "locations"),
-    (saving, activate(Location("local", f"file:///var/lib/abbild/images/{OTHER_ID}/../{IMAGE_ID}")), "locations"),
-    (saving, lambda i: [activate(OWN_DATA)(i), i.locations.append(OWN_DATA)], "locations"),
-    (saving, lambda i: [activate(OWN_DATA)(i), setattr(i, "owner", "p2")], "owner"),
-    (saving, lambda i: setattr(i, "upload_worker", "thief:1:1"), "upload_worker"),
-    (lambda: dataclasses.replace(saving(), checksum="a" * 32), lambda i: setattr(i, "status", Status.QUEUED),
-     "checksum"),
-    (active, lambda i: i.locations.append(Location("local", f"file:///var/lib/abbild/images/{OTHER_ID}")),
-     "locations"),
-    (active, lambda i: i.locations.append(Location("ceph", f"rbd://fsid/images/{IMAGE_ID}/snap")), "locations"),
-    (active, lambda i: [i.locations.append(Location("web", "https://example.com/x")), setattr(i, "size", 9)],
-     "size"),
-    (active, lambda i: i.locations.pop(), "locations"),  # the last one
-    (two_locations, lambda i: i.locations.reverse(), "locations"),
-    (active, lambda i: [i.transition(Status.DEACTIVATED), setattr(i, "size", 6)], "size"),
-    (active, lambda i: [pending_delete(i), i.locations.clear()], "locations"),
-    (active, lambda i: [pending_delete(i), setattr(i, "checksum", None)], "checksum"),
-    (lambda: changed(active(), pending_delete), lambda i: [i.transition(Status.ACTIVE), i.locations.clear()],
-     "locations"),
-    (saving, lambda i: i.transition(Status.KILLED), "status"),
-    (two_locations, lambda i: [setattr(i.locations[1], "metadata", {"rack": "a1"}), setattr(i, "size", 9)],
-     "size"),
-], ids=["owner", "public", "status", "checksum", "size", "os_hash_value", "virtual_size", "created_at",
-        "deleted_at", "claim", "format", "protected update", "protected delete", "protected create", "reserved",
-        "another image's data", "dot-dot", "two locations", "activation and owner", "steal", "release keeps hash",
-        "file url", "own rbd on active", "url and size", "last location", "reorder", "deactivate and size",
-        "pending_delete drops data", "pending_delete and hash", "undelete without data", "killed",
-        "location metadata and size"])  # fmt: skip
+@pytest.mark.parametrize(
+    "stored, change, attribute",
+    [
+        (queued, lambda i: setattr(i, "owner", "p2"), "owner"),
+        (queued, lambda i: setattr(i, "visibility", "public"), "visibility"),
+        (queued, lambda i: setattr(i, "status", Status.ACTIVE), "status"),
+        (active, lambda i: setattr(i, "checksum", "f" * 32), "checksum"),
+        (active, lambda i: setattr(i, "size", 1 << 40), "size"),
+        (active, lambda i: setattr(i, "os_hash_value", "f" * 128), "os_hash_value"),
+        (active, lambda i: setattr(i, "virtual_size", 7), "virtual_size"),
+        (active, lambda i: setattr(i, "created_at", LEASE - datetime.timedelta(days=9)), "created_at"),
+        (active, lambda i: setattr(i, "deleted_at", LEASE), "deleted_at"),
+        (active, lambda i: setattr(i, "upload_worker", "me"), "upload_worker"),
+        (active, lambda i: setattr(i, "disk_format", "qcow2"), "disk_format"),
+        (active, lambda i: i.properties.update(x_admin_note="changed"), "x_admin_note"),
+        (active, lambda i: i.properties.pop("x_admin_note"), "x_admin_note"),
+        (queued, lambda i: i.properties.update(x_admin_flag="1"), "x_admin_flag"),
+        (queued, lambda i: i.properties.update(os_glance_import_task="t"), "os_glance_import_task"),
+        (saving, activate(Location("local", f"file:///var/lib/abbild/images/{OTHER_ID}", 5)), "locations"),
+        (saving, activate(Location("local", f"file:///var/lib/abbild/images/{OTHER_ID}/../{IMAGE_ID}")), "locations"),
+        (saving, lambda i: [activate(OWN_DATA)(i), i.locations.append(OWN_DATA)], "locations"),
+        (saving, lambda i: [activate(OWN_DATA)(i), setattr(i, "owner", "p2")], "owner"),
+        (saving, lambda i: setattr(i, "upload_worker", "thief:1:1"), "upload_worker"),
+        (
+            lambda: dataclasses.replace(saving(), checksum="a" * 32),
+            lambda i: setattr(i, "status", Status.QUEUED),
+            "checksum",
+        ),
+        (
+            active,
+            lambda i: i.locations.append(Location("local", f"file:///var/lib/abbild/images/{OTHER_ID}")),
+            "locations",
+        ),
+        (active, lambda i: i.locations.append(Location("ceph", f"rbd://fsid/images/{IMAGE_ID}/snap")), "locations"),
+        (
+            active,
+            lambda i: [i.locations.append(Location("web", "https://example.com/x")), setattr(i, "size", 9)],
+            "size",
+        ),
+        (active, lambda i: i.locations.pop(), "locations"),  # the last one
+        (two_locations, lambda i: i.locations.reverse(), "locations"),
+        (active, lambda i: [i.transition(Status.DEACTIVATED), setattr(i, "size", 6)], "size"),
+        (active, lambda i: [pending_delete(i), i.locations.clear()], "locations"),
+        (active, lambda i: [pending_delete(i), setattr(i, "checksum", None)], "checksum"),
+        (
+            lambda: changed(active(), pending_delete),
+            lambda i: [i.transition(Status.ACTIVE), i.locations.clear()],
+            "locations",
+        ),
+        (saving, lambda i: i.transition(Status.KILLED), "status"),
+        (two_locations, lambda i: [setattr(i.locations[1], "metadata", {"rack": "a1"}), setattr(i, "size", 9)], "size"),
+    ],
+    ids=[
+        "owner",
+        "public",
+        "status",
+        "checksum",
+        "size",
+        "os_hash_value",
+        "virtual_size",
+        "created_at",
+        "deleted_at",
+        "claim",
+        "format",
+        "protected update",
+        "protected delete",
+        "protected create",
+        "reserved",
+        "another image's data",
+        "dot-dot",
+        "two locations",
+        "activation and owner",
+        "steal",
+        "release keeps hash",
+        "file url",
+        "own rbd on active",
+        "url and size",
+        "last location",
+        "reorder",
+        "deactivate and size",
+        "pending_delete drops data",
+        "pending_delete and hash",
+        "undelete without data",
+        "killed",
+        "location metadata and size",
+    ],
+)
 def test_forged_changes_are_refused(rules, stored, change, attribute):
     before = stored()
     _refused(lambda: rules.check_save(before, changed(before, change), USER), attribute)
 
 
-@pytest.mark.parametrize("fields, attribute", [
-    ({"visibility": "public"}, "visibility"),
-    ({"status": Status.ACTIVE}, "status"),
-    ({"checksum": "0" * 32}, "checksum"),
-    ({"size": 5}, "size"),
-    ({"os_hash_algo": "sha512"}, "os_hash_algo"),
-    ({"locations": [OWN_DATA]}, "locations"),
-    ({"upload_worker": "api-1:1:1"}, "upload_worker"),
-    ({"properties": {"x_admin_note": "mine"}}, "x_admin_note"),
-], ids=lambda v: v if isinstance(v, str) else "")  # fmt: skip
+@pytest.mark.parametrize(
+    "fields, attribute",
+    [
+        ({"visibility": "public"}, "visibility"),
+        ({"status": Status.ACTIVE}, "status"),
+        ({"checksum": "0" * 32}, "checksum"),
+        ({"size": 5}, "size"),
+        ({"os_hash_algo": "sha512"}, "os_hash_algo"),
+        ({"locations": [OWN_DATA]}, "locations"),
+        ({"upload_worker": "api-1:1:1"}, "upload_worker"),
+        ({"properties": {"x_admin_note": "mine"}}, "x_admin_note"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
 def test_forged_new_images_are_refused(rules, fields, attribute):
     _refused(lambda: rules.check_create(Image(id=IMAGE_ID, owner="p1", **fields), USER), attribute)
 
@@ -262,32 +351,42 @@ def test_transitions_follow_the_status_table(rules):
 
 @pytest.mark.parametrize("caller", [ADMIN, SERVICE_USER, Caller(None)], ids=["admin", "service role", "service"])
 def test_admins_and_services_are_trusted(rules, caller):
-    forged = active(owner="p2", visibility="public", checksum="f" * 32,
-                    locations=[Location("local", f"file:///var/lib/abbild/images/{OTHER_ID}")])  # fmt: skip
+    forged = active(
+        owner="p2",
+        visibility="public",
+        checksum="f" * 32,
+        locations=[Location("local", f"file:///var/lib/abbild/images/{OTHER_ID}")],
+    )
     rules.check_save(queued(), forged, caller)
     rules.check_create(forged, caller)
 
 
-@pytest.mark.parametrize("uri", [
-    f"file:///var/lib/abbild/images/{IMAGE_ID}",
-    f"s3://bucket/{IMAGE_ID}",
-    f"swift://glance_7f/{IMAGE_ID}",
-    f"rbd://fsid/images/{IMAGE_ID}/snap",
-    f"vsphere://vc.example.com/folder/openstack_glance/{IMAGE_ID}?dcPath=dc1&dsName=ds%201",
-    f"blobs://mine/{IMAGE_ID}",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "uri",
+    [
+        f"file:///var/lib/abbild/images/{IMAGE_ID}",
+        f"s3://bucket/{IMAGE_ID}",
+        f"swift://glance_7f/{IMAGE_ID}",
+        f"rbd://fsid/images/{IMAGE_ID}/snap",
+        f"vsphere://vc.example.com/folder/openstack_glance/{IMAGE_ID}?dcPath=dc1&dsName=ds%201",
+        f"blobs://mine/{IMAGE_ID}",
+    ],
+)
 def test_each_stores_uri_names_the_image(uri):
     assert names_image(uri, IMAGE_ID)
     assert not names_image(uri.replace(IMAGE_ID, OTHER_ID), IMAGE_ID)
 
 
-@pytest.mark.parametrize("uri", [
-    f"file:///var/lib/abbild/images/{OTHER_ID}",
-    f"file:///var/lib/abbild/images/{OTHER_ID}/../{IMAGE_ID}",
-    f"file:///var/lib/abbild/images/%2E%2E/{IMAGE_ID}",
-    f"rbd://fsid/images/{OTHER_ID}/{IMAGE_ID}",
-    f"s3://bucket/{OTHER_ID}?{IMAGE_ID}",
-    f"s3://{IMAGE_ID}",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "uri",
+    [
+        f"file:///var/lib/abbild/images/{OTHER_ID}",
+        f"file:///var/lib/abbild/images/{OTHER_ID}/../{IMAGE_ID}",
+        f"file:///var/lib/abbild/images/%2E%2E/{IMAGE_ID}",
+        f"rbd://fsid/images/{OTHER_ID}/{IMAGE_ID}",
+        f"s3://bucket/{OTHER_ID}?{IMAGE_ID}",
+        f"s3://{IMAGE_ID}",
+    ],
+)
 def test_other_data_does_not_name_the_image(uri):
     assert not names_image(uri, IMAGE_ID)

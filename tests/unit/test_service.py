@@ -7,10 +7,9 @@ import uuid
 
 import pytest
 
-from abbild.errors import Conflict, Forbidden, ImageNotFound, SizeLimitExceeded, SizeMismatch
+from abbild.errors import Conflict, Forbidden, Gone, ImageNotFound, SizeLimitExceeded, SizeMismatch
 from abbild.image import Image, Status, utcnow
 from abbild.registry import Viewer
-from abbild.errors import Gone
 
 ADMIN = Viewer(is_admin=True)
 
@@ -186,7 +185,9 @@ def test_download_falls_back_to_the_next_location(service):
     service.uploads.upload(image.id, [b"data"], declared_size=4, viewer=ADMIN, store_name="mem")
     # A location whose data vanished comes first (store weight); the next one serves.
     service.stores["other"].weight = 5
-    service.registry.update_image(image.id, lambda i: i.locations.insert(0, Location("other", "memory://other/gone", 4)))
+    service.registry.update_image(
+        image.id, lambda i: i.locations.insert(0, Location("other", "memory://other/gone", 4))
+    )
     dl = service.download(image.id, ADMIN, lambda size: None)
     assert dl.store.name == "mem" and b"".join(dl.chunks) == b"data"
 

@@ -6,8 +6,19 @@ from __future__ import annotations
 import datetime
 from typing import Annotated, Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, MetaData, String, Text
-from sqlalchemy import UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -68,9 +79,9 @@ class ImageRow(Base):
     upload_worker: Mapped[str255 | None]
     upload_lease: Mapped[timestamp | None]
 
-    properties: Mapped[list["PropertyRow"]] = relationship(lazy="raise", cascade="all, delete-orphan")
-    tags: Mapped[list["TagRow"]] = relationship(lazy="raise", cascade="all, delete-orphan")
-    locations: Mapped[list["LocationRow"]] = relationship(
+    properties: Mapped[list[PropertyRow]] = relationship(lazy="raise", cascade="all, delete-orphan")
+    tags: Mapped[list[TagRow]] = relationship(lazy="raise", cascade="all, delete-orphan")
+    locations: Mapped[list[LocationRow]] = relationship(
         lazy="raise", cascade="all, delete-orphan", order_by="LocationRow.position"
     )
 

@@ -25,15 +25,42 @@ from abbild.errors import (
     RegistryUnavailable,
 )
 from abbild.image import Image, Location, Status, utcnow
-from abbild.registry import IN_FILTERS, NUMBER_FILTERS, SORT_KEYS, TIME_OPERATORS, ImageFilters, Member, Registry, Usage, Viewer
+from abbild.registry import (
+    IN_FILTERS,
+    NUMBER_FILTERS,
+    SORT_KEYS,
+    TIME_OPERATORS,
+    ImageFilters,
+    Member,
+    Registry,
+    Usage,
+    Viewer,
+)
 
 LOG = logging.getLogger(__name__)
 
 _SCALARS = (
-    "name", "status", "visibility", "protected", "os_hidden", "owner", "disk_format", "container_format",
-    "size", "virtual_size", "checksum", "os_hash_algo", "os_hash_value", "min_disk", "min_ram",
-    "created_at", "updated_at", "deleted_at", "upload_worker", "upload_lease",
-)  # fmt: skip
+    "name",
+    "status",
+    "visibility",
+    "protected",
+    "os_hidden",
+    "owner",
+    "disk_format",
+    "container_format",
+    "size",
+    "virtual_size",
+    "checksum",
+    "os_hash_algo",
+    "os_hash_value",
+    "min_disk",
+    "min_ram",
+    "created_at",
+    "updated_at",
+    "deleted_at",
+    "upload_worker",
+    "upload_lease",
+)
 _TIMES = ("created_at", "updated_at", "deleted_at", "upload_lease")
 _NULLABLE_SORT_KEYS = {"name", "container_format", "disk_format", "size"}
 _HIDDEN_STATUSES = (Status.DELETED.value, Status.KILLED.value)
@@ -174,8 +201,9 @@ class SQLRegistry(Registry):
 
         return self._writing(work)
 
-    def update_image(self, image_id: str, change: Callable[[Image], None], *, storage_limit: int | None = None,
-                     attempts: int = 20) -> Image:  # fmt: skip
+    def update_image(
+        self, image_id: str, change: Callable[[Image], None], *, storage_limit: int | None = None, attempts: int = 20
+    ) -> Image:
         """Apply *change* to the current image and save it, in one write transaction.
 
         The image row is locked before it is read (``SELECT ... FOR UPDATE``; on SQLite
@@ -189,8 +217,9 @@ class SQLRegistry(Registry):
 
         def work(session: Session):
             row = session.scalars(
-                _with_children(select(ImageRow).where(ImageRow.id == image_id, ImageRow.deleted == false()))
-                .with_for_update()
+                _with_children(
+                    select(ImageRow).where(ImageRow.id == image_id, ImageRow.deleted == false())
+                ).with_for_update()
             ).first()
             if row is None:
                 raise ImageNotFound(image_id)
@@ -201,8 +230,7 @@ class SQLRegistry(Registry):
                 change(image)
             finally:
                 self._in_change.image_id = None
-            return _save(session, image, lambda: (current.properties, current.tags, current.locations),
-                         storage_limit)  # fmt: skip
+            return _save(session, image, lambda: (current.properties, current.tags, current.locations), storage_limit)
 
         return self._writing(work)
 
@@ -245,7 +273,6 @@ class SQLRegistry(Registry):
                 query = query.order_by(column.asc() if direction == "asc" else column.desc())
             rows = session.scalars(_with_children(query.limit(limit))).all()
             return [_to_image(r) for r in rows]
-
 
     # -- members --------------------------------------------------------------------
 
@@ -374,8 +401,9 @@ def _check_storage(session: Session, owner: str, limit: int) -> None:
         select(func.coalesce(func.sum(ImageRow.size), 0)).where(ImageRow.owner == owner, ImageRow.deleted == false())
     )
     if used > limit:
-        raise QuotaExceeded(f"Project {owner} would store {used} bytes of image data; "
-                            f"user_storage_quota allows {limit}.")  # fmt: skip
+        raise QuotaExceeded(
+            f"Project {owner} would store {used} bytes of image data; user_storage_quota allows {limit}."
+        )
 
 
 def _naive_utc(value: datetime.datetime | None) -> datetime.datetime | None:
@@ -418,17 +446,20 @@ def _to_image(row: ImageRow) -> Image:
         version=row.version,
         properties={p.name: p.value for p in row.properties},
         tags={t.value for t in row.tags},
-        locations=[Location(l.store, l.uri, l.size, l.status, dict(l.meta or {})) for l in row.locations],
+        locations=[Location(loc.store, loc.uri, loc.size, loc.status, dict(loc.meta or {})) for loc in row.locations],
         **values,
     )
 
 
 def _load_children(session: Session, image_id: str):
-    props = {n: v for n, v in session.execute(select(PropertyRow.name, PropertyRow.value).where(PropertyRow.image_id == image_id))}
+    props = {
+        n: v
+        for n, v in session.execute(select(PropertyRow.name, PropertyRow.value).where(PropertyRow.image_id == image_id))
+    }
     tags = set(session.scalars(select(TagRow.value).where(TagRow.image_id == image_id)))
     locations = [
-        Location(l.store, l.uri, l.size, l.status, dict(l.meta or {}))
-        for l in session.scalars(
+        Location(loc.store, loc.uri, loc.size, loc.status, dict(loc.meta or {}))
+        for loc in session.scalars(
             select(LocationRow).where(LocationRow.image_id == image_id).order_by(LocationRow.position)
         )
     ]
@@ -444,9 +475,13 @@ def _write_children(session: Session, image: Image, old) -> None:
     for name, value in image.properties.items():
         if name in old_props and old_props[name] != value:
             session.execute(
-                update(PropertyRow).where(PropertyRow.image_id == image.id, PropertyRow.name == name).values(value=value)
+                update(PropertyRow)
+                .where(PropertyRow.image_id == image.id, PropertyRow.name == name)
+                .values(value=value)
             )
-    new_props = [{"image_id": image.id, "name": n, "value": v} for n, v in image.properties.items() if n not in old_props]
+    new_props = [
+        {"image_id": image.id, "name": n, "value": v} for n, v in image.properties.items() if n not in old_props
+    ]
     if new_props:
         session.execute(insert(PropertyRow), new_props)
 
@@ -461,9 +496,16 @@ def _write_children(session: Session, image: Image, old) -> None:
             session.execute(
                 insert(LocationRow),
                 [
-                    {"image_id": image.id, "position": i, "store": l.store, "uri": l.uri, "size": l.size,
-                     "status": l.status, "meta": l.metadata}  # fmt: skip
-                    for i, l in enumerate(image.locations)
+                    {
+                        "image_id": image.id,
+                        "position": i,
+                        "store": loc.store,
+                        "uri": loc.uri,
+                        "size": loc.size,
+                        "status": loc.status,
+                        "meta": loc.metadata,
+                    }
+                    for i, loc in enumerate(image.locations)
                 ],
             )
 

@@ -27,7 +27,6 @@ from abbild.errors import (
     StoreFull,
 )
 from abbild.streams import ChunkReader
-
 from abbild_filesystem import opts
 
 LOG = logging.getLogger(__name__)
@@ -90,8 +89,10 @@ class FilesystemDriver(Driver):
         except OSError as exc:
             LOG.warning(
                 "store %r: datadir %s is not writable (%s); serving it read-only",
-                store, self._datadir, exc.strerror,
-            )  # fmt: skip
+                store,
+                self._datadir,
+                exc.strerror,
+            )
             self._capabilities = READ_ONLY
         else:
             self._capabilities = type(self).capabilities

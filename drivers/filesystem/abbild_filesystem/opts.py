@@ -102,5 +102,5 @@ Related options:
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     """:returns: the options for oslo-config-generator, under the template group
-        ``filesystem`` (operators copy them into the group named after their store)."""
+    ``filesystem`` (operators copy them into the group named after their store)."""
     return [("filesystem", OPTS)]

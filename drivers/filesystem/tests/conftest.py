@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from oslo_config import cfg
-
 from abbild_filesystem.driver import FilesystemDriver
+from oslo_config import cfg
 
 STORE = "local"
 

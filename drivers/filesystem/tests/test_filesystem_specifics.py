@@ -11,12 +11,11 @@ import tempfile
 import urllib.parse
 
 import pytest
+from abbild_filesystem.driver import MAX_KEY_LENGTH
 
 from abbild.driver import Capability
 from abbild.errors import AccessDenied, AlreadyExists, BackendUnavailable, ConfigError, NotFound, StoreFull
 from abbild.testing.conformance import Boom, read_all
-
-from abbild_filesystem.driver import MAX_KEY_LENGTH
 
 MiB = 1 << 20
 

@@ -16,7 +16,6 @@ from urllib3.exceptions import SSLError
 from abbild.driver import Capability, Driver
 from abbild.errors import AccessDenied, BackendError, BackendUnavailable, ConfigError, NotFound
 from abbild.streams import ChunkReader
-
 from abbild_http import opts
 from abbild_http.guard import Guard, Target
 
@@ -42,7 +41,7 @@ class HTTPDriver(Driver):
 
     def configure(self) -> Capability:
         """:raises abbild.errors.ConfigError: a guard option is malformed, or the TLS
-            options contradict each other or name a missing file."""
+        options contradict each other or name a missing file."""
         store, conf = self.store_name, self.conf
         self._guard = Guard(store, conf, self.schemes)
         if conf.ca_file and conf.insecure:

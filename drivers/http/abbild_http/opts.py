@@ -259,5 +259,5 @@ Related options:
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     """:returns: the options for oslo-config-generator, under the template group
-        ``http`` (operators copy them into the group named after their store)."""
+    ``http`` (operators copy them into the group named after their store)."""
     return [("http", OPTS)]

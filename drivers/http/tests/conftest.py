@@ -11,10 +11,9 @@ import threading
 
 import pytest
 import trustme
-from oslo_config import cfg
-
 from abbild_http import guard
 from abbild_http.driver import HTTPDriver
+from oslo_config import cfg
 
 STORE = "web"
 

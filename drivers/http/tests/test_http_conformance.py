@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from abbild.testing.conformance import MiB, DriverConformance, new_key
+from abbild.testing.conformance import DriverConformance, MiB, new_key
 
 
 class TestHTTPConformance(DriverConformance):

@@ -347,9 +347,16 @@ def test_range_ignoring_server_is_skipped_and_cut(loopback_driver, served):
 
 @pytest.mark.parametrize(
     "status, error",
-    [(404, NotFound), (410, NotFound), (403, AccessDenied), (401, AccessDenied), (500, BackendUnavailable),
-     (503, BackendUnavailable), (400, BackendError)],
-)  # fmt: skip
+    [
+        (404, NotFound),
+        (410, NotFound),
+        (403, AccessDenied),
+        (401, AccessDenied),
+        (500, BackendUnavailable),
+        (503, BackendUnavailable),
+        (400, BackendError),
+    ],
+)
 def test_status_mapping(loopback_driver, served, status, error):
     for operation in (loopback_driver.get, loopback_driver.size):
         with pytest.raises(error):

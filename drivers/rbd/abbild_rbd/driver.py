@@ -25,7 +25,6 @@ from abbild.errors import (
     StoreFull,
 )
 from abbild.streams import ChunkReader
-
 from abbild_rbd import opts
 
 LOG = logging.getLogger(__name__)

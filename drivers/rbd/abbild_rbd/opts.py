@@ -93,5 +93,5 @@ Possible values:
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     """:returns: the options for oslo-config-generator, under the template group
-        ``rbd`` (operators copy them into the group named after their store)."""
+    ``rbd`` (operators copy them into the group named after their store)."""
     return [("rbd", OPTS)]

@@ -12,11 +12,10 @@ from __future__ import annotations
 import os
 
 import pytest
+from abbild_rbd.driver import RBDDriver
 from oslo_config import cfg
 
 from abbild.testing.backends import backend_unavailable, read_env_file
-
-from abbild_rbd.driver import RBDDriver
 
 STORE = "fast"
 NEEDED = ("CEPH_CONF", "CEPH_ADMIN_KEYRING", "CEPH_RBD_POOL")
@@ -34,7 +33,7 @@ class TrackingRBDDriver(RBDDriver):
 
 
 def _unavailable(reason: str):
-    backend_unavailable(f"{reason}; start it with: eval \"$(bash tools/ceph-up.sh)\"")
+    backend_unavailable(f'{reason}; start it with: eval "$(bash tools/ceph-up.sh)"')
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,10 @@ import time
 import uuid
 
 import pytest
+from abbild_rbd.driver import MAX_GROWTH, grown_size
 
 from abbild.errors import AccessDenied, BackendError, BackendUnavailable, ConfigError, InUse, NotFound
 from abbild.testing.conformance import Boom, read_all
-
-from abbild_rbd.driver import MAX_GROWTH, grown_size
 
 pytestmark = pytest.mark.backend("ceph")
 

@@ -22,7 +22,6 @@ from abbild.errors import (
     StoreFull,
 )
 from abbild.streams import ChunkReader
-
 from abbild_s3 import opts
 
 LOG = logging.getLogger(__name__)
@@ -77,8 +76,7 @@ class S3Driver(Driver):
             from botocore.config import Config
         except ImportError as exc:
             raise ConfigError(
-                f"store {store!r} (s3) needs boto3, which is not installed ({exc}); "
-                "install it with: pip install boto3"
+                f"store {store!r} (s3) needs boto3, which is not installed ({exc}); install it with: pip install boto3"
             ) from exc
         if not conf.bucket:
             raise ConfigError(f"store {store!r}: option 'bucket' is not set; set [{store}] bucket")
@@ -139,8 +137,7 @@ class S3Driver(Driver):
             )
         if parts.username or parts.password:
             raise ConfigError(
-                f"store {store!r}: endpoint_url must not hold credentials; "
-                f"use [{store}] access_key and secret_key"
+                f"store {store!r}: endpoint_url must not hold credentials; use [{store}] access_key and secret_key"
             )
 
     def check(self) -> str:
@@ -265,8 +262,11 @@ class S3Driver(Driver):
         except Exception as exc:  # the original failure matters more; discard() retries
             LOG.warning(
                 "store %r: could not abort multipart upload %s of %s: %s; discard() will retry",
-                self.store_name, upload_id, key, exc,
-            )  # fmt: skip
+                self.store_name,
+                upload_id,
+                key,
+                exc,
+            )
 
     def _first_write(self, call, **request):
         """Make the first write request of an upload, creating the bucket when it is

@@ -165,5 +165,5 @@ How many times to try a request that failed in a way worth retrying
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     """:returns: the options for oslo-config-generator, under the template group
-        ``s3`` (operators copy them into the group named after their store)."""
+    ``s3`` (operators copy them into the group named after their store)."""
     return [("s3", OPTS)]

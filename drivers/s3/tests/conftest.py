@@ -15,18 +15,17 @@ import urllib.parse
 import uuid
 
 import pytest
+from abbild_s3.driver import S3Driver
 from oslo_config import cfg
 
 from abbild.testing.backends import backend_unavailable, read_env_file
-
-from abbild_s3.driver import S3Driver
 
 STORE = "cold"
 NEEDED = ("CEPH_RGW_ENDPOINT", "CEPH_S3_ACCESS_KEY", "CEPH_S3_SECRET_KEY")
 
 
 def _unavailable(reason: str):
-    backend_unavailable(f"{reason}; start it with: eval \"$(bash tools/ceph-up.sh)\"")
+    backend_unavailable(f'{reason}; start it with: eval "$(bash tools/ceph-up.sh)"')
 
 
 @pytest.fixture(scope="session")

@@ -8,11 +8,10 @@ import time
 import tracemalloc
 
 import pytest
+from abbild_s3.driver import MAX_PARTS, part_size
 
 from abbild.errors import AccessDenied, AlreadyExists, BackendError, BackendUnavailable, ConfigError, NotFound
 from abbild.testing.conformance import Boom, new_key, read_all
-
-from abbild_s3.driver import MAX_PARTS, part_size
 
 pytestmark = pytest.mark.backend("ceph")
 

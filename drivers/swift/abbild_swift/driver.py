@@ -26,7 +26,6 @@ from abbild.errors import (
     StoreFull,
 )
 from abbild.streams import ChunkReader
-
 from abbild_swift import opts
 
 LOG = logging.getLogger(__name__)
@@ -338,9 +337,7 @@ class SwiftDriver(Driver):
         base = self.conf.container
         # Its own containers only: the configured one, or one of multiple_containers_seed
         # (whatever the seed was when the object was written).
-        if container != base and not (
-            container.startswith(base + "_") and name.startswith(container[len(base) + 1 :])
-        ):
+        if container != base and not (container.startswith(base + "_") and name.startswith(container[len(base) + 1 :])):
             raise NotFound(uri)
         return container, name
 
@@ -381,8 +378,12 @@ class SwiftDriver(Driver):
         except StoreError as exc:
             LOG.warning(
                 "store %r: %d segment(s) under %s/%s left behind (%s); discard() removes them later",
-                self.store_name, len(names), container, names[0].rsplit("/", 1)[0], exc,
-            )  # fmt: skip
+                self.store_name,
+                len(names),
+                container,
+                names[0].rsplit("/", 1)[0],
+                exc,
+            )
 
     def _ensure_container(self, conn, container: str) -> None:
         if container in self._containers_known:
@@ -428,9 +429,14 @@ class SwiftDriver(Driver):
         with self._auth_lock:
             storage_url, token = self._storage_url, self._token
         return self._swiftclient.Connection(
-            authurl=conf.auth_address, user=conf.user, key=conf.key, auth_version="1",
-            preauthurl=storage_url, preauthtoken=token, **common,
-        )  # fmt: skip
+            authurl=conf.auth_address,
+            user=conf.user,
+            key=conf.key,
+            auth_version="1",
+            preauthurl=storage_url,
+            preauthtoken=token,
+            **common,
+        )
 
     def _give_back(self, conn) -> None:
         if conn.url and conn.token:

@@ -18,11 +18,10 @@ import urllib.request
 import uuid
 
 import pytest
+from abbild_swift.driver import SwiftDriver
 from oslo_config import cfg
 
 from abbild.testing.backends import backend_unavailable, read_env_file
-
-from abbild_swift.driver import SwiftDriver
 
 STORE = "objects"
 DEFAULT_SWIFT_DIR = "/tmp/abbild-swift"
@@ -138,9 +137,13 @@ def keystone_raw(keystone_options, container_base):
 
     o = keystone_options
     auth = v3.Password(
-        auth_url=o["auth_address"], username=o["user"], password=o["key"], project_name=o["project_name"],
-        user_domain_name="Default", project_domain_name="Default",
-    )  # fmt: skip
+        auth_url=o["auth_address"],
+        username=o["user"],
+        password=o["key"],
+        project_name=o["project_name"],
+        user_domain_name="Default",
+        project_domain_name="Default",
+    )
     conn = swiftclient.Connection(session=session.Session(auth=auth), retries=1)
     yield conn
     _remove_containers(conn, container_base)

@@ -172,7 +172,9 @@ def test_streamed_upload_memory_stays_below_one_segment(make_driver, total, size
         tracemalloc.stop()
     assert stored.size == total
     assert stored.extra.get("segments") == segments
-    print(f"\npeak Python memory while streaming {total // MiB} MiB ({segments or 'no'} segments): {peak / MiB:.2f} MiB")
+    print(
+        f"\npeak Python memory while streaming {total // MiB} MiB ({segments or 'no'} segments): {peak / MiB:.2f} MiB"
+    )
     assert peak < segment, f"peak {peak / MiB:.1f} MiB: the upload buffered a segment or more"
 
 
@@ -236,7 +238,10 @@ def test_keystone_v3(make_driver, keystone_options, keystone_env, keystone_raw):
     stored = driver.put(new_key(), streamed(5 * MiB), None)
     # The data is in the Keystone project's account, not in tempauth's.
     assert f"/{keystone_env['SWIFT_KEYSTONE_RESELLER_PREFIX']}" in driver.check()
-    assert int(keystone_raw.head_object(container_of(stored.uri), stored.uri.rsplit("/", 1)[1])["content-length"]) == 5 * MiB
+    assert (
+        int(keystone_raw.head_object(container_of(stored.uri), stored.uri.rsplit("/", 1)[1])["content-length"])
+        == 5 * MiB
+    )
     driver.delete(stored.uri)
 
 

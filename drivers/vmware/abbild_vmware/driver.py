@@ -40,7 +40,6 @@ from abbild.errors import (
     StoreFull,
 )
 from abbild.streams import ChunkReader
-
 from abbild_vmware import opts
 
 LOG = logging.getLogger(__name__)
@@ -94,7 +93,7 @@ class VMwareDriver(Driver):
 
     def configure(self) -> Capability:
         """:raises abbild.errors.ConfigError: a required option is missing or malformed,
-            or the TLS options contradict each other or name a missing file."""
+        or the TLS options contradict each other or name a missing file."""
         store, conf = self.store_name, self.conf
         for name in ("host", "user", "password"):
             if not getattr(conf, name):
@@ -202,9 +201,7 @@ class VMwareDriver(Driver):
         try:
             # Unknown size: urllib3 sends Transfer-Encoding: chunked. The body streams
             # from the iterator; nothing holds a whole image in memory.
-            with contextlib.closing(
-                self._call("PUT", target, headers, body=counted, chunked=size is None)
-            ) as response:
+            with contextlib.closing(self._call("PUT", target, headers, body=counted, chunked=size is None)) as response:
                 if response.status in FULL:
                     self._full_until[datastore] = time.monotonic() + self.conf.full_retry_interval
                     raise StoreFull(self.store_name, f"datastore {datastore.name} answered {response.status}")
@@ -318,8 +315,9 @@ class VMwareDriver(Driver):
             return self._cookie
 
     def _login(self) -> str:
-        content = self._soap('<RetrieveServiceContent><_this type="ServiceInstance">ServiceInstance</_this>'
-                             "</RetrieveServiceContent>")  # fmt: skip
+        content = self._soap(
+            '<RetrieveServiceContent><_this type="ServiceInstance">ServiceInstance</_this></RetrieveServiceContent>'
+        )
         manager = content.find(f".//{_VIM}sessionManager")
         if manager is None or not manager.text:
             raise BackendError(self.store_name, f"{self.conf.host}/sdk named no session manager")

@@ -123,5 +123,5 @@ Related options:
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     """:returns: the options for oslo-config-generator, under the template group
-        ``vmware`` (operators copy them into the group named after their store)."""
+    ``vmware`` (operators copy them into the group named after their store)."""
     return [("vmware", OPTS)]

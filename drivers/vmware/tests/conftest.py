@@ -10,9 +10,8 @@ import threading
 
 import pytest
 import trustme
-from oslo_config import cfg
-
 from abbild_vmware.driver import VMwareDriver
+from oslo_config import cfg
 
 sys.path.insert(0, os.path.dirname(__file__))  # for fake_vsphere; the tests are not a package
 from fake_vsphere import FakeVSphere  # noqa: E402

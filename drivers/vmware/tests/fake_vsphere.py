@@ -70,8 +70,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             re.S,
         )
         if login is None:
-            return self._send(500, SOAP_ENVELOPE.format("<soapenv:Fault><faultstring>unknown call</faultstring>"
-                                                         "</soapenv:Fault>").encode())  # fmt: skip
+            return self._send(
+                500,
+                SOAP_ENVELOPE.format("<soapenv:Fault><faultstring>unknown call</faultstring></soapenv:Fault>").encode(),
+            )
         server.logins += 1
         if (unescape(login[1]), unescape(login[2])) != (server.user, server.password):
             return self._send(500, SOAP_ENVELOPE.format(INVALID_LOGIN).encode(), {"Content-Type": "text/xml"})

@@ -5,7 +5,15 @@ import os
 
 import pytest
 
-from abbild.errors import AccessDenied, AlreadyExists, BackendError, BackendUnavailable, ConfigError, NotFound, StoreFull
+from abbild.errors import (
+    AccessDenied,
+    AlreadyExists,
+    BackendError,
+    BackendUnavailable,
+    ConfigError,
+    NotFound,
+    StoreFull,
+)
 from abbild.stores import installed_drivers
 from abbild.testing.conformance import read_all
 

@@ -49,11 +49,14 @@ class BlobDriver(Driver):
         prefix = f"blobs://{self.store_name}/"
         if not uri.startswith(prefix):
             raise NotFound(uri)
-        return urllib.parse.unquote(uri[len(prefix):])
+        return urllib.parse.unquote(uri[len(prefix) :])
 
     def size(self, uri: str) -> int:
-        row = self._db().execute("SELECT count(*), sum(length(data)) FROM chunks WHERE key = ?",
-                                 (self._key(uri),)).fetchone()  # fmt: skip
+        row = (
+            self._db()
+            .execute("SELECT count(*), sum(length(data)) FROM chunks WHERE key = ?", (self._key(uri),))
+            .fetchone()
+        )
         if not row[0]:
             raise NotFound(uri)
         return row[1]
@@ -65,8 +68,11 @@ class BlobDriver(Driver):
 
     def _read(self, key: str, start: int, end: int) -> Iterator[bytes]:
         first = start // CHUNK
-        rows = self._db().execute("SELECT seq, data FROM chunks WHERE key = ? AND seq >= ? ORDER BY seq",
-                                  (key, first)).fetchall()  # fmt: skip
+        rows = (
+            self._db()
+            .execute("SELECT seq, data FROM chunks WHERE key = ? AND seq >= ? ORDER BY seq", (key, first))
+            .fetchall()
+        )
         for seq, data in rows:
             lo, hi = max(start - seq * CHUNK, 0), min(end - seq * CHUNK, len(data))
             if lo < hi:

@@ -2,13 +2,13 @@
 installed distribution is found through its entry point."""
 
 import pytest
+from abbild_blobs.driver import BlobDriver
 from oslo_config import cfg
 
 from abbild import config
 from abbild.errors import ConfigError
 from abbild.stores import StoreManager, installed_drivers
 from abbild.testing.conformance import DriverConformance
-from abbild_blobs.driver import BlobDriver
 
 
 class TestBlobConformance(DriverConformance):
