@@ -101,6 +101,24 @@ class Usage:
     uploading: int = 0  # images whose data is being written
 
 
+CACHE_STATES = ("queued", "cached")
+
+
+@dataclasses.dataclass
+class CacheEntry:
+    """One image in one API node's cache, or queued for it (the shared cache index: every
+    node's entries live in the registry, so any node can say which nodes hold an image)."""
+
+    node: str  # the node's worker_self_reference_url
+    image_id: str
+    state: str = "queued"  # one of CACHE_STATES
+    size: int | None = None  # bytes of the cached file (cached only)
+    checksum: str | None = None  # the image's checksum the file was verified against
+    hits: int = 0
+    last_accessed: datetime.datetime | None = None
+    last_modified: datetime.datetime | None = None  # when it was queued or cached
+
+
 class Registry(abc.ABC):
     """Image metadata storage. Every write is a compare-and-swap on ``Image.version``,
     so two writers never silently overwrite each other."""
@@ -151,6 +169,26 @@ class Registry(abc.ABC):
     @abc.abstractmethod
     def usage(self, owner: str) -> Usage:
         """What the project *owner* holds (deleted images do not count)."""
+
+    # -- the cache index ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def cache_entries(self, node: str | None = None, image_id: str | None = None) -> list[CacheEntry]:
+        """The cache entries of *node* (every node's when ``None``), of one image when
+        *image_id* is given; oldest ``last_modified`` first."""
+
+    @abc.abstractmethod
+    def cache_put(self, entry: CacheEntry) -> CacheEntry:
+        """Create or replace the entry of ``(entry.node, entry.image_id)``; ``last_modified``
+        is set to now. Returns it as stored."""
+
+    @abc.abstractmethod
+    def cache_hit(self, node: str, image_id: str) -> None:
+        """One more hit: ``hits + 1`` and ``last_accessed`` now (nothing if no entry)."""
+
+    @abc.abstractmethod
+    def cache_remove(self, node: str, image_id: str) -> bool:
+        """Forget the entry; whether there was one."""
 
     # -- members ------------------------------------------------------------------------
 

@@ -56,7 +56,7 @@ def collations(engine) -> tuple[dict, dict]:
 
 
 def test_head_is_the_latest_revision():
-    assert migrate.head() == "0002"
+    assert migrate.head() == "0003"
 
 
 def test_sync_empty_database(blank_engine):
@@ -92,3 +92,39 @@ def test_comparison_sees_a_difference(engine):
         table.to_metadata(metadata)
     sa.Table("images", metadata, sa.Column("extra", sa.Integer), extend_existing=True)
     assert [diff[0] for diff in schema_differences(engine, metadata)] == ["add_column"]
+
+
+def _without(table: str) -> sa.MetaData:
+    metadata = sa.MetaData()
+    for each in Base.metadata.sorted_tables:
+        if each.name != table:
+            each.to_metadata(metadata)
+    return metadata
+
+
+def test_cache_index_upgrade_and_downgrade(blank_engine):
+    """0003 adds the cache index to a database at 0002 that holds images, and takes it
+    away again; the images stay."""
+    from abbild.db.registry import SQLRegistry
+    from abbild.image import Image
+    from abbild.registry import CacheEntry
+
+    assert migrate.sync(blank_engine, "0002") == "0002"
+    assert schema_differences(blank_engine, _without("cache_entries")) == []
+    registry = SQLRegistry(url=blank_engine.url.render_as_string(hide_password=False))
+    try:
+        image = registry.create_image(Image(id="9b1c0d2e-0000-4000-8000-000000000001", name="kept"))
+        assert migrate.sync(blank_engine) == "0003"
+        assert schema_differences(blank_engine) == []
+        registry.cache_put(CacheEntry("http://api:9292", image.id))
+
+        assert migrate.downgrade(blank_engine, "0002") == "0002"
+        assert "cache_entries" not in sa.inspect(blank_engine).get_table_names()
+        assert schema_differences(blank_engine, _without("cache_entries")) == []
+        assert registry.get_image(image.id).name == "kept"
+
+        assert migrate.sync(blank_engine) == "0003"
+        assert schema_differences(blank_engine) == []
+        assert registry.cache_entries() == []
+    finally:
+        registry.close()

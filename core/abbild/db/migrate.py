@@ -29,3 +29,11 @@ def sync(engine, revision: str = "head") -> str | None:
     with engine.begin() as conn:
         command.upgrade(_config(conn), revision)
     return current(engine)
+
+
+def downgrade(engine, revision: str) -> str | None:
+    """Take the database back to *revision* (an upgrade that has to be undone);
+    returns the revision it is at afterwards."""
+    with engine.begin() as conn:
+        command.downgrade(_config(conn), revision)
+    return current(engine)

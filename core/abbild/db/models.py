@@ -150,3 +150,23 @@ class OwnerLockRow(Base):
     __tablename__ = "owner_locks"
 
     owner: Mapped[str255] = mapped_column(primary_key=True)
+
+
+class CacheEntryRow(Base):
+    """An image in an API node's cache, or queued for it: the shared cache index."""
+
+    __tablename__ = "cache_entries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    node: Mapped[str255]
+    # No foreign key: an entry may outlive its image until the node's cleaner runs.
+    image_id: Mapped[str36]
+    state: Mapped[str] = mapped_column(String(20))
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    checksum: Mapped[str | None] = mapped_column(String(32))
+    hits: Mapped[int] = mapped_column(BigInteger)
+    last_accessed: Mapped[timestamp | None]
+    last_modified: Mapped[timestamp]
+
+    # The unique key serves the per-node queries too (its first column is node).
+    __table_args__ = (UniqueConstraint("node", "image_id"), Index(None, "image_id"))

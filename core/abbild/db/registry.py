@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import logging
 import threading
@@ -13,7 +14,7 @@ from sqlalchemy import and_, case, create_engine, delete, event, exists, false, 
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from abbild.db.models import ImageRow, LocationRow, MemberRow, OwnerLockRow, PropertyRow, TagRow
+from abbild.db.models import CacheEntryRow, ImageRow, LocationRow, MemberRow, OwnerLockRow, PropertyRow, TagRow
 from abbild.errors import (
     ConcurrentUpdate,
     Conflict,
@@ -26,10 +27,12 @@ from abbild.errors import (
 )
 from abbild.image import Image, Location, Status, utcnow
 from abbild.registry import (
+    CACHE_STATES,
     IN_FILTERS,
     NUMBER_FILTERS,
     SORT_KEYS,
     TIME_OPERATORS,
+    CacheEntry,
     ImageFilters,
     Member,
     Registry,
@@ -274,6 +277,54 @@ class SQLRegistry(Registry):
             rows = session.scalars(_with_children(query.limit(limit))).all()
             return [_to_image(r) for r in rows]
 
+    # -- the cache index ----------------------------------------------------------------
+
+    def cache_entries(self, node: str | None = None, image_id: str | None = None) -> list[CacheEntry]:
+        query = select(CacheEntryRow).order_by(CacheEntryRow.last_modified, CacheEntryRow.id)
+        if node is not None:
+            query = query.where(CacheEntryRow.node == node)
+        if image_id is not None:
+            query = query.where(CacheEntryRow.image_id == image_id)
+        with self._reading() as session:
+            return [_to_cache_entry(row) for row in session.scalars(query)]
+
+    def cache_put(self, entry: CacheEntry) -> CacheEntry:
+        stored = _checked_cache_entry(entry)
+        stored.last_modified = utcnow()
+        values = dataclasses.asdict(stored)
+        key = (CacheEntryRow.node == stored.node, CacheEntryRow.image_id == stored.image_id)
+
+        def work(session: Session):
+            if session.execute(update(CacheEntryRow).where(*key).values(**values)).rowcount == 0:
+                session.execute(insert(CacheEntryRow).values(**values))
+
+        try:
+            self._writing(work)
+        except IntegrityError:
+            # A concurrent put inserted the entry between our UPDATE and INSERT: the
+            # UPDATE finds it now.
+            self._writing(work)
+        return stored
+
+    def cache_hit(self, node: str, image_id: str) -> None:
+        # One UPDATE: the database adds concurrent hits up, none is lost to a read-modify-write.
+        self._writing(
+            lambda session: session.execute(
+                update(CacheEntryRow)
+                .where(CacheEntryRow.node == node, CacheEntryRow.image_id == image_id)
+                .values(hits=CacheEntryRow.hits + 1, last_accessed=utcnow())
+            )
+        )
+
+    def cache_remove(self, node: str, image_id: str) -> bool:
+        def work(session: Session) -> bool:
+            result = session.execute(
+                delete(CacheEntryRow).where(CacheEntryRow.node == node, CacheEntryRow.image_id == image_id)
+            )
+            return result.rowcount > 0
+
+        return self._writing(work)
+
     # -- members --------------------------------------------------------------------
 
     def list_members(self, image_id: str) -> list[Member]:
@@ -353,6 +404,44 @@ def _member_query(image_id: str, member_id: str):
 
 def _to_member(row: MemberRow) -> Member:
     return Member(row.image_id, row.member, row.status, row.created_at, row.updated_at)
+
+
+def _checked_cache_entry(entry: CacheEntry) -> CacheEntry:
+    """A copy of *entry* as it will be stored (naive UTC in whole seconds).
+
+    :raises abbild.errors.Invalid: a value the index cannot hold (SQLite would store
+        an over-long one, the other databases refuse it).
+    """
+    if entry.state not in CACHE_STATES:
+        raise Invalid(f"Invalid cache entry state {entry.state!r}: one of {', '.join(CACHE_STATES)}")
+    if not entry.node or len(entry.node) > 255:
+        raise Invalid(f"Invalid cache node {entry.node!r}: 1 to 255 characters")
+    if not entry.image_id or len(entry.image_id) > 36:
+        raise Invalid(f"Invalid image id {entry.image_id!r} for the cache index: 1 to 36 characters")
+    if entry.checksum is not None and len(entry.checksum) > 32:
+        raise Invalid(f"Invalid cache entry checksum {entry.checksum!r}: an MD5 has 32 hex digits")
+    for name in ("size", "hits"):
+        value = getattr(entry, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise Invalid(f"Invalid cache entry {name} {value!r}: a whole number of at least 0")
+    stored = dataclasses.replace(entry)
+    stored.last_accessed = _naive_utc(entry.last_accessed)
+    if stored.last_accessed is not None:
+        stored.last_accessed = stored.last_accessed.replace(microsecond=0)
+    return stored
+
+
+def _to_cache_entry(row: CacheEntryRow) -> CacheEntry:
+    return CacheEntry(
+        node=row.node,
+        image_id=row.image_id,
+        state=row.state,
+        size=row.size,
+        checksum=row.checksum,
+        hits=row.hits,
+        last_accessed=row.last_accessed,
+        last_modified=row.last_modified,
+    )
 
 
 # -- row <-> image ------------------------------------------------------------------------
