@@ -36,7 +36,7 @@ from abbild.errors import (
     RegistryUnavailable,
 )
 from abbild.image import Image
-from abbild.registry import ImageFilters, Member, Registry, Viewer
+from abbild.registry import CacheEntry, ImageFilters, Member, Registry, Viewer
 
 LOG = logging.getLogger(__name__)
 GROUP = "registry_client"
@@ -369,6 +369,31 @@ class HTTPRegistry(Registry):
             except ConcurrentUpdate:
                 time.sleep(random.uniform(0, 0.005 * 2 ** min(attempt, 6)))
         raise ConcurrentUpdate(image_id)
+
+    # -- the cache index ----------------------------------------------------------------
+    #
+    # The node's own bookkeeping, not a user's: always asked as the service (in keystone
+    # mode with the service token alone), whoever is bound, since a hit is counted
+    # during a user's download.
+
+    def cache_entries(self, node: str | None = None, image_id: str | None = None) -> list[CacheEntry]:
+        params = {name: value for name, value in (("node", node), ("image_id", image_id)) if value is not None}
+        result = self._call("GET", "/v1/cache", params=params, as_service=True)
+        return [wire.cache_entry_from_json(e) for e in result["entries"]]
+
+    def cache_put(self, entry: CacheEntry) -> CacheEntry:
+        body = wire.cache_entry_to_json(entry)
+        return wire.cache_entry_from_json(self._call("PUT", "/v1/cache", body=body, as_service=True))
+
+    def cache_hit(self, node: str, image_id: str) -> None:
+        # A POST: a hit whose answer was lost is not sent again, so none counts twice.
+        body = {"node": node, "image_id": image_id}
+        self._call("POST", "/v1/cache/hits", body=body, as_service=True, ok=(204,))
+
+    def cache_remove(self, node: str, image_id: str) -> bool:
+        # After a lost answer the retry finds nothing and says False: the first removed it.
+        params = {"node": node, "image_id": image_id}
+        return self._call("DELETE", "/v1/cache", params=params, as_service=True)["removed"]
 
     # -- members ------------------------------------------------------------------------
 

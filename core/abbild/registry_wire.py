@@ -1,5 +1,6 @@
 """The private registry protocol, shared by the ``http`` driver and ``abbild-registry``:
-JSON forms of images, members, filters, callers and errors, and the request signature.
+JSON forms of images, members, cache entries, filters, callers and errors, and the
+request signature.
 
 A request is signed with HMAC-SHA256 over its method, path and query, a timestamp, a
 nonce, the caller it acts for and the SHA-256 of its body. The server rejects a
@@ -21,7 +22,7 @@ import time
 
 from abbild import errors
 from abbild.image import Image, Location, Status
-from abbild.registry import ImageFilters, Member, Viewer
+from abbild.registry import CacheEntry, ImageFilters, Member, Viewer
 
 CALLER_HEADER = "X-Abbild-Caller"
 TIMESTAMP_HEADER = "X-Abbild-Timestamp"
@@ -75,6 +76,24 @@ def member_from_json(value: dict) -> Member:
     value = dict(value)
     value["created_at"], value["updated_at"] = _time_in(value["created_at"]), _time_in(value["updated_at"])
     return Member(**value)
+
+
+_CACHE_TIMES = ("last_accessed", "last_modified")
+
+
+def cache_entry_to_json(entry: CacheEntry) -> dict:
+    value = dataclasses.asdict(entry)
+    for name in _CACHE_TIMES:
+        value[name] = _time_out(getattr(entry, name))
+    return value
+
+
+def cache_entry_from_json(value: dict) -> CacheEntry:
+    """:raises TypeError: not a cache entry (a missing or unknown field)."""
+    value = dict(value)
+    for name in _CACHE_TIMES:
+        value[name] = _time_in(value.get(name))
+    return CacheEntry(**value)
 
 
 def filters_to_json(filters: ImageFilters) -> dict:

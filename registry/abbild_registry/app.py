@@ -11,17 +11,24 @@
 ``GET|PUT|DELETE .../members/{mid}``  read, set status (``{"status": ...}``), remove
 ``GET /v1/projects/{owner}/usage``    what the project holds (the project itself,
                                       the service and administrators only)
+``GET /v1/cache``                     the cache index (``?node=``, ``?image_id=``)
+``PUT /v1/cache``                     create or replace an entry (the body)
+``DELETE /v1/cache``                  remove ``?node=&image_id=``
+``POST /v1/cache/hits``               count a hit (``{"node": .., "image_id": ..}``)
 ====================================  ===========================================
+
+The cache index is the API nodes' bookkeeping: only the service and administrators
+use it (403 for anyone else).
 
 Every request acts for a caller (the auth filter puts it into the environ), and the
 registry applies the visibility rules to it: an image the caller may not see does
 not exist, whatever an API node asks for.
 
 With ``auth_strategy = keystone`` an API node that sends its service token without a
-user's token acts for nobody: it may only carry on uploads and deletes in progress, the
-work that runs outside any user request (start-up recovery, releasing a failed upload's
-claim once the registry is back, a location import, deleting the data of a deleted
-image again). Those are the *service jobs*:
+user's token acts for nobody: it may only carry on uploads and deletes in progress and
+keep its cache index, the work that runs outside any user request (start-up recovery,
+releasing a failed upload's claim once the registry is back, a location import,
+deleting the data of a deleted image again, the cache's). Those are the *service jobs*:
 
 - ``GET /v1/images?in_status=saving`` and ``?in_status=pending_delete``
 - ``GET /v1/images/{id}`` of an image in ``saving`` or ``pending_delete`` (any other
@@ -30,6 +37,8 @@ image again). Those are the *service jobs*:
   lease) or becomes ``active`` or ``queued``, or of one in ``pending_delete`` that
   stays there (fewer locations) or becomes ``deleted``, with its owner and visibility
   unchanged
+- the cache index, all of it (a node fills, prunes and cleans its cache on its own
+  schedule, and counts a hit as the service even inside a user's download)
 
 Anything else needs the user's token (401).
 
@@ -105,7 +114,15 @@ class RegistryApp:
                 {"GET": self.get_member, "PUT": self.set_member_status, "DELETE": self.delete_member},
             ),
             (re.compile(r"^/v1/projects/(?P<owner>[^/]+)/usage$"), {"GET": self.usage}),
+            # The node is a URL: in the query or the body, never a path segment, whose
+            # %2F some front ends (Apache's AllowEncodedSlashes) refuse.
+            (
+                re.compile(r"^/v1/cache$"),
+                {"GET": self.cache_entries, "PUT": self.cache_put, "DELETE": self.cache_remove},
+            ),
+            (re.compile(r"^/v1/cache/hits$"), {"POST": self.cache_hit}),
         ]
+        self._cache_handlers = (self.cache_entries, self.cache_put, self.cache_remove, self.cache_hit)
 
     @webob.dec.wsgify
     def __call__(self, req: webob.Request) -> webob.Response:
@@ -145,7 +162,7 @@ class RegistryApp:
         """Whether a caller without a user may try this at all (the module docstring)."""
         if handler == self.list_images:
             return req.GET.get("in_status") in {status.value for status in JOB_TARGETS}
-        return handler in (self.get_image, self.save_image)
+        return handler in (self.get_image, self.save_image, *self._cache_handlers)
 
     def _readable(self, image: Image, caller: wire.Caller) -> bool:
         """The service reads everything; everyone else what the visibility rule
@@ -234,6 +251,34 @@ class RegistryApp:
         if not (caller.privileged or owner == caller.viewer.project_id):
             raise errors.Forbidden(f"Only project {owner} itself may see its usage.")
         return _json(dataclasses.asdict(self.registry.usage(owner)))
+
+    # -- the cache index ----------------------------------------------------------------
+
+    @staticmethod
+    def _cache_index(caller: wire.Caller) -> None:
+        """:raises abbild.errors.Forbidden: a user who is no administrator (the API
+        nodes ask as the service)."""
+        if not (caller.privileged or caller.jobs_only):
+            raise errors.Forbidden("The image cache index is for the service and administrators only.")
+
+    def cache_entries(self, req, caller):
+        self._cache_index(caller)
+        entries = self.registry.cache_entries(req.GET.get("node"), req.GET.get("image_id"))
+        return _json({"entries": [wire.cache_entry_to_json(e) for e in entries]})
+
+    def cache_put(self, req, caller):
+        self._cache_index(caller)
+        entry = self.registry.cache_put(wire.cache_entry_from_json(req.json_body))
+        return _json(wire.cache_entry_to_json(entry))
+
+    def cache_remove(self, req, caller):
+        self._cache_index(caller)
+        return _json({"removed": self.registry.cache_remove(req.GET["node"], req.GET["image_id"])})
+
+    def cache_hit(self, req, caller):
+        self._cache_index(caller)
+        self.registry.cache_hit(req.json_body["node"], req.json_body["image_id"])
+        return webob.Response(status=204)
 
     # -- members ------------------------------------------------------------------------
 

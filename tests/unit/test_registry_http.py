@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 import wsgiref.simple_server
 
@@ -24,7 +25,7 @@ from abbild import registry_wire as wire
 from abbild.caller import acting_as
 from abbild.errors import ConfigError, Forbidden, ImageNotFound, RegistryUnavailable
 from abbild.image import Image
-from abbild.registry import ImageFilters, Viewer
+from abbild.registry import CacheEntry, ImageFilters, Viewer
 from abbild.registry_client import HTTPRegistry
 from abbild_registry.app import RegistryApp, load_conf
 from abbild_registry.auth import check_bind, filter_factory
@@ -101,7 +102,7 @@ def _shared_tests(filename: str) -> dict:
     }
 
 
-for _file in ("test_registry.py", "test_registry_members.py"):
+for _file in ("test_registry.py", "test_registry_members.py", "test_registry_cache.py"):
     globals().update(_shared_tests(_file))
 
 
@@ -375,6 +376,61 @@ def test_service_calls_are_the_shared_secret_holders_only(url, client):
     path = "/v1/images?in_status=queued"
     as_user = requests.get(url + path, headers=_signed("GET", path, caller=wire.caller_header(Viewer("p2"))))
     assert as_user.status_code == 403
+
+
+# -- the cache index: the service's and administrators' only -------------------------------
+
+NODE = "http://api-a.example:9292"
+_CACHE_ENTRY = json.dumps({"node": NODE, "image_id": "i1", "state": "queued"}).encode()
+_CACHE_CALLS = [
+    ("GET", "/v1/cache", b""),
+    ("GET", "/v1/cache?node=" + urllib.parse.quote(NODE, safe=""), b""),
+    ("PUT", "/v1/cache", _CACHE_ENTRY),
+    ("POST", "/v1/cache/hits", json.dumps({"node": NODE, "image_id": "i1"}).encode()),
+    ("DELETE", "/v1/cache?node=" + urllib.parse.quote(NODE, safe="") + "&image_id=i1", b""),
+]
+
+
+@pytest.mark.parametrize("method, path, body", _CACHE_CALLS, ids=[f"{m} {p}" for m, p, _ in _CACHE_CALLS])
+def test_cache_index_refuses_users(url, client, method, path, body):
+    client.cache_put(CacheEntry(NODE, "i1"))
+    for viewer in (Viewer("p1", roles=("member", "reader")), Viewer("p1", roles=("service",)), Viewer(anonymous=True)):
+        headers = _signed(method, path, body, caller=wire.caller_header(viewer))
+        resp = requests.request(method, url + path, data=body or None, headers=headers)
+        assert resp.status_code == 403, resp.text
+        assert resp.json()["error"]["message"] == "The image cache index is for the service and administrators only."
+    assert [(e.hits, e.state) for e in client.cache_entries()] == [(0, "queued")]  # untouched
+    admin = wire.caller_header(Viewer("admins", is_admin=True))
+    resp = requests.request(method, url + path, data=body or None, headers=_signed(method, path, body, caller=admin))
+    assert resp.status_code in (200, 204), resp.text
+
+
+def test_the_client_keeps_the_cache_index_as_the_service(client):
+    with acting_as(Viewer("p2")):  # a hit is counted inside a user's download
+        client.cache_put(CacheEntry(NODE, "i1", "cached", size=1, checksum="0" * 32))
+        client.cache_hit(NODE, "i1")
+        assert [e.hits for e in client.cache_entries(NODE)] == [1]
+        assert client.cache_remove(NODE, "i1") is True
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[]", b'{"node": "n"}', b'{"node": "n", "image_id": "i", "colour": "red"}', b"not json"],
+    ids=["list", "no image id", "unknown field", "not json"],
+)
+def test_malformed_cache_entry_is_400(url, client, body):
+    resp = requests.put(url + "/v1/cache", data=body, headers=_signed("PUT", "/v1/cache", body))
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["type"] == "Invalid"
+    assert client.cache_entries() == []
+
+
+def test_a_lost_hit_is_not_counted_twice(client, monkeypatch):
+    client.cache_put(CacheEntry(NODE, "i1", "cached", size=1, checksum="0" * 32))
+    _lose_answers(client, monkeypatch, "POST")
+    with pytest.raises(RegistryUnavailable):
+        client.cache_hit(NODE, "i1")
+    assert [e.hits for e in client.cache_entries(NODE)] == [1]
 
 
 # -- transport --------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from abbild.caller import acting_as, auth_token
 from abbild.context import RequestContext
 from abbild.errors import ConfigError, Forbidden, ImageNotFound, RegistryUnavailable
 from abbild.image import Image, Location, Status
-from abbild.registry import ImageFilters, Viewer
+from abbild.registry import CacheEntry, ImageFilters, Viewer
 from abbild.registry_client import HTTPRegistry
 from abbild_registry.app import RegistryApp, load_conf
 from abbild_registry.auth import Refused, check_bind, keystone_caller, keystone_middleware
@@ -174,6 +174,50 @@ def test_service_token_alone_finishes_deletes_and_nothing_else(url):
         i.transition(Status.DELETED)
 
     assert client.update_image(image.id, deleted).status is Status.DELETED
+
+
+def test_service_token_alone_keeps_the_cache_index(url):
+    """Cache work runs outside any user's request: filling, pruning, cleaning."""
+    client = client_for(url)
+    node = "http://api-a.example:9292"
+    stored = client.cache_put(CacheEntry(node, "i1", "cached", size=3, checksum="0" * 32))
+    client.cache_hit(node, "i1")
+    assert [(e.image_id, e.hits) for e in client.cache_entries(node)] == [("i1", 1)]
+    assert client.cache_entries(image_id="i1")[0].last_modified == stored.last_modified
+    assert client.cache_remove(node, "i1") is True
+    assert client.cache_entries() == []
+
+
+def test_cache_index_is_not_for_users(url, monkeypatch):
+    """Only an administrator's token reaches it, besides the service token alone."""
+    client = client_for(url)
+    client.cache_put(CacheEntry("http://api-a.example:9292", "i1"))
+    real = client._request
+    # Send the user's token along, as a call made for the user would.
+    monkeypatch.setattr(client, "_request", lambda *a, as_service=False, **kw: real(*a, **kw))
+    for token in ("alice-token", "svc-token"):  # a user; a service user's own token
+        with as_user(token):
+            with pytest.raises(Forbidden, match="cache index is for the service and administrators only"):
+                client.cache_entries()
+            with pytest.raises(Forbidden):
+                client.cache_put(CacheEntry("http://api-a.example:9292", "i2"))
+            with pytest.raises(Forbidden):
+                client.cache_hit("http://api-a.example:9292", "i1")
+            with pytest.raises(Forbidden):
+                client.cache_remove("http://api-a.example:9292", "i1")
+    with as_user("root-token"):
+        assert [(e.image_id, e.hits) for e in client.cache_entries()] == [("i1", 0)]
+
+
+def test_cache_calls_go_without_the_users_token(url, monkeypatch):
+    client = client_for(url)
+    sent = []
+    real = client.session.request
+    monkeypatch.setattr(client.session, "request", lambda *a, **kw: sent.append(kw["headers"]) or real(*a, **kw))
+    with as_user("alice-token"):  # counting a hit inside alice's download
+        client.cache_hit("http://api-a.example:9292", "i1")
+        client.cache_entries()
+    assert [set(headers) - {"Content-Type"} for headers in sent] == [{"X-Service-Token"}] * 2
 
 
 def test_images_in_status_goes_without_the_users_token(url, monkeypatch):
