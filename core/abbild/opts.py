@@ -205,6 +205,53 @@ paste_opts = [
     cfg.StrOpt("config_file", help="Paste ini file; default: the one shipped with abbild."),
 ]
 
+cache_opts = [
+    cfg.StrOpt(
+        "image_cache_dir",
+        help="Directory of this node's image cache. Unset (the default): no cache, the "
+        "cache API answers 404 and the versions document leaves out 2.14, 2.16 and 2.18. "
+        "Set: run a ``+cache`` pipeline flavour (``keystone+cache``, ...); ``abbild serve`` "
+        "picks it itself.",
+    ),
+    cfg.IntOpt(
+        "image_cache_max_size",
+        default=10 << 30,
+        min=0,
+        help="Bytes the cache may hold before the pruner removes the least recently used images.",
+    ),
+    cfg.IntOpt(
+        "image_cache_stall_time",
+        default=86400,
+        min=0,
+        help="Seconds after which the cleaner removes an unfinished (``incomplete``) cache file.",
+    ),
+    cfg.StrOpt(
+        "worker_self_reference_url",
+        help="This node's own URL, naming it in the shared cache index (every node's cache "
+        "entries live in the registry's database). Default: ``http://<hostname>:<bind_port>``.",
+    ),
+    cfg.IntOpt(
+        "image_cache_prune_interval",
+        default=600,
+        min=0,
+        help="Seconds between runs of the pruner inside each API process that has a cache (0: never; run "
+        "``abbild cache prune`` from cron instead).",
+    ),
+    cfg.IntOpt(
+        "image_cache_clean_interval",
+        default=3600,
+        min=0,
+        help="Seconds between runs of the cleaner inside each API process that has a cache (0: never).",
+    ),
+    cfg.IntOpt(
+        "image_cache_prefetch_interval",
+        default=300,
+        min=0,
+        help="Seconds between runs of the prefetcher (it fetches the queued images) inside each API "
+        "process that has a cache (0: never; images queued through the API are fetched at once anyway).",
+    ),
+]
+
 RESERVED_GROUPS = frozenset(
     {
         "DEFAULT",
@@ -221,14 +268,14 @@ RESERVED_GROUPS = frozenset(
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
-    conf.register_opts(store_opts + image_opts + job_opts + registry_opts)
+    conf.register_opts(store_opts + image_opts + job_opts + registry_opts + cache_opts)
     conf.register_opts(database_opts, group="database")
     conf.register_opts(paste_opts, group="paste_deploy")
 
 
 def list_opts():
     return [
-        ("DEFAULT", store_opts + image_opts + job_opts + registry_opts),
+        ("DEFAULT", store_opts + image_opts + job_opts + registry_opts + cache_opts),
         ("database", database_opts),
         ("paste_deploy", paste_opts),
     ]
