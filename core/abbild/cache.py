@@ -19,14 +19,15 @@ The life of a cache file:
    chunk to ``incomplete/<id>`` as the client receives it, while md5 and the image's
    ``os_hash_algo`` are computed on two other threads.
 2. When the store's data ends, the file is published only if its size, md5 and os_hash
-   equal the image's: it is fsynced, renamed to ``<id>`` (the directory fsynced too) and
+   equal the image's: it is dated with the image's creation (its seal: any later write
+   moves a file's mtime), fsynced, renamed to ``<id>`` (the directory fsynced too) and
    then recorded as ``cached`` with the size and checksum it was verified against. Data
    that does not verify goes to ``invalid/``; a download that ends early (the client went
    away, the store failed) leaves nothing. The client's download never fails because of
    the cache: its faults are logged and the chunks still flow.
 3. Later downloads are served from the file by :meth:`ImageCache.open`, which checks the
    entry against the image (a re-uploaded image has another checksum) and the file's
-   size on disk first; a file that fails is moved to ``invalid/`` and forgotten.
+   size and seal on disk first; a file that fails is moved to ``invalid/`` and forgotten.
 4. The file leaves through :meth:`ImageCache.evict` (the image was deleted or deactivated
    on this node), :meth:`ImageCache.remove`/:meth:`ImageCache.clear` (an operator),
    :meth:`ImageCache.prune` (least recently used first, down to ``image_cache_max_size``)
@@ -81,6 +82,17 @@ def _checked_id(image_id: str) -> str:
     if not _ID.fullmatch(image_id) or image_id in (INCOMPLETE, INVALID):
         raise Invalid(f"{image_id!r} is not an image id.")
     return image_id
+
+
+def _seal(image: Image) -> int:
+    """The mtime (ns) of a published copy: its image's creation, a whole second. Any
+    later write moves it (to a time with a fraction of a second, even within that same
+    second), so a copy written to is never served; bit rot, which writes nothing, is for
+    the cleaner's re-hash to find."""
+    created = image.created_at
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=datetime.timezone.utc)
+    return int(created.timestamp()) * 1_000_000_000
 
 
 class ImageCache:
@@ -175,16 +187,22 @@ class ImageCache:
                 LOG.warning("cache: %s is indexed but its file is gone; forgetting it", image.id)
                 self.registry.cache_remove(self.node, image.id)
                 return None
-            on_disk = os.fstat(file.fileno()).st_size
-            if entry.checksum != image.checksum or entry.size != image.size or on_disk != image.size:
+            stat = os.fstat(file.fileno())
+            if (
+                entry.checksum != image.checksum
+                or entry.size != image.size
+                or stat.st_size != image.size
+                or stat.st_mtime_ns != _seal(image)
+            ):
                 file.close()
                 LOG.warning(
-                    "cache: %s does not match its image (checksum %s, size %s, %s bytes on disk; "
-                    "the image has %s, %s); moved to invalid/",
+                    "cache: %s does not match its image (checksum %s, size %s; on disk %s bytes, "
+                    "written to at %s; the image has %s, %s); moved to invalid/",
                     image.id,
                     entry.checksum,
                     entry.size,
-                    on_disk,
+                    stat.st_size,
+                    stat.st_mtime,
                     image.checksum,
                     image.size,
                 )
@@ -535,6 +553,7 @@ class _Fill:
                 self.result = "invalid"
                 return
             file.flush()
+            os.utime(file.fileno(), ns=(_seal(image), _seal(image)))
             os.fsync(file.fileno())
             file.close()
             if self._cache._publish(image, self._inode, stream.size, stream.checksum):

@@ -184,8 +184,10 @@ def test_fill_publishes_verified_data_fsynced_and_records_it(cache, registry, mo
     assert all(a is b for a, b in zip(passed, chunks, strict=True)), "the chunks are passed on, not copied"
     assert synced == [os.path.join(cache.directory, "incomplete", image.id), cache.directory]
     assert leftovers(cache) | {"entries": []} == NOTHING | {"files": [image.id]}
-    with open(os.path.join(cache.directory, image.id), "rb") as f:
+    path = os.path.join(cache.directory, image.id)
+    with open(path, "rb") as f:
         assert f.read() == data
+    assert os.stat(path).st_mtime == image.created_at.replace(tzinfo=datetime.timezone.utc).timestamp()
     [entry] = cache.cached()
     assert (entry.node, entry.image_id, entry.state, entry.size, entry.checksum) == (
         NODE,
@@ -348,8 +350,22 @@ def test_open_refuses_and_evicts_a_file_whose_size_changed(cache, registry):
     data = os.urandom(CHUNK_SIZE)
     image = make_image(registry, data)
     fill_cache(cache, image, data)
-    with open(os.path.join(cache.directory, image.id), "ab") as f:
+    path = os.path.join(cache.directory, image.id)
+    sealed = os.stat(path).st_mtime_ns
+    with open(path, "ab") as f:
         f.write(b"!")
+    os.utime(path, ns=(sealed, sealed))  # a copy with its times kept (cp -p): only the size tells
+    assert cache.open(image) is None
+    assert leftovers(cache) == NOTHING | {"invalid": [image.id]}
+
+
+def test_open_refuses_and_evicts_a_file_written_to(cache, registry):
+    data = os.urandom(CHUNK_SIZE)
+    image = make_image(registry, data)
+    fill_cache(cache, image, data)
+    with open(os.path.join(cache.directory, image.id), "r+b") as f:
+        f.seek(1000)
+        f.write(b"\0")  # same size: only the file's mtime tells
     assert cache.open(image) is None
     assert leftovers(cache) == NOTHING | {"invalid": [image.id]}
 
@@ -434,9 +450,13 @@ def test_clean_finds_a_tampered_file(cache, registry):
     fill_cache(cache, image, data)
     fill_cache(cache, intact, data)
     path = os.path.join(cache.directory, image.id)
+    sealed = os.stat(path).st_mtime
     with open(path, "r+b") as f:
         f.seek(CHUNK_SIZE)
-        f.write(b"\0")  # same size, other bytes: the serve-time check cannot see it
+        f.write(b"\0")
+    os.utime(path, (sealed, sealed))  # bit rot changes bytes, not metadata: no serve-time check sees it
+    with cache.open(image) as f:
+        assert f.read() != data
     assert cache.clean() == {"stalled": 0, "invalid": 0, "orphans": 0, "corrupt": 1}
     assert cache.open(image) is None
     assert leftovers(cache) | {"entries": []} == NOTHING | {"files": [intact.id]}
