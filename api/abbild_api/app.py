@@ -15,7 +15,7 @@ from abbild.context import ENVIRON_KEY, RequestContext
 from abbild.errors import AbbildError, Forbidden
 from abbild.registry import Viewer
 from abbild.service import ImageService
-from abbild_api import data, images, info, members
+from abbild_api import cache, data, images, info, members
 from abbild_api.errors import to_http
 from abbild_api.http import BODY_LIMIT, check_text
 
@@ -41,6 +41,12 @@ ROUTES = [
     ("/v2/info/stores", {"GET": info.stores}),
     ("/v2/info/stores/detail", {"GET": info.stores_detail}),
     ("/v2/info/usage", {"GET": info.usage}),
+    ("/v2/cache", {"GET": cache.state, "DELETE": cache.clear}),
+    # before /v2/cache/{image_id}: the first route whose path matches answers
+    ("/v2/cache/clean", {"POST": cache.clean}),
+    ("/v2/cache/prune", {"POST": cache.prune}),
+    ("/v2/cache/nodes/{image_id}", {"GET": cache.nodes}),
+    ("/v2/cache/{image_id}", {"PUT": cache.queue, "DELETE": cache.delete}),
 ]
 
 

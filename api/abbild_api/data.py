@@ -9,7 +9,7 @@ import webob.exc as exc
 
 from abbild.errors import Invalid
 from abbild.streams import CHUNK_SIZE, read_chunks
-from abbild_api.http import no_content
+from abbild_api.http import image_cache, no_content
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _LEGACY_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(?:\d+|\*)$")
@@ -114,6 +114,7 @@ def download(app, req, image_id):
         lambda size: _requested_range(req, size),
         zero_copy=wrapper is not None,
         prefer=prefer,
+        cache=image_cache(req),
     )
     if dl is None:
         return no_content()

@@ -23,6 +23,15 @@ def reject_body(req: webob.Request) -> None:
         raise exc.HTTPBadRequest(explanation="A body is not expected with this request.")
 
 
+# The ``cache`` paste filter puts this node's abbild.cache.ImageCache here.
+IMAGE_CACHE = "abbild.image_cache"
+
+
+def image_cache(req: webob.Request):
+    """This node's image cache, or ``None`` when the request's pipeline has none."""
+    return req.environ.get(IMAGE_CACHE)
+
+
 # The dispatcher puts ``max_json_body_size`` here for read_json.
 BODY_LIMIT = "abbild.max_json_body_size"
 # Deeper than any real request (a PATCH list of changes holding a location's metadata).

@@ -14,7 +14,7 @@ from abbild.errors import Conflict, Forbidden, Invalid
 from abbild.image import HASH_LENGTHS, Image, Status
 from abbild.registry import IN_FILTERS, NUMBER_FILTERS, SORT_KEYS, TIME_OPERATORS, ImageFilters
 from abbild_api import schemas
-from abbild_api.http import json_response, no_content, read_json, reject_body
+from abbild_api.http import image_cache, json_response, no_content, read_json, reject_body
 
 # Settable base attributes; everything else a client writes is an extra property.
 WRITABLE = (
@@ -480,7 +480,7 @@ def list_locations(app, req, image_id):
 
 def delete(app, req, image_id):
     reject_body(req)
-    app.service.deletes.delete(image_id, app.context(req).viewer)
+    app.service.deletes.delete(image_id, app.context(req).viewer, cache=image_cache(req))
     return no_content()
 
 
@@ -515,7 +515,7 @@ def delete_tag(app, req, image_id, tag):
 
 def deactivate(app, req, image_id):
     reject_body(req)
-    app.service.set_active(image_id, False, app.context(req).viewer)
+    app.service.set_active(image_id, False, app.context(req).viewer, cache=image_cache(req))
     return no_content()
 
 

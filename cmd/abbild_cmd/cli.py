@@ -51,13 +51,15 @@ def cmd_serve(args) -> int:
     _setup_logging(conf, args, "abbild")
     # The embedded default is noauth on loopback; anything beyond loopback must say how
     # callers are authenticated.
-    flavor = args.auth or conf.paste_deploy.flavor or "noauth"
-    if flavor == "noauth":
+    flavor = pipeline.with_cache(conf, args.auth or conf.paste_deploy.flavor or "noauth")
+    auth = flavor.removesuffix(pipeline.CACHE_SUFFIX)
+    if auth == "noauth":
         config.refuse_noauth_beyond_loopback(args.host, "abbild serve")
     pipeline.check(conf, files, flavor)
     # Build everything once before forking: a broken config fails here, with its
     # message, instead of in a worker that gunicorn restarts forever.
     service = ImageService.from_config(conf)
+    cache = _check_cache(conf, service)
     service.registry.close()
     where = ", ".join(f"{s.name} ({s.driver_name})" for s in service.stores)
     print(f"abbild {__import__('abbild').__version__} on http://{args.host}:{args.port}/", file=sys.stderr)
@@ -67,15 +69,17 @@ def cmd_serve(args) -> int:
     for store in service.stores:
         if store.driver_name == "filesystem":
             print(f"  data:     {store.driver.properties().get('data_dir')}", file=sys.stderr)
-    if flavor == "noauth":
+    if cache is not None:
+        print(f"  cache:    {cache.directory} (node {cache.node})", file=sys.stderr)
+    if auth == "noauth":
         print("  auth:     OFF (noauth: every caller is an administrator; keep this on 127.0.0.1)", file=sys.stderr)
-    elif flavor == "trusted-headers":
+    elif auth == "trusted-headers":
         print(
             "  auth:     trusted headers (X-Identity-Status, X-Project-Id, X-Roles from the gateway in front;"
             " only that gateway may reach this port)",
             file=sys.stderr,
         )
-    elif flavor == "keystone":
+    elif auth == "keystone":
         print("  auth:     Keystone tokens (keystonemiddleware, [keystone_authtoken] in the config)", file=sys.stderr)
     EmbeddedServer(
         files,
@@ -116,11 +120,13 @@ def cmd_api(args) -> int:
     conf.register_opts(server_opts(default_port=9292))
     _setup_logging(conf, args, "abbild-api")
     flavor = pipeline.flavor_of(conf)
-    if flavor == "noauth":
+    if flavor.removesuffix(pipeline.CACHE_SUFFIX) == "noauth":
         config.refuse_noauth_beyond_loopback(conf.bind_host, "abbild api")
     pipeline.check(conf, files, flavor)
     # As in cmd_serve: a broken config fails here, before any worker is forked.
-    ImageService.from_config(conf).registry.close()
+    service = ImageService.from_config(conf)
+    _check_cache(conf, service)
+    service.registry.close()
     LOG.info(
         "abbild-api %s listening on %s:%s with %d worker(s) x %d threads; config: %s",
         __import__("abbild").__version__,
@@ -143,6 +149,17 @@ def cmd_api(args) -> int:
         conf=conf,
     ).run()
     return 0
+
+
+def _check_cache(conf, service):
+    """This node's image cache, made ready (its directories created) before any worker
+    starts, so that a cache directory it cannot use fails here; None without one."""
+    from abbild.cache import ImageCache
+
+    try:
+        return ImageCache.from_config(conf, service.registry)
+    except OSError as exc:
+        raise ConfigError(f"image_cache_dir = {conf.image_cache_dir}: {exc}") from exc
 
 
 def _setup_logging(conf, args, program: str) -> None:
@@ -198,6 +215,143 @@ def cmd_stores(args) -> int:
             health, failures = f"FAILED: {exc}", failures + 1
         print(f"  {store.name}{default}: driver={store.driver_name} capabilities={caps} check: {health}")
     return 1 if failures else 0
+
+
+def cmd_cache(args) -> int:
+    """This node's image cache, as the API process of the same config sees it: the node
+    is ``worker_self_reference_url`` (default ``http://<hostname>:<bind_port>``)."""
+    import json
+
+    from abbild.cache import ImageCache
+    from abbild.service import ImageService, load_registry
+    from abbild_cmd.server import server_opts
+
+    files = _service_config_files(args)
+    conf = config.load(files)
+    conf.register_opts(server_opts(default_port=9292))  # bind_port names the node, as for abbild api
+    if not conf.image_cache_dir:
+        raise ConfigError(f"image_cache_dir is not set in {', '.join(files)}: this node has no image cache")
+    service = None
+    registry = load_registry(conf)
+    try:
+        cache = ImageCache.from_config(conf, registry)
+        command = args.cache_command
+        if command == "list":
+            result = _cache_state(cache)
+        elif command == "queue":
+            image = registry.get_image(args.image_id.lower())
+            if image.status.value != "active":
+                raise ConfigError(f"image {image.id} is {image.status.value}: only active images can be queued")
+            cache.queue(image.id)
+            result = {"queued": image.id}
+        elif command == "remove":
+            if not cache.remove(args.image_id.lower()):
+                print(f"abbild: image {args.image_id} is neither cached nor queued on {cache.node}", file=sys.stderr)
+                return 1
+            result = {"removed": args.image_id.lower()}
+        elif command == "clear":
+            result = {"removed": cache.clear(args.target or "")}
+        elif command == "clean":
+            result = cache.clean()
+        elif command == "prune":
+            result = cache.prune()
+        else:
+            service = ImageService.from_config(conf, recover=False)
+            progress = _ProgressBar(sys.stderr)
+            try:
+                with cache.lock("prefetch"):  # waits for a prefetch the API processes are running
+                    result = {"cached": cache.prefetch(service.read_for_cache, progress)}
+            finally:
+                progress.done()
+        if args.json:
+            print(json.dumps(result, indent=2, default=str))
+        else:
+            _print_cache_result(command, result, cache)
+    finally:
+        registry.close()
+        if service is not None:
+            service.registry.close()
+    return 0
+
+
+def _cache_state(cache) -> dict:
+    """This node's cache in the form of ``GET /v2/cache`` (times in seconds since the epoch)."""
+    from abbild_api.cache import cache_state
+
+    return {"node": cache.node, "directory": cache.directory, **cache_state(cache)}
+
+
+def _print_cache_result(command: str, result: dict, cache) -> None:
+    if command == "list":
+        import datetime
+
+        def when(epoch: float) -> str:
+            if not epoch:
+                return "-"
+            return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+        rows = [("ID", "State", "Last accessed (UTC)", "Last modified (UTC)", "Size", "Hits")]
+        for e in result["cached_images"]:
+            rows.append(
+                (
+                    e["image_id"],
+                    "cached",
+                    when(e["last_accessed"]),
+                    when(e["last_modified"]),
+                    str(e["size"]),
+                    str(e["hits"]),
+                )
+            )
+        rows += [(image_id, "queued", "-", "-", "-", "-") for image_id in result["queued_images"]]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        print(f"node {cache.node}, {cache.directory}")
+        for row in rows:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    elif command == "prefetch":
+        print(f"{len(result['cached'])} image(s) fetched into the cache: {' '.join(result['cached']) or '-'}")
+    else:
+        for key, value in result.items():
+            print(f"{key}: {value}")
+
+
+class _ProgressBar:
+    """``abbild cache prefetch``'s progress on *stream*: a bar redrawn in place on a
+    terminal, a line per image otherwise."""
+
+    WIDTH = 30
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.current: str | None = None
+        self.last: tuple[str, int, int] | None = None
+
+    def __call__(self, image_id: str, done: int, total: int) -> None:
+        if self.current is not None and image_id != self.current:
+            self._finish_line()
+        self.current, self.last = image_id, (image_id, done, total)
+        if self.tty:
+            self.stream.write("\r" + self._line(image_id, done, total))
+            self.stream.flush()
+
+    def _line(self, image_id: str, done: int, total: int) -> str:
+        share = done / total if total else 1.0
+        filled = int(share * self.WIDTH)
+        mib = 1 << 20
+        return f"{image_id} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {share:6.1%} {done / mib:.1f}/{total / mib:.1f} MiB"
+
+    def _finish_line(self) -> None:
+        if self.last is None:
+            return
+        if self.tty:
+            self.stream.write("\n")
+        else:
+            self.stream.write(self._line(*self.last) + "\n")
+        self.stream.flush()
+        self.last = None
+
+    def done(self) -> None:
+        self._finish_line()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -275,6 +429,25 @@ def parser() -> argparse.ArgumentParser:
         sub.add_parser("stores", help="installed drivers, configured stores and their health"), data_dir=embedded
     )
     st.set_defaults(func=cmd_stores)
+
+    c = sub.add_parser("cache", help="this node's image cache (image_cache_dir): list, queue, remove, clean, ...")
+    cache_sub = c.add_subparsers(dest="cache_command", required=True)
+
+    def cache_command(name, help):
+        sp = with_config(cache_sub.add_parser(name, help=help), data_dir=embedded)
+        sp.add_argument("--json", action="store_true", help="print JSON instead of a table or text")
+        return sp
+
+    cache_command("list", help="cached and queued images of this node")
+    cache_command("queue", help="queue an active image for the prefetcher").add_argument("image_id", metavar="ID")
+    cache_command("remove", help="remove an image from the cache and the queue").add_argument("image_id", metavar="ID")
+    cache_command("clear", help="remove every cached and queued image").add_argument(
+        "--target", choices=["cache", "queue"], help="only the cached images, or only the queue (default: both)"
+    )
+    cache_command("clean", help="remove stalled, invalid and orphaned cache files (for cron)")
+    cache_command("prune", help="remove least recently used images down to image_cache_max_size (for cron)")
+    cache_command("prefetch", help="fetch the queued images into the cache now, with a progress bar")
+    c.set_defaults(func=cmd_cache)
     return p
 
 

@@ -294,6 +294,11 @@ class GracefulThreadWorker(ThreadWorker):
         draining = getattr(self, "draining", None)
         if draining is not None:
             draining.join(self.cfg.graceful_timeout)  # jobs roll back before the process ends
+        # The image cache's periodic tasks saw the drain's `closing`; a task in progress
+        # gets to leave its files in order (a prefetch discards its partial file).
+        from abbild_paste.cache import stop_runners
+
+        stop_runners(ROLLBACK_SECONDS)
 
 
 class OsloLogger(Logger):

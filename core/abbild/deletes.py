@@ -30,6 +30,7 @@ from abbild.plugins import notify
 from abbild.registry import Viewer
 
 if TYPE_CHECKING:
+    from abbild.cache import ImageCache
     from abbild.service import ImageService
 
 LOG = logging.getLogger(__name__)
@@ -41,8 +42,11 @@ class Deletes:
         self.registry, self.stores, self.claims = service.registry, service.stores, service.claims
         self.plugins, self.jobs = service.plugins, service.jobs
 
-    def delete(self, image_id: str, viewer: Viewer) -> None:
+    def delete(self, image_id: str, viewer: Viewer, cache: ImageCache | None = None) -> None:
         """Delete the image, and then its data (the module docstring says in which order).
+        Its copy in *cache* (this node's image cache) goes as soon as the image is out of
+        sight; other nodes never serve it again either (a cache hit follows the authorized
+        read of the image), and their cleaners remove their copies.
 
         :raises abbild.errors.InUse: a store refuses: the image is back as it was.
         """
@@ -59,6 +63,8 @@ class Deletes:
                 image.transition(Status.DELETED)
 
         image = self.registry.update_image(image_id, change)
+        if cache is not None:
+            cache.evict(image_id)
         was = before[0]
         if was.status is Status.SAVING and self.claims.is_stale(was):
             self.stores.discard_everywhere(image_id)  # its uploader died: nobody else removes what it wrote

@@ -57,6 +57,12 @@ RULES: dict[str, tuple[str, str]] = {
     "get_members": (f"{ADMIN} or (role:reader and ({_MEMBER_READERS}))", "GET /v2/images/{image_id}/members"),
     "modify_member": (f"{ADMIN} or (role:member and project_id:%(member_id)s)", "PUT .../members/{member_id}"),
     "stores_info_detail": ("role:admin or role:service", "GET /v2/info/stores/detail"),
+    "cache_list": (ADMIN, "GET /v2/cache"),
+    "cache_image": (ADMIN, "PUT /v2/cache/{image_id}"),
+    "cache_delete": (ADMIN, "DELETE /v2/cache/{image_id}, DELETE /v2/cache"),
+    "cache_clean": (ADMIN, "POST /v2/cache/clean"),
+    "cache_prune": (ADMIN, "POST /v2/cache/prune"),
+    "list_cached_nodes": (ADMIN, "GET /v2/cache/nodes/{image_id}"),
 }
 
 #: What an anonymous caller (``allow_anonymous_access``) may do: read, nothing else.

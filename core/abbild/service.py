@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from abbild.deletes import Deletes
 from abbild.errors import Forbidden, ImageNotFound, Invalid, MemberNotFound, StoreError
@@ -25,7 +26,11 @@ from abbild.protections import PropertyProtections
 from abbild.quotas import check_count, parse_size
 from abbild.registry import MEMBER_STATUSES, ImageFilters, Member, Registry, Usage, Viewer, why_visible
 from abbild.stores import Store, StoreManager
+from abbild.streams import ChunkReader
 from abbild.uploads import Claims, Uploads
+
+if TYPE_CHECKING:
+    from abbild.cache import ImageCache
 
 LOG = logging.getLogger(__name__)
 
@@ -51,8 +56,8 @@ class Download:
     """What a download will send: the image, where from, and how."""
 
     image: Image
-    store: Store
-    location: Location
+    store: Store | None  # None: from this node's image cache
+    location: Location | None
     offset: int
     length: int
     partial: bool  # a range was asked for (206)
@@ -76,9 +81,10 @@ class ImageService:
         self.deletes = Deletes(self)
 
     @classmethod
-    def from_config(cls, conf) -> ImageService:
+    def from_config(cls, conf, recover: bool = True) -> ImageService:
         """Build the registry, the stores and the plugins from *conf*, then recover
-        the work that a dead process left behind.
+        the work that a dead process left behind (unless *recover* is false: a
+        command that only reads images, such as ``abbild cache prefetch``).
 
         :raises abbild.errors.ConfigError: anything that cannot work, named.
         """
@@ -87,7 +93,8 @@ class ImageService:
         plugins = get_plugin_manager()
         plugins.hook.abbild_configure.call_historic(kwargs={"conf": conf})
         service = cls(conf, registry, stores, plugins)
-        service.recover()
+        if recover:
+            service.recover()
         return service
 
     def recover(self) -> list[str]:
@@ -211,8 +218,10 @@ class ImageService:
         notify(self.plugins, "abbild_image_updated", image=image)
         return image
 
-    def set_active(self, image_id: str, active: bool, viewer: Viewer) -> Image:
-        """Deactivate (``active=False``) or reactivate; a no-op when already there."""
+    def set_active(self, image_id: str, active: bool, viewer: Viewer, cache: ImageCache | None = None) -> Image:
+        """Deactivate (``active=False``) or reactivate; a no-op when already there. A
+        deactivated image leaves *cache* (this node's) at once; other nodes never serve
+        it either, since every cache hit follows the authorized read of the image."""
         target = Status.ACTIVE if active else Status.DEACTIVATED
         source = Status.DEACTIVATED if active else Status.ACTIVE
         changed = False
@@ -227,6 +236,8 @@ class ImageService:
                 image.transition(target)
 
         image = self.update(image_id, change, viewer, action="reactivate" if active else "deactivate")
+        if not active and cache is not None:
+            cache.evict(image_id)
         if changed:
             notify(self.plugins, "abbild_image_activated" if active else "abbild_image_deactivated", image=image)
         return image
@@ -313,9 +324,15 @@ class ImageService:
         byte_range: Callable[[int], tuple[int, int] | None],
         zero_copy: bool = False,
         prefer: list[str] = (),
+        cache: ImageCache | None = None,
     ) -> Download | None:
         """Open the image's data, trying its locations from the highest store weight down,
         or the stores in *prefer* first (``?prefer=``). The image is read once.
+
+        With *cache* (this node's image cache), a full download of an active image comes
+        from the cache when it holds a verified copy (*prefer* is then ignored, as by
+        Glance), and on a miss the store's data fills the cache as it goes out: one read
+        of the store. Ranged reads and deactivated images never touch the cache.
 
         :param byte_range: given the image's size, the ``(offset, length)`` the caller
             asked for, or ``None`` for all of it; raises to refuse the range.
@@ -327,26 +344,28 @@ class ImageService:
         )
         if image.status is Status.DEACTIVATED and not viewer.is_admin:
             raise Forbidden("The requested image has been deactivated. Image data download is forbidden.")
-        rank = self.stores.rank()
-        if prefer:
-            unknown = [name for name in prefer if name not in rank]
-            if unknown:
-                raise Invalid(f"Unknown store(s) in prefer: {', '.join(unknown)}; the stores are: {', '.join(rank)}")
-            rank = {name: (prefer.index(name) - len(prefer) if name in prefer else r) for name, r in rank.items()}
-        locations = sorted(
-            (loc for loc in image.locations if loc.status == "active" and loc.store in rank),
-            key=lambda loc: rank[loc.store],
-        )
+        locations = self._ranked_locations(image, prefer)
         if not locations:
             return None
         size = image.size if image.size is not None else locations[0].size
         wanted = byte_range(size or 0)
         offset, length = wanted or (0, size or 0)
+        if wanted is not None or cache is None or not cache.cacheable(image):
+            cache = None
+        else:
+            cached = cache.open(image)
+            if cached is not None:
+                hit = Download(image, None, None, 0, image.size, partial=False)
+                if zero_copy:
+                    return dataclasses.replace(hit, file=cached)
+                return dataclasses.replace(hit, chunks=ChunkReader(cached.read, cached.close, length=image.size))
         error: Exception | None = None
         for location in locations:
             store = self.stores.for_location(location.store)
             found = Download(image, store, location, offset, length, partial=wanted is not None)
             try:
+                if cache is not None:  # a miss: the cache takes the chunks on their way out
+                    return dataclasses.replace(found, chunks=cache.fill(image, store.get(location.uri, 0, length)))
                 if zero_copy and (f := store.open_local(location.uri)) is not None:
                     f.seek(offset)
                     return dataclasses.replace(found, file=f)
@@ -355,3 +374,45 @@ class ImageService:
                 LOG.warning("image %s: location in store %s failed: %s", image_id, store.name, exc)
                 error = exc
         raise error
+
+    def _ranked_locations(self, image: Image, prefer: list[str] = ()) -> list[Location]:
+        """The image's active locations in the order a download tries them: the stores in
+        *prefer* first, then by store weight.
+
+        :raises abbild.errors.Invalid: *prefer* names an unknown store.
+        """
+        rank = self.stores.rank()
+        if prefer:
+            unknown = [name for name in prefer if name not in rank]
+            if unknown:
+                raise Invalid(f"Unknown store(s) in prefer: {', '.join(unknown)}; the stores are: {', '.join(rank)}")
+            rank = {name: (prefer.index(name) - len(prefer) if name in prefer else r) for name, r in rank.items()}
+        return sorted(
+            (loc for loc in image.locations if loc.status == "active" and loc.store in rank),
+            key=lambda loc: rank[loc.store],
+        )
+
+    def read_for_cache(self, image_id: str) -> tuple[Image, Iterator[bytes]] | None:
+        """The image and all its data as the cache's prefetcher reads them: as the service
+        itself, which sees every image, for active images only.
+
+        :returns: ``None`` when the image is gone, not active, or has no data.
+        :raises abbild.errors.StoreError: no location could be read.
+        """
+        try:
+            image = self.registry.get_image(image_id)
+        except ImageNotFound:
+            return None
+        if image.status is not Status.ACTIVE:
+            return None
+        error: Exception | None = None
+        for location in self._ranked_locations(image):
+            store = self.stores.for_location(location.store)
+            try:
+                return image, store.get(location.uri, 0, image.size)
+            except StoreError as exc:
+                LOG.warning("image %s: location in store %s failed: %s", image_id, store.name, exc)
+                error = exc
+        if error is not None:
+            raise error
+        return None

@@ -18,6 +18,17 @@ FLAVORS = (
     "trusted-headers (a gateway in front authenticates callers)",
     "noauth (every caller an administrator; loopback clients only)",
 )
+# A flavour with this node's image cache: keystone+cache, trusted-headers+cache, noauth+cache.
+CACHE_SUFFIX = "+cache"
+CACHE_FILTER = "cache"
+
+
+def with_cache(conf, flavor: str) -> str:
+    """*flavor*, with the cache when ``image_cache_dir`` turns it on (``abbild serve``
+    picks the flavour itself)."""
+    if conf.image_cache_dir and not flavor.endswith(CACHE_SUFFIX):
+        return flavor + CACHE_SUFFIX
+    return flavor
 
 
 def flavor_of(conf, flavor: str | None = None) -> str:
@@ -38,7 +49,8 @@ def check(conf, config_files: Sequence[str], flavor: str) -> str:
 
     :returns: the paste ini to load it from.
     :raises abbild.errors.ConfigError: no such pipeline; keystone without
-        keystonemiddleware installed, or without a usable ``[keystone_authtoken]``.
+        keystonemiddleware installed, or without a usable ``[keystone_authtoken]``;
+        ``image_cache_dir`` without the cache filter, or the other way round.
     """
     ini = conf.paste_deploy.config_file or _ini_beside(config_files) or SHIPPED_INI
     parser = configparser.ConfigParser(interpolation=None, strict=False)
@@ -49,12 +61,12 @@ def check(conf, config_files: Sequence[str], flavor: str) -> str:
         raise ConfigError(f"paste ini {ini}: {exc}") from exc
     names = {section.partition(":")[2]: section for section in parser.sections()}
     if PREFIX + flavor not in names:
-        known = sorted(name[len(PREFIX) :] for name in names if name.startswith(PREFIX))
         raise ConfigError(
             f"[paste_deploy] flavor = {flavor}: {ini} has no pipeline {PREFIX}{flavor}; "
-            f"its flavours are: {', '.join(known) or 'none'}"
+            f"its flavours are: {_flavours(names)}"
         )
     pipeline = parser[names[PREFIX + flavor]].get("pipeline", "").split()
+    _check_cache(conf, flavor, pipeline)
     if "authtoken" in pipeline:
         try:
             import keystonemiddleware  # noqa: F401
@@ -65,6 +77,41 @@ def check(conf, config_files: Sequence[str], flavor: str) -> str:
         section = names.get("authtoken", "filter:authtoken")
         _check_authtoken(config_files, flavor, dict(parser[section]) if parser.has_section(section) else {})
     return ini
+
+
+def _flavours(names) -> str:
+    """The flavours of a paste ini's pipelines, each ``+cache`` variant said once."""
+    known = sorted(name[len(PREFIX) :] for name in names if name.startswith(PREFIX))
+    cached = [name for name in known if name.endswith(CACHE_SUFFIX)]
+    plain = [name for name in known if name not in cached]
+    if not known:
+        return "none"
+    if cached and all(name + CACHE_SUFFIX in cached for name in plain) and len(cached) == len(plain):
+        return f"{', '.join(plain)} (each also as <flavour>{CACHE_SUFFIX}, with the image cache)"
+    return ", ".join(known)
+
+
+def _check_cache(conf, flavor: str, pipeline: list[str]) -> None:
+    """The cache runs exactly where ``image_cache_dir`` is set: a cache directory that no
+    filter uses would fill nothing and advertise a cache API that answers 404."""
+    cached = CACHE_FILTER in pipeline
+    plain = flavor.removesuffix(CACHE_SUFFIX)
+    if conf.image_cache_dir and not cached:
+        raise ConfigError(
+            f"image_cache_dir = {conf.image_cache_dir} turns on the image cache, but the pipeline of "
+            f"[paste_deploy] flavor = {flavor} has no cache filter: set flavor = {plain}{CACHE_SUFFIX}, "
+            "or unset image_cache_dir"
+        )
+    if cached and not conf.image_cache_dir:
+        raise ConfigError(
+            f"[paste_deploy] flavor = {flavor} runs the image cache, but image_cache_dir is not set: set it "
+            f"(in [DEFAULT]) to this node's cache directory, or set flavor = {plain}"
+        )
+    if cached and pipeline.index(CACHE_FILTER) != len(pipeline) - 2:
+        raise ConfigError(
+            f"[paste_deploy] flavor = {flavor}: the cache filter must be the last filter of the pipeline, "
+            f"right before the app ({' '.join(pipeline)})"
+        )
 
 
 AUTHTOKEN_GROUP = "keystone_authtoken"

@@ -34,24 +34,37 @@ HISTORY = (
     ("2.1", None),
     ("2.0", None),
 )
-SERVED_FEATURES: frozenset[str] = frozenset()  # the cache and image tasks are not built yet
-VERSIONS = tuple(version for version, feature in HISTORY if feature is None or feature in SERVED_FEATURES)
-CURRENT = VERSIONS[0]
-KNOWN = frozenset({"v2"} | {f"v{v}" for v in VERSIONS})
+# What every configuration serves; the cache's versions only where image_cache_dir turns
+# it on (as Glance), image tasks (2.12) nowhere yet.
+SERVED_FEATURES: frozenset[str] = frozenset()
+CACHE_FEATURES: frozenset[str] = SERVED_FEATURES | {"cache"}
+
+
+def served_versions(features: frozenset[str] = SERVED_FEATURES) -> tuple[str, ...]:
+    """The minor versions a configuration serving *features* lists, newest (CURRENT) first."""
+    return tuple(version for version, feature in HISTORY if feature is None or feature in features)
+
+
+def features_of(conf) -> frozenset[str]:
+    """What a service configured by *conf* serves."""
+    return CACHE_FEATURES if conf.image_cache_dir else SERVED_FEATURES
+
+
+VERSIONS = served_versions()
 ACCEPT_PREFIX = "application/vnd.openstack.images-"
 
 
-def versions_document(base_url: str) -> bytes:
+def versions_document(base_url: str, versions: tuple[str, ...] = VERSIONS) -> bytes:
     href = base_url.rstrip("/") + "/v2/"
     return json.dumps(
         {
             "versions": [
                 {
                     "id": f"v{v}",
-                    "status": "CURRENT" if v == CURRENT else "SUPPORTED",
+                    "status": "CURRENT" if v == versions[0] else "SUPPORTED",
                     "links": [{"rel": "self", "href": href}],
                 }
-                for v in VERSIONS
+                for v in versions
             ]
         }
     ).encode()
@@ -92,7 +105,10 @@ def _authority(host: str, port) -> str:
 
 
 def filter_factory(global_conf, **local_conf):
-    public_endpoint = local_conf.get("public_endpoint") or config.for_pipeline(global_conf).public_endpoint
+    conf = config.for_pipeline(global_conf)
+    public_endpoint = local_conf.get("public_endpoint") or conf.public_endpoint
+    versions = served_versions(features_of(conf))
+    known = frozenset({"v2"} | {f"v{v}" for v in versions})
 
     def make(app):
         def middleware(environ, start_response):
@@ -105,14 +121,14 @@ def filter_factory(global_conf, **local_conf):
                 version, rest = accept[len(ACCEPT_PREFIX) :], path.lstrip("/")
             else:
                 version = first
-            if version not in KNOWN:
+            if version not in known:
                 return _versions(environ, start_response, "300 Multiple Choices")
             environ["PATH_INFO"] = "/v2/" + rest if rest else "/v2"
             environ["abbild.api_version"] = version
             return app(environ, start_response)
 
         def _versions(environ, start_response, status):
-            body = versions_document(_base_url(environ, public_endpoint))
+            body = versions_document(_base_url(environ, public_endpoint), versions)
             start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
             return [body]
 

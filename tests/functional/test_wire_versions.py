@@ -35,6 +35,9 @@ EXPECTED_VERSIONS = [
     "v2.0",
 ]
 
+# With the cache on (image_cache_dir): Glance 33's list with the cache, still less 2.12.
+EXPECTED_VERSIONS_WITH_CACHE = ["v2.18", "v2.17", "v2.16", "v2.15", "v2.14", *EXPECTED_VERSIONS[2:]]
+
 
 def create(server, **body) -> dict:
     resp = requests.post(f"{server.url}/v2/images", json=body)
@@ -62,13 +65,19 @@ def raw(server, method: str, path: str, body: bytes | None = None, headers: dict
 # -- versions ---------------------------------------------------------------------------
 
 
-def _check_versions_document(server, resp) -> None:
+def _check_versions_document(server, resp, expected=EXPECTED_VERSIONS) -> None:
     assert resp.headers["Content-Type"].startswith("application/json")
     versions = resp.json()["versions"]
-    assert [v["id"] for v in versions] == EXPECTED_VERSIONS
-    assert [v["status"] for v in versions] == ["CURRENT"] + ["SUPPORTED"] * (len(EXPECTED_VERSIONS) - 1)
+    assert [v["id"] for v in versions] == expected
+    assert [v["status"] for v in versions] == ["CURRENT"] + ["SUPPORTED"] * (len(expected) - 1)
     for v in versions:
         assert v["links"] == [{"rel": "self", "href": f"{server.url}/v2/"}]
+
+
+@pytest.fixture(scope="module")
+def cached_server(server_factory):
+    """A server with this node's image cache on (``abbild serve`` picks noauth+cache)."""
+    return server_factory("versions-cache", server_config(default="image_cache_dir = {dir}/cache"))
 
 
 @pytest.mark.parametrize(
@@ -97,6 +106,28 @@ def test_versions_is_200(server):
     resp = requests.get(f"{server.url}/versions")
     assert resp.status_code == 200
     _check_versions_document(server, resp)
+
+
+def test_versions_with_the_cache(cached_server):
+    """2.18 CURRENT, and 2.16 and 2.14 listed: the cache API is there."""
+    resp = requests.get(f"{cached_server.url}/versions")
+    assert resp.status_code == 200
+    _check_versions_document(cached_server, resp, EXPECTED_VERSIONS_WITH_CACHE)
+    for path in ("/", "/v2.12/images", "/v2.19/images"):
+        resp = requests.get(cached_server.url + path, allow_redirects=False)
+        assert resp.status_code == 300
+        _check_versions_document(cached_server, resp, EXPECTED_VERSIONS_WITH_CACHE)
+
+
+@pytest.mark.parametrize("prefix", ["/v2.14", "/v2.16", "/v2.18", "/v2.17", "/v2.0"])
+def test_cache_versions_are_accepted_with_the_cache(cached_server, prefix):
+    image = create(cached_server, name="cache-version")
+    resp = requests.get(f"{cached_server.url}{prefix}/images/{image['id']}")
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["id"] == image["id"]
+    resp = requests.get(f"{cached_server.url}{prefix}/cache")
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"cached_images": [], "queued_images": []}
 
 
 @pytest.mark.parametrize("prefix", ["/v2.0", "/v2.3", "/v2.8", "/v2.11", "/v2.15", "/v2.17"])
