@@ -7,6 +7,8 @@ import json
 import webob
 import webob.exc as exc
 
+from abbild.service import IMAGE_CACHE_KEY
+
 JSON = "application/json"
 _BODY_ENCODINGS = {"chunked", "compress", "deflate", "gzip", "identity"}
 
@@ -23,13 +25,9 @@ def reject_body(req: webob.Request) -> None:
         raise exc.HTTPBadRequest(explanation="A body is not expected with this request.")
 
 
-# The ``cache`` paste filter puts this node's abbild.cache.ImageCache here.
-IMAGE_CACHE = "abbild.image_cache"
-
-
 def image_cache(req: webob.Request):
     """This node's image cache, or ``None`` when the request's pipeline has none."""
-    return req.environ.get(IMAGE_CACHE)
+    return req.environ.get(IMAGE_CACHE_KEY)
 
 
 # The dispatcher puts ``max_json_body_size`` here for read_json.

@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger(__name__)
 
+# Where the ``cache`` paste filter puts the node's abbild.cache.ImageCache in each
+# request's WSGI environ, for the API to hand to the service.
+IMAGE_CACHE_KEY = "abbild.image_cache"
+
 
 def load_registry(conf) -> Registry:
     """The registry driver named by ``[DEFAULT] registry``, ready to serve."""

@@ -15,7 +15,6 @@ import weakref
 
 from abbild import config
 from abbild.errors import ConfigError
-from abbild_api.http import IMAGE_CACHE
 
 LOG = logging.getLogger(__name__)
 
@@ -25,7 +24,7 @@ _runners: weakref.WeakSet = weakref.WeakSet()
 
 def filter_factory(global_conf, **local_conf):
     from abbild.cache import CacheRunner, ImageCache
-    from abbild.service import load_registry
+    from abbild.service import IMAGE_CACHE_KEY, load_registry
 
     conf = config.for_pipeline(global_conf)
     if not conf.image_cache_dir:
@@ -51,7 +50,7 @@ def filter_factory(global_conf, **local_conf):
         LOG.info("image cache of node %s in %s", cache.node, cache.directory)
 
         def middleware(environ, start_response):
-            environ[IMAGE_CACHE] = cache
+            environ[IMAGE_CACHE_KEY] = cache
             return app(environ, start_response)
 
         middleware.cache = cache
