@@ -127,7 +127,7 @@ def nodes(app, req, image_id):
 
 
 def clean(app, req):
-    """``POST /v2/cache/clean`` (2.18): stalled, invalid and orphaned files out."""
+    """``POST /v2/cache/clean`` (2.18): stalled, invalid, orphaned and deleted images' files out."""
     reject_body(req)
     cache = _cache(app, req, "cache_clean")
     LOG.info("cache clean: %s", cache.clean())

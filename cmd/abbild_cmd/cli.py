@@ -444,7 +444,10 @@ def parser() -> argparse.ArgumentParser:
     cache_command("clear", help="remove every cached and queued image").add_argument(
         "--target", choices=["cache", "queue"], help="only the cached images, or only the queue (default: both)"
     )
-    cache_command("clean", help="remove stalled, invalid and orphaned cache files (for cron)")
+    cache_command(
+        "clean",
+        help="remove stalled, invalid, orphaned and deleted images' cache files and re-hash the rest (for cron)",
+    )
     cache_command("prune", help="remove least recently used images down to image_cache_max_size (for cron)")
     cache_command("prefetch", help="fetch the queued images into the cache now, with a progress bar")
     c.set_defaults(func=cmd_cache)

@@ -32,8 +32,9 @@ The life of a cache file:
    on this node), :meth:`ImageCache.remove`/:meth:`ImageCache.clear` (an operator),
    :meth:`ImageCache.prune` (least recently used first, down to ``image_cache_max_size``)
    or :meth:`ImageCache.clean`, which also re-hashes every cached file (bit rot,
-   tampering), empties ``invalid/``, removes stalled ``incomplete/`` files and the files
-   and entries that lost their other half.
+   tampering), empties ``invalid/``, removes stalled ``incomplete/`` files, the files
+   and entries that lost their other half and what it holds of deleted images. A delete
+   on any node drops every node's entry at once (:meth:`ImageCache.forget`).
 
 A queued image (:meth:`ImageCache.queue`) goes through the same fill when
 :meth:`ImageCache.prefetch` reads it. :class:`CacheRunner` runs prune, clean and prefetch
@@ -55,7 +56,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
-from abbild.errors import ConfigError, Invalid, RegistryError
+from abbild.errors import ConfigError, ImageNotFound, Invalid, RegistryError
 from abbild.image import Image, Status
 from abbild.registry import CacheEntry, Registry
 from abbild.streams import ImageStream, read_chunks
@@ -301,6 +302,18 @@ class ImageCache:
         except _FAULTS:
             LOG.exception("cache: could not evict %s (the cleaner will)", image_id)
 
+    def forget(self, image_id: str) -> None:
+        """For deletes: :meth:`evict`, and drop every other node's entry for the image, so
+        no node lists it any more and each node's cleaner removes its file (an entry-less
+        file is never served). Faults are only logged: the cleaners also drop the entries
+        of deleted images."""
+        self.evict(image_id)
+        try:
+            for entry in self.registry.cache_entries(image_id=image_id):
+                self.registry.cache_remove(entry.node, image_id)
+        except _FAULTS:
+            LOG.exception("cache: could not drop the other nodes' entries of %s (their cleaners will)", image_id)
+
     def clear(self, target: str = "") -> int:
         """Remove every cached image (``"cache"``), every queued one (``"queue"``) or
         both (``""``); how many were removed."""
@@ -318,10 +331,11 @@ class ImageCache:
 
     def clean(self, stopping: threading.Event | None = None) -> dict:
         """Remove stalled incomplete files, everything in invalid/, complete files without
-        a ``cached`` entry and entries without a file ("orphans"), and cached files whose
-        content no longer matches their entry ("corrupt": each is re-hashed). Counts of
-        each. *stopping* ends the work early (graceful shutdown)."""
-        counts = {"stalled": 0, "invalid": 0, "orphans": 0, "corrupt": 0}
+        a ``cached`` entry and entries without a file ("orphans"), the copies and queued
+        entries of images deleted meanwhile, perhaps on another node ("deleted"), and cached
+        files whose content no longer matches their entry ("corrupt": each is re-hashed).
+        Counts of each. *stopping* ends the work early (graceful shutdown)."""
+        counts = {"stalled": 0, "invalid": 0, "orphans": 0, "deleted": 0, "corrupt": 0}
         stall_before = time.time() - self.conf.image_cache_stall_time
         for image_id in self._files(INCOMPLETE):
             path = self._path(image_id, INCOMPLETE)
@@ -333,6 +347,10 @@ class ImageCache:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._path(image_id, INVALID))
                 counts["invalid"] += 1
+
+        for entry in self.registry.cache_entries(self.node):
+            if self._deleted(entry.image_id) and self.remove(entry.image_id):
+                counts["deleted"] += 1
 
         # The entries are read before the files are listed, so a fill published in
         # between (renamed, not yet recorded) is asked about again before it goes.
@@ -347,6 +365,12 @@ class ImageCache:
             if verdict in counts:
                 counts[verdict] += 1
         return counts
+
+    def _deleted(self, image_id: str) -> bool:
+        try:
+            return self.registry.get_image(image_id, include_deleted=True).status is Status.DELETED
+        except ImageNotFound:
+            return True
 
     def _orphan(self, image_id: str) -> bool:
         entry = self._entry(image_id)

@@ -46,7 +46,8 @@ class Deletes:
         """Delete the image, and then its data (the module docstring says in which order).
         Its copy in *cache* (this node's image cache) goes as soon as the image is out of
         sight; other nodes never serve it again either (a cache hit follows the authorized
-        read of the image), and their cleaners remove their copies.
+        read of the image); their entries go from the index now and their files with their
+        cleaners.
 
         :raises abbild.errors.InUse: a store refuses: the image is back as it was.
         """
@@ -64,7 +65,7 @@ class Deletes:
 
         image = self.registry.update_image(image_id, change)
         if cache is not None:
-            cache.evict(image_id)
+            cache.forget(image_id)
         was = before[0]
         if was.status is Status.SAVING and self.claims.is_stale(was):
             self.stores.discard_everywhere(image_id)  # its uploader died: nobody else removes what it wrote

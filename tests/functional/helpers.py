@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 
 def server_config(*, flavor: str = "noauth", default: str = "", stores: str = "", extra_backends: str = "") -> str:
     """An abbild-api.conf for ``server_factory``: SQLite and the filesystem store ``local``
@@ -31,3 +33,12 @@ def who(project: str, *roles: str) -> dict:
         "X-Project-Id": project,
         "X-Roles": ",".join(roles or ("member", "reader")),
     }
+
+
+def wait_for(condition, timeout: float = 20.0, what: str = "condition") -> None:
+    """Poll *condition* until it holds; fail the test after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout}s")
+        time.sleep(0.05)

@@ -26,7 +26,7 @@ from glanceclient import Client
 from glanceclient import exc as glance_exc
 from keystoneauth1 import session as ks_session
 
-from tests.functional.helpers import server_config, who
+from tests.functional.helpers import server_config, wait_for, who
 from tests.functional.test_clients_cli import executable
 
 PAYLOAD = os.urandom(3 << 20)
@@ -121,15 +121,6 @@ def web_image(srv, web, headers, path: str | None = None) -> tuple[str, str]:
     wait_for(lambda: requests.get(f"{srv.url}/v2/images/{image_id}", headers=headers).json()["status"] == "active")
     assert _Web.gets.count(path) == 1
     return image_id, path
-
-
-def wait_for(condition, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not met within {timeout}s")
 
 
 def cache_state(srv, headers) -> dict:

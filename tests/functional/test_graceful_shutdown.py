@@ -26,7 +26,7 @@ import urllib.request
 import pytest
 import requests
 
-from tests.functional.helpers import who
+from tests.functional.helpers import wait_for, who
 
 BLOCK = os.urandom(64 << 10)
 
@@ -140,24 +140,15 @@ def create_image(url: str) -> str:
     return resp.json()["id"]
 
 
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_sigterm_lets_a_running_upload_finish(start_api):
     api = start_api(graceful_shutdown_timeout=30)
     image_id = create_image(api.url)
     upload = SlowUpload(api.url, image_id, total=4 << 20)
     upload.send(1 << 20, pause=0.01)
-    assert wait_for(lambda: api.status(image_id) == "saving", 10)
+    wait_for(lambda: api.status(image_id) == "saving", 10)
 
     api.proc.send_signal(signal.SIGTERM)
-    assert wait_for(lambda: not api.healthy(), 10), "still accepting connections after SIGTERM"
+    wait_for(lambda: not api.healthy(), 10, "refusing connections after SIGTERM")
     assert upload.send(upload.total, pause=0.02), "the server cut the upload short"
     resp = upload.response()
     assert resp.status == 204, resp.read()
@@ -173,8 +164,8 @@ def test_upload_still_running_after_the_timeout_is_rolled_back(start_api):
     image_id = create_image(api.url)
     upload = SlowUpload(api.url, image_id, total=1 << 30)  # would take hours at this pace
     upload.send(1 << 20, pause=0.01)
-    assert wait_for(lambda: api.status(image_id) == "saving", 10)
-    assert wait_for(lambda: any(image_id in f for f in api.data_files()), 10), "no partial data was written"
+    wait_for(lambda: api.status(image_id) == "saving", 10)
+    wait_for(lambda: any(image_id in f for f in api.data_files()), 10, "partial data written")
 
     terminated = time.monotonic()
     api.proc.send_signal(signal.SIGTERM)
@@ -250,7 +241,7 @@ def test_sigterm_waits_for_background_imports_or_rolls_them_back(start_api, slow
         f"{api.url}/v2/images/{image_id}/locations", json={"url": f"{slow_web}/{image_id}.img"}, headers=owner
     )
     assert resp.status_code == 202, resp.text
-    assert wait_for(lambda: api.status(image_id) == "saving", 10)
+    wait_for(lambda: api.status(image_id) == "saving", 10)
     api.proc.send_signal(signal.SIGTERM)
     assert api.proc.wait(grace + 30) == 0
     assert api.status(image_id) == outcome

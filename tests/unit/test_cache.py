@@ -457,7 +457,7 @@ def test_clean_finds_a_tampered_file(cache, registry):
     os.utime(path, (sealed, sealed))  # bit rot changes bytes, not metadata: no serve-time check sees it
     with cache.open(image) as f:
         assert f.read() != data
-    assert cache.clean() == {"stalled": 0, "invalid": 0, "orphans": 0, "corrupt": 1}
+    assert cache.clean() == {"stalled": 0, "invalid": 0, "orphans": 0, "deleted": 0, "corrupt": 1}
     assert cache.open(image) is None
     assert leftovers(cache) | {"entries": []} == NOTHING | {"files": [intact.id]}
     assert [e.image_id for e in cache.cached()] == [intact.id]
@@ -467,7 +467,8 @@ def test_clean_removes_stalled_and_invalid_files_and_orphans_both_ways(cache, re
     data = os.urandom(10)
     kept = make_image(registry, data)
     fill_cache(cache, kept, data)
-    stalled, fresh, invalid, orphan_file, orphan_entry, queued = (str(uuid.uuid4()) for _ in range(6))
+    stalled, fresh, invalid, orphan_file = (str(uuid.uuid4()) for _ in range(4))
+    orphan_entry, queued = (make_image(registry, data).id for _ in range(2))
     for sub, image_id in (("incomplete", stalled), ("incomplete", fresh), ("invalid", invalid), ("", orphan_file)):
         with open(os.path.join(cache.directory, sub, image_id), "wb") as f:
             f.write(b"data")
@@ -477,12 +478,46 @@ def test_clean_removes_stalled_and_invalid_files_and_orphans_both_ways(cache, re
     cache.queue(queued)
     conf.set_override("image_cache_stall_time", 1800)
 
-    assert cache.clean() == {"stalled": 1, "invalid": 1, "orphans": 2, "corrupt": 0}
+    assert cache.clean() == {"stalled": 1, "invalid": 1, "orphans": 2, "deleted": 0, "corrupt": 0}
     assert leftovers(cache) | {"entries": []} == NOTHING | {"files": [kept.id], "incomplete": [fresh]}
     assert sorted((e.image_id, e.state) for e in registry.cache_entries(NODE)) == sorted(
         [(kept.id, "cached"), (queued, "queued")]
     )
     assert cache.open(kept).read() == data
+
+
+def test_clean_drops_what_it_holds_of_images_deleted_elsewhere(cache, registry):
+    data = os.urandom(10)
+    kept, deleted, vanished, queued = (make_image(registry, data) for _ in range(4))
+    for image in (kept, deleted, vanished):
+        fill_cache(cache, image, data)
+    cache.queue(queued.id)
+    # Deleted through another node (or the registry): nothing told this node.
+    registry.update_image(deleted.id, lambda image: image.transition(Status.DELETED))
+    registry.update_image(queued.id, lambda image: image.transition(Status.DELETED))
+    with registry.engine.begin() as conn:  # purged from the database altogether
+        for table in reversed(Base.metadata.sorted_tables):
+            if table.name == "images":
+                conn.execute(table.delete().where(table.c.id == vanished.id))
+            elif table.name != "cache_entries" and "image_id" in table.c:
+                conn.execute(table.delete().where(table.c.image_id == vanished.id))
+
+    assert cache.clean() == {"stalled": 0, "invalid": 0, "orphans": 0, "deleted": 3, "corrupt": 0}
+    assert leftovers(cache) | {"entries": []} == NOTHING | {"files": [kept.id]}
+    assert [(e.image_id, e.state) for e in registry.cache_entries(NODE)] == [(kept.id, "cached")]
+
+
+def test_forget_drops_every_nodes_entry_and_this_nodes_file(cache, registry, conf):
+    data = os.urandom(10)
+    image, other = make_image(registry, data), make_image(registry, data)
+    fill_cache(cache, image, data)
+    fill_cache(cache, other, data)
+    registry.cache_put(CacheEntry("http://node-b:9292", image.id, "cached", size=10, checksum=image.checksum))
+    registry.cache_put(CacheEntry("http://node-c:9292", image.id, "queued"))
+
+    cache.forget(image.id)
+    assert [(e.node, e.image_id) for e in registry.cache_entries()] == [(NODE, other.id)]
+    assert leftovers(cache) | {"entries": []} == NOTHING | {"files": [other.id]}
 
 
 # -- prune --------------------------------------------------------------------------------
