@@ -16,9 +16,10 @@ The life of a cache file:
 
 1. A full download of an active image misses (:meth:`ImageCache.open` returns ``None``);
    the service wraps the store's chunks in :meth:`ImageCache.fill`, which writes each
-   chunk to ``incomplete/<id>`` as the client receives it, while md5 and the image's
-   ``os_hash_algo`` are computed on two other threads.
-2. When the store's data ends, the file is published only if its size, md5 and os_hash
+   chunk to ``incomplete/<id>`` as the client receives it, while one hash is computed
+   on another thread: the image's ``os_hash_algo`` where it has an ``os_hash_value``
+   (equal to it means equal bytes, so md5 would add nothing but CPU), else md5.
+2. When the store's data ends, the file is published only if its size and that hash
    equal the image's: it is dated with the image's creation (its seal: any later write
    moves a file's mtime), fsynced, renamed to ``<id>`` (the directory fsynced too) and
    then recorded as ``cached`` with the size and checksum it was verified against. Data
@@ -502,8 +503,8 @@ def _close(chunks: Iterable[bytes]) -> None:
 
 class _Fill:
     """What :meth:`ImageCache.fill` returns: the store's chunks, the same objects, while
-    they are written to ``incomplete/<id>`` and hashed on two threads (hashlib releases
-    the GIL for chunks this big, so the download does not wait for it). Not a generator:
+    they are written to ``incomplete/<id>`` and hashed on another thread (hashlib
+    releases the GIL for chunks this big, so the download does not wait for it). Not a generator:
     ``close()`` must discard the file even when iteration never began.
 
     ``result`` is ``"cached"`` once published, ``"invalid"`` when the data did not match
@@ -514,7 +515,10 @@ class _Fill:
         self._cache, self._image, self._source, self._file = cache, image, chunks, file
         self._inode = os.fstat(file.fileno()).st_ino
         self._plain = iter(chunks)
-        self._stream = ImageStream(self._plain, hash_algo=image.os_hash_algo or "md5")
+        # One hash verifies the copy: os_hash_value where the image has one (the same
+        # bytes as the stronger hash means the same bytes), else the md5 checksum.
+        strong = bool(image.os_hash_algo and image.os_hash_value)
+        self._stream = ImageStream(self._plain, hash_algo=image.os_hash_algo if strong else None, md5=not strong)
         self._hashing = iter(self._stream)
         self._it: Iterator[bytes] = self._hashing
         self.result: str | None = None
@@ -564,9 +568,9 @@ class _Fill:
         wrong = []
         if stream.size != image.size:
             wrong.append(f"{stream.size} bytes instead of {image.size}")
-        if stream.checksum != image.checksum:
+        if stream.checksum is not None and stream.checksum != image.checksum:
             wrong.append(f"md5 {stream.checksum} instead of {image.checksum}")
-        if image.os_hash_algo and image.os_hash_value and stream.os_hash_value != image.os_hash_value:
+        if stream.os_hash_value is not None and stream.os_hash_value != image.os_hash_value:
             wrong.append(f"{image.os_hash_algo} {stream.os_hash_value} instead of {image.os_hash_value}")
         file, self._file = self._file, None
         try:
@@ -580,7 +584,7 @@ class _Fill:
             os.utime(file.fileno(), ns=(_seal(image), _seal(image)))
             os.fsync(file.fileno())
             file.close()
-            if self._cache._publish(image, self._inode, stream.size, stream.checksum):
+            if self._cache._publish(image, self._inode, stream.size, image.checksum):
                 self.result = "cached"
         except _FAULTS:
             LOG.exception("cache: cannot publish %s; not cached", image.id)

@@ -124,9 +124,10 @@ class ImageStream:
 
     Iterating yields the same chunks, unchanged, while it counts bytes, stops at
     *max_size* (:class:`SizeLimitExceeded`) and at *declared_size*
-    (:class:`SizeMismatch`), and hashes md5 (the legacy ``checksum``) and
-    *hash_algo* (``os_hash_value``) on background threads. After the iterator is
-    exhausted, ``size``, ``checksum`` and ``os_hash_value`` hold the results.
+    (:class:`SizeMismatch`), and hashes md5 (the legacy ``checksum``; unless *md5* is
+    false) and *hash_algo* (``os_hash_value``; unless it is ``None``) on background
+    threads. After the iterator is exhausted, ``size``, ``checksum`` and
+    ``os_hash_value`` hold the results (``None`` for a hash not computed).
 
     :param on_progress: called with the byte count every *progress_every* bytes
         (the upload heartbeat); its exceptions propagate and abort the upload.
@@ -136,14 +137,18 @@ class ImageStream:
         self,
         chunks: Iterable[bytes],
         *,
-        hash_algo: str = "sha512",
+        hash_algo: str | None = "sha512",
+        md5: bool = True,
         max_size: int | None = None,
         limit_name: str = "image_size_cap",
         declared_size: int | None = None,
         on_progress: Callable[[int], None] | None = None,
         progress_every: int = 256 * CHUNK_SIZE,
     ) -> None:
-        hashlib.new(hash_algo)  # unknown algorithms fail before any byte moves
+        if hash_algo is not None:
+            hashlib.new(hash_algo)  # unknown algorithms fail before any byte moves
+        self._md5 = md5
+        self._algorithms = (["md5"] if md5 else []) + ([hash_algo] if hash_algo else [])
         self._chunks = chunks
         self.hash_algo = hash_algo
         self.max_size = max_size
@@ -156,7 +161,7 @@ class ImageStream:
         self.os_hash_value: str | None = None
 
     def __iter__(self) -> Iterator[bytes]:
-        threads = [_HashThread("md5"), _HashThread(self.hash_algo)]
+        threads = [_HashThread(algorithm) for algorithm in self._algorithms]
         for t in threads:
             t.start()
         next_progress = self._progress_every
@@ -179,7 +184,8 @@ class ImageStream:
                 raise SizeMismatch(self.declared_size, self.size)
         finally:
             digests = [t.finish() for t in threads]
-        self.checksum, self.os_hash_value = digests
+        self.checksum = digests[0] if self._md5 else None
+        self.os_hash_value = digests[-1] if self.hash_algo else None
 
 
 class IterStream(io.RawIOBase):

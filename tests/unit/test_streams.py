@@ -23,6 +23,15 @@ def test_stream_passes_chunks_and_hashes_them(algo, sizes):
     assert (stream.checksum, stream.os_hash_value) == _digests(data, algo)
 
 
+@pytest.mark.parametrize(("algo", "md5"), [("sha512", False), (None, True), (None, False)])
+def test_stream_computes_only_the_hashes_asked_for(algo, md5):
+    data = os.urandom(3 << 20)
+    stream = ImageStream([data[: 1 << 20], data[1 << 20 :]], hash_algo=algo, md5=md5)
+    assert b"".join(stream) == data and stream.size == len(data)
+    assert stream.checksum == (hashlib.md5(data).hexdigest() if md5 else None)
+    assert stream.os_hash_value == (hashlib.new(algo, data).hexdigest() if algo else None)
+
+
 def test_unknown_algorithm_fails_before_reading():
     with pytest.raises(ValueError):
         ImageStream([b"x"], hash_algo="nope")
