@@ -333,10 +333,11 @@ class ImageService:
         """Open the image's data, trying its locations from the highest store weight down,
         or the stores in *prefer* first (``?prefer=``). The image is read once.
 
-        With *cache* (this node's image cache), a full download of an active image comes
-        from the cache when it holds a verified copy (*prefer* is then ignored, as by
-        Glance), and on a miss the store's data fills the cache as it goes out: one read
-        of the store. Ranged reads and deactivated images never touch the cache.
+        With *cache* (this node's image cache), a download of an active image, whole or
+        ranged, comes from the cache when it holds a verified copy (*prefer* is then
+        ignored, as by Glance); on a miss of a full download the store's data fills the
+        cache as it goes out: one read of the store. A ranged miss fills nothing, and
+        deactivated images never touch the cache.
 
         :param byte_range: given the image's size, the ``(offset, length)`` the caller
             asked for, or ``None`` for all of it; raises to refuse the range.
@@ -354,15 +355,16 @@ class ImageService:
         size = image.size if image.size is not None else locations[0].size
         wanted = byte_range(size or 0)
         offset, length = wanted or (0, size or 0)
-        if wanted is not None or cache is None or not cache.cacheable(image):
-            cache = None
-        else:
+        if cache is not None and cache.cacheable(image):
             cached = cache.open(image)
             if cached is not None:
-                hit = Download(image, None, None, 0, image.size, partial=False)
+                cached.seek(offset)
+                hit = Download(image, None, None, offset, length, partial=wanted is not None)
                 if zero_copy:
                     return dataclasses.replace(hit, file=cached)
-                return dataclasses.replace(hit, chunks=ChunkReader(cached.read, cached.close, length=image.size))
+                return dataclasses.replace(hit, chunks=ChunkReader(cached.read, cached.close, length=length))
+        if wanted is not None or cache is None or not cache.cacheable(image):
+            cache = None
         error: Exception | None = None
         for location in locations:
             store = self.stores.for_location(location.store)

@@ -133,6 +133,11 @@ def cached_ids(srv, headers) -> set[str]:
     return {entry["image_id"] for entry in cache_state(srv, headers)["cached_images"]}
 
 
+def cache_entry(srv, headers, image_id) -> dict:
+    [entry] = [e for e in cache_state(srv, headers)["cached_images"] if e["image_id"] == image_id]
+    return entry
+
+
 def cache_file(srv, image_id) -> Path:
     return Path(srv.data_dir) / "cache" / image_id
 
@@ -163,7 +168,7 @@ def test_a_miss_is_served_and_cached_in_one_store_read_then_hits_come_from_the_c
     miss = fill(srv, image_id, member, admin)
     assert _Web.gets.count(path) == 2  # the download's one read filled the cache too
     assert cache_file(srv, image_id).read_bytes() == PAYLOAD
-    [entry] = [e for e in cache_state(srv, admin)["cached_images"] if e["image_id"] == image_id]
+    entry = cache_entry(srv, admin, image_id)
     assert entry["size"] == len(PAYLOAD) and entry["hits"] == 0 and entry["last_modified"] > 0
     for n in (1, 2):
         hit = download(srv, image_id, member)
@@ -172,7 +177,7 @@ def test_a_miss_is_served_and_cached_in_one_store_read_then_hits_come_from_the_c
             assert hit.headers[name] == miss.headers[name], name
         assert hit.headers["Content-MD5"] == MD5 and hit.headers["Content-Length"] == str(len(PAYLOAD))
         assert _Web.gets.count(path) == 2
-        [entry] = [e for e in cache_state(srv, admin)["cached_images"] if e["image_id"] == image_id]
+        entry = cache_entry(srv, admin, image_id)
         assert entry["hits"] == n and entry["last_accessed"] >= entry["last_modified"]
 
 
@@ -243,21 +248,30 @@ def test_two_concurrent_misses_fill_the_cache_once(srv, web, member, admin):
     assert _Web.gets.count(path) == 3
 
 
-def test_ranged_reads_never_touch_the_cache(srv, web, member, admin):
+def test_ranged_reads_never_fill_the_cache_and_are_served_from_it(srv, web, member, admin):
     image_id, path = web_image(srv, web, member)
     part = download(srv, image_id, member, Range="bytes=100-1099")
     assert part.status_code == 206 and part.content == PAYLOAD[100:1100]
-    assert part.headers["Content-Range"] == f"bytes 100-1099/{len(PAYLOAD)}"
+    uncached_headers = {k: part.headers[k] for k in ("Content-Range", "Content-Length", "Content-MD5")}
+    assert uncached_headers["Content-Range"] == f"bytes 100-1099/{len(PAYLOAD)}"
     assert image_id not in cached_ids(srv, admin) and not cache_file(srv, image_id).exists()
     assert _Web.gets.count(path) == 2
     fill(srv, image_id, member, admin)  # now cached
     assert _Web.gets.count(path) == 3
+    hits = cache_entry(srv, admin, image_id)["hits"]
+
+    # From the cache now, with the headers the store's answer had.
+    part = download(srv, image_id, member, Range="bytes=100-1099")
+    assert part.status_code == 206 and part.content == PAYLOAD[100:1100]
+    assert {k: part.headers[k] for k in uncached_headers} == uncached_headers
     part = download(srv, image_id, member, Range="bytes=-10")
     assert part.status_code == 206 and part.content == PAYLOAD[-10:]
-    assert _Web.gets.count(path) == 4  # from the store, not the cache
     legacy = download(srv, image_id, member, **{"Content-Range": "bytes 5-9/*"})
     assert legacy.status_code == 206 and legacy.content == PAYLOAD[5:10]
-    assert _Web.gets.count(path) == 5
+    beyond = download(srv, image_id, member, Range=f"bytes={len(PAYLOAD)}-")
+    assert beyond.status_code == 416
+    assert _Web.gets.count(path) == 3
+    assert cache_entry(srv, admin, image_id)["hits"] == hits + 3
 
 
 # -- the cache never serves what the image service would not --------------------------------

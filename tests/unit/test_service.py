@@ -228,3 +228,37 @@ def test_member_quota(service):
     service.delete_member(image.id, "a", owner)
     service.add_member(image.id, "c", owner)  # room again after a removal
     assert sorted(m.member_id for m in service.list_members(image.id, owner)) == ["b", "c"]
+
+
+@pytest.mark.parametrize("zero_copy", [False, True])
+def test_downloads_of_a_cached_image_whole_or_ranged_come_from_the_cache(service, tmp_path, zero_copy):
+    from abbild.cache import ImageCache
+
+    service.conf.set_override("image_cache_dir", str(tmp_path / "cache"))
+    cache = ImageCache.from_config(service.conf, service.registry)
+    image = new_image(service)
+    data = bytes(range(256)) * 4000
+    service.uploads.upload(image.id, [data], declared_size=len(data), viewer=ADMIN)
+
+    def read(dl) -> bytes:
+        if dl.file is None:
+            return b"".join(dl.chunks)
+        with dl.file as f:
+            return f.read(dl.length)
+
+    ranged = service.download(image.id, ADMIN, lambda size: (10, 100), zero_copy=zero_copy, cache=cache)
+    assert ranged.store is not None and read(ranged) == data[10:110]  # a ranged miss fills nothing
+    assert cache.cached() == []
+    miss = service.download(image.id, ADMIN, lambda size: None, zero_copy=zero_copy, cache=cache)
+    assert miss.store is not None and b"".join(miss.chunks) == data
+    assert [e.image_id for e in cache.cached()] == [image.id]
+
+    objects(service).clear()  # from here on, only the cache has the data
+    hit = service.download(image.id, ADMIN, lambda size: None, zero_copy=zero_copy, cache=cache)
+    assert hit.store is None and (hit.offset, hit.length, hit.partial) == (0, len(data), False)
+    assert read(hit) == data
+    part = service.download(image.id, ADMIN, lambda size: (size - 5, 5), zero_copy=zero_copy, cache=cache)
+    assert part.store is None and (part.offset, part.length, part.partial) == (len(data) - 5, 5, True)
+    assert read(part) == data[-5:]
+    assert (hit.file is not None) is zero_copy
+    assert cache.cached()[0].hits == 2
