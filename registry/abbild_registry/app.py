@@ -31,8 +31,9 @@ releasing a failed upload's claim once the registry is back, a location import,
 deleting the data of a deleted image again, the cache's). Those are the *service jobs*:
 
 - ``GET /v1/images?in_status=saving`` and ``?in_status=pending_delete``
-- ``GET /v1/images/{id}`` of an image in ``saving`` or ``pending_delete`` (any other
-  does not exist)
+- ``GET /v1/images/{id}`` of an image in ``saving`` or ``pending_delete``, or of one
+  in the cache index (queued for or cached on a node: the prefetcher reads it, the
+  cleaner asks whether it was deleted); any other does not exist
 - ``PUT /v1/images/{id}`` of an image in ``saving`` that stays ``saving`` (a renewed
   lease) or becomes ``active`` or ``queued``, or of one in ``pending_delete`` that
   stays there (fewer locations) or becomes ``deleted``, with its owner and visibility
@@ -165,10 +166,11 @@ class RegistryApp:
         return handler in (self.get_image, self.save_image, *self._cache_handlers)
 
     def _readable(self, image: Image, caller: wire.Caller) -> bool:
-        """The service reads everything; everyone else what the visibility rule
+        """The service reads everything, a service job (the module docstring) the images
+        of its jobs and of the cache index; everyone else what the visibility rule
         (:func:`abbild.registry.why_visible`) shows them."""
         if caller.jobs_only:
-            return image.status in JOB_TARGETS
+            return image.status in JOB_TARGETS or bool(self.registry.cache_entries(image_id=image.id))
         return caller.privileged or why_visible(image, caller.viewer, self.registry) is not None
 
     @staticmethod
@@ -221,7 +223,7 @@ class RegistryApp:
 
     def get_image(self, req, caller, image_id):
         include_deleted = req.GET.get("include_deleted") == "1"
-        if include_deleted:
+        if include_deleted and not caller.jobs_only:  # _visible limits those
             self._service_only(caller, "Reading deleted images")
         return _json(wire.image_to_json(self._visible(image_id, caller, include_deleted)))
 
