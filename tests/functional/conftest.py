@@ -53,6 +53,44 @@ def _stop_group(proc: subprocess.Popen | None, sig=signal.SIGTERM) -> None:
             proc.wait(timeout=30)
 
 
+class ApiProcess:
+    """An ``abbild api`` process set up like a production host: *config* becomes
+    ``abbild-api.conf`` in *base*, found through ``ABBILD_CONFIG_DIR``. Give it the
+    ``bind_port`` of *port*, and ``log_file = <base>/abbild-api.log`` for :meth:`log`."""
+
+    def __init__(self, base, port: int, config: str, timeout: float = 60) -> None:
+        base.mkdir(parents=True, exist_ok=True)
+        self.base = base
+        self.url = f"http://127.0.0.1:{port}"
+        (base / "abbild-api.conf").write_text(config)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "abbild_cmd.cli", "api"],
+            env=dict(os.environ, ABBILD_CONFIG_DIR=str(base)),
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_healthy(self.proc, self.url, timeout, "abbild api", self.log)
+        except BaseException:
+            self.stop(signal.SIGKILL)
+            raise
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/healthcheck", timeout=1) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        path = self.base / "abbild-api.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self, sig=signal.SIGTERM) -> None:
+        _stop_group(self.proc, sig)
+
+
 class RegistryProcess:
     """An ``abbild registry`` subprocess serving the database of *config_files*, with
     the session's shared secret; ``start()`` again after ``kill()`` reuses its port."""

@@ -26,7 +26,7 @@ from glanceclient import Client
 from glanceclient import exc as glance_exc
 from keystoneauth1 import session as ks_session
 
-from tests.functional.helpers import server_config, wait_for, who
+from tests.functional.helpers import server_config, serving, wait_for, who
 from tests.functional.test_clients_cli import executable
 
 PAYLOAD = os.urandom(3 << 20)
@@ -82,12 +82,8 @@ class _Web(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def web():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Web)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_port}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(_Web) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

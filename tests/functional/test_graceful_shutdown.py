@@ -15,61 +15,33 @@ import os
 import re
 import select
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
-import threading
 import time
-import urllib.request
 
 import pytest
 import requests
 
-from tests.functional.helpers import wait_for, who
+from tests.functional.conftest import ApiProcess, free_port
+from tests.functional.helpers import serving, wait_for, who
 
 BLOCK = os.urandom(64 << 10)
 
 
-class API:
+class API(ApiProcess):
     """An ``abbild api`` process with its own config dir (SQLite + filesystem store)."""
 
     def __init__(self, base, graceful_shutdown_timeout: int, more: str = "", flavor: str = "noauth") -> None:
-        self.base = base
         port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        (base / "abbild-api.conf").write_text(
+        super().__init__(
+            base,
+            port,
             f"[DEFAULT]\nbind_port = {port}\nworkers = 1\n"
             f"graceful_shutdown_timeout = {graceful_shutdown_timeout}\n"
             f"log_file = {base}/abbild-api.log\n"
             f"[database]\nconnection = sqlite:///{base}/abbild.sqlite\n"
             f"[paste_deploy]\nflavor = {flavor}\n"
-            f"[local]\ndatadir = {base}/images\n{more}"
+            f"[local]\ndatadir = {base}/images\n{more}",
         )
-        # Like a production host: the config dir, not --config-file.
-        env = dict(os.environ, ABBILD_CONFIG_DIR=str(base))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "abbild_cmd.cli", "api"],
-            env=env,
-            start_new_session=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while not self.healthy():
-            assert self.proc.poll() is None and time.monotonic() < deadline, f"abbild api did not start:\n{self.log()}"
-            time.sleep(0.1)
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.url + "/healthcheck", timeout=1) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
-
-    def log(self) -> str:
-        path = self.base / "abbild-api.log"
-        return path.read_text(errors="replace") if path.exists() else ""
 
     def status(self, image_id: str) -> str:
         """Read from the database itself: the server may be gone."""
@@ -78,17 +50,6 @@ class API:
 
     def data_files(self) -> list[str]:
         return os.listdir(self.base / "images") if (self.base / "images").exists() else []
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -101,7 +62,7 @@ def start_api(tmp_path):
 
     yield start
     for api in apis:
-        api.stop()
+        api.stop(signal.SIGKILL)
 
 
 class SlowUpload:
@@ -215,11 +176,8 @@ class _SlowWeb(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def slow_web():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowWeb)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_port}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(_SlowWeb) as url:
+        yield url
 
 
 WEB_STORE = (

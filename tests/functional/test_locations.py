@@ -9,13 +9,12 @@ import http.server
 import os
 import re
 import subprocess
-import threading
 import time
 
 import pytest
 import requests
 
-from tests.functional.helpers import server_config, who
+from tests.functional.helpers import server_config, serving, who
 from tests.functional.test_clients_cli import executable
 
 PATCH = {"Content-Type": "application/openstack-images-v2.1-json-patch"}
@@ -58,12 +57,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def web():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_port}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(_Handler) as url:
+        yield url
 
 
 # The test's own server runs on loopback, which the guard denies by default.
@@ -423,13 +418,10 @@ def _worker_threads(srv) -> int:
 
 
 def test_background_imports_are_bounded(server_factory, project):
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowHandler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    slow = f"http://127.0.0.1:{httpd.server_port}"
     limits = "background_workers = 2\nbackground_queue_size = 1\nbackground_jobs_per_project = 2"
     config = server_config(flavor="trusted-headers", default=limits, extra_backends="web:http", stores=WEB_STORE)
     srv = server_factory("bounded-jobs", config)
-    try:
+    with serving(_SlowHandler) as slow:
         other = f"other-{project}"
         images = [new_image(srv.url, who(p)) for p in (project, project, project, other, other)]
 
@@ -450,9 +442,6 @@ def test_background_imports_are_bounded(server_factory, project):
             _wait_for(srv.url, image_id, who(owner), "active", timeout=60)
         for image_id, owner in ((images[2], project), (images[4], other)):
             assert requests.get(f"{srv.url}/v2/images/{image_id}", headers=who(owner)).json()["status"] == "queued"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def _replace_locations(url, image_id, headers, locations):

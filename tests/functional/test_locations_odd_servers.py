@@ -5,12 +5,11 @@ from __future__ import annotations
 import http.server
 import os
 import re
-import threading
 
 import pytest
 import requests
 
-from tests.functional.helpers import server_config
+from tests.functional.helpers import server_config, serving
 
 PATCH = {"Content-Type": "application/openstack-images-v2.1-json-patch"}
 PAYLOAD = os.urandom(100_000)
@@ -47,13 +46,8 @@ class _SuperscriptLength(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def odd_web():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SuperscriptLength)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_port}"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
+    with serving(_SuperscriptLength) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import functools
 import http.server
 import json
 import os
-import threading
 import time
 import urllib.parse
 import uuid
@@ -27,6 +26,7 @@ from abbild.image import Image
 from abbild.testing.backends import backend_unavailable
 from tests.functional import keystone as ks
 from tests.functional.conftest import RegistryProcess, Server
+from tests.functional.helpers import serving
 
 PASSWORD = "abbild-test-pw"
 # The registry validates tokens as one service user; the API node authenticates to
@@ -105,11 +105,8 @@ class _WebData(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def web():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _WebData)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_port}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(_WebData) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,12 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 import requests
 
 from tests.conftest import _sql_database, _sql_migrate
-from tests.functional.conftest import free_port
+from tests.functional.conftest import ApiProcess, free_port
 from tests.functional.helpers import wait_for, who
 from tests.functional.stores import _env_file
 
@@ -28,15 +24,15 @@ PATCH = {"Content-Type": "application/openstack-images-v2.1-json-patch"}
 OCTET = {"Content-Type": "application/octet-stream"}
 
 
-class Node:
+class Node(ApiProcess):
     """One ``abbild api`` process (one worker) with its own config dir and cache."""
 
     def __init__(self, base, database: str, ceph: dict[str, str], pool: str) -> None:
-        base.mkdir()
-        self.base = base
         port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        (base / "abbild-api.conf").write_text(
+        url = f"http://127.0.0.1:{port}"
+        super().__init__(
+            base,
+            port,
             f"""[DEFAULT]
 bind_port = {port}
 workers = 1
@@ -44,7 +40,7 @@ log_file = {base}/abbild-api.log
 enabled_backends = ceph:rbd
 default_backend = ceph
 image_cache_dir = {base}/cache
-worker_self_reference_url = {self.url}
+worker_self_reference_url = {url}
 [database]
 connection = {database}
 [paste_deploy]
@@ -54,35 +50,8 @@ pool = {pool}
 user = {ceph.get("CEPH_USER", "admin")}
 ceph_conf = {ceph["CEPH_CONF"]}
 keyring = {ceph["CEPH_ADMIN_KEYRING"]}
-"""
+""",
         )
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "abbild_cmd.cli", "api"],
-            env=dict(os.environ, ABBILD_CONFIG_DIR=str(base)),
-            start_new_session=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while not self.healthy():
-            assert self.proc.poll() is None and time.monotonic() < deadline, f"abbild api did not start:\n{self.log()}"
-            time.sleep(0.2)
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.url + "/healthcheck", timeout=1) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
-
-    def log(self) -> str:
-        path = self.base / "abbild-api.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def stop(self, sig=signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")
