@@ -9,6 +9,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 import datetime
+import random
+import time
 from collections.abc import Callable
 
 from abbild.errors import ConcurrentUpdate
@@ -102,6 +104,8 @@ class Usage:
 
 
 CACHE_STATES = ("queued", "cached")
+#: The tables :meth:`Registry.purge` removes rows from, in the order it reports them.
+PURGE_TABLES = ("images", "image_properties", "image_tags", "image_locations", "image_members", "cache_entries")
 
 
 @dataclasses.dataclass
@@ -125,7 +129,8 @@ class Registry(abc.ABC):
 
     @abc.abstractmethod
     def create_image(self, image: Image) -> Image:
-        """:raises abbild.errors.DuplicateImage: the id is taken (deleted images keep theirs)."""
+        """:raises abbild.errors.DuplicateImage: the id is taken (deleted images keep
+        theirs, and purged ones their tombstone)."""
 
     @abc.abstractmethod
     def get_image(self, image_id: str, *, include_deleted: bool = False) -> Image:
@@ -190,6 +195,33 @@ class Registry(abc.ABC):
     def cache_remove(self, node: str, image_id: str) -> bool:
         """Forget the entry; whether there was one."""
 
+    # -- leases -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def acquire_lease(self, name: str, holder: str, seconds: float) -> bool:
+        """Take the lease *name* for *holder* until *seconds* from now, if it is free,
+        expired or *holder*'s already (a renewal); whether *holder* has it now."""
+
+    @abc.abstractmethod
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up, if *holder* has it."""
+
+    # -- purge --------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def purge(self, older_than: datetime.datetime, max_rows: int | None = None) -> dict[str, int]:
+        """Remove the rows of what was deleted before *older_than* (naive UTC, or aware):
+        each image in status ``deleted`` with its properties, tags, locations, members and
+        cache index entries, leaving a tombstone of its id (:meth:`create_image` refuses
+        it for ever), and the memberships removed from images that are still there.
+        Works in batches, one transaction each.
+
+        :param max_rows: at most this many deleted images, and at most this many removed
+            memberships of other images, in this call; ``None``: all.
+        :returns: the rows removed, by table (every key of :data:`PURGE_TABLES`).
+        :raises abbild.errors.Invalid: *max_rows* is negative.
+        """
+
     # -- members ------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -219,22 +251,29 @@ class Registry(abc.ABC):
         """:raises abbild.errors.MemberNotFound:"""
 
     def update_image(
-        self, image_id: str, change: Callable[[Image], None], *, storage_limit: int | None = None, attempts: int = 20
+        self, image_id: str, change: Callable[[Image], None], *, storage_limit: int | None = None, within: float = 30.0
     ) -> Image:
         """Apply *change* to the current image and save it, atomically.
 
         *change* mutates the image it is given (or raises to abort). On a concurrent
-        modification it runs again on the fresh image, so changes always apply to the
-        latest state and none is lost. *storage_limit*: as for :meth:`save_image`.
+        modification it runs again on the fresh image, after a short random pause so
+        that contending writers spread out, so changes always apply to the latest state
+        and none is lost. Gives up (:class:`~abbild.errors.ConcurrentUpdate`) after
+        *within* seconds rather than a number of rounds: on a busy host one writer
+        among several can lose many in a row. *storage_limit*: as for :meth:`save_image`.
         """
-        for _ in range(attempts):
+        deadline = time.monotonic() + within
+        attempt = 0
+        while True:
             image = self.get_image(image_id)
             change(image)
             try:
                 return self.save_image(image, storage_limit=storage_limit)
             except ConcurrentUpdate:
-                continue
-        raise ConcurrentUpdate(image_id)
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(0, 0.005 * 2 ** min(attempt, 6)))
+                attempt += 1
 
     def prepare(self) -> None:  # noqa: B027 (optional: most registries need nothing)
         """Get ready to serve, or say why not (a database schema that is behind,

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import time
 import urllib.parse
-from collections.abc import Callable
 
 import requests
 import urllib3.exceptions
@@ -356,20 +354,6 @@ class HTTPRegistry(Registry):
             raise ConcurrentUpdate(image.id)
         return wire.image_from_json(result)
 
-    def update_image(
-        self, image_id: str, change: Callable[[Image], None], *, storage_limit: int | None = None, attempts: int = 20
-    ) -> Image:
-        """Read, apply *change* here, write back conditionally; on a conflict, again on
-        the fresh image, after a short random pause so that contending writers spread out."""
-        for attempt in range(attempts):
-            image = self.get_image(image_id)
-            change(image)
-            try:
-                return self.save_image(image, storage_limit=storage_limit)
-            except ConcurrentUpdate:
-                time.sleep(random.uniform(0, 0.005 * 2 ** min(attempt, 6)))
-        raise ConcurrentUpdate(image_id)
-
     # -- the cache index ----------------------------------------------------------------
     #
     # The node's own bookkeeping, not a user's: always asked as the service (in keystone
@@ -394,6 +378,24 @@ class HTTPRegistry(Registry):
         # After a lost answer the retry finds nothing and says False: the first removed it.
         params = {"node": node, "image_id": image_id}
         return self._call("DELETE", "/v1/cache", params=params, as_service=True)["removed"]
+
+    # -- leases -------------------------------------------------------------------------
+
+    def acquire_lease(self, name: str, holder: str, seconds: float) -> bool:
+        body = {"holder": holder, "seconds": seconds}
+        path = f"/v1/leases/{urllib.parse.quote(name, safe='')}"
+        return self._call("PUT", path, body=body, as_service=True)["acquired"]
+
+    def release_lease(self, name: str, holder: str) -> None:
+        path = f"/v1/leases/{urllib.parse.quote(name, safe='')}"
+        self._call("DELETE", path, params={"holder": holder}, as_service=True, ok=(204,))
+
+    # -- purge --------------------------------------------------------------------------
+
+    def purge(self, older_than, max_rows=None) -> dict[str, int]:
+        # A POST: sent again after a lost answer, it would purge the next rows too.
+        body = wire.purge_to_json(older_than, max_rows)
+        return self._call("POST", "/v1/purge", body=body, as_service=True)["removed"]
 
     # -- members ------------------------------------------------------------------------
 

@@ -15,6 +15,10 @@
 ``PUT /v1/cache``                     create or replace an entry (the body)
 ``DELETE /v1/cache``                  remove ``?node=&image_id=``
 ``POST /v1/cache/hits``               count a hit (``{"node": .., "image_id": ..}``)
+``PUT /v1/leases/{name}``             take or renew a lease (``{"holder": .., "seconds": ..}``)
+``DELETE /v1/leases/{name}``          give it up (``?holder=``)
+``POST /v1/purge``                    purge what was deleted before ``older_than``
+                                      (``{"older_than": .., "max_rows": ..}``)
 ====================================  ===========================================
 
 The cache index is the API nodes' bookkeeping: only the service and administrators
@@ -40,6 +44,8 @@ deleting the data of a deleted image again, the cache's). Those are the *service
   unchanged
 - the cache index, all of it (a node fills, prunes and cleans its cache on its own
   schedule, and counts a hit as the service even inside a user's download)
+- the leases of the periodic tasks
+- the purge (``POST /v1/purge``), which the periodic task of an API node runs
 
 Anything else needs the user's token (401).
 
@@ -122,8 +128,11 @@ class RegistryApp:
                 {"GET": self.cache_entries, "PUT": self.cache_put, "DELETE": self.cache_remove},
             ),
             (re.compile(r"^/v1/cache/hits$"), {"POST": self.cache_hit}),
+            (re.compile(r"^/v1/leases/(?P<name>[^/]*)$"), {"PUT": self.acquire_lease, "DELETE": self.release_lease}),
+            (re.compile(r"^/v1/purge$"), {"POST": self.purge}),
         ]
         self._cache_handlers = (self.cache_entries, self.cache_put, self.cache_remove, self.cache_hit)
+        self._lease_handlers = (self.acquire_lease, self.release_lease)
 
     @webob.dec.wsgify
     def __call__(self, req: webob.Request) -> webob.Response:
@@ -163,7 +172,7 @@ class RegistryApp:
         """Whether a caller without a user may try this at all (the module docstring)."""
         if handler == self.list_images:
             return req.GET.get("in_status") in {status.value for status in JOB_TARGETS}
-        return handler in (self.get_image, self.save_image, *self._cache_handlers)
+        return handler in (self.get_image, self.save_image, *self._cache_handlers, *self._lease_handlers, self.purge)
 
     def _readable(self, image: Image, caller: wire.Caller) -> bool:
         """The service reads everything, a service job (the module docstring) the images
@@ -281,6 +290,31 @@ class RegistryApp:
         self._cache_index(caller)
         self.registry.cache_hit(req.json_body["node"], req.json_body["image_id"])
         return webob.Response(status=204)
+
+    # -- leases -------------------------------------------------------------------------
+
+    @staticmethod
+    def _periodic_work(caller: wire.Caller) -> None:
+        if not (caller.privileged or caller.jobs_only):
+            raise errors.Forbidden("Leases are for the service and administrators only.")
+
+    def acquire_lease(self, req, caller, name):
+        self._periodic_work(caller)
+        body = req.json_body
+        return _json({"acquired": self.registry.acquire_lease(name, body["holder"], float(body["seconds"]))})
+
+    def release_lease(self, req, caller, name):
+        self._periodic_work(caller)
+        self.registry.release_lease(name, req.GET["holder"])
+        return webob.Response(status=204)
+
+    # -- purge --------------------------------------------------------------------------
+
+    def purge(self, req, caller):
+        if not (caller.privileged or caller.jobs_only):
+            raise errors.Forbidden("Purging deleted images is for the service and administrators only.")
+        older_than, max_rows = wire.purge_from_json(req.json_body)
+        return _json({"removed": self.registry.purge(older_than, max_rows)})
 
     # -- members ------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import datetime
 import functools
 import operator
 import random
+import time
 import uuid
 
 import pytest
@@ -311,9 +312,11 @@ def test_generic_update_gives_up(sql_registry):
         calls.append(current.version)
         sql_registry.update_image(image.id, lambda other: other.tags.add(f"other{len(calls)}"))
 
+    started = time.monotonic()
     with pytest.raises(ConcurrentUpdate):
-        Registry.update_image(sql_registry, image.id, always_conflicting, attempts=3)
-    assert calls == [1, 2, 3]
+        Registry.update_image(sql_registry, image.id, always_conflicting, within=0.3)
+    assert time.monotonic() - started >= 0.3
+    assert len(calls) >= 2 and calls == sorted(calls) and len(set(calls)) == len(calls)
 
 
 def test_update_image_runs_change_once_on_latest(sql_registry):

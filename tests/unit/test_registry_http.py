@@ -5,6 +5,7 @@ registry tests (test_registry*.py) run through a real registry server on loopbac
 from __future__ import annotations
 
 import contextlib
+import datetime
 import importlib.util
 import json
 import pathlib
@@ -24,7 +25,7 @@ import webob
 from abbild import registry_wire as wire
 from abbild.caller import acting_as
 from abbild.errors import ConfigError, Forbidden, ImageNotFound, RegistryUnavailable
-from abbild.image import Image
+from abbild.image import Image, Status
 from abbild.registry import CacheEntry, ImageFilters, Viewer
 from abbild.registry_client import HTTPRegistry
 from abbild_registry.app import RegistryApp, load_conf
@@ -88,7 +89,7 @@ def url(http_session, sql_registry):
 # -- the shared registry tests, through HTTP ------------------------------------------------
 
 # What only the SQL registry does: its update_image runs *change* under a row lock.
-SQL_ONLY = {"test_change_must_not_write_through_the_registry"}
+SQL_ONLY = {"test_change_must_not_write_through_the_registry", "test_each_batch_is_a_transaction_of_its_own"}
 
 
 def _shared_tests(filename: str) -> dict:
@@ -102,7 +103,13 @@ def _shared_tests(filename: str) -> dict:
     }
 
 
-for _file in ("test_registry.py", "test_registry_members.py", "test_registry_cache.py"):
+for _file in (
+    "test_registry.py",
+    "test_registry_members.py",
+    "test_registry_cache.py",
+    "test_registry_leases.py",
+    "test_registry_purge.py",
+):
     globals().update(_shared_tests(_file))
 
 
@@ -431,6 +438,46 @@ def test_a_lost_hit_is_not_counted_twice(client, monkeypatch):
     with pytest.raises(RegistryUnavailable):
         client.cache_hit(NODE, "i1")
     assert [e.hits for e in client.cache_entries(NODE)] == [1]
+
+
+# -- the purge: the service's and administrators' only ----------------------------------------
+
+
+def test_purge_refuses_users(url, client):
+    image = _image(client)
+    client.update_image(image.id, lambda i: i.transition(Status.DELETED))
+    body = json.dumps({"older_than": "2999-01-01T00:00:00", "max_rows": None}).encode()
+    for viewer in (Viewer("p1", roles=("member", "reader")), Viewer("p1", roles=("service",)), Viewer(anonymous=True)):
+        headers = _signed("POST", "/v1/purge", body, caller=wire.caller_header(viewer))
+        resp = requests.post(url + "/v1/purge", data=body, headers=headers)
+        assert resp.status_code == 403, resp.text
+        assert resp.json()["error"]["message"] == "Purging deleted images is for the service and administrators only."
+    assert client.get_image(image.id, include_deleted=True).status is Status.DELETED  # untouched
+    admin = wire.caller_header(Viewer("admins", is_admin=True))
+    resp = requests.post(url + "/v1/purge", data=body, headers=_signed("POST", "/v1/purge", body, caller=admin))
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["removed"]["images"] == 1
+
+
+def test_the_client_purges_as_the_service(client):
+    image = _image(client)
+    client.update_image(image.id, lambda i: i.transition(Status.DELETED))
+    with acting_as(Viewer("p1")):  # whoever is bound: the purge is the deployment's work
+        assert client.purge(datetime.datetime(2999, 1, 1))["images"] == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[]", b"{}", b'{"older_than": "yesterday"}', b'{"older_than": null}', b"not json"],
+    ids=["list", "no cutoff", "not a time", "null cutoff", "not json"],
+)
+def test_malformed_purge_is_400(url, client, body):
+    image = _image(client)
+    client.update_image(image.id, lambda i: i.transition(Status.DELETED))
+    resp = requests.post(url + "/v1/purge", data=body, headers=_signed("POST", "/v1/purge", body))
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["type"] == "Invalid"
+    assert client.get_image(image.id, include_deleted=True).status is Status.DELETED
 
 
 # -- transport --------------------------------------------------------------------------------

@@ -170,3 +170,24 @@ class CacheEntryRow(Base):
 
     # The unique key serves the per-node queries too (its first column is node).
     __table_args__ = (UniqueConstraint("node", "image_id"), Index(None, "image_id"))
+
+
+class LeaseRow(Base):
+    """A named lease: the process that holds it (until ``expires_at``) is the one in the
+    deployment that runs that periodic task."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str255] = mapped_column(primary_key=True)
+    holder: Mapped[str255]
+    expires_at: Mapped[timestamp]
+
+
+class TombstoneRow(Base):
+    """The id of a purged image (``abbild db purge``): never given to a new image, so a
+    compute node that knows the id can never boot other data under it."""
+
+    __tablename__ = "image_tombstones"
+
+    id: Mapped[str36] = mapped_column(primary_key=True)
+    purged_at: Mapped[timestamp]

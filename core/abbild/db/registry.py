@@ -14,7 +14,17 @@ from sqlalchemy import and_, case, create_engine, delete, event, exists, false, 
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from abbild.db.models import CacheEntryRow, ImageRow, LocationRow, MemberRow, OwnerLockRow, PropertyRow, TagRow
+from abbild.db.models import (
+    CacheEntryRow,
+    ImageRow,
+    LeaseRow,
+    LocationRow,
+    MemberRow,
+    OwnerLockRow,
+    PropertyRow,
+    TagRow,
+    TombstoneRow,
+)
 from abbild.errors import (
     ConcurrentUpdate,
     Conflict,
@@ -30,6 +40,7 @@ from abbild.registry import (
     CACHE_STATES,
     IN_FILTERS,
     NUMBER_FILTERS,
+    PURGE_TABLES,
     SORT_KEYS,
     TIME_OPERATORS,
     CacheEntry,
@@ -179,6 +190,10 @@ class SQLRegistry(Registry):
 
         def work(session: Session):
             session.execute(insert(ImageRow).values(id=image.id, deleted=False, version=1, **_columns(image)))
+            # Looked up after the insert: an insert that meets the row of a purge in
+            # progress waits for it, and then sees its tombstone.
+            if session.scalar(select(TombstoneRow.id).where(TombstoneRow.id == image.id)) is not None:
+                raise DuplicateImage(image.id)
             _write_children(session, image, None)
 
         try:
@@ -325,6 +340,62 @@ class SQLRegistry(Registry):
 
         return self._writing(work)
 
+    # -- leases ---------------------------------------------------------------------
+
+    def acquire_lease(self, name: str, holder: str, seconds: float) -> bool:
+        _checked_lease(name, holder, seconds)
+        now = utcnow()
+        values = {"holder": holder, "expires_at": now + datetime.timedelta(seconds=seconds)}
+
+        def work(session: Session) -> bool:
+            taken = session.execute(
+                update(LeaseRow)
+                .where(LeaseRow.name == name, or_(LeaseRow.holder == holder, LeaseRow.expires_at < now))
+                .values(**values)
+            )
+            if taken.rowcount:
+                return True
+            if session.get(LeaseRow, name) is not None:
+                return False  # somebody else's, and current
+            session.execute(insert(LeaseRow).values(name=name, **values))
+            return True
+
+        try:
+            return self._writing(work)
+        except IntegrityError:
+            return False  # another process inserted it first
+
+    def release_lease(self, name: str, holder: str) -> None:
+        self._writing(
+            lambda session: session.execute(delete(LeaseRow).where(LeaseRow.name == name, LeaseRow.holder == holder))
+        )
+
+    # -- purge ----------------------------------------------------------------------
+
+    #: Rows (deleted images, or removed memberships) per transaction of :meth:`purge`:
+    #: each batch holds its locks briefly and needs little memory, however much goes.
+    purge_batch = 500
+
+    def purge(self, older_than: datetime.datetime, max_rows: int | None = None) -> dict[str, int]:
+        if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 0):
+            raise Invalid(f"max_rows is a whole number of at least 0, or None for all, not {max_rows!r}")
+        if not isinstance(older_than, datetime.datetime):
+            raise Invalid(f"older_than is a point in time, not {older_than!r}")
+        cutoff = _naive_utc(older_than)
+        removed = dict.fromkeys(PURGE_TABLES, 0)
+        for batch, selected in ((_purge_images, "images"), (_purge_memberships, "image_members")):
+            left = max_rows
+            while left is None or left > 0:
+                limit = self.purge_batch if left is None else min(self.purge_batch, left)
+                counts = self._writing(lambda session, batch=batch, limit=limit: batch(session, cutoff, limit))
+                for table, count in counts.items():
+                    removed[table] += count
+                if left is not None:
+                    left -= counts[selected]
+                if counts[selected] < limit:
+                    break
+        return removed
+
     # -- members --------------------------------------------------------------------
 
     def list_members(self, image_id: str) -> list[Member]:
@@ -396,6 +467,55 @@ class SQLRegistry(Registry):
         self._writing(work)
 
 
+def _purge_images(session: Session, cutoff: datetime.datetime, limit: int) -> dict[str, int]:
+    """One batch of :meth:`SQLRegistry.purge`: up to *limit* images deleted before
+    *cutoff*, oldest first, each replaced by its tombstone."""
+    ids = list(
+        session.scalars(
+            select(ImageRow.id)
+            .where(ImageRow.status == Status.DELETED.value, ImageRow.deleted == true(), ImageRow.deleted_at < cutoff)
+            .order_by(ImageRow.deleted_at, ImageRow.id)
+            .limit(limit)
+            .with_for_update()  # a second purger waits, then finds these gone
+        )
+    )
+    if not ids:
+        return {"images": 0}
+    now = utcnow().replace(microsecond=0)
+    session.execute(insert(TombstoneRow), [{"id": image_id, "purged_at": now} for image_id in ids])
+    counts = {
+        table: session.execute(delete(row).where(row.image_id.in_(ids))).rowcount
+        for table, row in (
+            ("image_properties", PropertyRow),
+            ("image_tags", TagRow),
+            ("image_locations", LocationRow),
+            ("image_members", MemberRow),
+            ("cache_entries", CacheEntryRow),
+        )
+    }
+    counts["images"] = session.execute(delete(ImageRow).where(ImageRow.id.in_(ids))).rowcount
+    return counts
+
+
+def _purge_memberships(session: Session, cutoff: datetime.datetime, limit: int) -> dict[str, int]:
+    """One batch of :meth:`SQLRegistry.purge`: up to *limit* memberships removed before
+    *cutoff* (a removed membership's ``updated_at`` is when it was removed)."""
+    removed = (MemberRow.deleted == true(), MemberRow.updated_at < cutoff)
+    ids = list(
+        session.scalars(
+            select(MemberRow.id)
+            .where(*removed)
+            .order_by(MemberRow.updated_at, MemberRow.id)
+            .limit(limit)
+            .with_for_update()
+        )
+    )
+    if not ids:
+        return {"image_members": 0}
+    # The condition again: a membership added back in the meantime stays.
+    return {"image_members": session.execute(delete(MemberRow).where(MemberRow.id.in_(ids), *removed)).rowcount}
+
+
 def _member_query(image_id: str, member_id: str):
     return select(MemberRow).where(
         MemberRow.image_id == image_id, MemberRow.member == member_id, MemberRow.deleted == false()
@@ -404,6 +524,13 @@ def _member_query(image_id: str, member_id: str):
 
 def _to_member(row: MemberRow) -> Member:
     return Member(row.image_id, row.member, row.status, row.created_at, row.updated_at)
+
+
+def _checked_lease(name: str, holder: str, seconds: float) -> None:
+    if not 0 < len(name) <= 255 or not 0 < len(holder) <= 255:
+        raise Invalid("A lease's name and holder are 1 to 255 characters.")
+    if not 0 < seconds <= 86400:
+        raise Invalid(f"A lease lasts more than 0 and at most 86400 seconds, not {seconds}.")
 
 
 def _checked_cache_entry(entry: CacheEntry) -> CacheEntry:
