@@ -220,7 +220,7 @@ class SQLRegistry(Registry):
         return self._writing(work)
 
     def update_image(
-        self, image_id: str, change: Callable[[Image], None], *, storage_limit: int | None = None, attempts: int = 20
+        self, image_id: str, change: Callable[[Image], None], *, storage_limit: int | None = None, within: float = 30.0
     ) -> Image:
         """Apply *change* to the current image and save it, in one write transaction.
 
@@ -230,7 +230,7 @@ class SQLRegistry(Registry):
         conflicts, as the base class does, starves under contention: a writer that waits
         for the lock finds its version stale again and again.) *change* runs with the
         lock held: it must be quick, and writing through the registry from it raises
-        ``RuntimeError`` instead of deadlocking. *attempts* is not needed here.
+        ``RuntimeError`` instead of deadlocking. *within* is not needed here.
         """
 
         def work(session: Session):
