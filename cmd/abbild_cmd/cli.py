@@ -9,6 +9,8 @@ import sys
 
 from abbild import config, logging_setup
 from abbild.errors import AbbildError, ConfigError
+from abbild_cmd import replicate
+from abbild_cmd.progress import ProgressBar
 from abbild_paste import pipeline
 
 LOG = logging.getLogger("abbild.cli")
@@ -257,7 +259,7 @@ def cmd_cache(args) -> int:
             result = cache.prune()
         else:
             service = ImageService.from_config(conf, recover=False)
-            progress = _ProgressBar(sys.stderr)
+            progress = ProgressBar(sys.stderr)
             try:
                 with cache.lock("prefetch"):  # waits for a prefetch the API processes are running
                     result = {"cached": cache.prefetch(service.read_for_cache, progress)}
@@ -312,46 +314,6 @@ def _print_cache_result(command: str, result: dict, cache) -> None:
     else:
         for key, value in result.items():
             print(f"{key}: {value}")
-
-
-class _ProgressBar:
-    """``abbild cache prefetch``'s progress on *stream*: a bar redrawn in place on a
-    terminal, a line per image otherwise."""
-
-    WIDTH = 30
-
-    def __init__(self, stream) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.current: str | None = None
-        self.last: tuple[str, int, int] | None = None
-
-    def __call__(self, image_id: str, done: int, total: int) -> None:
-        if self.current is not None and image_id != self.current:
-            self._finish_line()
-        self.current, self.last = image_id, (image_id, done, total)
-        if self.tty:
-            self.stream.write("\r" + self._line(image_id, done, total))
-            self.stream.flush()
-
-    def _line(self, image_id: str, done: int, total: int) -> str:
-        share = done / total if total else 1.0
-        filled = int(share * self.WIDTH)
-        mib = 1 << 20
-        return f"{image_id} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {share:6.1%} {done / mib:.1f}/{total / mib:.1f} MiB"
-
-    def _finish_line(self) -> None:
-        if self.last is None:
-            return
-        if self.tty:
-            self.stream.write("\n")
-        else:
-            self.stream.write(self._line(*self.last) + "\n")
-        self.stream.flush()
-        self.last = None
-
-    def done(self) -> None:
-        self._finish_line()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -451,6 +413,7 @@ def parser() -> argparse.ArgumentParser:
     cache_command("prune", help="remove least recently used images down to image_cache_max_size (for cron)")
     cache_command("prefetch", help="fetch the queued images into the cache now, with a progress bar")
     c.set_defaults(func=cmd_cache)
+    replicate.add_parser(sub, with_config, embedded)
     return p
 
 
