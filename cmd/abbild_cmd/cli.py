@@ -9,7 +9,7 @@ import sys
 
 from abbild import config, logging_setup
 from abbild.errors import AbbildError, ConfigError
-from abbild_cmd import replicate
+from abbild_cmd import purge, replicate
 from abbild_cmd.progress import ProgressBar
 from abbild_paste import pipeline
 
@@ -383,9 +383,11 @@ def parser() -> argparse.ArgumentParser:
     )
     a.set_defaults(func=cmd_api)
 
-    d = with_config(sub.add_parser("db", help="database schema"), data_dir=embedded)
-    d.add_argument("db_command", choices=["sync", "version"])
-    d.set_defaults(func=cmd_db)
+    d = sub.add_parser("db", help="database schema, and purging deleted images")
+    db_sub = d.add_subparsers(dest="db_command", required=True)
+    for name, what in (("sync", "create or upgrade the schema"), ("version", "the schema's revision")):
+        with_config(db_sub.add_parser(name, help=what), data_dir=embedded).set_defaults(func=cmd_db)
+    purge.add_parser(db_sub, with_config, embedded)
 
     st = with_config(
         sub.add_parser("stores", help="installed drivers, configured stores and their health"), data_dir=embedded

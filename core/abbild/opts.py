@@ -252,6 +252,28 @@ cache_opts = [
     ),
 ]
 
+purge_opts = [
+    cfg.IntOpt(
+        "purge_interval",
+        default=0,
+        min=0,
+        help="Seconds between runs of the database purge inside the API processes (one at a "
+        "time per deployment, under a lease in the registry); 0 (the default): never, run "
+        "``abbild db purge`` from cron instead. It removes the rows of images deleted more "
+        "than purge_age_in_days ago and keeps their ids as tombstones, so no id is used twice.\n\n"
+        "Related options: purge_age_in_days",
+    ),
+    cfg.IntOpt(
+        "purge_age_in_days",
+        default=30,
+        min=0,
+        max=365000,
+        help="Days a deleted image (and a removed image membership) stays in the database "
+        "before the periodic purge removes its rows; 0: as soon as the purge runs.\n\n"
+        "Related options: purge_interval",
+    ),
+]
+
 RESERVED_GROUPS = frozenset(
     {
         "DEFAULT",
@@ -268,14 +290,14 @@ RESERVED_GROUPS = frozenset(
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
-    conf.register_opts(store_opts + image_opts + job_opts + registry_opts + cache_opts)
+    conf.register_opts(store_opts + image_opts + job_opts + registry_opts + cache_opts + purge_opts)
     conf.register_opts(database_opts, group="database")
     conf.register_opts(paste_opts, group="paste_deploy")
 
 
 def list_opts():
     return [
-        ("DEFAULT", store_opts + image_opts + job_opts + registry_opts + cache_opts),
+        ("DEFAULT", store_opts + image_opts + job_opts + registry_opts + cache_opts + purge_opts),
         ("database", database_opts),
         ("paste_deploy", paste_opts),
     ]

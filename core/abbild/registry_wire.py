@@ -96,6 +96,15 @@ def cache_entry_from_json(value: dict) -> CacheEntry:
     return CacheEntry(**value)
 
 
+def purge_to_json(older_than: datetime.datetime, max_rows: int | None) -> dict:
+    return {"older_than": _time_out(older_than), "max_rows": max_rows}
+
+
+def purge_from_json(value: dict) -> tuple[datetime.datetime, int | None]:
+    """:raises KeyError, TypeError, ValueError: not the arguments of a purge."""
+    return datetime.datetime.fromisoformat(value["older_than"]), value.get("max_rows")
+
+
 def filters_to_json(filters: ImageFilters) -> dict:
     value = dataclasses.asdict(filters)
     value["times"] = [[name, op, _time_out(when)] for name, op, when in filters.times]

@@ -56,7 +56,7 @@ def collations(engine) -> tuple[dict, dict]:
 
 
 def test_head_is_the_latest_revision():
-    assert migrate.head() == "0003"
+    assert migrate.head() == "0005"
 
 
 def test_sync_empty_database(blank_engine):
@@ -94,37 +94,81 @@ def test_comparison_sees_a_difference(engine):
     assert [diff[0] for diff in schema_differences(engine, metadata)] == ["add_column"]
 
 
-def _without(table: str) -> sa.MetaData:
+# The tables each revision after 0002 adds.
+_ADDED = {"0003": "cache_entries", "0004": "leases", "0005": "image_tombstones"}
+
+
+def _at(revision: str) -> sa.MetaData:
+    """The models' schema as *revision* (0002 or later) builds it."""
     metadata = sa.MetaData()
+    later = {table for added_by, table in _ADDED.items() if added_by > revision}
     for each in Base.metadata.sorted_tables:
-        if each.name != table:
+        if each.name not in later:
             each.to_metadata(metadata)
     return metadata
 
 
 def test_cache_index_upgrade_and_downgrade(blank_engine):
     """0003 adds the cache index to a database at 0002 that holds images, and takes it
-    away again; the images stay."""
+    away again; the images stay. (The images are made at the head: the registry writes
+    the head's schema.)"""
     from abbild.db.registry import SQLRegistry
     from abbild.image import Image
     from abbild.registry import CacheEntry
 
-    assert migrate.sync(blank_engine, "0002") == "0002"
-    assert schema_differences(blank_engine, _without("cache_entries")) == []
+    assert migrate.sync(blank_engine) == migrate.head()
     registry = SQLRegistry(url=blank_engine.url.render_as_string(hide_password=False))
     try:
         image = registry.create_image(Image(id="9b1c0d2e-0000-4000-8000-000000000001", name="kept"))
-        assert migrate.sync(blank_engine) == "0003"
-        assert schema_differences(blank_engine) == []
+        assert migrate.downgrade(blank_engine, "0002") == "0002"
+        assert schema_differences(blank_engine, _at("0002")) == []
+        assert migrate.sync(blank_engine, "0003") == "0003"
+        assert schema_differences(blank_engine, _at("0003")) == []
         registry.cache_put(CacheEntry("http://api:9292", image.id))
 
         assert migrate.downgrade(blank_engine, "0002") == "0002"
         assert "cache_entries" not in sa.inspect(blank_engine).get_table_names()
-        assert schema_differences(blank_engine, _without("cache_entries")) == []
+        assert schema_differences(blank_engine, _at("0002")) == []
         assert registry.get_image(image.id).name == "kept"
 
-        assert migrate.sync(blank_engine) == "0003"
+        assert migrate.sync(blank_engine) == migrate.head()
         assert schema_differences(blank_engine) == []
         assert registry.cache_entries() == []
+    finally:
+        registry.close()
+
+
+def test_tombstones_upgrade_and_downgrade(blank_engine):
+    """0005 adds the tombstones to a database at 0004 that holds a deleted image; a purge
+    then leaves a tombstone, and a downgrade drops the tombstones (and only them): the
+    purged id is free again, the other images stay."""
+    import datetime
+
+    from abbild.db.registry import SQLRegistry
+    from abbild.errors import DuplicateImage
+    from abbild.image import Image, Status, utcnow
+
+    assert migrate.sync(blank_engine) == "0005"
+    registry = SQLRegistry(url=blank_engine.url.render_as_string(hide_password=False))
+    try:
+        kept = registry.create_image(Image(id="9b1c0d2e-0000-4000-8000-000000000001", name="kept"))
+        purged = registry.create_image(Image(id="9b1c0d2e-0000-4000-8000-000000000002", name="purged"))
+        registry.update_image(purged.id, lambda i: i.transition(Status.DELETED))
+        assert migrate.downgrade(blank_engine, "0004") == "0004"
+        assert schema_differences(blank_engine, _at("0004")) == []
+        assert migrate.sync(blank_engine) == "0005"
+        assert schema_differences(blank_engine) == []
+        assert registry.purge(utcnow() + datetime.timedelta(days=1))["images"] == 1
+        with pytest.raises(DuplicateImage):
+            registry.create_image(Image(id=purged.id))
+
+        assert migrate.downgrade(blank_engine, "0004") == "0004"
+        assert "image_tombstones" not in sa.inspect(blank_engine).get_table_names()
+        assert schema_differences(blank_engine, _at("0004")) == []
+        assert registry.get_image(kept.id).name == "kept"
+
+        assert migrate.sync(blank_engine) == "0005"
+        assert schema_differences(blank_engine) == []
+        assert registry.create_image(Image(id=purged.id, name="again")).name == "again"
     finally:
         registry.close()

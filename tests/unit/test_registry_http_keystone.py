@@ -6,6 +6,7 @@ tests/functional/test_registry_keystone.py.)"""
 
 from __future__ import annotations
 
+import datetime
 import threading
 import types
 import uuid
@@ -207,6 +208,22 @@ def test_cache_index_is_not_for_users(url, monkeypatch):
                 client.cache_remove("http://api-a.example:9292", "i1")
     with as_user("root-token"):
         assert [(e.image_id, e.hits) for e in client.cache_entries()] == [("i1", 0)]
+
+
+def test_service_token_alone_purges_and_users_may_not(url, monkeypatch):
+    """The periodic purge of an API node runs outside any user's request."""
+    client = client_for(url)
+    image = _image(client)
+    with as_user("alice-token"):
+        client.update_image(image.id, lambda i: i.transition(Status.DELETED))
+    assert client.purge(datetime.datetime(2999, 1, 1))["images"] == 1
+    real = client._request
+    monkeypatch.setattr(client, "_request", lambda *a, as_service=False, **kw: real(*a, **kw))
+    for token in ("alice-token", "svc-token"):
+        with as_user(token), pytest.raises(Forbidden, match="Purging deleted images is for the service"):
+            client.purge(datetime.datetime(2999, 1, 1))
+    with as_user("root-token"):
+        assert client.purge(datetime.datetime(2999, 1, 1))["images"] == 0
 
 
 def test_cache_calls_go_without_the_users_token(url, monkeypatch):
