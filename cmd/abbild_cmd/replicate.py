@@ -123,9 +123,6 @@ class Service:
         if credentials.auth_url:
             self.keystone = _keystone_session(role, credentials)
 
-    def __str__(self) -> str:
-        return f"{self.role} {self.root}"
-
     def _auth_headers(self) -> dict:
         if self.keystone is not None:
             from keystoneauth1 import exceptions
@@ -152,8 +149,9 @@ class Service:
             raise Refused(self.role, method, url, resp.status_code, reason)
         return resp
 
-    def images(self, filters: Filters) -> list[dict]:
-        """Every active and deactivated image the filters select, hidden ones too."""
+    def listing(self, filters: Filters) -> dict[str, dict]:
+        """The images the service lists (every status but killed and deleted), hidden
+        ones too, that the service's filters select: by id."""
         found = {}
         for hidden in ("false", "true"):  # a listing leaves out hidden images unless asked for them alone
             params = {"limit": 200, "os_hidden": hidden, "visibility": filters.visibility or "all"}
@@ -164,10 +162,14 @@ class Service:
             while url:
                 page = self.call("GET", url, params=params).json()
                 params = None  # ``next`` carries the query
-                for image in page["images"]:
-                    found[image["id"]] = image
+                found.update((image["id"], image) for image in page["images"])
                 url = page.get("next")
-        return sorted((i for i in found.values() if i["status"] in STATUSES and filters.match(i)), key=_order)
+        return found
+
+    def images(self, filters: Filters) -> list[dict]:
+        """The active and deactivated images *filters* select, oldest first."""
+        found = self.listing(filters).values()
+        return sorted((i for i in found if i["status"] in STATUSES and filters.match(i)), key=_order)
 
     def image(self, image_id: str) -> dict | None:
         resp = self.call("GET", f"/v2/images/{image_id}", ok=(200, 404))
@@ -182,7 +184,8 @@ class Service:
 
     def data(self, image: dict) -> Iterator[bytes]:
         """The image's bytes, streamed; exactly its size, or ReplicationFailed."""
-        resp = self.call("GET", f"/v2/images/{image['id']}/file", ok=(200, 204), stream=True)
+        path = f"/v2/images/{image['id']}/file"
+        resp = self.call("GET", path, ok=(200, 204), stream=True, headers={"Accept": "application/octet-stream"})
         with resp:
             if resp.status_code == 204:
                 return
@@ -608,20 +611,6 @@ def _filters(args) -> Filters:
     return Filters(owner=args.owner, visibility=args.visibility, properties=properties)
 
 
-def _target_images(target: Service, filters: Filters) -> dict[str, dict]:
-    """The target's images by id (unfiltered: a source image may differ exactly in
-    what the filters look at)."""
-    found = {}
-    for hidden in ("false", "true"):
-        url, params = "/v2/images", {"limit": 200, "os_hidden": hidden, "visibility": "all"}
-        while url:
-            page = target.call("GET", url, params=params).json()
-            params = None
-            found.update((image["id"], image) for image in page["images"])
-            url = page.get("next")
-    return found
-
-
 def cmd_size(args) -> int:
     source = _service(args, "source")
     images = source.images(_filters(args))
@@ -641,7 +630,7 @@ def cmd_size(args) -> int:
 
 def cmd_compare(args) -> int:
     source, target = _service(args, "source"), _service(args, "target")
-    held = _target_images(target, Filters())
+    held = target.listing(Filters())  # unfiltered: an image may differ in what the filters look at
     report = []
     for image in source.images(_filters(args)):
         existing = held.get(image["id"])
@@ -677,7 +666,7 @@ def _copy_all(sources, copier: Copier, held: dict) -> list[Outcome]:
 
 def _run_copy(args, sources_of, target: Service) -> int:
     progress = ProgressBar(sys.stderr) if not args.quiet else (lambda *a: None)
-    held = _target_images(target, Filters())
+    held = target.listing(Filters())  # unfiltered: an image may differ in what the filters look at
     try:
         outcomes = _copy_all(sources_of(), Copier(target, progress), held)
     finally:
@@ -781,6 +770,16 @@ Every option can come from the environment instead, as ABBILD_<SIDE>_<OPTION>
 line. Use an administrator of each side."""
 
 
+def _resumable(func):
+    def run(args) -> int:
+        try:
+            return func(args)
+        except KeyboardInterrupt:
+            raise AbbildError("interrupted; the same command continues where this one stopped") from None
+
+    return run
+
+
 def _side_options(parser: argparse.ArgumentParser, role: str) -> None:
     group = parser.add_argument_group(f"{role} authentication (else $ABBILD_{role.upper()}_<OPTION>)")
     group.add_argument(f"--{role}-token", metavar="TOKEN", help="a token of an administrator")
@@ -819,7 +818,7 @@ def add_parser(sub, with_config, embedded) -> None:
             sp.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
         for role in sides:
             _side_options(sp, role)
-        sp.set_defaults(func=func)
+        sp.set_defaults(func=_resumable(func))
 
     url = "root URL of the {} service (for example http://glance.example.org:9292)"
     command(

@@ -15,6 +15,8 @@ import time
 import pytest
 import requests
 
+from abbild.testing.backends import backend_unavailable
+from tests.functional import keystone as ks
 from tests.functional.helpers import server_config
 
 MIB = 1 << 20
@@ -313,3 +315,68 @@ def _peak_rss(source, target, *args: str) -> int:
     rc, kib = out.stdout.split()
     assert rc == "0", out.stderr
     return int(kib) * 1024
+
+
+KEYSTONE_CONFIG = """
+[DEFAULT]
+enabled_backends = local:filesystem
+default_backend = local
+[database]
+connection = sqlite:///{{dir}}/abbild.sqlite
+[paste_deploy]
+flavor = keystone
+[local]
+datadir = {{dir}}/images
+[keystone_authtoken]
+www_authenticate_uri = {auth_url}
+auth_url = {auth_url}
+auth_type = password
+username = abbild-service
+password = {password}
+project_name = service
+user_domain_id = default
+project_domain_id = default
+"""
+
+
+def test_keystone_sides(make_server, tmp_path):
+    """A noauth source into a keystone target with password credentials from the
+    environment (the replicator takes its tokens), then back with a token."""
+    reason = ks.unavailable_reason()
+    if reason:
+        backend_unavailable(reason)
+    password = "abbild-test-pw"
+    ks.ensure_user("abbild-service", password, "service", ["service"])
+    ks.ensure_user("abbild-replicator", password, "admin", ["admin"])
+    base = tmp_path / "keystone"
+    base.mkdir()
+    conf = base / "abbild-api.conf"
+    conf.write_text(KEYSTONE_CONFIG.format(auth_url=ks.auth_url(), password=password).format(dir=base))
+    target = make_server("--config-file", str(conf), data_dir=base).start()
+    source = make_server(data_dir=tmp_path / "source").start()
+    make_image(
+        source, os.urandom(MIB), name="shared", visibility="shared", owner="p-one", members={"p-two": "accepted"}
+    )
+    make_image(source, os.urandom(MIB), name="hidden", owner="p-two", os_hidden=True)
+
+    anonymous = replicate("livecopy", source.url, target.url, ok=False)
+    assert anonymous.returncode == 2 and "401" in anonymous.stderr and "--target-token" in anonymous.stderr
+    env = dict(
+        os.environ,
+        ABBILD_TARGET_AUTH_URL=ks.auth_url(),
+        ABBILD_TARGET_USERNAME="abbild-replicator",
+        ABBILD_TARGET_PASSWORD=password,
+        ABBILD_TARGET_PROJECT="admin",
+    )
+    command = [sys.executable, "-m", "abbild_cmd.cli", "replicate", "livecopy", source.url, target.url, "--json"]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["copied"] == 2
+    wrong = subprocess.run(
+        command, env=dict(env, ABBILD_TARGET_PASSWORD="wrong"), capture_output=True, text=True, timeout=300
+    )
+    assert wrong.returncode == 2 and "Keystone refused the credentials" in wrong.stderr, wrong.stderr
+
+    token, _, _ = ks.token_for("abbild-replicator", password, "admin")
+    back = replicate("compare", target.url, source.url, "--source-token", token, "--json")
+    assert json.loads(back.stdout)["compared"] == 2
