@@ -171,6 +171,7 @@ def test_livecopy_copies_everything_identically_and_only_once(pair, catalog):
 def test_an_interrupted_livecopy_resumes(pair):
     source, target = pair
     small = make_image(source, os.urandom(MIB), name="small")
+    time.sleep(1.1)  # images are copied oldest first, and times have seconds
     big = make_image(source, _chunks(192 * MIB), name="big")
     proc = subprocess.Popen(
         [sys.executable, "-m", "abbild_cmd.cli", "replicate", "livecopy", source.url, target.url],
