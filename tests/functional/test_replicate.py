@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -381,3 +382,33 @@ def test_keystone_sides(make_server, tmp_path):
     token, _, _ = ks.token_for("abbild-replicator", password, "admin")
     back = replicate("compare", target.url, source.url, "--source-token", token, "--json")
     assert json.loads(back.stdout)["compared"] == 2
+
+
+def test_progress_on_a_terminal(pair):
+    """On a terminal, a bar redrawn in place with bytes and rate."""
+    import pty
+
+    source, target = pair
+    image_id = make_image(source, os.urandom(8 * MIB), name="bar")
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "abbild_cmd.cli", "replicate", "livecopy", source.url, target.url],
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+    )
+    os.close(follower)
+    shown = b""
+    try:
+        while True:  # read as it comes, so that the bar never waits for a full terminal
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the command ended and everything was read
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+        proc.wait(timeout=300)
+    assert proc.returncode == 0, shown
+    assert re.search(rf"\r{image_id} \[#+\] 100\.0% 8\.0/8\.0 MiB \d+\.\d MiB/s", shown.decode()), shown
