@@ -9,7 +9,7 @@ import sys
 
 from abbild import config, logging_setup
 from abbild.errors import AbbildError, ConfigError
-from abbild_cmd import purge, replicate
+from abbild_cmd import audit, purge, replicate
 from abbild_cmd.progress import ProgressBar
 from abbild_paste import pipeline
 
@@ -415,6 +415,7 @@ def parser() -> argparse.ArgumentParser:
     cache_command("prune", help="remove least recently used images down to image_cache_max_size (for cron)")
     cache_command("prefetch", help="fetch the queued images into the cache now, with a progress bar")
     c.set_defaults(func=cmd_cache)
+    audit.add_parser(sub, with_config, embedded)
     replicate.add_parser(sub, with_config, embedded)
     return p
 

@@ -1,12 +1,12 @@
 """abbild: a virtual-machine image service, wire-compatible with the OpenStack Image API v2.
 
 Plugins import ``hookimpl`` from here; drivers import ``Driver``, ``Capability``,
-``StoredObject`` and the errors.
+``StoredObject``, ``ListedObject`` and the errors.
 """
 
 __version__ = "0.1.0"
 
-from abbild.driver import Capability, Driver, StoredObject  # noqa: E402
+from abbild.driver import Capability, Driver, ListedObject, StoredObject  # noqa: E402
 from abbild.errors import (  # noqa: E402
     AbbildError,
     AccessDenied,
@@ -31,6 +31,7 @@ __all__ = [
     "ConfigError",
     "Driver",
     "InUse",
+    "ListedObject",
     "NotFound",
     "SizeMismatch",
     "StoreError",

@@ -384,13 +384,29 @@ class ImageCache:
         LOG.warning("cache: %s had no cache entry; removed", image_id)
         return True
 
-    def _check(self, entry: CacheEntry, stopping: threading.Event | None) -> str | None:
+    def verify(self, stopping: threading.Event | None = None, remove: bool = False) -> dict[str, str]:
+        """The cleaner's re-hash of every cached file, for the auditor: image id ->
+        ``"orphans"`` (the file is gone) or ``"corrupt"`` (its bytes changed), for each
+        that fails; removed with its entry only when *remove*."""
+        failed = {}
+        for entry in self.cached():
+            if stopping is not None and stopping.is_set():
+                break
+            verdict = self._check(entry, stopping, remove)
+            if verdict is not None:
+                failed[entry.image_id] = verdict
+        return failed
+
+    def _check(self, entry: CacheEntry, stopping: threading.Event | None, remove: bool = True) -> str | None:
         """Re-hash one cached file: ``"orphans"`` if it is gone (its entry is removed),
-        ``"corrupt"`` if its bytes changed (file and entry removed), else ``None``."""
+        ``"corrupt"`` if its bytes changed (file and entry removed), else ``None``.
+        Without *remove* it only says so."""
         path = self._path(entry.image_id)
         try:
             file = open(path, "rb")
         except FileNotFoundError:
+            if not remove:
+                return "orphans" if self._entry(entry.image_id) is not None else None
             return "orphans" if self.registry.cache_remove(self.node, entry.image_id) else None
         with file:
             inode = os.fstat(file.fileno()).st_ino
@@ -410,6 +426,8 @@ class ImageCache:
             replaced = True
         if replaced or fresh is None or fresh.checksum != entry.checksum:
             return None
+        if not remove:
+            return "corrupt"
         LOG.warning(
             "cache: %s changed on disk (%s bytes, md5 %s; its entry says %s bytes, md5 %s); removed",
             entry.image_id,

@@ -25,6 +25,10 @@ class Capability(enum.Flag):
     #: the store's own objects, which hold other images' data. Only drivers that
     #: mean it opt in; being read-only does not make a store safe for this.
     USER_LOCATIONS = enum.auto()
+    #: The driver can say which objects its own place (datadir, bucket, pool,
+    #: containers) holds: ``list_objects`` and ``key_of``. The auditor needs it to find
+    #: data no image points at.
+    LIST = enum.auto()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +38,16 @@ class StoredObject:
     uri: str
     size: int
     extra: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class ListedObject:
+    """One complete object a store holds, as ``list_objects`` yields it."""
+
+    key: str  # the key it was ``put`` under
+    uri: str  # the URI ``put`` returned for it
+    size: int
+    modified: float  # its last write, in seconds since the epoch
 
 
 class Driver(abc.ABC):
@@ -123,6 +137,24 @@ class Driver(abc.ABC):
         nothing. Every writable driver implements it.
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement discard()")
+
+    def list_objects(self) -> Iterator[ListedObject]:
+        """Every complete object in this store's own place, in any order; never the
+        partial data of a put in progress (``discard`` removes that), nor anything a
+        ``put`` would not have written (probe files, segments). Drivers with
+        :attr:`Capability.LIST` implement it.
+
+        :raises abbild.errors.StoreError: the backend cannot be listed.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement list_objects()")
+
+    def key_of(self, uri: str) -> str | None:
+        """The key of the object *uri* names, if that is an object ``list_objects``
+        lists (whatever form of the URI: an older short form, other quoting); ``None``
+        when *uri* names nothing in this store's own place. Needs no backend call
+        where the URI alone tells. Drivers with :attr:`Capability.LIST` implement it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement key_of()")
 
     def validate_location(self, uri: str) -> None:
         """Check a location a caller asks to register, before it is stored (it is read

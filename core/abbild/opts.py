@@ -252,6 +252,54 @@ cache_opts = [
     ),
 ]
 
+audit_opts = [
+    cfg.IntOpt(
+        "audit_interval",
+        default=0,
+        min=0,
+        help="Seconds between runs of the auditor inside the API processes (one at a time per "
+        "deployment, under a lease in the registry); 0 (the default): never, run ``abbild audit`` "
+        "from cron instead. It re-hashes every active image's data, so mind audit_rate_limit.",
+    ),
+    cfg.FloatOpt(
+        "audit_rate_limit",
+        default=0,
+        min=0,
+        help="MiB per second the auditor reads image data at, all stores together, so it can run "
+        "on a live system; 0: as fast as the stores answer. ``abbild audit --rate`` overrides it.",
+    ),
+    cfg.IntOpt(
+        "audit_orphan_grace",
+        default=86400,
+        min=0,
+        help="Seconds data no image points at must have existed before ``abbild audit --repair`` "
+        "deletes it; younger data is only reported (an upload may be writing it right now). "
+        "Related options: upload_lease_seconds.",
+    ),
+    cfg.IntOpt(
+        "audit_stuck_after",
+        default=3600,
+        min=0,
+        help="Seconds an image may stay ``saving``, ``importing`` or ``pending_delete`` without "
+        "a change (a running upload renews its claim, which counts as one) before the auditor "
+        "reports it as stuck.",
+    ),
+    cfg.BoolOpt(
+        "audit_repair",
+        default=False,
+        help="The periodic auditor repairs what is safe to repair, as ``abbild audit --repair``: "
+        "stuck uploads whose claim is stale go back to ``queued``, orphans older than "
+        "audit_orphan_grace are deleted, images with corrupt data are deactivated.",
+    ),
+    cfg.BoolOpt(
+        "audit_update",
+        default=False,
+        help="The periodic auditor fills in what older or registered images lack, as "
+        "``abbild audit --update``: ``size``, and ``os_hash_algo``/``os_hash_value`` where the "
+        "data matches the image's md5 ``checksum``.",
+    ),
+]
+
 purge_opts = [
     cfg.IntOpt(
         "purge_interval",
@@ -290,14 +338,14 @@ RESERVED_GROUPS = frozenset(
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
-    conf.register_opts(store_opts + image_opts + job_opts + registry_opts + cache_opts + purge_opts)
+    conf.register_opts(store_opts + image_opts + job_opts + registry_opts + cache_opts + audit_opts + purge_opts)
     conf.register_opts(database_opts, group="database")
     conf.register_opts(paste_opts, group="paste_deploy")
 
 
 def list_opts():
     return [
-        ("DEFAULT", store_opts + image_opts + job_opts + registry_opts + cache_opts + purge_opts),
+        ("DEFAULT", store_opts + image_opts + job_opts + registry_opts + cache_opts + audit_opts + purge_opts),
         ("database", database_opts),
         ("paste_deploy", paste_opts),
     ]

@@ -11,7 +11,7 @@ from oslo_config import cfg
 from stevedore import driver as stevedore_driver
 from stevedore.exception import NoMatches
 
-from abbild.driver import Capability, Driver, StoredObject
+from abbild.driver import Capability, Driver, ListedObject, StoredObject
 from abbild.errors import ConfigError, Invalid, NotFound, StoreError, UnsupportedOperation
 from abbild.opts import RESERVED_GROUPS, common_store_opts
 
@@ -77,6 +77,14 @@ class Store:
 
     def size(self, uri: str) -> int:
         return self.driver.size(uri)
+
+    def list_objects(self) -> Iterator[ListedObject]:
+        self._require(Capability.LIST, "listing")
+        return self.driver.list_objects()
+
+    def key_of(self, uri: str) -> str | None:
+        self._require(Capability.LIST, "listing")
+        return self.driver.key_of(uri)
 
 
 def _window(chunks: Iterator[bytes], offset: int, length: int | None) -> Iterator[bytes]:

@@ -389,22 +389,26 @@ class Uploads:
 
         :returns: the ids of the images recovered.
         """
-        recovered = []
-        for image in self.claims.stale(Status.SAVING):
+        return [image.id for image in self.claims.stale(Status.SAVING) if self.requeue(image)]
 
-            def change(current: Image, claimed_by=image.upload_worker) -> None:
-                if current.status is not Status.SAVING or current.upload_worker != claimed_by:
-                    raise Conflict("the upload changed hands")
-                current.transition(Status.QUEUED)
-                current.upload_worker = current.upload_lease = None
+    def requeue(self, image: Image) -> bool:
+        """Return *image*, which a process that no longer works on it left ``saving``
+        or ``importing``, to ``queued`` and remove whatever data that process wrote;
+        nothing if the image changed since it was read (someone took it over).
 
-            try:
-                self.registry.update_image(image.id, change)
-            except (Conflict, ImageNotFound):
-                continue
-            self.stores.discard_everywhere(image.id)
-            LOG.warning(
-                "image %s: upload by %s was interrupted; the image is queued again", image.id, image.upload_worker
-            )
-            recovered.append(image.id)
-        return recovered
+        :returns: whether the image was queued again.
+        """
+
+        def change(current: Image) -> None:
+            if current.status is not image.status or current.upload_worker != image.upload_worker:
+                raise Conflict("the upload changed hands")
+            current.transition(Status.QUEUED)
+            current.upload_worker = current.upload_lease = None
+
+        try:
+            self.registry.update_image(image.id, change)
+        except (Conflict, ImageNotFound):
+            return False
+        self.stores.discard_everywhere(image.id)
+        LOG.warning("image %s: upload by %s was interrupted; the image is queued again", image.id, image.upload_worker)
+        return True

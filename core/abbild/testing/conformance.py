@@ -23,6 +23,7 @@ import functools
 import hashlib
 import operator
 import os
+import time
 import urllib.parse
 import uuid
 
@@ -32,6 +33,7 @@ from abbild.driver import Capability, Driver, StoredObject
 from abbild.errors import AlreadyExists, NotFound
 
 READ, WRITE, DELETE, RANGE_READ = Capability.READ, Capability.WRITE, Capability.DELETE, Capability.RANGE_READ
+LIST = Capability.LIST
 MiB = 1 << 20
 
 
@@ -61,7 +63,7 @@ def read_all(driver: Driver, uri: str, offset: int = 0, length: int | None = Non
 
 
 def _names(flags: Capability) -> str:
-    return "|".join(c.name for c in (READ, WRITE, DELETE, RANGE_READ) if c in flags) or "NONE"
+    return "|".join(c.name for c in (READ, WRITE, DELETE, RANGE_READ, LIST) if c in flags) or "NONE"
 
 
 class Boom(Exception):
@@ -338,6 +340,45 @@ class DriverConformance:
     @requires(WRITE)
     def test_discard_unknown_key_is_noop(self, driver):
         assert driver.discard(new_key()) is None
+
+    # -- LIST ---------------------------------------------------------------------------
+
+    @requires(LIST, WRITE, DELETE)
+    def test_list_objects_lists_what_put_stored(self, driver):
+        key, payload = new_key(), os.urandom(100_003)
+        before = time.time()
+        stored = driver.put(key, [payload], len(payload))
+        listed = {obj.key: obj for obj in driver.list_objects()}
+        assert key in listed
+        assert listed[key].uri == stored.uri
+        assert listed[key].size == len(payload)
+        # The backend's clock dates it (a minute either way for a backend on another host).
+        assert before - 60 <= listed[key].modified <= time.time() + 60
+        assert driver.key_of(stored.uri) == key
+        driver.delete(stored.uri)
+        assert key not in {obj.key for obj in driver.list_objects()}
+
+    @requires(LIST, WRITE)
+    def test_list_objects_exact_size_of_a_large_object(self, driver):
+        key, size = new_key(), 5 * MiB + 3
+        stored = driver.put(key, iter([os.urandom(MiB)] * 5 + [b"end"]), None)
+        [listed] = [obj for obj in driver.list_objects() if obj.key == key]
+        assert listed.size == size == stored.size
+
+    @requires(LIST, WRITE)
+    def test_list_objects_skips_a_failed_put(self, driver):
+        key = new_key()
+        with pytest.raises(Boom):
+            driver.put(key, failing_chunks(Boom()), None)
+        try:
+            assert key not in {obj.key for obj in driver.list_objects()}
+        finally:
+            driver.discard(key)
+
+    @requires(LIST)
+    def test_key_of_a_uri_of_no_object_here_is_none(self, driver):
+        assert driver.key_of("nosuchscheme://somewhere/else") is None
+        assert driver.key_of("") is None
 
     # -- open_local ---------------------------------------------------------------------
 

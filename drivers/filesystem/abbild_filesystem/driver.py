@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from typing import IO
 
-from abbild.driver import Capability, Driver, StoredObject
+from abbild.driver import Capability, Driver, ListedObject, StoredObject
 from abbild.errors import (
     AccessDenied,
     AlreadyExists,
@@ -38,7 +38,7 @@ MAX_KEY_LENGTH = 255 - len(".") - len(PARTIAL_SUFFIX)
 # A leading dot is reserved for partial and probe files, so no key can name one.
 _KEY_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
-READ_ONLY = Capability.READ | Capability.RANGE_READ
+READ_ONLY = Capability.READ | Capability.RANGE_READ | Capability.LIST
 
 
 class FilesystemDriver(Driver):
@@ -55,8 +55,8 @@ class FilesystemDriver(Driver):
     def configure(self) -> Capability:
         """Create ``datadir`` if needed and find out whether it is writable.
 
-        :returns: all capabilities, or only READ and RANGE_READ when the directory is
-            not writable (logged as a warning with the reason).
+        :returns: all capabilities, or only READ, RANGE_READ and LIST when the
+            directory is not writable (logged as a warning with the reason).
         :raises abbild.errors.ConfigError: ``datadir`` is unset, cannot be created, or
             is not a directory; or ``file_perm`` is not an octal mode.
         """
@@ -138,6 +138,25 @@ class FilesystemDriver(Driver):
         if not stat.S_ISREG(st.st_mode):
             raise NotFound(uri)
         return st.st_size
+
+    def list_objects(self) -> Iterator[ListedObject]:
+        with self._os_errors(self._datadir), os.scandir(self._root) as entries:
+            for entry in entries:
+                if not _KEY_RE.fullmatch(entry.name):
+                    continue  # partial and probe files start with a dot
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # deleted meanwhile
+                if stat.S_ISREG(st.st_mode):
+                    path = os.path.join(self._datadir, entry.name)
+                    yield ListedObject(entry.name, self._uri(path), st.st_size, st.st_mtime)
+
+    def key_of(self, uri: str) -> str | None:
+        try:
+            return os.path.basename(self._resolve(uri))
+        except NotFound:
+            return None
 
     # -- writing ----------------------------------------------------------------------
 

@@ -213,7 +213,7 @@ def test_read_only_datadir(make_driver, datadir, caplog):
             pytest.skip("a mode 0555 directory does not stop this user writing (root, or CAP_DAC_OVERRIDE)")
         with caplog.at_level(logging.WARNING):
             driver, capabilities = make_driver()
-        assert capabilities == Capability.READ | Capability.RANGE_READ
+        assert capabilities == Capability.READ | Capability.RANGE_READ | Capability.LIST
         [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
         assert "'local'" in record.getMessage() and "not writable" in record.getMessage()
         assert "read-only" in driver.check()

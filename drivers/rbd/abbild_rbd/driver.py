@@ -4,6 +4,7 @@ compute and volume services can clone copy-on-write."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
 import logging
 import os
@@ -12,7 +13,7 @@ import urllib.parse
 import uuid
 from collections.abc import Iterable, Iterator
 
-from abbild.driver import Capability, Driver, StoredObject
+from abbild.driver import Capability, Driver, ListedObject, StoredObject
 from abbild.errors import (
     AccessDenied,
     AlreadyExists,
@@ -33,6 +34,8 @@ MiB = 1 << 20
 GiB = 1 << 30
 #: The snapshot every stored image gets, as Glance names it: clones refer to it.
 SNAP = "snap"
+# check() creates and removes an image named so; no upload's key starts like this.
+PROBE_PREFIX = "abbild-check-"
 # An image of unknown size doubles while it is written, by at most this much at a time.
 MAX_GROWTH = 8 * GiB
 
@@ -62,7 +65,7 @@ class RBDDriver(Driver):
     """
 
     schemes = ("rbd",)
-    capabilities = Capability.READ | Capability.WRITE | Capability.DELETE | Capability.RANGE_READ
+    capabilities = Capability.READ | Capability.WRITE | Capability.DELETE | Capability.RANGE_READ | Capability.LIST
     options = opts.OPTS
 
     def configure(self) -> Capability:
@@ -107,7 +110,7 @@ class RBDDriver(Driver):
 
     def check(self) -> str:
         """Connect, and create and remove a probe image in the pool."""
-        probe = f"abbild-check-{uuid.uuid4().hex}"
+        probe = f"{PROBE_PREFIX}{uuid.uuid4().hex}"
         pool = self.conf.pool
         with self._ioctx(pool, probe, writing=True) as ioctx, self._errors(probe, writing=True):
             self._rbd.RBD().create(ioctx, probe, 0, order=self._order)
@@ -157,6 +160,33 @@ class RBDDriver(Driver):
         with self._ioctx(pool, uri) as ioctx, self._errors(uri):
             with self._rbd.Image(ioctx, name, snapshot=snap, read_only=True) as image:
                 return image.size()
+
+    def list_objects(self) -> Iterator[ListedObject]:
+        """The pool's images that carry the snapshot ``snap``, dated by it: an image
+        without it is a put in progress (or one that died, for ``discard``)."""
+        pool = self.conf.pool
+        with self._ioctx(pool, f"pool {pool}", writing=True) as ioctx, self._errors(f"pool {pool}"):
+            for name in self._rbd.RBD().list(ioctx):
+                if name.startswith(PROBE_PREFIX):
+                    continue
+                try:
+                    with self._rbd.Image(ioctx, name, read_only=True) as image:
+                        snap = next((s for s in image.list_snaps() if s["name"] == SNAP), None)
+                        if snap is None:
+                            continue
+                        taken = image.get_snap_timestamp(snap["id"])
+                        if taken.tzinfo is None:  # librbd's naive datetimes are UTC
+                            taken = taken.replace(tzinfo=datetime.timezone.utc)
+                except self._rbd.ImageNotFound:
+                    continue  # removed meanwhile
+                yield ListedObject(name, self._uri(pool, name, SNAP), snap["size"], taken.timestamp())
+
+    def key_of(self, uri: str) -> str | None:
+        try:
+            pool, name, _ = self._parse(uri)
+        except NotFound:
+            return None
+        return name if pool == self.conf.pool else None
 
     # -- writing ----------------------------------------------------------------------
 

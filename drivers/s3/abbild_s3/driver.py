@@ -10,7 +10,7 @@ import urllib.parse
 import uuid
 from collections.abc import Iterable, Iterator
 
-from abbild.driver import Capability, Driver, StoredObject
+from abbild.driver import Capability, Driver, ListedObject, StoredObject
 from abbild.errors import (
     AccessDenied,
     AlreadyExists,
@@ -31,6 +31,8 @@ MAX_PARTS = 10_000
 # Unknown-size uploads double their part size every this many parts (see part_size).
 PARTS_PER_STEP = 1_000
 MAX_KEY_BYTES = 1024
+# check() writes and removes an object named so; no upload's key starts like this.
+PROBE_PREFIX = "abbild-check-"
 # What botocore itself accepts as a bucket name (S3 proper is stricter; radosgw is not).
 _BUCKET_RE = re.compile(r"[a-zA-Z0-9._-]{1,255}")
 
@@ -60,7 +62,7 @@ class S3Driver(Driver):
     """
 
     schemes = ("s3",)
-    capabilities = Capability.READ | Capability.WRITE | Capability.DELETE | Capability.RANGE_READ
+    capabilities = Capability.READ | Capability.WRITE | Capability.DELETE | Capability.RANGE_READ | Capability.LIST
     options = opts.OPTS
 
     def configure(self) -> Capability:
@@ -142,7 +144,7 @@ class S3Driver(Driver):
 
     def check(self) -> str:
         """Check that the bucket exists (creating it if allowed) and takes a write."""
-        probe = f"abbild-check-{uuid.uuid4().hex}"
+        probe = f"{PROBE_PREFIX}{uuid.uuid4().hex}"
         with self._errors(f"s3://{self._bucket}", writing=True):
             try:
                 self._client.head_bucket(Bucket=self._bucket)
@@ -188,6 +190,27 @@ class S3Driver(Driver):
         bucket, key = self._parse(uri)
         with self._errors(uri):
             return self._client.head_object(Bucket=bucket, Key=key)["ContentLength"]
+
+    def list_objects(self) -> Iterator[ListedObject]:
+        """The bucket's objects (a multipart upload in progress is none until completed)."""
+        pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self._bucket)
+        with self._errors(f"s3://{self._bucket}"):
+            try:
+                for page in pages:
+                    for item in page.get("Contents", []):
+                        if not item["Key"].startswith(PROBE_PREFIX):
+                            yield ListedObject(
+                                item["Key"], self._uri(item["Key"]), item["Size"], item["LastModified"].timestamp()
+                            )
+            except self._client.exceptions.NoSuchBucket:
+                return  # nothing was ever stored
+
+    def key_of(self, uri: str) -> str | None:
+        try:
+            bucket, key = self._parse(uri)
+        except NotFound:
+            return None
+        return key if bucket == self._bucket else None
 
     # -- writing ----------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ SLO or DLO manifest."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import logging
 import math
@@ -14,7 +15,7 @@ import urllib.parse
 import uuid
 from collections.abc import Iterable, Iterator
 
-from abbild.driver import Capability, Driver, StoredObject
+from abbild.driver import Capability, Driver, ListedObject, StoredObject
 from abbild.errors import (
     AccessDenied,
     AlreadyExists,
@@ -56,7 +57,7 @@ class SwiftDriver(Driver):
     """
 
     schemes = (SCHEME,)
-    capabilities = Capability.READ | Capability.WRITE | Capability.DELETE | Capability.RANGE_READ
+    capabilities = Capability.READ | Capability.WRITE | Capability.DELETE | Capability.RANGE_READ | Capability.LIST
     options = opts.OPTS
     # keystoneauth1's, with auth_version = 3: what it raises, and what of that means "unreachable".
     _keystone_errors: tuple[type[Exception], ...] = ()
@@ -224,6 +225,40 @@ class SwiftDriver(Driver):
         container, name = self._parse(uri)
         with self._connection() as conn, self._errors(f"HEAD {uri}", missing=uri):
             return int(conn.head_object(container, name)["content-length"])
+
+    def list_objects(self) -> Iterator[ListedObject]:
+        """The objects in the store's container and in those of any
+        ``multiple_containers_seed`` it had; not segments. A DLO manifest is listed
+        with 0 bytes, so an empty-looking object's size is asked for."""
+        base = self.conf.container
+        with self._connection() as conn, self._errors(f"GET account {conn.url or ''}"):
+            _, seeded = conn.get_account(prefix=f"{base}_", full_listing=True)
+        for container in [base, *(c["name"] for c in seeded)]:
+            try:
+                with self._connection() as conn, self._errors(f"GET container {container}", missing=container):
+                    _, listing = conn.get_container(container, full_listing=True)
+            except NotFound:
+                continue
+            for entry in listing:
+                uri = uri_of(container, entry["name"])
+                if self.key_of(uri) is None:
+                    continue  # a segment, or a name this store does not write
+                size = entry["bytes"]
+                if not size:
+                    try:
+                        size = self.size(uri)
+                    except NotFound:
+                        continue  # deleted meanwhile
+                written = datetime.datetime.fromisoformat(entry["last_modified"])
+                if written.tzinfo is None:  # Swift's listings are in UTC
+                    written = written.replace(tzinfo=datetime.timezone.utc)
+                yield ListedObject(entry["name"], uri, size, written.timestamp())
+
+    def key_of(self, uri: str) -> str | None:
+        try:
+            return self._parse(uri)[1]
+        except NotFound:
+            return None
 
     # -- writing ----------------------------------------------------------------------
 
