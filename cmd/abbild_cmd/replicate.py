@@ -415,8 +415,6 @@ class Copier:
     def _create(self, image: dict) -> dict:
         body = {k: v for k, v in metadata(image).items() if v is not None and v != []}
         body["id"] = image["id"]
-        if image.get("tags"):
-            body["tags"] = sorted(image["tags"])
         try:
             return self.target.call("POST", "/v2/images", ok=(201,), json=body).json()
         except Refused as exc:

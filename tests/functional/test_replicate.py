@@ -1,10 +1,12 @@
 """``abbild replicate`` between two real ``abbild serve`` services (noauth: the caller
-is an administrator, who may set ids and owners): size, compare, livecopy (identical
-results, idempotent, resumable after SIGKILL, filters, refusals), dump and load, and a
-copy of a large image in bounded memory."""
+is an administrator, who may set ids and owners; one test with a real Keystone): size,
+compare, livecopy (identical results, idempotent, resumable after SIGKILL, filters,
+refusals, a source that breaks off), dump and load, the progress bar on a terminal, and
+a copy of a large image in bounded memory."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
@@ -18,7 +20,7 @@ import requests
 
 from abbild.testing.backends import backend_unavailable
 from tests.functional import keystone as ks
-from tests.functional.helpers import server_config
+from tests.functional.helpers import server_config, serving, wait_for
 
 MIB = 1 << 20
 OCTET = {"Content-Type": "application/octet-stream"}
@@ -412,3 +414,63 @@ def test_progress_on_a_terminal(pair):
         proc.wait(timeout=300)
     assert proc.returncode == 0, shown
     assert re.search(rf"\r{image_id} \[#+\] 100\.0% 8\.0/8\.0 MiB \d+\.\d MiB/s", shown.decode()), shown
+
+
+def test_a_source_that_breaks_off_leaves_the_target_image_queued(make_server, tmp_path):
+    """A download cut short (a fault a real server does not make on demand, so a small
+    HTTP server plays the source): the upload is dropped, not left waiting for the rest;
+    the image is named as failed and stays queued on the target for the next run."""
+    image_id = "8d1b5a7e-3f0c-4c47-9a51-2b6f1d8e9c10"
+    image = {
+        "id": image_id,
+        "name": "cut",
+        "status": "active",
+        "visibility": "private",
+        "protected": False,
+        "os_hidden": False,
+        "owner": "p-one",
+        "disk_format": "raw",
+        "container_format": "bare",
+        "min_disk": 0,
+        "min_ram": 0,
+        "tags": [],
+        "size": 4 * MIB,
+        "checksum": "0" * 32,
+        "os_hash_algo": "sha512",
+        "os_hash_value": "0" * 128,
+        "created_at": "2026-01-01T00:00:00Z",
+    }
+
+    class BreakingSource(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path.startswith("/v2/images?"):
+                hidden = "os_hidden=true" in self.path
+                self._send(json.dumps({"images": [] if hidden else [image]}).encode())
+            elif self.path == f"/v2/images/{image_id}/file":
+                self.send_response(200)
+                self.send_header("Content-Length", str(4 * MIB))
+                self.end_headers()
+                self.wfile.write(os.urandom(MIB))  # then the connection closes
+            else:
+                self.send_error(404)
+
+        def _send(self, body: bytes) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    target = make_server(data_dir=tmp_path / "target").start()
+    with serving(BreakingSource) as source_url:
+        start = time.monotonic()
+        run = replicate("livecopy", source_url, target.url, ok=False, timeout=120)
+    assert run.returncode == 1 and time.monotonic() - start < 30
+    assert (
+        f"abbild: failed: {image_id} (cut): source {source_url} is unreachable: download of {image_id} broke off"
+        in (run.stderr)
+    ), run.stderr
+    wait_for(lambda: _status(target, image_id) == "queued", what="the target's image queued again")
