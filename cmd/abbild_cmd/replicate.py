@@ -763,7 +763,7 @@ def _human(n: int) -> str:
 _HELP = """Sides are Image API v2 services (abbild or Glance), given as their root URL; each side
 authenticates with --<side>-token, with Keystone credentials (--<side>-auth-url,
 -username, -password, -project, -user-domain, -project-domain), or not at all (noauth).
-Every option can come from the environment instead, as ABBILD_<SIDE>_<OPTION>
+Each of these can come from the environment instead, as ABBILD_<SIDE>_<OPTION>
 (ABBILD_SOURCE_TOKEN, ABBILD_TARGET_PASSWORD, ...), which keeps secrets off the command
 line. Use an administrator of each side."""
 
