@@ -294,11 +294,12 @@ class GracefulThreadWorker(ThreadWorker):
         draining = getattr(self, "draining", None)
         if draining is not None:
             draining.join(self.cfg.graceful_timeout)  # jobs roll back before the process ends
-        # The image cache's periodic tasks saw the drain's `closing`; a task in progress
-        # gets to leave its files in order (a prefetch discards its partial file).
-        from abbild_paste.cache import stop_runners
+        # The periodic tasks saw the drain's `closing`; a task in progress gets to leave
+        # its work in order (a prefetch discards its partial file, a scrub gives back
+        # its claims).
+        from abbild.periodic import stop_all
 
-        stop_runners(ROLLBACK_SECONDS)
+        stop_all(ROLLBACK_SECONDS)
 
 
 class OsloLogger(Logger):

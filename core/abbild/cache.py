@@ -38,8 +38,8 @@ The life of a cache file:
    on any node drops every node's entry at once (:meth:`ImageCache.forget`).
 
 A queued image (:meth:`ImageCache.queue`) goes through the same fill when
-:meth:`ImageCache.prefetch` reads it. :class:`CacheRunner` runs prune, clean and prefetch
-periodically inside the API process.
+:meth:`ImageCache.prefetch` reads it. :meth:`ImageCache.schedule` has prune, clean and
+prefetch run periodically inside the API process (:class:`abbild.periodic.Periodic`).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import functools
 import hashlib
 import logging
 import os
@@ -59,6 +60,7 @@ from typing import BinaryIO
 
 from abbild.errors import ConfigError, ImageNotFound, Invalid, RegistryError
 from abbild.image import Image, Status
+from abbild.periodic import Periodic
 from abbild.registry import CacheEntry, Registry
 from abbild.streams import ImageStream, read_chunks
 
@@ -461,6 +463,29 @@ class ImageCache:
             total -= entry.size or 0
         return {"total_files_pruned": files, "total_bytes_pruned": pruned}
 
+    def run_task(self, task: str, read: Reader, stopping: threading.Event) -> object:
+        """One run of *task* (one of :data:`TASKS`) now, for the periodic runner: its
+        result, or ``None`` when another process of this node is running it (holds its
+        lock)."""
+        with self.lock(task, wait=False) as locked:
+            if not locked:
+                LOG.debug("cache: %s is running in another process; skipped", task)
+                return None
+            if task == "prune":
+                return self.prune()
+            if task == "clean":
+                return self.clean(stopping)
+            return self.prefetch(read, stopping=stopping)
+
+    def schedule(self, periodic: Periodic, read: Reader) -> None:
+        """Add this node's prune, clean and prefetch to *periodic*, each every
+        ``image_cache_<task>_interval`` seconds (0: never). Every worker process of the
+        node may run them: the task's lock lets one at a time do each."""
+        for task in TASKS:
+            interval = getattr(self.conf, f"image_cache_{task}_interval")
+            run = functools.partial(self.run_task, task, read)
+            periodic.add(f"cache {task}", interval, run, deployment_wide=False)
+
     def prefetch(
         self,
         read: Reader,
@@ -611,56 +636,3 @@ class _Fill:
             with contextlib.suppress(OSError):
                 if os.stat(self._cache._path(image.id, INCOMPLETE)).st_ino == self._inode:
                     os.unlink(self._cache._path(image.id, INCOMPLETE))
-
-
-class CacheRunner:
-    """Runs the node's prune, clean and prefetch every ``image_cache_<task>_interval``
-    seconds (0: never) on one daemon thread. A run whose lock another process of this
-    node holds is skipped, so every worker process may have a runner. Ends when
-    *stopping* is set (:meth:`stop`, or graceful shutdown setting the jobs' event)."""
-
-    def __init__(self, cache: ImageCache, read: Reader, conf, stopping: threading.Event) -> None:
-        self.cache, self.read, self.stopping = cache, read, stopping
-        self.intervals = {task: getattr(conf, f"image_cache_{task}_interval") for task in TASKS}
-        self._thread = threading.Thread(target=self._loop, name="abbild-cache", daemon=True)
-
-    def start(self) -> CacheRunner:
-        if any(self.intervals.values()):
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.stopping.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def run(self, task: str) -> bool:
-        """One run of *task* now, unless another process runs it; whether it ran."""
-        try:
-            with self.cache.lock(task, wait=False) as locked:
-                if not locked:
-                    LOG.debug("cache: %s is running in another process; skipped", task)
-                    return False
-                if task == "prune":
-                    result = self.cache.prune()
-                elif task == "clean":
-                    result = self.cache.clean(self.stopping)
-                else:
-                    result = self.cache.prefetch(self.read, stopping=self.stopping)
-                LOG.info("cache: %s: %s", task, result)
-        except Exception:
-            LOG.exception("cache: %s failed", task)  # the next run tries again
-        return True
-
-    def _loop(self) -> None:
-        now = time.monotonic()
-        due = {task: now + interval for task, interval in self.intervals.items() if interval}
-        while True:
-            task = min(due, key=due.__getitem__)
-            if self.stopping.wait(max(0.0, due[task] - time.monotonic())):
-                return
-            self.run(task)
-            due[task] += self.intervals[task]
-            now = time.monotonic()
-            if due[task] <= now:  # the run outlasted its interval: no burst of missed runs
-                due[task] = now + self.intervals[task]

@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -24,6 +25,9 @@ from abbild.registry import Registry
 LOG = logging.getLogger(__name__)
 
 LEASE_SECONDS = 60.0
+
+# This process's started runners, for a graceful shutdown to wait for (stop_all).
+_started: weakref.WeakSet = weakref.WeakSet()
 
 
 def holder() -> str:
@@ -121,6 +125,7 @@ class Periodic:
         if self.tasks and self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="abbild-periodic", daemon=True)
             self._thread.start()
+            _started.add(self)
         return self
 
     def stop(self) -> None:
@@ -135,3 +140,14 @@ class Periodic:
                 return
             self._run(task)
             task.due = time.monotonic() + task.interval
+
+
+def stop_all(timeout: float) -> None:
+    """Stop this process's runners (graceful shutdown), waiting at most *timeout* seconds
+    in all for the tasks in progress to end."""
+    stoppers = [threading.Thread(target=p.stop, daemon=True) for p in list(_started)]
+    for stopper in stoppers:
+        stopper.start()
+    deadline = time.monotonic() + timeout
+    for stopper in stoppers:
+        stopper.join(max(0.0, deadline - time.monotonic()))

@@ -19,11 +19,12 @@ import pytest
 from oslo_config import cfg
 
 from abbild import opts
-from abbild.cache import CacheRunner, ImageCache
+from abbild.cache import ImageCache
 from abbild.db.models import Base
 from abbild.db.registry import SQLRegistry
 from abbild.errors import ImageNotFound, Invalid
 from abbild.image import Image, Status
+from abbild.periodic import Periodic
 from abbild.registry import CacheEntry
 from abbild.streams import CHUNK_SIZE, ChunkReader
 
@@ -613,7 +614,7 @@ def test_prefetch_stops_between_chunks(cache, registry):
     assert [e.image_id for e in cache.queued()] == [image.id]
 
 
-# -- CacheRunner --------------------------------------------------------------------------
+# -- the periodic tasks --------------------------------------------------------------------------
 
 
 class RecordingCache(ImageCache):
@@ -646,12 +647,18 @@ def set_intervals(conf, prune=0, clean=0, prefetch=0):
         conf.set_override(f"image_cache_{task}_interval", seconds)
 
 
+def scheduled(cache, read, stopping=None) -> Periodic:
+    periodic = Periodic(cache.registry, "node-a:1", stopping or threading.Event())
+    cache.schedule(periodic, read)
+    return periodic
+
+
 def test_runner_runs_each_task_at_its_interval(recording, registry, conf):
     data = os.urandom(10)
     image = make_image(registry, data)
     recording.queue(image.id)
     set_intervals(conf, prune=1, clean=2)
-    runner = CacheRunner(recording, store_reader(registry, {image.id: data}), conf, threading.Event())
+    runner = scheduled(recording, store_reader(registry, {image.id: data}))
     started = time.monotonic()
     runner.start()
     time.sleep(3.5)
@@ -664,7 +671,7 @@ def test_runner_runs_each_task_at_its_interval(recording, registry, conf):
     assert recording.queued() != []
 
     set_intervals(conf, prefetch=1)
-    runner = CacheRunner(recording, store_reader(registry, {image.id: data}), conf, threading.Event()).start()
+    runner = scheduled(recording, store_reader(registry, {image.id: data})).start()
     deadline = time.monotonic() + 5
     while not recording.cached() and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -691,9 +698,9 @@ def test_runner_skips_a_task_another_process_runs(recording, conf):
     )
     try:
         assert holder.stdout.readline() == "locked\n"
-        runner = CacheRunner(recording, lambda _id: None, conf, threading.Event())
-        assert runner.run("prune") is False
-        assert runner.run("clean") is True, "each task has its own lock"
+        runner = scheduled(recording, lambda _id: None)
+        assert recording.run_task("prune", lambda _id: None, threading.Event()) is None
+        assert recording.run_task("clean", lambda _id: None, threading.Event()) is not None, "each its own lock"
         runner.start()
         time.sleep(2.5)
         assert recording.runs["prune"] == []
@@ -706,7 +713,7 @@ def test_runner_skips_a_task_another_process_runs(recording, conf):
 
 def test_runner_stops_promptly(recording, conf):
     set_intervals(conf, prune=3600, clean=3600, prefetch=3600)
-    runner = CacheRunner(recording, lambda _id: None, conf, threading.Event()).start()
+    runner = scheduled(recording, lambda _id: None).start()
     time.sleep(0.2)
     stopper = threading.Thread(target=runner.stop, daemon=True)
     stopper.start()
@@ -714,7 +721,7 @@ def test_runner_stops_promptly(recording, conf):
     assert not stopper.is_alive() and not runner._thread.is_alive()
 
     stopping = threading.Event()  # graceful shutdown sets the jobs' event
-    runner = CacheRunner(recording, lambda _id: None, conf, stopping).start()
+    runner = scheduled(recording, lambda _id: None, stopping).start()
     assert runner._thread.is_alive()
     stopping.set()
     runner._thread.join(0.5)
