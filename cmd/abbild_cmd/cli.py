@@ -9,7 +9,7 @@ import sys
 
 from abbild import config, logging_setup
 from abbild.errors import AbbildError, ConfigError
-from abbild_cmd import audit, purge, replicate
+from abbild_cmd import audit, purge, replicate, scrub
 from abbild_cmd.progress import ProgressBar
 from abbild_paste import pipeline
 
@@ -417,6 +417,7 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_cache)
     audit.add_parser(sub, with_config, embedded)
     replicate.add_parser(sub, with_config, embedded)
+    scrub.add_parser(sub, with_config, embedded)
     return p
 
 

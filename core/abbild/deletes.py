@@ -1,13 +1,21 @@
 """Deleting an image and its data, so that no image is ever ``active`` without its
 data and no data outlives its image for long.
 
-An image with data leaves every caller's view first (``pending_delete``, claimed by
-this process, in the transaction that checks ``protected``); then each store deletes
-its data; then the image is ``deleted``. A store that refuses because the data is in
-use (an RBD clone) brings the image back (409). Data a store could not delete for
-another reason stays listed on the ``pending_delete`` image: a background job retries
-it, and so does the next start of any API process (:meth:`Deletes.recover`), which also
+An image with data leaves every caller's view first (``pending_delete``, in the
+transaction that checks ``protected``). With ``delayed_delete`` that is all: the data
+stays, the image keeps ``deleted_at``, and the scrubber (:mod:`abbild.scrubber`)
+deletes the data once ``scrub_time`` has passed, unless ``abbild scrub --restore``
+brings the image back first. Without it the image is claimed by this process, each
+store deletes its data, then the image is ``deleted``. A store that refuses because
+the data is in use (an RBD clone) brings the image back (409). Data a store could not
+delete for another reason stays listed on the ``pending_delete`` image, unclaimed and
+without ``deleted_at``: the scrubber's next pass deletes it, and so does the start-up
+recovery of any API process (:meth:`abbild.scrubber.Scrubber.recover`), which also
 finishes the deletes of processes that died half way.
+
+``deleted_at`` of a ``pending_delete`` image says which of the two it is: set, its data
+is whole and waits for ``scrub_time`` (it can be restored); ``None``, the deletion of
+its data has begun (due at once, never restored: some of it may be gone).
 """
 
 from __future__ import annotations
@@ -15,19 +23,20 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from abbild.driver import Capability
 from abbild.errors import (
     Conflict,
     Forbidden,
-    ImageNotFound,
+    Gone,
     InUse,
-    InvalidTransition,
     NotFound,
     StoreError,
     UnsupportedOperation,
 )
-from abbild.image import Image, Location, Status
+from abbild.image import Image, Location, Status, utcnow
 from abbild.plugins import notify
 from abbild.registry import Viewer
+from abbild.uploads import Claim
 
 if TYPE_CHECKING:
     from abbild.cache import ImageCache
@@ -40,7 +49,7 @@ class Deletes:
     def __init__(self, service: ImageService) -> None:
         self.service = service
         self.registry, self.stores, self.claims = service.registry, service.stores, service.claims
-        self.plugins, self.jobs = service.plugins, service.jobs
+        self.plugins = service.plugins
 
     def delete(self, image_id: str, viewer: Viewer, cache: ImageCache | None = None) -> None:
         """Delete the image, and then its data (the module docstring says in which order).
@@ -58,10 +67,13 @@ class Deletes:
             if image.protected:
                 raise Forbidden(f"Image {image_id} is protected and cannot be deleted.")
             before[:] = [image.copy()]
-            if image.locations:
-                self.claims.mark(image, Status.PENDING_DELETE)
-            else:
+            if not image.locations:
                 image.transition(Status.DELETED)
+            elif self.service.conf.delayed_delete:
+                image.transition(Status.PENDING_DELETE)
+                image.deleted_at = utcnow()  # the scrubber counts scrub_time from here
+            else:
+                self.claims.mark(image, Status.PENDING_DELETE)
 
         image = self.registry.update_image(image_id, change)
         if cache is not None:
@@ -69,105 +81,84 @@ class Deletes:
         was = before[0]
         if was.status is Status.SAVING and self.claims.is_stale(was):
             self.stores.discard_everywhere(image_id)  # its uploader died: nobody else removes what it wrote
+        if image.status is Status.PENDING_DELETE and image.deleted_at is not None:
+            return  # delayed: the data waits for the scrubber
         if image.status is Status.PENDING_DELETE:
+            claim = self.claims.hold(Claim(image_id, Status.PENDING_DELETE))
             try:
-                image = self._delete_data(image)
+                image = self.delete_data(image, claim)
             except InUse:
-                self._undelete(image_id, was.status)
+                self._undelete(claim, was.status)
                 raise
-            except Exception:
-                self._retry_later(image_id)  # the image is out of sight; its data goes later
-                raise
+            finally:
+                self.claims.drop(claim)
             if image.status is not Status.DELETED:
-                self._retry_later(image_id)
-                return
+                return  # the scrubber deletes what is left
         notify(self.plugins, "abbild_image_deleted", image=image)
 
-    def _delete_data(self, image: Image) -> Image:
-        """Remove the data of a ``pending_delete`` image, then mark it ``deleted``.
+    def delete_data(self, image: Image, claim: Claim) -> Image:
+        """Remove the data of a ``pending_delete`` image that *claim* holds, then mark it
+        ``deleted``; stops when the claim is lost (another process took the image over).
 
-        :returns: the image as saved: ``deleted``, or still ``pending_delete`` when
-            some data stays (a store failed), with those locations, unclaimed, for a
-            later attempt.
+        :returns: the image as saved: ``deleted``, or still ``pending_delete`` when some
+            data stays (a store failed), with those locations, unclaimed and without
+            ``deleted_at``, for the scrubber.
         :raises abbild.errors.InUse: a store refuses because the data is in use; the
-            locations removed so far are gone from the image.
+            locations removed so far are gone from the image, which stays claimed.
+        :raises abbild.errors.Gone: the claim was lost.
         """
         left: list[Location] = []
         in_use: InUse | None = None
         for location in image.locations:
+            claim.check()
             store = self.stores.for_location(location.store)
             if store is None:
                 LOG.warning(
                     "image %s: location in unknown store %r forgotten, its data left in place", image.id, location.store
                 )
                 continue
+            if Capability.DELETE not in type(store.driver).capabilities:
+                continue  # a store that never deletes (http): the data is not ours
+            LOG.info("image %s: deleting its data %s in store %s", image.id, location.uri, store.name)
             try:
                 store.delete(location.uri)
-            except (NotFound, UnsupportedOperation):
-                pass  # gone already, or a read-only store (http) whose data is not ours
+            except NotFound:
+                pass  # gone already
             except InUse as exc:
                 in_use = in_use or exc
                 left.append(location)
-            except StoreError as exc:
+            except (StoreError, UnsupportedOperation) as exc:  # also: a store read-only since its start
                 LOG.warning(
-                    "image %s: could not delete its data in store %s (%s); will retry", image.id, store.name, exc
+                    "image %s: could not delete its data in store %s (%s); the scrubber retries",
+                    image.id,
+                    store.name,
+                    exc,
                 )
                 left.append(location)
 
         def change(current: Image) -> None:
-            if current.status is not Status.PENDING_DELETE:
-                raise InvalidTransition(image.id, current.status.value, Status.DELETED.value)
+            if not self.claims.ours(current, claim):
+                raise Gone(image.id)
             current.locations = [loc for loc in current.locations if loc in left]
-            current.upload_worker = current.upload_lease = None
             if not current.locations:
                 current.transition(Status.DELETED)
+            if in_use is None or current.status is Status.DELETED:
+                current.upload_worker = current.upload_lease = None
 
         saved = self.registry.update_image(image.id, change)
-        if in_use is not None:
+        if in_use is not None and saved.status is not Status.DELETED:
             raise in_use
         return saved
 
-    def _undelete(self, image_id: str, status: Status) -> None:
-        """Bring a ``pending_delete`` image back to *status* (its data is in use)."""
+    def _undelete(self, claim: Claim, status: Status) -> None:
+        """Bring the ``pending_delete`` image of *claim* back to *status* (its data is in use)."""
 
         def change(image: Image) -> None:
-            if image.status is Status.PENDING_DELETE:
+            if self.claims.ours(image, claim):
                 image.transition(status)
                 image.upload_worker = image.upload_lease = None
 
-        self.registry.update_image(image_id, change)
-
-    def _retry_later(self, image_id: str) -> None:
-        """Try again to delete the data of a ``pending_delete`` image, backing off for
-        about eight minutes; after that the next start of any API process tries."""
-
-        def retry() -> None:
-            for delay in (2.0**n for n in range(9)):
-                if self.jobs.closing.wait(delay):
-                    return  # shutting down: the next start retries
-                try:
-                    image = self.registry.get_image(image_id)
-                    if image.status is not Status.PENDING_DELETE or image.upload_worker not in (
-                        None,
-                        self.claims.worker,
-                    ):
-                        return  # finished, or another process took it over
-                    image = self._delete_data(image)
-                except InUse:
-                    LOG.warning("image %s: its data is in use; it stays pending_delete", image_id)
-                    return
-                except Exception as exc:
-                    LOG.warning("image %s: deleting its data failed again: %s", image_id, exc)
-                    continue
-                if image.status is Status.DELETED:
-                    notify(self.plugins, "abbild_image_deleted", image=image)
-                    return
-            LOG.error("image %s: its data is still not deleted; the next start tries again", image_id)
-
-        try:
-            self.jobs.submit(retry)
-        except Exception as exc:
-            LOG.warning("image %s: no room to retry deleting its data now (%s); the next start retries", image_id, exc)
+        self.registry.update_image(claim.image_id, change)
 
     def delete_from_store(self, image_id: str, store_name: str, viewer: Viewer) -> None:
         """Remove the image's data from one store, keeping its other locations."""
@@ -193,21 +184,3 @@ class Deletes:
         for loc in here:
             store.delete_orphan(loc.uri)
         notify(self.plugins, "abbild_image_updated", image=image)
-
-    def recover(self) -> list[str]:
-        """Finish the deletes a dead process left ``pending_delete``.
-
-        :returns: the ids of the images now deleted.
-        """
-        recovered = []
-        for image in self.claims.stale(Status.PENDING_DELETE):
-            try:
-                deleted = self._delete_data(image)
-            except (InUse, InvalidTransition, ImageNotFound) as exc:
-                LOG.warning("image %s: its delete cannot be finished now: %s", image.id, exc)
-                continue
-            if deleted.status is Status.DELETED:
-                LOG.warning("image %s: an interrupted delete was finished", image.id)
-                notify(self.plugins, "abbild_image_deleted", image=deleted)
-                recovered.append(image.id)
-        return recovered

@@ -252,6 +252,45 @@ cache_opts = [
     ),
 ]
 
+scrub_opts = [
+    cfg.BoolOpt(
+        "delayed_delete",
+        default=False,
+        help="Deleting an image keeps its data for scrub_time seconds: the image is gone for "
+        "every user at once (``pending_delete``), and ``abbild scrub --restore`` can bring it "
+        "back until the scrubber deletes the data. Off: the data is deleted during the request, "
+        "and only what a store failed to delete is left to the scrubber.\n\n"
+        "Related options: scrub_time, scrub_interval",
+    ),
+    cfg.IntOpt(
+        "scrub_time",
+        default=43200,
+        min=0,
+        help="Seconds the data of an image deleted with delayed_delete is kept before the "
+        "scrubber deletes it (the scrubber's own configuration counts, when it runs).\n\n"
+        "Related options: delayed_delete",
+    ),
+    cfg.IntOpt(
+        "scrub_interval",
+        default=300,
+        min=0,
+        help="Seconds between runs of the scrubber inside the API processes (one at a time per "
+        "deployment, under a lease in the registry) and of ``abbild scrub --daemon``; 0: never "
+        "inside the API (run ``abbild scrub`` from cron instead). It also deletes what a failing "
+        "store left of an immediate delete, so keep it on or run the scrubber somewhere. The "
+        "scrubber waits this long before trying an image that failed again, twice as long after "
+        "each further failure, at most an hour.\n\n"
+        "Related options: scrub_batch_size",
+    ),
+    cfg.IntOpt(
+        "scrub_batch_size",
+        default=100,
+        min=1,
+        help="Images the scrubber claims at a time before deleting their data; scrubbers "
+        "running side by side each take their own batch.",
+    ),
+]
+
 audit_opts = [
     cfg.IntOpt(
         "audit_interval",
@@ -338,14 +377,19 @@ RESERVED_GROUPS = frozenset(
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
-    conf.register_opts(store_opts + image_opts + job_opts + registry_opts + cache_opts + audit_opts + purge_opts)
+    conf.register_opts(
+        store_opts + image_opts + job_opts + registry_opts + cache_opts + scrub_opts + audit_opts + purge_opts
+    )
     conf.register_opts(database_opts, group="database")
     conf.register_opts(paste_opts, group="paste_deploy")
 
 
 def list_opts():
     return [
-        ("DEFAULT", store_opts + image_opts + job_opts + registry_opts + cache_opts + audit_opts + purge_opts),
+        (
+            "DEFAULT",
+            store_opts + image_opts + job_opts + registry_opts + cache_opts + scrub_opts + audit_opts + purge_opts,
+        ),
         ("database", database_opts),
         ("paste_deploy", paste_opts),
     ]

@@ -145,7 +145,8 @@ class Registry(abc.ABC):
         marker: str | None = None,
         viewer: Viewer | None = None,
     ) -> list[Image]:
-        """One page of the images *viewer* may see, never deleted or killed ones.
+        """One page of the images *viewer* may see, never deleted, killed or
+        ``pending_delete`` ones.
 
         :param sort: ``(key, "asc"|"desc")`` pairs; ``created_at`` and ``id`` are
             appended as tie-breakers.

@@ -103,14 +103,16 @@ class ImageService:
 
     def recover(self) -> list[str]:
         """Undo or finish the work a dead process left behind: interrupted uploads
-        (:meth:`abbild.uploads.Uploads.recover`) and deletes
-        (:meth:`abbild.deletes.Deletes.recover`). Safe to run on every start of every
-        worker: work whose process is alive on this host, or whose lease has not run
-        out, is left alone.
+        (:meth:`abbild.uploads.Uploads.recover`) and the deletes whose data is going
+        already (:meth:`abbild.scrubber.Scrubber.recover`; delayed deletes wait for the
+        scrubber). Safe to run on every start of every worker: work whose process is
+        alive on this host, or whose lease has not run out, is left alone.
 
         :returns: the ids of the images recovered.
         """
-        return self.uploads.recover() + self.deletes.recover()
+        from abbild.scrubber import Scrubber  # it works through this service
+
+        return self.uploads.recover() + Scrubber(self).recover()
 
     # -- who may do what ------------------------------------------------------------------
 

@@ -19,7 +19,10 @@ registry's config: give it the API's policy file) and property protections
   release it (``saving -> queued``, the hashes cleared), register an http(s) location,
   remove a location, change locations' metadata, deactivate and reactivate, and
   delete (``pending_delete`` while the data goes, then ``deleted``, or undeleted when
-  a store still uses the data).
+  a store still uses the data). A ``pending_delete`` image nobody claims waits for the
+  scrubber (a delayed delete, or data a store failed to delete): no user's token
+  changes it; the scrubber works on it as a service job, and only the trusted
+  service restores it (``abbild scrub --restore``).
 
 A new image of a user is ``queued``, theirs, and has no data, locations or claim.
 Administrators and callers with the role ``service`` are trusted, as is the service
@@ -193,6 +196,13 @@ class ImageRules:
             # Out of view first (pending_delete), then deleted once the data is gone;
             # or back where it was, when a store still uses the data.
             what, allowed = "delete", {"status", "deleted_at"} | CLAIM
+            if source is S.PENDING_DELETE and stored.upload_worker is None and viewer is not None:
+                # Unclaimed: its data waits for the scrubber (a delayed delete, or what a
+                # store failed to delete); only the scrubber and a restore touch it.
+                raise Forbidden(
+                    f"Image {stored.id} is deleted and waits for the scrubber: a user's token changes it no more "
+                    f"(abbild scrub --restore brings it back)."
+                )
             if source is not S.PENDING_DELETE:
                 if stored.protected:
                     raise Forbidden(f"Image {stored.id} is protected and cannot be deleted.")

@@ -324,3 +324,52 @@ def test_context_filter_keeps_the_confirmed_token():
     app = context_filter_factory({})(lambda environ, start_response: seen.append(environ["abbild.context"]) or [])
     app({"HTTP_X_IDENTITY_STATUS": "Confirmed", "HTTP_X_PROJECT_ID": "p1", "HTTP_X_AUTH_TOKEN": "tok"}, None)
     assert seen[0].auth_token == "tok"
+
+
+def test_the_scrubber_works_with_the_service_token_alone(url, tmp_path):
+    """A user's delayed delete, then the real scrubber through the registry with the
+    service token alone: it claims the image and deletes its data; a restore needs
+    more than that token, and a user's token cannot bring the image back either."""
+    from oslo_config import cfg
+
+    from abbild import opts
+    from abbild.memory import MemoryDriver
+    from abbild.plugins import get_plugin_manager
+    from abbild.scrubber import Scrubber
+    from abbild.service import ImageService
+    from abbild.stores import StoreManager
+
+    conf = cfg.ConfigOpts()
+    opts.register_opts(conf)
+    conf([], default_config_files=[])
+    conf.set_override("enabled_backends", {"mem": "memory"})
+    conf.set_override("default_backend", "mem")
+    conf.set_override("scrub_time", 0)
+    client = client_for(url)
+    service = ImageService(conf, client, StoreManager(conf, drivers={"memory": MemoryDriver}), get_plugin_manager())
+    image = _image(client, disk_format="raw", container_format="bare")
+    stored = service.stores["mem"].driver.put(image.id, [b"abc"], 3)
+    own = Location("mem", stored.uri, 3)
+
+    def activate(i: Image) -> None:
+        i.size, i.checksum, i.locations = 3, "0" * 32, [own]
+        i.transition(Status.ACTIVE)
+
+    def delayed_delete(i: Image) -> None:
+        i.transition(Status.PENDING_DELETE)
+        i.deleted_at = datetime.datetime(2030, 1, 1)
+
+    with as_user("alice-token"):
+        client.update_image(image.id, lambda i: i.transition(Status.SAVING))
+        client.update_image(image.id, activate)
+        client.update_image(image.id, delayed_delete)
+        with pytest.raises(Forbidden, match="waits for the scrubber"):
+            client.update_image(image.id, lambda i: i.transition(Status.ACTIVE))
+    scrubber = Scrubber(service)
+    with pytest.raises(Forbidden, match="may only go from 'pending_delete'"):
+        scrubber.restore(image.id)
+    client.update_image(image.id, lambda i: setattr(i, "deleted_at", datetime.datetime(2000, 1, 1)))
+    assert scrubber.run()["deleted"] == 1
+    assert service.stores["mem"].driver._objects == {}
+    with pytest.raises(ImageNotFound):  # deleted: no service job's any more
+        client.get_image(image.id, include_deleted=True)

@@ -390,3 +390,51 @@ def test_each_stores_uri_names_the_image(uri):
 )
 def test_other_data_does_not_name_the_image(uri):
     assert not names_image(uri, IMAGE_ID)
+
+
+# -- delayed delete and the scrubber ---------------------------------------------------------
+
+
+def delayed_delete(image: Image) -> None:
+    image.transition(Status.PENDING_DELETE)
+    image.deleted_at = LEASE
+
+
+def scrubber_claim(image: Image) -> None:
+    image.upload_worker, image.upload_lease, image.deleted_at = "scrubber-1:7:9", LEASE, None
+
+
+def test_a_users_delayed_delete_passes(rules):
+    rules.check_save(active(), changed(active(), delayed_delete), USER)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        scrubber_claim,
+        lambda i: [scrubber_claim(i), data_gone(i)],
+        lambda i: [scrubber_claim(i), i.locations.pop(0)],  # a store failed: the rest is left
+    ],
+    ids=["claim", "data gone", "data going"],
+)
+def test_the_scrubber_passes_as_a_service_job(rules, change):
+    """A scrubber over a keystone registry has the service token alone."""
+    waiting = changed(two_locations(), delayed_delete)
+    after = changed(waiting, change)
+    rules.check_save(waiting, after, JOBS)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda i: [i.transition(Status.ACTIVE), setattr(i, "deleted_at", None)],  # a restore
+        scrubber_claim,
+        data_gone,
+    ],
+    ids=["restore", "claim", "deleted"],
+)
+def test_an_image_waiting_for_the_scrubber_is_no_users_to_change(rules, change):
+    waiting = changed(active(), delayed_delete)
+    with pytest.raises(Forbidden, match="waits for the scrubber"):
+        rules.check_save(waiting, changed(waiting, change), USER)
+    rules.check_save(waiting, changed(waiting, change), ADMIN)  # a restore by the trusted service passes

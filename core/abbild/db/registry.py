@@ -77,7 +77,8 @@ _SCALARS = (
 )
 _TIMES = ("created_at", "updated_at", "deleted_at", "upload_lease")
 _NULLABLE_SORT_KEYS = {"name", "container_format", "disk_format", "size"}
-_HIDDEN_STATUSES = (Status.DELETED.value, Status.KILLED.value)
+# Never listed: deleted for every caller (pending_delete: only its data is still going).
+_HIDDEN_STATUSES = (Status.DELETED.value, Status.KILLED.value, Status.PENDING_DELETE.value)
 _TIME_FILTER_COLUMNS = ("created_at", "updated_at")
 
 
