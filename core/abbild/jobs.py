@@ -1,6 +1,6 @@
 """Background work: the one bounded pool of threads for work that outlives the request
 that started it (a location import reading and hashing remote data, a failed upload's
-claim released once the registry is back, a delete retried after a store error).
+claim released once the registry is back; a delete a store failed is the scrubber's).
 
 Bounded three ways, so that no caller can make a process start threads or hold
 memory without limit: a fixed number of threads; a fixed number of jobs waiting for

@@ -151,7 +151,7 @@ job_opts = [
         min=1,
         help="Threads per API process for work that goes on after its request was "
         "answered (reading and hashing the data of a location registered with POST "
-        "/v2/images/{id}/locations, retried deletes).",
+        "/v2/images/{id}/locations, releasing a failed upload's claim once the registry is back).",
     ),
     cfg.IntOpt(
         "background_queue_size",
