@@ -539,3 +539,51 @@ def test_the_apis_own_changes_pass_the_registrys_rules(servers, tokens, web):
     for done in (image_id, by_patch, by_post):
         assert requests.delete(f"{api}/v2/images/{done}", headers=owner).status_code == 204
         assert requests.get(f"{api}/v2/images/{done}", headers=owner).status_code == 404
+
+
+def test_the_scrubber_works_with_the_service_token_alone(servers, tokens, registry_conf):
+    """``abbild scrub`` on an API node's config (its service user, no user's token):
+    it finds a delayed delete, claims it and deletes its data as a service job; but
+    neither that token nor the owner's brings the image back."""
+    import glob
+    import subprocess
+    import sys
+
+    api, registry = servers
+    owner, service = tokens["owner"], tokens["service"]
+    base = registry_conf.parent
+    image_id = api_image(api, tokens)
+    resp = requests.put(f"{api}/v2/images/{image_id}/file", data=b"scrub me", headers={"X-Auth-Token": owner, **OCTET})
+    assert resp.status_code == 204, resp.text
+    path = f"{registry}/v1/images/{urllib.parse.quote(image_id)}"
+    both = {"X-Auth-Token": owner, "X-Service-Token": service}
+    image = requests.get(path, headers=both, timeout=30).json()
+    # The owner's delete on an API node with delayed_delete: hidden, the data kept.
+    waiting = requests.put(
+        path, json={**image, "status": "pending_delete", "deleted_at": image["updated_at"]}, headers=both
+    )
+    assert waiting.status_code == 200, waiting.text
+    back = requests.put(path, json={**waiting.json(), "status": "active", "deleted_at": None}, headers=both)
+    assert back.status_code == 403 and "waits for the scrubber" in back.text, back.text
+    files = [str(base / "abbild-api.conf"), *glob.glob(str(base / "registry-client-*.conf"))]
+    (base / "scrub-now.conf").write_text("[DEFAULT]\nscrub_time = 0\n")
+    files.append(str(base / "scrub-now.conf"))
+
+    def scrub(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "abbild_cmd.cli", "scrub", *args, *(a for f in files for a in ("--config-file", f))],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "ABBILD_CONFIG_DIR": "/nonexistent"},
+        )
+
+    restored = scrub("--restore", image_id)
+    assert restored.returncode == 2 and "Restoring takes the registry's full trust" in restored.stderr, restored.stderr
+    assert os.path.exists(base / "images" / image_id)
+    scrubbed = scrub("--json")
+    assert scrubbed.returncode == 0, scrubbed.stderr
+    assert json.loads(scrubbed.stdout.splitlines()[-1])["deleted"] >= 1
+    assert not os.path.exists(base / "images" / image_id)
+    assert image_id not in listed_ids(registry_get(registry, "/v1/images?in_status=pending_delete", None, service))
+    assert requests.get(path, headers=both, timeout=30).status_code == 404  # deleted
