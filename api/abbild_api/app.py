@@ -10,10 +10,14 @@ import webob.dec
 import webob.exc as exc
 
 from abbild import config
+from abbild.audit import Auditor
 from abbild.caller import acting_as
 from abbild.context import ENVIRON_KEY, RequestContext
 from abbild.errors import AbbildError, Forbidden
+from abbild.periodic import Periodic, holder
+from abbild.purge import Purger
 from abbild.registry import Viewer
+from abbild.scrubber import Scrubber
 from abbild.service import ImageService
 from abbild_api import cache, data, images, info, members
 from abbild_api.errors import to_http
@@ -127,4 +131,20 @@ def app_factory(global_conf, **local_conf):
     config files of the ``config_files`` setting (a comma-separated list)."""
     if not global_conf.get("config_files") and local_conf.get("config_files"):  # an ini naming its own files
         global_conf = {**global_conf, "config_files": local_conf["config_files"]}
-    return Application(ImageService.from_config(config.for_pipeline(global_conf)))
+    service = ImageService.from_config(config.for_pipeline(global_conf))
+    start_periodic(service)
+    return Application(service)
+
+
+def start_periodic(service: ImageService) -> Periodic:
+    """The deployment's periodic processes, each every ``<name>_interval`` seconds (0:
+    off; the purge and the audit are off by default, the scrubber runs every 300
+    seconds, since data a failing store kept waits for it), in this API process: every
+    process may run them, and their leases let one at a time in the whole deployment
+    do each. Graceful shutdown stops them (:func:`abbild.periodic.stop_all`)."""
+    conf = service.conf
+    periodic = Periodic(service.registry, holder(), service.jobs.closing)
+    periodic.add("scrub", conf.scrub_interval, Scrubber(service).run)
+    periodic.add("purge", conf.purge_interval, Purger.from_config(conf, service.registry).run)
+    periodic.add("audit", conf.audit_interval, Auditor.from_config(service).run)
+    return periodic.start()
