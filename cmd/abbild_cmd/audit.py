@@ -10,7 +10,6 @@ import signal
 import sys
 import threading
 
-from abbild import config
 from abbild.errors import Busy, ConfigError
 
 
@@ -69,12 +68,11 @@ def cmd_audit(args) -> int:
     from abbild import periodic
     from abbild.audit import LEASE, Auditor
     from abbild.service import ImageService
-    from abbild_cmd.cli import _check_cache, _service_config_files
+    from abbild_cmd.cli import _check_cache, command_config
     from abbild_cmd.progress import ProgressBar
     from abbild_cmd.server import server_opts
 
-    files = _service_config_files(args)
-    conf = config.load(files)
+    conf = command_config(args, "abbild-audit")
     conf.register_opts(server_opts(default_port=9292))  # bind_port names this node's cache
     service = ImageService.from_config(conf, recover=False)
     # On a terminal only: a line per image would flood cron's mail.

@@ -170,6 +170,17 @@ def _setup_logging(conf, args, program: str) -> None:
     logging_setup.setup(conf, program)
 
 
+def command_config(args, program: str):
+    """The config of a periodic process run as a command (``abbild scrub``, ``audit``,
+    ``db purge``): the service's config files, and its logging in the OpenStack format,
+    to ``log_file`` if set, else to stderr (stdout is the command's answer)."""
+    conf = config.load(_service_config_files(args))
+    if not (conf.log_file or conf.log_dir):
+        conf.set_override("use_stderr", True)
+    _setup_logging(conf, args, program)
+    return conf
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 

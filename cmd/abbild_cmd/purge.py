@@ -64,13 +64,12 @@ def _max_rows(text: str) -> int:
 
 
 def cmd_purge(args) -> int:
-    from abbild import config, periodic, purge
+    from abbild import periodic, purge
     from abbild.errors import Busy
     from abbild.service import load_registry
-    from abbild_cmd.cli import _safe_url, _service_config_files
+    from abbild_cmd.cli import _safe_url, command_config
 
-    files = _service_config_files(args)
-    conf = config.load(files)
+    conf = command_config(args, "abbild-purge")
     older_than = purge.cutoff(args.age_in_days)
     max_rows = None if args.max_rows == -1 else args.max_rows
     # Stop between two calls, not in one: every call leaves the database consistent.

@@ -10,7 +10,6 @@ import signal
 import sys
 import threading
 
-from abbild import config
 from abbild.errors import ConfigError, Forbidden
 
 
@@ -37,11 +36,11 @@ def add_parser(sub, with_config, embedded) -> None:
 def cmd_scrub(args) -> int:
     from abbild.scrubber import Scrubber
     from abbild.service import ImageService
-    from abbild_cmd.cli import _service_config_files
+    from abbild_cmd.cli import command_config
 
     if args.restore and args.daemon:
         raise ConfigError("give --restore or --daemon, not both")
-    conf = config.load(_service_config_files(args))
+    conf = command_config(args, "abbild-scrub")
     if args.daemon and conf.scrub_interval <= 0:
         raise ConfigError("abbild scrub --daemon needs scrub_interval above 0 (seconds between passes)")
     service = ImageService.from_config(conf, recover=False)

@@ -3,6 +3,7 @@ test session (and xdist worker), stopped afterwards."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
 
@@ -301,3 +303,23 @@ def project():
     import uuid
 
     return f"p-{uuid.uuid4().hex[:8]}"
+
+
+@contextlib.contextmanager
+def server_on_database(backend: str, base) -> Iterator[tuple[Server, list[str], str]]:
+    """An ``abbild serve`` (SQLite config and the filesystem store in *base*) on a fresh,
+    migrated database of *backend* (``tests.conftest.SQL_BACKENDS``): the server, its
+    config files and the database URL."""
+    from tests.conftest import _sql_database, _sql_migrate
+    from tests.functional.helpers import server_config
+
+    with _sql_database(backend, base) as database:
+        _sql_migrate(database)
+        api_conf, db_conf = base / "abbild-api.conf", base / "database.conf"
+        api_conf.write_text(server_config().format(dir=base))
+        db_conf.write_text(f"[database]\nconnection = {database}\n")  # the later file wins
+        srv = Server(base, "--config-file", str(api_conf), "--config-file", str(db_conf)).start()
+        try:
+            yield srv, [str(api_conf), str(db_conf)], database
+        finally:
+            srv.stop()

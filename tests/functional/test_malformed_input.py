@@ -19,9 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from tests.conftest import SQL_BACKENDS, _sql_database, _sql_migrate
-from tests.functional.conftest import Server
-from tests.functional.helpers import server_config
+from tests.conftest import SQL_BACKENDS
+from tests.functional.conftest import server_on_database
 
 ACCEPT = {"Accept": "application/json"}
 CREATE = {**ACCEPT, "Content-Type": "application/json"}
@@ -34,16 +33,8 @@ set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "abbild-hypothesis")
 @pytest.fixture(scope="module", params=SQL_BACKENDS)
 def url(request, tmp_path_factory):
     base = tmp_path_factory.mktemp(f"malformed-{request.param}")
-    with _sql_database(request.param, base) as database:
-        _sql_migrate(database)
-        api_conf, db_conf = base / "abbild-api.conf", base / "database.conf"
-        api_conf.write_text(server_config().format(dir=base))
-        db_conf.write_text(f"[database]\nconnection = {database}\n")  # the later file wins
-        srv = Server(base, "--config-file", str(api_conf), "--config-file", str(db_conf)).start()
-        try:
-            yield srv.url
-        finally:
-            srv.stop()
+    with server_on_database(request.param, base) as (srv, _, _):
+        yield srv.url
 
 
 def message_of(resp) -> str:

@@ -26,9 +26,8 @@ from sqlalchemy import update
 from abbild.db.models import ImageRow
 from abbild.db.registry import SQLRegistry, make_engine
 from abbild.errors import ImageNotFound
-from tests.conftest import SQL_BACKENDS, _sql_database, _sql_migrate
-from tests.functional.conftest import Server
-from tests.functional.helpers import server_config
+from tests.conftest import SQL_BACKENDS
+from tests.functional.conftest import server_on_database
 
 JSON = {"Accept": "application/json", "Content-Type": "application/json"}
 
@@ -49,16 +48,8 @@ class Deployment:
 @pytest.fixture(scope="module", params=SQL_BACKENDS)
 def deployment(request, tmp_path_factory):
     base = tmp_path_factory.mktemp(f"purge-{request.param}")
-    with _sql_database(request.param, base) as database:
-        _sql_migrate(database)
-        api_conf, db_conf = base / "abbild-api.conf", base / "database.conf"
-        api_conf.write_text(server_config().format(dir=base))
-        db_conf.write_text(f"[database]\nconnection = {database}\n")  # the later file wins
-        srv = Server(base, "--config-file", str(api_conf), "--config-file", str(db_conf)).start()
-        try:
-            yield Deployment(srv.url, [str(api_conf), str(db_conf)], database, str(base))
-        finally:
-            srv.stop()
+    with server_on_database(request.param, base) as (srv, config_files, database):
+        yield Deployment(srv.url, config_files, database, str(base))
 
 
 def purge_cli(*args: str, config_files=(), config_dir: str | None = None) -> subprocess.CompletedProcess:

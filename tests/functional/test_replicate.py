@@ -21,6 +21,7 @@ import requests
 from abbild.testing.backends import backend_unavailable
 from tests.functional import keystone as ks
 from tests.functional.helpers import server_config, serving, wait_for
+from tests.functional.test_keystone import KEYSTONE_CONFIG
 
 MIB = 1 << 20
 OCTET = {"Content-Type": "application/octet-stream"}
@@ -321,28 +322,6 @@ def _peak_rss(source, target, *args: str) -> int:
     return int(kib) * 1024
 
 
-KEYSTONE_CONFIG = """
-[DEFAULT]
-enabled_backends = local:filesystem
-default_backend = local
-[database]
-connection = sqlite:///{{dir}}/abbild.sqlite
-[paste_deploy]
-flavor = keystone
-[local]
-datadir = {{dir}}/images
-[keystone_authtoken]
-www_authenticate_uri = {auth_url}
-auth_url = {auth_url}
-auth_type = password
-username = abbild-service
-password = {password}
-project_name = service
-user_domain_id = default
-project_domain_id = default
-"""
-
-
 def test_keystone_sides(make_server, tmp_path):
     """A noauth source into a keystone target with password credentials from the
     environment (the replicator takes its tokens), then back with a token."""
@@ -355,7 +334,8 @@ def test_keystone_sides(make_server, tmp_path):
     base = tmp_path / "keystone"
     base.mkdir()
     conf = base / "abbild-api.conf"
-    conf.write_text(KEYSTONE_CONFIG.format(auth_url=ks.auth_url(), password=password).format(dir=base))
+    text = KEYSTONE_CONFIG.format(auth_url=ks.auth_url(), user="abbild-service", password=password, project="service")
+    conf.write_text(text.format(dir=base))
     target = make_server("--config-file", str(conf), data_dir=base).start()
     source = make_server(data_dir=tmp_path / "source").start()
     make_image(
