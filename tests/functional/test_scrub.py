@@ -411,9 +411,15 @@ def test_a_restore_racing_a_scrubber_never_leaves_an_active_image_without_data(d
     try:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             scrubbing = pool.submit(scrub, deployment, "--json", scrub_time=0, scrub_batch_size=1)
+
             # Restore while the scrubber is at work: some images are gone by then, one is
             # held, the rest still waits.
-            wait_for(lambda: any(stored(deployment, i).deleted_at is None for i in payloads), timeout=60)
+            # (On a fast store it may have scrubbed everything before the first look.)
+            def begun() -> bool:
+                images = [stored(deployment, i) for i in payloads]
+                return any(i.deleted_at is None or i.status is Status.DELETED for i in images)
+
+            wait_for(begun, timeout=60, what="the scrubber at work")
             for image_id in payloads:
                 try:
                     restorer.restore(image_id)

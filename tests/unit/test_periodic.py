@@ -22,9 +22,11 @@ def registry(tmp_path):
 
 
 def test_a_lease_is_held_for_the_block_renewed_and_released(registry, monkeypatch):
-    with lease(registry, "scrub", "host-a:1", seconds=0.3) as held:
+    with lease(registry, "scrub", "host-a:1", seconds=3) as held:
         assert held
-        time.sleep(0.5)  # longer than the lease: only its renewals keep it
+        # Longer than the lease: only its renewals (every second) keep it, and a busy
+        # host would have to delay three in a row to lose it.
+        time.sleep(4)
         assert registry.acquire_lease("scrub", "host-b:2", 60) is False
         with lease(registry, "scrub", "host-b:2") as other:
             assert other is False
