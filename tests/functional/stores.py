@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
@@ -86,15 +86,15 @@ large_object_chunk_size = 1
 
 @contextlib.contextmanager
 def _vmware(workdir):
-    from tests.functional.conftest import free_port
-
-    port, ca = free_port(), os.path.join(workdir, "vsphere-ca.pem")
+    ca = os.path.join(workdir, "vsphere-ca.pem")
+    # Port 0: the simulator binds a free port itself and names it, so no other process
+    # can take the port between choosing and binding it.
     proc = subprocess.Popen(
         [
             sys.executable,
             os.path.join(ROOT, "drivers/vmware/tests/fake_vsphere.py"),
             "--port",
-            str(port),
+            "0",
             "--ca-out",
             ca,
             "--user",
@@ -104,15 +104,16 @@ def _vmware(workdir):
             "--datastore",
             "dc1:ds1:100000000000",
         ],
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
+        text=True,
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 20
-        while not os.path.exists(ca) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.2)
+        started = re.search(r"https://127\.0\.0\.1:(\d+)", proc.stdout.readline())
+        if started is None:
+            raise RuntimeError(f"the vSphere simulator did not start (exit code {proc.poll()})")
+        port = started.group(1)
         yield _one_store(
             "vmware",
             f"""host = 127.0.0.1

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import http.server
+import os
 import re
 import secrets
 import ssl
@@ -207,14 +208,13 @@ def main() -> None:
     import trustme  # noqa: PLC0415  (test dependency, only needed when run by hand)
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--port", type=int, default=8443)
+    parser.add_argument("--port", type=int, default=8443, help="0: any free port (the line printed names it)")
     parser.add_argument("--user", default="abbild")
     parser.add_argument("--password", default="secret")
     parser.add_argument("--datastore", action="append", default=[], help="dc:ds:capacity_bytes (repeatable)")
     parser.add_argument("--ca-out", required=True, help="where to write the CA certificate (PEM) for ca_file")
     args = parser.parse_args()
     ca = trustme.CA()
-    ca.cert_pem.write_to_path(args.ca_out)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
     datastores = {}
@@ -222,6 +222,10 @@ def main() -> None:
         dc, ds, capacity = spec.rsplit(":", 2)
         datastores[(dc, ds)] = int(capacity)
     server = FakeVSphere(context, args.user, args.password, datastores, args.port)
+    # Only once the port is ours: whoever waits for the CA file (or this line) then
+    # talks to this server, never to another one that held the port first.
+    ca.cert_pem.write_to_path(args.ca_out + ".tmp")
+    os.replace(args.ca_out + ".tmp", args.ca_out)
     print(f"fake vSphere on https://127.0.0.1:{server.port} (CA in {args.ca_out})", flush=True)
     server.serve_forever()
 
