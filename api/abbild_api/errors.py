@@ -17,6 +17,8 @@ STATUS = (
     (e.Busy, exc.HTTPServiceUnavailable),
     (e.ImageNotFound, exc.HTTPNotFound),
     (e.MemberNotFound, exc.HTTPNotFound),
+    (e.TaskNotFound, exc.HTTPNotFound),
+    (e.InvalidImageData, exc.HTTPUnsupportedMediaType),
     (e.QuotaExceeded, exc.HTTPRequestEntityTooLarge),
     (e.DuplicateImage, exc.HTTPConflict),
     (e.ConcurrentUpdate, exc.HTTPConflict),

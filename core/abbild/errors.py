@@ -49,6 +49,16 @@ class UnsupportedOperation(AbbildError):
         super().__init__(f"store {store!r} does not support {operation}")
 
 
+class InvalidImageData(AbbildError):
+    """The data is not what the image's ``disk_format`` says, or is unsafe to hand to a
+    hypervisor (a qcow2 with a backing file, a VMDK naming other files): HTTP 415."""
+
+
+class ImageSignatureInvalid(Invalid):
+    """The data does not match the image's ``img_signature``, or the signature cannot
+    be checked (unknown certificate, bad parameters): HTTP 400."""
+
+
 class SizeLimitExceeded(AbbildError):
     """More bytes arrived than a limit allows (HTTP 413)."""
 
@@ -141,6 +151,12 @@ class DuplicateImage(RegistryError):
     def __init__(self, image_id: str) -> None:
         self.image_id = image_id
         super().__init__(f"An image with identifier {image_id} already exists")
+
+
+class TaskNotFound(RegistryError):
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        super().__init__(f"Task with identifier {task_id} not found")
 
 
 class MemberNotFound(RegistryError):

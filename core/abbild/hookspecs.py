@@ -88,3 +88,86 @@ def abbild_image_deactivated(image):
 @hookspec
 def abbild_image_deleted(image):
     """The image was deleted and its data removed. :param image: the image as it was."""
+
+
+@hookspec
+def abbild_image_preparing(image, store):
+    """Data for the image is about to be written to *store* (a :class:`abbild.stores.Store`):
+    an upload, or one store of an import (Glance's ``image.prepare``)."""
+
+
+@hookspec
+def abbild_image_sent(image, bytes_sent, viewer, error):
+    """A download ended (Glance's ``image.send``).
+
+    :param bytes_sent: how many bytes reached the client.
+    :param viewer: the :class:`abbild.registry.Viewer` who downloaded it.
+    :param error: ``None``, or the exception that cut the download short.
+    """
+
+
+@hookspec
+def abbild_image_member_created(image, member):
+    """*member* (a :class:`abbild.registry.Member`) was added to the shared *image*."""
+
+
+@hookspec
+def abbild_image_member_updated(image, member):
+    """*member* accepted or rejected the shared *image*."""
+
+
+@hookspec
+def abbild_image_member_deleted(image, member):
+    """*member* was removed from the shared *image*."""
+
+
+# -- tasks (imports) --------------------------------------------------------------------
+
+
+@hookspec
+def abbild_task_created(task):
+    """A task (an :class:`abbild.tasks.Task`, ``pending``) was recorded."""
+
+
+@hookspec
+def abbild_task_processing(task):
+    """The task started its work (``processing``)."""
+
+
+@hookspec
+def abbild_task_succeeded(task):
+    """The task ended in ``success``; ``task.result`` says what it did."""
+
+
+@hookspec
+def abbild_task_failed(task):
+    """The task ended in ``failure``; ``task.message`` says why."""
+
+
+# -- the image's data ----------------------------------------------------------------------
+
+
+@hookspec
+def abbild_data_checks(image, purpose):
+    """Check new data for *image* as it streams in, in the same pass as the hashing.
+
+    :param image: the :class:`abbild.image.Image` the data is for.
+    :param purpose: ``"upload"`` (``PUT .../file``), ``"stage"`` (``PUT .../stage``) or
+        ``"import"`` (data an import method fetched or a step produced).
+    :returns: an :class:`abbild.streams.DataCheck`, or ``None`` for no check. Every
+        plugin's check sees every chunk.
+    """
+
+
+@hookspec
+def abbild_import_steps():
+    """The import steps this plugin offers, by name.
+
+    :returns: ``{name: step}``; the operator runs some of them, in the order named in
+        ``[image_import_opts] image_import_plugins``. A step is called as
+        ``step(staged)`` with an :class:`abbild.import_steps.StagedData` and may change
+        its data (write a new file, set ``staged.path`` and ``staged.disk_format``) or
+        the properties the image gets. It raises to fail the import:
+        :class:`~abbild.errors.InvalidImageData` or :class:`~abbild.errors.Invalid` with a
+        message the image's owner can act on.
+    """

@@ -30,7 +30,7 @@ class DefaultStoreSelection:
         return self.default if self.default in stores else next(iter(stores), None)
 
 
-NOTIFICATION_PREFIX = "abbild_image_"
+NOTIFICATION_PREFIXES = ("abbild_image_", "abbild_task_")
 
 
 class PluginManager(pluggy.PluginManager):
@@ -42,7 +42,7 @@ class PluginManager(pluggy.PluginManager):
     def register(self, plugin, name=None):
         plugin_name = super().register(plugin, name)
         for caller in self.get_hookcallers(plugin) or ():
-            if caller.name.startswith(NOTIFICATION_PREFIX):
+            if caller.name.startswith(NOTIFICATION_PREFIXES):
                 for impl in caller.get_hookimpls():
                     if impl.plugin is plugin and not (impl.wrapper or impl.hookwrapper):
                         impl.function = _isolated(impl.function, impl.plugin_name, caller.name)  # type: ignore[misc]

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from abbild.errors import ConcurrentUpdate
 from abbild.image import Image
+from abbild.tasks import Task, TaskFilters
 
 #: Columns a list may be sorted by.
 SORT_KEYS = ("name", "status", "container_format", "disk_format", "size", "id", "created_at", "updated_at")
@@ -222,6 +223,62 @@ class Registry(abc.ABC):
         :returns: the rows removed, by table (every key of :data:`PURGE_TABLES`).
         :raises abbild.errors.Invalid: *max_rows* is negative.
         """
+
+    # -- tasks --------------------------------------------------------------------------
+    # (to become abstract once the sql and http registries implement them)
+
+    def create_task(self, task: Task) -> Task:
+        """Record a new task; ``created_at``/``updated_at`` are set to now.
+
+        :raises abbild.errors.Conflict: the id is taken.
+        """
+        raise NotImplementedError
+
+    def get_task(self, task_id: str) -> Task:
+        """:raises abbild.errors.TaskNotFound: (also once it expired and was purged)"""
+        raise NotImplementedError
+
+    def list_tasks(
+        self,
+        filters: TaskFilters,
+        sort_key: str = "created_at",
+        sort_dir: str = "desc",
+        limit: int | None = None,
+        marker: str | None = None,
+    ) -> list[Task]:
+        """One page of tasks; ``id`` is the tie-breaker after *sort_key*.
+
+        :raises abbild.errors.Invalid: unknown marker or sort key.
+        """
+        raise NotImplementedError
+
+    def save_task(self, task: Task) -> Task:
+        """Write *task* if nobody changed it since it was read (``task.version``).
+
+        :raises abbild.errors.ConcurrentUpdate:
+        :raises abbild.errors.TaskNotFound:
+        """
+        raise NotImplementedError
+
+    def tasks_of_image(self, image_id: str) -> list[Task]:
+        """Every task of the image, newest first (``GET /v2/images/{id}/tasks``)."""
+        raise NotImplementedError
+
+    def update_task(self, task_id: str, change: Callable[[Task], None], *, within: float = 30.0) -> Task:
+        """Apply *change* to the current task and save it, atomically (as
+        :meth:`update_image`)."""
+        deadline = time.monotonic() + within
+        attempt = 0
+        while True:
+            task = self.get_task(task_id)
+            change(task)
+            try:
+                return self.save_task(task)
+            except ConcurrentUpdate:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(0, 0.005 * 2 ** min(attempt, 6)))
+                attempt += 1
 
     # -- members ------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import io
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO
+from typing import IO, Protocol
 
 from abbild.errors import SizeLimitExceeded, SizeMismatch
 
@@ -119,6 +119,20 @@ class _HashThread(threading.Thread):
         return self.hash.hexdigest()
 
 
+class DataCheck(Protocol):
+    """One check of an image's data as it streams past, in the same pass as the hashing
+    (a plugin's answer to the ``abbild_data_checks`` hook): format inspection, signature
+    verification. Never reads the data a second time."""
+
+    def feed(self, chunk: bytes) -> None:
+        """The next chunk. May raise to refuse the data early
+        (:class:`~abbild.errors.InvalidImageData`, :class:`~abbild.errors.ImageSignatureInvalid`)."""
+
+    def finish(self) -> dict:
+        """All data was fed. Raises to refuse it; else returns the image attributes the
+        data decides (``{"virtual_size": ...}``), applied when the image is activated."""
+
+
 class ImageStream:
     """Wraps the incoming chunks of an image upload.
 
@@ -144,6 +158,7 @@ class ImageStream:
         declared_size: int | None = None,
         on_progress: Callable[[int], None] | None = None,
         progress_every: int = 256 * CHUNK_SIZE,
+        checks: Iterable[DataCheck] = (),
     ) -> None:
         if hash_algo is not None:
             hashlib.new(hash_algo)  # unknown algorithms fail before any byte moves
@@ -159,6 +174,8 @@ class ImageStream:
         self.size = 0
         self.checksum: str | None = None
         self.os_hash_value: str | None = None
+        self.checks = list(checks)
+        self.findings: dict = {}
 
     def __iter__(self) -> Iterator[bytes]:
         threads = [_HashThread(algorithm) for algorithm in self._algorithms]
@@ -176,12 +193,16 @@ class ImageStream:
                     raise SizeMismatch(self.declared_size, self.size)
                 for t in threads:
                     t.queue.put(chunk)
+                for check in self.checks:
+                    check.feed(chunk)
                 if self._on_progress and self.size >= next_progress:
                     next_progress = self.size + self._progress_every
                     self._on_progress(self.size)
                 yield chunk
             if self.declared_size is not None and self.size != self.declared_size:
                 raise SizeMismatch(self.declared_size, self.size)
+            for check in self.checks:
+                self.findings.update(check.finish() or {})
         finally:
             digests = [t.finish() for t in threads]
         self.checksum = digests[0] if self._md5 else None

@@ -53,7 +53,7 @@ from abbild.plugins import notify
 from abbild.quotas import check_location_added
 from abbild.registry import Registry, Viewer
 from abbild.stores import Store
-from abbild.streams import ImageStream
+from abbild.streams import DataCheck, ImageStream
 
 if TYPE_CHECKING:
     from abbild.service import ImageService
@@ -295,6 +295,7 @@ class Uploads:
                 declared_size=declared_size,
                 on_progress=claim.check,
                 progress_every=1,
+                checks=self.checks(image, "upload"),
             )
             try:
                 stored = store.put(image_id, stream, declared_size)
@@ -333,11 +334,17 @@ class Uploads:
             image.checksum = stream.checksum
             image.os_hash_algo = stream.hash_algo
             image.os_hash_value = stream.os_hash_value
+            image.virtual_size = stream.findings.get("virtual_size", image.virtual_size)
             image.locations.append(Location(store.name, stored.uri, stored.size, "active", dict(stored.extra)))
             image.upload_worker = image.upload_lease = None
             image.transition(Status.ACTIVE)
 
         return self.registry.update_image(claim.image_id, change, storage_limit=self.storage_limit())
+
+    def checks(self, image: Image, purpose: str) -> list[DataCheck]:
+        """The plugins' checks of new data for *image* (the ``abbild_data_checks`` hook);
+        *purpose*: ``upload``, ``stage`` or ``import``."""
+        return [c for c in self.plugins.hook.abbild_data_checks(image=image, purpose=purpose) if c is not None]
 
     def limit(self, image: Image) -> tuple[int, str]:
         """How many bytes new data for *image* may have, and which limit says so. The

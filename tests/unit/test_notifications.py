@@ -13,26 +13,38 @@ from abbild.plugins import get_plugin_manager, notify
 from abbild.registry import Viewer
 
 NOTIFICATIONS = sorted(
-    n for n in get_plugin_manager(load_entrypoints=False).hook.__dict__ if n.startswith("abbild_image_")
+    n
+    for n in get_plugin_manager(load_entrypoints=False).hook.__dict__
+    if n.startswith(("abbild_image_", "abbild_task_"))
 )
-ARGS = {"image": types.SimpleNamespace(id="i"), "location": object(), "error": RuntimeError("upload")}
+ARGS = {
+    "image": types.SimpleNamespace(id="i"),
+    "task": types.SimpleNamespace(id="t"),
+    "location": object(),
+    "store": object(),
+    "member": object(),
+    "viewer": object(),
+    "bytes_sent": 0,
+    "error": RuntimeError("upload"),
+}
 
 
-def _fail(image):
+def _fail():
     raise RuntimeError("a broken notifier")
 
 
+# An implementation may take none of its hook's arguments (pluggy passes what it names).
 class FailsEverywhere:
     def __init__(self):
         for name in NOTIFICATIONS:
-            setattr(self, name, hookimpl(specname=name)(lambda image: _fail(image)))
+            setattr(self, name, hookimpl(specname=name)(lambda: _fail()))
 
 
 class Records:
     def __init__(self):
         self.seen = []
         for name in NOTIFICATIONS:
-            setattr(self, name, hookimpl(specname=name)(lambda image, name=name: self.seen.append(name)))
+            setattr(self, name, hookimpl(specname=name)(lambda name=name: self.seen.append(name)))
 
 
 @pytest.fixture
@@ -44,8 +56,8 @@ def _spec_args(pm, name):
     return {arg: ARGS[arg] for arg in getattr(pm.hook, name).spec.argnames}
 
 
-def test_there_are_seven_notifications():
-    assert len(NOTIFICATIONS) == 7 and "abbild_image_upload_failed" in NOTIFICATIONS
+def test_image_and_task_events_are_notifications():
+    assert len(NOTIFICATIONS) == 16 and {"abbild_image_upload_failed", "abbild_task_failed"} <= set(NOTIFICATIONS)
 
 
 def test_every_notification_is_traced_and_a_failing_plugin_stops_no_other(traced, capsys, caplog):
