@@ -7,6 +7,7 @@ import dataclasses
 import pathlib
 
 from abbild.image import Image
+from abbild.registry import Viewer
 
 
 @dataclasses.dataclass
@@ -24,3 +25,7 @@ class StagedData:
     workdir: pathlib.Path  # this import's scratch directory
     method: str  # the import method: glance-direct, web-download, glance-download
     properties: dict[str, str] = dataclasses.field(default_factory=dict)  # set on the image at activation
+    # Who asked for the import (the import engine passes the request's viewer): steps
+    # that act on the caller's roles (inject_image_metadata's ignore_user_roles) read it.
+    # None: unknown, treated as a caller without roles.
+    viewer: Viewer | None = None
