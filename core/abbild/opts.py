@@ -361,6 +361,75 @@ purge_opts = [
     ),
 ]
 
+# The built-in import steps (abbild.import_plugins) and the glance-download import
+# method (abbild.glance_download), in the groups Glance uses, so operators' configs work.
+image_conversion_opts = [
+    cfg.StrOpt(
+        "output_format",
+        default="raw",
+        choices=[
+            ("raw", "what Ceph RBD needs for copy-on-write clones"),
+            ("qcow2", "QEMU's copy-on-write format"),
+            ("vmdk", "VMware's format"),
+        ],
+        help="Disk format the ``image_conversion`` import step converts imported images to "
+        "(with qemu-img); images already in it are only checked.\n\n"
+        "Related options: [image_import_opts] image_import_plugins, "
+        "[image_format] vmdk_allowed_types",
+    ),
+    cfg.IntOpt(
+        "conversion_timeout",
+        default=3600,
+        min=1,
+        help="Seconds ``qemu-img convert`` may take for one image before the import is "
+        "failed (and the partial output removed). Mind the largest images you accept: "
+        "qemu-img writes some hundred MiB per second on local disks.",
+    ),
+]
+
+image_format_opts = [
+    cfg.ListOpt(
+        "vmdk_allowed_types",
+        default=["streamOptimized", "monolithicSparse"],
+        help="VMDK create-types the ``image_conversion`` import step accepts. Others "
+        "(``monolithicFlat``, ``twoGbMaxExtentFlat``, ...) name extent files of their own, "
+        "which a hostile image points at files of this host. Empty: no VMDK at all.",
+    ),
+]
+
+inject_metadata_opts = [
+    cfg.DictOpt(
+        "inject",
+        default={},
+        help="Properties the ``inject_image_metadata`` import step sets on every imported "
+        "image, as ``key:value`` pairs, for example ``hw_firmware_type:uefi, os_audited:yes``.\n\n"
+        "Related options: ignore_user_roles",
+    ),
+    cfg.ListOpt(
+        "ignore_user_roles",
+        default=["admin"],
+        help="Users with any of these roles import without the injected properties.",
+    ),
+]
+
+glance_download_opts = [
+    cfg.ListOpt(
+        "extra_properties",
+        default=["hw_", "trait:", "os_distro", "os_secure_boot", "os_type"],
+        help="The ``glance-download`` import method copies the remote image's properties "
+        "whose names start with one of these onto the local image, besides its formats and "
+        "sizes.",
+    ),
+]
+
+# Their groups, for register_opts and list_opts.
+IMPORT_STEP_GROUPS = {
+    "image_conversion": image_conversion_opts,
+    "image_format": image_format_opts,
+    "inject_metadata_properties": inject_metadata_opts,
+    "glance_download_properties": glance_download_opts,
+}
+
 RESERVED_GROUPS = frozenset(
     {
         "DEFAULT",
@@ -372,6 +441,7 @@ RESERVED_GROUPS = frozenset(
         "abbild",
         "oslo_policy",
         "keystone_authtoken",
+        *IMPORT_STEP_GROUPS,
     }
 )
 
@@ -382,6 +452,8 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     )
     conf.register_opts(database_opts, group="database")
     conf.register_opts(paste_opts, group="paste_deploy")
+    for group, group_opts in IMPORT_STEP_GROUPS.items():
+        conf.register_opts(group_opts, group=group)
 
 
 def list_opts():
@@ -392,4 +464,5 @@ def list_opts():
         ),
         ("database", database_opts),
         ("paste_deploy", paste_opts),
+        *IMPORT_STEP_GROUPS.items(),
     ]
