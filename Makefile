@@ -18,6 +18,9 @@ install-test:
 	command -v apxs >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq --no-install-recommends apache2 apache2-dev curl >/dev/null; }
 	$(PIP) mod_wsgi
+	# qemu-img: the image_conversion import step and the tests' qcow2/vmdk/vhd images
+	command -v qemu-img >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends qemu-utils >/dev/null; }
 
 serve: install
 	$(PYTHON) -m abbild_cmd.cli serve $(ARGS)
