@@ -430,9 +430,24 @@ IMPORT_STEP_GROUPS = {
     "glance_download_properties": glance_download_opts,
 }
 
+# [task], as Glance's.
+task_opts = [
+    cfg.IntOpt(
+        "task_time_to_live",
+        default=48,
+        min=1,
+        help="Hours a task (``GET /v2/tasks``, ``GET /v2/images/{id}/tasks``) stays once it "
+        "succeeded or failed; then it is gone from the Tasks API, and the database purge "
+        "(``abbild db purge``, purge_interval) removes its row once it expired more than "
+        "purge_age_in_days ago. The registry sets it: with the http registry, set it in "
+        "abbild-registry.conf.",
+    ),
+]
+
 RESERVED_GROUPS = frozenset(
     {
         "DEFAULT",
+        "task",
         "database",
         "paste_deploy",
         "registry",
@@ -452,6 +467,7 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     )
     conf.register_opts(database_opts, group="database")
     conf.register_opts(paste_opts, group="paste_deploy")
+    conf.register_opts(task_opts, group="task")
     for group, group_opts in IMPORT_STEP_GROUPS.items():
         conf.register_opts(group_opts, group=group)
 
@@ -464,5 +480,6 @@ def list_opts():
         ),
         ("database", database_opts),
         ("paste_deploy", paste_opts),
+        ("task", task_opts),
         *IMPORT_STEP_GROUPS.items(),
     ]

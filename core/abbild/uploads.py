@@ -285,6 +285,9 @@ class Uploads:
         max_size, limit_name = self.limit(image)
         if declared_size is not None and declared_size > max_size:
             raise SizeLimitExceeded(max_size, limit_name)
+        # Before the claim: a check that refuses the image outright (a signature that
+        # cannot be verified) leaves it queued, untouched.
+        checks = self.checks(image, "upload")
         claim = self.claims.take(image_id)
         try:
             stream = ImageStream(
@@ -295,7 +298,7 @@ class Uploads:
                 declared_size=declared_size,
                 on_progress=claim.check,
                 progress_every=1,
-                checks=self.checks(image, "upload"),
+                checks=checks,
             )
             try:
                 stored = store.put(image_id, stream, declared_size)
