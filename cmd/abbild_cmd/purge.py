@@ -18,7 +18,8 @@ def add_parser(sub, with_config, embedded) -> None:
     p = with_config(
         sub.add_parser(
             "purge",
-            help="remove the rows of images deleted more than N days ago; their ids stay taken (tombstones)",
+            help="remove the rows of images deleted (and of tasks expired) more than N days ago; the "
+            "images' ids stay taken (tombstones)",
         ),
         data_dir=embedded,
     )
@@ -35,7 +36,8 @@ def add_parser(sub, with_config, embedded) -> None:
         default=-1,
         metavar="M",
         help="purge at most M deleted images (each with all its properties, tags, locations, members "
-        "and cache entries) and at most M removed memberships of other images in this run; "
+        "and cache entries), at most M removed memberships of other images and at most M expired "
+        "tasks in this run; "
         "-1 (the default): all",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -5,7 +5,8 @@ locations and members, so that its id is never given to another image: a compute
 node that knows the id must never boot other data under it. The purge removes those
 rows once they are older than ``purge_age_in_days`` and leaves a tombstone of the id
 (:meth:`abbild.registry.Registry.purge`), so the database stops growing with every
-image ever deleted while the ids stay taken for ever.
+image ever deleted while the ids stay taken for ever. Tasks go the same way once they
+expired (``[task] task_time_to_live`` after they ended) that long ago.
 
 ``abbild db purge`` runs it once; ``purge_interval`` runs it inside the API processes
 (one process per deployment at a time, under the lease ``purge``).
@@ -47,8 +48,8 @@ def purge(
     """Purge what was deleted before *older_than*, in calls of at most :data:`CHUNK`
     rows, until nothing is left, *max_rows* is reached or *stopping* is set.
 
-    :param max_rows: at most this many deleted images, and at most this many removed
-        memberships of other images (the rows of a purged image in the other tables go
+    :param max_rows: at most this many deleted images, at most this many removed
+        memberships of other images and at most this many expired tasks (the rows of a purged image in the other tables go
         with it, however many); ``None``: all.
     :returns: the rows removed, by table (the keys of :data:`~abbild.registry.PURGE_TABLES`).
     """
@@ -65,8 +66,8 @@ def purge(
             # Each call takes up to *limit* of each kind, so the calls' limits add up to
             # at most max_rows of each.
             left -= limit
-        # Fewer images and fewer member rows than asked: neither kind has more to give.
-        if counts.get("images", 0) < limit and counts.get("image_members", 0) < limit:
+        # Fewer images, member rows and tasks than asked: no kind has more to give.
+        if all(counts.get(kind, 0) < limit for kind in ("images", "image_members", "tasks")):
             break
     return removed
 

@@ -106,7 +106,17 @@ class Usage:
 
 CACHE_STATES = ("queued", "cached")
 #: The tables :meth:`Registry.purge` removes rows from, in the order it reports them.
-PURGE_TABLES = ("images", "image_properties", "image_tags", "image_locations", "image_members", "cache_entries")
+PURGE_TABLES = (
+    "images",
+    "image_properties",
+    "image_tags",
+    "image_locations",
+    "image_members",
+    "cache_entries",
+    "tasks",
+)
+#: Columns a task list may be sorted by (``GET /v2/tasks?sort_key=``, as Glance).
+TASK_SORT_KEYS = ("created_at", "updated_at", "id", "status", "type")
 
 
 @dataclasses.dataclass
@@ -215,11 +225,12 @@ class Registry(abc.ABC):
         """Remove the rows of what was deleted before *older_than* (naive UTC, or aware):
         each image in status ``deleted`` with its properties, tags, locations, members and
         cache index entries, leaving a tombstone of its id (:meth:`create_image` refuses
-        it for ever), and the memberships removed from images that are still there.
-        Works in batches, one transaction each.
+        it for ever), the memberships removed from images that are still there, and the
+        tasks that expired before *older_than*. Works in batches, one transaction each.
 
-        :param max_rows: at most this many deleted images, and at most this many removed
-            memberships of other images, in this call; ``None``: all.
+        :param max_rows: at most this many deleted images, at most this many removed
+            memberships of other images and at most this many expired tasks, in this
+            call; ``None``: all.
         :returns: the rows removed, by table (every key of :data:`PURGE_TABLES`).
         :raises abbild.errors.Invalid: *max_rows* is negative.
         """

@@ -166,7 +166,7 @@ def test_the_table_says_what_went(deployment):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert " purged what was deleted before " in lines[0] and lines[0].endswith(" UTC")
-    table = dict(line.split() for line in lines[1:8])
+    table = dict(line.split() for line in lines[1:9])
     assert table == {
         "TABLE": "ROWS",
         "images": "1",
@@ -175,8 +175,9 @@ def test_the_table_says_what_went(deployment):
         "image_locations": "0",
         "image_members": "1",
         "cache_entries": "0",
+        "tasks": "0",
     }
-    assert lines[8] == "1 image id(s) kept as tombstones: they are never given to a new image"
+    assert lines[9] == "1 image id(s) kept as tombstones: they are never given to a new image"
 
 
 def test_over_the_http_registry(deployment, make_registry, tmp_path):

@@ -56,7 +56,7 @@ def collations(engine) -> tuple[dict, dict]:
 
 
 def test_head_is_the_latest_revision():
-    assert migrate.head() == "0005"
+    assert migrate.head() == "0006"
 
 
 def test_sync_empty_database(blank_engine):
@@ -95,7 +95,7 @@ def test_comparison_sees_a_difference(engine):
 
 
 # The tables each revision after 0002 adds.
-_ADDED = {"0003": "cache_entries", "0004": "leases", "0005": "image_tombstones"}
+_ADDED = {"0003": "cache_entries", "0004": "leases", "0005": "image_tombstones", "0006": "tasks"}
 
 
 def _at(revision: str) -> sa.MetaData:
@@ -148,7 +148,7 @@ def test_tombstones_upgrade_and_downgrade(blank_engine):
     from abbild.errors import DuplicateImage
     from abbild.image import Image, Status, utcnow
 
-    assert migrate.sync(blank_engine) == "0005"
+    assert migrate.sync(blank_engine) == migrate.head()
     registry = SQLRegistry(url=blank_engine.url.render_as_string(hide_password=False))
     try:
         kept = registry.create_image(Image(id="9b1c0d2e-0000-4000-8000-000000000001", name="kept"))
@@ -156,7 +156,7 @@ def test_tombstones_upgrade_and_downgrade(blank_engine):
         registry.update_image(purged.id, lambda i: i.transition(Status.DELETED))
         assert migrate.downgrade(blank_engine, "0004") == "0004"
         assert schema_differences(blank_engine, _at("0004")) == []
-        assert migrate.sync(blank_engine) == "0005"
+        assert migrate.sync(blank_engine) == migrate.head()
         assert schema_differences(blank_engine) == []
         assert registry.purge(utcnow() + datetime.timedelta(days=1))["images"] == 1
         with pytest.raises(DuplicateImage):
@@ -167,8 +167,36 @@ def test_tombstones_upgrade_and_downgrade(blank_engine):
         assert schema_differences(blank_engine, _at("0004")) == []
         assert registry.get_image(kept.id).name == "kept"
 
-        assert migrate.sync(blank_engine) == "0005"
+        assert migrate.sync(blank_engine) == migrate.head()
         assert schema_differences(blank_engine) == []
         assert registry.create_image(Image(id=purged.id, name="again")).name == "again"
+    finally:
+        registry.close()
+
+
+def test_tasks_upgrade_and_downgrade(blank_engine):
+    """0006 adds the tasks to a database at 0005 that holds an image, and takes them
+    away again; the image stays, and a new task after the upgrade reads back."""
+    from abbild.db.registry import SQLRegistry
+    from abbild.errors import TaskNotFound
+    from abbild.image import Image
+    from abbild.tasks import Task
+
+    assert migrate.sync(blank_engine) == "0006"
+    registry = SQLRegistry(url=blank_engine.url.render_as_string(hide_password=False))
+    try:
+        image = registry.create_image(Image(id="9b1c0d2e-0000-4000-8000-000000000001", name="kept"))
+        task = registry.create_task(Task(id="9b1c0d2e-0000-4000-8000-0000000000aa", type="import", image_id=image.id))
+        assert migrate.downgrade(blank_engine, "0005") == "0005"
+        assert "tasks" not in sa.inspect(blank_engine).get_table_names()
+        assert schema_differences(blank_engine, _at("0005")) == []
+        assert registry.get_image(image.id).name == "kept"
+
+        assert migrate.sync(blank_engine) == "0006"
+        assert schema_differences(blank_engine) == []
+        with pytest.raises(TaskNotFound):
+            registry.get_task(task.id)
+        registry.create_task(task)
+        assert registry.tasks_of_image(image.id)[0].id == task.id
     finally:
         registry.close()

@@ -191,3 +191,33 @@ class TombstoneRow(Base):
 
     id: Mapped[str36] = mapped_column(primary_key=True)
     purged_at: Mapped[timestamp]
+
+
+class TaskRow(Base):
+    """A task (:class:`abbild.tasks.Task`): an import's record, as the Tasks API shows
+    it. ``input`` and ``result`` are JSON text, as Glance keeps them. No foreign key to
+    the image: a task outlives the image it created, until it expires."""
+
+    __tablename__ = "tasks"
+
+    id: Mapped[str36] = mapped_column(primary_key=True)
+    type: Mapped[str] = mapped_column(String(30))
+    status: Mapped[str] = mapped_column(String(30))
+    owner: Mapped[str255 | None]
+    input: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[str | None] = mapped_column(Text)
+    message: Mapped[str] = mapped_column(Text)
+    image_id: Mapped[str36 | None]
+    request_id: Mapped[str255 | None]
+    user_id: Mapped[str255 | None]
+    created_at: Mapped[timestamp]
+    updated_at: Mapped[timestamp]
+    expires_at: Mapped[timestamp | None]
+    version: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (
+        Index(None, "owner"),
+        Index(None, "image_id"),
+        Index(None, "created_at", "id"),
+        Index(None, "expires_at"),
+    )

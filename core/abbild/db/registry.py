@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import json
 import logging
 import threading
 import time
@@ -23,6 +24,7 @@ from abbild.db.models import (
     OwnerLockRow,
     PropertyRow,
     TagRow,
+    TaskRow,
     TombstoneRow,
 )
 from abbild.errors import (
@@ -34,6 +36,7 @@ from abbild.errors import (
     MemberNotFound,
     QuotaExceeded,
     RegistryUnavailable,
+    TaskNotFound,
 )
 from abbild.image import Image, Location, Status, utcnow
 from abbild.registry import (
@@ -42,6 +45,7 @@ from abbild.registry import (
     NUMBER_FILTERS,
     PURGE_TABLES,
     SORT_KEYS,
+    TASK_SORT_KEYS,
     TIME_OPERATORS,
     CacheEntry,
     ImageFilters,
@@ -50,6 +54,7 @@ from abbild.registry import (
     Usage,
     Viewer,
 )
+from abbild.tasks import TASK_TYPES, Task, TaskFilters, TaskStatus
 
 LOG = logging.getLogger(__name__)
 
@@ -118,10 +123,27 @@ def _retryable(exc: DBAPIError) -> bool:
     return sqlstate in ("40001", "40P01")  # PostgreSQL serialization failure, deadlock
 
 
+#: Hours an ended task stays, when no configuration says (Glance's default).
+TASK_TIME_TO_LIVE = 48
+
+
 class SQLRegistry(Registry):
-    def __init__(self, conf=None, *, url: str | None = None, pool_size: int = 10) -> None:
+    """:param task_time_to_live: hours a task stays once it ended (``[task]
+    task_time_to_live`` when *conf* is given)."""
+
+    def __init__(
+        self,
+        conf=None,
+        *,
+        url: str | None = None,
+        pool_size: int = 10,
+        task_time_to_live: float = TASK_TIME_TO_LIVE,
+    ) -> None:
         if url is None:
             url, pool_size = conf.database.connection, conf.database.pool_size
+        if conf is not None:
+            task_time_to_live = conf.task.task_time_to_live
+        self.task_time_to_live = datetime.timedelta(hours=task_time_to_live)
         self.url = url
         self.engine = make_engine(url, pool_size)
         self._read = sessionmaker(self.engine, expire_on_commit=False)
@@ -384,7 +406,8 @@ class SQLRegistry(Registry):
             raise Invalid(f"older_than is a point in time, not {older_than!r}")
         cutoff = _naive_utc(older_than)
         removed = dict.fromkeys(PURGE_TABLES, 0)
-        for batch, selected in ((_purge_images, "images"), (_purge_memberships, "image_members")):
+        batches = ((_purge_images, "images"), (_purge_memberships, "image_members"), (_purge_tasks, "tasks"))
+        for batch, selected in batches:
             left = max_rows
             while left is None or left > 0:
                 limit = self.purge_batch if left is None else min(self.purge_batch, left)
@@ -396,6 +419,125 @@ class SQLRegistry(Registry):
                 if counts[selected] < limit:
                     break
         return removed
+
+    # -- tasks ----------------------------------------------------------------------
+
+    def create_task(self, task: Task) -> Task:
+        stored = self._task_for_write(task)
+        stored.created_at = stored.updated_at = utcnow()
+        stored.version = 1
+        stored.expires_at = self._expiry(stored)
+
+        def work(session: Session):
+            session.execute(insert(TaskRow).values(**_task_columns(stored)))
+
+        try:
+            self._writing(work)
+        except IntegrityError as exc:
+            raise Conflict(f"A task with identifier {task.id} already exists") from exc
+        return stored
+
+    def get_task(self, task_id: str) -> Task:
+        with self._reading() as session:
+            row = session.scalars(select(TaskRow).where(TaskRow.id == task_id, _task_alive())).first()
+            if row is None:
+                raise TaskNotFound(task_id)
+            return _to_task(row)
+
+    def list_tasks(
+        self,
+        filters: TaskFilters,
+        sort_key: str = "created_at",
+        sort_dir: str = "desc",
+        limit: int | None = None,
+        marker: str | None = None,
+    ) -> list[Task]:
+        if sort_key not in TASK_SORT_KEYS:
+            raise Invalid(f"Invalid sort key: {sort_key}. It must be one of the following: {', '.join(TASK_SORT_KEYS)}")
+        if sort_dir not in ("asc", "desc"):
+            raise Invalid(f"Invalid sort direction: {sort_dir}. It must be one of the following: asc, desc")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise Invalid(f"Invalid limit {limit!r}: a whole number of at least 0")
+        keys = [(getattr(TaskRow, sort_key), sort_dir)] + ([(TaskRow.id, sort_dir)] if sort_key != "id" else [])
+        conditions = [_task_alive()]
+        for name in ("type", "status", "owner"):
+            value = getattr(filters, name)
+            if value is not None:
+                conditions.append(getattr(TaskRow, name) == value)
+        with self._reading() as session:
+            query = select(TaskRow).where(*conditions)
+            if marker is not None:
+                # Only a task of this very list marks a page: another would tell its
+                # owner's tasks apart from missing ids.
+                marker_row = session.scalars(select(TaskRow).where(TaskRow.id == marker, *conditions)).first()
+                if marker_row is None:
+                    raise Invalid(f"Invalid marker {marker}: no task with that ID")
+                query = query.where(_after(keys, marker_row))
+            for column, direction in keys:
+                query = query.order_by(column.asc() if direction == "asc" else column.desc())
+            if limit is not None:
+                query = query.limit(limit)
+            return [_to_task(row) for row in session.scalars(query)]
+
+    def save_task(self, task: Task) -> Task:
+        saved = self._task_for_write(task)
+        now = utcnow()
+        saved.updated_at = now if saved.updated_at is None else max(now, saved.updated_at)
+        saved.version = task.version + 1
+        saved.expires_at = self._expiry(saved)
+        values = _task_columns(saved)
+        del values["id"], values["created_at"]
+
+        def work(session: Session):
+            result = session.execute(
+                update(TaskRow)
+                .where(TaskRow.id == task.id, TaskRow.version == task.version, _task_alive())
+                .values(**values)
+            )
+            if result.rowcount != 1:
+                if session.scalar(select(TaskRow.id).where(TaskRow.id == task.id, _task_alive())) is None:
+                    raise TaskNotFound(task.id)
+                raise ConcurrentUpdate(task.id)
+
+        self._writing(work)
+        return saved
+
+    def tasks_of_image(self, image_id: str) -> list[Task]:
+        with self._reading() as session:
+            rows = session.scalars(
+                select(TaskRow)
+                .where(TaskRow.image_id == image_id, _task_alive())
+                .order_by(TaskRow.created_at.desc(), TaskRow.id.desc())
+            )
+            return [_to_task(row) for row in rows]
+
+    def _task_for_write(self, task: Task) -> Task:
+        """A copy of *task* as it will read back (naive UTC in whole seconds, a
+        :class:`TaskStatus`).
+
+        :raises abbild.errors.Invalid: a value the table cannot hold.
+        """
+        if task.type not in TASK_TYPES:
+            raise Invalid(f"Invalid task type {task.type!r}: one of {', '.join(TASK_TYPES)}")
+        if not task.id or len(task.id) > 36 or (task.image_id is not None and len(task.image_id) > 36):
+            raise Invalid("A task's id and image id are 1 to 36 characters.")
+        for name in ("owner", "request_id", "user_id"):
+            if len(getattr(task, name) or "") > 255:
+                raise Invalid(f"A task's {name} is at most 255 characters.")
+        stored = dataclasses.replace(task, status=TaskStatus(task.status))
+        stored.input = dict(task.input or {})
+        stored.result = None if task.result is None else dict(task.result)
+        stored.message = task.message or ""
+        for name in ("created_at", "updated_at", "expires_at"):
+            value = _naive_utc(getattr(task, name))
+            setattr(stored, name, None if value is None else value.replace(microsecond=0))
+        return stored
+
+    def _expiry(self, task: Task) -> datetime.datetime | None:
+        """When an ended task goes: ``task_time_to_live`` after it ended (as Glance)."""
+        if task.expires_at is None and task.status in (TaskStatus.SUCCESS, TaskStatus.FAILURE):
+            return task.updated_at + self.task_time_to_live
+        return task.expires_at
 
     # -- members --------------------------------------------------------------------
 
@@ -515,6 +657,64 @@ def _purge_memberships(session: Session, cutoff: datetime.datetime, limit: int) 
         return {"image_members": 0}
     # The condition again: a membership added back in the meantime stays.
     return {"image_members": session.execute(delete(MemberRow).where(MemberRow.id.in_(ids), *removed)).rowcount}
+
+
+def _purge_tasks(session: Session, cutoff: datetime.datetime, limit: int) -> dict[str, int]:
+    """One batch of :meth:`SQLRegistry.purge`: up to *limit* tasks that expired before
+    *cutoff* (an expired task is gone for its readers; its expiry is its deletion)."""
+    expired = (TaskRow.expires_at.is_not(None), TaskRow.expires_at < cutoff)
+    ids = list(
+        session.scalars(
+            select(TaskRow.id).where(*expired).order_by(TaskRow.expires_at, TaskRow.id).limit(limit).with_for_update()
+        )
+    )
+    if not ids:
+        return {"tasks": 0}
+    return {"tasks": session.execute(delete(TaskRow).where(TaskRow.id.in_(ids), *expired)).rowcount}
+
+
+def _task_alive():
+    """Tasks that have not expired: an expired one is gone for every reader (Glance
+    soft-deletes it), and the purge removes its row."""
+    return or_(TaskRow.expires_at.is_(None), TaskRow.expires_at > utcnow())
+
+
+def _task_columns(task: Task) -> dict:
+    return {
+        "id": task.id,
+        "type": task.type,
+        "status": TaskStatus(task.status).value,
+        "owner": task.owner,
+        "input": json.dumps(task.input),
+        "result": None if task.result is None else json.dumps(task.result),
+        "message": task.message,
+        "image_id": task.image_id,
+        "request_id": task.request_id,
+        "user_id": task.user_id,
+        "created_at": task.created_at,
+        "updated_at": task.updated_at,
+        "expires_at": task.expires_at,
+        "version": task.version,
+    }
+
+
+def _to_task(row: TaskRow) -> Task:
+    return Task(
+        id=row.id,
+        type=row.type,
+        owner=row.owner,
+        status=TaskStatus(row.status),
+        input=json.loads(row.input) if row.input else {},
+        result=None if row.result is None else json.loads(row.result),
+        message=row.message,
+        image_id=row.image_id,
+        request_id=row.request_id,
+        user_id=row.user_id,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        expires_at=row.expires_at,
+        version=row.version,
+    )
 
 
 def _member_query(image_id: str, member_id: str):
