@@ -69,6 +69,9 @@ def get_plugin_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:
     pm = PluginManager("abbild")
     pm.add_hookspecs(hookspecs)
     pm.register(DefaultStoreSelection(), name="abbild.default-store")
+    from abbild.import_plugins import ImportStepsPlugin  # it imports hookimpl from here
+
+    pm.register(ImportStepsPlugin(), name="abbild.import-steps")
     if load_entrypoints:
         pm.load_setuptools_entrypoints("abbild.plugins")
     pm.check_pending()
