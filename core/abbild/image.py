@@ -31,7 +31,9 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     S.QUEUED: frozenset({S.SAVING, S.UPLOADING, S.IMPORTING, S.ACTIVE, S.DELETED}),
     S.SAVING: frozenset({S.ACTIVE, S.KILLED, S.DELETED, S.QUEUED}),
     S.UPLOADING: frozenset({S.IMPORTING, S.QUEUED, S.DELETED}),
-    S.IMPORTING: frozenset({S.ACTIVE, S.DELETED, S.QUEUED}),
+    # Beyond Glance's table: a failed glance-direct import keeps its staged data, and
+    # the image returns to 'uploading' so that the import can be tried again.
+    S.IMPORTING: frozenset({S.ACTIVE, S.DELETED, S.QUEUED, S.UPLOADING}),
     S.ACTIVE: frozenset({S.PENDING_DELETE, S.DELETED, S.DEACTIVATED}),
     S.KILLED: frozenset({S.DELETED}),
     S.PENDING_DELETE: frozenset({S.DELETED, S.ACTIVE, S.DEACTIVATED}),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from oslo_config import cfg
 
+from abbild import import_opts
+
 store_opts = [
     cfg.DictOpt(
         "enabled_backends",
@@ -457,6 +459,8 @@ RESERVED_GROUPS = frozenset(
         "oslo_policy",
         "keystone_authtoken",
         *IMPORT_STEP_GROUPS,
+        import_opts.IMPORT_GROUP,
+        import_opts.FILTERING_GROUP,
     }
 )
 
@@ -470,14 +474,24 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(task_opts, group="task")
     for group, group_opts in IMPORT_STEP_GROUPS.items():
         conf.register_opts(group_opts, group=group)
+    import_opts.register_opts(conf)
 
 
 def list_opts():
     return [
         (
             "DEFAULT",
-            store_opts + image_opts + job_opts + registry_opts + cache_opts + scrub_opts + audit_opts + purge_opts,
+            store_opts
+            + image_opts
+            + job_opts
+            + registry_opts
+            + cache_opts
+            + scrub_opts
+            + audit_opts
+            + purge_opts
+            + import_opts.import_opts,
         ),
+        *import_opts.list_opts()[1:],
         ("database", database_opts),
         ("paste_deploy", paste_opts),
         ("task", task_opts),

@@ -56,6 +56,7 @@ RULES: dict[str, tuple[str, str]] = {
     "get_member": (f"{ADMIN} or (role:reader and ({_MEMBER_READERS}))", "GET .../members/{member_id}"),
     "get_members": (f"{ADMIN} or (role:reader and ({_MEMBER_READERS}))", "GET /v2/images/{image_id}/members"),
     "modify_member": (f"{ADMIN} or (role:member and project_id:%(member_id)s)", "PUT .../members/{member_id}"),
+    "copy_image": (ADMIN, "POST /v2/images/{image_id}/import with the copy-image method"),
     "stores_info_detail": ("role:admin or role:service", "GET /v2/info/stores/detail"),
     "cache_list": (ADMIN, "GET /v2/cache"),
     "cache_image": (ADMIN, "PUT /v2/cache/{image_id}"),

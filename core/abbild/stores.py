@@ -139,21 +139,7 @@ class StoreManager:
             raise ConfigError(f"store name {name!r} is reserved; choose another name in enabled_backends")
         if not driver_name:
             raise ConfigError(f"store {name!r} names no driver in enabled_backends (write {name}:<driver>)")
-        if drivers is not None:
-            if driver_name not in drivers:
-                raise ConfigError(f"store {name!r}: unknown driver {driver_name!r}")
-            cls = drivers[driver_name]
-        else:
-            cls = load_driver_class(name, driver_name)
-        conf.register_opts(common_store_opts + list(cls.options), group=name)
-        try:
-            driver = cls(name, conf[name])
-            capabilities = driver.configure()
-        except ConfigError:
-            raise
-        except cfg.Error as exc:
-            raise ConfigError(f"store {name!r} ({driver_name}): {exc}") from exc
-        return Store(name, driver_name, driver, capabilities, conf[name])
+        return build_store(conf, name, driver_name, drivers)
 
     def __getitem__(self, name: str) -> Store:
         try:
@@ -180,6 +166,33 @@ class StoreManager:
         configured order."""
         ordered = sorted(self._stores.values(), key=lambda s: -s.weight)
         return {store.name: i for i, store in enumerate(ordered)}
+
+
+def build_store(conf, name: str, driver_name: str, drivers=None, defaults: Mapping | None = None) -> Store:
+    """One store named *name*, its options in the group *name*: a store of
+    enabled_backends, or one of the service's own (the reserved ``os_glance_*`` stores
+    of import, which no user sees).
+
+    :param defaults: option defaults of this store that differ from its driver's.
+    :raises abbild.errors.ConfigError: the driver is missing or its options are wrong.
+    """
+    if drivers is not None:
+        if driver_name not in drivers:
+            raise ConfigError(f"store {name!r}: unknown driver {driver_name!r}")
+        cls = drivers[driver_name]
+    else:
+        cls = load_driver_class(name, driver_name)
+    conf.register_opts(common_store_opts + list(cls.options), group=name)
+    for option, value in (defaults or {}).items():
+        conf.set_default(option, value, group=name)
+    try:
+        driver = cls(name, conf[name])
+        capabilities = driver.configure()
+    except ConfigError:
+        raise
+    except cfg.Error as exc:
+        raise ConfigError(f"store {name!r} ({driver_name}): {exc}") from exc
+    return Store(name, driver_name, driver, capabilities, conf[name])
 
 
 def load_driver_class(store_name: str, driver_name: str) -> type[Driver]:
