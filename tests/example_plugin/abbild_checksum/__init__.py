@@ -1,0 +1,1 @@
+"""An example abbild plugin: the ``example_checksum_property`` import step (see plugin.py)."""
