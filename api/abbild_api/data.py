@@ -8,6 +8,7 @@ import webob
 import webob.exc as exc
 
 from abbild.errors import Invalid
+from abbild.plugins import notify
 from abbild.streams import CHUNK_SIZE, read_chunks
 from abbild_api.http import image_cache, no_content
 
@@ -79,13 +80,59 @@ def _unsatisfiable(size: int) -> exc.HTTPException:
     )
 
 
+class DownloadCutShort(Exception):
+    """What ended a download that sent less than it promised, when no exception did
+    (the client went away: the server stopped iterating and closed the response)."""
+
+
+class _Sent:
+    """The download's chunks as they go out, counted: when the server closes the
+    response, the plugins hear how many bytes went out and whether all of them did
+    (``abbild_image_sent``, Glance's ``image.send``). The chunks pass through as they
+    are: no copy."""
+
+    def __init__(self, chunks, ended) -> None:
+        self._chunks, self._ended = chunks, ended
+        self._iter = iter(chunks)
+        self.sent = 0
+        self._error: Exception | None = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            chunk = next(self._iter)
+        except StopIteration:
+            raise
+        except Exception as exc:
+            self._error = exc
+            raise
+        self.sent += len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        try:
+            if hasattr(self._chunks, "close"):
+                self._chunks.close()
+        finally:
+            if self._ended is not None:
+                self._ended(self.sent, self._error)
+                self._ended = None
+
+
 class _FileWindow:
     """*length* bytes of a real file from its current position. Exposes ``fileno`` so
     the WSGI server's file wrapper can ``sendfile`` it; ``read`` keeps servers that
-    iterate instead within the window."""
+    iterate instead within the window.
 
-    def __init__(self, f, length: int) -> None:
+    *ended* hears, once the server closed it, how many bytes went out: those read,
+    or, when the server sent from the descriptor (it reads nothing then), the whole
+    window: the server closes it only after ``sendfile`` returned."""
+
+    def __init__(self, f, length: int, ended=None) -> None:
         self._f, self._left = f, length
+        self._length, self._read, self._ended = length, False, ended
 
     def fileno(self) -> int:
         return self._f.fileno()
@@ -96,21 +143,28 @@ class _FileWindow:
         return self._f.tell()
 
     def read(self, n: int = -1) -> bytes:
+        self._read = True
         n = self._left if n < 0 else min(n, self._left)
         data = self._f.read(n) if n else b""
         self._left -= len(data)
         return data
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        finally:
+            if self._ended is not None:
+                self._ended(self._length - self._left if self._read else self._length, None)
+                self._ended = None
 
 
 def download(app, req, image_id):
     prefer = [p.strip() for p in req.GET.get("prefer", "").split(",") if p.strip()]
     wrapper = req.environ.get("wsgi.file_wrapper")
+    viewer = app.context(req).viewer
     dl = app.service.download(
         image_id,
-        app.context(req).viewer,
+        viewer,
         lambda size: _requested_range(req, size),
         zero_copy=wrapper is not None,
         prefer=prefer,
@@ -118,10 +172,16 @@ def download(app, req, image_id):
     )
     if dl is None:
         return no_content()
+
+    def ended(sent: int, error: Exception | None) -> None:
+        if error is None and sent != dl.length:
+            error = DownloadCutShort(f"the download of image {image_id} ended after {sent} of {dl.length} bytes")
+        notify(app.service.plugins, "abbild_image_sent", image=dl.image, bytes_sent=sent, viewer=viewer, error=error)
+
     if dl.file is not None:
-        app_iter = wrapper(_FileWindow(dl.file, dl.length), CHUNK_SIZE)
+        app_iter = wrapper(_FileWindow(dl.file, dl.length, ended), CHUNK_SIZE)
     else:
-        app_iter = dl.chunks
+        app_iter = _Sent(dl.chunks, ended)
     resp = webob.Response(app_iter=app_iter, content_type="application/octet-stream", content_length=dl.length)
     if dl.image.checksum:
         resp.headers["Content-MD5"] = dl.image.checksum

@@ -81,19 +81,17 @@ class Deletes:
         was = before[0]
         if was.status is Status.SAVING and self.claims.is_stale(was):
             self.stores.discard_everywhere(image_id)  # its uploader died: nobody else removes what it wrote
-        if image.status is Status.PENDING_DELETE and image.deleted_at is not None:
-            return  # delayed: the data waits for the scrubber
-        if image.status is Status.PENDING_DELETE:
+        if image.status is Status.PENDING_DELETE and image.deleted_at is None:  # delayed ones wait for the scrubber
             claim = self.claims.hold(Claim(image_id, Status.PENDING_DELETE))
             try:
-                image = self.delete_data(image, claim)
+                image = self.delete_data(image, claim)  # what a store could not delete is left to the scrubber
             except InUse:
                 self._undelete(claim, was.status)
                 raise
             finally:
                 self.claims.drop(claim)
-            if image.status is not Status.DELETED:
-                return  # the scrubber deletes what is left
+        # Deleted for every caller now, whether its data is gone or waits for the scrubber:
+        # the plugins hear of it once, now (Glance's image.delete comes with the API call).
         notify(self.plugins, "abbild_image_deleted", image=image)
 
     def delete_data(self, image: Image, claim: Claim) -> Image:

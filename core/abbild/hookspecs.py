@@ -87,7 +87,13 @@ def abbild_image_deactivated(image):
 
 @hookspec
 def abbild_image_deleted(image):
-    """The image was deleted and its data removed. :param image: the image as it was."""
+    """The image was deleted: it is gone from every caller's view.
+
+    :param image: the image as saved: ``deleted``, or ``pending_delete`` when its data
+        waits for the scrubber (``delayed_delete``, with ``deleted_at``) or a store could
+        not delete it yet. Called once, when the delete is asked for, as Glance sends
+        ``image.delete``; the scrubber's later work on the data calls it no more.
+    """
 
 
 @hookspec

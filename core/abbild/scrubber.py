@@ -235,8 +235,7 @@ class Scrubber:
             self._failed(image.id)
             return "failed"
         self._retries.pop(image.id, None)
-        notify(self.plugins, "abbild_image_deleted", image=saved)
-        return "deleted"
+        return "deleted"  # the plugins heard of the delete when it was asked for (abbild.deletes)
 
     def _failed(self, image_id: str) -> None:
         retry = self._retries.setdefault(image_id, _Retry())

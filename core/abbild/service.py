@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from abbild.deletes import Deletes
 from abbild.errors import Forbidden, ImageNotFound, Invalid, MemberNotFound, StoreError
 from abbild.image import Image, Location, Status
+from abbild.imports import Imports
 from abbild.jobs import Jobs
 from abbild.locations import Locations
 from abbild.plugins import get_plugin_manager, notify
@@ -83,6 +84,7 @@ class ImageService:
         self.uploads = Uploads(self)
         self.locations = Locations(self)
         self.deletes = Deletes(self)
+        self.imports = Imports(self)
 
     @classmethod
     def from_config(cls, conf, recover: bool = True) -> ImageService:
@@ -103,7 +105,8 @@ class ImageService:
 
     def recover(self) -> list[str]:
         """Undo or finish the work a dead process left behind: interrupted uploads
-        (:meth:`abbild.uploads.Uploads.recover`) and the deletes whose data is going
+        (:meth:`abbild.uploads.Uploads.recover`), stages and imports
+        (:meth:`abbild.imports.Imports.recover`) and the deletes whose data is going
         already (:meth:`abbild.scrubber.Scrubber.recover`; delayed deletes wait for the
         scrubber). Safe to run on every start of every worker: work whose process is
         alive on this host, or whose lease has not run out, is left alone.
@@ -112,7 +115,7 @@ class ImageService:
         """
         from abbild.scrubber import Scrubber  # it works through this service
 
-        return self.uploads.recover() + Scrubber(self).recover()
+        return self.uploads.recover() + self.imports.recover() + Scrubber(self).recover()
 
     # -- who may do what ------------------------------------------------------------------
 
@@ -304,9 +307,11 @@ class ImageService:
         return member
 
     def add_member(self, image_id: str, member_id: str, viewer: Viewer) -> Member:
-        self._shared(image_id, viewer, ("add_member", None))
+        image = self._shared(image_id, viewer, ("add_member", None))
         quota = self.conf.image_member_quota
-        return self.registry.add_member(image_id, member_id, limit=quota if quota >= 0 else None)
+        member = self.registry.add_member(image_id, member_id, limit=quota if quota >= 0 else None)
+        notify(self.plugins, "abbild_image_member_created", image=image, member=member)
+        return member
 
     def set_member_status(self, image_id: str, member_id: str, status: str, viewer: Viewer) -> Member:
         """Only the member itself (or an admin) accepts or rejects an image."""
@@ -315,11 +320,15 @@ class ImageService:
         image = self._shared(image_id, viewer, ("get_member", None), ("modify_member", member_id))
         if not self._may_see_member(image, member_id, viewer):
             raise MemberNotFound(image_id, member_id)
-        return self.registry.set_member_status(image_id, member_id, status)  # MemberNotFound if not a member
+        member = self.registry.set_member_status(image_id, member_id, status)  # MemberNotFound if not a member
+        notify(self.plugins, "abbild_image_member_updated", image=image, member=member)
+        return member
 
     def delete_member(self, image_id: str, member_id: str, viewer: Viewer) -> None:
-        self._shared(image_id, viewer, ("delete_member", None))
+        image = self._shared(image_id, viewer, ("delete_member", None))
+        member = self.registry.get_member(image_id, member_id)  # for the plugins: what was removed
         self.registry.delete_member(image_id, member_id)
+        notify(self.plugins, "abbild_image_member_deleted", image=image, member=member)
 
     # -- data out -------------------------------------------------------------------------
 

@@ -289,6 +289,9 @@ class Uploads:
         # cannot be verified) leaves it queued, untouched.
         checks = self.checks(image, "upload")
         claim = self.claims.take(image_id)
+        notify(
+            self.plugins, "abbild_image_preparing", image=dataclasses.replace(image, status=Status.SAVING), store=store
+        )
         try:
             stream = ImageStream(
                 chunks,
