@@ -6,7 +6,7 @@ PIP = $(PYTHON) -m pip install -q --disable-pip-version-check
 .PHONY: install install-test serve test
 
 install:
-	$(PIP) -e . -e drivers/filesystem
+	$(PIP) -e . -e drivers/filesystem -e drivers/http
 
 # The functional tests that run once more with each real backend as the default store.
 CLIENT_TESTS = tests/functional/test_clients_glanceclient.py tests/functional/test_clients_openstacksdk.py \

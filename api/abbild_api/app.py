@@ -19,7 +19,7 @@ from abbild.purge import Purger
 from abbild.registry import Viewer
 from abbild.scrubber import Scrubber
 from abbild.service import ImageService
-from abbild_api import cache, data, images, info, members
+from abbild_api import cache, data, images, imports, info, members
 from abbild_api.errors import to_http
 from abbild_api.http import BODY_LIMIT, check_text
 
@@ -30,6 +30,8 @@ ROUTES = [
     ("/v2/images", {"GET": images.index, "POST": images.create}),
     ("/v2/images/{image_id}", {"GET": images.show, "PATCH": images.update, "DELETE": images.delete}),
     ("/v2/images/{image_id}/file", {"GET": data.download, "PUT": data.upload}),
+    ("/v2/images/{image_id}/stage", {"PUT": imports.stage}),
+    ("/v2/images/{image_id}/import", {"POST": imports.import_}),
     ("/v2/images/{image_id}/locations", {"GET": images.list_locations, "POST": images.add_location}),
     ("/v2/images/{image_id}/tags/{tag}", {"PUT": images.add_tag, "DELETE": images.delete_tag}),
     ("/v2/images/{image_id}/members", {"GET": members.index, "POST": members.create}),

@@ -12,6 +12,7 @@ import webob.exc as exc
 
 from abbild.errors import Conflict, Forbidden, Invalid
 from abbild.image import HASH_LENGTHS, Image, Status
+from abbild.imports import HIDDEN_PROPERTIES
 from abbild.registry import IN_FILTERS, NUMBER_FILTERS, SORT_KEYS, TIME_OPERATORS, ImageFilters
 from abbild_api import schemas
 from abbild_api.http import image_cache, json_response, no_content, read_json, reject_body
@@ -59,7 +60,7 @@ def image_view(image: Image, conf) -> dict:
     """The image as the API shows it; pass it through ``service.readable`` first.
     *conf* decides whether locations are shown (``show_multiple_locations``,
     ``show_image_direct_url``)."""
-    view = {name: image.properties[name] for name in image.properties}
+    view = {name: value for name, value in image.properties.items() if name not in HIDDEN_PROPERTIES}
     view.update({name: getattr(image, name) for name in _BASE})
     view["status"] = image.status.value
     view["created_at"] = timestamp(image.created_at)
@@ -148,6 +149,8 @@ def create(app, req):
     resp = json_response(image_view(app.service.readable(image, ctx.viewer), app.conf), 201)
     resp.location = f"/v2/images/{image.id}"
     resp.headers["OpenStack-image-store-ids"] = ",".join(s.name for s in app.service.stores if not s.read_only)
+    if app.service.imports.methods:
+        resp.headers["OpenStack-image-import-methods"] = ",".join(app.service.imports.methods)
     return resp
 
 

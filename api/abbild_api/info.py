@@ -8,7 +8,10 @@ from abbild_api.http import json_response, reject_body
 
 
 def import_methods(app, req):
-    return json_response({"import-methods": {"description": "Import methods available.", "type": "array", "value": []}})
+    methods = app.service.imports.methods
+    return json_response(
+        {"import-methods": {"description": "Import methods available.", "type": "array", "value": methods}}
+    )
 
 
 def _store(app, store, detail: bool) -> dict:

@@ -130,9 +130,14 @@ def _validate_web_download(service: ImageService, body: dict) -> None:
     try:
         store.driver.validate_location(uri)
     except StoreError as exc:
-        # Glance checks the URL during the request, with its filter; the reason names
-        # the rule and the option that changes it, which the operator may tell users.
-        raise Invalid(f"The URL {uri.split('?', 1)[0]} cannot be imported: {exc}") from exc
+        # Checked during the request, as Glance's filter. The reason (which may say what a
+        # host name resolves to) goes to the operator's log, never to the caller.
+        shown = uri.split("?", 1)[0]
+        LOG.warning("web-download of %s refused: %s", shown, exc)
+        raise Invalid(
+            f"URI for web-download does not pass filtering: {shown} (the operator's log has the reason "
+            "under this request's x-openstack-request-id)."
+        ) from exc
 
 
 def _fetch_web_download(service: ImageService, image: Image, body: dict, viewer: Viewer | None) -> Iterator[bytes]:
