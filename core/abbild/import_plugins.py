@@ -321,15 +321,26 @@ def check_qemu_info(info: dict, path: pathlib.Path, qemu_format: str, vmdk_allow
                 raise InvalidImageData("VMDK images whose extents are in other files are not allowed")
 
 
-def inspect_format(path: pathlib.Path, disk_format: str) -> None:
+def inspect_format(path: pathlib.Path, disk_format: str, vmdk_allowed_types: list[str]) -> None:
     """The format inspector's verdict (:func:`abbild.formats.inspect_file`): the data
     must be *disk_format* and pass its safety checks, before qemu-img ever reads it.
+    The format must match whatever ``require_image_format_match`` says for uploads:
+    qemu-img is about to read the data as *disk_format*.
 
     :raises abbild.errors.InvalidImageData:
     """
     from abbild import formats
 
-    formats.inspect_file(path, disk_format)
+    settings = formats.Settings(require_image_format_match=True, vmdk_allowed_types=tuple(vmdk_allowed_types))
+    found = formats.inspect_file(path, disk_format, settings=settings).format
+    # Stricter than for uploads, as Glance's image_conversion: a qcow2 declared raw is
+    # harmless stored, but converted it would become a different disk than its owner
+    # meant (its header copied as data). A GPT disk is a raw disk.
+    if found != disk_format and not (disk_format == "raw" and found == "gpt"):
+        raise InvalidImageData(
+            f"The image is declared {disk_format} but its data is a {found} image, so it cannot be "
+            f"converted; create the image with disk_format {found}"
+        )
 
 
 def convert(staged: StagedData, *, output_format: str, vmdk_allowed_types: list[str], timeout: float) -> None:
@@ -346,7 +357,7 @@ def convert(staged: StagedData, *, output_format: str, vmdk_allowed_types: list[
     if qemu_source is None:
         LOG.info("image %s: %s images are not converted", staged.image.id, source)
         return
-    inspect_format(staged.path, source)
+    inspect_format(staged.path, source, vmdk_allowed_types)
     info = qemu_img_info(staged.path, qemu_source)
     check_qemu_info(info, staged.path, qemu_source, vmdk_allowed_types)
     if source == output_format:

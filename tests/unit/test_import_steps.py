@@ -24,10 +24,12 @@ from abbild.image import Image
 from abbild.import_plugins import (
     ImportStepsPlugin,
     _run_limited,
+    check_qemu_info,
     convert,
     decompress,
     detect_compression,
     inject_metadata,
+    qemu_img_info,
 )
 from abbild.import_steps import StagedData
 from abbild.plugins import get_plugin_manager
@@ -245,6 +247,7 @@ SOURCES = [
 
 
 def disk_image(tmp_path: pathlib.Path, qemu_format: str, options=(), data: bytes | None = None) -> pathlib.Path:
+    tmp_path.mkdir(exist_ok=True)
     raw = tmp_path / "source.raw"
     raw.write_bytes(payload() if data is None else data)
     out = tmp_path / f"source.{qemu_format}"
@@ -323,17 +326,41 @@ def test_a_vmdk_naming_other_files_is_refused(tmp_path):
 def test_vmdk_create_types_are_limited_by_vmdk_allowed_types(tmp_path):
     source = disk_image(tmp_path, "vmdk", ["-o", "subformat=streamOptimized"])
     staged = staged_file(tmp_path, source.read_bytes(), disk_format="vmdk")
-    with pytest.raises(InvalidImageData, match="streamOptimized are not allowed"):
+    with pytest.raises(InvalidImageData, match="streamOptimized.? (are|is) not allowed"):
         convert_with(staged, vmdk_allowed_types=["monolithicSparse"])
-    with pytest.raises(InvalidImageData, match="allowed: none"):
+    with pytest.raises(InvalidImageData, match=r"(vmdk_allowed_types|allowed): none"):
         convert_with(staged, vmdk_allowed_types=[])
+
+
+@needs_qemu
+def test_qemu_img_info_is_a_second_line_of_defence(tmp_path):
+    """What the inspector refuses first, qemu-img's own answer refuses too (checked
+    without the inspector), as Glance does after OSSA-2024-001."""
+    backing = tmp_path / "backing.qcow2"
+    qemu_img("create", "-f", "qcow2", "-b", "/etc/passwd", "-F", "raw", backing)
+    data_file = tmp_path / "data-file.qcow2"
+    qemu_img("create", "-f", "qcow2", "-o", f"data_file={tmp_path / 'outside.raw'}", data_file, "1M")
+    flat = disk_image(tmp_path / "flat", "vmdk", ["-o", "subformat=monolithicFlat"])
+    sparse = disk_image(tmp_path / "sparse", "vmdk", ["-o", "subformat=monolithicSparse"])
+    everything = ["monolithicFlat", "monolithicSparse", "streamOptimized"]
+    cases = [
+        (backing, "qcow2", everything, "backing file"),
+        (data_file, "qcow2", everything, "data file"),
+        (flat, "vmdk", everything, "extents are in other files"),
+        (sparse, "vmdk", ["streamOptimized"], "monolithicSparse are not allowed"),
+        (sparse, "qcow2", everything, "failed on the image"),  # qemu-img refuses to read it as qcow2
+    ]
+    for path, qemu_format, allowed, why in cases:
+        with pytest.raises(InvalidImageData, match=why):
+            check_qemu_info(qemu_img_info(path, qemu_format), path, qemu_format, allowed)
+    check_qemu_info(qemu_img_info(sparse, "vmdk"), sparse, "vmdk", everything)
 
 
 @needs_qemu
 def test_data_that_is_not_its_disk_format_is_refused(tmp_path):
     qcow2 = disk_image(tmp_path, "qcow2")
     as_raw = staged_file(tmp_path, qcow2.read_bytes(), disk_format="raw", name="a")
-    with pytest.raises(InvalidImageData):
+    with pytest.raises(InvalidImageData, match="declared raw but its data is a qcow2 image"):
         convert_with(as_raw, output_format="qcow2")
     as_qcow2 = staged_file(tmp_path, payload(), disk_format="qcow2", name="b")
     with pytest.raises(InvalidImageData):
