@@ -236,19 +236,25 @@ class Registry(abc.ABC):
         """
 
     # -- tasks --------------------------------------------------------------------------
-    # (to become abstract once the sql and http registries implement them)
+    #
+    # A task that ends (success, failure) gets ``expires_at``: then plus the registry's
+    # ``[task] task_time_to_live``. An expired task is gone for every method here (as
+    # Glance soft-deletes it), and :meth:`purge` removes its row.
 
+    @abc.abstractmethod
     def create_task(self, task: Task) -> Task:
-        """Record a new task; ``created_at``/``updated_at`` are set to now.
+        """Record a new task; ``created_at``/``updated_at`` are set to now, ``version``
+        to 1. Returns it as stored.
 
         :raises abbild.errors.Conflict: the id is taken.
+        :raises abbild.errors.Invalid: an unknown type, or a value too long to store.
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def get_task(self, task_id: str) -> Task:
-        """:raises abbild.errors.TaskNotFound: (also once it expired and was purged)"""
-        raise NotImplementedError
+        """:raises abbild.errors.TaskNotFound: (also once it expired)"""
 
+    @abc.abstractmethod
     def list_tasks(
         self,
         filters: TaskFilters,
@@ -257,23 +263,29 @@ class Registry(abc.ABC):
         limit: int | None = None,
         marker: str | None = None,
     ) -> list[Task]:
-        """One page of tasks; ``id`` is the tie-breaker after *sort_key*.
+        """One page of tasks (:data:`TASK_SORT_KEYS`); ``id`` is the tie-breaker after
+        *sort_key*. *marker* is the last task of the previous page, one of this list.
 
-        :raises abbild.errors.Invalid: unknown marker or sort key.
+        :raises abbild.errors.Invalid: unknown marker, sort key or direction; a
+            negative limit.
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def save_task(self, task: Task) -> Task:
         """Write *task* if nobody changed it since it was read (``task.version``).
 
+        :returns: the stored task, with its new version, ``updated_at`` and, once it
+            ended, ``expires_at``.
         :raises abbild.errors.ConcurrentUpdate:
-        :raises abbild.errors.TaskNotFound:
+        :raises abbild.errors.TaskNotFound: (also once it expired)
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def tasks_of_image(self, image_id: str) -> list[Task]:
-        """Every task of the image, newest first (``GET /v2/images/{id}/tasks``)."""
-        raise NotImplementedError
+        """Every task of the image, newest first (``GET /v2/images/{id}/tasks``). The
+        http registry answers only for an image the caller sees
+        (:class:`~abbild.errors.ImageNotFound` otherwise), with the tasks of the
+        caller's project unless the caller is an administrator or a service."""
 
     def update_task(self, task_id: str, change: Callable[[Task], None], *, within: float = 30.0) -> Task:
         """Apply *change* to the current task and save it, atomically (as

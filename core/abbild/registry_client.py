@@ -32,9 +32,11 @@ from abbild.errors import (
     QuotaExceeded,
     RegistryError,
     RegistryUnavailable,
+    TaskNotFound,
 )
 from abbild.image import Image
 from abbild.registry import CacheEntry, ImageFilters, Member, Registry, Viewer
+from abbild.tasks import Task, TaskFilters
 
 LOG = logging.getLogger(__name__)
 GROUP = "registry_client"
@@ -133,6 +135,13 @@ def _member_path(image_id: str, member_id: str) -> str:
     if _no_segment(member_id):
         raise MemberNotFound(image_id, member_id)
     return f"{_image_path(image_id)}/members/{_q(member_id)}"
+
+
+def _task_path(task_id: str) -> str:
+    """:raises abbild.errors.TaskNotFound: an id that names no task (and no path)."""
+    if _no_segment(task_id):
+        raise TaskNotFound(task_id)
+    return f"/v1/tasks/{_q(task_id)}"
 
 
 def service_session(group):
@@ -397,6 +406,49 @@ class HTTPRegistry(Registry):
         body = wire.purge_to_json(older_than, max_rows)
         return self._call("POST", "/v1/purge", body=body, as_service=True)["removed"]
 
+    # -- tasks --------------------------------------------------------------------------
+
+    def create_task(self, task: Task) -> Task:
+        # A POST: not sent again once it may have arrived (a second would be a 409).
+        return wire.task_from_json(self._call("POST", "/v1/tasks", body=wire.task_to_json(task), ok=(201,)))
+
+    def get_task(self, task_id: str) -> Task:
+        return wire.task_from_json(self._call("GET", _task_path(task_id)))
+
+    def list_tasks(
+        self,
+        filters: TaskFilters,
+        sort_key: str = "created_at",
+        sort_dir: str = "desc",
+        limit: int | None = None,
+        marker: str | None = None,
+    ) -> list[Task]:
+        params = {**wire.task_filters_to_params(filters), "sort_key": sort_key, "sort_dir": sort_dir}
+        if limit is not None:
+            params["limit"] = str(limit)
+        if marker is not None:
+            params["marker"] = marker
+        result = self._call("GET", "/v1/tasks", params=params)
+        return [wire.task_from_json(t) for t in result["tasks"]]
+
+    def save_task(self, task: Task) -> Task:
+        """A conditional PUT, as :meth:`save_image`: after a lost answer, a task that
+        holds exactly what we wrote was our write."""
+        sent = wire.task_to_json(task)
+        status, result = self._request("PUT", _task_path(task.id), body=sent, ok_after_retry=(409,))
+        if status == 409:
+            current = self.get_task(task.id)
+            stored = wire.task_to_json(current)
+            if current.version == task.version + 1 and _same_content(stored, sent, ignored=("expires_at",)):
+                LOG.info("task %s: a lost answer hid our successful write", task.id)
+                return current
+            raise ConcurrentUpdate(task.id)
+        return wire.task_from_json(result)
+
+    def tasks_of_image(self, image_id: str) -> list[Task]:
+        result = self._call("GET", _image_path(image_id) + "/tasks")
+        return [wire.task_from_json(t) for t in result["tasks"]]
+
     # -- members ------------------------------------------------------------------------
 
     def list_members(self, image_id: str) -> list[Member]:
@@ -423,7 +475,7 @@ class HTTPRegistry(Registry):
         self._request("DELETE", _member_path(image_id, member_id), ok=(204,), ok_after_retry=(404,))
 
 
-def _same_content(stored: dict, sent: dict) -> bool:
-    """Equal but for what the registry sets on every write."""
-    ignored = ("version", "updated_at", "deleted_at")
+def _same_content(stored: dict, sent: dict, ignored: tuple[str, ...] = ()) -> bool:
+    """Equal but for what the registry sets on every write (and *ignored*)."""
+    ignored = ("version", "updated_at", "deleted_at", *ignored)
     return {k: v for k, v in stored.items() if k not in ignored} == {k: v for k, v in sent.items() if k not in ignored}

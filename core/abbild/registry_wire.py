@@ -23,6 +23,7 @@ import time
 from abbild import errors
 from abbild.image import Image, Location, Status
 from abbild.registry import CacheEntry, ImageFilters, Member, Viewer
+from abbild.tasks import Task, TaskFilters, TaskStatus
 
 CALLER_HEADER = "X-Abbild-Caller"
 TIMESTAMP_HEADER = "X-Abbild-Timestamp"
@@ -94,6 +95,34 @@ def cache_entry_from_json(value: dict) -> CacheEntry:
     for name in _CACHE_TIMES:
         value[name] = _time_in(value.get(name))
     return CacheEntry(**value)
+
+
+_TASK_TIMES = ("created_at", "updated_at", "expires_at")
+
+
+def task_to_json(task: Task) -> dict:
+    value = dataclasses.asdict(task)
+    value["status"] = TaskStatus(task.status).value
+    for name in _TASK_TIMES:
+        value[name] = _time_out(getattr(task, name))
+    return value
+
+
+def task_from_json(value: dict) -> Task:
+    """:raises TypeError, ValueError: not a task (a missing or unknown field, a bad status)."""
+    value = dict(value)
+    value["status"] = TaskStatus(value["status"])
+    for name in _TASK_TIMES:
+        value[name] = _time_in(value.get(name))
+    return Task(**value)
+
+
+def task_filters_to_params(filters: TaskFilters) -> dict[str, str]:
+    return {name: value for name, value in dataclasses.asdict(filters).items() if value is not None}
+
+
+def task_filters_from_params(params) -> TaskFilters:
+    return TaskFilters(**{f.name: params.get(f.name) for f in dataclasses.fields(TaskFilters)})
 
 
 def purge_to_json(older_than: datetime.datetime, max_rows: int | None) -> dict:
@@ -169,6 +198,7 @@ _ERRORS = {
     cls.__name__: (cls, params)
     for cls, params in (
         (errors.ImageNotFound, ("image_id",)),
+        (errors.TaskNotFound, ("task_id",)),
         (errors.DuplicateImage, ("image_id",)),
         (errors.MemberNotFound, ("image_id", "member_id")),
         (errors.ConcurrentUpdate, ("image_id",)),

@@ -19,6 +19,13 @@
 ``DELETE /v1/leases/{name}``          give it up (``?holder=``)
 ``POST /v1/purge``                    purge what was deleted before ``older_than``
                                       (``{"older_than": .., "max_rows": ..}``)
+``GET /v1/tasks``                     one page of tasks (``type``, ``status``,
+                                      ``owner``, ``sort_key``, ``sort_dir``,
+                                      ``limit``, ``marker``)
+``POST /v1/tasks``                    create a task
+``GET /v1/tasks/{id}``                read a task
+``PUT /v1/tasks/{id}``                write, if the body's ``version`` is current
+``GET /v1/images/{id}/tasks``         the tasks of an image the caller sees
 ====================================  ===========================================
 
 The cache index is the API nodes' bookkeeping: only the service and administrators
@@ -46,11 +53,18 @@ deleting the data of a deleted image again, the cache's). Those are the *service
   schedule, and counts a hit as the service even inside a user's download)
 - the leases of the periodic tasks
 - the purge (``POST /v1/purge``), which the periodic task of an API node runs
+- ``GET`` and ``PUT /v1/tasks/{id}`` of a task still ``pending`` or ``processing``: an
+  import carried on in the background (the rules of a user's write apply to it)
 
 Anything else needs the user's token (401).
 
 What a user's write may change is :mod:`abbild_registry.rules`: no more than the API
 lets that user change.
+
+Tasks: administrators, callers with the role ``service`` and the service itself read
+and write every task; a user reads, creates and changes only the tasks of their own
+project (the API adds its policy on top: the Tasks API is for administrators), and of
+an image's tasks sees those of their project.
 """
 
 from __future__ import annotations
@@ -69,8 +83,9 @@ from abbild import config, errors
 from abbild import registry_wire as wire
 from abbild.image import Image, Status
 from abbild.registry import Registry, why_visible
+from abbild.tasks import Task, TaskStatus
 from abbild_registry import opts
-from abbild_registry.rules import ImageRules
+from abbild_registry.rules import ImageRules, TaskRules
 
 LOG = logging.getLogger(__name__)
 CALLER_KEY = "abbild_registry.caller"
@@ -89,6 +104,7 @@ def _error(error: errors.AbbildError) -> webob.Response:
     status = {
         errors.ImageNotFound: 404,
         errors.MemberNotFound: 404,
+        errors.TaskNotFound: 404,
         errors.DuplicateImage: 409,
         errors.ConcurrentUpdate: 409,
         errors.InvalidTransition: 409,
@@ -109,6 +125,7 @@ class RegistryApp:
     def __init__(self, registry: Registry, rules: ImageRules | None = None) -> None:
         self.registry = registry
         self.rules = rules or ImageRules(load_conf([]))
+        self.task_rules = TaskRules(self.rules)
         self.routes = [
             (re.compile(r"^/v1/images$"), {"GET": self.list_images, "POST": self.create_image}),
             (re.compile(r"^/v1/images/(?P<image_id>[^/]+)$"), {"GET": self.get_image, "PUT": self.save_image}),
@@ -130,6 +147,9 @@ class RegistryApp:
             (re.compile(r"^/v1/cache/hits$"), {"POST": self.cache_hit}),
             (re.compile(r"^/v1/leases/(?P<name>[^/]*)$"), {"PUT": self.acquire_lease, "DELETE": self.release_lease}),
             (re.compile(r"^/v1/purge$"), {"POST": self.purge}),
+            (re.compile(r"^/v1/tasks$"), {"GET": self.list_tasks, "POST": self.create_task}),
+            (re.compile(r"^/v1/tasks/(?P<task_id>[^/]+)$"), {"GET": self.get_task, "PUT": self.save_task}),
+            (re.compile(r"^/v1/images/(?P<image_id>[^/]+)/tasks$"), {"GET": self.tasks_of_image}),
         ]
         self._cache_handlers = (self.cache_entries, self.cache_put, self.cache_remove, self.cache_hit)
         self._lease_handlers = (self.acquire_lease, self.release_lease)
@@ -172,7 +192,15 @@ class RegistryApp:
         """Whether a caller without a user may try this at all (the module docstring)."""
         if handler == self.list_images:
             return req.GET.get("in_status") in {status.value for status in JOB_TARGETS}
-        return handler in (self.get_image, self.save_image, *self._cache_handlers, *self._lease_handlers, self.purge)
+        return handler in (
+            self.get_image,
+            self.save_image,
+            *self._cache_handlers,
+            *self._lease_handlers,
+            self.purge,
+            self.get_task,
+            self.save_task,
+        )
 
     def _readable(self, image: Image, caller: wire.Caller) -> bool:
         """The service reads everything, a service job (the module docstring) the images
@@ -315,6 +343,62 @@ class RegistryApp:
             raise errors.Forbidden("Purging deleted images is for the service and administrators only.")
         older_than, max_rows = wire.purge_from_json(req.json_body)
         return _json({"removed": self.registry.purge(older_than, max_rows)})
+
+    # -- tasks --------------------------------------------------------------------------
+
+    def _readable_task(self, task: Task, caller: wire.Caller) -> bool:
+        if caller.jobs_only:  # work in progress only (the module docstring)
+            return task.status in (TaskStatus.PENDING, TaskStatus.PROCESSING)
+        return self.rules.trusted(caller) or (
+            caller.viewer.project_id is not None and task.owner == caller.viewer.project_id
+        )
+
+    def _visible_task(self, task_id: str, caller: wire.Caller) -> Task:
+        task = self.registry.get_task(task_id)
+        if not self._readable_task(task, caller):
+            raise errors.TaskNotFound(task_id)  # never 403: that would say it exists
+        return task
+
+    def list_tasks(self, req, caller):
+        filters = wire.task_filters_from_params(req.GET)
+        if not self.rules.trusted(caller):
+            # A user's list holds their project's tasks, whatever owner it asked for.
+            filters = dataclasses.replace(filters, owner=caller.viewer.project_id or "")
+            if req.GET.get("owner") not in (None, filters.owner):
+                return _json({"tasks": []})
+        limit = req.GET.get("limit")
+        tasks = self.registry.list_tasks(
+            filters,
+            req.GET.get("sort_key", "created_at"),
+            req.GET.get("sort_dir", "desc"),
+            None if limit is None else int(limit),
+            req.GET.get("marker"),
+        )
+        return _json({"tasks": [wire.task_to_json(t) for t in tasks]})
+
+    def create_task(self, req, caller):
+        task = wire.task_from_json(req.json_body)
+        self.task_rules.check_create(task, caller)
+        return _json(wire.task_to_json(self.registry.create_task(task)), 201)
+
+    def get_task(self, req, caller, task_id):
+        return _json(wire.task_to_json(self._visible_task(task_id, caller)))
+
+    def save_task(self, req, caller, task_id):
+        task = wire.task_from_json(req.json_body)
+        if task.id != task_id:
+            raise errors.Invalid(f"the body is task {task.id}, the path names {task_id}")
+        # As for images: if the task changes before the write, the version check fails.
+        stored = self._visible_task(task_id, caller)
+        if task.version != stored.version:
+            raise errors.ConcurrentUpdate(task_id)  # the rules judge a change of the current task only
+        self.task_rules.check_save(stored, task, caller)
+        return _json(wire.task_to_json(self.registry.save_task(task)))
+
+    def tasks_of_image(self, req, caller, image_id):
+        self._visible(image_id, caller)
+        tasks = [t for t in self.registry.tasks_of_image(image_id) if self._readable_task(t, caller)]
+        return _json({"tasks": [wire.task_to_json(t) for t in tasks]})
 
     # -- members ------------------------------------------------------------------------
 

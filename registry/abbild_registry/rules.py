@@ -39,6 +39,7 @@ from abbild.errors import Forbidden, InvalidTransition
 from abbild.image import TRANSITIONS, Image, Status
 from abbild.policy import Policy
 from abbild.protections import PropertyProtections
+from abbild.tasks import TASK_TRANSITIONS, Task, TaskStatus
 
 S = Status
 USER_ATTRIBUTES = frozenset(
@@ -298,6 +299,45 @@ class ImageRules:
                 self.protections.authorize(name, "create", viewer)
             elif before[name] != after[name]:
                 self.protections.authorize(name, "update", viewer)
+
+
+class TaskRules:
+    """What a user may write of tasks: those of their own project, the way the image
+    service writes them (:mod:`abbild.tasks`). Trusted callers (:meth:`ImageRules.trusted`)
+    write any task, still along the status table."""
+
+    #: What the service changes in a task as it runs: the rest stays as created.
+    RUNNING = frozenset({"status", "result", "message", "image_id"})
+
+    def __init__(self, rules: ImageRules) -> None:
+        self.rules = rules
+
+    def check_create(self, task: Task, caller: wire.Caller) -> None:
+        """:raises abbild.errors.Forbidden: a user may not create *task* like this."""
+        if self.rules.trusted(caller):
+            return
+        project = None if caller.viewer is None else caller.viewer.project_id
+        if project is None or task.owner != project:
+            raise Forbidden("Tasks can only be created for the caller's own project.")
+        if task.status is not TaskStatus.PENDING or task.result is not None or task.expires_at is not None:
+            raise Forbidden("A new task is 'pending', without a result or an expiry.")
+
+    def check_save(self, stored: Task, new: Task, caller: wire.Caller) -> None:
+        """:raises abbild.errors.Forbidden: a user may not change *stored* into *new*.
+        :raises abbild.errors.InvalidTransition: the status table forbids the change."""
+        if new.status is not stored.status and new.status not in TASK_TRANSITIONS[stored.status]:
+            raise InvalidTransition(stored.id, stored.status.value, new.status.value)
+        if self.rules.trusted(caller):
+            return
+        changed = sorted(
+            f.name
+            for f in dataclasses.fields(Task)
+            if f.name not in self.RUNNING | _REGISTRY_SET and getattr(stored, f.name) != getattr(new, f.name)
+        )
+        if changed:
+            raise Forbidden(f"Attribute '{changed[0]}' of task {stored.id} is read-only.")
+        if stored.image_id is not None and new.image_id != stored.image_id:
+            raise Forbidden(f"Attribute 'image_id' of task {stored.id} is set once.")
 
 
 def _only_metadata_differs(stored: Image, new: Image) -> bool:

@@ -109,6 +109,7 @@ for _file in (
     "test_registry_cache.py",
     "test_registry_leases.py",
     "test_registry_purge.py",
+    "test_registry_tasks.py",
 ):
     globals().update(_shared_tests(_file))
 

@@ -373,3 +373,98 @@ def test_the_scrubber_works_with_the_service_token_alone(url, tmp_path):
     assert service.stores["mem"].driver._objects == {}
     with pytest.raises(ImageNotFound):  # deleted: no service job's any more
         client.get_image(image.id, include_deleted=True)
+
+
+# -- tasks --------------------------------------------------------------------------------
+
+
+def _task(client, token="alice-token", owner="p1", **fields):
+    from abbild.tasks import Task
+
+    with as_user(token):
+        return client.create_task(Task(id=str(uuid.uuid4()), type="import", owner=owner, **fields))
+
+
+def test_users_write_and_read_only_their_projects_tasks(url):
+    from abbild.errors import InvalidTransition, TaskNotFound
+    from abbild.tasks import Task, TaskFilters, TaskStatus
+
+    client = client_for(url)
+    image = _image(client)
+    task = _task(client, image_id=image.id, input={"import_from": "https://example.com/a.img"})
+    with as_user("bob-token", project="p1"):  # an admin of p1, says the API node
+        with pytest.raises(TaskNotFound):
+            client.get_task(task.id)
+        with pytest.raises(TaskNotFound):
+            client.update_task(task.id, lambda t: setattr(t, "message", "mine"))
+        assert client.list_tasks(TaskFilters()) == []
+        assert client.list_tasks(TaskFilters(owner="p1")) == []
+        with pytest.raises(Forbidden, match="own project"):
+            client.create_task(Task(id=str(uuid.uuid4()), type="import", owner="p1"))
+    with pytest.raises(Forbidden, match="'pending'"):
+        _task(client, status=TaskStatus.SUCCESS)
+    with as_user("alice-token"):
+        assert [t.id for t in client.list_tasks(TaskFilters())] == [task.id]
+        assert [t.id for t in client.tasks_of_image(image.id)] == [task.id]
+        for change in (
+            lambda t: setattr(t, "owner", "p2"),
+            lambda t: t.input.update(import_from="file:///etc/shadow"),
+            lambda t: setattr(t, "expires_at", datetime.datetime(2999, 1, 1)),
+        ):
+            with pytest.raises(Forbidden, match="read-only"):
+                client.update_task(task.id, change)
+        running = client.update_task(task.id, lambda t: t.transition(TaskStatus.PROCESSING))
+        with pytest.raises(InvalidTransition):
+            client.update_task(task.id, lambda t: setattr(t, "status", TaskStatus.PENDING))
+        with pytest.raises(Forbidden, match="set once"):
+            client.update_task(task.id, lambda t: setattr(t, "image_id", str(uuid.uuid4())))
+
+        def succeed(t):
+            t.transition(TaskStatus.SUCCESS)
+            t.result = {"image_id": image.id}
+
+        done = client.update_task(task.id, succeed)
+        assert done.version == running.version + 1 and done.expires_at is not None
+    other = _task(client, token="bob-token", owner="p2")
+    with as_user("root-token"):
+        assert {t.id for t in client.list_tasks(TaskFilters())} == {task.id, other.id}
+        assert [t.id for t in client.list_tasks(TaskFilters(owner="p2"))] == [other.id]
+    with as_user("bob-token"):  # bob sees alice's private image no more than its tasks
+        with pytest.raises(ImageNotFound):
+            client.tasks_of_image(image.id)
+
+
+def test_tasks_of_a_public_image_are_its_projects(url):
+    client = client_for(url)
+    image = _image(client)
+    with as_user("root-token"):  # publicize_image is for administrators
+        client.update_image(image.id, lambda i: setattr(i, "visibility", "public"))
+    task = _task(client, image_id=image.id)
+    with as_user("bob-token"):
+        assert client.tasks_of_image(image.id) == []
+    with as_user("alice-token"):
+        assert [t.id for t in client.tasks_of_image(image.id)] == [task.id]
+
+
+def test_service_token_alone_carries_running_tasks_on(url):
+    """A background import goes on after the user's request ended: it reads and writes
+    its task while that is pending or processing, and nothing else."""
+    from abbild.errors import TaskNotFound
+    from abbild.tasks import Task, TaskFilters, TaskStatus
+
+    client = client_for(url)
+    task = _task(client)
+    assert client.update_task(task.id, lambda t: t.transition(TaskStatus.PROCESSING)).status is TaskStatus.PROCESSING
+    with pytest.raises(Forbidden, match="read-only"):
+        client.update_task(task.id, lambda t: setattr(t, "owner", "p2"))
+    client.update_task(task.id, lambda t: t.transition(TaskStatus.FAILURE))
+    with pytest.raises(TaskNotFound):  # ended: no longer work in progress
+        client.get_task(task.id)
+    for refused in (
+        lambda: client.list_tasks(TaskFilters()),
+        lambda: client.create_task(Task(id=str(uuid.uuid4()), type="import", owner="p1")),
+    ):
+        with pytest.raises(RegistryUnavailable, match="acts for a user"):
+            refused()
+    with as_user("alice-token"):
+        assert client.get_task(task.id).status is TaskStatus.FAILURE

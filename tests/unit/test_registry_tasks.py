@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from abbild.db.models import TaskRow
 from abbild.errors import ConcurrentUpdate, Conflict, Invalid, TaskNotFound
-from abbild.image import utcnow
+from abbild.image import Image, utcnow
 from abbild.registry import PURGE_TABLES
 from abbild.tasks import Task, TaskFilters, TaskStatus
 
@@ -25,6 +25,10 @@ def new_task(registry, **fields) -> Task:
     values = {"id": str(uuid.uuid4()), "type": "import", "owner": "p1", "input": {"import_from": "http://x/a.img"}}
     values.update(fields)
     return registry.create_task(Task(**values))
+
+
+def new_image(registry) -> str:
+    return registry.create_image(Image(id=str(uuid.uuid4()), owner="p1")).id
 
 
 def age(registry, task_id: str, **columns) -> None:
@@ -104,7 +108,7 @@ def test_an_ended_task_expires_after_its_time_to_live(sql_registry):
 
 
 def test_expired_tasks_are_gone(sql_registry):
-    image_id = str(uuid.uuid4())
+    image_id = new_image(sql_registry)
     kept = new_task(sql_registry, image_id=image_id)
     expired = new_task(sql_registry, image_id=image_id, status=TaskStatus.FAILURE, message="boom")
     assert expired.expires_at is not None
@@ -173,7 +177,7 @@ def test_of_two_writers_of_one_version_exactly_one_wins(sql_registry):
     assert sql_registry.get_task(task.id).version == 2
 
 
-def many(registry) -> list[Task]:
+def many_tasks(registry) -> list[Task]:
     """Five tasks a minute apart, of two owners, types and statuses."""
     tasks = []
     now = utcnow()
@@ -199,7 +203,7 @@ def ids(tasks) -> list[str]:
 
 
 def test_lists_are_sorted_and_filtered(sql_registry):
-    tasks = many(sql_registry)
+    tasks = many_tasks(sql_registry)
     assert ids(sql_registry.list_tasks(TaskFilters())) == ids(reversed(tasks))  # newest first
     assert ids(sql_registry.list_tasks(TaskFilters(), "created_at", "asc")) == ids(tasks)
     assert ids(sql_registry.list_tasks(TaskFilters(), "updated_at", "asc")) == ids(reversed(tasks))
@@ -217,7 +221,7 @@ def test_lists_are_sorted_and_filtered(sql_registry):
     ("sort_key", "sort_dir"), [("created_at", "desc"), ("status", "asc"), ("type", "desc"), ("id", "asc")]
 )
 def test_pages_follow_the_marker(sql_registry, sort_key, sort_dir):
-    many(sql_registry)
+    many_tasks(sql_registry)
     whole = ids(sql_registry.list_tasks(TaskFilters(), sort_key, sort_dir))
     pages, marker = [], None
     while True:
@@ -239,26 +243,28 @@ def test_pages_follow_the_marker(sql_registry, sort_key, sort_dir):
     ],
 )
 def test_bad_list_arguments_are_invalid(sql_registry, args):
-    many(sql_registry)
+    many_tasks(sql_registry)
     with pytest.raises(Invalid):
         sql_registry.list_tasks(TaskFilters(), **args)
 
 
 def test_a_marker_outside_the_filter_is_invalid(sql_registry):
     """Another project's task does not mark a page of mine: that would tell its id exists."""
-    tasks = many(sql_registry)
+    tasks = many_tasks(sql_registry)
     with pytest.raises(Invalid):
         sql_registry.list_tasks(TaskFilters(owner="p1"), marker=tasks[1].id)
 
 
 def test_tasks_of_an_image_newest_first(sql_registry):
-    image_id = str(uuid.uuid4())
+    image_id = new_image(sql_registry)
     older = new_task(sql_registry, image_id=image_id, type="api_image_import")
     age(sql_registry, older.id, created_at=utcnow() - HOUR)
     newer = new_task(sql_registry, image_id=image_id, owner="p2")
-    new_task(sql_registry, image_id=str(uuid.uuid4()))
+    other = new_image(sql_registry)
+    new_task(sql_registry, image_id=other)
     assert ids(sql_registry.tasks_of_image(image_id)) == [newer.id, older.id]
-    assert sql_registry.tasks_of_image(str(uuid.uuid4())) == []
+    assert len(sql_registry.tasks_of_image(other)) == 1
+    assert sql_registry.tasks_of_image(new_image(sql_registry)) == []
 
 
 def test_purge_removes_tasks_that_expired_before_the_cutoff(sql_registry):
