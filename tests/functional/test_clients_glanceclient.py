@@ -94,7 +94,7 @@ def test_image_schema_is_fetched_and_drives_validation(glance, server):
 def test_stores_and_import_info(glance):
     [store] = glance.images.get_stores_info()["stores"]
     assert (store["id"], store["default"]) == ("local", "true")
-    assert glance.images.get_import_info()["import-methods"]["value"] == []
+    assert glance.images.get_import_info()["import-methods"]["value"] == ["glance-direct", "web-download", "copy-image"]
 
 
 # -- create, upload, download ---------------------------------------------------------------

@@ -110,7 +110,7 @@ def test_schemas(conn):
 def test_stores_and_import_info(conn):
     [store] = conn.image.stores()
     assert (store.id, store.is_default) == ("local", True)
-    assert conn.image.get_import_info().import_methods["value"] == []
+    assert conn.image.get_import_info().import_methods["value"] == ["glance-direct", "web-download", "copy-image"]
 
 
 # -- create, upload, download -----------------------------------------------------------------

@@ -77,7 +77,7 @@ def test_create_defaults(server):
     assert resp.headers["Content-Type"].startswith("application/json")
     image = resp.json()
     assert resp.headers["Location"].endswith(f"/v2/images/{image['id']}")
-    assert "OpenStack-image-import-methods" not in resp.headers  # no import methods are enabled
+    assert resp.headers["OpenStack-image-import-methods"] == "glance-direct,web-download,copy-image"
     assert resp.headers["OpenStack-image-store-ids"] == "local"
     uuid.UUID(image["id"])
     assert image["status"] == "queued"

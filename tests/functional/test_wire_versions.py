@@ -615,10 +615,16 @@ def test_member_schemas(server):
 # -- discovery --------------------------------------------------------------------------
 
 
-def test_info_import_lists_no_methods(server):
+def test_info_import_lists_the_enabled_methods(server):
     resp = requests.get(f"{server.url}/v2/info/import")
     assert resp.status_code == 200
-    assert resp.json() == {"import-methods": {"description": "Import methods available.", "type": "array", "value": []}}
+    assert resp.json() == {
+        "import-methods": {
+            "description": "Import methods available.",
+            "type": "array",
+            "value": ["glance-direct", "web-download", "copy-image"],
+        }
+    }
 
 
 def test_info_stores(server):
