@@ -44,6 +44,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from abbild import glance_download
 from abbild.caller import acting_as
 from abbild.driver import Capability, StoredObject
 from abbild.errors import (
@@ -150,6 +151,9 @@ def _fetch_web_download(service: ImageService, image: Image, body: dict, viewer:
 #: already) and copy-image (the data is in a store already) are the import's own.
 FETCHERS: dict[str, Fetcher] = {
     "web-download": Fetcher("web-download", _validate_web_download, _fetch_web_download),
+    glance_download.NAME: Fetcher(
+        glance_download.NAME, glance_download.validate, glance_download.fetch, glance_download.properties
+    ),
 }
 OWN_METHODS = ("glance-direct", "copy-image")
 
