@@ -146,6 +146,7 @@ EMBEDDED_CONFIG = """\
 [DEFAULT]
 enabled_backends = local:filesystem
 default_backend = local
+node_staging_uri = file://{data_dir}/staging
 
 [database]
 connection = sqlite:///{data_dir}/abbild.sqlite
@@ -156,6 +157,10 @@ flavor = noauth
 [local]
 description = Images in {data_dir}/images
 datadir = {data_dir}/images
+
+[image_signature]
+# The certificates of signed images, as <img_signature_certificate_uuid>.pem files.
+certificate_dir = {data_dir}/certificates
 """
 
 
@@ -163,6 +168,7 @@ def embedded_config_file(data_dir: str) -> str:
     """Create *data_dir* and its config file (if missing); return the file's path."""
     data_dir = os.path.abspath(data_dir)
     os.makedirs(os.path.join(data_dir, "images"), exist_ok=True)
+    os.makedirs(os.path.join(data_dir, "certificates"), exist_ok=True)
     path = os.path.join(data_dir, "abbild-api.conf")
     if not os.path.exists(path):
         with open(path, "w") as f:
