@@ -157,11 +157,17 @@ class KeyManagerCertificates:
                 f"certificate (its format is {secret.format}); store it with "
                 f"--secret-type certificate"
             )
+        data = secret.get_encoded()
         try:
-            return x509.load_der_x509_certificate(secret.get_encoded())  # castellan hands out DER
+            # DER, as cursive reads it; PEM too, for a certificate stored the way Glance's
+            # documentation showed (`base64 new_cert.crt`: the PEM file itself).
+            if data.lstrip().startswith(b"-----BEGIN"):
+                return x509.load_pem_x509_certificate(data)
+            return x509.load_der_x509_certificate(data)
         except ValueError:
             raise ImageSignatureInvalid(
-                f"Cannot verify the image's signature: secret {certificate_uuid} is not a DER-encoded X.509 certificate"
+                f"Cannot verify the image's signature: secret {certificate_uuid} is not an "
+                f"X.509 certificate (DER or PEM)"
             ) from None
 
 
