@@ -10,6 +10,14 @@ from abbild import errors as e
 
 LOG = logging.getLogger(__name__)
 
+
+class UnsupportedMediaType(exc.HTTPUnsupportedMediaType):
+    """415 that says what is wrong: webob's own body names only the request's
+    Content-Type, which is right for the wrong header and wrong for refused image data."""
+
+    body_template_obj = exc.WSGIHTTPException.body_template_obj
+
+
 # First match wins, so subclasses come before their bases.
 STATUS = (
     (e.Gone, exc.HTTPGone),
@@ -18,7 +26,7 @@ STATUS = (
     (e.ImageNotFound, exc.HTTPNotFound),
     (e.MemberNotFound, exc.HTTPNotFound),
     (e.TaskNotFound, exc.HTTPNotFound),
-    (e.InvalidImageData, exc.HTTPUnsupportedMediaType),
+    (e.InvalidImageData, UnsupportedMediaType),
     (e.QuotaExceeded, exc.HTTPRequestEntityTooLarge),
     (e.DuplicateImage, exc.HTTPConflict),
     (e.ConcurrentUpdate, exc.HTTPConflict),
