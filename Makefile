@@ -21,6 +21,9 @@ install-test:
 	# qemu-img: the image_conversion import step and the tests' qcow2/vmdk/vhd images
 	command -v qemu-img >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq --no-install-recommends qemu-utils >/dev/null; }
+	# xorriso and sgdisk: the format inspection tests' ISO, hybrid ISO and GPT images
+	command -v xorriso >/dev/null && command -v sgdisk >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends xorriso gdisk >/dev/null; }
 
 serve: install
 	$(PYTHON) -m abbild_cmd.cli serve $(ARGS)
