@@ -40,7 +40,8 @@ def _image(service):
 
 def test_hook_abbild_configure():
     pm = get_plugin_manager(load_entrypoints=False)
-    conf = types.SimpleNamespace(default_backend="local")
+    signing = types.SimpleNamespace(certificate_source="directory", certificate_dir=None)
+    conf = types.SimpleNamespace(default_backend="local", image_signature=signing)
     pm.hook.abbild_configure.call_historic(kwargs={"conf": conf})
     seen = []
 
