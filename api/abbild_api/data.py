@@ -126,13 +126,15 @@ class _FileWindow:
     the WSGI server's file wrapper can ``sendfile`` it; ``read`` keeps servers that
     iterate instead within the window.
 
-    *ended* hears, once the server closed it, how many bytes went out: those read,
-    or, when the server sent from the descriptor (it reads nothing then), the whole
-    window: the server closes it only after ``sendfile`` returned."""
+    *ended* hears, once the server closed it, how many bytes went out: those read, or
+    where the server's ``socket.sendfile`` left the file (it seeks there on return, and
+    after an error too), or, from a server that sends from the descriptor without
+    either (mod_wsgi), the whole window."""
 
     def __init__(self, f, length: int, ended=None) -> None:
         self._f, self._left = f, length
-        self._length, self._read, self._ended = length, False, ended
+        self._start, self._length, self._ended = f.tell(), length, ended
+        self._sent: int | None = None  # None: the server said nothing of it
 
     def fileno(self) -> int:
         return self._f.fileno()
@@ -142,11 +144,17 @@ class _FileWindow:
         # starts; the length comes from Content-Length.
         return self._f.tell()
 
+    def seek(self, pos: int, whence: int = 0) -> int:
+        pos = self._f.seek(pos, whence)
+        self._sent = pos - self._start
+        self._left = self._length - self._sent
+        return pos
+
     def read(self, n: int = -1) -> bytes:
-        self._read = True
         n = self._left if n < 0 else min(n, self._left)
         data = self._f.read(n) if n else b""
         self._left -= len(data)
+        self._sent = self._length - self._left
         return data
 
     def close(self) -> None:
@@ -154,7 +162,7 @@ class _FileWindow:
             self._f.close()
         finally:
             if self._ended is not None:
-                self._ended(self._length - self._left if self._read else self._length, None)
+                self._ended(self._length if self._sent is None else self._sent, None)
                 self._ended = None
 
 

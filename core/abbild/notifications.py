@@ -43,6 +43,7 @@ import logging
 import os
 import queue
 import threading
+import warnings
 from collections.abc import Callable
 from importlib.metadata import entry_points
 
@@ -372,9 +373,18 @@ class Sender:
             self._pid = None  # a later notification starts a thread again
 
 
+def _import_oslo_messaging():
+    # oslo.messaging loads oslo.service, which loads (but does not patch in) eventlet and
+    # warns that eventlet is deprecated: noise for a service that does not use eventlet.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import oslo_messaging
+    return oslo_messaging
+
+
 def messaging_notifier(conf: cfg.ConfigOpts):
     """oslo.messaging's notifier as *conf* sets it up (driver, topics, retry, transport)."""
-    import oslo_messaging
+    oslo_messaging = _import_oslo_messaging()
 
     transport = oslo_messaging.get_notification_transport(conf)
     return oslo_messaging.Notifier(transport, publisher_id=conf.default_publisher_id)
@@ -393,7 +403,7 @@ def from_config(conf) -> Notifier | None:
     """
     if not configured(conf):
         return None
-    import oslo_messaging
+    oslo_messaging = _import_oslo_messaging()
 
     register_opts(conf)
     oslo_messaging.set_transport_defaults(CONTROL_EXCHANGE)
