@@ -34,6 +34,7 @@ from abbild.errors import (
     UnsupportedOperation,
 )
 from abbild.image import Image, Location, Status, utcnow
+from abbild.imports import STAGE_URI
 from abbild.plugins import notify
 from abbild.registry import Viewer
 from abbild.uploads import Claim
@@ -81,6 +82,9 @@ class Deletes:
         was = before[0]
         if was.status is Status.SAVING and self.claims.is_stale(was):
             self.stores.discard_everywhere(image_id)  # its uploader died: nobody else removes what it wrote
+        staged = was.properties.get(STAGE_URI)
+        if staged and was.status is Status.UPLOADING and not was.upload_worker:  # staged, waiting for an import
+            self.service.imports.staging.discard(image_id, staged)
         if image.status is Status.PENDING_DELETE and image.deleted_at is None:  # delayed ones wait for the scrubber
             claim = self.claims.hold(Claim(image_id, Status.PENDING_DELETE))
             try:

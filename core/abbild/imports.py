@@ -477,6 +477,10 @@ class Imports:
             image = self.service.authorized(("get_image", "copy_image"), image_id, viewer)
         else:
             image = self.service.authorized("modify_image", image_id, viewer)
+        held = image.properties.get(IMPORT_TASK)
+        if held:  # another import first: its lock explains the image's status too
+            self.break_stale_lock(image, held, viewer)
+            image = self.registry.get_image(image_id)
         self._check_status(image, req.method)
         targets = self._targets(image, req)
         if not targets:
@@ -485,9 +489,6 @@ class Imports:
             max_size, limit_name = self.service.uploads.limit(image)  # QuotaExceeded: 413
             if req.method == "glance-direct" and image.size is not None and image.size > max_size:
                 raise SizeLimitExceeded(max_size, limit_name)
-        held = image.properties.get(IMPORT_TASK)
-        if held:
-            self.break_stale_lock(image, held, viewer)
         task = Task(
             id=str(uuid.uuid4()),
             type="api_image_import",
@@ -915,8 +916,9 @@ class Imports:
         try:
             with acting_as(None):
                 image = self.registry.update_image(claim.image_id, change)
-        except ImageNotFound:
-            image = None
+        except ImageNotFound:  # deleted meanwhile: nobody will import what is staged
+            self.staging.discard(claim.image_id)
+            return
         except Exception as exc:
             LOG.error("image %s: could not undo the failed import (recovery will): %s", claim.image_id, exc)
             return
@@ -973,7 +975,35 @@ class Imports:
             for image in self.claims.stale(status):
                 if image.upload_worker and self.recover_image(image):
                     recovered.append(image.id)
+        self.sweep()
         return recovered
+
+    def sweep(self) -> list[str]:
+        """Remove staged data no image waits for any more: its image was deleted (on a
+        node that could not reach this staging area), or the data was left behind.
+        Only data older than the upload lease: a stage may be writing it right now.
+
+        :returns: the keys removed.
+        """
+        if Capability.LIST not in self.staging.store.capabilities:
+            return []
+        cutoff = time.time() - self.conf.upload_lease_seconds
+        removed = []
+        try:
+            for listed in self.staging.store.list_objects():
+                if listed.modified is None or listed.modified > cutoff:
+                    continue
+                try:
+                    image = self.registry.get_image(listed.key)
+                    wanted = image.status in (Status.UPLOADING, Status.IMPORTING)
+                except ImageNotFound:
+                    wanted = False
+                if not wanted:
+                    self.staging.discard(listed.key, listed.uri)
+                    removed.append(listed.key)
+        except StoreError as exc:
+            LOG.warning("could not look through the staging area for leftovers: %s", exc)
+        return removed
 
     def recover_image(self, image: Image) -> bool:
         """Put *image*, whose stage or import nobody works on any more (as read), back
@@ -983,24 +1013,25 @@ class Imports:
         """
         task_id = image.properties.get(IMPORT_TASK)
         staged_uri = image.properties.get(STAGE_URI)
-        stage_kept = False
+        requeued = False
 
         def change(current: Image) -> None:
-            nonlocal stage_kept
+            nonlocal requeued
             if current.version != image.version:
                 raise Conflict("the image changed meanwhile")
+            staging = current.status is Status.UPLOADING and current.upload_worker  # a stage that died
             current.upload_worker = current.upload_lease = None
             current.properties.pop(IMPORT_TASK, None)
             if task_id:
                 current.properties[IMPORTING_TO] = ""
             if current.status is Status.IMPORTING and staged_uri and self._staged(staged_uri):
-                current.transition(Status.UPLOADING)
+                current.transition(Status.UPLOADING)  # glance-direct: staged, ready for another try
                 current.checksum = current.os_hash_algo = current.os_hash_value = None
-                stage_kept = True
-            elif current.status in (Status.IMPORTING, Status.UPLOADING):
+            elif current.status is Status.IMPORTING or staging:
                 current.transition(Status.QUEUED)
                 for name in (STAGE_URI, STAGE_HOST):
                     current.properties.pop(name, None)
+                requeued = True
 
         try:
             with acting_as(None):
@@ -1009,12 +1040,11 @@ class Imports:
             return False
         if task_id:
             self._fail_task(task_id, "The import was interrupted (its process stopped); start it again.")
-        if image.status in (Status.IMPORTING, Status.UPLOADING):
-            if not stage_kept:
-                self.staging.discard(image.id, staged_uri)
-            if image.status is Status.IMPORTING:
-                self.stores.discard_everywhere(image.id)
-        else:  # an interrupted copy: the stores it was still writing
+        if requeued:
+            self.staging.discard(image.id, staged_uri)
+        if image.status is Status.IMPORTING:
+            self.stores.discard_everywhere(image.id)  # no location yet: whatever is there is partial
+        elif image.status is Status.ACTIVE:  # an interrupted copy: the stores it was still writing
             holding = {loc.store for loc in image.locations}
             for name in image.properties.get(IMPORTING_TO, "").split(","):
                 store = self.stores.for_location(name)

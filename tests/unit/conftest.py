@@ -51,6 +51,7 @@ def service(tmp_path):
     conf.set_override("enabled_backends", {"mem": "memory", "other": "memory"})
     conf.set_override("default_backend", "mem")
     conf.set_override("image_size_cap", 1 << 20)
+    conf.set_override("node_staging_uri", f"file://{tmp_path}/staging")
     registry = SQLRegistry(url=f"sqlite:///{tmp_path}/r.sqlite")
     migrate.sync(registry.engine)
     pm = get_plugin_manager(load_entrypoints=False)
