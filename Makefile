@@ -14,7 +14,7 @@ CLIENT_TESTS = tests/functional/test_clients_glanceclient.py tests/functional/te
 
 install-test:
 	$(PIP) -e '.[test]' -e drivers/filesystem -e 'drivers/http[test]' -e 'drivers/vmware[test]' \
-		-e drivers/s3 -e drivers/rbd -e drivers/swift -e tests/example_driver
+		-e drivers/s3 -e drivers/rbd -e drivers/swift -e tests/example_driver -e tests/example_plugin
 	command -v apxs >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq --no-install-recommends apache2 apache2-dev curl >/dev/null; }
 	$(PIP) mod_wsgi
