@@ -33,6 +33,7 @@ serve: install
 # each real backend as the default store.
 test: install-test
 	bash tools/start-sql-servers.sh
+	bash tools/start-rabbitmq.sh
 	bash tools/keystone-up.sh >/dev/null
 	PYTHON=$(PYTHON) bash tools/ceph-up.sh >/dev/null
 	SWIFT_KEYSTONE=1 bash tools/swift-up.sh >/dev/null
