@@ -18,8 +18,17 @@ LOG = logging.getLogger(__name__)
 
 # How long a node waits for the node that staged an image's data (as Glance).
 PROXY_TIMEOUT = 60
-# Headers a passed-on import keeps: who calls, and what it asks for.
-_FORWARDED = ("X-Auth-Token", "X-Image-Meta-Store", "X-Openstack-Request-Id", "Content-Type")
+# Headers a passed-on import keeps: who calls (a Keystone token, or a gateway's trusted
+# headers), and what it asks for.
+_FORWARDED = (
+    "X-Auth-Token",
+    "X-Identity-Status",
+    "X-User-Id",
+    "X-Project-Id",
+    "X-Roles",
+    "X-Image-Meta-Store",
+    "X-Openstack-Request-Id",
+)
 
 
 def stage(app, req, image_id):
@@ -55,12 +64,12 @@ def import_(app, req, image_id):
         image = app.service.get(image_id, ctx.viewer)
         host = image.properties.get(STAGE_HOST)
         if host and host.rstrip("/") != imports.node and not req.headers.get("X-Abbild-Proxied"):
-            return _pass_on(req, host, image_id)
+            return _pass_on(req, host, image_id, body)
     imports.start(image_id, request)
     return webob.Response(status=202, content_type=None)
 
 
-def _pass_on(req, host: str, image_id: str) -> webob.Response:
+def _pass_on(req, host: str, image_id: str, body: dict) -> webob.Response:
     """Send the import to the node that staged the data (only it can read them), as
     Glance does; its answer is ours. A node that cannot be reached: 504; any other
     failure of the request: 502."""
@@ -68,7 +77,7 @@ def _pass_on(req, host: str, image_id: str) -> webob.Response:
     headers["X-Abbild-Proxied"] = "1"  # one hop at most, whatever the nodes think of each other
     url = f"{host.rstrip('/')}/v2/images/{image_id}/import"
     try:
-        answer = requests.post(url, data=req.body, headers=headers, timeout=PROXY_TIMEOUT)
+        answer = requests.post(url, json=body, headers=headers, timeout=PROXY_TIMEOUT)  # the body was read
     except requests.ConnectionError as error:
         LOG.warning("image %s: the node %s that staged its data cannot be reached: %s", image_id, host, error)
         raise exc.HTTPGatewayTimeout(

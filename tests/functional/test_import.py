@@ -641,3 +641,57 @@ def test_kill_9_mid_web_download_then_restart(make_server, tmp_path, payload):
     with serving(handler(payload)) as base:
         assert import_(srv.url, image_id, {"method": {"name": "web-download", "uri": f"{base}/x"}}).status_code == 202
         assert wait_import_done(srv.url, image_id)["status"] == "active"
+
+
+# -- two nodes, each with its own staging area ------------------------------------------------------
+
+
+NODE = """
+[DEFAULT]
+enabled_backends = shared:filesystem
+default_backend = shared
+node_staging_uri = file://{dir}/staging-{name}
+worker_self_reference_url = {url}
+[database]
+connection = sqlite:///{dir}/abbild.sqlite
+[shared]
+datadir = {dir}/images
+"""
+
+
+@pytest.fixture
+def two_nodes(tmp_path):
+    """Two servers sharing the database and the store, each staging on its own disk."""
+    from tests.functional.conftest import Server
+
+    nodes = []
+    for name in ("a", "b"):
+        conf = tmp_path / f"node-{name}.conf"
+        node = Server(tmp_path, "--config-file", str(conf))
+        conf.write_text(NODE.format(dir=tmp_path, name=name, url=node.url))
+        nodes.append(node)
+    try:
+        yield [node.start() for node in nodes]
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def test_glance_direct_import_is_passed_on_to_the_node_that_staged(two_nodes, payload, tmp_path):
+    a, b = two_nodes
+    image_id = create(a.url)
+    assert stage(a.url, image_id, payload).status_code == 204
+    assert get(b.url, image_id)["os_glance_stage_host"] == a.url
+    assert os.path.exists(tmp_path / "staging-a" / image_id)
+    resp = import_(b.url, image_id, {"method": {"name": "glance-direct"}})
+    assert resp.status_code == 202, resp.text
+    image = wait_import_done(b.url, image_id)
+    assert image["status"] == "active" and download(b.url, image_id) == payload
+    assert not os.path.exists(tmp_path / "staging-a" / image_id)
+    # staged on a node that is down: 504, and the image stays staged
+    other = create(a.url)
+    assert stage(a.url, other, payload).status_code == 204
+    a.stop()
+    resp = import_(b.url, other, {"method": {"name": "glance-direct"}})
+    assert resp.status_code == 504 and a.url in resp.text
+    assert get(b.url, other)["status"] == "uploading"
