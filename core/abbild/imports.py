@@ -30,6 +30,7 @@ and ``os_glance_failed_import`` (those that failed), as Glance shows it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import datetime
 import logging
@@ -43,6 +44,8 @@ import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
+
+from oslo_config import cfg
 
 from abbild import glance_download
 from abbild.caller import acting_as
@@ -61,7 +64,13 @@ from abbild.errors import (
     TaskNotFound,
 )
 from abbild.image import Image, Location, Status, utcnow
-from abbild.import_opts import IMPORT_GROUP, STAGING_GROUP, WEB_DOWNLOAD_GROUP
+from abbild.import_opts import (
+    FILTERING_GROUP,
+    IMPORT_GROUP,
+    STAGING_GROUP,
+    WEB_DOWNLOAD_GROUP,
+    web_download_deprecated,
+)
 from abbild.import_steps import StagedData
 from abbild.plugins import notify
 from abbild.quotas import check_location_added
@@ -288,7 +297,7 @@ class Imports:
 
     def _web_download_store(self, drivers) -> Store:
         try:
-            return build_store(self.conf, WEB_DOWNLOAD_GROUP, "http", drivers)
+            return build_store(self.conf, WEB_DOWNLOAD_GROUP, "http", drivers, adapt=_glance_filter_names)
         except ConfigError as exc:
             raise ConfigError(
                 f"web-download is in enabled_import_methods, but it needs the http store driver: {exc}. "
@@ -1090,6 +1099,20 @@ class _Progress:
                 self.registry.update_task(self.task_id, change)
         except Exception as exc:  # progress is a courtesy; the import goes on
             LOG.debug("task %s: could not record its progress: %s", self.task_id, exc)
+
+
+def _glance_filter_names(options: list) -> list:
+    """The http store's options, each also read under its Glance name in
+    ``[import_filtering_opts]`` (``disallowed_hosts`` for ``denied_hosts``, ...), so a
+    Glance operator's filter carries over."""
+    adapted = []
+    for option in options:
+        glance_name = web_download_deprecated.get(option.name)
+        if glance_name:
+            option = copy.copy(option)
+            option.deprecated_opts = [*option.deprecated_opts, cfg.DeprecatedOpt(glance_name, group=FILTERING_GROUP)]
+        adapted.append(option)
+    return adapted
 
 
 def _drop_from(image: Image, name: str, store: str) -> None:

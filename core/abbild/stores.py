@@ -168,12 +168,14 @@ class StoreManager:
         return {store.name: i for i, store in enumerate(ordered)}
 
 
-def build_store(conf, name: str, driver_name: str, drivers=None, defaults: Mapping | None = None) -> Store:
+def build_store(conf, name: str, driver_name: str, drivers=None, defaults: Mapping | None = None, adapt=None) -> Store:
     """One store named *name*, its options in the group *name*: a store of
     enabled_backends, or one of the service's own (the reserved ``os_glance_*`` stores
     of import, which no user sees).
 
     :param defaults: option defaults of this store that differ from its driver's.
+    :param adapt: ``adapt(options) -> options``: the driver's options as this store
+        registers them (deprecated names from another group, say).
     :raises abbild.errors.ConfigError: the driver is missing or its options are wrong.
     """
     if drivers is not None:
@@ -182,7 +184,8 @@ def build_store(conf, name: str, driver_name: str, drivers=None, defaults: Mappi
         cls = drivers[driver_name]
     else:
         cls = load_driver_class(name, driver_name)
-    conf.register_opts(common_store_opts + list(cls.options), group=name)
+    options = list(cls.options)
+    conf.register_opts(common_store_opts + (adapt(options) if adapt else options), group=name)
     for option, value in (defaults or {}).items():
         conf.set_default(option, value, group=name)
     try:

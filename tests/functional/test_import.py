@@ -695,3 +695,12 @@ def test_glance_direct_import_is_passed_on_to_the_node_that_staged(two_nodes, pa
     resp = import_(b.url, other, {"method": {"name": "glance-direct"}})
     assert resp.status_code == 504 and a.url in resp.text
     assert get(b.url, other)["status"] == "uploading"
+
+
+def test_glance_filter_options_apply_to_web_download(server_factory, payload):
+    """Glance's [import_filtering_opts] names set the web-download guard's options."""
+    srv = server_factory("import-glance-filter", MULTI + "[import_filtering_opts]\nallowed_ports = 1\n")
+    image_id = create(srv.url)
+    with serving(handler(payload)) as base:
+        resp = import_(srv.url, image_id, {"method": {"name": "web-download", "uri": f"{base}/x"}})
+    assert resp.status_code == 400 and "does not pass filtering" in resp.text
