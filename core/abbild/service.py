@@ -263,10 +263,17 @@ class ImageService:
                 "limit": self.storage_quota // mib if self.storage_quota else -1,
                 "usage": used.size // mib,
             },
-            "image_stage_total": {"limit": -1, "usage": 0},
+            "image_stage_total": {"limit": -1, "usage": self._staged_bytes(viewer.project_id) // mib},
             "image_count_total": {"limit": -1, "usage": used.images},
             "image_count_uploading": {"limit": -1, "usage": used.uploading},
         }
+
+    def _staged_bytes(self, project_id: str | None) -> int:
+        """What the project's images hold in the staging area, waiting for an import."""
+        if project_id is None:
+            return 0
+        staged = self.registry.images_in_status(Status.UPLOADING.value)
+        return sum(image.size or 0 for image in staged if image.owner == project_id and not image.upload_worker)
 
     # -- members ------------------------------------------------------------------------
 

@@ -193,3 +193,12 @@ def test_deleting_a_staged_image_removes_its_staged_data(service):
     assert os.path.exists(path)
     service.deletes.delete(image.id, ADMIN)
     assert not os.path.exists(path)
+
+
+def test_usage_counts_staged_bytes(service):
+    owner = Viewer(project_id="p1", roles=("member", "reader"), user_id="u1")
+    image = service.create(Image(id=str(uuid.uuid4()), owner="p1", disk_format="raw", container_format="bare"), owner)
+    service.conf.set_override("image_size_cap", 4 << 20)
+    service.imports.stage(image.id, [b"x" * (3 << 20)], declared_size=None, viewer=owner)
+    assert service.usage(owner)["image_stage_total"]["usage"] == 3  # MiB
+    assert service.usage(Viewer(project_id="p2", roles=("member",)))["image_stage_total"]["usage"] == 0
