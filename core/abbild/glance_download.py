@@ -155,6 +155,8 @@ class _Remote:
             url = self.session.get_endpoint(service_type="image", interface=interface, region_name=region)
         except ks_exc.Unauthorized as exc:
             raise RemoteImageError(f"Keystone refused the token for glance-download: {exc}") from exc
+        except ks_exc.EndpointNotFound:
+            url = None
         except ks_exc.ClientException as exc:
             raise RemoteImageError(f"Keystone could not be asked for region {region}'s image service: {exc}") from exc
         if not url:
