@@ -23,6 +23,7 @@ image_import_plugins`` carries over:
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
 import json
 import logging
@@ -37,7 +38,7 @@ import zlib
 from collections.abc import Callable
 from typing import IO
 
-from abbild.errors import ConfigError, InvalidImageData, SizeLimitExceeded
+from abbild.errors import ConfigError, InvalidImageData, SizeLimitExceeded, StoreFull
 from abbild.import_steps import StagedData
 from abbild.plugins import hookimpl
 from abbild.streams import CHUNK_SIZE, read_chunks
@@ -195,17 +196,22 @@ def decompress(staged: StagedData, *, max_size: int) -> None:
                         if written > max_size:
                             raise DecompressedTooLarge(max_size, kind)
                         out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
             except _corrupt_data_errors() as exc:
                 if isinstance(exc, OSError) and exc.errno is not None:
-                    raise  # the disk, not the data (ENOSPC)
+                    raise  # the disk, not the data
                 raise InvalidImageData(
                     f"The image data starts like {kind}-compressed data but cannot be decompressed "
                     f"({exc or type(exc).__name__}); upload it complete and intact, or uncompressed"
                 ) from exc
-            out.flush()
-            os.fsync(out.fileno())
-    except BaseException:
+    except BaseException as exc:
         target.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # Named without the path: the message is the task's, which users read.
+            raise StoreFull(
+                "os_glance_staging_store", f"no room for the decompressed image ({written} bytes so far)"
+            ) from exc
         raise
     LOG.info("image %s: decompressed %s data to %d bytes", staged.image.id, kind, written)
     _replace_data(staged, target)

@@ -18,8 +18,8 @@ import zipfile
 import pytest
 import pyzstd
 
-from abbild import config
-from abbild.errors import ConfigError, InvalidImageData, SizeLimitExceeded
+from abbild import config, import_plugins
+from abbild.errors import ConfigError, InvalidImageData, SizeLimitExceeded, StoreFull
 from abbild.image import Image
 from abbild.import_plugins import (
     ImportStepsPlugin,
@@ -223,6 +223,19 @@ def test_a_zip_of_several_files_is_refused(tmp_path):
     staged = staged_file(tmp_path, zip_of({"a.img": b"a", "b.img": b"b"}))
     with pytest.raises(InvalidImageData, match="zip archive of 2 files; an image must be a zip archive of exactly one"):
         decompress(staged, max_size=10 * MIB)
+
+
+def test_a_full_disk_is_named_without_paths(tmp_path, monkeypatch):
+    staged = staged_file(tmp_path, gzip.compress(payload()))
+    full = staged.workdir / "full"
+    full.symlink_to("/dev/full")  # the kernel's own ENOSPC on every write
+    monkeypatch.setattr(import_plugins, "_new_file", lambda staged, suffix: full)
+    with pytest.raises(
+        StoreFull, match=r"is full: no room for the decompressed image \(0 bytes so far\)|so far"
+    ) as exc:
+        decompress(staged, max_size=10 * MIB)
+    assert str(tmp_path) not in str(exc.value)
+    assert not full.is_symlink()
 
 
 def test_the_step_uses_image_size_cap(tmp_path):
