@@ -230,9 +230,7 @@ def test_a_full_disk_is_named_without_paths(tmp_path, monkeypatch):
     full = staged.workdir / "full"
     full.symlink_to("/dev/full")  # the kernel's own ENOSPC on every write
     monkeypatch.setattr(import_plugins, "_new_file", lambda staged, suffix: full)
-    with pytest.raises(
-        StoreFull, match=r"is full: no room for the decompressed image \(0 bytes so far\)|so far"
-    ) as exc:
+    with pytest.raises(StoreFull, match="is full: no room for the decompressed image") as exc:
         decompress(staged, max_size=10 * MIB)
     assert str(tmp_path) not in str(exc.value)
     assert not full.is_symlink()
