@@ -35,6 +35,8 @@ test: install-test
 	bash tools/start-sql-servers.sh
 	bash tools/start-rabbitmq.sh
 	bash tools/keystone-up.sh >/dev/null
+	# after Keystone: Barbican authenticates against it (signed images with certificates in Barbican)
+	bash tools/barbican-up.sh >/dev/null
 	PYTHON=$(PYTHON) bash tools/ceph-up.sh >/dev/null
 	SWIFT_KEYSTONE=1 bash tools/swift-up.sh >/dev/null
 	$(PYTHON) -m pytest -n 2 -q -rs

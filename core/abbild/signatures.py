@@ -157,17 +157,12 @@ class KeyManagerCertificates:
                 f"certificate (its format is {secret.format}); store it with "
                 f"--secret-type certificate"
             )
-        data = secret.get_encoded()
         try:
-            # DER, as cursive reads it; PEM too, for a certificate stored the way Glance's
-            # documentation showed (`base64 new_cert.crt`: the PEM file itself).
-            if data.lstrip().startswith(b"-----BEGIN"):
-                return x509.load_pem_x509_certificate(data)
-            return x509.load_der_x509_certificate(data)
+            # Barbican keeps the PEM the user stored; castellan hands it out as DER.
+            return x509.load_der_x509_certificate(secret.get_encoded())
         except ValueError:
             raise ImageSignatureInvalid(
-                f"Cannot verify the image's signature: secret {certificate_uuid} is not an "
-                f"X.509 certificate (DER or PEM)"
+                f"Cannot verify the image's signature: secret {certificate_uuid} is not an X.509 certificate"
             ) from None
 
 
