@@ -18,6 +18,7 @@ def server_config(*, flavor: str = "noauth", default: str = "", stores: str = ""
 [DEFAULT]
 enabled_backends = {backends}
 default_backend = local
+node_staging_uri = file://{{dir}}/staging
 {default}
 [database]
 connection = sqlite:///{{dir}}/abbild.sqlite
