@@ -704,3 +704,53 @@ def test_glance_filter_options_apply_to_web_download(server_factory, payload):
     with serving(handler(payload)) as base:
         resp = import_(srv.url, image_id, {"method": {"name": "web-download", "uri": f"{base}/x"}})
     assert resp.status_code == 400 and "does not pass filtering" in resp.text
+
+
+def test_copy_image_to_a_failing_store_is_recorded(broken, payload):
+    image_id = create(broken.url)
+    resp = requests.put(f"{broken.url}/v2/images/{image_id}/file", data=payload, headers=OCTET, timeout=30)
+    assert resp.status_code == 204
+    assert import_(broken.url, image_id, {"method": {"name": "copy-image"}, "stores": ["bad"]}).status_code == 202
+    image = wait_import_done(broken.url, image_id)
+    assert (image["status"], image["stores"]) == ("active", "good")  # never changes status
+    assert image["os_glance_failed_import"] == "bad" and image["os_glance_importing_to_stores"] == ""
+    [task] = tasks_of(broken, image_id)
+    assert task.status.value == "failure" and task.message
+    assert download(broken.url, image_id) == payload
+
+
+# -- who may import ---------------------------------------------------------------------------------
+
+
+def test_policies_of_stage_and_import(server_factory, payload):
+    from tests.functional.helpers import server_config, who
+
+    srv = server_factory(
+        "import-policy",
+        server_config(
+            flavor="trusted-headers", extra_backends="more:filesystem", stores="[more]\ndatadir = {dir}/more\n"
+        ),
+    )
+    owner, stranger, admin = who("p-owner"), who("p-other"), who("p-admin", "admin", "member", "reader")
+    resp = requests.post(
+        f"{srv.url}/v2/images", json={"disk_format": "raw", "container_format": "bare"}, headers=owner, timeout=10
+    )
+    image_id = resp.json()["id"]
+    # another project does not even see it
+    resp = requests.put(f"{srv.url}/v2/images/{image_id}/stage", data=b"x", headers={**OCTET, **stranger})
+    assert resp.status_code == 404
+    # the owner stages and imports
+    resp = requests.put(f"{srv.url}/v2/images/{image_id}/stage", data=payload, headers={**OCTET, **owner})
+    assert resp.status_code == 204, resp.text
+    resp = requests.post(
+        f"{srv.url}/v2/images/{image_id}/import", json={"method": {"name": "glance-direct"}}, headers=owner
+    )
+    assert resp.status_code == 202, resp.text
+    wait_for(lambda: requests.get(f"{srv.url}/v2/images/{image_id}", headers=owner).json()["status"] == "active")
+    # copy-image is for administrators
+    body = {"method": {"name": "copy-image"}, "stores": ["more"]}
+    resp = requests.post(f"{srv.url}/v2/images/{image_id}/import", json=body, headers=owner)
+    assert resp.status_code == 403 and "copy_image" in resp.text
+    resp = requests.post(f"{srv.url}/v2/images/{image_id}/import", json=body, headers=admin)
+    assert resp.status_code == 202, resp.text
+    wait_for(lambda: "more" in requests.get(f"{srv.url}/v2/images/{image_id}", headers=owner).json()["stores"])
