@@ -19,7 +19,7 @@ from abbild.purge import Purger
 from abbild.registry import Viewer
 from abbild.scrubber import Scrubber
 from abbild.service import ImageService
-from abbild_api import cache, data, images, imports, info, members
+from abbild_api import cache, data, images, imports, info, members, tasks
 from abbild_api.errors import to_http
 from abbild_api.http import BODY_LIMIT, check_text
 
@@ -39,6 +39,7 @@ ROUTES = [
         "/v2/images/{image_id}/members/{member_id}",
         {"GET": members.show, "PUT": members.update, "DELETE": members.delete},
     ),
+    ("/v2/images/{image_id}/tasks", {"GET": tasks.image_tasks}),
     ("/v2/images/{image_id}/actions/deactivate", {"POST": images.deactivate}),
     ("/v2/images/{image_id}/actions/reactivate", {"POST": images.reactivate}),
     ("/v2/schemas/{name}", {"GET": lambda app, req, name: _schema(app, req, name)}),
@@ -47,6 +48,8 @@ ROUTES = [
     ("/v2/info/stores", {"GET": info.stores}),
     ("/v2/info/stores/detail", {"GET": info.stores_detail}),
     ("/v2/info/usage", {"GET": info.usage}),
+    ("/v2/tasks", {"GET": tasks.index, "POST": tasks.create}),
+    ("/v2/tasks/{task_id}", {"GET": tasks.show, "DELETE": tasks.delete}),
     ("/v2/cache", {"GET": cache.state, "DELETE": cache.clear}),
     # before /v2/cache/{image_id}: the first route whose path matches answers
     ("/v2/cache/clean", {"POST": cache.clean}),

@@ -130,22 +130,29 @@ def _writable_view(image: Image) -> dict:
 # -- create -------------------------------------------------------------------------------
 
 
-def create(app, req):
-    body = read_json(req)
+def new_image(app, ctx, body: dict) -> Image:
+    """Create the image a ``POST /v2/images`` body describes (also the legacy import
+    task's ``image_properties``), checked as that request is."""
+    body = dict(body)
     for name in body:
         if name == "id":
             continue
         _check_settable(name)
     image_id = body.pop("id") if "id" in body else str(uuid.uuid4())  # null or "" fail validation
     _validate({"id": image_id, **body}, app.conf)
-    ctx = app.context(req)
     owner = body.get("owner", ctx.project_id)
     image = Image(id=image_id.lower(), owner=owner)
     values = _writable_view(image)
     values.update(body)
     values["tags"] = sorted(set(values["tags"]))
     _apply(image, values)
-    image = app.service.create(image, ctx.viewer)
+    return app.service.create(image, ctx.viewer)
+
+
+def create(app, req):
+    body = read_json(req)
+    ctx = app.context(req)
+    image = new_image(app, ctx, body)
     resp = json_response(image_view(app.service.readable(image, ctx.viewer), app.conf), 201)
     resp.location = f"/v2/images/{image.id}"
     resp.headers["OpenStack-image-store-ids"] = ",".join(s.name for s in app.service.stores if not s.read_only)

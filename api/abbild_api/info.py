@@ -52,4 +52,6 @@ SCHEMAS = {
     "images": schema(schemas.images_schema),
     "member": schema(schemas.member_schema),
     "members": schema(schemas.members_schema),
+    "task": schema(schemas.task_schema),
+    "tasks": schema(schemas.tasks_schema),
 }

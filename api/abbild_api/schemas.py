@@ -201,3 +201,58 @@ def members_schema() -> dict:
         },
         "links": [{"rel": "self", "href": "{self}"}, {"rel": "describedby", "href": "{schema}"}],
     }
+
+
+# -- tasks (Glance's glance/api/v2/tasks.py) ---------------------------------------------
+
+TASK_STATUSES = ["pending", "processing", "success", "failure"]
+TASK_TYPES = ["import", "api_image_import", "location_import"]
+# owner, image_id, request_id and user_id may be null (Glance says string): a noauth
+# caller has no project or user, and glanceclient validates tasks against this schema.
+TASK_PROPERTIES = {
+    "id": {"type": "string", "description": "An identifier for the task", "pattern": UUID_PATTERN},
+    "type": {"type": "string", "description": "The type of task represented by this content", "enum": TASK_TYPES},
+    "status": {"type": "string", "description": "The current status of this task", "enum": TASK_STATUSES},
+    "input": {"type": ["null", "object"], "description": "The parameters required by task, JSON blob"},
+    "result": {"type": ["null", "object"], "description": "The result of current task, JSON blob"},
+    "owner": {"type": ["null", "string"], "description": "An identifier for the owner of this task"},
+    "message": {
+        "type": "string",
+        "description": "Human-readable informative message only included when appropriate (usually on failure)",
+    },
+    "image_id": {"type": ["null", "string"], "description": "Image associated with the task"},
+    "request_id": {"type": ["null", "string"], "description": "Human-readable informative request-id"},
+    "user_id": {"type": ["null", "string"], "description": "User associated with the task"},
+    "expires_at": {
+        "type": ["null", "string"],
+        "description": "Datetime when this resource would be subject to removal",
+    },
+    "created_at": {"type": "string", "description": "Datetime when this resource was created"},
+    "updated_at": {"type": "string", "description": "Datetime when this resource was updated"},
+    "self": {"type": "string", "readOnly": True},
+    "schema": {"type": "string", "readOnly": True},
+}
+#: What a task list leaves out of each task (Glance's partial task schema).
+TASK_DETAILS = ("input", "result", "message")
+
+
+def task_schema() -> dict:
+    return {"name": "task", "properties": copy.deepcopy(TASK_PROPERTIES)}
+
+
+def tasks_schema() -> dict:
+    partial = {name: spec for name, spec in copy.deepcopy(TASK_PROPERTIES).items() if name not in TASK_DETAILS}
+    return {
+        "name": "tasks",
+        "properties": {
+            "tasks": {"type": "array", "items": {"name": "task", "properties": partial}},
+            "schema": {"type": "string"},
+            "first": {"type": "string"},
+            "next": {"type": "string"},
+        },
+        "links": [
+            {"rel": "first", "href": "{first}"},
+            {"rel": "next", "href": "{next}"},
+            {"rel": "describedby", "href": "{schema}"},
+        ],
+    }

@@ -64,6 +64,14 @@ RULES: dict[str, tuple[str, str]] = {
     "cache_clean": (ADMIN, "POST /v2/cache/clean"),
     "cache_prune": (ADMIN, "POST /v2/cache/prune"),
     "list_cached_nodes": (ADMIN, "GET /v2/cache/nodes/{image_id}"),
+    # The Tasks API is Glance's deprecated, administrators-only API: tasks_api_access
+    # gates it, the four task rules come after it (Glance's defaults). An image's own
+    # tasks (GET /v2/images/{image_id}/tasks) need get_image instead, as in Glance.
+    "tasks_api_access": (ADMIN, "GET and POST /v2/tasks, GET /v2/tasks/{task_id}"),
+    "get_tasks": ("rule:default", "GET /v2/tasks"),
+    "get_task": ("rule:default", "GET /v2/tasks/{task_id}"),
+    "add_task": ("rule:default", "POST /v2/tasks"),
+    "modify_task": ("rule:default", "Changing a task (the image service, as the task runs)"),
 }
 
 #: What an anonymous caller (``allow_anonymous_access``) may do: read, nothing else.

@@ -34,9 +34,9 @@ HISTORY = (
     ("2.1", None),
     ("2.0", None),
 )
-# What every configuration serves; the cache's versions only where image_cache_dir turns
-# it on (as Glance), image tasks (2.12) nowhere yet.
-SERVED_FEATURES: frozenset[str] = frozenset()
+# What every configuration serves: image tasks (2.12, GET /v2/images/{id}/tasks); the
+# cache's versions only where image_cache_dir turns it on (as Glance).
+SERVED_FEATURES: frozenset[str] = frozenset({"image tasks"})
 CACHE_FEATURES: frozenset[str] = SERVED_FEATURES | {"cache"}
 
 

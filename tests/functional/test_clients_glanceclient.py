@@ -70,11 +70,11 @@ def test_versions_list_and_has_version(glance):
     assert ids[0] == "v2.17" and "v2.0" in ids and "v2.3" in ids
     assert [v["id"] for v in versions if v["status"] == "CURRENT"] == ["v2.17"]
     # glanceclient gates features on exact ids: multi-store needs v2.8 and v2.10,
-    # locations v2.17; image tasks (v2.12) and the cache API (v2.14, v2.18) are not
-    # served yet.
-    for present in ("v2.8", "v2.10", "v2.17"):
+    # image tasks v2.12, locations v2.17; the cache API (v2.14, v2.18) is served only
+    # with the cache on.
+    for present in ("v2.8", "v2.10", "v2.12", "v2.17"):
         assert glance_utils.has_version(glance.http_client, present)
-    for absent in ("v2.12", "v2.14", "v2.16", "v2.18"):
+    for absent in ("v2.14", "v2.16", "v2.18"):
         assert not glance_utils.has_version(glance.http_client, absent)
 
 

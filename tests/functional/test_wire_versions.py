@@ -15,12 +15,12 @@ import requests
 from tests.functional.helpers import server_config
 
 REQUEST_ID = re.compile(r"^req-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-# Glance 33 with several stores and no cache, less image tasks (2.12), which abbild
-# does not serve yet.
+# Glance 33 with several stores and no cache (2.12 is image tasks: GET /v2/images/{id}/tasks).
 EXPECTED_VERSIONS = [
     "v2.17",
     "v2.15",
     "v2.13",
+    "v2.12",
     "v2.11",
     "v2.10",
     "v2.9",
@@ -35,7 +35,7 @@ EXPECTED_VERSIONS = [
     "v2.0",
 ]
 
-# With the cache on (image_cache_dir): Glance 33's list with the cache, still less 2.12.
+# With the cache on (image_cache_dir): Glance 33's list with the cache.
 EXPECTED_VERSIONS_WITH_CACHE = ["v2.18", "v2.17", "v2.16", "v2.15", "v2.14", *EXPECTED_VERSIONS[2:]]
 
 
@@ -88,7 +88,6 @@ def cached_server(server_factory):
         "/v1.1/images",
         "/v3/images",
         "/v2.99/images",
-        "/v2.12/images",
         "/v2.14/images",
         "/v2.16/images",
         "/v2.18/images",
@@ -113,7 +112,7 @@ def test_versions_with_the_cache(cached_server):
     resp = requests.get(f"{cached_server.url}/versions")
     assert resp.status_code == 200
     _check_versions_document(cached_server, resp, EXPECTED_VERSIONS_WITH_CACHE)
-    for path in ("/", "/v2.12/images", "/v2.19/images"):
+    for path in ("/", "/v2.19/images"):
         resp = requests.get(cached_server.url + path, allow_redirects=False)
         assert resp.status_code == 300
         _check_versions_document(cached_server, resp, EXPECTED_VERSIONS_WITH_CACHE)
@@ -130,7 +129,7 @@ def test_cache_versions_are_accepted_with_the_cache(cached_server, prefix):
     assert resp.json() == {"cached_images": [], "queued_images": []}
 
 
-@pytest.mark.parametrize("prefix", ["/v2.0", "/v2.3", "/v2.8", "/v2.11", "/v2.15", "/v2.17"])
+@pytest.mark.parametrize("prefix", ["/v2.0", "/v2.3", "/v2.8", "/v2.11", "/v2.12", "/v2.15", "/v2.17"])
 def test_minor_version_prefix_is_v2(server, prefix):
     tag = f"ver-{uuid.uuid4().hex}"
     ids = {create(server, tags=[tag])["id"] for _ in range(2)}
