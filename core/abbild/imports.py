@@ -59,6 +59,7 @@ from abbild.errors import (
     Invalid,
     InvalidTransition,
     NotFound,
+    RegistryError,
     SizeLimitExceeded,
     StoreError,
     TaskNotFound,
@@ -981,7 +982,15 @@ class Imports:
         """
         recovered = []
         for status in (Status.UPLOADING, Status.IMPORTING):
-            for image in self.claims.stale(status):
+            try:
+                stale = self.claims.stale(status)
+            except RegistryError as exc:
+                # The registry was reachable a moment ago (uploads were recovered), so it
+                # refuses this: a keystone-mode registry lets a service token alone see
+                # only the images of its own jobs, and imports are not among them yet.
+                LOG.warning("cannot recover interrupted stages and imports: %s", exc)
+                return recovered  # nor sweep: every staged image would look deleted
+            for image in stale:
                 if image.upload_worker and self.recover_image(image):
                     recovered.append(image.id)
         self.sweep()

@@ -263,17 +263,24 @@ class ImageService:
                 "limit": self.storage_quota // mib if self.storage_quota else -1,
                 "usage": used.size // mib,
             },
-            "image_stage_total": {"limit": -1, "usage": self._staged_bytes(viewer.project_id) // mib},
+            "image_stage_total": {"limit": -1, "usage": self._staged_bytes(viewer) // mib},
             "image_count_total": {"limit": -1, "usage": used.images},
             "image_count_uploading": {"limit": -1, "usage": used.uploading},
         }
 
-    def _staged_bytes(self, project_id: str | None) -> int:
-        """What the project's images hold in the staging area, waiting for an import."""
-        if project_id is None:
+    def _staged_bytes(self, viewer: Viewer) -> int:
+        """What the caller's project's images hold in the staging area, waiting for an
+        import (listed as the caller: every registry lets a user list their own images)."""
+        if viewer.project_id is None:
             return 0
-        staged = self.registry.images_in_status(Status.UPLOADING.value)
-        return sum(image.size or 0 for image in staged if image.owner == project_id and not image.upload_worker)
+        filters = ImageFilters(values={"status": [Status.UPLOADING.value]}, owner=viewer.project_id, os_hidden=None)
+        total, marker, page_size = 0, None, 1000
+        while True:
+            page = self.registry.list_images(filters, [("created_at", "asc")], page_size, marker, viewer)
+            total += sum(image.size or 0 for image in page if not image.upload_worker)
+            if len(page) < page_size:
+                return total
+            marker = page[-1].id
 
     # -- members ------------------------------------------------------------------------
 

@@ -742,6 +742,10 @@ def test_policies_of_stage_and_import(server_factory, payload):
     # the owner stages and imports
     resp = requests.put(f"{srv.url}/v2/images/{image_id}/stage", data=payload, headers={**OCTET, **owner})
     assert resp.status_code == 204, resp.text
+    usage = requests.get(f"{srv.url}/v2/info/usage", headers=owner, timeout=10).json()["usage"]
+    assert usage["image_stage_total"]["usage"] == SIZE >> 20  # MiB
+    usage = requests.get(f"{srv.url}/v2/info/usage", headers=stranger, timeout=10).json()["usage"]
+    assert usage["image_stage_total"]["usage"] == 0
     resp = requests.post(
         f"{srv.url}/v2/images/{image_id}/import", json={"method": {"name": "glance-direct"}}, headers=owner
     )
