@@ -167,7 +167,8 @@ def _corrupt_data_errors() -> tuple[type[BaseException], ...]:
     lzma's errors, a zip's bad CRC), or not zstd after all."""
     import pyzstd
 
-    return (OSError, EOFError, lzma.LZMAError, zlib.error, zipfile.BadZipFile, pyzstd.ZstdError)
+    # NotImplementedError: a zip member in a compression method Python lacks (deflate64).
+    return (OSError, EOFError, lzma.LZMAError, zlib.error, zipfile.BadZipFile, pyzstd.ZstdError, NotImplementedError)
 
 
 def decompress(staged: StagedData, *, max_size: int) -> None:
@@ -232,8 +233,10 @@ class DecompressedTooLarge(SizeLimitExceeded):
 
 # -- image_conversion -----------------------------------------------------------------------
 
-# Glance's disk_format names -> qemu-img's format names. Formats missing here are no
-# disk formats qemu-img converts (iso, ami, aki, ari): such images stay as they are.
+# Glance's disk_format names -> qemu-img's format names: the formats the inspector
+# knows (abbild.formats.INSPECTABLE), so that none reaches qemu-img unchecked. Images of
+# other formats stay as they are: iso (booted as a CD, not a disk), ami, aki and ari
+# (raw data already), ploop (no inspector: Glance refuses to convert it too).
 QEMU_FORMATS = {
     "raw": "raw",
     "qcow2": "qcow2",
@@ -241,7 +244,6 @@ QEMU_FORMATS = {
     "vhd": "vpc",
     "vhdx": "vhdx",
     "vdi": "vdi",
-    "ploop": "parallels",
 }
 
 # What oslo.concurrency's processutils gives qemu-img in Glance and Nova

@@ -236,6 +236,18 @@ def test_a_full_disk_is_named_without_paths(tmp_path, monkeypatch):
     assert not full.is_symlink()
 
 
+def test_a_zip_member_in_an_unknown_method_is_refused(tmp_path):
+    archive = bytearray(zip_of({"disk.img": payload()}))
+    # deflate64 (method 9), which Python's zipfile cannot read: in the local and central headers
+    archive[8:10] = (9).to_bytes(2, "little")
+    central = archive.index(b"PK\x01\x02")
+    archive[central + 10 : central + 12] = (9).to_bytes(2, "little")
+    staged = staged_file(tmp_path, bytes(archive))
+    with pytest.raises(InvalidImageData, match="starts like zip-compressed data but cannot be decompressed"):
+        decompress(staged, max_size=10 * MIB)
+    assert list(staged.workdir.iterdir()) == []
+
+
 def test_the_step_uses_image_size_cap(tmp_path):
     conf = config.load()
     conf.set_override("image_size_cap", 4 * MIB)
@@ -379,12 +391,19 @@ def test_data_that_is_not_its_disk_format_is_refused(tmp_path):
     assert list(as_raw.workdir.iterdir()) == []
 
 
+def test_qemu_img_reads_only_formats_the_inspector_checked_first():
+    from abbild import formats
+
+    assert set(import_plugins.QEMU_FORMATS) <= formats.INSPECTABLE
+
+
 @needs_qemu
-def test_formats_qemu_img_does_not_convert_stay(tmp_path):
-    staged = staged_file(tmp_path, payload(), disk_format="iso")
+@pytest.mark.parametrize("disk_format", ["iso", "ami", "ploop"])
+def test_formats_it_does_not_convert_stay(tmp_path, disk_format):
+    staged = staged_file(tmp_path, payload(), disk_format=disk_format)
     before = staged.path
     convert_with(staged)
-    assert (staged.path, staged.disk_format) == (before, "iso")
+    assert (staged.path, staged.disk_format) == (before, disk_format)
 
 
 @needs_qemu
