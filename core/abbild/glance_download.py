@@ -48,8 +48,9 @@ NAME = "glance-download"
 INTERFACES = ("public", "internal", "admin")
 # Seconds to connect, and to wait for the next bytes, from the remote image service.
 TIMEOUT = (10, 60)
-# How long a validated request's token waits for its import to start.
-PENDING_SECONDS = 600
+# How long a validated request's token waits for its import to start: Keystone's
+# default token lifetime, past which the token would be refused anyway.
+PENDING_SECONDS = 3600
 
 
 class RemoteImageError(Invalid):
