@@ -156,7 +156,7 @@ def index(app, req):
     filters, sort_key, sort_dir, limit, marker = _list_params(req.GET, app.conf)
     if not viewer.is_admin:
         filters = TaskFilters(type=filters.type, status=filters.status, owner=viewer.project_id or "")
-    tasks = app.service.registry.list_tasks(filters, sort_key, sort_dir, limit, marker)
+    tasks = [_settled(app, t) for t in app.service.registry.list_tasks(filters, sort_key, sort_dir, limit, marker)]
     query = [(k, v) for k, v in req.GET.items() if k != "marker"]
     body = {
         "tasks": [task_stub(t) for t in tasks],
@@ -174,7 +174,7 @@ def show(app, req, task_id):
     task = app.service.registry.get_task(task_id)
     if not _own(task, viewer):
         raise TaskNotFound(task_id)
-    return json_response(task_view(task))
+    return json_response(task_view(_settled(app, task)))
 
 
 # -- POST /v2/tasks: the legacy import -------------------------------------------------------
@@ -281,6 +281,24 @@ _FOLLOWERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _FOLLOWERS_LOCK = threading.Lock()
 
 
+def _settled(app, task: Task, image_tasks: list[Task] | None = None) -> Task:
+    """*task* as its import left it. The hooks end a legacy import task in the process
+    that ran the import; if that process died first, the next start's recovery failed
+    the engine's task without it, and the legacy task is ended here, once read."""
+    if task.type != "import" or task.image_id is None or task.status in (TaskStatus.SUCCESS, TaskStatus.FAILURE):
+        return task
+    if image_tasks is None:
+        image_tasks = app.service.registry.tasks_of_image(task.image_id)
+    engine = [t for t in image_tasks if t.type == "api_image_import"]  # newest first
+    if not engine or engine[0].status not in (TaskStatus.SUCCESS, TaskStatus.FAILURE):
+        return task
+    follower = _follower(app.service)
+    follower.forget(task.image_id)
+    message = engine[0].message if engine[0].status is TaskStatus.FAILURE else ""
+    follower.end(task.id, engine[0].status, message, {"image_id": task.image_id})
+    return app.service.registry.get_task(task.id)
+
+
 def _follower(service) -> LegacyImports:
     """The service's :class:`LegacyImports`, registered on its first legacy import."""
     with _FOLLOWERS_LOCK:
@@ -340,4 +358,5 @@ def image_tasks(app, req, image_id):
     viewer = app.context(req).viewer
     app.service.get(image_id, viewer)
     tasks = [t for t in app.service.registry.tasks_of_image(image_id) if _own(t, viewer)]
+    tasks = [_settled(app, t, tasks) for t in tasks]
     return json_response({"tasks": [image_task_view(t) for t in tasks]})

@@ -13,6 +13,7 @@ import http.server
 import json
 import os
 import re
+import time
 import uuid
 
 import pytest
@@ -396,3 +397,53 @@ def test_expired_tasks_are_gone(projects_server, source, project):
     assert task["id"] not in {t["id"] for t in listed}
     tasks = requests.get(f"{projects_server.url}/v2/images/{image_id}/tasks", headers=who(project), timeout=10)
     assert tasks.json() == {"tasks": []}
+
+
+# -- a legacy import whose process dies -----------------------------------------------------
+
+
+class Slow(http.server.BaseHTTPRequestHandler):
+    """Image data that trickles: 40 pieces of 64 KiB, half a second apart."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(40 << 16))
+        self.end_headers()
+        try:
+            for _ in range(40):
+                self.wfile.write(os.urandom(1 << 16))
+                self.wfile.flush()
+                time.sleep(0.5)
+        except OSError:
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+def test_kill_9_mid_legacy_import_then_restart(make_server, tmp_path):
+    """The engine's recovery fails its task on the next start; the legacy task follows
+    it once read, everywhere it is shown."""
+    data_dir = tmp_path / "data"
+    conf = tmp_path / "abbild-api.conf"
+    conf.write_text(server_config(stores=LOOPBACK).format(dir=data_dir))
+    srv = make_server("--config-file", str(conf), data_dir=str(data_dir)).start()
+    with serving(Slow) as base:
+        resp = legacy_import(srv.url, f"{base}/disk.raw")
+        assert resp.status_code == 201, resp.text
+        task_id, image_id = resp.json()["id"], resp.json()["image_id"]
+        wait_for(
+            lambda: requests.get(f"{srv.url}/v2/tasks/{task_id}", timeout=10).json()["status"] == "processing",
+            20,
+            "processing",
+        )
+        srv.kill()
+    srv.start()
+    listed = requests.get(f"{srv.url}/v2/tasks", params={"type": "import"}, timeout=10).json()["tasks"]
+    assert [(t["id"], t["status"]) for t in listed] == [(task_id, "failure")]
+    task = requests.get(f"{srv.url}/v2/tasks/{task_id}", timeout=10).json()
+    assert task["status"] == "failure" and "interrupted" in task["message"], task
+    assert task["result"] == {"image_id": image_id} and "expires_at" in task
+    rows = requests.get(f"{srv.url}/v2/images/{image_id}/tasks", timeout=10).json()["tasks"]
+    assert sorted((t["type"], t["status"]) for t in rows) == [("api_image_import", "failure"), ("import", "failure")]
+    assert requests.get(f"{srv.url}/v2/images/{image_id}", timeout=10).json()["status"] == "queued"
