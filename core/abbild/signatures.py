@@ -146,10 +146,11 @@ class KeyManagerCertificates:
             ) from None
         except Exception as exc:  # castellan's backends raise their own errors
             LOG.error("reading certificate %s from the key manager failed: %s", certificate_uuid, exc)
+            # The detail stays in the log: it may name the key manager's internal endpoint.
             raise ImageSignatureInvalid(
                 f"Cannot verify the image's signature: certificate {certificate_uuid} could "
-                f"not be read from the key manager ({type(exc).__name__}); try again, or ask "
-                f"an operator"
+                f"not be read from the key manager: this user may not read it (a secret of "
+                f"another project), or the key manager failed (the service's log says which)"
             ) from None
         if secret.format != "X.509":
             raise ImageSignatureInvalid(
