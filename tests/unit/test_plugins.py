@@ -41,7 +41,10 @@ def _image(service):
 def test_hook_abbild_configure():
     pm = get_plugin_manager(load_entrypoints=False)
     signing = types.SimpleNamespace(certificate_source="directory", certificate_dir=None)
-    conf = types.SimpleNamespace(default_backend="local", image_signature=signing)
+    image_format = types.SimpleNamespace(
+        require_image_format_match=True, vmdk_allowed_types=["monolithicSparse"], gpt_safety_checks_nonfatal=["mbr"]
+    )
+    conf = types.SimpleNamespace(default_backend="local", image_signature=signing, image_format=image_format)
     pm.hook.abbild_configure.call_historic(kwargs={"conf": conf})
     seen = []
 
