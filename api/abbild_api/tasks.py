@@ -19,6 +19,7 @@ import webob.exc as exc
 from abbild import hookimpl
 from abbild.caller import acting_as
 from abbild.errors import Invalid, TaskNotFound
+from abbild.plugins import notify
 from abbild.registry import TASK_SORT_KEYS
 from abbild.tasks import Task, TaskFilters, TaskStatus
 from abbild_api import schemas
@@ -218,13 +219,20 @@ def _import_input(body) -> tuple[dict, dict]:
     return task_input, properties
 
 
+_HOOKS = {
+    TaskStatus.PROCESSING: "abbild_task_processing",
+    TaskStatus.SUCCESS: "abbild_task_succeeded",
+    TaskStatus.FAILURE: "abbild_task_failed",
+}
+
+
 class LegacyImports:
     """Follows the engine's tasks of the images legacy import tasks created, and ends
     each legacy task as its engine task ends (a plugin of the service's plugin manager,
     in the process that started the import, where the engine's job runs)."""
 
-    def __init__(self, registry) -> None:
-        self.registry = registry
+    def __init__(self, registry, plugins) -> None:
+        self.registry, self.plugins = registry, plugins
         self._lock = threading.Lock()
         self._following: dict[str, str] = {}  # image id -> legacy task id
 
@@ -243,20 +251,31 @@ class LegacyImports:
             return self._following.pop(task.image_id, None) if done else self._following.get(task.image_id)
 
     def end(self, task_id: str, status: TaskStatus, message: str, result: dict | None = None) -> None:
+        """Take the legacy task to *status* (through ``processing``), unless it is there
+        or ended already, and send the task hooks of each status it enters (the engine
+        sends them for its own task only)."""
+        entered: list[TaskStatus] = []
+
         def change(task: Task) -> None:
+            entered.clear()  # a retry after a concurrent write starts over
             if task.status is status or task.status in (TaskStatus.SUCCESS, TaskStatus.FAILURE):
                 return
             if status is not TaskStatus.FAILURE and task.status is TaskStatus.PENDING:
                 task.transition(TaskStatus.PROCESSING)
+                entered.append(TaskStatus.PROCESSING)
             if status is not TaskStatus.PROCESSING:
                 task.transition(status)
+                entered.append(status)
             task.message, task.result = message, result if result is not None else task.result
 
         try:
             with acting_as(None):  # the service's own bookkeeping, as the engine's
-                self.registry.update_task(task_id, change)
+                task = self.registry.update_task(task_id, change)
         except Exception as error:
             LOG.warning("legacy import task %s: could not record it as %s: %s", task_id, status, error)
+            return
+        for each in entered:
+            notify(self.plugins, _HOOKS[each], task=task)
 
     @hookimpl
     def abbild_task_processing(self, task):
@@ -304,7 +323,7 @@ def _follower(service) -> LegacyImports:
     with _FOLLOWERS_LOCK:
         follower = _FOLLOWERS.get(service)
         if follower is None:
-            follower = _FOLLOWERS[service] = LegacyImports(service.registry)
+            follower = _FOLLOWERS[service] = LegacyImports(service.registry, service.plugins)
             service.plugins.register(follower, name="abbild.legacy-import-tasks")
         return follower
 
@@ -330,6 +349,7 @@ def create(app, req):
             user_id=ctx.user_id,
         )
     )
+    notify(app.service.plugins, "abbild_task_created", task=task)
     follower = _follower(app.service)
     follower.follow(image.id, task.id)
     try:
