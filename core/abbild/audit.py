@@ -21,9 +21,10 @@ is deleted (younger ones are only reported: an upload may be writing it right no
 an image with corrupt data is deactivated, its data kept for whoever investigates; a
 failing cache copy is removed. Data an image points at is never deleted.
 
-With *update* it fills what older or registered images lack: ``size``, and
-``os_hash_algo``/``os_hash_value`` of images that have only an md5, computed from data
-whose md5 was found to match.
+With *update* it fills what older or registered images lack: ``size``,
+``os_hash_algo``/``os_hash_value`` of images that have only an md5, and ``virtual_size``
+(what the format inspection of an upload would have set), computed from data whose md5
+was found to match, in the same read.
 
 Reading is rate-limited (``audit_rate_limit``), so a pass can run on a live system.
 """
@@ -39,6 +40,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+from abbild import formats
 from abbild.driver import Capability, ListedObject
 from abbild.errors import AbbildError, Conflict, ImageNotFound, NotFound, RegistryError, StoreError
 from abbild.image import Image, Location, Status, utcnow
@@ -138,6 +140,7 @@ class Auditor:
         self.progress = progress
         self.findings: list[Finding] = []
         self.updates: list[Update] = []
+        self.format_settings = formats.Settings.from_conf(service.conf)
         self.checked = self.bytes_read = 0
 
     @classmethod
@@ -280,7 +283,12 @@ class Auditor:
         except StoreError as exc:
             self._found(Finding("error", f"cannot read {location.uri}: {exc}", image.id, location.store))
             return None
-        stream = ImageStream(chunks, hash_algo=algorithm)
+        checks = []
+        if self.update and image.virtual_size is None:
+            # Never refuses: the data is kept already; a verdict it would get today is logged.
+            check = formats.FormatCheck(image.disk_format, image.container_format, self.format_settings, refuse=False)
+            checks.append(check)
+        stream = ImageStream(chunks, hash_algo=algorithm, checks=checks)
         done = 0
         try:
             for chunk in stream:
@@ -309,11 +317,13 @@ class Auditor:
         return "deactivated"
 
     def _update(self, image: Image, stream: ImageStream) -> None:
-        """Fill in the size and the os_hash that *image* lacks, from *stream*, whose
-        data matched every hash the image has."""
+        """Fill in the size, the os_hash and the virtual size that *image* lacks, from
+        *stream*, whose data matched every hash the image has."""
         fill: dict[str, object] = {}
         if image.size is None:
             fill["size"] = stream.size
+        if image.virtual_size is None and stream.findings.get("virtual_size") is not None:
+            fill["virtual_size"] = stream.findings["virtual_size"]
         if image.os_hash_value is None and image.checksum and stream.os_hash_value:
             fill["os_hash_algo"] = stream.hash_algo
             fill["os_hash_value"] = stream.os_hash_value

@@ -176,9 +176,6 @@ class Inspector:
     def feed(self, chunk: bytes) -> None:
         start = self.pos
         self.pos += len(chunk)
-        if self.tail:
-            self._tail += chunk[-self.tail :]
-            del self._tail[: -self.tail]
         progress = True
         while progress:  # a completed region may ask for one inside the same chunk
             progress = False
@@ -193,6 +190,9 @@ class Inspector:
                     del self._regions[name]
                     self.got(name, bytes(region.data))
                     progress = True
+        if self.tail:  # after the regions: one of them may have just asked for it
+            self._tail += chunk[-self.tail :]
+            del self._tail[: -self.tail]
 
     def skip_to(self, offset: int) -> None:
         """Jump to *offset* (a file's inspection, once only the tail matters)."""
@@ -544,8 +544,8 @@ class Vmdk(Inspector):
         value, size, kind = struct.unpack_from("<QII", eos)
         if value != 0 or size != 0 or kind != 0 or eos[16:] != zeros:
             self.fail("footer", "the end-of-stream marker is invalid")
-        ours = struct.unpack_from("<4sI8xQ8xQQ", self._header)  # magic, version, capacity, descriptor
-        theirs = struct.unpack_from("<4sI8xQ8xQQ", footer)
+        ours = struct.unpack_from("<4sI4xQ8xQQ", self._header)  # magic, version, capacity, descriptor
+        theirs = struct.unpack_from("<4sI4xQ8xQQ", footer)
         if ours != theirs:
             self.fail("footer", "the footer describes another disk than the header")
         if struct.unpack_from("<Q", footer, 56)[0] == self.GD_AT_END:
@@ -815,7 +815,8 @@ def judge(found: Inspection, disk_format: str | None, container_format: str | No
         raise InvalidImageData(
             f"Image data refused: it is a {found.format} image that fails the safety "
             f"check{'s' if len(fatal) > 1 else ''} {checks}: {'; '.join(fatal.values())}. "
-            f"It is refused whatever its disk_format ({disk_format}). {_REMEDIES.get(found.format, '')}".rstrip()
+            f"It is refused whatever its disk_format{f' ({disk_format})' if disk_format else ''}. "
+            f"{_REMEDIES.get(found.format, '')}".rstrip()
         )
     if container_format != "bare" or disk_format is None:
         return {}
@@ -872,7 +873,11 @@ class FormatCheck:
 
 class FormatInspection:
     """Built-in: inspects every upload's, staged and imported data (the
-    ``abbild_data_checks`` hook) under the ``[image_format]`` options."""
+    ``abbild_data_checks`` hook) under the ``[image_format]`` options.
+
+    Staged data gets the safety checks only: the import steps may still turn it into its
+    disk_format (decompress it), and the data they produce is judged in full on import.
+    """
 
     def __init__(self) -> None:
         self.settings = Settings()
@@ -883,4 +888,5 @@ class FormatInspection:
 
     @hookimpl
     def abbild_data_checks(self, image, purpose):
-        return FormatCheck(image.disk_format, image.container_format, self.settings)
+        disk_format = None if purpose == "stage" else image.disk_format
+        return FormatCheck(disk_format, image.container_format, self.settings)

@@ -393,9 +393,27 @@ image_format_opts = [
     cfg.ListOpt(
         "vmdk_allowed_types",
         default=["streamOptimized", "monolithicSparse"],
-        help="VMDK create-types the ``image_conversion`` import step accepts. Others "
-        "(``monolithicFlat``, ``twoGbMaxExtentFlat``, ...) name extent files of their own, "
-        "which a hostile image points at files of this host. Empty: no VMDK at all.",
+        help="VMDK create-types that uploads, imports and the ``image_conversion`` import "
+        "step accept. Others (``monolithicFlat``, ``twoGbMaxExtentFlat``, ...) name extent "
+        "files of their own, which a hostile image points at files of this host. Empty: no VMDK at all.",
+    ),
+    # The format inspection of uploaded, staged and imported data (abbild.formats).
+    cfg.BoolOpt(
+        "require_image_format_match",
+        default=True,
+        help="Refuse (HTTP 415) data of a ``bare`` image that is not in its disk_format: a "
+        "qcow2 declared vmdk, or raw data declared qcow2. Data declared raw that is in "
+        "another, safe format is accepted with a warning (a hypervisor told raw never "
+        "probes it). Off: mismatches are only logged. Unsafe data (a qcow2 backing file, "
+        "a VMDK naming other files, ...) is refused either way.\n\n"
+        "Related options: vmdk_allowed_types, gpt_safety_checks_nonfatal",
+    ),
+    cfg.ListOpt(
+        "gpt_safety_checks_nonfatal",
+        default=["mbr"],
+        help="Safety checks of GPT disk images that only log a warning instead of refusing "
+        "the data. ``mbr``: the protective MBR is not the plain one the UEFI specification "
+        "describes (hybrid MBRs of many bootable images fail it).",
     ),
 ]
 

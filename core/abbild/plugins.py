@@ -72,6 +72,9 @@ def get_plugin_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:
     from abbild.import_plugins import ImportStepsPlugin  # it imports hookimpl from here
 
     pm.register(ImportStepsPlugin(), name="abbild.import-steps")
+    from abbild.formats import FormatInspection  # likewise
+
+    pm.register(FormatInspection(), name="abbild.formats")
     if load_entrypoints:
         pm.load_setuptools_entrypoints("abbild.plugins")
     pm.check_pending()

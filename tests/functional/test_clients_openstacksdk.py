@@ -15,6 +15,8 @@ import pytest
 from openstack import exceptions
 from openstack.image.v2.image import Image
 
+from tests import disk_images
+
 SIZE = 2 * 1024 * 1024 + 321
 
 # The SDK warns about its own deprecations (RemovedInSDK*Warning are PendingDeprecationWarnings).
@@ -142,13 +144,14 @@ def test_create_image_from_file(active_image, payload):
     assert image.properties["owner_specified.openstack.md5"] == image.checksum
 
 
-def test_create_image_from_bytes(conn, tag):
-    data = b"small image " * 1000
+def test_create_image_from_bytes(conn, tag, tmp_path):
+    data = disk_images.qcow2(tmp_path)  # real qcow2: uploads are inspected
     created = conn.image.create_image(
         tag, data=data, disk_format="qcow2", container_format="bare", tags=[tag], validate_checksum=True
     )
     image = conn.image.get_image(created.id)
     assert (image.status, image.size, image.checksum) == ("active", len(data), hashlib.md5(data).hexdigest())
+    assert image.virtual_size == 1 << 20
     assert conn.image.download_image(image).content == data
 
 

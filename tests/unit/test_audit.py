@@ -54,3 +54,46 @@ def test_the_throttle_paces_reads_and_stops_waiting_when_asked():
     started = time.monotonic()
     throttle.take(100 << 20)  # 100 s of reading, but stopping is set
     assert time.monotonic() - started < 1
+
+
+def test_update_fills_the_virtual_size_from_the_same_read(service, tmp_path):
+    """An image from before format inspection (no virtual_size) gets the one an upload
+    would set today, from the read that checks its hashes; an image whose data would be
+    refused today gets none, and the pass still reads and updates nothing else."""
+    from abbild import formats
+    from tests import disk_images
+
+    data = disk_images.qcow2(tmp_path)
+    image = service.create(Image(id=str(uuid.uuid4()), disk_format="qcow2", container_format="bare"), ADMIN)
+    image = service.uploads.upload(image.id, [data], declared_size=len(data), viewer=ADMIN)
+    assert image.virtual_size == 1 << 20
+    raw = active_image(service, b"r" * 5000)
+    for done in (image, raw):
+        service.registry.update_image(done.id, lambda i: setattr(i, "virtual_size", None))
+
+    # Data that today's inspection would refuse: qcow2 bytes kept under disk_format vmdk.
+    vmdk = service.create(Image(id=str(uuid.uuid4()), disk_format="raw", container_format="bare"), ADMIN)
+    vmdk = service.uploads.upload(vmdk.id, [data], declared_size=len(data), viewer=ADMIN)
+
+    def as_vmdk(i):
+        i.disk_format, i.virtual_size = "vmdk", None
+
+    service.registry.update_image(vmdk.id, as_vmdk)
+
+    auditor = Auditor.from_config(service, update=True)
+    counts = auditor.run(threading.Event())
+    assert counts["checked"] == 3 and counts["corrupt"] == 0
+    assert {u.image_id: u.fields for u in auditor.updates} == {
+        image.id: {"virtual_size": 1 << 20},
+        raw.id: {"virtual_size": 5000},
+    }
+    assert service.registry.get_image(image.id).virtual_size == 1 << 20
+    assert service.registry.get_image(raw.id).virtual_size == 5000
+    assert service.registry.get_image(vmdk.id).virtual_size is None
+    assert isinstance(auditor.format_settings, formats.Settings)
+
+    # Without --update nothing is inspected or filled.
+    service.registry.update_image(image.id, lambda i: setattr(i, "virtual_size", None))
+    auditor = Auditor.from_config(service, update=False)
+    auditor.run(threading.Event())
+    assert auditor.updates == [] and service.registry.get_image(image.id).virtual_size is None
