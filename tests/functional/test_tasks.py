@@ -447,3 +447,25 @@ def test_kill_9_mid_legacy_import_then_restart(make_server, tmp_path):
     rows = requests.get(f"{srv.url}/v2/images/{image_id}/tasks", timeout=10).json()["tasks"]
     assert sorted((t["type"], t["status"]) for t in rows) == [("api_image_import", "failure"), ("import", "failure")]
     assert requests.get(f"{srv.url}/v2/images/{image_id}", timeout=10).json()["status"] == "queued"
+
+
+def test_openstacksdk_creates_lists_and_shows_tasks(admin_server, source, payload):
+    import openstack
+
+    conn = openstack.connect(auth_type="none", auth={"endpoint": admin_server.url})
+    created = conn.image.create_task(
+        type="import",
+        input={
+            "import_from": source,
+            "import_from_format": "raw",
+            "image_properties": {"name": "sdk-legacy", "container_format": "bare"},
+        },
+    )
+    assert created.type == "import" and created.id
+    conn.image.wait_for_task(created, status="success", wait=60)
+    task = conn.image.get_task(created.id)
+    assert task.status == "success" and task.expires_at and task.owner_id is None  # noauth: no project
+    assert created.id in [t.id for t in conn.image.tasks(type="import", status="success")]
+    image = conn.image.get_image(task.result["image_id"])
+    assert image.status == "active" and image.checksum == hashlib.md5(payload).hexdigest()
+    assert conn.image.get_task_schema().properties["status"]["enum"][-1] == "failure"
