@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from oslo_config import cfg
 
-from abbild import import_opts
+from abbild import import_opts, signature_opts
 
 store_opts = [
     cfg.DictOpt(
@@ -479,6 +479,7 @@ RESERVED_GROUPS = frozenset(
         *IMPORT_STEP_GROUPS,
         import_opts.IMPORT_GROUP,
         import_opts.FILTERING_GROUP,
+        signature_opts.GROUP,
     }
 )
 
@@ -493,6 +494,7 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     for group, group_opts in IMPORT_STEP_GROUPS.items():
         conf.register_opts(group_opts, group=group)
     import_opts.register_opts(conf)
+    signature_opts.register_opts(conf)
 
 
 def list_opts():
@@ -510,6 +512,7 @@ def list_opts():
             + import_opts.import_opts,
         ),
         *import_opts.list_opts()[1:],
+        *signature_opts.list_opts(),
         ("database", database_opts),
         ("paste_deploy", paste_opts),
         ("task", task_opts),

@@ -75,6 +75,9 @@ def get_plugin_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:
     from abbild.formats import FormatInspection  # likewise
 
     pm.register(FormatInspection(), name="abbild.formats")
+    from abbild.signatures import SignatureVerification  # likewise
+
+    pm.register(SignatureVerification(), name="abbild.signatures")
     if load_entrypoints:
         pm.load_setuptools_entrypoints("abbild.plugins")
     pm.check_pending()

@@ -13,80 +13,19 @@ import subprocess
 import uuid
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, padding, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from abbild.errors import ConfigError, ImageSignatureInvalid
 from abbild.image import Image, Status
 from abbild.registry import Viewer
 from abbild.signatures import CertificateDirectory, SignatureVerification, signature_check
 from abbild.streams import ImageStream
+from tests import signing
+from tests.signing import Signer
 
 ADMIN = Viewer(is_admin=True)
-NOW = datetime.datetime.now(datetime.timezone.utc)
-HASHES = {
-    "SHA-224": hashes.SHA224(),
-    "SHA-256": hashes.SHA256(),
-    "SHA-384": hashes.SHA384(),
-    "SHA-512": hashes.SHA512(),
-}
-
-
-def make_key(key_type: str):
-    if key_type == "RSA-PSS":
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    if key_type == "DSA":
-        return dsa.generate_private_key(key_size=2048)
-    return ec.generate_private_key(getattr(ec, key_type.removeprefix("ECC_"))())
-
-
-def make_certificate(key, *, not_before=None, not_after=None) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "image signer")])
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before or NOW - datetime.timedelta(days=1))
-        .not_valid_after(not_after or NOW + datetime.timedelta(days=14))
-        .sign(key, hashes.SHA256())
-    )
-
-
-def sign(key, data: bytes, hash_method: str = "SHA-256") -> str:
-    algorithm = HASHES[hash_method]
-    if isinstance(key, rsa.RSAPrivateKey):
-        pss = padding.PSS(mgf=padding.MGF1(algorithm), salt_length=padding.PSS.MAX_LENGTH)
-        signature = key.sign(data, pss, algorithm)
-    elif isinstance(key, ec.EllipticCurvePrivateKey):
-        signature = key.sign(data, ec.ECDSA(algorithm))
-    else:
-        signature = key.sign(data, algorithm)
-    return base64.b64encode(signature).decode()
-
-
-class Signer:
-    """One user's key, its certificate in the certificate directory, and images they sign."""
-
-    def __init__(self, certs, key_type="RSA-PSS", **dates):
-        self.key_type = key_type
-        self.key = make_key(key_type)
-        self.certificate_uuid = str(uuid.uuid4())
-        self.certificate = make_certificate(self.key, **dates)
-        (certs / f"{self.certificate_uuid}.pem").write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
-
-    def image(self, data: bytes, hash_method="SHA-256", **override) -> Image:
-        props = {
-            "img_signature": sign(self.key, data, hash_method),
-            "img_signature_hash_method": hash_method,
-            "img_signature_key_type": self.key_type,
-            "img_signature_certificate_uuid": self.certificate_uuid,
-        }
-        props.update(override)
-        return Image(id=str(uuid.uuid4()), disk_format="raw", container_format="bare", properties=props)
+NOW = signing.NOW
+HASHES = signing.HASHES
 
 
 @pytest.fixture
