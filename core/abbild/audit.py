@@ -9,7 +9,8 @@ What a pass (:meth:`Auditor.run`) reports, as :class:`Finding` s:
 - ``orphan``: data in a store that no image points at (a delete that failed half way,
   a crash between writing data and recording it). Only objects named like an image id
   count: abbild writes nothing else, and a shared bucket or pool may hold other data;
-- ``stuck``: an image ``saving``, ``importing`` or ``pending_delete`` that has not
+- ``stuck``: an image ``saving``, ``importing``, ``pending_delete`` or ``uploading``
+  (while its data is being staged; staged data waiting for its import is not stuck) that has not
   changed for ``audit_stuck_after`` seconds (a running upload renews its claim, which
   changes it; a delayed delete, which waits for the scrubber, is not stuck);
 - ``cache``: a copy in this node's image cache that fails the cleaner's re-hash;
@@ -59,7 +60,7 @@ LEASE = "audit"
 # The keys abbild writes are image ids: lower-case UUIDs.
 _IMAGE_KEY = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _IN_FLIGHT = (Status.SAVING, Status.IMPORTING, Status.UPLOADING)
-_STUCK = (Status.SAVING, Status.IMPORTING, Status.PENDING_DELETE)
+_STUCK = (Status.SAVING, Status.UPLOADING, Status.IMPORTING, Status.PENDING_DELETE)
 # The auditor acts as the service itself: it sees and may deactivate every image.
 _SERVICE = Viewer(is_admin=True)
 
@@ -224,6 +225,8 @@ class Auditor:
                 continue
             if image.status is Status.PENDING_DELETE and image.deleted_at is not None:
                 continue  # a delayed delete: its data waits for the scrubber's scrub_time
+            if image.status is Status.UPLOADING and not image.upload_worker:
+                continue  # staged data waiting for its import: the owner imports or deletes it
             stale = claims.is_stale(image)
             holder = f"claimed by {image.upload_worker}" if image.upload_worker else "claimed by nobody"
             detail = (
@@ -231,7 +234,11 @@ class Auditor:
                 f"({holder}, {'stale' if stale else 'still held'})"
             )
             action = ""
-            if self.repair and stale and image.status in _IN_FLIGHT and self.service.uploads.requeue(image):
+            if self.repair and stale and image.status in (Status.UPLOADING, Status.IMPORTING):
+                if self.service.imports.recover_image(image):  # staged data of glance-direct kept
+                    now = self.registry.get_image(image.id).status
+                    action = f"stage or import undone (now '{now}'), its partial data removed"
+            elif self.repair and stale and image.status in _IN_FLIGHT and self.service.uploads.requeue(image):
                 action = "queued again, its partial data removed"
             self._found(Finding("stuck", detail, image.id, action=action))
 

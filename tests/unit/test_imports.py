@@ -202,3 +202,26 @@ def test_usage_counts_staged_bytes(service):
     service.imports.stage(image.id, [b"x" * (3 << 20)], declared_size=None, viewer=owner)
     assert service.usage(owner)["image_stage_total"]["usage"] == 3  # MiB
     assert service.usage(Viewer(project_id="p2", roles=("member",)))["image_stage_total"]["usage"] == 0
+
+
+def test_audit_reports_and_repairs_a_stuck_import_but_not_a_staged_image(service):
+    import threading
+
+    from abbild.audit import Auditor
+
+    waiting = staged_image(service)  # staged, waiting for its import: not stuck
+    stuck = staged_image(service)
+
+    def died_importing(i: Image) -> None:
+        i.transition(Status.IMPORTING)
+        i.upload_worker = DEAD_WORKER
+
+    service.registry.update_image(stuck.id, died_importing)
+    time.sleep(1.1)  # updated_at has whole seconds
+    auditor = Auditor(service, repair=True, stuck_after=0)
+    auditor.run(threading.Event())
+    found = [f for f in auditor.findings if f.kind == "stuck"]
+    assert [f.image_id for f in found] == [stuck.id]
+    assert "undone" in found[0].action and "uploading" in found[0].action
+    assert service.registry.get_image(stuck.id).status is Status.UPLOADING
+    assert service.registry.get_image(waiting.id).status is Status.UPLOADING
