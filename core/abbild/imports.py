@@ -334,6 +334,7 @@ class Imports:
         max_size, limit_name = uploads.limit(image)
         if declared_size is not None and declared_size > max_size:
             raise SizeLimitExceeded(max_size, limit_name)
+        checks = uploads.checks(image, "stage")  # before the claim: a check that refuses leaves it queued
 
         def take(image: Image) -> None:
             if image.status is not Status.QUEUED:
@@ -356,7 +357,7 @@ class Imports:
                 declared_size=declared_size,
                 on_progress=uploads.checker(claim),
                 progress_every=1,
-                checks=uploads.checks(image, "stage"),
+                checks=checks,
             )
             self.staging.discard(image_id)  # a queued image's leftovers (we hold its claim)
             stored = self.staging.put(image_id, stream, declared_size)
