@@ -46,6 +46,29 @@ def make_certificate(key, *, not_before=None, not_after=None) -> x509.Certificat
     )
 
 
+def issue(key, name: str, issuer_key, issuer: x509.Certificate | None = None, *, ca=False, path_length=None):
+    """A certificate for *key* named *name*, issued by *issuer* (self-signed without one);
+    a CA (basic constraints, key_cert_sign) with *ca*."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer.subject if issuer else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - datetime.timedelta(days=1))
+        .not_valid_after(NOW + datetime.timedelta(days=14))
+    )
+    if ca:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        usage = dict.fromkeys(("content_commitment", "key_encipherment", "data_encipherment"), False)
+        usage |= dict.fromkeys(("key_agreement", "encipher_only", "decipher_only", "crl_sign"), False)
+        builder = builder.add_extension(
+            x509.KeyUsage(digital_signature=True, key_cert_sign=True, **usage), critical=True
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
 def sign(key, data: bytes, hash_method: str = "SHA-256") -> str:
     """The ``img_signature`` of *data*: base64 of the signature."""
     algorithm = HASHES[hash_method]

@@ -33,6 +33,23 @@ signature_opts = [
         "400, since nothing can verify them. The embedded service (`abbild serve` "
         "without a config) uses ``<data dir>/certificates``.",
     ),
+    cfg.BoolOpt(
+        "enable_certificate_validation",
+        default=False,
+        help="Also require the certificate of a signed image to be issued by one of "
+        "default_trusted_certificate_ids (cursive's certificate validation, Nova's option "
+        "name): each certificate of the chain within its dates, the issuers CAs allowed "
+        "to sign certificates, path lengths kept. Off (Glance's behaviour): any "
+        "certificate the source holds, within its dates, may sign images.\n\n"
+        "Related options: default_trusted_certificate_ids",
+    ),
+    cfg.ListOpt(
+        "default_trusted_certificate_ids",
+        default=[],
+        help="Ids of the certificates (in the certificate source) that image signing "
+        "certificates must chain to when enable_certificate_validation is on: root CAs, "
+        "and the intermediate CAs between them and the signing certificates.",
+    ),
 ]
 
 

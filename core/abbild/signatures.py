@@ -211,7 +211,9 @@ class SignatureCheck:
         return {}
 
 
-def signature_check(image, certificates, now: datetime.datetime | None = None) -> SignatureCheck | None:
+def signature_check(
+    image, certificates, now: datetime.datetime | None = None, trusted_ids: list[str] | None = None
+) -> SignatureCheck | None:
     """The check of *image*'s signature, ``None`` for an unsigned image.
 
     Everything that can be checked before the data arrives is checked here (all four
@@ -220,6 +222,8 @@ def signature_check(image, certificates, now: datetime.datetime | None = None) -
     stored.
 
     :param certificates: a :class:`CertificateDirectory` or :class:`KeyManagerCertificates`.
+    :param trusted_ids: with certificate validation on, the ids of the trusted
+        certificates (from the same source) the signing certificate must chain to.
     :raises abbild.errors.ImageSignatureInvalid: the signature cannot be checked.
     """
     props = image.properties
@@ -256,6 +260,8 @@ def signature_check(image, certificates, now: datetime.datetime | None = None) -
         raise ImageSignatureInvalid("Cannot verify the image's signature: this service has no certificate source")
     certificate = certificates.get(certificate_uuid)
     check_dates(certificate, certificate_uuid, now)
+    if trusted_ids is not None:
+        check_trust(certificate, certificate_uuid, certificates, trusted_ids, now)
     try:
         key = certificate.public_key()
     except UnsupportedAlgorithm:
@@ -287,6 +293,64 @@ def check_dates(certificate: x509.Certificate, certificate_uuid: str, now: datet
         )
 
 
+def check_trust(certificate, certificate_uuid: str, certificates, trusted_ids, now=None) -> None:
+    """Refuse a signing certificate that does not chain to a trusted certificate (cursive's
+    certificate validation, as Nova's ``enable_certificate_validation`` uses it): each
+    link is issued (names and signature) by a trusted certificate that is within its
+    dates, is a CA allowed to sign certificates, and whose path length allows the
+    certificates below it; the chain ends at a trusted self-signed certificate. A
+    trusted certificate that cannot be read or is unfit for signing is skipped, with a
+    warning in the log."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    signers = []
+    for trusted_id in trusted_ids:
+        try:
+            trusted = certificates.get(trusted_id)
+        except ImageSignatureInvalid as exc:
+            LOG.warning("trusted certificate %s skipped: %s", trusted_id, exc)
+            continue
+        if not trusted.not_valid_before_utc <= now <= trusted.not_valid_after_utc:
+            LOG.warning("trusted certificate %s skipped: outside its validity period", trusted_id)
+        elif not _can_sign(trusted):
+            LOG.warning("trusted certificate %s skipped: not a CA allowed to sign certificates", trusted_id)
+        else:
+            signers.append(trusted)
+    current, below = certificate, 0
+    for _ in range(len(signers) + 1):
+        if current.issuer == current.subject and current in signers:
+            return  # a trusted root (or the signing certificate itself, trusted)
+        issuer = next((c for c in signers if c != current and _issued_by(current, c)), None)
+        if issuer is None:
+            break
+        path_length = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+        if current is not certificate:
+            below += 1  # an intermediate CA under the issuer
+        if path_length is not None and below > path_length:
+            break
+        current = issuer
+    raise ImageSignatureInvalid(
+        f"Cannot verify the image's signature: certificate {certificate_uuid} is not issued "
+        f"by a certificate this service trusts ([image_signature] default_trusted_certificate_ids)"
+    )
+
+
+def _can_sign(certificate: x509.Certificate) -> bool:
+    try:
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
+        usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    return constraints.ca and usage.key_cert_sign
+
+
+def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        certificate.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
+
+
 def _key_kind(key) -> str:
     if isinstance(key, rsa.RSAPublicKey):
         return "RSA (key type RSA-PSS)"
@@ -311,13 +375,22 @@ class SignatureVerification:
 
     def __init__(self) -> None:
         self.certificates = None
+        self.trusted_ids: list[str] | None = None  # None: no certificate validation
 
     @hookimpl
     def abbild_configure(self, conf):
         self.certificates = certificate_source(conf)
+        group = conf.image_signature
+        if group.enable_certificate_validation:
+            if not group.default_trusted_certificate_ids:
+                raise ConfigError(
+                    "[image_signature] enable_certificate_validation needs the ids of the "
+                    "trusted certificates in default_trusted_certificate_ids"
+                )
+            self.trusted_ids = list(group.default_trusted_certificate_ids)
 
     @hookimpl
     def abbild_data_checks(self, image, purpose):
         if purpose not in ("upload", "stage"):
             return None  # data an import step produced: the signature covers the original
-        return signature_check(image, self.certificates)
+        return signature_check(image, self.certificates, trusted_ids=self.trusted_ids)

@@ -323,3 +323,75 @@ def test_hashing_runs_beside_the_stream(certs, source):
     check.feed(b"x")
     check.finish()
     assert not check._thread.is_alive()
+
+
+# -- certificate validation (enable_certificate_validation) -----------------------------------
+
+
+class CA:
+    """A CA key and certificate in the certificate directory."""
+
+    def __init__(self, certs, name, parent=None, *, ca=True, path_length=None):
+        self.key = signing.make_key("ECC_SECP384R1")
+        issuer_key = parent.key if parent else self.key
+        self.certificate = signing.issue(
+            self.key, name, issuer_key, parent.certificate if parent else None, ca=ca, path_length=path_length
+        )
+        self.uuid = str(uuid.uuid4())
+        (certs / f"{self.uuid}.pem").write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
+
+
+def signed_by(certs, issuer: CA) -> Signer:
+    """A user whose signing certificate *issuer* issued."""
+    signer = Signer(certs)
+    signer.certificate = signing.issue(signer.key, "image signer", issuer.key, issuer.certificate)
+    (certs / f"{signer.certificate_uuid}.pem").write_bytes(signer.certificate.public_bytes(serialization.Encoding.PEM))
+    return signer
+
+
+def test_a_certificate_issued_by_a_trusted_ca_verifies(certs, source):
+    root = CA(certs, "root")
+    intermediate = CA(certs, "intermediate", root, path_length=0)
+    data = os.urandom(1000)
+    for issuer in (root, intermediate):
+        image = signed_by(certs, issuer).image(data)
+        check = signature_check(image, source, trusted_ids=[root.uuid, intermediate.uuid])
+        list(ImageStream([data], checks=[check]))
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["self-signed", "untrusted root", "intermediate's root not trusted", "path length", "issuer not a CA", "no trust"],
+)
+def test_a_certificate_not_issued_by_a_trusted_ca_is_refused(certs, source, case):
+    root, other_root = CA(certs, "root"), CA(certs, "other root")
+    trusted = [root.uuid]
+    if case == "self-signed":
+        signer = Signer(certs)
+    elif case == "untrusted root":
+        signer = signed_by(certs, other_root)
+    elif case == "intermediate's root not trusted":
+        intermediate = CA(certs, "intermediate", other_root)
+        signer, trusted = signed_by(certs, intermediate), [intermediate.uuid]
+    elif case == "path length":  # root allows no intermediate CA below it
+        root = CA(certs, "strict root", path_length=0)
+        intermediate = CA(certs, "intermediate", root)
+        signer, trusted = signed_by(certs, intermediate), [root.uuid, intermediate.uuid]
+    elif case == "issuer not a CA":
+        not_ca = CA(certs, "not a ca", ca=False)
+        signer, trusted = signed_by(certs, not_ca), [not_ca.uuid]
+    else:
+        signer, trusted = signed_by(certs, root), [str(uuid.uuid4())]  # a trusted id that is not there
+    with pytest.raises(ImageSignatureInvalid, match="is not issued by a certificate this service trusts"):
+        signature_check(signer.image(b"data"), source, trusted_ids=trusted)
+
+
+def test_certificate_validation_needs_trusted_certificates(conf, certs):
+    with pytest.raises(ConfigError, match="needs the ids of the trusted certificates"):
+        configured(conf, certificate_dir=str(certs), enable_certificate_validation=True)
+    root = CA(certs, "root")
+    plugin = configured(conf, default_trusted_certificate_ids=[root.uuid])
+    data = b"data"
+    assert plugin.abbild_data_checks(image=signed_by(certs, root).image(data), purpose="upload") is not None
+    with pytest.raises(ImageSignatureInvalid, match="this service trusts"):
+        plugin.abbild_data_checks(image=Signer(certs).image(data), purpose="upload")
