@@ -752,3 +752,50 @@ def test_policies_of_stage_and_import(server_factory, payload):
     resp = requests.post(f"{srv.url}/v2/images/{image_id}/import", json=body, headers=admin)
     assert resp.status_code == 202, resp.text
     wait_for(lambda: "more" in requests.get(f"{srv.url}/v2/images/{image_id}", headers=owner).json()["stores"])
+
+
+S3_STAGING = """
+[os_glance_staging_store]
+driver = s3
+endpoint_url = {endpoint}
+access_key = {access}
+secret_key = {secret}
+bucket = {bucket}
+create_bucket = true
+"""
+
+
+@pytest.mark.backend("ceph")
+def test_shared_staging_on_s3_needs_no_passing_on(tmp_path, payload):
+    """Staging in an S3 bucket (Ceph's radosgw) both nodes reach: the node that imports
+    reads the staged data itself, even with the staging node down."""
+    import uuid
+
+    from tests.functional.conftest import Server
+    from tests.functional.stores import _env_file
+
+    env = _env_file(os.environ.get("CEPH_DIR", "/tmp/abbild-ceph") + "/env.sh", "CEPH_RGW_ENDPOINT")
+    staging = S3_STAGING.format(
+        endpoint=env["CEPH_RGW_ENDPOINT"],
+        access=env["CEPH_S3_ACCESS_KEY"],
+        secret=env["CEPH_S3_SECRET_KEY"],
+        bucket=f"abbild-staging-{uuid.uuid4().hex[:8]}",
+    )
+    nodes = []
+    try:
+        for name in ("a", "b"):
+            conf = tmp_path / f"node-{name}.conf"
+            node = Server(tmp_path, "--config-file", str(conf))
+            conf.write_text(NODE.format(dir=tmp_path, name=name, url=node.url) + staging)
+            nodes.append(node)
+        a, b = (node.start() for node in nodes)
+        image_id = create(a.url)
+        assert stage(a.url, image_id, payload).status_code == 204
+        a.stop()
+        assert import_(b.url, image_id, {"method": {"name": "glance-direct"}}).status_code == 202
+        image = wait_import_done(b.url, image_id)
+        assert image["status"] == "active" and download(b.url, image_id) == payload
+        assert not os.path.exists(tmp_path / "staging-a")  # nothing staged on a local disk
+    finally:
+        for node in nodes:
+            node.stop()
