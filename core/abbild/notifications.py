@@ -95,6 +95,8 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
 
 
 def list_opts():
+    # The sample then shows the control exchange abbild uses (Glance's), not oslo.messaging's.
+    _import_oslo_messaging().set_transport_defaults(CONTROL_EXCHANGE)
     return [("DEFAULT", notifier_opts)]
 
 

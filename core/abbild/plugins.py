@@ -78,6 +78,9 @@ def get_plugin_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:
     from abbild.signatures import SignatureVerification  # likewise
 
     pm.register(SignatureVerification(), name="abbild.signatures")
+    from abbild.notifications import Setup  # likewise; registers the notifier when configured
+
+    pm.register(Setup(pm), name="abbild.notifications-setup")
     if load_entrypoints:
         pm.load_setuptools_entrypoints("abbild.plugins")
     pm.check_pending()
