@@ -164,6 +164,12 @@ class Inspector:
         return self.matched is False or (self.matched is True and not self._regions and not self.tail)
 
     @property
+    def settled(self) -> bool:
+        """Whether it matches is known and what it found cannot change, but for checks of
+        a footer still to come (or a match on one, for a format with ``tail``)."""
+        return self.matched is False or (not self._regions and (self.matched is True or self.tail > 0))
+
+    @property
     def tail_only(self) -> bool:
         """Only the data's last ``tail`` bytes still matter."""
         return self.matched is not False and not self._regions and self.tail > 0
@@ -788,7 +794,9 @@ _REMEDIES = {
 }
 
 
-def judge(found: Inspection, disk_format: str | None, container_format: str | None, settings: Settings) -> dict:
+def judge(
+    found: Inspection, disk_format: str | None, container_format: str | None, settings: Settings, *, log: bool = True
+) -> dict:
     """Glance's rules for data of an image declared *disk_format*.
 
     Safety failures are always refused (the GPT checks of
@@ -805,9 +813,12 @@ def judge(found: Inspection, disk_format: str | None, container_format: str | No
     fatal = {}
     for check, why in found.failures.items():
         if found.format == "gpt" and check in settings.gpt_safety_checks_nonfatal:
-            LOG.warning(
-                "image data: GPT safety check %r failed (%s); only a warning: gpt_safety_checks_nonfatal", check, why
-            )
+            if log:
+                LOG.warning(
+                    "image data: GPT safety check %r failed (%s); only a warning: gpt_safety_checks_nonfatal",
+                    check,
+                    why,
+                )
         else:
             fatal[check] = why
     if fatal:
@@ -825,7 +836,7 @@ def judge(found: Inspection, disk_format: str | None, container_format: str | No
     if found.format == "raw" and disk_format not in INSPECTABLE:
         return {}
     if disk_format == "raw":
-        if found.format not in _RAW_LIKE:
+        if found.format not in _RAW_LIKE and log:
             LOG.warning(
                 "image data declared raw is a %s image; accepted, a hypervisor told raw never probes it", found.format
             )
@@ -838,13 +849,16 @@ def judge(found: Inspection, disk_format: str | None, container_format: str | No
     )
     if settings.require_image_format_match:
         raise InvalidImageData(message)
-    LOG.warning("%s (accepted: require_image_format_match is off)", message)
+    if log:
+        LOG.warning("%s (accepted: require_image_format_match is off)", message)
     return {}
 
 
 class FormatCheck:
     """A :class:`~abbild.streams.DataCheck`: inspects the data as it streams past and
-    judges it (:func:`judge`) at the end.
+    judges it (:func:`judge`) at the end. Data whose refusal is certain before its end
+    (its header is unsafe, or it is not its disk_format) is refused at once, so a large
+    image is not stored only to be removed.
 
     :param refuse: ``False`` for an image whose data is already kept (the auditor filling
         in virtual sizes): :meth:`finish` never raises and decides nothing it would refuse.
@@ -856,9 +870,31 @@ class FormatCheck:
         self.disk_format, self.container_format = disk_format, container_format
         self.settings, self.refuse = settings, refuse
         self.detector = Detector(settings)
+        self._early = refuse
 
     def feed(self, chunk: bytes) -> None:
         self.detector.feed(chunk)
+        if self._early:
+            self._refuse_early()
+
+    def _refuse_early(self) -> None:
+        """Raise if every inspector has settled and the verdict is already a refusal.
+        What only the end can add (a footer's checks, a fixed VHD's footer) can only
+        refuse more, except for a declared vhd, which waits for its footer."""
+        inspectors = self.detector.inspectors
+        if not all(i.settled for i in inspectors):
+            return
+        self._early = False  # one verdict so far is enough: finish() gives the last word
+        if self.disk_format == "vhd":
+            return
+        matches = [i for i in inspectors if i.matched]
+        if len(matches) > 1:
+            return  # finish() sorts out hybrids and refuses the rest
+        if matches:
+            found = Inspection(matches[0].name, None, dict(matches[0].failures), self.detector.size)
+        else:
+            found = Inspection("raw", None, {}, self.detector.size)
+        judge(found, self.disk_format, self.container_format, self.settings, log=False)
 
     def finish(self) -> dict:
         try:

@@ -194,3 +194,11 @@ def test_the_refused_image_takes_the_right_data_afterwards(srv, tmp_path):
     image = glance.images.get(image.id)
     assert image.status == "active" and image.virtual_size == disk_images.MIB
     assert b"".join(glance.images.data(image.id)) == data
+
+
+def test_a_large_upload_is_refused_early_and_the_client_gets_the_415(srv):
+    """64 MiB of raw data declared qcow2: refused once the inspectors saw its start, and
+    the client still reads the answer."""
+    data = os.urandom(64 * disk_images.MIB)
+    message = refused(srv, data, "qcow2")
+    assert "raw data" in message

@@ -356,16 +356,16 @@ def test_hook_abbild_data_checks(images):
             check.feed(chunk)
         assert check.finish() == {"virtual_size": images["vdi"][2]}
         [check] = format_checks(pm, _Image("qcow2"), purpose)
-        check.feed(data)
         with pytest.raises(InvalidImageData, match="it is a vdi image, but the disk_format of the image is qcow2"):
+            check.feed(data)
             check.finish()
     # Staged data may still be decompressed by an import step: only its safety counts.
     [check] = format_checks(pm, _Image("qcow2"), "stage")
     check.feed(data)
     assert check.finish() == {}
     [check] = format_checks(pm, _Image("raw"), "stage")
-    check.feed(images["qed"][0].read_bytes())
     with pytest.raises(InvalidImageData, match="qed image that fails the safety check banned"):
+        check.feed(images["qed"][0].read_bytes())
         check.finish()
 
 
@@ -375,8 +375,8 @@ def test_the_plugin_follows_the_options(images):
     check.feed(images["vdi"][0].read_bytes())
     assert check.finish() == {}
     [check] = format_checks(pm, _Image("vmdk"))
-    check.feed(images["vmdk-stream"][0].read_bytes())
     with pytest.raises(InvalidImageData, match=r"create type streamOptimized is not allowed .*: monolithicSparse\)"):
+        check.feed(images["vmdk-stream"][0].read_bytes())
         check.finish()
 
 
@@ -389,3 +389,29 @@ def test_settings_defaults_are_glance_s():
         vmdk_allowed_types=("streamOptimized", "monolithicSparse"),
         gpt_safety_checks_nonfatal=("mbr",),
     )
+
+
+def test_a_certain_refusal_comes_before_the_end_of_the_data(tmp_path):
+    """A large image that is not its disk_format, or whose header is unsafe, is refused
+    within its first chunks, not after the whole of it went to a store."""
+    data = disk_images.qemu_img(tmp_path, "qcow2", "1G", "-o", "preallocation=metadata", name="big.qcow2")
+    with data.open("rb") as f:
+        chunks = chunked(f.read(8 * MIB), MIB)  # the first 8 MiB of 1 GiB
+    check = formats.FormatCheck("vmdk", "bare", STRICT)
+    with pytest.raises(InvalidImageData, match="it is a qcow2 image, but the disk_format of the image is vmdk"):
+        for chunk in chunks:
+            check.feed(chunk)
+    assert check.detector.size == MIB
+    evil = disk_images.qemu_img(tmp_path, "qcow2", "1M", "-b", "/etc/passwd", "-F", "raw").read_bytes()
+    check = formats.FormatCheck("raw", "bare", STRICT)
+    with pytest.raises(InvalidImageData, match="backing_file"):
+        check.feed(evil[: 64 << 10])
+    # Nothing to refuse: no verdict before the end (a fixed VHD's footer may still come).
+    check = formats.FormatCheck("qcow2", "bare", STRICT)
+    check.feed(disk_images.qcow2(tmp_path))
+    assert check.finish() == {"virtual_size": MIB}
+    check = formats.FormatCheck("vhd", "bare", STRICT)
+    fixed = disk_images.qemu_img(tmp_path, "vpc", "1M", "-o", "subformat=fixed").read_bytes()
+    for chunk in chunked(fixed, 4096):
+        check.feed(chunk)
+    assert check.finish() == {"virtual_size": len(fixed) - 512}
