@@ -64,6 +64,7 @@ from abbild.errors import (
     SizeMismatch,
     StoreFull,
 )
+from abbild.imports import HIDDEN_PROPERTIES
 from abbild.plugins import hookimpl
 
 LOG = logging.getLogger(__name__)
@@ -118,7 +119,8 @@ def _now() -> str:
 
 
 def image_payload(image) -> dict:
-    """An image, never its locations: their URIs may hold a store's credentials."""
+    """An image, never its locations: their URIs may hold a store's credentials; its
+    properties as the API shows them (without where its staged data lies)."""
     return {
         "id": image.id,
         "name": image.name,
@@ -136,7 +138,7 @@ def image_payload(image) -> dict:
         "virtual_size": image.virtual_size,
         "is_public": image.visibility == "public",
         "visibility": image.visibility,
-        "properties": dict(image.properties),
+        "properties": {k: v for k, v in image.properties.items() if k not in HIDDEN_PROPERTIES},
         "tags": sorted(image.tags),
         "deleted": False,
         "deleted_at": None,

@@ -102,6 +102,17 @@ class Consumer:
                 return found
             time.sleep(0.1)
 
+    def where(self, event_type: str, test, count: int = 1, timeout: float = 30) -> list[dict]:
+        """The notifications of *event_type* whose payload passes *test*, once *count* came."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._drain()
+            found = [m for m in self.messages if m["event_type"] == event_type and test(m["payload"])]
+            if len(found) >= count or time.monotonic() > deadline:
+                assert len(found) == count, f"{event_type}: {found} (all: {self.messages})"
+                return found
+            time.sleep(0.1)
+
     def close(self) -> None:
         channel = self.connection.channel()
         for priority in ("info", "error"):
@@ -240,6 +251,34 @@ def test_a_range_is_a_whole_send_and_a_cut_download_an_error(owner, consumer, no
         assert resp.status_code == 200 and len(resp.raw.read(1024)) == 1024
     [_, cut] = consumer.wait("image.send", image.id, count=2)
     assert cut["priority"] == "ERROR" and 1024 <= cut["payload"]["bytes_sent"] < BIG
+
+
+def test_an_import_sends_its_tasks_and_the_images_events(owner, consumer):
+    """glance-direct through python-glanceclient: the import engine's task hooks and the
+    image's prepare/upload/activate, as Glance sends them for an import."""
+    owner_project, glance = owner
+    image = glance.images.create(disk_format="raw", container_format="bare")
+    glance.images.stage(image.id, io.BytesIO(b"s" * SIZE))
+    glance.images.image_import(image.id, method="glance-direct")
+    [activate] = consumer.wait("image.activate", image.id, timeout=60)
+    _check_image_payload(activate["payload"], image.id, owner_project, "active")
+    [upload] = consumer.wait("image.upload", image.id)
+    assert upload["priority"] == "INFO" and upload["payload"]["size"] == SIZE
+    assert upload["payload"]["os_glance_failed_import"] == []
+    prepares = consumer.of("image.prepare", image.id)
+    assert prepares and prepares[-1]["payload"]["backend"] == "local"
+
+    def ours(payload) -> bool:
+        return payload["owner"] == owner_project and payload["type"] == "api_image_import"
+
+    [created] = consumer.where("task.create", ours)
+    task_id = created["payload"]["id"]
+    assert created["payload"]["status"] == "pending" and "input" not in created["payload"]
+    for event, status in (("task.run", "processing"), ("task.processing", "processing"), ("task.success", "success")):
+        [task] = consumer.where(event, ours)
+        assert (task["payload"]["id"], task["payload"]["status"]) == (task_id, status), event
+        assert task["payload"]["result"] is None and task["payload"]["message"] is None
+    assert consumer.where("task.success", ours)[0]["payload"]["expires_at"].endswith("Z")
 
 
 def test_a_failed_upload_is_an_error_notification(owner, consumer):

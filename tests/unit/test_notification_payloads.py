@@ -127,6 +127,8 @@ def test_the_image_payload_is_glances_and_never_has_locations():
     }
     assert "secret" not in repr(payload)
     assert notifications.image_payload(_image(visibility="shared"))["is_public"] is False
+    staged = _image(properties={"os_glance_stage_uri": "file:///staging/x", "a": "b"})
+    assert notifications.image_payload(staged)["properties"] == {"a": "b"}  # hidden from users, and here
 
 
 def test_timestamps_are_glances_utc_seconds():
