@@ -13,10 +13,11 @@ import uuid
 import pytest
 import requests
 
+from abbild import config as abbild_config
+from abbild.service import load_registry
 from abbild.testing.backends import backend_unavailable
 from tests.functional import keystone as ks
 from tests.functional.helpers import wait_for
-from tests.functional.test_import import tasks_of
 
 PASSWORD = "abbild-test-pw"
 SERVICE_USER, SERVICE_PROJECT = "abbild-service", "service"
@@ -46,6 +47,16 @@ project_name = {project}
 user_domain_id = default
 project_domain_id = default
 """
+
+
+def tasks_of(srv, image_id: str) -> list:
+    """The image's tasks with their input, read from the server's own database."""
+    files = [srv.args[i + 1] for i, a in enumerate(srv.args) if a == "--config-file"]
+    registry = load_registry(abbild_config.load(files[:1] or [os.path.join(srv.data_dir, "abbild-api.conf")]))
+    try:
+        return registry.tasks_of_image(image_id)
+    finally:
+        registry.close()
 
 
 def config(methods: str = "") -> str:

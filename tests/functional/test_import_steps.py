@@ -19,10 +19,12 @@ import subprocess
 import pytest
 import requests
 
+from abbild import config
+from abbild.service import load_registry
 from abbild.testing.backends import backend_unavailable, read_env_file
 from tests.functional.helpers import serving, wait_for
 from tests.functional.test_clients_cli import executable
-from tests.functional.test_import import handler, tasks_of
+from tests.functional.test_import import handler
 
 MIB = 1 << 20
 OCTET = {"Content-Type": "application/octet-stream"}
@@ -40,12 +42,6 @@ connection = sqlite:///{{dir}}/abbild.sqlite
 {store}
 [image_import_opts]
 image_import_plugins = image_decompression, image_conversion, inject_image_metadata, example_checksum_property
-# Staged data is inspected like an upload, and gzip data declared qcow2 is refused
-# there as a mismatch, before image_decompression could run. Glance does not inspect
-# staged data (its import checks the data the steps made, as abbild's does too). Until
-# the stage inspection leaves mismatches to the import: off.
-[image_format]
-require_image_format_match = false
 [image_conversion]
 output_format = raw
 [inject_metadata_properties]
@@ -55,6 +51,16 @@ ignore_user_roles =
 [os_glance_web_download]
 allowed_networks = 127.0.0.1/32
 """
+
+
+def tasks_of(srv, image_id: str) -> list:
+    """The image's tasks with their input, read from the server's own database."""
+    files = [srv.args[i + 1] for i, a in enumerate(srv.args) if a == "--config-file"]
+    registry = load_registry(config.load(files[:1] or [os.path.join(srv.data_dir, "abbild-api.conf")]))
+    try:
+        return registry.tasks_of_image(image_id)
+    finally:
+        registry.close()
 
 
 def store_section(driver: str) -> str:
