@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import io
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -202,3 +203,52 @@ def test_a_large_upload_is_refused_early_and_the_client_gets_the_415(srv):
     data = os.urandom(64 * disk_images.MIB)
     message = refused(srv, data, "qcow2")
     assert "raw data" in message
+
+
+# -- interoperable import (glance-direct) ------------------------------------------------------
+
+
+def staged(server) -> list[Path]:
+    return [p for p in (Path(server.data_dir) / "staging").rglob("*") if p.is_file()]
+
+
+def wait_import_ended(glance, image_id: str):
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        image = glance.images.get(image_id)
+        if not image.get("os_glance_import_task") and image.status != "importing":
+            return image
+        time.sleep(0.1)
+    raise AssertionError("the import did not end")
+
+
+def test_an_unsafe_image_is_refused_when_it_is_staged(srv, tmp_path):
+    glance = client(srv)
+    image = glance.images.create(name="stage-evil", disk_format="qcow2", container_format="bare")
+    evil = disk_images.qemu_img(tmp_path, "qcow2", "1M", "-b", "/etc/passwd", "-F", "raw").read_bytes()
+    with pytest.raises(exc.HTTPException, match="fails the safety check backing_file"):
+        glance.images.stage(image.id, io.BytesIO(evil), len(evil))
+    assert glance.images.get(image.id).status == "queued"
+    assert staged(srv) == []
+
+
+def test_staged_data_is_judged_in_full_when_imported(srv, tmp_path):
+    """Staged data may still be decompressed by an import step, so only its safety counts
+    at stage; what the import writes must be its disk_format."""
+    glance = client(srv)
+    before = set(stored(srv))
+    image = glance.images.create(name="import-mismatch", disk_format="vmdk", container_format="bare")
+    data = disk_images.qcow2(tmp_path)
+    glance.images.stage(image.id, io.BytesIO(data), len(data))
+    glance.images.image_import(image.id, method="glance-direct")
+    image = wait_import_ended(glance, image.id)
+    assert image.status != "active" and image.virtual_size is None
+    assert set(stored(srv)) == before
+    [task] = [t for t in glance.images.get_associated_image_tasks(image.id)["tasks"]]
+    assert task["status"] == "failure" and "disk_format of the image is vmdk" in task["message"]
+
+    image = glance.images.create(name="import-right", disk_format="qcow2", container_format="bare")
+    glance.images.stage(image.id, io.BytesIO(data), len(data))
+    glance.images.image_import(image.id, method="glance-direct")
+    image = wait_import_ended(glance, image.id)
+    assert image.status == "active" and image.virtual_size == disk_images.MIB
