@@ -53,7 +53,9 @@ DISTS = sorted(dist_name(d) for d in DIST_DIRS)
 OPTIONAL_IMPORTS = {
     # Keystone tokens (flavor = keystone; auth_strategy = keystone on either side of the
     # registry): the code says to pip install 'abbild[keystone]' when they are missing.
-    "abbild": {"keystonemiddleware": "keystone", "keystoneauth1": "keystone"},
+    # Certificates of signed images in Barbican ([image_signature] certificate_source =
+    # key_manager): start-up says to pip install castellan when it is missing.
+    "abbild": {"keystonemiddleware": "keystone", "keystoneauth1": "keystone", "castellan": "barbican"},
 }
 
 # Modules that may fail to import, for the lack of one module only: (package, module).
