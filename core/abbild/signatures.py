@@ -126,7 +126,7 @@ class KeyManagerCertificates:
         except ImportError:
             raise ConfigError(
                 "[image_signature] certificate_source = key_manager needs castellan: "
-                "pip install castellan (or use certificate_source = directory)"
+                "pip install 'abbild[barbican]' (or use certificate_source = directory)"
             ) from None
         self._errors = castellan_errors
         self._api = key_manager.API(conf)

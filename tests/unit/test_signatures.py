@@ -276,7 +276,7 @@ def test_key_manager_without_castellan_stops_start_up(conf, monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "castellan", None)  # as if not installed
-    with pytest.raises(ConfigError, match="needs castellan: pip install castellan"):
+    with pytest.raises(ConfigError, match=r"needs castellan: pip install 'abbild\[barbican\]'"):
         configured(conf, certificate_source="key_manager")
 
 
