@@ -18,9 +18,10 @@ install-test:
 	command -v apxs >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq --no-install-recommends apache2 apache2-dev curl >/dev/null; }
 	$(PIP) mod_wsgi
-	# qemu-img: the image_conversion import step and the tests' qcow2/vmdk/vhd images
-	command -v qemu-img >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y -qq --no-install-recommends qemu-utils >/dev/null; }
+	# qemu-img: the image_conversion import step and the tests' qcow2/vmdk/vhd images;
+	# zstd: the decompression tests' data as the zstd command writes it
+	command -v qemu-img >/dev/null && command -v zstd >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-utils zstd >/dev/null; }
 	# xorriso and sgdisk: the format inspection tests' ISO, hybrid ISO and GPT images
 	command -v xorriso >/dev/null && command -v sgdisk >/dev/null || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends xorriso gdisk >/dev/null; }
