@@ -11,6 +11,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 import tracemalloc
 import uuid
 import zipfile
@@ -416,10 +417,10 @@ def test_conversion_is_stopped_at_its_timeout(tmp_path):
 
 
 def test_qemu_img_runs_under_resource_limits():
-    hog = ["python3", "-c", "x = bytearray(1 << 31)"]  # 2 GiB
+    hog = [sys.executable, "-c", "x = bytearray(1 << 31)"]  # 2 GiB
     with pytest.raises(InvalidImageData, match="failed"):
         _run_limited(hog, address_space=1 << 30, cpu_seconds=30, timeout=60)
-    spin = ["python3", "-c", "while True: pass"]
+    spin = [sys.executable, "-c", "while True: pass"]
     with pytest.raises(InvalidImageData, match="killed at its resource limits"):
         _run_limited(spin, address_space=1 << 30, cpu_seconds=1, timeout=60)
 
