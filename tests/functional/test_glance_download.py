@@ -187,16 +187,21 @@ def test_someone_who_cannot_see_the_remote_image_cannot_import_it(target, region
     assert all(image_id not in name for name in os.listdir(os.path.join(target.data_dir, "images")))
 
 
-def test_a_region_without_an_image_service_fails_the_import(target, region, remote_image, alice):
+@pytest.mark.parametrize("where", ["another region", "another interface"])
+def test_an_endpoint_missing_from_the_catalog_fails_the_import(target, region, remote_image, alice, where):
+    name, interface = ("nowhere", "public") if where == "another region" else (region, "internal")
     image_id = local_image(target.url, alice[0])
-    body = {"method": {"name": "glance-download", "glance_region": "nowhere", "glance_image_id": remote_image[0].id}}
+    method = {"glance_region": name, "glance_image_id": remote_image[0].id, "glance_service_interface": interface}
     resp = requests.post(
-        f"{target.url}/v2/images/{image_id}/import", json=body, headers={"X-Auth-Token": alice[0]}, timeout=30
+        f"{target.url}/v2/images/{image_id}/import",
+        json={"method": {"name": "glance-download", **method}},
+        headers={"X-Auth-Token": alice[0]},
+        timeout=30,
     )
     assert resp.status_code == 202, resp.text
     assert wait_import_done(target.url, alice[0], image_id).status == "queued"
     [task] = tasks_of(target, image_id)
-    assert "no public image service endpoint in region nowhere" in task.message
+    assert f"no {interface} image service endpoint in region {name}" in task.message, task.message
 
 
 @pytest.mark.parametrize(
