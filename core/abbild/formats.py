@@ -695,8 +695,25 @@ class Detector:
         self.size += len(chunk)
         if self._active:
             for inspector in self._active:
-                inspector.feed(chunk)
+                try:
+                    inspector.feed(chunk)
+                except Exception:
+                    self._broken(inspector)
             self._active = [i for i in self._active if not i.done]
+
+    @staticmethod
+    def _broken(inspector: Inspector) -> None:
+        """An inspector failed on data it could not parse (a bug, or a structure no
+        check foresaw): data of its format is refused rather than passed unchecked; an
+        inspector that had not matched drops out."""
+        LOG.exception("the %s inspector failed", inspector.name)
+        inspector._regions.clear()
+        inspector.tail = 0
+        inspector._tail.clear()
+        if inspector.matched:
+            inspector.fail("structure", f"its {inspector.name} structures could not be read")
+        else:
+            inspector.matched = False
 
     @property
     def retained(self) -> int:
@@ -721,7 +738,10 @@ class Detector:
         """
         size = self.size if size is None else size
         for inspector in self.inspectors:
-            inspector.finish(size)
+            try:
+                inspector.finish(size)
+            except Exception:
+                self._broken(inspector)
         matches = {i.name: i for i in self.inspectors if i.matched}
         if set(matches) == {"iso", "gpt"}:  # a hybrid ISO, bootable as CD and as disk
             del matches["gpt"]

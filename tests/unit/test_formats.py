@@ -415,3 +415,25 @@ def test_a_certain_refusal_comes_before_the_end_of_the_data(tmp_path):
     for chunk in chunked(fixed, 4096):
         check.feed(chunk)
     assert check.finish() == {"virtual_size": len(fixed) - 512}
+
+
+def test_an_inspector_that_breaks_refuses_its_format_and_spares_the_others(images, monkeypatch):
+    """A fault that real data cannot provoke (a bug in one inspector): never a 500, never
+    unchecked data of that format, and every other format detected as before."""
+
+    def broken(self, name, data):
+        if data[0x40:0x44] == b"\x7f\x10\xda\xbe":
+            raise struct.error("unexpected")
+
+    monkeypatch.setattr(formats.Vdi, "got", broken)
+    found = stream(images["vdi"][0].read_bytes(), 7)
+    assert found.format == "raw"  # not recognised any more...
+    assert stream(images["qcow2"][0].read_bytes(), MIB).format == "qcow2"
+
+    def broken_after_matching(self, name, data):
+        self.matched = True
+        raise ZeroDivisionError
+
+    monkeypatch.setattr(formats.Vdi, "got", broken_after_matching)
+    found = stream(images["vdi"][0].read_bytes(), 7)
+    assert found.format == "vdi" and "could not be read" in found.failures["structure"]  # ...or refused
