@@ -40,7 +40,9 @@ def _image(service):
 
 def test_hook_abbild_configure():
     pm = get_plugin_manager(load_entrypoints=False)
-    signing = types.SimpleNamespace(certificate_source="directory", certificate_dir=None)
+    signing = types.SimpleNamespace(
+        certificate_source="directory", certificate_dir=None, enable_certificate_validation=False
+    )
     image_format = types.SimpleNamespace(
         require_image_format_match=True, vmdk_allowed_types=["monolithicSparse"], gpt_safety_checks_nonfatal=["mbr"]
     )
