@@ -17,7 +17,8 @@ qemu-img while converting, read files of the host:
   feature bit or header extension), ``unknown_features`` (versions 2 and 3 only, no
   unknown incompatible feature);
 - vmdk: ``descriptor`` (a create type of ``[image_format] vmdk_allowed_types``, only
-  lines qemu's parser needs, extents named without ``/``, at least one extent) and
+  lines qemu's parser needs, extents named without ``/``, at least one extent; beyond
+  Glance, no parent disk, which qemu opens by its ``parentFileNameHint`` path) and
   ``footer`` (a streamOptimized footer that agrees with the header);
 - gpt: ``mbr`` (a sane protective MBR; ``[image_format] gpt_safety_checks_nonfatal``
   may make it a warning);
@@ -492,15 +493,20 @@ class Vmdk(Inspector):
         except UnicodeDecodeError:
             self.fail("descriptor", "its descriptor is not ASCII text")
             return
-        create_type, extents, virtual = None, 0, 0
+        create_type, extents, virtual, parent, parent_hint = None, 0, 0, None, None
         for raw_line in text.splitlines():
             line = raw_line.strip()
             key = line.split("=", 1)[0].strip()
             if not line or line.startswith("#") or line.lower().startswith("ddb"):
                 continue
             if "=" in line and " " not in key:
+                value = line.split("=", 1)[1].strip().strip('"')
                 if key.lower() == "createtype":
-                    create_type = line.split("=", 1)[1].strip().strip('"')
+                    create_type = value
+                elif key.lower() == "parentcid":
+                    parent = value
+                elif key.lower() == "parentfilenamehint":
+                    parent_hint = value
             elif line.split(" ", 1)[0].lower() in self.EXTENT_ACCESS:
                 extents += 1
                 if "/" in line:
@@ -521,6 +527,10 @@ class Vmdk(Inspector):
             )
         if not extents:
             self.fail("descriptor", "its descriptor names no extent")
+        # Beyond Glance: qemu opens the parent of a delta disk (parentCID set) by the
+        # path in parentFileNameHint, a backing file by another name.
+        if parent is not None and parent.lower() != "ffffffff":
+            self.fail("descriptor", f"it is a delta disk whose parent is {parent_hint or 'another file'}")
         self.create_type = create_type
         if not self._sparse:
             self.virtual_size = virtual

@@ -187,6 +187,14 @@ def test_vmdk_descriptor_naming_a_host_file(size):
     assert found.format == "vmdk" and "by its path, /etc/passwd" in found.failures["descriptor"]
 
 
+def test_vmdk_delta_disk_names_its_parent(tmp_path):
+    base = disk_images.qemu_img(tmp_path, "vmdk", "1M", name="base.vmdk")
+    child = disk_images.qemu_img(tmp_path, "vmdk", "1M", "-b", str(base), "-F", "vmdk", name="child.vmdk")
+    found = formats.inspect_file(child)
+    assert found.failures == {"descriptor": f"it is a delta disk whose parent is {base}"}
+    assert formats.inspect_file(base).failures == {}
+
+
 def test_vmdk_descriptor_lines_are_restricted():
     text = disk_images.vmdk_descriptor("monolithicSparse", "disk.vmdk") + b"some other stuff\n"
     assert "would not expect" in stream(text, 7).failures["descriptor"]
