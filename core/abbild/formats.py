@@ -343,6 +343,7 @@ class Vhd(Inspector):
     def start(self) -> None:
         self.want("head", 0, 512)
         self.tail = 512
+        self.footer_only = False  # a fixed disk: found by its footer alone
 
     def got(self, name: str, data: bytes) -> None:
         if data.startswith(self.COOKIE):
@@ -366,8 +367,6 @@ class Vhd(Inspector):
             if struct.unpack_from(">Q", footer, 48)[0] == size - 512:
                 self.footer_only = True
                 self._footer(footer)
-
-    footer_only = False
 
 
 class Vhdx(Inspector):
@@ -427,6 +426,8 @@ class Vmdk(Inspector):
         self.want("header", 0, 512)
         self.want("text", 0, self.DESCRIPTOR_MAX)
         self.text: bool | None = None  # a text descriptor file?
+        self._sparse = False  # a sparse extent (KDMV, COWD)?
+        self.create_type: str | None = None
 
     def feed(self, chunk: bytes) -> None:
         super().feed(chunk)
@@ -458,8 +459,6 @@ class Vmdk(Inspector):
             self.drop("text")
             if self.partial("header") is None and not self._sparse:
                 self.matched = False
-
-    _sparse = False
 
     def _sparse_header(self, data: bytes) -> None:
         magic = data[:4]
@@ -534,8 +533,6 @@ class Vmdk(Inspector):
         self.create_type = create_type
         if not self._sparse:
             self.virtual_size = virtual
-
-    create_type: str | None = None
 
     def end(self, size: int) -> None:
         text = self.partial("text")
