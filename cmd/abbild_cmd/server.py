@@ -92,11 +92,32 @@ def track_uploads(app):
             return app(environ, start_response)
         _uploads.add(sock)
         try:
-            return app(environ, start_response)
+            return app(environ, _closing_if_body_left(environ, start_response))
         finally:
             _uploads.discard(sock)
 
     return application
+
+
+def _closing_if_body_left(environ, start_response):
+    """A refusal that did not read the whole body (a 415 after the first chunk of an
+    upload) says ``Connection: close``: gunicorn would give up draining a large body and
+    drop the connection, which a client that was told keep-alive takes for a failure of
+    its next request."""
+
+    def checked_start_response(status, headers, exc_info=None):
+        if int(status[:3]) >= 400 and _body_left(environ["wsgi.input"]):
+            force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
+            if force_close is not None:  # gunicorn's Response
+                force_close()
+        return start_response(status, headers, exc_info)
+
+    return checked_start_response
+
+
+def _body_left(body) -> bool:
+    length = getattr(getattr(body, "reader", None), "length", None)
+    return length is None or length > 0  # a chunked body: unknown, so assume so
 
 
 def abort_uploads() -> None:

@@ -433,3 +433,23 @@ def test_image_size_cap_is_413(make_server, tmp_path):
     image_id = create(srv)
     assert put(srv, image_id, data).status_code == 204
     assert_stored(srv, image_id, data)
+
+
+def test_a_refusal_before_the_body_was_read_closes_the_connection_and_the_next_request_works(server):
+    """A large upload refused early (an unknown store) is answered ``Connection: close``:
+    the server will not read the rest, so a client that kept the connection would see its
+    next request fail."""
+    body = b"x" * (64 << 20)
+    with requests.Session() as session:
+        image_id = create(server)
+        refused = session.put(
+            f"{server.url}/v2/images/{image_id}/file",
+            data=body,
+            headers={**OCTETS, "X-Image-Meta-Store": "no-such-store"},
+        )
+        assert refused.status_code in (400, 409), refused.text
+        assert refused.headers.get("Connection", "").lower() == "close"
+        assert session.get(f"{server.url}/v2/images/{image_id}").status_code == 200
+        small = session.put(f"{server.url}/v2/images/{image_id}/file", data=b"data", headers=OCTETS)
+        assert small.status_code == 204, small.text
+        assert session.get(f"{server.url}/v2/images/{image_id}").json()["status"] == "active"
