@@ -799,3 +799,83 @@ def test_shared_staging_on_s3_needs_no_passing_on(tmp_path, payload):
     finally:
         for node in nodes:
             node.stop()
+
+
+class Tarpit:
+    """A TCP server on loopback that accepts connections and never answers: a store
+    behind it stalls every request (a real network fault, not a mock)."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.conns: list = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+
+    def close(self) -> None:
+        import socket
+
+        self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept(); close() alone would not
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+        self.thread.join(5)
+
+
+def test_kill_9_mid_glance_direct_import_then_restart(make_server, tmp_path, payload):
+    """The import hangs writing to a stalled store; after a kill -9 and a restart the
+    image is staged again (uploading, its data kept), the task failed, and the import
+    can be tried again to another store."""
+    tarpit = Tarpit()
+    data_dir = tmp_path / "data"
+    conf = tmp_path / "abbild-api.conf"
+    conf.write_text(
+        f"""
+[DEFAULT]
+enabled_backends = local:filesystem, stalled:s3
+default_backend = local
+node_staging_uri = file://{data_dir}/staging
+[database]
+connection = sqlite:///{data_dir}/abbild.sqlite
+[local]
+datadir = {data_dir}/images
+[stalled]
+endpoint_url = http://127.0.0.1:{tarpit.port}
+bucket = stalled
+access_key = nobody
+secret_key = nothing
+read_timeout = 20
+max_attempts = 1
+"""
+    )
+    try:
+        srv = make_server("--config-file", str(conf), data_dir=str(data_dir)).start()
+        image_id = create(srv.url)
+        assert stage(srv.url, image_id, payload).status_code == 204
+        body = {"method": {"name": "glance-direct"}, "stores": ["stalled"]}
+        assert import_(srv.url, image_id, body).status_code == 202
+        wait_for(lambda: get(srv.url, image_id)["status"] == "importing", 10, "importing")
+        wait_for(lambda: tarpit.conns, 10, "the store's request")
+        srv.kill()
+    finally:
+        tarpit.close()  # down now: recovery's cleanup there fails fast, and is only logged
+    srv.start()
+    image = get(srv.url, image_id)
+    assert image["status"] == "uploading" and image["size"] == SIZE
+    assert not image.get("os_glance_import_task") and image["os_glance_importing_to_stores"] == ""
+    [task] = tasks_of(srv, image_id)
+    assert task["status"] == "failure" and "interrupted" in task["message"]
+    assert os.path.exists(data_dir / "staging" / image_id)
+    assert import_(srv.url, image_id, {"method": {"name": "glance-direct"}, "stores": ["local"]}).status_code == 202
+    image = wait_import_done(srv.url, image_id)
+    assert image["status"] == "active" and download(srv.url, image_id) == payload
