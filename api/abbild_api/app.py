@@ -25,6 +25,8 @@ from abbild_api.http import BODY_LIMIT, check_text
 
 LOG = logging.getLogger(__name__)
 
+STAGING_SWEEP_SECONDS = 3600
+
 # (path template, {method: handler}); handlers are called as handler(app, req, **params).
 ROUTES = [
     ("/v2/images", {"GET": images.index, "POST": images.create}),
@@ -152,4 +154,8 @@ def start_periodic(service: ImageService) -> Periodic:
     periodic.add("scrub", conf.scrub_interval, Scrubber(service).run)
     periodic.add("purge", conf.purge_interval, Purger.from_config(conf, service.registry).run)
     periodic.add("audit", conf.audit_interval, Auditor.from_config(service).run)
+    # Staged data nobody waits for (its image deleted on a node that cannot reach this
+    # staging area): hourly, on each node for its own disk, or once for a shared area.
+    imports = service.imports
+    periodic.add("staging-sweep", STAGING_SWEEP_SECONDS, lambda _: imports.sweep(), imports.staging.shared)
     return periodic.start()

@@ -1006,20 +1006,25 @@ class Imports:
         """
         if Capability.LIST not in self.staging.store.capabilities:
             return []
+        waiting = (Status.UPLOADING, Status.IMPORTING)
+        try:
+            wanted = {image.id for status in waiting for image in self.registry.images_in_status(status.value)}
+        except RegistryError as exc:  # a registry that hides them: every staged image would look deleted
+            LOG.warning("cannot look through the staging area for leftovers: %s", exc)
+            return []
         cutoff = time.time() - self.conf.upload_lease_seconds
         removed = []
         try:
             for listed in self.staging.store.list_objects():
-                if listed.modified is None or listed.modified > cutoff:
+                if listed.key in wanted or listed.modified is None or listed.modified > cutoff:
                     continue
-                try:
-                    image = self.registry.get_image(listed.key)
-                    wanted = image.status in (Status.UPLOADING, Status.IMPORTING)
+                try:  # once more, for an image that changed status between the two listings
+                    if self.registry.get_image(listed.key).status in waiting:
+                        continue
                 except ImageNotFound:
-                    wanted = False
-                if not wanted:
-                    self.staging.discard(listed.key, listed.uri)
-                    removed.append(listed.key)
+                    pass
+                self.staging.discard(listed.key, listed.uri)
+                removed.append(listed.key)
         except StoreError as exc:
             LOG.warning("could not look through the staging area for leftovers: %s", exc)
         return removed

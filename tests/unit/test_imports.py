@@ -225,3 +225,17 @@ def test_audit_reports_and_repairs_a_stuck_import_but_not_a_staged_image(service
     assert "undone" in found[0].action and "uploading" in found[0].action
     assert service.registry.get_image(stuck.id).status is Status.UPLOADING
     assert service.registry.get_image(waiting.id).status is Status.UPLOADING
+
+
+def test_sweep_removes_old_staged_data_no_image_waits_for(service):
+    kept = staged_image(service)
+    datadir = service.imports.staging.store.driver._datadir
+    old_orphan, new_orphan = str(uuid.uuid4()), str(uuid.uuid4())
+    for key in (old_orphan, new_orphan):
+        with open(os.path.join(datadir, key), "wb") as f:
+            f.write(b"left behind")
+    hour_ago = time.time() - 3600
+    for key in (old_orphan, kept.id):
+        os.utime(os.path.join(datadir, key), (hour_ago, hour_ago))
+    assert service.imports.sweep() == [old_orphan]
+    assert sorted(f for f in os.listdir(datadir) if not f.startswith(".")) == sorted([kept.id, new_orphan])
