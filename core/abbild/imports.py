@@ -642,6 +642,8 @@ class Imports:
                     limit_name=limit_name,
                     on_progress=lambda n: (checker(n), progress.update("Fetched", n)),
                     progress_every=CHUNK_SIZE,
+                    # fetched data is checked as staged data is (format safety, signature)
+                    checks=self.service.uploads.checks(image, "stage"),
                 )
                 self.staging.discard(image_id)  # what a dead import may have left
                 stored = self.staging.put(image_id, stream, None)

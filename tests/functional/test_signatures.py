@@ -283,3 +283,40 @@ def test_a_certificate_in_barbican_verifies_with_the_users_token(barbican_url, k
     )
     with pytest.raises(exc.HTTPBadRequest, match=f"the key manager has no certificate {missing}"):
         glance.images.upload(image.id, io.BytesIO(data))
+
+
+@pytest.fixture(scope="module")
+def web_server(server, server_factory):
+    """A server whose web-download may reach loopback, with the certificates of *server*."""
+    certificates = os.path.join(server.data_dir, "certificates")
+    return server_factory(
+        "signed-web",
+        "[DEFAULT]\nenabled_backends = local:filesystem\ndefault_backend = local\n"
+        "node_staging_uri = file://{dir}/staging\n[local]\ndatadir = {dir}/images\n"
+        "[database]\nconnection = sqlite:///{dir}/abbild.sqlite\n"
+        f"[image_signature]\ncertificate_dir = {certificates}\n"
+        "[os_glance_web_download]\nallowed_networks = 127.0.0.1/32\n",
+    )
+
+
+def test_web_download_verifies_the_signature_of_what_it_fetched(web_server, signer, disk):
+    """Data a web-download fetched is checked as staged data is: the right bytes become
+    active, tampered ones fail the import and leave nothing stored."""
+    from tests.functional.helpers import serving, wait_for
+    from tests.functional.test_import import handler
+
+    glance = Client("2", endpoint=web_server.url, token="x")
+    tampered = bytearray(disk.read_bytes())
+    tampered[7] ^= 0x01
+    for data, ending in ((disk.read_bytes(), "active"), (bytes(tampered), "queued")):
+        image = create(glance, **signer(disk))
+        with serving(handler(data)) as base:
+            glance.images.image_import(image.id, method="web-download", uri=f"{base}/disk.raw")
+            wait_for(lambda i=image.id: not glance.images.get(i).get("os_glance_import_task"), 30, "the import")
+        assert glance.images.get(image.id).status == ending
+        task = requests.get(f"{web_server.url}/v2/images/{image.id}/tasks", timeout=10).json()["tasks"][0]
+        if ending == "queued":
+            assert task["status"] == "failure" and "Signature verification failed" in task["message"]
+            assert leftovers(web_server, image.id) == []
+        else:
+            assert task["status"] == "success"

@@ -14,15 +14,16 @@ ALLOWED = {
     "queued": {"saving", "uploading", "importing", "active", "deleted"},
     "saving": {"active", "killed", "deleted", "queued"},
     "uploading": {"importing", "queued", "deleted"},
-    "importing": {"active", "deleted", "queued"},
+    "importing": {"active", "deleted", "queued", "uploading"},
     "active": {"pending_delete", "deleted", "deactivated"},
     "killed": {"deleted"},
     "pending_delete": {"deleted", "active", "deactivated"},
     "deleted": set(),
     "deactivated": {"active", "deleted", "pending_delete"},
 }
-# Glance's table, and two more (abbild deletes a deactivated image's data the way it
-# deletes an active one's: pending_delete first, back if the store refuses).
+# Glance's table, and three more (abbild deletes a deactivated image's data the way it
+# deletes an active one's: pending_delete first, back if the store refuses; a failed
+# glance-direct import returns to uploading, its staged data kept for another try).
 ALL_PAIRS = list(itertools.product(ALLOWED, ALLOWED))
 ALLOWED_PAIRS = [(src, dst) for src, dst in ALL_PAIRS if dst in ALLOWED[src]]
 FORBIDDEN_PAIRS = [(src, dst) for src, dst in ALL_PAIRS if dst not in ALLOWED[src]]
