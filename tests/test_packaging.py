@@ -275,7 +275,9 @@ def test_a_distribution_works_with_what_it_declares(dist, wheelhouse, tmp_path):
     # The WSGI module builds the application when imported (what mod_wsgi wants): a
     # configuration with nothing in it from another distribution.
     (tmp_path / "abbild-api.conf").write_text(
+        # web-download needs the http driver, and the staging area a driver: the core's own
         f"[DEFAULT]\nenabled_backends = mem:memory\ndefault_backend = mem\n"
+        "enabled_import_methods = glance-direct, copy-image\n[os_glance_staging_store]\ndriver = memory\n"
         f"[database]\nconnection = sqlite:///{tmp_path}/abbild.sqlite\n[paste_deploy]\nflavor = noauth\n"
     )
     optional = OPTIONAL_IMPORTS.get(dist, {})

@@ -57,11 +57,13 @@ done
 # -- the config dir: what /etc/abbild holds on a real host ---------------------------------
 "$DIR/server/apachectl" stop >/dev/null 2>&1 || true  # a half-started leftover
 rm -rf "$DIR/etc" "$DIR/data" "$DIR/server"
-mkdir -p "$DIR/etc" "$DIR/data/images" "$DIR/data/cache"
+mkdir -p "$DIR/etc" "$DIR/data/images" "$DIR/data/cache" "$DIR/data/staging"
 cat >"$DIR/etc/abbild-api.conf" <<EOF
 [DEFAULT]
 enabled_backends = local:filesystem
 default_backend = local
+# where stage and import keep data on its way to the stores: the server's user writes there
+node_staging_uri = file://$DIR/data/staging
 
 [database]
 connection = sqlite:///$DIR/data/abbild.sqlite
