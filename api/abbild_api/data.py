@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 import webob
 import webob.exc as exc
@@ -16,7 +17,12 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _LEGACY_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(?:\d+|\*)$")
 
 
-def upload(app, req, image_id):
+def image_body(req) -> tuple[Iterator[bytes], int | None]:
+    """The image data of an upload or a stage, and the size the client declared.
+
+    :raises webob.exc.HTTPUnsupportedMediaType: not ``application/octet-stream``.
+    :raises abbild.errors.Invalid: ``x-openstack-image-size`` is no number.
+    """
     content_type = req.headers.get("Content-Type", "").split(";")[0].strip()
     if content_type != "application/octet-stream":
         raise exc.HTTPUnsupportedMediaType(
@@ -31,7 +37,11 @@ def upload(app, req, image_id):
         declared = req.content_length
     # Read the raw input: the server de-chunks chunked bodies, and only Content-Length
     # (never the declared size) may bound what we read from the socket.
-    body = read_chunks(req.environ["wsgi.input"], req.content_length)
+    return read_chunks(req.environ["wsgi.input"], req.content_length), declared
+
+
+def upload(app, req, image_id):
+    body, declared = image_body(req)
     app.service.uploads.upload(
         image_id,
         body,

@@ -9,9 +9,8 @@ import requests
 import webob
 import webob.exc as exc
 
-from abbild.errors import Invalid
 from abbild.imports import STAGE_HOST
-from abbild.streams import read_chunks
+from abbild_api.data import image_body
 from abbild_api.http import no_content, read_json
 
 LOG = logging.getLogger(__name__)
@@ -37,20 +36,7 @@ def stage(app, req, image_id):
             explanation="The glance-direct import method is not enabled here, so data cannot be staged; "
             "see /v2/info/import."
         )
-    content_type = req.headers.get("Content-Type", "").split(";")[0].strip()
-    if content_type != "application/octet-stream":
-        raise exc.HTTPUnsupportedMediaType(
-            explanation=f"Image data must be sent as application/octet-stream, not {content_type or '(none)'}."
-        )
-    declared = req.headers.get("x-openstack-image-size")
-    if declared is not None:
-        if not declared.isdigit():
-            raise Invalid(f"x-openstack-image-size must be a number of bytes, not {declared!r}.")
-        declared = int(declared)
-    else:
-        declared = req.content_length
-    # As for uploads: only Content-Length bounds what is read from the socket.
-    body = read_chunks(req.environ["wsgi.input"], req.content_length)
+    body, declared = image_body(req)
     app.service.imports.stage(image_id, body, declared_size=declared, viewer=app.context(req).viewer)
     return no_content()
 
