@@ -54,6 +54,7 @@ from abbild.errors import (
     AlreadyExists,
     ConfigError,
     Conflict,
+    Forbidden,
     Gone,
     ImageNotFound,
     Invalid,
@@ -343,8 +344,9 @@ class Imports:
                 )
             self.claims.mark(image, Status.UPLOADING)
 
-        with acting_as(None):  # the service's own bookkeeping (claims and os_glance_*)
-            self.registry.update_image(image_id, take)
+        # As the user: a registry that checks each write (keystone mode) lets the user's
+        # token claim a stage, and the service token alone only carry on one.
+        self.registry.update_image(image_id, take)
         claim = self.claims.hold(Claim(image_id, Status.UPLOADING))
         stored = None
         try:
@@ -371,8 +373,7 @@ class Imports:
                 image.properties[STAGE_HOST] = self.node
                 image.upload_worker = image.upload_lease = None
 
-            with acting_as(None):
-                image = self.registry.update_image(image_id, staged)
+            image = self.registry.update_image(image_id, staged)
         except BaseException as exc:
             self.staging.discard(image_id, stored.uri if stored else None)
             self._unstage(claim, exc)
@@ -394,8 +395,7 @@ class Imports:
                     image.properties.pop(name, None)
 
         try:
-            with acting_as(None):
-                image = self.registry.update_image(claim.image_id, change)
+            image = self.registry.update_image(claim.image_id, change)
         except Exception as exc:  # recovery returns it once the claim's lease ran out
             LOG.warning("image %s: could not return it to 'queued' after a failed stage: %s", claim.image_id, exc)
             return
@@ -526,12 +526,18 @@ class Imports:
             else:
                 self.claims.mark(image, Status.IMPORTING)
 
-        with acting_as(None):
+        # The task first, then the lock that names it, both as the user: a registry that
+        # checks each write (keystone mode) lets a user lock an image only for a pending
+        # task of that image, and the service token alone carry on only such an import.
+        task = self.registry.create_task(task)
+        notify(self.plugins, "abbild_task_created", task=task)
+        try:
             self.registry.update_image(image_id, lock)
+        except BaseException as exc:
+            self._fail_task(task.id, f"The import could not start: {exc}")
+            raise
         claim = self.claims.hold(Claim(image_id, Status.ACTIVE if copy else Status.IMPORTING))
         try:
-            task = self.registry.create_task(task)
-            notify(self.plugins, "abbild_task_created", task=task)
             self.jobs.submit(lambda: self._run(task.id, req, claim), project=image.owner or viewer.project_id)
         except BaseException as exc:
             self.claims.drop(claim)
@@ -926,9 +932,8 @@ class Imports:
                     for name in (STAGE_URI, STAGE_HOST):
                         image.properties.pop(name, None)
 
-        try:
-            with acting_as(None):
-                image = self.registry.update_image(claim.image_id, change)
+        try:  # as the caller: the user, whose task has failed, or the import's job
+            image = self.registry.update_image(claim.image_id, change)
         except ImageNotFound:  # deleted meanwhile: nobody will import what is staged
             self.staging.discard(claim.image_id)
             return
@@ -989,8 +994,8 @@ class Imports:
                 stale = self.claims.stale(status)
             except RegistryError as exc:
                 # The registry was reachable a moment ago (uploads were recovered), so it
-                # refuses this: a keystone-mode registry lets a service token alone see
-                # only the images of its own jobs, and imports are not among them yet.
+                # refuses this: a keystone-mode registry older than this node, whose
+                # service jobs do not include stages and imports yet.
                 LOG.warning("cannot recover interrupted stages and imports: %s", exc)
                 return recovered  # nor sweep: every staged image would look deleted
             for image in stale:
@@ -1059,10 +1064,12 @@ class Imports:
                     current.properties.pop(name, None)
                 requeued = True
 
-        try:
-            with acting_as(None):
-                self.registry.update_image(image.id, change)
+        try:  # as the caller: a user breaking a stale lock, or recovery
+            self.registry.update_image(image.id, change)
         except (Conflict, ImageNotFound):
+            return False
+        except Forbidden as exc:  # a keystone-mode registry: an import whose task has ended
+            LOG.warning("image %s: cannot undo its interrupted stage or import: %s", image.id, exc)
             return False
         if task_id:
             self._fail_task(task_id, "The import was interrupted (its process stopped); start it again.")

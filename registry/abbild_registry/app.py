@@ -55,6 +55,14 @@ deleting the data of a deleted image again, the cache's). Those are the *service
 - the purge (``POST /v1/purge``), which the periodic task of an API node runs
 - ``GET`` and ``PUT /v1/tasks/{id}`` of a task still ``pending`` or ``processing``: an
   import carried on in the background (the rules of a user's write apply to it)
+- imports and stages: ``GET /v1/images?in_status=uploading`` and ``?in_status=importing``
+  and ``GET /v1/images/{id}`` of such an image (recovery, and the staging sweep, which
+  must see every image waiting for its staged data); ``PUT /v1/images/{id}`` of an
+  ``uploading`` image with a stage claim (its lease, or back to ``queued``), or of one
+  whose import lock (``os_glance_import_task``) names a ``pending`` or ``processing``
+  task of that image: ``importing`` stays, becomes ``active``, ``uploading`` or
+  ``queued``; ``active`` (copy-image) stays, which it may also be read in
+  (:mod:`abbild_registry.rules` says what such a write may change)
 
 Anything else needs the user's token (401).
 
@@ -82,10 +90,11 @@ import webob.exc as exc
 from abbild import config, errors
 from abbild import registry_wire as wire
 from abbild.image import Image, Status
+from abbild.imports import IMPORT_TASK
 from abbild.registry import Registry, why_visible
 from abbild.tasks import Task, TaskStatus
 from abbild_registry import opts
-from abbild_registry.rules import ImageRules, TaskRules
+from abbild_registry.rules import LIVE_TASK, ImageRules, TaskRules
 
 LOG = logging.getLogger(__name__)
 CALLER_KEY = "abbild_registry.caller"
@@ -93,6 +102,14 @@ CALLER_KEY = "abbild_registry.caller"
 JOB_TARGETS = {
     Status.SAVING: (Status.SAVING, Status.ACTIVE, Status.QUEUED),
     Status.PENDING_DELETE: (Status.PENDING_DELETE, Status.DELETED),
+}
+#: The images of stages and imports a service job sees, and those it may take them to
+#: while it carries on their stage (a claim) or import (a live lock).
+IMPORT_STATUSES = (Status.UPLOADING, Status.IMPORTING)
+IMPORT_TARGETS = {
+    Status.UPLOADING: (Status.UPLOADING, Status.QUEUED),
+    Status.IMPORTING: (Status.IMPORTING, Status.ACTIVE, Status.UPLOADING, Status.QUEUED),
+    Status.ACTIVE: (Status.ACTIVE,),
 }
 
 
@@ -191,7 +208,7 @@ class RegistryApp:
     def _service_job(self, req: webob.Request, handler) -> bool:
         """Whether a caller without a user may try this at all (the module docstring)."""
         if handler == self.list_images:
-            return req.GET.get("in_status") in {status.value for status in JOB_TARGETS}
+            return req.GET.get("in_status") in {status.value for status in (*JOB_TARGETS, *IMPORT_STATUSES)}
         return handler in (
             self.get_image,
             self.save_image,
@@ -207,13 +224,35 @@ class RegistryApp:
         of its jobs and of the cache index; everyone else what the visibility rule
         (:func:`abbild.registry.why_visible`) shows them."""
         if caller.jobs_only:
-            return image.status in JOB_TARGETS or bool(self.registry.cache_entries(image_id=image.id))
+            return (
+                image.status in JOB_TARGETS
+                or image.status in IMPORT_STATUSES
+                or self._import_job(image)
+                or bool(self.registry.cache_entries(image_id=image.id))
+            )
         return caller.privileged or why_visible(image, caller.viewer, self.registry) is not None
 
-    @staticmethod
-    def _owns(image: Image, caller: wire.Caller) -> bool:
+    def _lock_task(self, image: Image) -> Task | None:
+        """The task *image*'s import lock names, if it exists."""
+        task_id = image.properties.get(IMPORT_TASK)
+        if not task_id:
+            return None
+        try:
+            return self.registry.get_task(task_id)
+        except errors.TaskNotFound:
+            return None
+
+    def _import_job(self, image: Image) -> bool:
+        """Whether a service job carries on *image*'s stage (a claim) or import (a lock
+        of a task still at work on it)."""
+        if image.status is Status.UPLOADING and image.upload_worker and not image.properties.get(IMPORT_TASK):
+            return True
+        task = self._lock_task(image)
+        return task is not None and task.status in LIVE_TASK and task.image_id == image.id
+
+    def _owns(self, image: Image, caller: wire.Caller) -> bool:
         if caller.jobs_only:
-            return image.status in JOB_TARGETS
+            return image.status in JOB_TARGETS or (image.status in IMPORT_TARGETS and self._import_job(image))
         viewer = caller.viewer
         return caller.privileged or (
             not viewer.anonymous and viewer.project_id is not None and image.owner == viewer.project_id
@@ -271,17 +310,15 @@ class RegistryApp:
         # Checked on the stored image; if it changes before the write, the write's
         # version check fails, so the check always applies to what gets replaced.
         stored = self._owned(image_id, caller)
+        targets = JOB_TARGETS.get(stored.status) or IMPORT_TARGETS.get(stored.status, ())
         if caller.jobs_only and not (
-            image.status in JOB_TARGETS[stored.status]
-            and image.owner == stored.owner
-            and image.visibility == stored.visibility
+            image.status in targets and image.owner == stored.owner and image.visibility == stored.visibility
         ):
             raise errors.Forbidden(
                 f"Without a user's token, image {image_id} may only go from '{stored.status}' "
-                f"to {' or '.join(repr(s.value) for s in JOB_TARGETS[stored.status])}, "
-                f"keeping its owner and visibility."
+                f"to {' or '.join(repr(s.value) for s in targets)}, keeping its owner and visibility."
             )
-        self.rules.check_save(stored, image, caller)
+        self.rules.check_save(stored, image, caller, self._lock_task(image) or self._lock_task(stored))
         limit = req.GET.get("storage_limit")
         saved = self.registry.save_image(image, storage_limit=None if limit is None else int(limit))
         return _json(wire.image_to_json(saved))

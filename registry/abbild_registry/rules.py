@@ -24,6 +24,23 @@ registry's config: give it the API's policy file) and property protections
   changes it; the scrubber works on it as a service job, and only the trusted
   service restores it (``abbild scrub --restore``).
 
+Interoperable import (:mod:`abbild.imports`) keeps its bookkeeping in reserved
+properties (``os_glance_import_task``, ``os_glance_importing_to_stores``,
+``os_glance_failed_import``, ``os_glance_stage_uri``, ``os_glance_stage_host``), which
+change only in its steps: with the user's token, claim a stage (``queued ->
+uploading``), record the staged data (its size, and a staging URI of this image's own
+key) or release the stage (``uploading -> queued``), take the import lock (``queued``
+or ``uploading -> importing``; ``active`` for copy-image, policy ``copy_image``) naming
+a *pending* task of the image's project for this image (the API records the task
+first), and end an import whose task has ended (a stale lock). With the service token
+alone (the background job, the lease keeper, recovery; :mod:`abbild_registry.app`
+lets it reach only images with a stage claim or a lock of a pending or processing
+task): renew the lease, record progress, activate (``importing -> active`` with
+locations holding this image's own data, the size and hashes, and the properties and
+disk format the import steps set), add a location of its own data to the active
+image (copy-image), end the import or undo it (``importing -> uploading`` or
+``queued``), and release a dead stage.
+
 A new image of a user is ``queued``, theirs, and has no data, locations or claim.
 Administrators and callers with the role ``service`` are trusted, as is the service
 itself (the hmac secret's holder writing for nobody).
@@ -37,6 +54,7 @@ import urllib.parse
 from abbild import registry_wire as wire
 from abbild.errors import Forbidden, InvalidTransition
 from abbild.image import TRANSITIONS, Image, Status
+from abbild.imports import FAILED_IMPORT, IMPORT_TASK, IMPORTING_TO, STAGE_HOST, STAGE_URI
 from abbild.policy import Policy
 from abbild.protections import PropertyProtections
 from abbild.tasks import TASK_TRANSITIONS, Task, TaskStatus
@@ -59,6 +77,13 @@ USER_ATTRIBUTES = frozenset(
 )
 DATA = frozenset({"size", "virtual_size", "checksum", "os_hash_algo", "os_hash_value"})
 CLAIM = frozenset({"upload_worker", "upload_lease"})
+# The import's bookkeeping properties (the module docstring), judged as read-only
+# attributes, by name.
+LOCK = frozenset({IMPORT_TASK, IMPORTING_TO, FAILED_IMPORT})
+STAGE = frozenset({STAGE_URI, STAGE_HOST})
+BOOKKEEPING = LOCK | STAGE
+#: The task statuses of an import still at work.
+LIVE_TASK = (TaskStatus.PENDING, TaskStatus.PROCESSING)
 # Set by the registry itself on every write.
 _REGISTRY_SET = frozenset({"version", "updated_at"})
 _RESERVED_PROPERTIES = frozenset({"location", "deleted", "deleted_at"})
@@ -137,8 +162,10 @@ class ImageRules:
 
     # -- save ---------------------------------------------------------------------------
 
-    def check_save(self, stored: Image, new: Image, caller: wire.Caller) -> None:
-        """:raises abbild.errors.Forbidden: a user may not change *stored* into *new*.
+    def check_save(self, stored: Image, new: Image, caller: wire.Caller, lock: Task | None = None) -> None:
+        """:param lock: the task that *new*'s (else *stored*'s) import lock names, if
+            it exists.
+        :raises abbild.errors.Forbidden: a user may not change *stored* into *new*.
         :raises abbild.errors.InvalidTransition: the status table forbids the change."""
         if self.trusted(caller):
             return
@@ -147,16 +174,38 @@ class ImageRules:
             for f in dataclasses.fields(Image)
             if f.name not in _REGISTRY_SET and getattr(stored, f.name) != getattr(new, f.name)
         }
+        # The import's bookkeeping is judged with the status, the rest of the
+        # properties as the user's.
+        changed |= {name for name in BOOKKEEPING if stored.properties.get(name) != new.properties.get(name)}
+        if _user_properties(stored) == _user_properties(new):
+            changed.discard("properties")
         viewer = caller.viewer  # None: a service token alone (a service job)
         target = {"project_id": stored.owner, "owner": stored.owner, "visibility": stored.visibility}
         attributes = sorted(changed & USER_ATTRIBUTES)
+        if attributes and viewer is None and self._import_activation(stored, new, lock):
+            # What the import steps (and glance-download) set: the operator's plugins.
+            attributes = [name for name in attributes if name not in ("properties", "disk_format")]
+            self._check_reserved(_user_properties(stored), _user_properties(new))
         if attributes:
             if viewer is None:
                 raise Forbidden(
                     f"Attribute '{attributes[0]}' of image {stored.id} does not change without a user's token."
                 )
             self._check_attributes(stored, new, attributes, viewer, target)
-        self._check_transition(stored, new, changed - USER_ATTRIBUTES, viewer, target)
+        self._check_transition(stored, new, changed - USER_ATTRIBUTES, viewer, target, lock)
+
+    @staticmethod
+    def _live(stored: Image, lock: Task | None) -> bool:
+        """Whether *stored* has an import lock of a task still at work on it."""
+        return (
+            lock is not None
+            and stored.properties.get(IMPORT_TASK) == lock.id
+            and lock.status in LIVE_TASK
+            and lock.image_id == stored.id
+        )
+
+    def _import_activation(self, stored: Image, new: Image, lock: Task | None) -> bool:
+        return (stored.status, new.status) == (S.IMPORTING, S.ACTIVE) and self._live(stored, lock)
 
     def _check_attributes(self, stored: Image, new: Image, names: list[str], viewer, target: dict) -> None:
         self._authorize("modify_image", viewer, target, stored.id)
@@ -168,9 +217,11 @@ class ImageRules:
             if name in names and stored.status is not S.QUEUED:
                 raise Forbidden(f"Attribute '{name}' can be only replaced for a queued image.")
         if "properties" in names:
-            self._check_properties(stored.properties, new.properties, viewer, stored.id)
+            self._check_properties(_user_properties(stored), _user_properties(new), viewer, stored.id)
 
-    def _check_transition(self, stored: Image, new: Image, changed: set[str], viewer, target: dict) -> None:
+    def _check_transition(
+        self, stored: Image, new: Image, changed: set[str], viewer, target: dict, lock: Task | None = None
+    ) -> None:
         """*changed* (the read-only attributes that differ) must be those of one of the
         service's own changes (the module docstring)."""
         if not changed:
@@ -179,7 +230,10 @@ class ImageRules:
         if source is not status and status not in TRANSITIONS[source]:
             raise InvalidTransition(stored.id, source.value, status.value)
         action = None
-        if source is status is S.SAVING:
+        step = self._import_step(stored, new, changed, viewer, lock)
+        if step is not None:
+            what, allowed, action = step
+        elif source is status is S.SAVING:
             what, allowed = "lease renewal", {"upload_lease"}
         elif (source, status) == (S.QUEUED, S.SAVING):
             what, allowed, action = "claim of an upload", {"status"} | CLAIM, "upload_image"
@@ -238,6 +292,95 @@ class ImageRules:
                 f"({source} -> {status})."
             )
 
+    def _import_step(self, stored: Image, new: Image, changed: set[str], viewer, lock: Task | None):
+        """The import's steps (the module docstring): ``(what, allowed, policy action)``,
+        or None for a change that is none of them."""
+        source, status = stored.status, new.status
+        before, after = stored.properties.get(IMPORT_TASK), new.properties.get(IMPORT_TASK)
+        live = self._live(stored, lock)
+        if status in (S.DELETED, S.PENDING_DELETE):
+            return None
+        if (source, status) == (S.QUEUED, S.UPLOADING) and viewer is not None:
+            return "claim of a stage", {"status"} | CLAIM, "modify_image"
+        if source is S.UPLOADING and stored.upload_worker and not before and status in (S.UPLOADING, S.QUEUED):
+            if status is S.QUEUED:
+                self._check_cleared(stored, new, DATA, "release of a stage")
+                return "release of a stage", {"status"} | CLAIM | DATA | STAGE, None
+            if viewer is None:
+                return "lease renewal", {"upload_lease"}, None
+            self._check_stage_uri(stored, new)
+            self._check_cleared(stored, new, DATA - {"size", "virtual_size"}, "stage")
+            return "stage", {"size", "virtual_size"} | CLAIM | STAGE, None
+        if not before and after:
+            if viewer is None:
+                raise Forbidden(f"Attribute '{IMPORT_TASK}': image {stored.id}'s import lock takes a user's token.")
+            if not (
+                lock is not None
+                and lock.id == after
+                and lock.status is TaskStatus.PENDING
+                and lock.image_id == stored.id
+                and lock.owner == stored.owner
+            ):
+                raise Forbidden(
+                    f"Attribute '{IMPORT_TASK}': {after} is no pending import task of image {stored.id}; "
+                    f"the import lock names the task of the import that takes it."
+                )
+            if (source, status) in ((S.QUEUED, S.IMPORTING), (S.UPLOADING, S.IMPORTING)):
+                return "import lock", {"status"} | CLAIM | LOCK, "modify_image"
+            if source is status is S.ACTIVE:
+                return "import lock", CLAIM | LOCK, "copy_image"
+            return None
+        if not before or (viewer is None) is not live:
+            # Work of a live import is the service's, the end of an abandoned one the user's.
+            return None
+        if not after:  # the end of the import: done, failed, or abandoned
+            if (source, status) == (S.IMPORTING, S.UPLOADING):
+                self._check_cleared(stored, new, DATA - {"size", "virtual_size"}, "undone import")
+            elif (source, status) == (S.IMPORTING, S.QUEUED):
+                self._check_cleared(stored, new, DATA, "undone import")
+            elif not (source is status and source in (S.ACTIVE, S.IMPORTING, S.UPLOADING)):
+                return None
+            undone = DATA if source is not status else set()
+            return "end of an import", {"status"} | CLAIM | LOCK | STAGE | undone, "modify_image"
+        if after != before:
+            raise Forbidden(
+                f"Attribute '{IMPORT_TASK}': image {stored.id}'s import lock is {before} until that import ends."
+            )
+        if viewer is not None:
+            return None
+        progress = {"upload_lease", IMPORTING_TO, FAILED_IMPORT} | STAGE
+        self._check_stage_uri(stored, new)
+        if source is status is S.IMPORTING:
+            return "import", progress, None
+        if source is status is S.ACTIVE:
+            if "locations" in changed:  # copy-image, or another store of the import
+                self._check_new_location(stored, new, "import", own_data=True)
+            return "import", progress | {"locations"}, None
+        if (source, status) == (S.IMPORTING, S.ACTIVE):
+            added = new.locations[len(stored.locations) :]
+            if new.locations[: len(stored.locations)] != stored.locations or not added:
+                raise Forbidden(f"Attribute 'locations': image {stored.id} gains locations in this activation.")
+            for location in added:
+                if not names_image(location.uri, stored.id):
+                    raise Forbidden(
+                        f"Attribute 'locations': {location.uri} is not this image's own data in a store; "
+                        f"only administrators and services register other locations."
+                    )
+            return "activation of an import", progress | {"status", "locations"} | DATA, None
+        return None
+
+    @staticmethod
+    def _check_cleared(stored: Image, new: Image, names, what: str) -> None:
+        kept = sorted(name for name in names if getattr(new, name) is not None)
+        if kept:
+            raise Forbidden(f"Attribute '{kept[0]}' is read-only: image {stored.id}'s {what} clears it.")
+
+    @staticmethod
+    def _check_stage_uri(stored: Image, new: Image) -> None:
+        uri = new.properties.get(STAGE_URI)
+        if uri and uri != stored.properties.get(STAGE_URI) and not names_image(uri, stored.id):
+            raise Forbidden(f"Attribute '{STAGE_URI}': {uri} is not where this image's data is staged.")
+
     @staticmethod
     def _check_new_location(stored: Image, new: Image, what: str, own_data: bool) -> None:
         """The one new location: the image's own data in a store (*own_data*), or an
@@ -283,14 +426,15 @@ class ImageRules:
                 f"Attribute 'visibility': you may not make image {image.id} {image.visibility} (policy {action})."
             )
 
-    def _check_properties(self, before: dict, after: dict, viewer, image_id: str) -> None:
-        for name in sorted(before.keys() | after.keys()):
-            if (
-                name in after
-                and after[name] != before.get(name)
-                and (name in _RESERVED_PROPERTIES or name.startswith("os_glance"))
-            ):
+    @staticmethod
+    def _check_reserved(before: dict, after: dict) -> None:
+        for name in sorted(after):
+            if after[name] != before.get(name) and (name in _RESERVED_PROPERTIES or name.startswith("os_glance")):
                 raise Forbidden(f"Attribute '{name}' is reserved.")
+
+    def _check_properties(self, before: dict, after: dict, viewer, image_id: str) -> None:
+        self._check_reserved(before, after)
+        for name in sorted(before.keys() | after.keys()):
             if self.protections is None:
                 continue
             if name not in after:
@@ -338,6 +482,11 @@ class TaskRules:
             raise Forbidden(f"Attribute '{changed[0]}' of task {stored.id} is read-only.")
         if stored.image_id is not None and new.image_id != stored.image_id:
             raise Forbidden(f"Attribute 'image_id' of task {stored.id} is set once.")
+
+
+def _user_properties(image: Image) -> dict:
+    """*image*'s properties but the import's bookkeeping."""
+    return {name: value for name, value in image.properties.items() if name not in BOOKKEEPING}
 
 
 def _only_metadata_differs(stored: Image, new: Image) -> bool:

@@ -438,3 +438,142 @@ def test_an_image_waiting_for_the_scrubber_is_no_users_to_change(rules, change):
     with pytest.raises(Forbidden, match="waits for the scrubber"):
         rules.check_save(waiting, changed(waiting, change), USER)
     rules.check_save(waiting, changed(waiting, change), ADMIN)  # a restore by the trusted service passes
+
+
+# -- interoperable import: the stage, the lock and the background job ---------------------------
+
+TASK_ID = "5e6f7a8b-9c0d-4e1f-8a2b-3c4d5e6f7a8b"
+STAGED_URI = f"file:///var/lib/abbild/staging/{IMAGE_ID}"
+
+
+def import_task(status: str = "pending", **fields):
+    from abbild.tasks import Task, TaskStatus
+
+    values = {"id": TASK_ID, "type": "api_image_import", "owner": "p1", "image_id": IMAGE_ID, **fields}
+    return Task(status=TaskStatus(status), **values)
+
+
+def uploading(**properties) -> Image:
+    return dataclasses.replace(
+        queued(), status=Status.UPLOADING, upload_worker="api-1:42:99", upload_lease=LEASE, properties=properties
+    )
+
+
+def staged() -> Image:
+    return dataclasses.replace(
+        queued(),
+        status=Status.UPLOADING,
+        size=5,
+        properties={"os_glance_stage_uri": STAGED_URI, "os_glance_stage_host": "http://api-1:9292"},
+    )
+
+
+def locked(status: Status = Status.IMPORTING) -> Image:
+    image = staged()
+    image.status = status
+    image.upload_worker, image.upload_lease = "api-1:42:99", LEASE
+    image.properties.update(
+        {"os_glance_import_task": TASK_ID, "os_glance_importing_to_stores": "local", "os_glance_failed_import": ""}
+    )
+    return image
+
+
+def take_lock(image: Image) -> None:
+    image.status = Status.IMPORTING
+    image.upload_worker, image.upload_lease = "api-1:42:99", LEASE
+    image.properties.update(
+        {"os_glance_import_task": TASK_ID, "os_glance_importing_to_stores": "local", "os_glance_failed_import": ""}
+    )
+
+
+def test_a_user_stages_and_locks_for_a_pending_task(rules):
+    claimed = changed(queued(), lambda i: (setattr(i, "status", Status.UPLOADING), setattr(i, "upload_worker", "w")))
+    rules.check_save(queued(), claimed, USER)
+
+    def record(image: Image) -> None:
+        image.size, image.upload_worker, image.upload_lease = 5, None, None
+        image.properties.update({"os_glance_stage_uri": STAGED_URI, "os_glance_stage_host": "http://api-1:9292"})
+
+    rules.check_save(uploading(), changed(uploading(), record), USER)
+    rules.check_save(staged(), changed(staged(), take_lock), USER, import_task())
+    rules.check_save(queued(), changed(queued(), take_lock), USER, import_task())  # web-download
+
+
+@pytest.mark.parametrize(
+    "task",
+    [None, import_task("processing"), import_task(image_id=OTHER_ID), import_task(owner="p2")],
+    ids=["no task", "not pending", "another image's", "another project's"],
+)
+def test_a_lock_without_its_pending_task_is_refused(rules, task):
+    with pytest.raises(Forbidden, match="'os_glance_import_task'"):
+        rules.check_save(staged(), changed(staged(), take_lock), USER, task)
+
+
+def test_a_stage_elsewhere_is_refused(rules):
+    def elsewhere(image: Image) -> None:
+        image.properties["os_glance_stage_uri"] = f"file:///var/lib/abbild/images/{OTHER_ID}"
+
+    with pytest.raises(Forbidden, match="'os_glance_stage_uri'"):
+        rules.check_save(uploading(), changed(uploading(), elsewhere), USER)
+
+
+def test_the_service_token_alone_carries_a_live_import_to_active(rules):
+    def activate_import(image: Image) -> None:
+        image.status = Status.ACTIVE
+        image.locations = [OWN_DATA]
+        image.checksum, image.os_hash_algo, image.os_hash_value = "0" * 32, "sha512", "1" * 128
+        image.disk_format = "qcow2"  # an import step converted it
+        image.properties.update({"os_glance_importing_to_stores": "", "os_distro": "injected"})
+
+    for status in ("pending", "processing"):
+        rules.check_save(locked(), changed(locked(), activate_import), JOBS, import_task(status))
+    done = changed(locked(), activate_import)
+    end = changed(done, lambda i: [i.properties.pop(n) for n in ("os_glance_import_task", "os_glance_stage_uri")])
+    end.upload_worker = end.upload_lease = None
+    rules.check_save(done, end, JOBS, import_task("processing"))
+
+
+def test_the_service_token_alone_undoes_a_live_import(rules):
+    def undo(image: Image) -> None:
+        image.status = Status.UPLOADING
+        image.upload_worker = image.upload_lease = None
+        del image.properties["os_glance_import_task"]
+        image.properties["os_glance_importing_to_stores"] = ""
+
+    rules.check_save(locked(), changed(locked(), undo), JOBS, import_task("processing"))
+
+
+@pytest.mark.parametrize(
+    "change, attribute",
+    [
+        (lambda i: setattr(i, "locations", [Location("local", f"file:///x/{OTHER_ID}", 5)]), "locations"),
+        (lambda i: i.properties.update(os_glance_stage_uri=f"file:///x/{OTHER_ID}"), "os_glance_stage_uri"),
+        (lambda i: i.properties.update(os_glance_import_task="another"), "os_glance_import_task"),
+    ],
+    ids=["another image's data", "another image's stage", "another lock"],
+)
+def test_the_service_token_alone_changes_no_more_than_the_import(rules, change, attribute):
+    def activate_with(image: Image) -> None:
+        image.status, image.locations = Status.ACTIVE, [OWN_DATA]
+        change(image)
+
+    with pytest.raises(Forbidden, match=f"'{attribute}'"):
+        rules.check_save(locked(), changed(locked(), activate_with), JOBS, import_task("processing"))
+
+
+def test_an_ended_task_leaves_the_import_to_the_user(rules):
+    def undo(image: Image) -> None:
+        image.status = Status.UPLOADING
+        image.upload_worker = image.upload_lease = None
+        del image.properties["os_glance_import_task"]
+
+    for task in (import_task("failure"), None):
+        with pytest.raises(Forbidden):
+            rules.check_save(locked(), changed(locked(), undo), JOBS, task)
+        rules.check_save(locked(), changed(locked(), undo), USER, task)  # breaking a stale lock
+    with pytest.raises(Forbidden):  # but not while it works
+        rules.check_save(locked(), changed(locked(), undo), USER, import_task("processing"))
+    with pytest.raises(Forbidden, match="'status'"):  # nor does a user finish one
+        rules.check_save(
+            locked(), changed(locked(), lambda i: setattr(i, "status", Status.ACTIVE)), USER, import_task("failure")
+        )
