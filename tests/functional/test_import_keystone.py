@@ -69,9 +69,9 @@ def registry_conf(tokens, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def servers(tokens, registry_conf):
-    """(API url, registry url): two filesystem stores, staging on disk, web-download
-    allowed to loopback."""
+def deployment(tokens, registry_conf):
+    """(API server, registry url): two filesystem stores, staging on disk, web-download
+    allowed to loopback, a short upload lease (its keeper renews it every few seconds)."""
     base, auth_url = registry_conf.parent, ks.auth_url()
     registry = RegistryProcess(base, [str(registry_conf)])
     registry.client_options = (
@@ -85,6 +85,7 @@ def servers(tokens, registry_conf):
 enabled_backends = local:filesystem, second:filesystem
 default_backend = local
 node_staging_uri = file://{base}/staging
+upload_lease_seconds = 10
 [paste_deploy]
 flavor = keystone
 [local]
@@ -101,11 +102,18 @@ allowed_networks = 127.0.0.1/32
     api.registry = registry  # stopped with the API
     try:
         api.start()
-        yield api.url, registry.url
+        yield api, registry.url
     finally:
         api.stop()
     for log in (api.read_log(), registry.read_log()):
         assert not any(t in log for t in tokens.values()), "a token was logged"
+
+
+@pytest.fixture(scope="module")
+def servers(deployment):
+    """(API url, registry url)."""
+    api, registry = deployment
+    return api.url, registry
 
 
 @pytest.fixture(scope="module")
@@ -314,3 +322,32 @@ def test_service_token_alone_carries_on_only_a_live_import(servers, tokens):
     # ... and the owner ends the abandoned import, as the API's stale-lock breaking does.
     assert put_image(registry, released, tokens).status_code == 200
     assert stored(registry, image_id, tokens)["status"] == "queued"
+
+
+# -- the service token alone: the lease keeper and recovery ----------------------------------------
+
+
+def test_kill_9_mid_import_then_restart(deployment, tokens):
+    """The lease keeper renews the import's claim with the service token alone; after a
+    kill -9 the restarted node's recovery (the service token alone, outside any request)
+    undoes the import and fails its task; the owner imports again."""
+    api, registry = deployment
+    owner = tokens["owner"]
+    image_id = create(api.url, owner)
+    with serving(handler(DATA, delay=0.5, pieces=40)) as base:
+        resp = import_(api.url, image_id, owner, {"method": {"name": "web-download", "uri": f"{base}/slow"}})
+        assert resp.status_code == 202, resp.text
+        wait_for(lambda: get(api.url, image_id, owner)["status"] == "importing", 10, "importing")
+        lease = stored(registry, image_id, tokens)["upload_lease"]
+        wait_for(lambda: stored(registry, image_id, tokens)["upload_lease"] != lease, 10, "a renewed lease")
+        api.kill()
+    api.start()
+    image = get(api.url, image_id, owner)
+    assert image["status"] == "queued" and not image.get("os_glance_import_task"), image
+    [task] = tasks_of(api.url, image_id, owner)
+    assert task["status"] == "failure" and "interrupted" in task["message"], task
+    assert [f for f in os.listdir(os.path.join(api.data_dir, "staging")) if image_id in f] == []
+    with serving(handler(DATA)) as base:
+        resp = import_(api.url, image_id, owner, {"method": {"name": "web-download", "uri": f"{base}/again"}})
+        assert resp.status_code == 202, resp.text
+        assert wait_active(api.url, image_id, owner)["size"] == len(DATA)
