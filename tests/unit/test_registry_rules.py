@@ -577,3 +577,28 @@ def test_an_ended_task_leaves_the_import_to_the_user(rules):
         rules.check_save(
             locked(), changed(locked(), lambda i: setattr(i, "status", Status.ACTIVE)), USER, import_task("failure")
         )
+
+
+def test_copy_image_lock_and_copies(rules):
+    """copy-image: the lock on an active image needs the policy copy_image
+    (administrators, who are trusted anyway); its job adds the copies."""
+
+    def lock(image: Image) -> None:
+        image.upload_worker, image.upload_lease = "api-1:42:99", LEASE
+        image.properties.update({"os_glance_import_task": TASK_ID, "os_glance_importing_to_stores": "second"})
+
+    with pytest.raises(Forbidden, match="copy_image"):
+        rules.check_save(active(), changed(active(), lock), USER, import_task())
+    copying = changed(active(), lock)
+    copy = Location("second", f"file:///var/lib/abbild/second/{IMAGE_ID}", 5)
+
+    def copied(image: Image) -> None:
+        image.locations.append(copy)
+        image.properties["os_glance_importing_to_stores"] = ""
+
+    rules.check_save(copying, changed(copying, copied), JOBS, import_task("processing"))
+    with pytest.raises(Forbidden, match="'locations'"):
+        elsewhere = dataclasses.replace(copy, uri=f"file:///var/lib/abbild/second/{OTHER_ID}")
+        rules.check_save(copying, changed(copying, lambda i: i.locations.append(elsewhere)), JOBS, import_task())
+    with pytest.raises(Forbidden, match="'locations'"):  # a user adds no copy of their own
+        rules.check_save(copying, changed(copying, copied), USER, import_task("processing"))
