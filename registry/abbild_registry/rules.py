@@ -305,12 +305,12 @@ class ImageRules:
         if source is S.UPLOADING and stored.upload_worker and not before and status in (S.UPLOADING, S.QUEUED):
             if status is S.QUEUED:
                 self._check_cleared(stored, new, DATA, "release of a stage")
-                return "release of a stage", {"status"} | CLAIM | DATA | STAGE, None
+                return "release of a stage", {"status"} | CLAIM | DATA | STAGE, "modify_image"
             if viewer is None:
                 return "lease renewal", {"upload_lease"}, None
             self._check_stage_uri(stored, new)
             self._check_cleared(stored, new, DATA - {"size", "virtual_size"}, "stage")
-            return "stage", {"size", "virtual_size"} | CLAIM | STAGE, None
+            return "stage", {"size", "virtual_size"} | CLAIM | STAGE, "modify_image"
         if not before and after:
             if viewer is None:
                 raise Forbidden(f"Attribute '{IMPORT_TASK}': image {stored.id}'s import lock takes a user's token.")
