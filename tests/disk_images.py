@@ -43,8 +43,19 @@ def qcow2(directory: Path, size: str = "1M") -> bytes:
 
 
 def luks(directory: Path, size: str = "1M") -> Path:
-    # A short key derivation (10 ms, not qemu's 2 s): the tests need the header, not the strength.
-    return qemu_img(directory, "luks", size, "--object", "secret,id=s0,data=pw", "-o", "key-secret=s0,iter-time=10")
+    # A short key derivation (10 ms, not qemu's 2 s): the tests need the header, not the
+    # strength. qemu times the derivation with the thread's CPU clock and now and then
+    # fails ("Unable to get accurate CPU usage"), more often on a busy host: try again.
+    for attempt in range(10):
+        try:
+            return qemu_img(
+                directory, "luks", size, "--object", "secret,id=s0,data=pw", "-o", "key-secret=s0,iter-time=10"
+            )
+        except subprocess.CalledProcessError:
+            if attempt == 9:
+                raise
+            (Path(directory) / "disk.luks").unlink(missing_ok=True)
+    raise AssertionError("unreachable")
 
 
 def iso(directory: Path) -> Path:
