@@ -51,28 +51,17 @@ def task_stub(task: Task) -> dict:
 
 
 def task_view(task: Task) -> dict:
-    """One task (``GET /v2/tasks/{id}``, ``POST /v2/tasks``), Glance's fields."""
-    view = {
-        "id": task.id,
+    """One task (``GET /v2/tasks/{id}``, ``POST /v2/tasks``), Glance's fields: the stub's
+    and what a list leaves out."""
+    return {
+        **task_stub(task),
         "input": task.input,
-        "type": task.type,
-        "status": task.status.value,
-        "owner": task.owner,
         "message": task.message,
         "result": task.result,
         "image_id": task.image_id,
         "user_id": task.user_id,
         "request_id": task.request_id,
     }
-    if task.expires_at is not None:
-        view["expires_at"] = timestamp(task.expires_at)
-    view.update(
-        created_at=timestamp(task.created_at),
-        updated_at=timestamp(task.updated_at),
-        self=_self(task),
-        schema="/v2/schemas/task",
-    )
-    return view
 
 
 def _row_time(value: datetime.datetime | None) -> str | None:
