@@ -26,6 +26,7 @@ STATUS = (
     (e.ImageNotFound, exc.HTTPNotFound),
     (e.MemberNotFound, exc.HTTPNotFound),
     (e.TaskNotFound, exc.HTTPNotFound),
+    (e.MetadefNotFound, exc.HTTPNotFound),
     (e.InvalidImageData, UnsupportedMediaType),
     (e.QuotaExceeded, exc.HTTPRequestEntityTooLarge),
     (e.DuplicateImage, exc.HTTPConflict),

@@ -159,6 +159,15 @@ class TaskNotFound(RegistryError):
         super().__init__(f"Task with identifier {task_id} not found")
 
 
+class MetadefNotFound(RegistryError):
+    """A metadata definition (namespace, object, property, tag, resource type or
+    association) that does not exist, or that the caller may not see (HTTP 404)."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(message)
+
+
 class MemberNotFound(RegistryError):
     def __init__(self, image_id: str, member_id: str) -> None:
         self.image_id, self.member_id = image_id, member_id

@@ -150,6 +150,29 @@ def abbild_task_failed(task):
     """The task ended in ``failure``; ``task.message`` says why."""
 
 
+# -- metadata definitions -------------------------------------------------------------------
+
+
+@hookspec
+def abbild_metadef_changed(event, namespace, item, old_name):
+    """A metadata definition changed; fired after the write is committed.
+
+    :param event: Glance's event type: ``metadef_namespace.create``, ``.update``,
+        ``.delete``, ``.delete_objects``, ``.delete_properties``, ``.delete_tags``;
+        ``metadef_object.*``, ``metadef_property.*`` and ``metadef_tag.*`` (``create``,
+        ``update``, ``delete``); ``metadef_resource_type.create`` and ``.delete`` (an
+        association).
+    :param namespace: the :class:`abbild.metadefs.Namespace` as it is now (as it was,
+        for a delete).
+    :param item: what the event is about inside the namespace: a
+        :class:`~abbild.metadefs.MetadefObject`, a :class:`~abbild.metadefs.PropertyDefinition`,
+        a :class:`~abbild.metadefs.MetadefTag` or an :class:`~abbild.metadefs.Association`
+        (as it is now, or was for a delete); ``None`` for ``metadef_namespace.*``.
+    :param old_name: for an ``update``, the name it had before (the namespace's, or
+        the item's); else ``None``.
+    """
+
+
 # -- the image's data ----------------------------------------------------------------------
 
 

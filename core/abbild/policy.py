@@ -25,6 +25,7 @@ _IMAGE_READERS = (
     " or 'community':%(visibility)s or 'public':%(visibility)s or 'shared':%(visibility)s"
 )
 _MEMBER_READERS = "project_id:%(project_id)s or project_id:%(member_id)s"
+_NAMESPACE_READERS = f"{ADMIN} or (role:reader and (project_id:%(project_id)s or 'public':%(visibility)s))"
 
 RULES: dict[str, tuple[str, str]] = {
     # name: (default, what it guards)
@@ -72,6 +73,37 @@ RULES: dict[str, tuple[str, str]] = {
     "get_task": ("rule:default", "GET /v2/tasks/{task_id}"),
     "add_task": ("rule:default", "POST /v2/tasks"),
     "modify_task": ("rule:default", "Changing a task (the image service, as the task runs)"),
+    # Metadata definitions (Glance's defaults): anyone with a role in a project reads
+    # the public namespaces and their project's, administrators write. A namespace's
+    # target is {"project_id": its owner, "visibility": its visibility}.
+    "metadef_default": ("", "The old default of the metadef read rules."),
+    "metadef_admin": (ADMIN, "Who may change metadata definitions."),
+    "get_metadef_namespace": (_NAMESPACE_READERS, "GET /v2/metadefs/namespaces/{namespace}"),
+    "get_metadef_namespaces": (ADMIN_OR_READER, "GET /v2/metadefs/namespaces"),
+    "add_metadef_namespace": ("rule:metadef_admin", "POST /v2/metadefs/namespaces"),
+    "modify_metadef_namespace": ("rule:metadef_admin", "PUT /v2/metadefs/namespaces/{namespace}"),
+    "delete_metadef_namespace": ("rule:metadef_admin", "DELETE /v2/metadefs/namespaces/{namespace}"),
+    "get_metadef_object": (_NAMESPACE_READERS, "GET .../objects/{object_name}"),
+    "get_metadef_objects": (_NAMESPACE_READERS, "GET /v2/metadefs/namespaces/{namespace}/objects"),
+    "add_metadef_object": ("rule:metadef_admin", "POST /v2/metadefs/namespaces/{namespace}/objects"),
+    "modify_metadef_object": ("rule:metadef_admin", "PUT .../objects/{object_name}"),
+    "delete_metadef_object": ("rule:metadef_admin", "DELETE .../objects/{object_name}, DELETE .../objects"),
+    "list_metadef_resource_types": (_NAMESPACE_READERS, "GET /v2/metadefs/resource_types"),
+    "get_metadef_resource_type": (_NAMESPACE_READERS, "GET /v2/metadefs/namespaces/{namespace}/resource_types"),
+    "add_metadef_resource_type_association": ("rule:metadef_admin", "POST .../resource_types"),
+    "remove_metadef_resource_type_association": ("rule:metadef_admin", "DELETE .../resource_types/{name}"),
+    "get_metadef_property": (_NAMESPACE_READERS, "GET .../properties/{property_name}"),
+    "get_metadef_properties": (_NAMESPACE_READERS, "GET /v2/metadefs/namespaces/{namespace}/properties"),
+    "add_metadef_property": ("rule:metadef_admin", "POST /v2/metadefs/namespaces/{namespace}/properties"),
+    "modify_metadef_property": ("rule:metadef_admin", "PUT .../properties/{property_name}"),
+    "remove_metadef_property": ("rule:metadef_admin", "DELETE .../properties/{property_name}, .../properties"),
+    "get_metadef_tag": (_NAMESPACE_READERS, "GET .../tags/{tag_name}"),
+    "get_metadef_tags": (_NAMESPACE_READERS, "GET /v2/metadefs/namespaces/{namespace}/tags"),
+    "add_metadef_tag": ("rule:metadef_admin", "POST .../tags/{tag_name}"),
+    "add_metadef_tags": ("rule:metadef_admin", "POST /v2/metadefs/namespaces/{namespace}/tags"),
+    "modify_metadef_tag": ("rule:metadef_admin", "PUT .../tags/{tag_name}"),
+    "delete_metadef_tag": ("rule:metadef_admin", "DELETE .../tags/{tag_name}"),
+    "delete_metadef_tags": ("rule:metadef_admin", "DELETE /v2/metadefs/namespaces/{namespace}/tags"),
 }
 
 #: What an anonymous caller (``allow_anonymous_access``) may do: read, nothing else.

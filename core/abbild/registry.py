@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from abbild.errors import ConcurrentUpdate
 from abbild.image import Image
+from abbild.metadefs import Namespace, NamespaceFilters, ResourceType
 from abbild.tasks import Task, TaskFilters
 
 #: Columns a list may be sorted by.
@@ -297,6 +298,99 @@ class Registry(abc.ABC):
             change(task)
             try:
                 return self.save_task(task)
+            except ConcurrentUpdate:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(0, 0.005 * 2 ** min(attempt, 6)))
+                attempt += 1
+
+    # -- metadata definitions -------------------------------------------------------------
+    #
+    # A namespace is one aggregate (abbild.metadefs): every method reads or writes it
+    # whole, with its properties, objects, tags and associations. Namespace names are
+    # unique across all projects, case-sensitively. Who may see or change a namespace is
+    # the service's business, but for the list's visibility rule (viewer).
+
+    @abc.abstractmethod
+    def create_namespace(self, namespace: Namespace) -> Namespace:
+        """Record a new namespace with its children; its and each child's
+        ``created_at``/``updated_at`` are set to now, ``version`` to 1. The resource
+        types its associations name are created if missing (unprotected).
+
+        :raises abbild.errors.Conflict: the name is taken.
+        :raises abbild.errors.Invalid: a value too long to store, two children of one
+            kind with the same name.
+        """
+
+    @abc.abstractmethod
+    def get_namespace(self, name: str) -> Namespace:
+        """:raises abbild.errors.MetadefNotFound:"""
+
+    @abc.abstractmethod
+    def list_namespaces(
+        self,
+        filters: NamespaceFilters,
+        sort_key: str = "created_at",
+        sort_dir: str = "desc",
+        limit: int | None = None,
+        marker: str | None = None,
+        viewer: Viewer | None = None,
+    ) -> list[Namespace]:
+        """One page of the namespaces *viewer* may see (:func:`abbild.metadefs.namespace_visible`;
+        ``None``: every one), whole. ``namespace`` is the tie-breaker after *sort_key*
+        (:data:`abbild.metadefs.NAMESPACE_SORT_KEYS`). *marker* is the name of the last
+        namespace of the previous page, one of this list.
+
+        :raises abbild.errors.Invalid: unknown marker, sort key or direction; a
+            negative limit.
+        """
+
+    @abc.abstractmethod
+    def save_namespace(self, name: str, namespace: Namespace) -> Namespace:
+        """Write *namespace* over the one stored as *name* if nobody changed it since it
+        was read (``namespace.version``); ``namespace.namespace`` may differ from *name*
+        (a rename). Children are matched to the stored ones by name: a new one gets
+        ``created_at`` (unless it carries one: a renamed child keeps its own) and every
+        new or changed one ``updated_at`` now; the namespace's own ``updated_at`` moves
+        when its own fields change. Resource types new associations name are created.
+
+        :returns: the stored namespace, with its new version.
+        :raises abbild.errors.ConcurrentUpdate: the stored version differs.
+        :raises abbild.errors.MetadefNotFound: no namespace *name*.
+        :raises abbild.errors.Conflict: renamed to a name that is taken.
+        :raises abbild.errors.Invalid: as :meth:`create_namespace`.
+        """
+
+    @abc.abstractmethod
+    def delete_namespace(self, name: str) -> None:
+        """Remove the namespace and everything in it (not the resource types).
+
+        :raises abbild.errors.MetadefNotFound:
+        """
+
+    @abc.abstractmethod
+    def list_resource_types(self) -> list[ResourceType]:
+        """Every resource type, by name."""
+
+    @abc.abstractmethod
+    def delete_resource_type(self, name: str) -> None:
+        """Remove an unprotected resource type that no association names.
+
+        :raises abbild.errors.MetadefNotFound:
+        :raises abbild.errors.Forbidden: it is protected.
+        :raises abbild.errors.Conflict: an association names it.
+        """
+
+    def update_namespace(self, name: str, change: Callable[[Namespace], None], *, within: float = 30.0) -> Namespace:
+        """Apply *change* to the current namespace *name* and save it, atomically (as
+        :meth:`update_image`)."""
+        deadline = time.monotonic() + within
+        attempt = 0
+        while True:
+            namespace = self.get_namespace(name)
+            change(namespace)
+            try:
+                return self.save_namespace(name, namespace)
             except ConcurrentUpdate:
                 if time.monotonic() > deadline:
                     raise

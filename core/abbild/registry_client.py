@@ -449,6 +449,29 @@ class HTTPRegistry(Registry):
         result = self._call("GET", _image_path(image_id) + "/tasks")
         return [wire.task_from_json(t) for t in result["tasks"]]
 
+    # -- metadata definitions (placeholder until this session's work lands) ---------------
+
+    def create_namespace(self, namespace):
+        raise NotImplementedError
+
+    def get_namespace(self, name):
+        raise NotImplementedError
+
+    def list_namespaces(self, filters, sort_key="created_at", sort_dir="desc", limit=None, marker=None, viewer=None):
+        raise NotImplementedError
+
+    def save_namespace(self, name, namespace):
+        raise NotImplementedError
+
+    def delete_namespace(self, name):
+        raise NotImplementedError
+
+    def list_resource_types(self):
+        raise NotImplementedError
+
+    def delete_resource_type(self, name):
+        raise NotImplementedError
+
     # -- members ------------------------------------------------------------------------
 
     def list_members(self, image_id: str) -> list[Member]:

@@ -199,6 +199,7 @@ _ERRORS = {
     for cls, params in (
         (errors.ImageNotFound, ("image_id",)),
         (errors.TaskNotFound, ("task_id",)),
+        (errors.MetadefNotFound, ("message",)),
         (errors.DuplicateImage, ("image_id",)),
         (errors.MemberNotFound, ("image_id", "member_id")),
         (errors.ConcurrentUpdate, ("image_id",)),

@@ -122,6 +122,7 @@ def _error(error: errors.AbbildError) -> webob.Response:
         errors.ImageNotFound: 404,
         errors.MemberNotFound: 404,
         errors.TaskNotFound: 404,
+        errors.MetadefNotFound: 404,
         errors.DuplicateImage: 409,
         errors.ConcurrentUpdate: 409,
         errors.InvalidTransition: 409,

@@ -511,6 +511,29 @@ class SQLRegistry(Registry):
             )
             return [_to_task(row) for row in rows]
 
+    # -- metadata definitions (placeholder until this session's work lands) ---------------
+
+    def create_namespace(self, namespace):
+        raise NotImplementedError
+
+    def get_namespace(self, name):
+        raise NotImplementedError
+
+    def list_namespaces(self, filters, sort_key="created_at", sort_dir="desc", limit=None, marker=None, viewer=None):
+        raise NotImplementedError
+
+    def save_namespace(self, name, namespace):
+        raise NotImplementedError
+
+    def delete_namespace(self, name):
+        raise NotImplementedError
+
+    def list_resource_types(self):
+        raise NotImplementedError
+
+    def delete_resource_type(self, name):
+        raise NotImplementedError
+
     def _task_for_write(self, task: Task) -> Task:
         """A copy of *task* as it will read back (naive UTC in whole seconds, a
         :class:`TaskStatus`).
