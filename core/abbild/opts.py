@@ -115,6 +115,21 @@ image_opts = [
         "bytes, or with a unit B, KB, MB, GB or TB (powers of 1024). 0: no limit. Uploads "
         "that would exceed it are cut off with 413 and leave no data behind.",
     ),
+    cfg.BoolOpt(
+        "validate_image_properties",
+        default=False,
+        help="Check image properties against the metadata definitions (beyond Glance): "
+        "on image create and update, a property whose name a namespace associated with "
+        "OS::Glance::Image defines (its prefix, such as hw_, and the property's name) "
+        "must have a value of that definition's type, enum, minimum/maximum, "
+        "minLength/maxLength and pattern, else the request gets 400 naming the "
+        "property, the rule and the namespace. Only namespaces the image's owner may "
+        "see count (public ones, their project's, those nobody owns); on update only "
+        "new or changed properties are checked. Off: no check and no metadefs read. "
+        "Turn it on once the namespaces say what your hypervisors accept "
+        "(``abbild db load-metadefs``), or images with values Nova would refuse get "
+        "through.",
+    ),
     cfg.StrOpt(
         "property_protection_file",
         help="INI file of property protections (which roles or policies may create, read, "

@@ -21,6 +21,7 @@ from abbild.image import Image, Location, Status
 from abbild.imports import Imports
 from abbild.jobs import Jobs
 from abbild.locations import Locations
+from abbild.metadef_validation import check_image_properties
 from abbild.plugins import get_plugin_manager, notify
 from abbild.policy import Policy
 from abbild.protections import PropertyProtections
@@ -202,11 +203,19 @@ class ImageService:
             elif before.properties[name] != after.properties[name]:
                 self.protections.authorize(name, "update", viewer)
 
+    def _check_definitions(self, image: Image, properties: dict[str, str]) -> None:
+        """With ``validate_image_properties``, *properties* (new or changed ones) must
+        satisfy the metadata definitions *image*'s owner sees (:mod:`abbild.metadef_validation`).
+        Off, the registry is not even asked."""
+        if self.conf.validate_image_properties and properties:
+            check_image_properties(self.registry, image.owner, properties)
+
     def create(self, image: Image, viewer: Viewer) -> Image:
         target = {"owner": image.owner, "project_id": image.owner}
         self.policy.authorize("add_image", viewer, target)
         self.authorize_visibility(image.visibility, viewer, target)
         self._check_change(Image(id=image.id), image, viewer)
+        self._check_definitions(image, image.properties)
         image = self.registry.create_image(image)
         notify(self.plugins, "abbild_image_created", image=image)
         return image
@@ -222,6 +231,8 @@ class ImageService:
             self._check_change(old, image, viewer)
             if image.visibility != old.visibility:
                 self.authorize_visibility(image.visibility, viewer, {"project_id": image.owner})
+            changed = {k: v for k, v in image.properties.items() if old.properties.get(k) != v}
+            self._check_definitions(image, changed)
 
         image = self.registry.update_image(image_id, checked_change)
         notify(self.plugins, "abbild_image_updated", image=image)
