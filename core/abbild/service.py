@@ -21,6 +21,7 @@ from abbild.image import Image, Location, Status
 from abbild.imports import Imports
 from abbild.jobs import Jobs
 from abbild.locations import Locations
+from abbild.metadef_service import Metadefs
 from abbild.metadef_validation import check_image_properties
 from abbild.plugins import get_plugin_manager, notify
 from abbild.policy import Policy
@@ -86,6 +87,7 @@ class ImageService:
         self.locations = Locations(self)
         self.deletes = Deletes(self)
         self.imports = Imports(self)
+        self.metadefs = Metadefs(self)
 
     @classmethod
     def from_config(cls, conf, recover: bool = True) -> ImageService:
