@@ -32,6 +32,11 @@ abbild_task_created            task.create
 abbild_task_processing         task.run, then task.processing
 abbild_task_succeeded          task.success
 abbild_task_failed             task.failure
+abbild_metadef_changed         its event: metadef_namespace.create / update /
+                               delete / delete_objects / delete_properties /
+                               delete_tags, metadef_object.*, metadef_property.*,
+                               metadef_tag.* (create / update / delete),
+                               metadef_resource_type.create / delete
 ============================== =============================================
 """
 
@@ -86,7 +91,8 @@ notifier_opts = [
         "disabled_notifications",
         default=[],
         help="Notifications not to send (Glance's option): event types (image.create, "
-        "task.success) or groups, a prefix up to a dot (image, image.member, task).",
+        "task.success, metadef_tag.create) or groups, a prefix up to a dot (image, "
+        "image.member, task, metadef_namespace).",
     ),
 ]
 
@@ -218,6 +224,126 @@ def upload_failure(image, error: BaseException) -> str:
     return f"Failed to upload image data for image {image.id} due to internal error: {error}"
 
 
+# Glance's fields of a property definition in its notifications (a property's, and each
+# of an object's properties), in Glance's order.
+DEFINITION_FIELDS = (
+    "type",
+    "title",
+    "description",
+    "default",
+    "minimum",
+    "maximum",
+    "enum",
+    "pattern",
+    "minLength",
+    "maxLength",
+    "confidential",
+    "items",
+    "uniqueItems",
+    "minItems",
+    "maxItems",
+    "additionalItems",
+)
+
+
+def namespace_payload(namespace, old_name: str | None = None) -> dict:
+    return {
+        "namespace": namespace.namespace,
+        "namespace_old": old_name or namespace.namespace,
+        "display_name": namespace.display_name,
+        "protected": namespace.protected,
+        "visibility": namespace.visibility,
+        "owner": namespace.owner,
+        "description": namespace.description,
+        "created_at": isotime(namespace.created_at),
+        "updated_at": isotime(namespace.updated_at),
+        "deleted": False,
+        "deleted_at": None,
+    }
+
+
+def object_payload(namespace, obj, old_name: str | None = None) -> dict:
+    """An object with its properties as a list, each with its name. Where Glance turns
+    a false value (a ``minimum`` of 0) into null, the value is kept here."""
+    properties = [
+        {"name": name, **{field: definition.get(field) for field in DEFINITION_FIELDS}}
+        for name, definition in obj.properties.items()
+    ]
+    return {
+        "namespace": namespace.namespace,
+        "name": obj.name,
+        "name_old": old_name or obj.name,
+        "properties": properties,
+        "required": list(obj.required),
+        "description": obj.description,
+        "created_at": isotime(obj.created_at),
+        "updated_at": isotime(obj.updated_at),
+        "deleted": False,
+        "deleted_at": None,
+    }
+
+
+def property_payload(namespace, prop, old_name: str | None = None) -> dict:
+    """A property definition, without times (it has none of its own in Glance's payload)."""
+    return {
+        "namespace": namespace.namespace,
+        "name": prop.name,
+        "name_old": old_name or prop.name,
+        **{field: prop.definition.get(field) for field in DEFINITION_FIELDS},
+        "deleted": False,
+        "deleted_at": None,
+    }
+
+
+def resource_type_payload(namespace, association) -> dict:
+    """A namespace's association with a resource type (``metadef_resource_type.*``)."""
+    return {
+        "namespace": namespace.namespace,
+        "name": association.name,
+        "name_old": association.name,
+        "prefix": association.prefix,
+        "properties_target": association.properties_target,
+        "created_at": isotime(association.created_at),
+        "updated_at": isotime(association.updated_at),
+        "deleted": False,
+        "deleted_at": None,
+    }
+
+
+def tag_payload(namespace, tag, old_name: str | None = None) -> dict:
+    return {
+        "namespace": namespace.namespace,
+        "name": tag.name,
+        "name_old": old_name or tag.name,
+        "created_at": isotime(tag.created_at),
+        "updated_at": isotime(tag.updated_at),
+        "deleted": False,
+        "deleted_at": None,
+    }
+
+
+def metadef_payload(event: str, namespace, item, old_name: str | None) -> dict:
+    """The payload of *event* (``metadef_<kind>.<action>``), as Glance's: a delete of
+    the thing itself is ``deleted`` now; ``metadef_namespace.delete_objects`` (and
+    ``_properties``, ``_tags``) is the namespace, not deleted."""
+    kind, _, action = event.partition(".")
+    if kind == "metadef_namespace":
+        payload = namespace_payload(namespace, old_name)
+    elif kind == "metadef_object":
+        payload = object_payload(namespace, item, old_name)
+    elif kind == "metadef_property":
+        payload = property_payload(namespace, item, old_name)
+    elif kind == "metadef_resource_type":
+        payload = resource_type_payload(namespace, item)
+    elif kind == "metadef_tag":
+        payload = tag_payload(namespace, item, old_name)
+    else:
+        raise ValueError(f"no metadef notification {event!r}")
+    if action == "delete":
+        payload.update(deleted=True, deleted_at=_now())
+    return payload
+
+
 # -- the plugin -----------------------------------------------------------------------------
 
 Send = Callable[[str, str, object], None]  # (priority, event type, payload)
@@ -300,6 +426,11 @@ class Notifier:
     @hookimpl
     def abbild_task_failed(self, task):
         self._emit("task.failure", task_payload(task))
+
+    @hookimpl
+    def abbild_metadef_changed(self, event, namespace, item, old_name):
+        if self.enabled(event):
+            self.send("info", event, metadef_payload(event, namespace, item, old_name))
 
 
 # -- sending ----------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ class DefaultStoreSelection:
         return self.default if self.default in stores else next(iter(stores), None)
 
 
-NOTIFICATION_PREFIXES = ("abbild_image_", "abbild_task_")
+NOTIFICATION_PREFIXES = ("abbild_image_", "abbild_task_", "abbild_metadef_")
 
 
 class PluginManager(pluggy.PluginManager):

@@ -20,7 +20,8 @@ from oslo_config import cfg
 from abbild import notifications
 from abbild.errors import ConfigError, Gone, QuotaExceeded, StoreFull
 from abbild.image import Image, Location, Status
-from abbild.plugins import get_plugin_manager, notify
+from abbild.metadefs import Association, MetadefObject, MetadefTag, Namespace, PropertyDefinition
+from abbild.plugins import get_plugin_manager, hookimpl, notify
 from abbild.registry import Member, Viewer
 from abbild.tasks import Task, TaskStatus
 
@@ -291,6 +292,211 @@ def test_task_hooks_fed_with_tasks_send_task_events():
     assert statuses == ["pending", "processing", "processing", "success", "failure"]
     assert sent.items[3][2]["expires_at"] == "2026-12-05T05:28:14Z"
     assert all(set(p) >= {"id", "type", "owner", "result", "message"} and "input" not in p for _, _, p in sent.items)
+
+
+# -- metadefs ----------------------------------------------------------------------------------
+
+LATER = WHEN + datetime.timedelta(seconds=1)
+WATCHDOG = {"title": "Watchdog Action", "type": "string", "enum": ["disabled", "reset"], "default": "disabled"}
+
+
+def _namespace() -> Namespace:
+    return Namespace(
+        namespace="OS::Compute::Watchdog",
+        display_name="Watchdog Behavior",
+        description="Compute drivers may enable a watchdog.",
+        visibility="public",
+        protected=True,
+        owner="admin-project",
+        created_at=WHEN,
+        updated_at=LATER,
+        properties={"hw_watchdog_action": WATCHDOG},
+        objects=[
+            MetadefObject(
+                "Limits",
+                description="CPU limits",
+                required=["cpu_sockets"],
+                properties={"cpu_sockets": {"type": "integer", "minimum": 0, "title": "Sockets"}},
+                created_at=WHEN,
+                updated_at=LATER,
+            )
+        ],
+        tags=[MetadefTag("watchdog", WHEN, LATER)],
+        associations=[Association("OS::Glance::Image", "hw_", None, WHEN, LATER)],
+    )
+
+
+def _definition_fields(**set_fields) -> dict:
+    return {field: set_fields.get(field) for field in notifications.DEFINITION_FIELDS}
+
+
+def test_metadef_payloads_are_glances():
+    namespace = _namespace()
+    assert notifications.namespace_payload(namespace, "OS::Compute::Dog") == {
+        "namespace": "OS::Compute::Watchdog",
+        "namespace_old": "OS::Compute::Dog",
+        "display_name": "Watchdog Behavior",
+        "protected": True,
+        "visibility": "public",
+        "owner": "admin-project",
+        "description": "Compute drivers may enable a watchdog.",
+        "created_at": "2026-12-03T05:28:14Z",
+        "updated_at": "2026-12-03T05:28:15Z",
+        "deleted": False,
+        "deleted_at": None,
+    }
+    assert notifications.namespace_payload(namespace)["namespace_old"] == "OS::Compute::Watchdog"
+    assert notifications.object_payload(namespace, namespace.objects[0]) == {
+        "namespace": "OS::Compute::Watchdog",
+        "name": "Limits",
+        "name_old": "Limits",
+        "properties": [{"name": "cpu_sockets", **_definition_fields(type="integer", minimum=0, title="Sockets")}],
+        "required": ["cpu_sockets"],
+        "description": "CPU limits",
+        "created_at": "2026-12-03T05:28:14Z",
+        "updated_at": "2026-12-03T05:28:15Z",
+        "deleted": False,
+        "deleted_at": None,
+    }
+    prop = PropertyDefinition("hw_watchdog_action", WATCHDOG)
+    assert notifications.property_payload(namespace, prop, "watchdog") == {
+        "namespace": "OS::Compute::Watchdog",
+        "name": "hw_watchdog_action",
+        "name_old": "watchdog",
+        **_definition_fields(title="Watchdog Action", type="string", enum=["disabled", "reset"], default="disabled"),
+        "deleted": False,
+        "deleted_at": None,
+    }
+    assert notifications.resource_type_payload(namespace, namespace.associations[0]) == {
+        "namespace": "OS::Compute::Watchdog",
+        "name": "OS::Glance::Image",
+        "name_old": "OS::Glance::Image",
+        "prefix": "hw_",
+        "properties_target": None,
+        "created_at": "2026-12-03T05:28:14Z",
+        "updated_at": "2026-12-03T05:28:15Z",
+        "deleted": False,
+        "deleted_at": None,
+    }
+    assert notifications.tag_payload(namespace, namespace.tags[0], "dog") == {
+        "namespace": "OS::Compute::Watchdog",
+        "name": "watchdog",
+        "name_old": "dog",
+        "created_at": "2026-12-03T05:28:14Z",
+        "updated_at": "2026-12-03T05:28:15Z",
+        "deleted": False,
+        "deleted_at": None,
+    }
+
+
+METADEF_EVENTS = [
+    ("metadef_namespace.create", None, None),
+    ("metadef_namespace.update", None, "OS::Compute::Dog"),
+    ("metadef_namespace.delete_objects", None, None),
+    ("metadef_namespace.delete_properties", None, None),
+    ("metadef_namespace.delete_tags", None, None),
+    ("metadef_namespace.delete", None, None),
+    ("metadef_object.create", "object", None),
+    ("metadef_object.update", "object", "Old Limits"),
+    ("metadef_object.delete", "object", None),
+    ("metadef_property.create", "property", None),
+    ("metadef_property.update", "property", "watchdog"),
+    ("metadef_property.delete", "property", None),
+    ("metadef_tag.create", "tag", None),
+    ("metadef_tag.update", "tag", "dog"),
+    ("metadef_tag.delete", "tag", None),
+    ("metadef_resource_type.create", "association", None),
+    ("metadef_resource_type.delete", "association", None),
+]
+
+
+def _item(kind, namespace):
+    return {
+        None: None,
+        "object": namespace.objects[0],
+        "property": PropertyDefinition("hw_watchdog_action", WATCHDOG),
+        "tag": namespace.tags[0],
+        "association": namespace.associations[0],
+    }[kind]
+
+
+def test_the_metadef_hook_sends_each_event_with_its_payload():
+    pm, sent = _plugged()
+    namespace = _namespace()
+    before = notifications.isotime(datetime.datetime.now(datetime.timezone.utc))
+    for event, kind, old_name in METADEF_EVENTS:
+        notify(
+            pm,
+            "abbild_metadef_changed",
+            event=event,
+            namespace=namespace,
+            item=_item(kind, namespace),
+            old_name=old_name,
+        )
+    assert sent.types == [event for event, _, _ in METADEF_EVENTS]
+    assert {priority for priority, _, _ in sent.items} == {"info"}
+    for (event, kind, old_name), (_, _, payload) in zip(METADEF_EVENTS, sent.items, strict=True):
+        assert payload["namespace"] == "OS::Compute::Watchdog", event
+        deleted = event.endswith(".delete")  # delete_objects & co. are the namespace, still there
+        assert payload["deleted"] is deleted, event
+        assert (payload["deleted_at"] >= before) if deleted else payload["deleted_at"] is None, event
+        name_key = "namespace_old" if kind is None else "name_old"
+        expected_old = old_name or (namespace.namespace if kind is None else _item(kind, namespace).name)
+        assert payload[name_key] == expected_old, event
+    payloads = dict(zip(sent.types, (p for _, _, p in sent.items), strict=True))
+    assert payloads["metadef_property.create"]["enum"] == ["disabled", "reset"]
+    assert payloads["metadef_resource_type.create"]["prefix"] == "hw_"
+    assert payloads["metadef_object.update"]["properties"][0]["name"] == "cpu_sockets"
+    assert payloads["metadef_namespace.delete_tags"]["display_name"] == "Watchdog Behavior"
+
+
+@pytest.mark.parametrize(
+    "disabled, left",
+    [
+        (["metadef_tag"], {"metadef_namespace.create", "metadef_object.delete", "metadef_resource_type.create"}),
+        (["metadef_namespace.create", "metadef_object"], {"metadef_tag.create", "metadef_resource_type.create"}),
+        (["metadef_namespace"], {"metadef_object.delete", "metadef_tag.create", "metadef_resource_type.create"}),
+        (
+            ["metadef_resource_type.create", "image"],
+            {"metadef_namespace.create", "metadef_object.delete", "metadef_tag.create"},
+        ),
+        (
+            ["metadef"],
+            {"metadef_namespace.create", "metadef_object.delete", "metadef_tag.create", "metadef_resource_type.create"},
+        ),  # no group "metadef": a prefix up to a dot
+    ],
+)
+def test_disabled_notifications_hold_metadef_events_by_type_and_group(disabled, left):
+    pm, sent = _plugged(disabled)
+    namespace = _namespace()
+    for event, kind in (
+        ("metadef_namespace.create", None),
+        ("metadef_object.delete", "object"),
+        ("metadef_tag.create", "tag"),
+        ("metadef_resource_type.create", "association"),
+    ):
+        notify(
+            pm, "abbild_metadef_changed", event=event, namespace=namespace, item=_item(kind, namespace), old_name=None
+        )
+    assert set(sent.types) == left
+
+
+def test_a_failing_metadef_plugin_fails_no_request(caplog):
+    """The hook fires after the write was committed: a broken plugin is logged, and the
+    notifier still sends."""
+
+    class Broken:
+        @hookimpl
+        def abbild_metadef_changed(self, event, namespace, item, old_name):
+            raise RuntimeError("broken")
+
+    pm, sent = _plugged()
+    pm.register(Broken())
+    notify(
+        pm, "abbild_metadef_changed", event="metadef_namespace.create", namespace=_namespace(), item=None, old_name=None
+    )
+    assert sent.types == ["metadef_namespace.create"]
+    assert "failed in abbild_metadef_changed" in caplog.text
 
 
 # -- disabled_notifications -----------------------------------------------------------------
