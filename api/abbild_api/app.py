@@ -19,7 +19,7 @@ from abbild.purge import Purger
 from abbild.registry import Viewer
 from abbild.scrubber import Scrubber
 from abbild.service import ImageService
-from abbild_api import cache, data, images, imports, info, members, tasks
+from abbild_api import cache, data, images, imports, info, members, metadefs, tasks
 from abbild_api.errors import to_http
 from abbild_api.http import BODY_LIMIT, check_text
 
@@ -45,6 +45,7 @@ ROUTES = [
     ("/v2/images/{image_id}/actions/deactivate", {"POST": images.deactivate}),
     ("/v2/images/{image_id}/actions/reactivate", {"POST": images.reactivate}),
     ("/v2/schemas/{name}", {"GET": lambda app, req, name: _schema(app, req, name)}),
+    ("/v2/schemas/metadefs/{name}", {"GET": lambda app, req, name: _schema(app, req, f"metadefs/{name}")}),
     ("/v2/stores/{store}/{image_id}", {"DELETE": images.delete_from_store}),
     ("/v2/info/import", {"GET": info.import_methods}),
     ("/v2/info/stores", {"GET": info.stores}),
@@ -58,6 +59,7 @@ ROUTES = [
     ("/v2/cache/prune", {"POST": cache.prune}),
     ("/v2/cache/nodes/{image_id}", {"GET": cache.nodes}),
     ("/v2/cache/{image_id}", {"PUT": cache.queue, "DELETE": cache.delete}),
+    *metadefs.ROUTES,
 ]
 
 

@@ -3,7 +3,7 @@ the schemas."""
 
 from __future__ import annotations
 
-from abbild_api import schemas
+from abbild_api import metadef_schemas, schemas
 from abbild_api.http import json_response, reject_body
 
 
@@ -54,4 +54,5 @@ SCHEMAS = {
     "members": schema(schemas.members_schema),
     "task": schema(schemas.task_schema),
     "tasks": schema(schemas.tasks_schema),
+    **{f"metadefs/{name}": schema(build) for name, build in metadef_schemas.SCHEMAS.items()},
 }
