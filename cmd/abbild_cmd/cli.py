@@ -9,7 +9,7 @@ import sys
 
 from abbild import config, logging_setup
 from abbild.errors import AbbildError, ConfigError
-from abbild_cmd import audit, purge, replicate, scrub
+from abbild_cmd import audit, metadefs, purge, replicate, scrub
 from abbild_cmd.progress import ProgressBar
 from abbild_paste import pipeline
 
@@ -58,9 +58,14 @@ def cmd_serve(args) -> int:
     if auth == "noauth":
         config.refuse_noauth_beyond_loopback(args.host, "abbild serve")
     pipeline.check(conf, files, flavor)
+    # The embedded default's database gets the shipped metadata definitions on its
+    # first start only: an operator who removes or changes them keeps that choice.
+    first_start = not args.config_file and metadefs.database_without_metadefs(conf)
     # Build everything once before forking: a broken config fails here, with its
     # message, instead of in a worker that gunicorn restarts forever.
     service = ImageService.from_config(conf)
+    if first_start:
+        metadefs.load_on_first_start(service.registry)
     cache = _check_cache(conf, service)
     service.registry.close()
     where = ", ".join(f"{s.name} ({s.driver_name})" for s in service.stores)
@@ -394,11 +399,12 @@ def parser() -> argparse.ArgumentParser:
     )
     a.set_defaults(func=cmd_api)
 
-    d = sub.add_parser("db", help="database schema, and purging deleted images")
+    d = sub.add_parser("db", help="database schema, purging deleted images, and metadata definitions")
     db_sub = d.add_subparsers(dest="db_command", required=True)
     for name, what in (("sync", "create or upgrade the schema"), ("version", "the schema's revision")):
         with_config(db_sub.add_parser(name, help=what), data_dir=embedded).set_defaults(func=cmd_db)
     purge.add_parser(db_sub, with_config, embedded)
+    metadefs.add_parsers(db_sub, with_config, embedded)
 
     st = with_config(
         sub.add_parser("stores", help="installed drivers, configured stores and their health"), data_dir=embedded
