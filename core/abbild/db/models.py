@@ -39,6 +39,10 @@ _VARCHAR255 = String(255).with_variant(mysql.VARCHAR(255, collation="utf8mb4_bin
 # Property values are filtered on by exact match too.
 _TEXT = Text().with_variant(mysql.TEXT(collation="utf8mb4_bin"), "mysql", "mariadb")
 timestamp = Annotated[datetime.datetime, "timestamp"]
+# Metadef names (namespaces, objects, properties, tags, resource types): at most 80
+# characters, as Glance, and exact-match too ("A" and "a" are two namespaces).
+_VARCHAR80 = String(80).with_variant(mysql.VARCHAR(80, collation="utf8mb4_bin"), "mysql", "mariadb")
+str80 = Annotated[str, 80]
 
 
 class Base(DeclarativeBase):
@@ -46,6 +50,7 @@ class Base(DeclarativeBase):
     type_annotation_map = {
         str36: String(36),
         str255: _VARCHAR255,
+        str80: _VARCHAR80,
         timestamp: DateTime(),
         dict[str, Any]: JSON(),
     }
@@ -221,3 +226,103 @@ class TaskRow(Base):
         Index(None, "created_at", "id"),
         Index(None, "expires_at"),
     )
+
+
+# -- metadata definitions (abbild.metadefs) ----------------------------------------------
+#
+# A namespace's children hang off its integer id, so a rename touches one row. Their
+# foreign keys cascade on delete; the registry deletes the children itself as well
+# (SQLite enforces foreign keys only when told to). JSON documents are kept as text,
+# as Glance keeps them.
+
+
+class MetadefNamespaceRow(Base):
+    __tablename__ = "metadef_namespaces"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    namespace: Mapped[str80] = mapped_column(unique=True)
+    display_name: Mapped[str80 | None]
+    description: Mapped[str | None] = mapped_column(String(500))
+    visibility: Mapped[str] = mapped_column(String(32))
+    protected: Mapped[bool] = mapped_column(Boolean)
+    owner: Mapped[str255 | None]
+    created_at: Mapped[timestamp]
+    updated_at: Mapped[timestamp]
+    version: Mapped[int] = mapped_column(Integer)
+
+    # The unique key serves sorting by name; the others the list's sort keys and its
+    # visibility rule, with the name as tie-breaker.
+    __table_args__ = (
+        Index(None, "created_at", "namespace"),
+        Index(None, "updated_at", "namespace"),
+        Index(None, "owner"),
+        Index(None, "visibility"),
+    )
+
+
+class MetadefResourceTypeRow(Base):
+    __tablename__ = "metadef_resource_types"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str80] = mapped_column(unique=True)
+    protected: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[timestamp]
+    updated_at: Mapped[timestamp]
+
+
+class MetadefAssociationRow(Base):
+    """A namespace applies to a resource type. A resource type that an association
+    names cannot be deleted (no cascade on that key)."""
+
+    __tablename__ = "metadef_associations"
+
+    namespace_id: Mapped[int] = mapped_column(ForeignKey("metadef_namespaces.id", ondelete="CASCADE"), primary_key=True)
+    resource_type_id: Mapped[int] = mapped_column(ForeignKey("metadef_resource_types.id"), primary_key=True)
+    prefix: Mapped[str80 | None]
+    properties_target: Mapped[str80 | None]
+    created_at: Mapped[timestamp]
+    updated_at: Mapped[timestamp]
+
+    __table_args__ = (Index(None, "resource_type_id"),)
+
+
+class MetadefPropertyRow(Base):
+    """One property of a namespace; ``definition`` is its JSON document."""
+
+    __tablename__ = "metadef_properties"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    namespace_id: Mapped[int] = mapped_column(ForeignKey("metadef_namespaces.id", ondelete="CASCADE"))
+    name: Mapped[str80]
+    definition: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (UniqueConstraint("namespace_id", "name"),)
+
+
+class MetadefObjectRow(Base):
+    """An object of a namespace; ``required`` and ``properties`` are JSON documents."""
+
+    __tablename__ = "metadef_objects"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    namespace_id: Mapped[int] = mapped_column(ForeignKey("metadef_namespaces.id", ondelete="CASCADE"))
+    name: Mapped[str80]
+    description: Mapped[str | None] = mapped_column(Text)
+    required: Mapped[str] = mapped_column(Text)
+    properties: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[timestamp]
+    updated_at: Mapped[timestamp]
+
+    __table_args__ = (UniqueConstraint("namespace_id", "name"),)
+
+
+class MetadefTagRow(Base):
+    __tablename__ = "metadef_tags"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    namespace_id: Mapped[int] = mapped_column(ForeignKey("metadef_namespaces.id", ondelete="CASCADE"))
+    name: Mapped[str80]
+    created_at: Mapped[timestamp]
+    updated_at: Mapped[timestamp]
+
+    __table_args__ = (UniqueConstraint("namespace_id", "name"),)

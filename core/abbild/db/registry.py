@@ -11,7 +11,23 @@ import threading
 import time
 from collections.abc import Callable
 
-from sqlalchemy import and_, case, create_engine, delete, event, exists, false, func, insert, or_, select, true, update
+from sqlalchemy import (
+    Boolean,
+    and_,
+    case,
+    create_engine,
+    delete,
+    event,
+    exists,
+    false,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -21,6 +37,12 @@ from abbild.db.models import (
     LeaseRow,
     LocationRow,
     MemberRow,
+    MetadefAssociationRow,
+    MetadefNamespaceRow,
+    MetadefObjectRow,
+    MetadefPropertyRow,
+    MetadefResourceTypeRow,
+    MetadefTagRow,
     OwnerLockRow,
     PropertyRow,
     TagRow,
@@ -31,14 +53,26 @@ from abbild.errors import (
     ConcurrentUpdate,
     Conflict,
     DuplicateImage,
+    Forbidden,
     ImageNotFound,
     Invalid,
     MemberNotFound,
+    MetadefNotFound,
     QuotaExceeded,
     RegistryUnavailable,
     TaskNotFound,
 )
 from abbild.image import Image, Location, Status, utcnow
+from abbild.metadefs import (
+    NAMESPACE_SORT_KEYS,
+    VISIBILITIES,
+    Association,
+    MetadefObject,
+    MetadefTag,
+    Namespace,
+    NamespaceFilters,
+    ResourceType,
+)
 from abbild.registry import (
     CACHE_STATES,
     IN_FILTERS,
@@ -511,28 +545,152 @@ class SQLRegistry(Registry):
             )
             return [_to_task(row) for row in rows]
 
-    # -- metadata definitions (placeholder until this session's work lands) ---------------
+    # -- metadata definitions ------------------------------------------------------------
 
-    def create_namespace(self, namespace):
-        raise NotImplementedError
+    def create_namespace(self, namespace: Namespace) -> Namespace:
+        stored = _namespace_for_write(namespace)
+        now = utcnow()
+        stored.created_at = stored.updated_at = now
+        stored.version = 1
+        for child in (*stored.objects, *stored.tags, *stored.associations):
+            child.created_at = child.updated_at = now
 
-    def get_namespace(self, name):
-        raise NotImplementedError
+        def work(session: Session):
+            try:
+                with session.begin_nested():
+                    result = session.execute(insert(MetadefNamespaceRow).values(**_namespace_columns(stored)))
+                    namespace_id = result.inserted_primary_key[0]
+            except IntegrityError:
+                raise _namespace_taken(stored.namespace) from None
+            _write_namespace_children(session, namespace_id, stored, None)
 
-    def list_namespaces(self, filters, sort_key="created_at", sort_dir="desc", limit=None, marker=None, viewer=None):
-        raise NotImplementedError
+        self._writing(work)
+        return stored
 
-    def save_namespace(self, name, namespace):
-        raise NotImplementedError
+    def get_namespace(self, name: str) -> Namespace:
+        with self._reading() as session:
+            row = session.scalars(select(MetadefNamespaceRow).where(MetadefNamespaceRow.namespace == name)).first()
+            if row is None:
+                raise _namespace_not_found(name)
+            return _to_namespaces(session, [row])[0]
 
-    def delete_namespace(self, name):
-        raise NotImplementedError
+    def list_namespaces(
+        self,
+        filters: NamespaceFilters,
+        sort_key: str = "created_at",
+        sort_dir: str = "desc",
+        limit: int | None = None,
+        marker: str | None = None,
+        viewer: Viewer | None = None,
+    ) -> list[Namespace]:
+        if sort_key not in NAMESPACE_SORT_KEYS:
+            raise Invalid(
+                f"Invalid sort key: {sort_key}. It must be one of the following: {', '.join(NAMESPACE_SORT_KEYS)}"
+            )
+        if sort_dir not in ("asc", "desc"):
+            raise Invalid(f"Invalid sort direction: {sort_dir}. It must be one of the following: asc, desc")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise Invalid(f"Invalid limit {limit!r}: a whole number of at least 0")
+        row = MetadefNamespaceRow
+        keys = [(getattr(row, sort_key), sort_dir)] + ([(row.namespace, sort_dir)] if sort_key != "namespace" else [])
+        conditions = [*_namespace_scope(viewer), *_namespace_filters(filters)]
+        with self._reading() as session:
+            query = select(row).where(*conditions)
+            if marker is not None:
+                marker_row = session.scalars(select(row).where(row.namespace == marker, *conditions)).first()
+                if marker_row is None:
+                    raise Invalid(f"Invalid marker {marker}: no namespace with that name")
+                query = query.where(_after(keys, marker_row))
+            for column, direction in keys:
+                if column.key in _NULLABLE_NAMESPACE_KEYS:
+                    # NULL sorts as the smallest value, on every database (as _after assumes).
+                    query = query.order_by(column.is_(None).desc() if direction == "asc" else column.is_(None).asc())
+                query = query.order_by(column.asc() if direction == "asc" else column.desc())
+            if limit is not None:
+                query = query.limit(limit)
+            return _to_namespaces(session, list(session.scalars(query)))
 
-    def list_resource_types(self):
-        raise NotImplementedError
+    def save_namespace(self, name: str, namespace: Namespace) -> Namespace:
+        saved = _namespace_for_write(namespace)
+        saved.version = namespace.version + 1
 
-    def delete_resource_type(self, name):
-        raise NotImplementedError
+        def work(session: Session):
+            # The row lock (BEGIN IMMEDIATE on SQLite) keeps the stored children ours
+            # until commit, so the comparison below is with what we overwrite.
+            row = session.scalars(
+                select(MetadefNamespaceRow).where(MetadefNamespaceRow.namespace == name).with_for_update()
+            ).first()
+            if row is None:
+                raise _namespace_not_found(name)
+            if row.version != namespace.version:
+                raise ConcurrentUpdate(name)
+            current = _to_namespaces(session, [row])[0]
+            now = utcnow()
+            saved.created_at = current.created_at
+            own_fields_changed = any(
+                getattr(saved, field) != getattr(current, field) for field in _NAMESPACE_OWN_FIELDS
+            )
+            saved.updated_at = now if own_fields_changed else current.updated_at
+            _stamp_children(saved, current, now)
+            values = _namespace_columns(saved)
+            del values["created_at"]
+            try:
+                with session.begin_nested():
+                    session.execute(
+                        update(MetadefNamespaceRow).where(MetadefNamespaceRow.id == row.id).values(**values)
+                    )
+            except IntegrityError:
+                raise _namespace_taken(saved.namespace) from None
+            _write_namespace_children(session, row.id, saved, current)
+
+        self._writing(work)
+        return saved
+
+    def delete_namespace(self, name: str) -> None:
+        def work(session: Session):
+            namespace_id = session.scalar(
+                select(MetadefNamespaceRow.id).where(MetadefNamespaceRow.namespace == name).with_for_update()
+            )
+            if namespace_id is None:
+                raise _namespace_not_found(name)
+            for child in _NAMESPACE_CHILDREN:
+                session.execute(delete(child).where(child.namespace_id == namespace_id))
+            session.execute(delete(MetadefNamespaceRow).where(MetadefNamespaceRow.id == namespace_id))
+
+        self._writing(work)
+
+    def list_resource_types(self) -> list[ResourceType]:
+        with self._reading() as session:
+            rows = session.scalars(select(MetadefResourceTypeRow))
+            types = [ResourceType(r.name, r.protected, r.created_at, r.updated_at) for r in rows]
+        return sorted(types, key=lambda t: t.name)
+
+    def delete_resource_type(self, name: str) -> None:
+        def work(session: Session):
+            row = session.scalars(
+                select(MetadefResourceTypeRow).where(MetadefResourceTypeRow.name == name).with_for_update()
+            ).first()
+            if row is None:
+                raise MetadefNotFound(f"The metadata definition resource-type with name={name}, was not found.")
+            if row.protected:
+                raise Forbidden(
+                    f"Metadata definition resource-type {name} is a seeded-system type and cannot be deleted."
+                )
+            in_use = session.scalar(
+                select(MetadefNamespaceRow.namespace)
+                .join(MetadefAssociationRow, MetadefAssociationRow.namespace_id == MetadefNamespaceRow.id)
+                .where(MetadefAssociationRow.resource_type_id == row.id)
+                .limit(1)
+            )
+            if in_use is not None:
+                raise _resource_type_in_use(name, in_use)
+            session.execute(delete(MetadefResourceTypeRow).where(MetadefResourceTypeRow.id == row.id))
+
+        try:
+            self._writing(work)
+        except IntegrityError:
+            # An association that names it came in after our check (the foreign key).
+            raise _resource_type_in_use(name, None) from None
 
     def _task_for_write(self, task: Task) -> Task:
         """A copy of *task* as it will read back (naive UTC in whole seconds, a
@@ -1064,6 +1222,8 @@ def _after(keys, marker: ImageRow):
     equal_so_far = []
     for column, direction in keys:
         value = getattr(marker, column.key)
+        if isinstance(value, bool):
+            value = literal(value, Boolean)  # SQLAlchemy compares a bare True only with = and !=
         if value is None:
             after = column.is_not(None) if direction == "asc" else false()
             same = column.is_(None)
@@ -1073,3 +1233,309 @@ def _after(keys, marker: ImageRow):
         clauses.append(and_(*equal_so_far, after))
         equal_so_far.append(same)
     return or_(*clauses)
+
+
+# -- metadata definitions -----------------------------------------------------------------
+
+_NAMESPACE_OWN_FIELDS = ("namespace", "display_name", "description", "visibility", "protected", "owner")
+_NULLABLE_NAMESPACE_KEYS = {"display_name", "owner"}
+_NAMESPACE_CHILDREN = (MetadefPropertyRow, MetadefObjectRow, MetadefTagRow, MetadefAssociationRow)
+_NAME_LENGTH = 80
+# What MariaDB's TEXT holds; every database is held to it, so a namespace stored on one
+# can be loaded into another.
+_TEXT_BYTES = 65535
+
+
+def _namespace_not_found(name: str) -> MetadefNotFound:
+    return MetadefNotFound(f"Metadata definition namespace={name} was not found.")
+
+
+def _namespace_taken(name: str) -> Conflict:
+    return Conflict(f"The metadata definition namespace={name} already exists.")
+
+
+def _resource_type_in_use(name: str, namespace: str | None) -> Conflict:
+    by = f" (namespace={namespace} is associated with it)" if namespace is not None else ""
+    return Conflict(
+        f"The metadata definition resource-type with name={name} not deleted. Other records still refer to it{by}."
+    )
+
+
+def _namespace_for_write(namespace: Namespace) -> Namespace:
+    """A copy of *namespace* as it will read back: children sorted by name, times naive
+    UTC in whole seconds.
+
+    :raises abbild.errors.Invalid: a value the tables cannot hold, or two children of
+        one kind with the same name.
+    """
+    where = f"namespace={namespace.namespace}"
+    _check_text(namespace.namespace, "namespace", _NAME_LENGTH, where, required=True)
+    _check_text(namespace.display_name, "display_name", 80, where)
+    _check_text(namespace.description, "description", 500, where)
+    _check_text(namespace.owner, "owner", 255, where)
+    if namespace.visibility not in VISIBILITIES:
+        raise Invalid(f"Invalid visibility {namespace.visibility!r} of {where}: one of {', '.join(VISIBILITIES)}.")
+    if not isinstance(namespace.protected, bool):
+        raise Invalid(f"Invalid protected {namespace.protected!r} of {where}: true or false.")
+    for name, definition in namespace.properties.items():
+        _check_text(name, "property name", _NAME_LENGTH, where, required=True)
+        _check_document(definition, f"property {name}", where, dict)
+    for kind, children in (("object", namespace.objects), ("tag", namespace.tags)):
+        _check_unique([c.name for c in children], kind, where)
+        for child in children:
+            _check_text(child.name, f"{kind} name", _NAME_LENGTH, where, required=True)
+    for obj in namespace.objects:
+        _check_text(obj.description, f"description of object {obj.name}", None, where)
+        _check_document(obj.required, f"required of object {obj.name}", where, list)
+        _check_document(obj.properties, f"properties of object {obj.name}", where, dict)
+    _check_unique([a.name for a in namespace.associations], "resource type association", where)
+    for a in namespace.associations:
+        _check_text(a.name, "resource type name", _NAME_LENGTH, where, required=True)
+        _check_text(a.prefix, f"prefix of the association with {a.name}", _NAME_LENGTH, where)
+        _check_text(a.properties_target, f"properties_target of the association with {a.name}", _NAME_LENGTH, where)
+
+    def stamped(child):
+        return dataclasses.replace(child, created_at=_whole_seconds(child.created_at), updated_at=None)
+
+    stored = dataclasses.replace(
+        namespace,
+        created_at=None,
+        updated_at=None,
+        properties={name: json.loads(json.dumps(namespace.properties[name])) for name in sorted(namespace.properties)},
+        objects=[
+            dataclasses.replace(stamped(o), required=list(o.required), properties=json.loads(json.dumps(o.properties)))
+            for o in sorted(namespace.objects, key=lambda o: o.name)
+        ],
+        tags=[stamped(t) for t in sorted(namespace.tags, key=lambda t: t.name)],
+        associations=[stamped(a) for a in sorted(namespace.associations, key=lambda a: a.name)],
+    )
+    return stored
+
+
+def _check_text(value, what: str, length: int | None, where: str, *, required: bool = False) -> None:
+    if value is None and not required:
+        return
+    if not isinstance(value, str) or (required and not value):
+        raise Invalid(f"Invalid {what} {value!r} of {where}: a {'non-empty ' if required else ''}string.")
+    if "\x00" in value:
+        raise Invalid(f"Invalid {what} of {where}: it contains a NUL character.")
+    if length is not None and len(value) > length:
+        raise Invalid(f"The {what} of {where} is {len(value)} characters long; at most {length} can be stored.")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise Invalid(f"Invalid {what} of {where}: it is not valid Unicode text.") from None
+    if size > _TEXT_BYTES:
+        raise Invalid(f"The {what} of {where} is longer than the {_TEXT_BYTES} bytes that can be stored.")
+
+
+def _check_document(value, what: str, where: str, kind: type) -> None:
+    if not isinstance(value, kind):
+        raise Invalid(f"Invalid {what} of {where}: {'an object' if kind is dict else 'an array'}.")
+    try:
+        text = _json(value)
+    except (TypeError, ValueError) as exc:
+        raise Invalid(f"Invalid {what} of {where}: not a JSON document ({exc}).") from None
+    if len(text.encode()) > _TEXT_BYTES:
+        raise Invalid(f"The {what} of {where} takes more than the {_TEXT_BYTES} bytes that can be stored.")
+
+
+def _check_unique(names: list[str], kind: str, where: str) -> None:
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise Invalid(f"A metadata definition {kind} with name={name} appears twice in {where}.")
+        seen.add(name)
+
+
+def _whole_seconds(value: datetime.datetime | None) -> datetime.datetime | None:
+    value = _naive_utc(value)
+    return None if value is None else value.replace(microsecond=0)
+
+
+def _stamp_children(saved: Namespace, current: Namespace, now: datetime.datetime) -> None:
+    """Children's times as the save leaves them: a stored one keeps its ``created_at``
+    and moves its ``updated_at`` only when its content changed; a new one gets
+    ``created_at`` now unless it carries its own, and ``updated_at`` now."""
+    for new_children, old_children, content in (
+        (saved.objects, current.objects, lambda o: (o.description, o.required, o.properties)),
+        (saved.tags, current.tags, lambda t: ()),
+        (saved.associations, current.associations, lambda a: (a.prefix, a.properties_target)),
+    ):
+        old = {c.name: c for c in old_children}
+        for child in new_children:
+            before = old.get(child.name)
+            if before is None:
+                child.created_at = child.created_at or now
+                child.updated_at = now
+            else:
+                child.created_at = before.created_at
+                child.updated_at = now if content(child) != content(before) else before.updated_at
+
+
+def _namespace_columns(namespace: Namespace) -> dict:
+    values = {field: getattr(namespace, field) for field in _NAMESPACE_OWN_FIELDS}
+    values.update(created_at=namespace.created_at, updated_at=namespace.updated_at, version=namespace.version)
+    return values
+
+
+def _resource_type_ids(session: Session, names: list[str]) -> dict[str, int]:
+    """The ids of the resource types *names*, made (unprotected) where missing. The rows
+    are share-locked: a concurrent delete_resource_type waits, then sees our association."""
+    if not names:
+        return {}
+    query = (
+        select(MetadefResourceTypeRow.name, MetadefResourceTypeRow.id)
+        .where(MetadefResourceTypeRow.name.in_(names))
+        .with_for_update(read=True)
+    )
+    ids = dict(session.execute(query).all())
+    now = utcnow()
+    for name in names:
+        if name in ids:
+            continue
+        try:
+            with session.begin_nested():
+                session.execute(
+                    insert(MetadefResourceTypeRow).values(name=name, protected=False, created_at=now, updated_at=now)
+                )
+        except IntegrityError:
+            pass  # a concurrent writer made it: read below, once it committed
+        ids[name] = session.execute(query.where(MetadefResourceTypeRow.name == name)).one()[1]
+    return ids
+
+
+def _write_namespace_children(session: Session, namespace_id: int, new: Namespace, old: Namespace | None) -> None:
+    """Write the difference between the *old* children and the *new* ones (None: all new)."""
+    old = old or Namespace(namespace=new.namespace)
+
+    def sync(row, keyed_new: dict, keyed_old: dict, key_column):
+        gone = [key for key in keyed_old if key not in keyed_new]
+        if gone:
+            session.execute(delete(row).where(row.namespace_id == namespace_id, key_column.in_(gone)))
+        for key, values in keyed_new.items():
+            if key in keyed_old and keyed_old[key] != values:
+                session.execute(update(row).where(row.namespace_id == namespace_id, key_column == key).values(**values))
+        added = [{"namespace_id": namespace_id, **values} for key, values in keyed_new.items() if key not in keyed_old]
+        if added:
+            session.execute(insert(row), added)
+
+    def properties(ns: Namespace) -> dict:
+        return {name: {"name": name, "definition": _json(d)} for name, d in ns.properties.items()}
+
+    def objects(ns: Namespace) -> dict:
+        return {
+            o.name: {
+                "name": o.name,
+                "description": o.description,
+                "required": _json(o.required),
+                "properties": _json(o.properties),
+                "created_at": o.created_at,
+                "updated_at": o.updated_at,
+            }
+            for o in ns.objects
+        }
+
+    def tags(ns: Namespace) -> dict:
+        return {t.name: {"name": t.name, "created_at": t.created_at, "updated_at": t.updated_at} for t in ns.tags}
+
+    rt_ids = _resource_type_ids(
+        session, sorted({a.name for a in new.associations} | {a.name for a in old.associations})
+    )
+
+    def associations(ns: Namespace) -> dict:
+        return {
+            rt_ids[a.name]: {
+                "resource_type_id": rt_ids[a.name],
+                "prefix": a.prefix,
+                "properties_target": a.properties_target,
+                "created_at": a.created_at,
+                "updated_at": a.updated_at,
+            }
+            for a in ns.associations
+        }
+
+    sync(MetadefPropertyRow, properties(new), properties(old), MetadefPropertyRow.name)
+    sync(MetadefObjectRow, objects(new), objects(old), MetadefObjectRow.name)
+    sync(MetadefTagRow, tags(new), tags(old), MetadefTagRow.name)
+    sync(MetadefAssociationRow, associations(new), associations(old), MetadefAssociationRow.resource_type_id)
+
+
+def _json(value) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _to_namespaces(session: Session, rows: list[MetadefNamespaceRow]) -> list[Namespace]:
+    """The namespaces of *rows*, whole: one query per kind of child for all of them."""
+    ids = [row.id for row in rows]
+    properties = {i: {} for i in ids}
+    objects = {i: [] for i in ids}
+    tags = {i: [] for i in ids}
+    associations = {i: [] for i in ids}
+    if ids:
+        for p in session.scalars(select(MetadefPropertyRow).where(MetadefPropertyRow.namespace_id.in_(ids))):
+            properties[p.namespace_id][p.name] = json.loads(p.definition)
+        for o in session.scalars(select(MetadefObjectRow).where(MetadefObjectRow.namespace_id.in_(ids))):
+            objects[o.namespace_id].append(
+                MetadefObject(
+                    name=o.name,
+                    description=o.description,
+                    required=json.loads(o.required),
+                    properties=json.loads(o.properties),
+                    created_at=o.created_at,
+                    updated_at=o.updated_at,
+                )
+            )
+        for t in session.scalars(select(MetadefTagRow).where(MetadefTagRow.namespace_id.in_(ids))):
+            tags[t.namespace_id].append(MetadefTag(t.name, t.created_at, t.updated_at))
+        query = (
+            select(MetadefAssociationRow, MetadefResourceTypeRow.name)
+            .join(MetadefResourceTypeRow, MetadefResourceTypeRow.id == MetadefAssociationRow.resource_type_id)
+            .where(MetadefAssociationRow.namespace_id.in_(ids))
+        )
+        for a, name in session.execute(query):
+            associations[a.namespace_id].append(
+                Association(name, a.prefix, a.properties_target, a.created_at, a.updated_at)
+            )
+    by_name = lambda child: child.name  # noqa: E731 - code point order: the same on every database
+    return [
+        Namespace(
+            **{field: getattr(row, field) for field in _NAMESPACE_OWN_FIELDS},
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            version=row.version,
+            properties={name: properties[row.id][name] for name in sorted(properties[row.id])},
+            objects=sorted(objects[row.id], key=by_name),
+            tags=sorted(tags[row.id], key=by_name),
+            associations=sorted(associations[row.id], key=by_name),
+        )
+        for row in rows
+    ]
+
+
+def _namespace_scope(viewer: Viewer | None) -> list:
+    """The list's visibility rule, :func:`abbild.metadefs.namespace_visible` in SQL (a
+    test checks that the two agree)."""
+    if viewer is None or viewer.is_admin:
+        return []
+    row = MetadefNamespaceRow
+    mine = false() if viewer.project_id is None else row.owner == viewer.project_id
+    return [or_(row.visibility == "public", row.owner.is_(None), mine)]
+
+
+def _namespace_filters(filters: NamespaceFilters) -> list:
+    row = MetadefNamespaceRow
+    conditions = []
+    if filters.visibility is not None:
+        if filters.visibility not in VISIBILITIES:
+            raise Invalid(f"Invalid visibility {filters.visibility!r}: one of {', '.join(VISIBILITIES)}")
+        conditions.append(row.visibility == filters.visibility)
+    if filters.resource_types:
+        conditions.append(
+            exists().where(
+                MetadefAssociationRow.namespace_id == row.id,
+                MetadefAssociationRow.resource_type_id == MetadefResourceTypeRow.id,
+                MetadefResourceTypeRow.name.in_(list(filters.resource_types)),
+            )
+        )
+    return conditions
