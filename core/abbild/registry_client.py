@@ -7,8 +7,9 @@ and names the caller; with ``keystone`` it carries the user's token (``X-Auth-To
 and this node's service token (``X-Service-Token``), and the registry reads the
 caller from the user's token itself. Reads, conditional writes and deletes are
 retried on transport errors with backoff; a POST is retried only when it never reached
-the server. A registry that cannot be reached raises
-:class:`~abbild.errors.RegistryUnavailable` (HTTP 503 at the API).
+the server, or when a repeat is recognised (creating a namespace). A registry that
+cannot be reached raises :class:`~abbild.errors.RegistryUnavailable` (HTTP 503 at the
+API).
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ from abbild.errors import (
     ConfigError,
     ImageNotFound,
     MemberNotFound,
+    MetadefNotFound,
     QuotaExceeded,
     RegistryError,
     RegistryUnavailable,
     TaskNotFound,
 )
 from abbild.image import Image
+from abbild.metadefs import Namespace, NamespaceFilters, ResourceType, namespace_document
 from abbild.registry import CacheEntry, ImageFilters, Member, Registry, Viewer
 from abbild.tasks import Task, TaskFilters
 
@@ -137,6 +140,14 @@ def _member_path(image_id: str, member_id: str) -> str:
     return f"{_image_path(image_id)}/members/{_q(member_id)}"
 
 
+def _namespace_path(name: str) -> str:
+    """:raises abbild.errors.MetadefNotFound: a name that cannot be a path segment
+    (the registry stores none: it refuses them)."""
+    if _no_segment(name):
+        raise MetadefNotFound(f"Namespace {name!r} not found.")
+    return f"/v1/metadefs/namespaces/{_q(name)}"
+
+
 def _task_path(task_id: str) -> str:
     """:raises abbild.errors.TaskNotFound: an id that names no task (and no path)."""
     if _no_segment(task_id):
@@ -228,6 +239,7 @@ class HTTPRegistry(Registry):
         as_service: bool = False,
         ok=(200,),
         ok_after_retry=(),
+        resend: bool = False,
     ):
         """Send one call; returns ``(status, decoded JSON or None)``.
 
@@ -236,6 +248,8 @@ class HTTPRegistry(Registry):
         :param as_service: act for the service, whoever is bound.
         :param ok_after_retry: statuses returned rather than raised when an attempt
             before the last may have reached the registry (its answer was lost).
+        :param resend: retry a POST that may have arrived too: the caller tells a
+            repeat from a failure (with *ok_after_retry*).
         :raises abbild.errors.RegistryUnavailable: unreachable after the retries.
         :raises abbild.errors.RegistryError: (a subclass of) what the registry raised.
         """
@@ -264,7 +278,7 @@ class HTTPRegistry(Registry):
             except requests.RequestException as error:
                 # A POST that may have arrived must not run twice: only the caller knows
                 # whether doing it again is safe.
-                if attempt == self.retries or not (method in _IDEMPOTENT or _never_sent(error)):
+                if attempt == self.retries or not (resend or method in _IDEMPOTENT or _never_sent(error)):
                     raise RegistryUnavailable(f"{self.url} {_describe(error, self.timeout)}") from error
                 LOG.warning("registry %s %s: %s; retrying", method, path.split("?")[0], _describe(error, self.timeout))
                 time.sleep(self.retry_backoff * 2**attempt)
@@ -449,28 +463,96 @@ class HTTPRegistry(Registry):
         result = self._call("GET", _image_path(image_id) + "/tasks")
         return [wire.task_from_json(t) for t in result["tasks"]]
 
-    # -- metadata definitions (placeholder until this session's work lands) ---------------
+    # -- metadata definitions -----------------------------------------------------------
+    #
+    # A namespace name may hold any character but "/" (``OS::Compute::Hypervisor``,
+    # spaces, "%", "?", "#", ...): each is %-encoded into one path segment.
 
-    def create_namespace(self, namespace):
-        raise NotImplementedError
+    def create_namespace(self, namespace: Namespace) -> Namespace:
+        """A POST that is sent again after a lost answer: when the retry finds the name
+        taken by a namespace holding exactly what we sent, at its first version, the
+        lost create was ours, and it succeeded."""
+        sent = namespace_document(namespace)
+        status, result = self._request(
+            "POST",
+            "/v1/metadefs/namespaces",
+            body=wire.namespace_to_json(namespace),
+            ok=(201,),
+            ok_after_retry=(409,),
+            resend=True,
+        )
+        if status == 409:
+            current = self._namespace_or_none(namespace.namespace)
+            if current is not None and current.version == 1 and _same_namespace(current, sent):
+                LOG.info("namespace %s: a lost answer hid our successful create", namespace.namespace)
+                return current
+            raise wire.error_from_json(result["error"])
+        return wire.namespace_from_json(result)
 
-    def get_namespace(self, name):
-        raise NotImplementedError
+    def get_namespace(self, name: str) -> Namespace:
+        return wire.namespace_from_json(self._call("GET", _namespace_path(name)))
 
-    def list_namespaces(self, filters, sort_key="created_at", sort_dir="desc", limit=None, marker=None, viewer=None):
-        raise NotImplementedError
+    def list_namespaces(
+        self,
+        filters: NamespaceFilters,
+        sort_key: str = "created_at",
+        sort_dir: str = "desc",
+        limit: int | None = None,
+        marker: str | None = None,
+        viewer: Viewer | None = None,
+    ) -> list[Namespace]:
+        """*viewer* ``None`` lists every namespace, as the interface says: asked as the
+        service (in keystone mode with the service token alone, which reads metadefs).
+        Another viewer goes along as ``?viewer=``: the registry lists what both it and
+        the caller see (in keystone mode the caller is the token's user, whom the
+        viewer cannot widen)."""
+        params = [*wire.namespace_filters_to_params(filters), ("sort_key", sort_key), ("sort_dir", sort_dir)]
+        if viewer is not None:
+            params.append(("viewer", wire.viewer_to_param(viewer)))
+        if limit is not None:
+            params.append(("limit", str(limit)))
+        if marker is not None:
+            params.append(("marker", marker))
+        result = self._call("GET", "/v1/metadefs/namespaces", params=params, viewer=viewer, as_service=viewer is None)
+        return [wire.namespace_from_json(n) for n in result["namespaces"]]
 
-    def save_namespace(self, name, namespace):
-        raise NotImplementedError
+    def save_namespace(self, name: str, namespace: Namespace) -> Namespace:
+        """A conditional PUT, as :meth:`save_image`. After a lost answer the retry finds
+        the version moved on (409) or, after a rename, no namespace *name* (404); when
+        the namespace now called ``namespace.namespace`` holds exactly what we wrote, at
+        the next version, the lost write was ours, and it succeeded."""
+        sent = namespace_document(namespace)
+        status, result = self._request(
+            "PUT", _namespace_path(name), body=wire.namespace_to_json(namespace), ok_after_retry=(404, 409)
+        )
+        if status in (404, 409):
+            current = self._namespace_or_none(namespace.namespace)
+            if current is not None and current.version == namespace.version + 1 and _same_namespace(current, sent):
+                LOG.info("namespace %s: a lost answer hid our successful write", namespace.namespace)
+                return current
+            raise wire.error_from_json(result["error"])
+        return wire.namespace_from_json(result)
 
-    def delete_namespace(self, name):
-        raise NotImplementedError
+    def delete_namespace(self, name: str) -> None:
+        # After a lost answer the retry finds no namespace: the first attempt removed it.
+        self._request("DELETE", _namespace_path(name), ok=(204,), ok_after_retry=(404,))
 
-    def list_resource_types(self):
-        raise NotImplementedError
+    def list_resource_types(self) -> list[ResourceType]:
+        result = self._call("GET", "/v1/metadefs/resource_types")
+        return [wire.resource_type_from_json(r) for r in result["resource_types"]]
 
-    def delete_resource_type(self, name):
-        raise NotImplementedError
+    def delete_resource_type(self, name: str) -> None:
+        if _no_segment(name):
+            raise MetadefNotFound(f"Resource type {name!r} not found.")
+        # After a lost answer the retry finds no resource type: the first attempt removed it.
+        path = f"/v1/metadefs/resource_types/{_q(name)}"
+        self._request("DELETE", path, ok=(204,), ok_after_retry=(404,))
+
+    def _namespace_or_none(self, name: str) -> Namespace | None:
+        try:
+            return self.get_namespace(name)
+        except MetadefNotFound:
+            return None
 
     # -- members ------------------------------------------------------------------------
 
@@ -496,6 +578,19 @@ class HTTPRegistry(Registry):
     def delete_member(self, image_id: str, member_id: str) -> None:
         # After a lost answer the retry finds no member: the first attempt removed it.
         self._request("DELETE", _member_path(image_id, member_id), ok=(204,), ok_after_retry=(404,))
+
+
+def _same_namespace(stored: Namespace, sent: dict) -> bool:
+    """*stored* holds what *sent* (its document) said, children in any order."""
+
+    def by_name(doc: dict) -> dict:
+        doc = dict(doc)
+        for kind in ("resource_type_associations", "objects", "tags"):
+            if kind in doc:
+                doc[kind] = sorted(doc[kind], key=lambda child: child["name"])
+        return doc
+
+    return by_name(namespace_document(stored)) == by_name(sent)
 
 
 def _same_content(stored: dict, sent: dict, ignored: tuple[str, ...] = ()) -> bool:

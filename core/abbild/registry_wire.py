@@ -1,6 +1,6 @@
 """The private registry protocol, shared by the ``http`` driver and ``abbild-registry``:
-JSON forms of images, members, cache entries, filters, callers and errors, and the
-request signature.
+JSON forms of images, members, cache entries, tasks, metadefs, filters, callers and
+errors, and the request signature.
 
 A request is signed with HMAC-SHA256 over its method, path and query, a timestamp, a
 nonce, the caller it acts for and the SHA-256 of its body. The server rejects a
@@ -22,6 +22,7 @@ import time
 
 from abbild import errors
 from abbild.image import Image, Location, Status
+from abbild.metadefs import Association, MetadefObject, MetadefTag, Namespace, NamespaceFilters, ResourceType
 from abbild.registry import CacheEntry, ImageFilters, Member, Viewer
 from abbild.tasks import Task, TaskFilters, TaskStatus
 
@@ -132,6 +133,124 @@ def purge_to_json(older_than: datetime.datetime, max_rows: int | None) -> dict:
 def purge_from_json(value: dict) -> tuple[datetime.datetime, int | None]:
     """:raises KeyError, TypeError, ValueError: not the arguments of a purge."""
     return datetime.datetime.fromisoformat(value["older_than"]), value.get("max_rows")
+
+
+# A metadef's times keep their microseconds: the wire hands on exactly what the
+# registry stored, so a child's time shows whether a save touched it.
+_METADEF_TIMES = ("created_at", "updated_at")
+
+
+def _metadef_times_out(value: dict) -> dict:
+    for name in _METADEF_TIMES:
+        when = value[name]
+        if when is not None and when.tzinfo is not None:
+            when = when.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+        value[name] = None if when is None else when.isoformat()
+    return value
+
+
+def _metadef_times_in(value: dict) -> dict:
+    value = dict(value)
+    for name in _METADEF_TIMES:
+        value[name] = _time_in(value.get(name))
+    return value
+
+
+def namespace_to_json(namespace: Namespace) -> dict:
+    """The whole aggregate: the namespace, its children with their times, its version."""
+    value = _metadef_times_out(dataclasses.asdict(namespace))
+    for kind in ("objects", "tags", "associations"):
+        value[kind] = [_metadef_times_out(child) for child in value[kind]]
+    return value
+
+
+def namespace_from_json(value: dict) -> Namespace:
+    """:raises TypeError, ValueError: not a namespace (a missing or unknown field, a
+    value of the wrong type, a malformed time)."""
+    value = _metadef_times_in(value)
+    value["objects"] = [MetadefObject(**_metadef_times_in(o)) for o in value.get("objects", [])]
+    value["tags"] = [MetadefTag(**_metadef_times_in(t)) for t in value.get("tags", [])]
+    value["associations"] = [Association(**_metadef_times_in(a)) for a in value.get("associations", [])]
+    namespace = Namespace(**value)
+    _check_namespace_types(namespace)
+    return namespace
+
+
+def _check_namespace_types(namespace: Namespace) -> None:
+    """What the registry stores is what the types say, so a malformed body is a 400,
+    never an error deep in the database layer."""
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise TypeError(f"namespace {namespace.namespace!r}: {what}")
+
+    def text(value, what: str, optional: bool = True) -> None:
+        need(isinstance(value, str) or (optional and value is None), f"{what} must be a string")
+
+    def definitions(value, what: str) -> None:
+        need(isinstance(value, dict), f"{what} must be an object")
+        for name, definition in value.items():
+            need(isinstance(definition, dict), f"{what}.{name} must be an object")
+
+    text(namespace.namespace, "'namespace'", optional=False)
+    for field in ("display_name", "description", "visibility", "owner"):
+        text(getattr(namespace, field), f"'{field}'")
+    need(isinstance(namespace.protected, bool), "'protected' must be true or false")
+    need(isinstance(namespace.version, int) and not isinstance(namespace.version, bool), "'version': an integer")
+    definitions(namespace.properties, "properties")
+    for obj in namespace.objects:
+        text(obj.name, "an object's name", optional=False)
+        text(obj.description, f"object {obj.name}'s description")
+        need(isinstance(obj.required, list) and all(isinstance(r, str) for r in obj.required), "'required'")
+        definitions(obj.properties, f"object {obj.name}'s properties")
+    for tag in namespace.tags:
+        text(tag.name, "a tag's name", optional=False)
+    for association in namespace.associations:
+        text(association.name, "a resource type's name", optional=False)
+        text(association.prefix, "'prefix'")
+        text(association.properties_target, "'properties_target'")
+
+
+def resource_type_to_json(resource_type: ResourceType) -> dict:
+    return _metadef_times_out(dataclasses.asdict(resource_type))
+
+
+def resource_type_from_json(value: dict) -> ResourceType:
+    return ResourceType(**_metadef_times_in(value))
+
+
+def namespace_filters_to_params(filters: NamespaceFilters) -> list[tuple[str, str]]:
+    """Query parameters; one ``resource_type`` per name, since a name may hold a comma."""
+    params = [("resource_type", name) for name in filters.resource_types]
+    if filters.visibility is not None:
+        params.append(("visibility", filters.visibility))
+    return params
+
+
+def viewer_to_param(viewer: Viewer) -> str:
+    """Whose view a list is for (``GET /v1/metadefs/namespaces?viewer=``), where it may
+    differ from the caller's (the owner of an image an administrator changes)."""
+    return json.dumps({"project_id": viewer.project_id, "is_admin": viewer.is_admin, "anonymous": viewer.anonymous})
+
+
+def viewer_from_param(text: str) -> Viewer:
+    """:raises TypeError, ValueError: not a viewer."""
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise TypeError("a viewer is an object")
+    viewer = Viewer(**value)
+    if not (
+        (viewer.project_id is None or isinstance(viewer.project_id, str))
+        and isinstance(viewer.is_admin, bool)
+        and isinstance(viewer.anonymous, bool)
+    ):
+        raise TypeError("a viewer has a project id, is_admin and anonymous")
+    return viewer
+
+
+def namespace_filters_from_params(params) -> NamespaceFilters:
+    """*params*: a webob MultiDict."""
+    return NamespaceFilters(visibility=params.get("visibility"), resource_types=tuple(params.getall("resource_type")))
 
 
 def filters_to_json(filters: ImageFilters) -> dict:

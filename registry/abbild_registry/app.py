@@ -26,7 +26,24 @@
 ``GET /v1/tasks/{id}``                read a task
 ``PUT /v1/tasks/{id}``                write, if the body's ``version`` is current
 ``GET /v1/images/{id}/tasks``         the tasks of an image the caller sees
+``GET /v1/metadefs/namespaces``       one page of the namespaces the caller sees,
+                                      whole (``visibility``, ``resource_type``
+                                      (repeated: any of them), ``sort_key``,
+                                      ``sort_dir``, ``limit``, ``marker``;
+                                      ``viewer``: only what it sees too)
+``POST /v1/metadefs/namespaces``      create a namespace with its children
+``GET .../namespaces/{name}``         read one, whole
+``PUT .../namespaces/{name}``         write it, if the body's ``version`` is
+                                      current (the body's name may differ: a rename)
+``DELETE .../namespaces/{name}``      remove it and everything in it
+``GET /v1/metadefs/resource_types``   every resource type
+``DELETE .../resource_types/{name}``  remove an unused, unprotected one
 ====================================  ===========================================
+
+A namespace's or resource type's name is one path segment, %-encoded (it may hold
+any character but ``/``; ``OS::Nova::Flavor``, spaces, ``%``, ``?``, ``#``); a name of
+dots alone cannot be a segment (HTTP clients resolve it away), so the registry
+refuses to create one (400).
 
 The cache index is the API nodes' bookkeeping: only the service and administrators
 use it (403 for anyone else).
@@ -73,6 +90,17 @@ Tasks: administrators, callers with the role ``service`` and the service itself 
 and write every task; a user reads, creates and changes only the tasks of their own
 project (the API adds its policy on top: the Tasks API is for administrators), and of
 an image's tasks sees those of their project.
+
+Metadata definitions: a caller sees the namespaces :func:`abbild.metadefs.namespace_visible`
+shows them (administrators and the service every one, anyone else the public ones,
+their project's and those nobody owns); a namespace they may not see does not exist
+(404), for reads and writes alike. A user's token creates a namespace owned by the
+user's own project (administrators any owner), and changes or deletes a namespace
+their project owns, keeping it theirs (administrators any); nobody else writes
+metadefs, and the service token alone reads them (every namespace, every resource
+type) but writes none (401). Only administrators and the service remove resource
+types. (:class:`abbild_registry.rules.MetadefRules`; the API's metadef policy sits on
+top: by default only administrators write.)
 """
 
 from __future__ import annotations
@@ -91,10 +119,11 @@ from abbild import config, errors
 from abbild import registry_wire as wire
 from abbild.image import Image, Status
 from abbild.imports import IMPORT_TASK
-from abbild.registry import Registry, why_visible
+from abbild.metadefs import Namespace, namespace_visible
+from abbild.registry import Registry, Viewer, why_visible
 from abbild.tasks import Task, TaskStatus
 from abbild_registry import opts
-from abbild_registry.rules import LIVE_TASK, ImageRules, TaskRules
+from abbild_registry.rules import LIVE_TASK, ImageRules, MetadefRules, TaskRules
 
 LOG = logging.getLogger(__name__)
 CALLER_KEY = "abbild_registry.caller"
@@ -144,6 +173,7 @@ class RegistryApp:
         self.registry = registry
         self.rules = rules or ImageRules(load_conf([]))
         self.task_rules = TaskRules(self.rules)
+        self.metadef_rules = MetadefRules()
         self.routes = [
             (re.compile(r"^/v1/images$"), {"GET": self.list_images, "POST": self.create_image}),
             (re.compile(r"^/v1/images/(?P<image_id>[^/]+)$"), {"GET": self.get_image, "PUT": self.save_image}),
@@ -168,6 +198,16 @@ class RegistryApp:
             (re.compile(r"^/v1/tasks$"), {"GET": self.list_tasks, "POST": self.create_task}),
             (re.compile(r"^/v1/tasks/(?P<task_id>[^/]+)$"), {"GET": self.get_task, "PUT": self.save_task}),
             (re.compile(r"^/v1/images/(?P<image_id>[^/]+)/tasks$"), {"GET": self.tasks_of_image}),
+            (
+                re.compile(r"^/v1/metadefs/namespaces$"),
+                {"GET": self.list_namespaces, "POST": self.create_namespace},
+            ),
+            (
+                re.compile(r"^/v1/metadefs/namespaces/(?P<name>[^/]+)$"),
+                {"GET": self.get_namespace, "PUT": self.save_namespace, "DELETE": self.delete_namespace},
+            ),
+            (re.compile(r"^/v1/metadefs/resource_types$"), {"GET": self.list_resource_types}),
+            (re.compile(r"^/v1/metadefs/resource_types/(?P<name>[^/]+)$"), {"DELETE": self.delete_resource_type}),
         ]
         self._cache_handlers = (self.cache_entries, self.cache_put, self.cache_remove, self.cache_hit)
         self._lease_handlers = (self.acquire_lease, self.release_lease)
@@ -218,6 +258,9 @@ class RegistryApp:
             self.purge,
             self.get_task,
             self.save_task,
+            self.get_namespace,
+            self.list_namespaces,
+            self.list_resource_types,
         )
 
     def _readable(self, image: Image, caller: wire.Caller) -> bool:
@@ -438,6 +481,67 @@ class RegistryApp:
         tasks = [t for t in self.registry.tasks_of_image(image_id) if self._readable_task(t, caller)]
         return _json({"tasks": [wire.task_to_json(t) for t in tasks]})
 
+    # -- metadata definitions -----------------------------------------------------------
+
+    def _visible_namespace(self, name: str, viewer: Viewer | None) -> Namespace:
+        namespace = self.registry.get_namespace(name)
+        if not namespace_visible(namespace, viewer):
+            raise errors.MetadefNotFound(_namespace_not_found(name))  # never 403: that would say it exists
+        return namespace
+
+    def list_namespaces(self, req, caller):
+        viewer = caller.viewer
+        if "viewer" in req.GET:
+            viewer = narrowed(viewer, wire.viewer_from_param(req.GET["viewer"]))
+        marker, limit = req.GET.get("marker"), req.GET.get("limit")
+        if marker is not None:
+            try:
+                self._visible_namespace(marker, viewer)
+            except errors.MetadefNotFound:  # only one the list shows is a marker
+                raise errors.Invalid(f"Marker {marker} is not a namespace of this list.") from None
+        namespaces = self.registry.list_namespaces(
+            wire.namespace_filters_from_params(req.GET),
+            req.GET.get("sort_key", "created_at"),
+            req.GET.get("sort_dir", "desc"),
+            None if limit is None else int(limit),
+            marker,
+            viewer=viewer,
+        )
+        return _json({"namespaces": [wire.namespace_to_json(n) for n in namespaces]})
+
+    def create_namespace(self, req, caller):
+        namespace = wire.namespace_from_json(req.json_body)
+        _check_segments(namespace)
+        self.metadef_rules.check_create(namespace, caller)
+        return _json(wire.namespace_to_json(self.registry.create_namespace(namespace)), 201)
+
+    def get_namespace(self, req, caller, name):
+        return _json(wire.namespace_to_json(self._visible_namespace(name, caller.viewer)))
+
+    def save_namespace(self, req, caller, name):
+        namespace = wire.namespace_from_json(req.json_body)
+        _check_segments(namespace)
+        # As for tasks: the rules judge a change of the current namespace only, and if
+        # it changes before the write, the write's version check fails.
+        stored = self._visible_namespace(name, caller.viewer)
+        if namespace.version != stored.version:
+            raise errors.ConcurrentUpdate(name)
+        self.metadef_rules.check_save(stored, namespace, caller)
+        return _json(wire.namespace_to_json(self.registry.save_namespace(name, namespace)))
+
+    def delete_namespace(self, req, caller, name):
+        self.metadef_rules.check_delete(self._visible_namespace(name, caller.viewer), caller)
+        self.registry.delete_namespace(name)
+        return webob.Response(status=204)
+
+    def list_resource_types(self, req, caller):
+        return _json({"resource_types": [wire.resource_type_to_json(r) for r in self.registry.list_resource_types()]})
+
+    def delete_resource_type(self, req, caller, name):
+        self.metadef_rules.check_delete_resource_type(name, caller)
+        self.registry.delete_resource_type(name)
+        return webob.Response(status=204)
+
     # -- members ------------------------------------------------------------------------
 
     def list_members(self, req, caller, image_id):
@@ -470,6 +574,31 @@ class RegistryApp:
         self._owned(image_id, caller)
         self.registry.delete_member(image_id, member_id)
         return webob.Response(status=204)
+
+
+def narrowed(caller: Viewer | None, asked: Viewer) -> Viewer | None:
+    """The viewer that sees the namespaces both *caller* (``None``: the service) and
+    *asked* see (:func:`abbild.metadefs.namespace_visible`): an API node may ask for a
+    narrower view than its caller's (an image owner's, for an administrator's
+    change), never a wider one."""
+    if caller is None or caller.is_admin:
+        return asked
+    if asked.is_admin or asked.project_id == caller.project_id:
+        return caller
+    return Viewer(anonymous=True)  # what any two projects both see: the public ones and nobody's
+
+
+def _namespace_not_found(name: str) -> str:
+    return f"Metadata definition namespace={name} was not found."
+
+
+def _check_segments(namespace: Namespace) -> None:
+    """:raises abbild.errors.Invalid: a namespace or resource type name the registry's
+    URLs cannot carry (the module docstring)."""
+    names = [("Namespace", namespace.namespace)] + [("Resource type", a.name) for a in namespace.associations]
+    for kind, name in names:
+        if not name.strip("."):
+            raise errors.Invalid(f"{kind} name {name!r} cannot be stored: a name needs a character besides '.'.")
 
 
 def path_qs(environ) -> str:

@@ -44,6 +44,14 @@ image (copy-image), end the import or undo it (``importing -> uploading`` or
 A new image of a user is ``queued``, theirs, and has no data, locations or claim.
 Administrators and callers with the role ``service`` are trusted, as is the service
 itself (the hmac secret's holder writing for nobody).
+
+Metadata definitions (:class:`MetadefRules`): a user's token creates a namespace owned
+by the user's own project, and changes or deletes a namespace that project owns,
+keeping it that project's; administrators' tokens (and the service itself) create,
+change and delete any namespace, with any owner, and remove resource types. Nobody
+else writes metadefs: not a user of another project, nor one whose namespace nobody
+owns, nor the role ``service``, nor a service token alone, which only reads them. The
+API's metadef policy sits on top (by default only administrators write).
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ from abbild import registry_wire as wire
 from abbild.errors import Forbidden, InvalidTransition
 from abbild.image import TRANSITIONS, Image, Status
 from abbild.imports import FAILED_IMPORT, IMPORT_TASK, IMPORTING_TO, STAGE_HOST, STAGE_URI
+from abbild.metadefs import Namespace
 from abbild.policy import Policy
 from abbild.protections import PropertyProtections
 from abbild.tasks import TASK_TRANSITIONS, Task, TaskStatus
@@ -482,6 +491,68 @@ class TaskRules:
             raise Forbidden(f"Attribute '{changed[0]}' of task {stored.id} is read-only.")
         if stored.image_id is not None and new.image_id != stored.image_id:
             raise Forbidden(f"Attribute 'image_id' of task {stored.id} is set once.")
+
+
+class MetadefRules:
+    """Who writes metadefs through the registry (the module docstring). Reading is the
+    visibility rule's (:func:`abbild.metadefs.namespace_visible`), not this."""
+
+    @staticmethod
+    def trusted(caller: wire.Caller) -> bool:
+        """Administrators and the service itself; not the role ``service``, nor a
+        service token alone."""
+        return caller.privileged
+
+    @staticmethod
+    def _project(caller: wire.Caller, what: str) -> str:
+        """The caller's project, which a user writes for.
+
+        :raises abbild.errors.Forbidden: no user's token, or one without a project."""
+        if caller.jobs_only or caller.viewer is None:
+            raise Forbidden(f"Metadata definitions are read-only without a user's token: {what} needs one.")
+        if caller.viewer.anonymous or caller.viewer.project_id is None:
+            raise Forbidden(f"Only a user of a project, or an administrator, may {what}.")
+        return caller.viewer.project_id
+
+    def check_create(self, namespace: Namespace, caller: wire.Caller) -> None:
+        """:raises abbild.errors.Forbidden: a user may not create *namespace* like this."""
+        if self.trusted(caller):
+            return
+        project = self._project(caller, f"create namespace {namespace.namespace}")
+        if namespace.owner != project:
+            raise Forbidden(
+                f"You are not permitted to create namespace {namespace.namespace} owned by "
+                f"{namespace.owner or 'nobody'}: a user's namespace is owned by their own project ({project})."
+            )
+
+    def check_save(self, stored: Namespace, new: Namespace, caller: wire.Caller) -> None:
+        """:raises abbild.errors.Forbidden: a user may not change *stored* into *new*."""
+        if self.trusted(caller):
+            return
+        self._check_owned(stored, caller, "change")
+        if new.owner != stored.owner:
+            raise Forbidden(
+                f"Attribute 'owner' of namespace {stored.namespace}: only administrators give a namespace "
+                f"to another project."
+            )
+
+    def check_delete(self, stored: Namespace, caller: wire.Caller) -> None:
+        """:raises abbild.errors.Forbidden: a user may not delete *stored*."""
+        if not self.trusted(caller):
+            self._check_owned(stored, caller, "delete")
+
+    def check_delete_resource_type(self, name: str, caller: wire.Caller) -> None:
+        """:raises abbild.errors.Forbidden: anyone but administrators and the service."""
+        if not self.trusted(caller):
+            raise Forbidden(f"Only administrators may remove resource type {name}.")
+
+    def _check_owned(self, stored: Namespace, caller: wire.Caller, verb: str) -> None:
+        project = self._project(caller, f"{verb} namespace {stored.namespace}")
+        if stored.owner != project:
+            raise Forbidden(
+                f"You are not permitted to {verb} namespace {stored.namespace}: it is owned by "
+                f"{stored.owner or 'nobody'}, and only its own project and administrators {verb} it."
+            )
 
 
 def _user_properties(image: Image) -> dict:
