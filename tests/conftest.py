@@ -111,10 +111,18 @@ def sql_session_registry(sql_url):
 
 @pytest.fixture
 def sql_registry(sql_session_registry):
-    """The session's ``SQLRegistry`` on ``sql_url``, with every table emptied first."""
-    from abbild.db.models import Base
+    """The session's ``SQLRegistry`` on ``sql_url``, emptied first: as freshly migrated,
+    with nothing but the rows the migrations seed (the core metadef resource types)."""
+    from abbild.db.models import Base, MetadefResourceTypeRow
+    from abbild.image import utcnow
+    from abbild.metadefs import CORE_RESOURCE_TYPES
 
     with sql_session_registry.engine.begin() as conn:
         for table in reversed(Base.metadata.sorted_tables):
             conn.execute(table.delete())
+        now = utcnow()
+        conn.execute(
+            MetadefResourceTypeRow.__table__.insert(),
+            [{"name": name, "protected": True, "created_at": now, "updated_at": now} for name in CORE_RESOURCE_TYPES],
+        )
     return sql_session_registry

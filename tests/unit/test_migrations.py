@@ -83,6 +83,12 @@ def test_collations_match_models(engine):
     assert found == declared
     if engine.dialect.name == "mysql":
         assert declared[("image_tags", "value")] == declared[("image_properties", "value")] == "utf8mb4_bin"
+        for names in (
+            ("metadef_namespaces", "namespace"),
+            ("metadef_tags", "name"),
+            ("metadef_resource_types", "name"),
+        ):
+            assert declared[names] == "utf8mb4_bin"
 
 
 def test_comparison_sees_a_difference(engine):
@@ -211,5 +217,42 @@ def test_tasks_upgrade_and_downgrade(blank_engine):
             registry.get_task(task.id)
         registry.create_task(task)
         assert registry.tasks_of_image(image.id)[0].id == task.id
+    finally:
+        registry.close()
+
+
+def test_metadefs_upgrade_and_downgrade(blank_engine):
+    """0007 adds the metadefs tables to a database at 0006 that holds an image, seeded
+    with the core resource types (protected, as Glance seeds them); a downgrade drops
+    the tables and what they hold, the image stays; an upgrade seeds them again."""
+    from abbild.db.models import MetadefResourceTypeRow
+    from abbild.db.registry import SQLRegistry
+    from abbild.errors import MetadefNotFound
+    from abbild.image import Image, utcnow
+    from abbild.metadefs import CORE_RESOURCE_TYPES, Association, Namespace
+
+    assert migrate.sync(blank_engine, "0006") == "0006"
+    registry = SQLRegistry(url=blank_engine.url.render_as_string(hide_password=False))
+    try:
+        image = registry.create_image(Image(id="9b1c0d2e-0000-4000-8000-000000000001", name="kept"))
+        before = utcnow()
+        assert migrate.sync(blank_engine) == "0007"
+        assert schema_differences(blank_engine) == []
+        with blank_engine.connect() as conn:
+            seeded = conn.execute(sa.select(MetadefResourceTypeRow)).all()
+        assert sorted(row.name for row in seeded) == sorted(CORE_RESOURCE_TYPES)
+        assert all(row.protected and before <= row.created_at == row.updated_at <= utcnow() for row in seeded)
+        assert [t.name for t in registry.list_resource_types()] == sorted(CORE_RESOURCE_TYPES)
+        registry.create_namespace(Namespace("OS::Compute::Watchdog", associations=[Association("OS::Trove::Instance")]))
+
+        assert migrate.downgrade(blank_engine, "0006") == "0006"
+        assert not {t for t in sa.inspect(blank_engine).get_table_names() if t.startswith("metadef_")}
+        assert schema_differences(blank_engine, _at("0006")) == []
+        assert registry.get_image(image.id).name == "kept"
+
+        assert migrate.sync(blank_engine) == "0007"
+        with pytest.raises(MetadefNotFound):
+            registry.get_namespace("OS::Compute::Watchdog")
+        assert [t.name for t in registry.list_resource_types()] == sorted(CORE_RESOURCE_TYPES)
     finally:
         registry.close()

@@ -9,12 +9,20 @@ fixture, so test_registry_http.py can run them again through the http registry (
 from __future__ import annotations
 
 import datetime
+import json
 import threading
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import delete, event, func, select
 
-from abbild.db.models import MetadefResourceTypeRow
+from abbild.db.models import (
+    MetadefAssociationRow,
+    MetadefNamespaceRow,
+    MetadefObjectRow,
+    MetadefPropertyRow,
+    MetadefResourceTypeRow,
+    MetadefTagRow,
+)
 from abbild.errors import ConcurrentUpdate, Conflict, Forbidden, Invalid, MetadefNotFound
 from abbild.image import utcnow
 from abbild.metadefs import (
@@ -32,22 +40,10 @@ from abbild.registry import Viewer
 SECOND = datetime.timedelta(seconds=1)
 
 
-def seed_core_resource_types(engine) -> None:
-    """Put back the resource types the migration seeds (``sql_registry`` empties every table)."""
-    now = utcnow()
-    with engine.begin() as conn:
-        if conn.execute(select(MetadefResourceTypeRow.id).limit(1)).first() is None:
-            conn.execute(
-                insert(MetadefResourceTypeRow),
-                [{"name": n, "protected": True, "created_at": now, "updated_at": now} for n in CORE_RESOURCE_TYPES],
-            )
-
-
 @pytest.fixture
 def metadef_registry(sql_registry):
-    """The registry under test, empty but for the seeded resource types: the SQL registry
-    here, the http one in test_registry_http.py (where ``sql_registry`` is the client)."""
-    seed_core_resource_types(sql_registry.engine)
+    """The registry under test, as freshly migrated (the core resource types only): the
+    SQL registry here; test_registry_http.py may give the http one."""
     return sql_registry
 
 
@@ -750,3 +746,115 @@ def test_paging_with_filters_and_viewer(many_namespaces):
         paged.extend(page)
         marker = page[-1].namespace
     assert names(paged) == names(every)
+
+
+def test_a_rename_moves_updated_at(metadef_registry, monkeypatch):
+    import abbild.db.registry as sql
+
+    t0 = datetime.datetime(2026, 1, 1)
+    monkeypatch.setattr(sql, "utcnow", frozen(t0))
+    created = metadef_registry.create_namespace(watchdog())
+    monkeypatch.setattr(sql, "utcnow", frozen(t0 + SECOND))
+    saved = metadef_registry.save_namespace(created.namespace, watchdog("renamed", version=created.version))
+    assert (saved.created_at, saved.updated_at) == (t0, t0 + SECOND)
+    # Its children are the same ones: their times stay.
+    assert saved.tags == created.tags and saved.objects == created.objects
+    assert metadef_registry.get_namespace("renamed") == saved
+
+
+# -- SQL only: rows behind the registry's back ------------------------------------------------
+#
+# test_registry_http.py leaves these out (SQL_ONLY_TESTS): they look at the tables.
+
+SQL_ONLY_TESTS = {
+    "test_delete_leaves_no_rows",
+    "test_the_database_cascades_too",
+    "test_delete_cascades_without_foreign_keys",
+    "test_a_page_is_read_with_one_query_per_table",
+    "test_definitions_are_json_text",
+}
+CHILD_TABLES = (MetadefPropertyRow, MetadefObjectRow, MetadefTagRow, MetadefAssociationRow)
+
+
+def row_counts(engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {
+            row.__tablename__: conn.scalar(select(func.count()).select_from(row))
+            for row in (MetadefNamespaceRow, MetadefResourceTypeRow, *CHILD_TABLES)
+        }
+
+
+def test_delete_leaves_no_rows(sql_registry):
+    kept = sql_registry.create_namespace(watchdog("kept"))
+    before = row_counts(sql_registry.engine)
+    sql_registry.create_namespace(watchdog("gone"))
+    sql_registry.delete_namespace("gone")
+    assert row_counts(sql_registry.engine) == before
+    assert sql_registry.get_namespace("kept") == kept
+
+
+def test_the_database_cascades_too(sql_registry):
+    """The foreign keys cascade: a namespace row deleted by hand takes its children."""
+    sql_registry.create_namespace(watchdog())
+    with sql_registry.engine.begin() as conn:
+        conn.execute(delete(MetadefNamespaceRow))
+    counts = row_counts(sql_registry.engine)
+    assert counts.pop("metadef_resource_types") == len(CORE_RESOURCE_TYPES)
+    assert set(counts.values()) == {0}
+
+
+def test_delete_cascades_without_foreign_keys(tmp_path):
+    """On an SQLite database whose connections do not enforce foreign keys, the
+    registry still removes every child of a namespace it deletes."""
+    from abbild.db import migrate
+    from abbild.db.registry import SQLRegistry
+
+    registry = SQLRegistry(url=f"sqlite:///{tmp_path / 'nofk.db'}")
+    try:
+        migrate.sync(registry.engine)
+        event.listen(registry.engine, "connect", lambda conn, _: conn.execute("PRAGMA foreign_keys=OFF"))
+        registry.engine.dispose()
+        with registry.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 0
+        registry.create_namespace(watchdog())
+        registry.delete_namespace("OS::Compute::Watchdog")
+        counts = row_counts(registry.engine)
+        assert counts.pop("metadef_resource_types") == len(CORE_RESOURCE_TYPES)
+        assert set(counts.values()) == {0}
+    finally:
+        registry.close()
+
+
+def test_a_page_is_read_with_one_query_per_table(sql_registry):
+    """No query per namespace: a page of any size takes the marker's, the page's and one
+    per kind of child."""
+    for n in range(12):
+        sql_registry.create_namespace(watchdog(f"ns-{n:02d}"))
+    statements = []
+
+    def count(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append(statement)
+
+    event.listen(sql_registry.engine, "before_cursor_execute", count)
+    try:
+        for limit in (2, 10):
+            statements.clear()
+            page = sql_registry.list_namespaces(NamespaceFilters(), "namespace", "asc", limit, "ns-00")
+            assert len(page) == limit and all(len(n.tags) == 2 and len(n.associations) == 3 for n in page)
+            assert len(statements) == 2 + len(CHILD_TABLES), statements
+        statements.clear()
+        sql_registry.get_namespace("ns-03")
+        assert len(statements) == 1 + len(CHILD_TABLES)
+    finally:
+        event.remove(sql_registry.engine, "before_cursor_execute", count)
+
+
+def test_definitions_are_json_text(sql_registry):
+    sql_registry.create_namespace(watchdog())
+    with sql_registry.engine.connect() as conn:
+        definition = conn.scalar(select(MetadefPropertyRow.definition))
+        obj = conn.execute(select(MetadefObjectRow.required, MetadefObjectRow.properties)).one()
+    assert json.loads(definition) == watchdog().properties["hw_watchdog_action"]
+    assert json.loads(obj.required) == ["cpu_shares"]
+    assert json.loads(obj.properties) == watchdog().objects[0].properties
