@@ -184,6 +184,31 @@ def test_wheel_has_the_packages_and_their_data(wheel_names):
         assert name in wheel_names
 
 
+def test_wheel_has_the_shipped_metadefs(wheel_names):
+    shipped = sorted(p.name for p in (ROOT / "etc/metadefs").glob("*.json"))
+    assert shipped
+    in_wheel = sorted(n.removeprefix("abbild_cmd/metadefs_files/") for n in wheel_names if "metadefs_files/" in n)
+    assert in_wheel == shipped
+
+
+def test_installed_abbild_loads_its_shipped_metadefs(wheelhouse, tmp_path):
+    """``abbild db load-metadefs`` without --path, from a wheel (no checkout to fall back
+    on): the definitions come from the installed package."""
+    venv = tmp_path / "venv"
+    run([sys.executable, "-m", "venv", "--without-pip", venv])
+    run(
+        [*PIP, "--python", venv / "bin/python", "install", "-q", "--no-compile", "--no-index"]
+        + ["--find-links", wheelhouse, "abbild"]
+    )
+    data = tmp_path / "data"
+    args = [venv / "bin/abbild", "db", "load-metadefs", "--data-dir", data]
+    out = run(args, cwd=tmp_path).stdout
+    shipped = len(list((ROOT / "etc/metadefs").glob("*.json")))
+    assert f"{shipped} namespace(s) from " in out and "site-packages/abbild_cmd/metadefs_files" in out, out
+    assert f": {shipped} created" in out, out
+    assert f": {shipped} skipped" in run(args, cwd=tmp_path).stdout  # loaded once
+
+
 def test_wheel_has_no_folder_names(wheel_names):
     tops = {name.split("/")[0] for name in wheel_names}
     packages = {"abbild", "abbild_api", "abbild_paste", "abbild_registry", "abbild_cmd"}

@@ -407,19 +407,19 @@ def load_on_first_start(registry) -> list[Outcome]:
 def add_parsers(sub, with_config, embedded) -> None:
     """``load-metadefs``, ``export-metadefs`` and ``unload-metadefs`` under *sub*, the
     subcommands of ``abbild db``."""
-    p = with_config(
-        sub.add_parser(
-            "load-metadefs",
-            help="load metadata definitions (namespaces) from JSON files; a namespace the database has is "
-            "skipped unless --merge",
-        ),
-        data_dir=embedded,
+
+    def command(name: str, what: str):
+        return with_config(sub.add_parser(name, help=what, description=what), data_dir=embedded)
+
+    p = command(
+        "load-metadefs",
+        "load metadata definitions (namespaces) from JSON files, one namespace each; a namespace the "
+        "database has is skipped unless --merge",
     )
     p.add_argument(
         "--path",
         metavar="DIR",
-        help="a directory of metadefs JSON files (one namespace each), or one file "
-        "(default: the definitions shipped with abbild)",
+        help="a directory of metadefs JSON files, or one file (default: the definitions shipped with abbild)",
     )
     p.add_argument(
         "--merge",
@@ -438,10 +438,7 @@ def add_parsers(sub, with_config, embedded) -> None:
         help="with --merge: a namespace the database has becomes exactly what the file says",
     )
     p.set_defaults(func=cmd_load)
-    e = with_config(
-        sub.add_parser("export-metadefs", help="write every namespace to a JSON file of its own"),
-        data_dir=embedded,
-    )
+    e = command("export-metadefs", "write every namespace to a JSON file of its own, named as Glance names it")
     e.add_argument(
         "--path",
         metavar="DIR",
@@ -450,12 +447,9 @@ def add_parsers(sub, with_config, embedded) -> None:
         "(default: ./metadefs)",
     )
     e.set_defaults(func=cmd_export)
-    u = with_config(
-        sub.add_parser(
-            "unload-metadefs",
-            help="remove every namespace (protected ones too) and every resource type but the protected ones",
-        ),
-        data_dir=embedded,
+    u = command(
+        "unload-metadefs",
+        "remove every namespace (protected ones too) and every resource type but the protected ones",
     )
     u.set_defaults(func=cmd_unload)
 
