@@ -2,9 +2,10 @@
 ``list_namespaces``, ``save_namespace``, ``update_namespace``, ``delete_namespace``,
 ``list_resource_types``, ``delete_resource_type``) on SQLite, MariaDB and PostgreSQL.
 
-Every test but those under "SQL only" takes the registry from the ``metadef_registry``
-fixture, so test_registry_http.py can run them again through the http registry (it gives
-``sql_registry`` as its client, which has the server's ``engine`` too)."""
+Every test but those under "SQL only" (SQL_ONLY_TESTS) takes the registry from the
+``metadef_registry`` fixture, so test_registry_http.py can run them again through the http
+registry with the fixtures of SHARED_FIXTURES (its ``sql_registry`` is the client, and the
+server runs in the test's process: the tests that set the SQL registry's clock work too)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,9 @@ from abbild.metadefs import (
 from abbild.registry import Viewer
 
 SECOND = datetime.timedelta(seconds=1)
+
+
+SHARED_FIXTURES = ("metadef_registry", "scoped_namespaces", "many_namespaces")
 
 
 @pytest.fixture
@@ -344,6 +348,36 @@ def test_update_namespace_applies_its_change(metadef_registry):
     updated = metadef_registry.update_namespace("OS::Compute::Watchdog", lambda ns: ns.tags.append(MetadefTag("added")))
     assert updated.version == 2
     assert "added" in [t.name for t in metadef_registry.get_namespace("OS::Compute::Watchdog").tags]
+
+
+def test_update_namespace_of_an_unknown_namespace_is_not_found(metadef_registry):
+    with pytest.raises(MetadefNotFound, match="namespace=ghost was not found"):
+        metadef_registry.update_namespace("ghost", lambda ns: None)
+
+
+def test_a_failing_change_stores_nothing(metadef_registry):
+    created = metadef_registry.create_namespace(watchdog())
+
+    def change(ns):
+        ns.tags.clear()
+        raise ValueError("no")
+
+    with pytest.raises(ValueError):
+        metadef_registry.update_namespace(created.namespace, change)
+    with pytest.raises(Invalid):
+        metadef_registry.update_namespace(created.namespace, lambda ns: ns.tags.append(MetadefTag("t" * 81)))
+    assert metadef_registry.get_namespace(created.namespace) == created
+
+
+def test_update_namespace_renames(metadef_registry):
+    metadef_registry.create_namespace(watchdog("old"))
+    metadef_registry.create_namespace(watchdog("taken"))
+    with pytest.raises(Conflict):
+        metadef_registry.update_namespace("old", lambda ns: setattr(ns, "namespace", "taken"))
+    renamed = metadef_registry.update_namespace("old", lambda ns: setattr(ns, "namespace", "new"))
+    assert metadef_registry.get_namespace("new") == renamed
+    with pytest.raises(MetadefNotFound):
+        metadef_registry.get_namespace("old")
 
 
 def test_two_writers_one_wins(metadef_registry):
@@ -772,6 +806,7 @@ SQL_ONLY_TESTS = {
     "test_delete_cascades_without_foreign_keys",
     "test_a_page_is_read_with_one_query_per_table",
     "test_definitions_are_json_text",
+    "test_update_namespace_change_must_not_write_through_the_registry",
 }
 CHILD_TABLES = (MetadefPropertyRow, MetadefObjectRow, MetadefTagRow, MetadefAssociationRow)
 
@@ -858,3 +893,12 @@ def test_definitions_are_json_text(sql_registry):
     assert json.loads(definition) == watchdog().properties["hw_watchdog_action"]
     assert json.loads(obj.required) == ["cpu_shares"]
     assert json.loads(obj.properties) == watchdog().objects[0].properties
+
+
+def test_update_namespace_change_must_not_write_through_the_registry(sql_registry):
+    """The change runs with the namespace's row locked: a write from it would wait for
+    that lock forever (on PostgreSQL), so it is refused."""
+    sql_registry.create_namespace(Namespace("locked"))
+    with pytest.raises(RuntimeError, match="update_namespace change .namespace locked. must not write"):
+        sql_registry.update_namespace("locked", lambda ns: sql_registry.create_namespace(Namespace("other")))
+    assert names(sql_registry.list_namespaces(NamespaceFilters())) == ["locked"]

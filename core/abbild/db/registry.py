@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import datetime
 import json
@@ -181,8 +182,15 @@ class SQLRegistry(Registry):
         self.url = url
         self.engine = make_engine(url, pool_size)
         self._read = sessionmaker(self.engine, expire_on_commit=False)
+        # Reads of a whole aggregate in several queries see one moment (SQLite's read
+        # transaction does anyway; the servers' READ COMMITTED would not).
+        self._snapshot = (
+            self._read
+            if url.startswith("sqlite")
+            else sessionmaker(self.engine.execution_options(isolation_level="REPEATABLE READ"), expire_on_commit=False)
+        )
         self._write = sessionmaker(self.engine.execution_options(abbild_write=True), expire_on_commit=False)
-        self._in_change = threading.local()  # set while an update_image change runs
+        self._in_change = threading.local()  # set while an update_image/update_namespace change runs
 
     def prepare(self) -> None:
         """Make sure the database schema is current before serving.
@@ -210,9 +218,9 @@ class SQLRegistry(Registry):
     # -- sessions ---------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _reading(self):
+    def _reading(self, *, snapshot: bool = False):
         try:
-            with self._read() as session:
+            with (self._snapshot if snapshot else self._read)() as session:
                 yield session
         except OperationalError as exc:
             raise RegistryUnavailable(str(exc.orig)) from exc
@@ -220,11 +228,9 @@ class SQLRegistry(Registry):
     def _writing(self, work):
         """Run ``work(session)`` in a write transaction, again if the database chose
         it as a deadlock victim."""
-        if getattr(self._in_change, "image_id", None) is not None:
+        if getattr(self._in_change, "label", None) is not None:
             # It would wait for the lock update_image holds: forever on PostgreSQL.
-            raise RuntimeError(
-                f"an update_image change (image {self._in_change.image_id}) must not write through the registry"
-            )
+            raise RuntimeError(f"an {self._in_change.label} must not write through the registry")
         for attempt in range(5):
             try:
                 with self._write() as session, session.begin():
@@ -300,11 +306,11 @@ class SQLRegistry(Registry):
                 raise ImageNotFound(image_id)
             current = _to_image(row)
             image = current.copy()
-            self._in_change.image_id = image_id
+            self._in_change.label = f"update_image change (image {image_id})"
             try:
                 change(image)
             finally:
-                self._in_change.image_id = None
+                self._in_change.label = None
             return _save(session, image, lambda: (current.properties, current.tags, current.locations), storage_limit)
 
         return self._writing(work)
@@ -568,7 +574,7 @@ class SQLRegistry(Registry):
         return stored
 
     def get_namespace(self, name: str) -> Namespace:
-        with self._reading() as session:
+        with self._reading(snapshot=True) as session:
             row = session.scalars(select(MetadefNamespaceRow).where(MetadefNamespaceRow.namespace == name)).first()
             if row is None:
                 raise _namespace_not_found(name)
@@ -594,7 +600,7 @@ class SQLRegistry(Registry):
         row = MetadefNamespaceRow
         keys = [(getattr(row, sort_key), sort_dir)] + ([(row.namespace, sort_dir)] if sort_key != "namespace" else [])
         conditions = [*_namespace_scope(viewer), *_namespace_filters(filters)]
-        with self._reading() as session:
+        with self._reading(snapshot=True) as session:
             query = select(row).where(*conditions)
             if marker is not None:
                 marker_row = session.scalars(select(row).where(row.namespace == marker, *conditions)).first()
@@ -611,40 +617,31 @@ class SQLRegistry(Registry):
             return _to_namespaces(session, list(session.scalars(query)))
 
     def save_namespace(self, name: str, namespace: Namespace) -> Namespace:
-        saved = _namespace_for_write(namespace)
-        saved.version = namespace.version + 1
-
         def work(session: Session):
-            # The row lock (BEGIN IMMEDIATE on SQLite) keeps the stored children ours
-            # until commit, so the comparison below is with what we overwrite.
-            row = session.scalars(
-                select(MetadefNamespaceRow).where(MetadefNamespaceRow.namespace == name).with_for_update()
-            ).first()
-            if row is None:
-                raise _namespace_not_found(name)
+            row, current = _locked_namespace(session, name)
             if row.version != namespace.version:
                 raise ConcurrentUpdate(name)
-            current = _to_namespaces(session, [row])[0]
-            now = utcnow()
-            saved.created_at = current.created_at
-            own_fields_changed = any(
-                getattr(saved, field) != getattr(current, field) for field in _NAMESPACE_OWN_FIELDS
-            )
-            saved.updated_at = now if own_fields_changed else current.updated_at
-            _stamp_children(saved, current, now)
-            values = _namespace_columns(saved)
-            del values["created_at"]
-            try:
-                with session.begin_nested():
-                    session.execute(
-                        update(MetadefNamespaceRow).where(MetadefNamespaceRow.id == row.id).values(**values)
-                    )
-            except IntegrityError:
-                raise _namespace_taken(saved.namespace) from None
-            _write_namespace_children(session, row.id, saved, current)
+            return _save_namespace(session, row.id, current, namespace)
 
-        self._writing(work)
-        return saved
+        return self._writing(work)
+
+    def update_namespace(self, name: str, change: Callable[[Namespace], None], *, within: float = 30.0) -> Namespace:
+        """Apply *change* to the current namespace *name* and save it, in one write
+        transaction with the namespace's row locked (as :meth:`update_image`, and with
+        its rules for *change*); *within* is not needed here."""
+
+        def work(session: Session):
+            row, current = _locked_namespace(session, name)
+            namespace = copy.deepcopy(current)
+            self._in_change.label = f"update_namespace change (namespace {name})"
+            try:
+                change(namespace)
+            finally:
+                self._in_change.label = None
+            namespace.version = row.version
+            return _save_namespace(session, row.id, current, namespace)
+
+        return self._writing(work)
 
     def delete_namespace(self, name: str) -> None:
         def work(session: Session):
@@ -676,21 +673,15 @@ class SQLRegistry(Registry):
                 raise Forbidden(
                     f"Metadata definition resource-type {name} is a seeded-system type and cannot be deleted."
                 )
-            in_use = session.scalar(
-                select(MetadefNamespaceRow.namespace)
-                .join(MetadefAssociationRow, MetadefAssociationRow.namespace_id == MetadefNamespaceRow.id)
-                .where(MetadefAssociationRow.resource_type_id == row.id)
-                .limit(1)
-            )
-            if in_use is not None:
-                raise _resource_type_in_use(name, in_use)
+            if session.scalar(select(exists().where(MetadefAssociationRow.resource_type_id == row.id))):
+                raise _resource_type_in_use(name)
             session.execute(delete(MetadefResourceTypeRow).where(MetadefResourceTypeRow.id == row.id))
 
         try:
             self._writing(work)
         except IntegrityError:
             # An association that names it came in after our check (the foreign key).
-            raise _resource_type_in_use(name, None) from None
+            raise _resource_type_in_use(name) from None
 
     def _task_for_write(self, task: Task) -> Task:
         """A copy of *task* as it will read back (naive UTC in whole seconds, a
@@ -1246,6 +1237,38 @@ _NAME_LENGTH = 80
 _TEXT_BYTES = 65535
 
 
+def _locked_namespace(session: Session, name: str) -> tuple[MetadefNamespaceRow, Namespace]:
+    """The row of namespace *name*, locked until commit (on SQLite, BEGIN IMMEDIATE
+    holds the database), and the namespace it holds: nobody changes it or its children
+    before we write."""
+    row = session.scalars(
+        select(MetadefNamespaceRow).where(MetadefNamespaceRow.namespace == name).with_for_update()
+    ).first()
+    if row is None:
+        raise _namespace_not_found(name)
+    return row, _to_namespaces(session, [row])[0]
+
+
+def _save_namespace(session: Session, namespace_id: int, current: Namespace, namespace: Namespace) -> Namespace:
+    """Write *namespace* over *current*, whose row we hold locked; returns it as stored."""
+    saved = _namespace_for_write(namespace)
+    saved.version = current.version + 1
+    now = utcnow()
+    saved.created_at = current.created_at
+    own_fields_changed = any(getattr(saved, field) != getattr(current, field) for field in _NAMESPACE_OWN_FIELDS)
+    saved.updated_at = now if own_fields_changed else current.updated_at
+    _stamp_children(saved, current, now)
+    values = _namespace_columns(saved)
+    del values["created_at"]
+    try:
+        with session.begin_nested():
+            session.execute(update(MetadefNamespaceRow).where(MetadefNamespaceRow.id == namespace_id).values(**values))
+    except IntegrityError:
+        raise _namespace_taken(saved.namespace) from None
+    _write_namespace_children(session, namespace_id, saved, current)
+    return saved
+
+
 def _namespace_not_found(name: str) -> MetadefNotFound:
     return MetadefNotFound(f"Metadata definition namespace={name} was not found.")
 
@@ -1254,10 +1277,9 @@ def _namespace_taken(name: str) -> Conflict:
     return Conflict(f"The metadata definition namespace={name} already exists.")
 
 
-def _resource_type_in_use(name: str, namespace: str | None) -> Conflict:
-    by = f" (namespace={namespace} is associated with it)" if namespace is not None else ""
+def _resource_type_in_use(name: str) -> Conflict:
     return Conflict(
-        f"The metadata definition resource-type with name={name} not deleted. Other records still refer to it{by}."
+        f"The metadata definition resource-type with name={name} not deleted. Other records still refer to it."
     )
 
 
