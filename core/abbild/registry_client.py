@@ -472,7 +472,6 @@ class HTTPRegistry(Registry):
         """A POST that is sent again after a lost answer: when the retry finds the name
         taken by a namespace holding exactly what we sent, at its first version, the
         lost create was ours, and it succeeded."""
-        sent = namespace_document(namespace)
         status, result = self._request(
             "POST",
             "/v1/metadefs/namespaces",
@@ -483,7 +482,7 @@ class HTTPRegistry(Registry):
         )
         if status == 409:
             current = self._namespace_or_none(namespace.namespace)
-            if current is not None and current.version == 1 and _same_namespace(current, sent):
+            if current is not None and current.version == 1 and _same_namespace(current, namespace):
                 LOG.info("namespace %s: a lost answer hid our successful create", namespace.namespace)
                 return current
             raise wire.error_from_json(result["error"])
@@ -521,13 +520,12 @@ class HTTPRegistry(Registry):
         the version moved on (409) or, after a rename, no namespace *name* (404); when
         the namespace now called ``namespace.namespace`` holds exactly what we wrote, at
         the next version, the lost write was ours, and it succeeded."""
-        sent = namespace_document(namespace)
         status, result = self._request(
             "PUT", _namespace_path(name), body=wire.namespace_to_json(namespace), ok_after_retry=(404, 409)
         )
         if status in (404, 409):
             current = self._namespace_or_none(namespace.namespace)
-            if current is not None and current.version == namespace.version + 1 and _same_namespace(current, sent):
+            if current is not None and current.version == namespace.version + 1 and _same_namespace(current, namespace):
                 LOG.info("namespace %s: a lost answer hid our successful write", namespace.namespace)
                 return current
             raise wire.error_from_json(result["error"])
@@ -580,8 +578,9 @@ class HTTPRegistry(Registry):
         self._request("DELETE", _member_path(image_id, member_id), ok=(204,), ok_after_retry=(404,))
 
 
-def _same_namespace(stored: Namespace, sent: dict) -> bool:
-    """*stored* holds what *sent* (its document) said, children in any order."""
+def _same_namespace(stored: Namespace, sent: Namespace) -> bool:
+    """*stored* holds what *sent* said (the registry took it: it is well formed), times
+    and version aside, children in any order."""
 
     def by_name(doc: dict) -> dict:
         doc = dict(doc)
@@ -590,7 +589,7 @@ def _same_namespace(stored: Namespace, sent: dict) -> bool:
                 doc[kind] = sorted(doc[kind], key=lambda child: child["name"])
         return doc
 
-    return by_name(namespace_document(stored)) == by_name(sent)
+    return by_name(namespace_document(stored)) == by_name(namespace_document(sent))
 
 
 def _same_content(stored: dict, sent: dict, ignored: tuple[str, ...] = ()) -> bool:

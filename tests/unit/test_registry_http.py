@@ -5,6 +5,7 @@ registry tests (test_registry*.py) run through a real registry server on loopbac
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import importlib.util
 import json
@@ -24,8 +25,26 @@ import webob
 
 from abbild import registry_wire as wire
 from abbild.caller import acting_as
-from abbild.errors import ConfigError, Forbidden, ImageNotFound, RegistryUnavailable
+from abbild.errors import (
+    ConcurrentUpdate,
+    ConfigError,
+    Conflict,
+    Forbidden,
+    ImageNotFound,
+    Invalid,
+    MetadefNotFound,
+    RegistryUnavailable,
+)
 from abbild.image import Image, Status
+from abbild.metadefs import (
+    Association,
+    MetadefObject,
+    MetadefTag,
+    Namespace,
+    NamespaceFilters,
+    ResourceType,
+    namespace_visible,
+)
 from abbild.registry import CacheEntry, ImageFilters, Viewer
 from abbild.registry_client import HTTPRegistry
 from abbild_registry.app import RegistryApp, load_conf
@@ -92,14 +111,19 @@ def url(http_session, sql_registry):
 SQL_ONLY = {"test_change_must_not_write_through_the_registry", "test_each_batch_is_a_transaction_of_its_own"}
 
 
+# The shared tests' own fixtures (which build on ``sql_registry``, the client here).
+SHARED_FIXTURES = ("catalog", "scoped", "many", "metadef_registry", "scoped_namespaces", "many_namespaces")
+
+
 def _shared_tests(filename: str) -> dict:
     spec = importlib.util.spec_from_file_location(f"shared_{filename[:-3]}", HERE / filename)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    sql_only = SQL_ONLY | set(getattr(module, "SQL_ONLY_TESTS", ()))  # a file's own list of them
     return {
         f"{name}_over_http" if name.startswith("test_") else name: value
         for name, value in vars(module).items()
-        if (name.startswith("test_") and name not in SQL_ONLY) or name in ("catalog", "scoped", "many")
+        if (name.startswith("test_") and name not in sql_only) or name in SHARED_FIXTURES
     }
 
 
@@ -110,6 +134,7 @@ for _file in (
     "test_registry_leases.py",
     "test_registry_purge.py",
     "test_registry_tasks.py",
+    "test_registry_metadefs.py",
 ):
     globals().update(_shared_tests(_file))
 
@@ -566,3 +591,279 @@ def test_metadata_beyond_the_registrys_body_limit_is_a_clear_413(sql_registry, t
         with pytest.raises(QuotaExceeded, match="max_request_body_size"):
             client.save_image(image)
         client.close()
+
+
+# -- metadata definitions ----------------------------------------------------------------------
+
+
+def _namespace(name="OS::Test::Thing", owner="p1", visibility="private", **fields) -> Namespace:
+    values = {
+        "properties": {"hw_x": {"title": "X", "type": "string", "enum": ["a", "b"]}},
+        "objects": [MetadefObject("CPU Limits", "limits", ["quota:cpu"], {"quota:cpu": {"type": "integer"}})],
+        "tags": [MetadefTag("fast"), MetadefTag("cheap")],
+        "associations": [Association("OS::Glance::Image", prefix="hw_")],
+        **fields,
+    }
+    return Namespace(namespace=name, owner=owner, visibility=visibility, **values)
+
+
+def test_namespace_wire_round_trip():
+    when = datetime.datetime(2026, 1, 2, 3, 4, 5, 678901)
+    namespace = _namespace(
+        created_at=when,
+        updated_at=when,
+        version=7,
+        objects=[MetadefObject("o", None, [], {}, when, when)],
+        tags=[MetadefTag("t", when, None)],
+        associations=[Association("OS::Nova::Flavor", "hw:", "scheduler_hints", when, when)],
+    )
+    assert wire.namespace_from_json(json.loads(json.dumps(wire.namespace_to_json(namespace)))) == namespace
+    resource_type = ResourceType("OS::Nova::Flavor", True, when, when)
+    assert wire.resource_type_from_json(json.loads(json.dumps(wire.resource_type_to_json(resource_type)))) == (
+        resource_type
+    )
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("namespace", 5),
+        ("protected", "yes"),
+        ("version", "1"),
+        ("properties", []),
+        ("properties", {"p": "string"}),
+        ("objects", [{"name": "o", "required": "a"}]),
+        ("tags", [{"name": None}]),
+        ("associations", [{"name": ["OS::Glance::Image"]}]),
+        ("colour", "red"),
+    ],
+)
+def test_malformed_namespace_is_400(url, client, field, value):
+    body = json.dumps({**wire.namespace_to_json(_namespace()), field: value}).encode()
+    path = "/v1/metadefs/namespaces"
+    resp = requests.post(url + path, data=body, headers=_signed("POST", path, body))
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["type"] == "Invalid"
+    assert client.list_namespaces(NamespaceFilters()) == []
+
+
+def test_namespace_list_shows_what_namespace_visible_allows(client):
+    """The registry lists and reads for the signed caller, by the one rule."""
+    every = [
+        client.create_namespace(Namespace(namespace=f"N{i}", owner=owner, visibility=visibility))
+        for i, (owner, visibility) in enumerate([(o, v) for o in ("p1", "p2", None) for v in ("private", "public")])
+    ]
+    for viewer in (Viewer("p1"), Viewer("p2"), Viewer("p3"), Viewer(anonymous=True), Viewer("x", is_admin=True)):
+        expected = {n.namespace for n in every if namespace_visible(n, viewer)}
+        assert {n.namespace for n in client.list_namespaces(NamespaceFilters(), viewer=viewer)} == expected
+        with acting_as(viewer):
+            for namespace in every:
+                if namespace.namespace in expected:
+                    assert client.get_namespace(namespace.namespace) == namespace
+                else:
+                    with pytest.raises(MetadefNotFound):
+                        client.get_namespace(namespace.namespace)
+    assert len(client.list_namespaces(NamespaceFilters())) == len(every)  # no viewer: every one
+    with acting_as(Viewer("p2")):  # the driver lists every one for viewer=None, as the interface says
+        assert len(client.list_namespaces(NamespaceFilters())) == len(every)
+
+
+def test_an_invisible_namespace_is_no_marker(client):
+    client.create_namespace(Namespace(namespace="Hidden", owner="p1"))
+    client.create_namespace(Namespace(namespace="Open", owner="p2", visibility="public"))
+    with pytest.raises(Invalid):
+        client.list_namespaces(NamespaceFilters(), marker="Hidden", viewer=Viewer("p2"))
+    assert client.list_namespaces(NamespaceFilters(), marker="Open", viewer=Viewer("p2")) == []
+
+
+def test_namespace_filters_and_paging_cross_the_wire(client):
+    for name, visibility, types in [
+        ("A", "public", ["OS::Glance::Image"]),
+        ("B", "private", ["OS::Nova::Flavor", "Comma, Type"]),
+        ("C", "public", []),
+    ]:
+        client.create_namespace(
+            Namespace(namespace=name, owner="p1", visibility=visibility, associations=[Association(t) for t in types])
+        )
+
+    def names(filters, **kwargs):
+        return [n.namespace for n in client.list_namespaces(filters, "namespace", "asc", **kwargs)]
+
+    assert names(NamespaceFilters()) == ["A", "B", "C"]
+    assert names(NamespaceFilters(visibility="public")) == ["A", "C"]
+    assert names(NamespaceFilters(resource_types=("Comma, Type",))) == ["B"]
+    assert names(NamespaceFilters(resource_types=("OS::Glance::Image", "Comma, Type"))) == ["A", "B"]
+    assert names(NamespaceFilters(), limit=1, marker="A") == ["B"]
+    assert {"OS::Glance::Image", "OS::Nova::Flavor", "Comma, Type"} <= {r.name for r in client.list_resource_types()}
+
+
+ODD_NAMES = ["OS::X", "with space", "100%", "100%25", "ünïcødé 名前", "why?", "#hash", "a+b;c=d&e", "~.tilde", "..x"]
+
+
+@pytest.mark.parametrize("name", ODD_NAMES)
+def test_odd_names_are_one_path_segment_both_ways(client, monkeypatch, name):
+    sent = []
+    real = client.session.request
+    monkeypatch.setattr(client.session, "request", lambda m, u, **kw: sent.append(u) or real(m, u, **kw))
+    created = client.create_namespace(_namespace(name, associations=[Association(name)]))
+    assert created.namespace == name and client.get_namespace(name) == created
+    assert sent[-1].endswith("/v1/metadefs/namespaces/" + urllib.parse.quote(name, safe=""))
+    assert [n.namespace for n in client.list_namespaces(NamespaceFilters(resource_types=(name,)))] == [name]
+    assert client.list_namespaces(NamespaceFilters(), marker=name) == []
+    saved = client.update_namespace(name, lambda n: setattr(n, "description", "changed"))
+    assert saved.description == "changed"
+    renamed = client.save_namespace(name, dataclasses.replace(saved, namespace=name + " 2"))
+    assert client.get_namespace(name + " 2") == renamed
+    client.update_namespace(name + " 2", lambda n: n.associations.clear())
+    client.delete_namespace(name + " 2")
+    with pytest.raises(MetadefNotFound):
+        client.get_namespace(name + " 2")
+    assert name in {r.name for r in client.list_resource_types()}
+    client.delete_resource_type(name)
+    assert name not in {r.name for r in client.list_resource_types()}
+
+
+@pytest.mark.parametrize("name", [".", "..", "..."])
+def test_dot_names_are_refused_since_no_url_reaches_them(client, name):
+    with pytest.raises(Invalid, match="a name needs a character besides"):
+        client.create_namespace(Namespace(namespace=name))
+    with pytest.raises(Invalid, match="Resource type name"):
+        client.create_namespace(Namespace(namespace="N", associations=[Association(name)]))
+    created = client.create_namespace(Namespace(namespace="N"))
+    with pytest.raises(Invalid):
+        client.save_namespace("N", dataclasses.replace(created, namespace=name))
+    for call in (client.get_namespace, client.delete_namespace, client.delete_resource_type):
+        with pytest.raises(MetadefNotFound):
+            call(name)
+
+
+def test_lost_answer_to_a_namespace_create_is_recognised(client, monkeypatch):
+    lost = _lose_answers(client, monkeypatch, "POST")
+    created = client.create_namespace(_namespace())
+    assert lost and created.version == 1
+    assert client.get_namespace(created.namespace) == created
+
+
+def test_lost_answer_does_not_hide_another_namespace(client, monkeypatch):
+    """The retry of a create that failed as a Conflict finds another's namespace: a Conflict still."""
+    client.create_namespace(_namespace(description="theirs"))
+    _lose_answers(client, monkeypatch, "POST")
+    with pytest.raises(Conflict):
+        client.create_namespace(_namespace(description="ours"))
+    assert client.get_namespace("OS::Test::Thing").description == "theirs"
+
+
+def test_lost_answer_to_an_invisible_namespaces_conflict(client, monkeypatch):
+    with acting_as(Viewer("p2")):
+        client.create_namespace(_namespace(owner="p2"))
+    _lose_answers(client, monkeypatch, "POST")
+    with acting_as(Viewer("p1")), pytest.raises(Conflict):
+        client.create_namespace(_namespace(owner="p1"))
+
+
+def test_a_create_is_resent_only_as_often_as_the_retries_allow(client, monkeypatch):
+    lost = _lose_answers(client, monkeypatch, "POST", times=5)
+    with pytest.raises(RegistryUnavailable, match="closed the connection"):
+        client.create_namespace(_namespace())
+    assert len(lost) == client.retries + 1
+
+
+def test_lost_answer_to_a_namespace_write_is_recognised(client, monkeypatch):
+    client.create_namespace(_namespace())
+    lost = _lose_answers(client, monkeypatch, "PUT")
+    calls = []
+
+    def change(namespace):
+        calls.append(1)
+        namespace.tags.append(MetadefTag("new"))
+        namespace.objects.reverse()  # any order: the registry keeps them by name
+
+    saved = client.update_namespace("OS::Test::Thing", change)
+    assert lost and calls == [1], "the change must not run twice"
+    assert saved.version == 2 and {t.name for t in saved.tags} == {"fast", "cheap", "new"}
+
+
+def test_lost_answer_to_a_rename_is_recognised(client, monkeypatch):
+    stored = client.create_namespace(_namespace())
+    lost = _lose_answers(client, monkeypatch, "PUT")
+    saved = client.save_namespace(stored.namespace, dataclasses.replace(stored, namespace="OS::Test::Renamed"))
+    assert lost and saved.version == 2 and saved.namespace == "OS::Test::Renamed"
+    with pytest.raises(MetadefNotFound):
+        client.get_namespace(stored.namespace)
+
+
+def test_lost_answer_does_not_hide_a_concurrent_write(client, monkeypatch):
+    stored = client.create_namespace(_namespace())
+    client.save_namespace(stored.namespace, dataclasses.replace(stored, description="theirs"))
+    _lose_answers(client, monkeypatch, "PUT")
+    with pytest.raises(ConcurrentUpdate):
+        client.save_namespace(stored.namespace, dataclasses.replace(stored, description="ours"))
+    assert client.get_namespace(stored.namespace).description == "theirs"
+
+
+def test_lost_answer_does_not_hide_a_rename_onto_a_taken_name(client, monkeypatch):
+    stored = client.create_namespace(_namespace())
+    client.create_namespace(_namespace("OS::Test::Taken"))
+    _lose_answers(client, monkeypatch, "PUT")
+    with pytest.raises(Conflict):
+        client.save_namespace(stored.namespace, dataclasses.replace(stored, namespace="OS::Test::Taken"))
+
+
+def test_lost_answer_to_a_namespace_delete(client, monkeypatch):
+    client.create_namespace(_namespace())
+    lost = _lose_answers(client, monkeypatch, "DELETE")
+    client.delete_namespace("OS::Test::Thing")
+    assert lost and client.list_namespaces(NamespaceFilters()) == []
+
+
+def test_users_write_only_their_projects_namespaces(client):
+    """The same rules as in keystone mode (test_registry_http_keystone.py), for the signed caller."""
+    with acting_as(Viewer("p1", roles=("member",))):
+        client.create_namespace(_namespace("Mine"))
+        with pytest.raises(Forbidden, match="owned by p2"):
+            client.create_namespace(_namespace("Theirs", owner="p2"))
+    client.create_namespace(_namespace("Public", owner="p2", visibility="public"))
+    with acting_as(Viewer("p1", roles=("member",))):
+        assert client.update_namespace("Mine", lambda n: setattr(n, "display_name", "mine")).display_name == "mine"
+        with pytest.raises(Forbidden, match="owned by p2"):
+            client.update_namespace("Public", lambda n: setattr(n, "display_name", "mine"))
+        with pytest.raises(Forbidden, match="owned by p2"):
+            client.delete_namespace("Public")
+        with pytest.raises(Forbidden, match="Only administrators may remove resource type"):
+            client.delete_resource_type("OS::Glance::Image")
+    with acting_as(Viewer("p2")):
+        with pytest.raises(MetadefNotFound):
+            client.delete_namespace("Mine")
+    client.delete_namespace("Mine")  # the service
+    assert [n.namespace for n in client.list_namespaces(NamespaceFilters())] == ["Public"]
+
+
+def test_every_metadef_route_is_documented():
+    import abbild_registry.app as app
+
+    for route in (
+        "GET /v1/metadefs/namespaces",
+        "POST /v1/metadefs/namespaces",
+        "GET .../namespaces/{name}",
+        "PUT .../namespaces/{name}",
+        "DELETE .../namespaces/{name}",
+        "GET /v1/metadefs/resource_types",
+        "DELETE .../resource_types/{name}",
+    ):
+        assert f"``{route}``" in app.__doc__
+
+
+_VIEWERS = [None, Viewer("p1"), Viewer("p2"), Viewer(anonymous=True), Viewer(), Viewer("p1", is_admin=True)]
+
+
+@pytest.mark.parametrize("caller", _VIEWERS, ids=repr)
+@pytest.mark.parametrize("asked", _VIEWERS[1:], ids=repr)
+def test_an_asked_viewer_only_narrows_the_callers_view(caller, asked):
+    from abbild_registry.app import narrowed
+
+    viewer = narrowed(caller, asked)
+    for owner in ("p1", "p2", None):
+        for visibility in ("public", "private"):
+            namespace = Namespace(namespace="N", owner=owner, visibility=visibility)
+            both = namespace_visible(namespace, caller) and namespace_visible(namespace, asked)
+            assert namespace_visible(namespace, viewer) == both, (owner, visibility)

@@ -468,3 +468,119 @@ def test_service_token_alone_carries_running_tasks_on(url):
             refused()
     with as_user("alice-token"):
         assert client.get_task(task.id).status is TaskStatus.FAILURE
+
+
+# -- metadata definitions -------------------------------------------------------------------
+
+
+def _namespace(client, name, token="alice-token", owner="p1", visibility="private", **fields):
+    from abbild.metadefs import Namespace
+
+    with as_user(token):
+        return client.create_namespace(Namespace(namespace=name, owner=owner, visibility=visibility, **fields))
+
+
+def test_users_create_namespaces_of_their_own_project(url):
+    from abbild.metadefs import Namespace
+
+    client = client_for(url)
+    assert _namespace(client, "OS::Alice").owner == "p1"
+    for token, owner in (("alice-token", "p2"), ("alice-token", None), ("svc-token", "p1"), ("bob-token", "p1")):
+        with as_user(token, project="p1"), pytest.raises(Forbidden, match="not permitted to create namespace"):
+            client.create_namespace(Namespace(namespace="OS::Forged", owner=owner))
+    assert _namespace(client, "OS::Bobs", token="root-token", owner="p2").owner == "p2"
+    assert _namespace(client, "OS::Nobodys", token="root-token", owner=None).owner is None
+
+
+def test_users_change_and_delete_only_their_projects_namespaces(url):
+    from abbild.errors import MetadefNotFound
+    from abbild.metadefs import MetadefTag, NamespaceFilters
+
+    client = client_for(url)
+    _namespace(client, "OS::Private")
+    _namespace(client, "OS::Public", visibility="public")
+    _namespace(client, "OS::Nobodys", token="root-token", owner=None, visibility="public")
+    with as_user("bob-token", project="p1"):  # an admin of p1, says the API node
+        with pytest.raises(MetadefNotFound):
+            client.get_namespace("OS::Private")
+        with pytest.raises(MetadefNotFound):
+            client.update_namespace("OS::Private", lambda n: setattr(n, "description", "bob's"))
+        with pytest.raises(MetadefNotFound):
+            client.delete_namespace("OS::Private")
+        visible = client.list_namespaces(NamespaceFilters(), viewer=Viewer("p1", is_admin=True))
+        assert {n.namespace for n in visible} == {"OS::Public", "OS::Nobodys"}
+        for name in ("OS::Public", "OS::Nobodys"):
+            with pytest.raises(Forbidden, match=f"not permitted to change namespace {name}"):
+                client.update_namespace(name, lambda n: n.tags.append(MetadefTag("bob's")))
+            with pytest.raises(Forbidden, match=f"not permitted to delete namespace {name}"):
+                client.delete_namespace(name)
+    with as_user("svc-token"):  # the role service writes no metadefs
+        with pytest.raises(Forbidden):
+            client.update_namespace("OS::Public", lambda n: setattr(n, "description", "service's"))
+    with as_user("alice-token"):
+        with pytest.raises(Forbidden, match="not permitted to change namespace OS::Nobodys"):
+            client.update_namespace("OS::Nobodys", lambda n: setattr(n, "description", "alice's"))
+        with pytest.raises(Forbidden, match="only administrators give a namespace to another project"):
+            client.update_namespace("OS::Public", lambda n: setattr(n, "owner", "p2"))
+        renamed = client.get_namespace("OS::Private")
+        renamed.namespace, renamed.description = "OS::Renamed", "alice's"
+        assert client.save_namespace("OS::Private", renamed).namespace == "OS::Renamed"
+        client.delete_namespace("OS::Renamed")
+    with as_user("root-token"):
+        assert client.update_namespace("OS::Public", lambda n: setattr(n, "owner", "p2")).owner == "p2"
+        client.delete_namespace("OS::Nobodys")
+        assert [n.namespace for n in client.list_namespaces(NamespaceFilters())] == ["OS::Public"]
+
+
+def test_service_token_alone_reads_metadefs_and_writes_none(url):
+    from abbild.metadefs import Association, Namespace, NamespaceFilters
+
+    client = client_for(url)
+    created = _namespace(client, "OS::Private", associations=[Association("OS::Custom::Thing")])
+    assert client.get_namespace("OS::Private") == created  # no user's token
+    assert [n.namespace for n in client.list_namespaces(NamespaceFilters())] == ["OS::Private"]
+    assert "OS::Custom::Thing" in {r.name for r in client.list_resource_types()}
+    for refused in (
+        lambda: client.create_namespace(Namespace(namespace="OS::Jobs")),
+        lambda: client.update_namespace("OS::Private", lambda n: setattr(n, "description", "service's")),
+        lambda: client.delete_namespace("OS::Private"),
+        lambda: client.delete_resource_type("OS::Custom::Thing"),
+    ):
+        with pytest.raises(RegistryUnavailable, match="acts for a user"):
+            refused()
+    with as_user("alice-token"):
+        assert client.get_namespace("OS::Private") == created  # untouched
+
+
+def test_the_viewer_narrows_the_tokens_view_and_never_widens_it(url):
+    """validate_image_properties lists what the image's owner sees, also when an
+    administrator changes the image."""
+    from abbild.metadefs import NamespaceFilters
+
+    client = client_for(url)
+    _namespace(client, "OS::Alices")
+    _namespace(client, "OS::Bobs", token="bob-token", owner="p2")
+    _namespace(client, "OS::Public", visibility="public")
+
+    def names(token, viewer):
+        with as_user(token):
+            return {n.namespace for n in client.list_namespaces(NamespaceFilters(), viewer=viewer)}
+
+    assert names("root-token", Viewer("p1")) == {"OS::Alices", "OS::Public"}
+    assert names("root-token", Viewer("p2")) == {"OS::Bobs", "OS::Public"}
+    assert names("bob-token", Viewer("p1")) == {"OS::Public"}
+    assert names("bob-token", Viewer("p1", is_admin=True)) == {"OS::Bobs", "OS::Public"}
+
+
+def test_resource_types_are_removed_by_administrators_only(url):
+    from abbild.metadefs import Association
+
+    client = client_for(url)
+    _namespace(client, "OS::Alice", associations=[Association("OS::Custom::Thing")])
+    with as_user("alice-token"):
+        client.update_namespace("OS::Alice", lambda n: n.associations.clear())
+        with pytest.raises(Forbidden, match="Only administrators may remove resource type OS::Custom::Thing"):
+            client.delete_resource_type("OS::Custom::Thing")
+    with as_user("root-token"):
+        client.delete_resource_type("OS::Custom::Thing")
+        assert "OS::Custom::Thing" not in {r.name for r in client.list_resource_types()}

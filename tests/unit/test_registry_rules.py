@@ -12,10 +12,11 @@ import pytest
 
 from abbild.errors import Forbidden, InvalidTransition
 from abbild.image import Image, Location, Status
+from abbild.metadefs import Association, MetadefTag, Namespace
 from abbild.registry import Viewer
 from abbild.registry_wire import Caller
 from abbild_registry.app import load_conf
-from abbild_registry.rules import ImageRules, names_image
+from abbild_registry.rules import ImageRules, MetadefRules, names_image
 
 IMAGE_ID = "7f1c5a3e-2d4b-4c8e-9a61-0b2f3d4e5f60"
 OTHER_ID = "0a9b8c7d-6e5f-4a3b-8c2d-1e0f9a8b7c6d"
@@ -602,3 +603,99 @@ def test_copy_image_lock_and_copies(rules):
         rules.check_save(copying, changed(copying, lambda i: i.locations.append(elsewhere)), JOBS, import_task())
     with pytest.raises(Forbidden, match="'locations'"):  # a user adds no copy of their own
         rules.check_save(copying, changed(copying, copied), USER, import_task("processing"))
+
+
+# -- metadata definitions ---------------------------------------------------------------------
+
+OTHER = Caller(Viewer("p2", user_id="u3", roles=("member", "reader")))
+ANONYMOUS = Caller(Viewer(anonymous=True))
+
+
+def namespace(owner="p1", **fields) -> Namespace:
+    return Namespace(namespace="OS::Test", owner=owner, visibility="public", **fields)
+
+
+@pytest.mark.parametrize(
+    "caller, owner, allowed",
+    [
+        (USER, "p1", True),
+        (READER, "p1", True),  # the API's policy decides about roles
+        (USER, "p2", False),
+        (USER, None, False),
+        (OTHER, "p1", False),
+        (SERVICE_USER, "service", True),  # a user of its own project, like any other
+        (SERVICE_USER, "p1", False),
+        (ANONYMOUS, None, False),
+        (JOBS, "p1", False),
+        (ADMIN, "p2", True),
+        (ADMIN, None, True),
+        (Caller(None), "p2", True),
+    ],
+    ids=lambda v: repr(v) if not isinstance(v, Caller) else None,
+)
+def test_who_creates_namespaces(caller, owner, allowed):
+    check = lambda: MetadefRules().check_create(namespace(owner), caller)  # noqa: E731
+    if allowed:
+        check()
+    else:
+        with pytest.raises(Forbidden, match="namespace OS::Test|without a user's token|Only a user of a project"):
+            check()
+
+
+CHANGES = {
+    "description": lambda n: setattr(n, "description", "new"),
+    "rename": lambda n: setattr(n, "namespace", "OS::Renamed"),
+    "private": lambda n: setattr(n, "visibility", "private"),
+    "tags": lambda n: n.tags.append(MetadefTag("t")),
+    "association": lambda n: n.associations.append(Association("OS::Nova::Flavor")),
+}
+
+
+@pytest.mark.parametrize("change", CHANGES.values(), ids=CHANGES.keys())
+def test_the_owners_project_changes_and_deletes_its_namespace(change):
+    stored = namespace()
+    new = dataclasses.replace(stored, tags=list(stored.tags), associations=list(stored.associations))
+    change(new)
+    MetadefRules().check_save(stored, new, USER)
+    MetadefRules().check_delete(stored, USER)
+
+
+@pytest.mark.parametrize(
+    "caller, owner, match",
+    [
+        (OTHER, "p1", "it is owned by p1"),
+        (USER, None, "it is owned by nobody"),
+        (SERVICE_USER, "p1", "it is owned by p1"),
+        (ANONYMOUS, "p1", "Only a user of a project"),
+        (JOBS, "p1", "without a user's token"),
+    ],
+    ids=["other project", "nobody's", "service role", "anonymous", "service token alone"],
+)
+def test_nobody_else_changes_or_deletes_a_namespace(caller, owner, match):
+    stored = namespace(owner)
+    with pytest.raises(Forbidden, match=match):
+        MetadefRules().check_save(stored, dataclasses.replace(stored, description="new"), caller)
+    with pytest.raises(Forbidden, match=match):
+        MetadefRules().check_delete(stored, caller)
+
+
+def test_only_administrators_give_a_namespace_away():
+    stored = namespace()
+    for owner in ("p2", None):
+        with pytest.raises(Forbidden, match="Attribute 'owner'"):
+            MetadefRules().check_save(stored, dataclasses.replace(stored, owner=owner), USER)
+        MetadefRules().check_save(stored, dataclasses.replace(stored, owner=owner), ADMIN)
+
+
+@pytest.mark.parametrize("caller", [ADMIN, Caller(None)], ids=["admin", "service"])
+def test_administrators_and_the_service_write_any_namespace(caller):
+    stored = namespace("p2")
+    MetadefRules().check_save(stored, dataclasses.replace(stored, owner="p3", namespace="X"), caller)
+    MetadefRules().check_delete(stored, caller)
+    MetadefRules().check_delete_resource_type("OS::Custom", caller)
+
+
+@pytest.mark.parametrize("caller", [USER, SERVICE_USER, ANONYMOUS, JOBS], ids=["user", "service role", "anon", "jobs"])
+def test_only_administrators_remove_resource_types(caller):
+    with pytest.raises(Forbidden, match="Only administrators may remove resource type OS::Custom"):
+        MetadefRules().check_delete_resource_type("OS::Custom", caller)
