@@ -159,6 +159,25 @@ def test_names_are_case_sensitive(metadef_registry):
         metadef_registry.get_namespace("\N{LATIN CAPITAL LETTER A WITH GRAVE}")
 
 
+def test_lookups_are_exact(metadef_registry):
+    """A name with a trailing space finds nothing (MariaDB's = would find "a" for "a ")."""
+    metadef_registry.create_namespace(Namespace("a", associations=[Association("OS::Trove::Instance")]))
+    metadef_registry.create_namespace(Namespace("b"))
+    for lookup in (
+        metadef_registry.get_namespace,
+        metadef_registry.delete_namespace,
+        lambda name: metadef_registry.update_namespace(name, lambda ns: None),
+        lambda name: metadef_registry.save_namespace(name, Namespace("a", version=1)),
+    ):
+        with pytest.raises(MetadefNotFound):
+            lookup("a ")
+    with pytest.raises(MetadefNotFound):
+        metadef_registry.delete_resource_type("OS::Glance::Image ")
+    with pytest.raises(Invalid):
+        metadef_registry.list_namespaces(NamespaceFilters(), "namespace", "asc", marker="a ")
+    assert names(metadef_registry.list_namespaces(NamespaceFilters(), "namespace", "asc", marker="a")) == ["b"]
+
+
 def test_unicode_names_and_documents(metadef_registry):
     name = "Bildverarbeitung::Größe-\N{SNOWMAN}-\N{GRINNING FACE}"
     created = metadef_registry.create_namespace(
@@ -199,6 +218,12 @@ TOO_LONG = {
     "two tags of one name": dict(tags=[MetadefTag("t"), MetadefTag("t")]),
     "two associations with one type": dict(associations=[Association("X"), Association("X", prefix="x_")]),
     "NUL": dict(display_name="a\x00b"),
+    # MariaDB compares "t" and "t " equal: a trailing space would make two names one there.
+    "name ending in a space": dict(namespace="trailing "),
+    "tag ending in a space": dict(tags=[MetadefTag("t"), MetadefTag("t ")]),
+    "object ending in a space": dict(objects=[MetadefObject("o ")]),
+    "property ending in a space": dict(properties={"p ": {"type": "string"}}),
+    "resource type ending in a space": dict(associations=[Association("OS::Glance::Image ")]),
 }
 
 

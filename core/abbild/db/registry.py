@@ -576,7 +576,7 @@ class SQLRegistry(Registry):
     def get_namespace(self, name: str) -> Namespace:
         with self._reading(snapshot=True) as session:
             row = session.scalars(select(MetadefNamespaceRow).where(MetadefNamespaceRow.namespace == name)).first()
-            if row is None:
+            if row is None or row.namespace != name:
                 raise _namespace_not_found(name)
             return _to_namespaces(session, [row])[0]
 
@@ -604,7 +604,7 @@ class SQLRegistry(Registry):
             query = select(row).where(*conditions)
             if marker is not None:
                 marker_row = session.scalars(select(row).where(row.namespace == marker, *conditions)).first()
-                if marker_row is None:
+                if marker_row is None or marker_row.namespace != marker:
                     raise Invalid(f"Invalid marker {marker}: no namespace with that name")
                 query = query.where(_after(keys, marker_row))
             for column, direction in keys:
@@ -645,11 +645,14 @@ class SQLRegistry(Registry):
 
     def delete_namespace(self, name: str) -> None:
         def work(session: Session):
-            namespace_id = session.scalar(
-                select(MetadefNamespaceRow.id).where(MetadefNamespaceRow.namespace == name).with_for_update()
-            )
-            if namespace_id is None:
+            found = session.execute(
+                select(MetadefNamespaceRow.id, MetadefNamespaceRow.namespace)
+                .where(MetadefNamespaceRow.namespace == name)
+                .with_for_update()
+            ).first()
+            if found is None or found.namespace != name:
                 raise _namespace_not_found(name)
+            namespace_id = found.id
             for child in _NAMESPACE_CHILDREN:
                 session.execute(delete(child).where(child.namespace_id == namespace_id))
             session.execute(delete(MetadefNamespaceRow).where(MetadefNamespaceRow.id == namespace_id))
@@ -667,7 +670,7 @@ class SQLRegistry(Registry):
             row = session.scalars(
                 select(MetadefResourceTypeRow).where(MetadefResourceTypeRow.name == name).with_for_update()
             ).first()
-            if row is None:
+            if row is None or row.name != name:
                 raise MetadefNotFound(f"The metadata definition resource-type with name={name}, was not found.")
             if row.protected:
                 raise Forbidden(
@@ -1240,11 +1243,12 @@ _TEXT_BYTES = 65535
 def _locked_namespace(session: Session, name: str) -> tuple[MetadefNamespaceRow, Namespace]:
     """The row of namespace *name*, locked until commit (on SQLite, BEGIN IMMEDIATE
     holds the database), and the namespace it holds: nobody changes it or its children
-    before we write."""
+    before we write. (Every lookup by name compares the name found too: MariaDB's
+    ``WHERE namespace = 'a '`` finds "a".)"""
     row = session.scalars(
         select(MetadefNamespaceRow).where(MetadefNamespaceRow.namespace == name).with_for_update()
     ).first()
-    if row is None:
+    if row is None or row.namespace != name:
         raise _namespace_not_found(name)
     return row, _to_namespaces(session, [row])[0]
 
@@ -1291,7 +1295,7 @@ def _namespace_for_write(namespace: Namespace) -> Namespace:
         one kind with the same name.
     """
     where = f"namespace={namespace.namespace}"
-    _check_text(namespace.namespace, "namespace", _NAME_LENGTH, where, required=True)
+    _check_text(namespace.namespace, "namespace", _NAME_LENGTH, where, name=True)
     _check_text(namespace.display_name, "display_name", 80, where)
     _check_text(namespace.description, "description", 500, where)
     _check_text(namespace.owner, "owner", 255, where)
@@ -1300,19 +1304,19 @@ def _namespace_for_write(namespace: Namespace) -> Namespace:
     if not isinstance(namespace.protected, bool):
         raise Invalid(f"Invalid protected {namespace.protected!r} of {where}: true or false.")
     for name, definition in namespace.properties.items():
-        _check_text(name, "property name", _NAME_LENGTH, where, required=True)
+        _check_text(name, "property name", _NAME_LENGTH, where, name=True)
         _check_document(definition, f"property {name}", where, dict)
     for kind, children in (("object", namespace.objects), ("tag", namespace.tags)):
         _check_unique([c.name for c in children], kind, where)
         for child in children:
-            _check_text(child.name, f"{kind} name", _NAME_LENGTH, where, required=True)
+            _check_text(child.name, f"{kind} name", _NAME_LENGTH, where, name=True)
     for obj in namespace.objects:
         _check_text(obj.description, f"description of object {obj.name}", None, where)
         _check_document(obj.required, f"required of object {obj.name}", where, list)
         _check_document(obj.properties, f"properties of object {obj.name}", where, dict)
     _check_unique([a.name for a in namespace.associations], "resource type association", where)
     for a in namespace.associations:
-        _check_text(a.name, "resource type name", _NAME_LENGTH, where, required=True)
+        _check_text(a.name, "resource type name", _NAME_LENGTH, where, name=True)
         _check_text(a.prefix, f"prefix of the association with {a.name}", _NAME_LENGTH, where)
         _check_text(a.properties_target, f"properties_target of the association with {a.name}", _NAME_LENGTH, where)
 
@@ -1334,11 +1338,16 @@ def _namespace_for_write(namespace: Namespace) -> Namespace:
     return stored
 
 
-def _check_text(value, what: str, length: int | None, where: str, *, required: bool = False) -> None:
-    if value is None and not required:
+def _check_text(value, what: str, length: int | None, where: str, *, name: bool = False) -> None:
+    """:param name: *value* is a name: required, not empty, and without a trailing space
+    (MariaDB ignores trailing spaces when it compares, so "a" and "a " would be one
+    name there and two elsewhere)."""
+    if value is None and not name:
         return
-    if not isinstance(value, str) or (required and not value):
-        raise Invalid(f"Invalid {what} {value!r} of {where}: a {'non-empty ' if required else ''}string.")
+    if not isinstance(value, str) or (name and not value):
+        raise Invalid(f"Invalid {what} {value!r} of {where}: a {'non-empty ' if name else ''}string.")
+    if name and value.endswith(" "):
+        raise Invalid(f"Invalid {what} {value!r} of {where}: a name cannot end with a space.")
     if "\x00" in value:
         raise Invalid(f"Invalid {what} of {where}: it contains a NUL character.")
     if length is not None and len(value) > length:
@@ -1428,7 +1437,20 @@ def _resource_type_ids(session: Session, names: list[str]) -> dict[str, int]:
 
 
 def _write_namespace_children(session: Session, namespace_id: int, new: Namespace, old: Namespace | None) -> None:
-    """Write the difference between the *old* children and the *new* ones (None: all new)."""
+    """Write the difference between the *old* children and the *new* ones (None: all new).
+
+    :raises abbild.errors.Invalid: two children the database takes for one (the
+        checks before should leave none).
+    """
+    try:
+        _write_children_rows(session, namespace_id, new, old)
+    except IntegrityError as exc:
+        raise Invalid(
+            f"Two children of one kind in namespace={new.namespace} have names the database takes for one: {exc.orig}"
+        ) from None
+
+
+def _write_children_rows(session: Session, namespace_id: int, new: Namespace, old: Namespace | None) -> None:
     old = old or Namespace(namespace=new.namespace)
 
     def sync(row, keyed_new: dict, keyed_old: dict, key_column):
