@@ -294,6 +294,107 @@ def test_a_failed_upload_is_an_error_notification(owner, consumer):
     assert glance.images.get(image.id).status == "queued"
 
 
+def test_metadef_changes_reach_the_broker_as_glances_notifications(notifying, consumer):
+    """A namespace, its object, property, tags and resource type association created,
+    renamed and deleted through /v2/metadefs with python-glanceclient as an
+    administrator: Glance's metadef_* events, each once, at INFO, with Glance's payloads."""
+    project = f"md-{uuid.uuid4().hex[:8]}"
+    headers = who(project, "admin", "member", "reader")
+    roles = headers.pop("X-Roles")
+    admin = Client("2", endpoint=notifying.url, token="x", identity_headers=headers)
+    admin.http_client.session.headers["X-Roles"] = roles
+    first, name = f"Test::Notify::{project}", f"Test::Notified::{project}"
+    ours = {first, name}
+
+    def one(event_type: str, test=lambda payload: True) -> dict:
+        [message] = consumer.where(event_type, lambda p: p.get("namespace") in ours and test(p))
+        assert message["priority"] == "INFO" and message["publisher_id"] == "image.functional", message
+        return message["payload"]
+
+    admin.metadefs_namespace.create(namespace=first, display_name="Notify", visibility="public")
+    created = one("metadef_namespace.create")
+    assert created["namespace"] == created["namespace_old"] == first and created["owner"] == project
+    assert (created["visibility"], created["protected"], created["display_name"]) == ("public", False, "Notify")
+    assert created["created_at"].endswith("Z") and created["deleted"] is False and created["deleted_at"] is None
+    admin.metadefs_namespace.update(first, namespace=name, description="renamed")
+    renamed = one("metadef_namespace.update")
+    assert (renamed["namespace"], renamed["namespace_old"], renamed["description"]) == (name, first, "renamed")
+
+    admin.metadefs_object.create(
+        name,
+        name="Limits",
+        required=["cores"],
+        properties={"cores": {"title": "Cores", "type": "integer", "minimum": 1}},
+    )
+    obj = one("metadef_object.create")
+    assert (obj["namespace"], obj["name"], obj["name_old"], obj["required"]) == (name, "Limits", "Limits", ["cores"])
+    [cores] = obj["properties"]
+    assert (cores["name"], cores["type"], cores["title"], cores["minimum"]) == ("cores", "integer", "Cores", 1)
+    admin.metadefs_object.update(name, "Limits", name="CPU Limits")
+    renamed_object = one("metadef_object.update")
+    assert (renamed_object["name"], renamed_object["name_old"]) == ("CPU Limits", "Limits")
+    admin.metadefs_object.create(name, name="Spare")
+    one("metadef_object.create", lambda p: p["name"] == "Spare")
+    admin.metadefs_object.delete(name, "Spare")
+    spare = one("metadef_object.delete")
+    assert spare["name"] == "Spare" and spare["deleted"] is True and spare["deleted_at"].endswith("Z")
+
+    admin.metadefs_property.create(name, name="policy", title="Policy", type="string", enum=["shared", "dedicated"])
+    prop = one("metadef_property.create")
+    assert (prop["name"], prop["type"], prop["enum"], prop["title"]) == (
+        "policy",
+        "string",
+        ["shared", "dedicated"],
+        "Policy",
+    )
+    assert "created_at" not in prop  # as Glance's
+    admin.metadefs_property.update(name, "policy", name="cpu_policy", title="Policy", type="string")
+    assert one("metadef_property.update")["name_old"] == "policy"
+    admin.metadefs_property.delete(name, "cpu_policy")
+    gone = one("metadef_property.delete")
+    assert gone["name"] == "cpu_policy" and gone["deleted"] is True and gone["deleted_at"].endswith("Z")
+
+    admin.metadefs_tag.create(name, "fast")
+    assert one("metadef_tag.create", lambda p: p["name"] == "fast")["name_old"] == "fast"
+    admin.metadefs_tag.update(name, "fast", name="quick")
+    assert one("metadef_tag.update")["name_old"] == "fast"
+    admin.metadefs_tag.delete(name, "quick")
+    assert one("metadef_tag.delete")["deleted"] is True
+    # A generator: nothing is sent until it is read. (Its append=True puts a bool in a
+    # header, which requests refuses; replacing the namespace's tags is the same event.)
+    list(admin.metadefs_tag.create_multiple(name, tags=["a", "b"]))
+    for tag in ("a", "b"):  # a bulk create: one event per tag, as Glance
+        assert one("metadef_tag.create", lambda p, tag=tag: p["name"] == tag)["deleted"] is False
+
+    admin.metadefs_resource_type.associate(name, name="OS::Glance::Image", prefix="hw_")
+    association = one("metadef_resource_type.create")
+    assert (association["name"], association["prefix"], association["properties_target"]) == (
+        "OS::Glance::Image",
+        "hw_",
+        None,
+    )
+    admin.metadefs_resource_type.deassociate(name, "OS::Glance::Image")
+    assert one("metadef_resource_type.delete")["deleted"] is True
+
+    admin.metadefs_property.create(name, name="again", title="Again", type="boolean")
+    one("metadef_property.create", lambda p: p["name"] == "again")
+    admin.metadefs_object.delete_all(name)
+    admin.metadefs_property.delete_all(name)
+    admin.metadefs_tag.delete_all(name)
+    for event in ("delete_objects", "delete_properties", "delete_tags"):
+        cleared = one(f"metadef_namespace.{event}")
+        assert cleared["namespace"] == name and cleared["deleted"] is False, event
+    admin.metadefs_namespace.delete(name)
+    deleted = one("metadef_namespace.delete")
+    assert deleted["namespace"] == name and deleted["deleted"] is True and deleted["deleted_at"].endswith("Z")
+    object_deletes = [
+        m
+        for m in consumer.messages
+        if m["event_type"] == "metadef_object.delete" and m["payload"].get("namespace") in ours
+    ]
+    assert len(object_deletes) == 1  # Spare's: delete_objects is one event for the namespace, not one per object
+
+
 def test_a_dead_broker_fails_no_request_and_holds_none(server_factory, rabbitmq):
     """Notifications to a port nobody listens at, with oslo.messaging's default of
     retrying forever: every call answers as fast as without notifications."""
