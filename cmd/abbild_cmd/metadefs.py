@@ -459,9 +459,9 @@ def _run(args, program: str, work):
     from abbild_cmd.cli import _safe_url, command_config
 
     conf = command_config(args, program)
-    where = conf.registry_client.url if conf.registry == "http" else _safe_url(conf.database.connection)
-    registry = load_registry(conf)
+    registry = load_registry(conf)  # registers [registry_client] for registry = http
     try:
+        where = conf.registry_client.url if conf.registry == "http" else _safe_url(conf.database.connection)
         return where, work(registry)
     finally:
         registry.close()

@@ -320,3 +320,31 @@ def test_serve_with_a_config_file_loads_nothing(make_server, tmp_path):
     server = make_server("--config-file", str(conf)).start()
     assert namespaces_of(server) == []
     assert "first start" not in server.read_log()
+
+
+def test_the_commands_through_the_registry_service(make_registry, tmp_path):
+    """``registry = http`` (the shared secret: the service itself): the commands work
+    through ``abbild registry``, which keeps the database."""
+    db_conf = tmp_path / "database.conf"
+    db_conf.write_text(f"[database]\nconnection = sqlite:///{tmp_path}/abbild.sqlite\n")
+    abbild("db", "sync", "--config-file", db_conf)
+    registry = make_registry(tmp_path, [str(db_conf)]).start()
+    client = ("--config-file", registry.client_config())
+
+    out = abbild("db", "load-metadefs", *client).stdout
+    assert f"{registry.url}: {len(SHIPPED_NAMES)} namespace(s) from {SHIPPED}: {len(SHIPPED_NAMES)} created" in out
+    write(tmp_path / "more", "ns.json", SECOND)
+    assert ": 1 created" in abbild("db", "load-metadefs", *client, "--path", tmp_path / "more").stdout
+    out = abbild("db", "load-metadefs", *client, "--path", tmp_path / "more", "--merge", "--overwrite").stdout
+    assert ": 1 unchanged" in out
+    abbild("db", "export-metadefs", *client, "--path", tmp_path / "export")
+    assert json.loads((tmp_path / "export" / "Second.json").read_text()) == SECOND
+    out = abbild("db", "unload-metadefs", *client).stdout
+    assert f"removed {len(SHIPPED_NAMES) + 1} namespace(s) and 1 resource type(s): Test::Thing" in out
+    from abbild.db.registry import SQLRegistry
+
+    direct = SQLRegistry(url=f"sqlite:///{tmp_path}/abbild.sqlite")
+    try:
+        assert documents(direct) == {}
+    finally:
+        direct.close()
