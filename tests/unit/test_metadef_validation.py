@@ -6,7 +6,9 @@ and off."""
 
 from __future__ import annotations
 
+import json
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +22,7 @@ from abbild.metadefs import (
     MetadefObject,
     Namespace,
     NamespaceFilters,
+    namespace_from_document,
     namespace_visible,
 )
 from abbild.protections import PropertyProtections
@@ -256,6 +259,29 @@ def test_the_namespaces_the_owner_sees_count():
     assert set(nobodys) == {"hw_a", "hw_c"}
 
 
+def test_the_namespaces_the_owner_sees_in_a_sql_registry(sql_registry):
+    """The same rule through the SQL registry's own query, on SQLite, MariaDB and PostgreSQL,
+    across pages."""
+    for i in range(metadef_validation.PAGE + 5):
+        sql_registry.create_namespace(_namespace(f"Public::{i:04d}", properties={f"a{i}": {"type": "integer"}}))
+    sql_registry.create_namespace(
+        _namespace("Mine::Private", properties={"b": {"type": "integer"}}, visibility="private", owner="p1")
+    )
+    sql_registry.create_namespace(
+        _namespace("Theirs::Private", properties={"c": {"type": "integer"}}, visibility="private", owner="p2")
+    )
+    sql_registry.create_namespace(
+        _namespace(
+            "Flavor::Only", properties={"d": {"type": "integer"}}, associations=[Association("OS::Nova::Flavor")]
+        )
+    )
+    definitions = image_definitions(metadef_validation.namespaces_for_owner(sql_registry, "p1"))
+    assert set(definitions) == {f"hw_a{i}" for i in range(metadef_validation.PAGE + 5)} | {"hw_b"}
+    with pytest.raises(Invalid, match=r"hw_a104='x' is not an integer \(namespace Public::0104\)"):
+        metadef_validation.check_image_properties(sql_registry, "p1", {"hw_a104": "x", "hw_c": "x", "hw_d": "x"})
+    metadef_validation.check_image_properties(sql_registry, "p1", {"hw_c": "x", "hw_d": "x"})
+
+
 def test_every_page_of_namespaces_is_read():
     many = [_namespace(f"NS::{i:04d}", properties={f"p{i}": {"type": "integer"}}) for i in range(250)]
     registry = Namespaces(*many)
@@ -344,3 +370,41 @@ def test_property_protections_come_first(validating, tmp_path):
         _new(validating, viewer=member, hw_cpu_policy="fast")
     with pytest.raises(Invalid, match="hw_cpu_policy='fast'"):
         _new(validating, viewer=ADMIN, hw_cpu_policy="fast")
+
+
+# -- the definitions shipped in etc/metadefs ----------------------------------------------------
+
+SHIPPED = Path(__file__).resolve().parents[2] / "etc" / "metadefs"
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    files = sorted(SHIPPED.glob("*.json"))
+    assert files, f"no metadefs in {SHIPPED}"
+    return image_definitions(namespace_from_document(json.loads(f.read_text()), where=f.name) for f in files)
+
+
+def test_the_shipped_definitions_accept_their_own_defaults(shipped):
+    for name, definitions in shipped.items():
+        for definition in definitions:
+            if definition.schema.get("default") is not None:
+                check({name: definition.schema["default"]}, {name: [definition]})
+
+
+@pytest.mark.parametrize(
+    "prop, good, bad",
+    [
+        ("hw_cpu_policy", "dedicated", "fast"),
+        ("hw_cpu_cores", "4", "0"),
+        ("hw_mem_page_size", "2MB", "huge"),
+        ("hw_mem_page_size", "large", "2 MB"),
+        ("hw_firmware_type", "uefi", "efi"),
+        ("hw_vif_multiqueue_enabled", "true", "sometimes"),
+        ("os_distro", "ubuntu", "Ubuntu 24.04"),
+        ("os_secure_boot", "required", "on"),
+    ],
+)
+def test_the_shipped_definitions_take_novas_values(shipped, prop, good, bad):
+    check({prop: good}, shipped)
+    with pytest.raises(Invalid, match=rf"^Property {prop}={bad!r} .* \(namespace OS::"):
+        check({prop: bad}, shipped)
