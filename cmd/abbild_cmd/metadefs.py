@@ -15,6 +15,7 @@ embedded database (:func:`load_on_first_start`), never again.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -243,7 +244,7 @@ def _load_one(registry, new: Namespace, merge: bool, prefer_new: bool, overwrite
         registry.get_namespace(new.namespace)
     except MetadefNotFound:
         try:
-            registry.create_namespace(dataclasses.replace(new))
+            registry.create_namespace(copy.deepcopy(new))
             return "created", ""
         except Conflict:
             pass  # created by someone else meanwhile: as if it had been there
@@ -253,7 +254,8 @@ def _load_one(registry, new: Namespace, merge: bool, prefer_new: bool, overwrite
 
     def change(current: Namespace) -> None:
         before = namespace_document(current)
-        _combine(current, new, prefer_new=prefer_new, overwrite=overwrite)
+        # A copy each time: a retried change must not find children a registry altered.
+        _combine(current, copy.deepcopy(new), prefer_new=prefer_new, overwrite=overwrite)
         changed[:] = [namespace_document(current) != before]
 
     registry.update_namespace(new.namespace, change)
