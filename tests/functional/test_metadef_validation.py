@@ -1,9 +1,9 @@
 """validate_image_properties over HTTP, against real ``abbild serve`` processes: the
-``glance`` command line (``image-create --property``, ``image-update --property``; and
-``openstack image create|set --property``) as
-the noauth administrator with the option on and off, and python-glanceclient as
-project members behind a trusted-headers gateway, where only the namespaces the
-image's owner may see count. The namespaces are made through ``/v2/metadefs``.
+``glance`` command line (``image-create --property``, ``image-update --property``) and
+``openstack image create|set --property`` as the noauth administrator with the option
+on and off, and python-glanceclient as project members behind a trusted-headers
+gateway, where only the namespaces the image's owner may see count. The namespaces are
+made through ``/v2/metadefs``.
 
 Every property name here starts with ``xt_``: no shipped definition names one."""
 
