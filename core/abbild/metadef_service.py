@@ -191,7 +191,6 @@ def check_property_definition(name: str, definition: dict[str, Any]) -> dict[str
     for low, high in (("minimum", "maximum"), ("minLength", "maxLength"), ("minItems", "maxItems")):
         if definition.get(low) is not None and definition.get(high) is not None and definition[low] > definition[high]:
             raise Invalid(f"{where}: '{low}' ({definition[low]}) is greater than '{high}' ({definition[high]}).")
-    item_type = None
     items = definition.get("items")
     if items is not None:
         if not isinstance(items, dict):
@@ -270,7 +269,7 @@ class ListPage:
     marker: str | None = None
 
 
-def _page(items: list, page: ListPage, kind: str, namespace: str, missing: Callable[[str, str], Exception]):
+def _page(items: list, page: ListPage, namespace: str, missing: Callable[[str, str], Exception]):
     """*items* (objects or tags) sorted and cut as *page* says; the marker is a name."""
 
     def key(item):
@@ -562,7 +561,7 @@ class Metadefs:
             return []
         if page.sort_key not in OBJECT_SORT_KEYS:
             raise Invalid(f"Invalid sort key: {page.sort_key}. It must be one of: {', '.join(OBJECT_SORT_KEYS)}.")
-        return _page(namespace.objects, page, "object", name, _object_missing)
+        return _page(namespace.objects, page, name, _object_missing)
 
     def get_object(self, name: str, object_name: str, viewer) -> MetadefObject:
         namespace = self._authorized(name, viewer, "get_metadef_object")
@@ -709,7 +708,7 @@ class Metadefs:
         namespace = self._authorized(name, viewer, "get_metadef_tags")
         if page.sort_key not in TAG_SORT_KEYS:
             raise Invalid(f"Invalid sort key: {page.sort_key}. It must be one of: {', '.join(TAG_SORT_KEYS)}.")
-        return _page(namespace.tags, page, "tag", name, _tag_missing)
+        return _page(namespace.tags, page, name, _tag_missing)
 
     def get_tag(self, name: str, tag_name: str, viewer) -> MetadefTag:
         namespace = self._authorized(name, viewer, "get_metadef_tag")
