@@ -425,15 +425,30 @@ def test_glance_md_tag_commands(glance, admin_url):
     assert sorted(t["name"] for t in replaced) == ["beta", "gamma"]
     assert sorted(t["name"] for t in list_table(glance("md-tag-list", ns).stdout)) == ["beta", "gamma"]
 
-    # ... or, with X-Openstack-Append, adds to them
-    appended = glance("md-tag-create-multiple", ns, "--names", "delta|epsilon", "--delim", "|", "--append")
-    assert sorted(t["name"] for t in list_table(appended.stdout)) == ["delta", "epsilon"]
+    # ... or, with X-Openstack-Append, adds to them. glanceclient 4.13 cannot send that
+    # header: TagController.create_multiple sets it to the bool True, which its
+    # encode_headers hands to urllib.parse.quote, so --append fails in the client before
+    # any request (against Glance too). openstacksdk's set_tags(append=True) works (below,
+    # in test_openstacksdk_metadef_calls); here the header goes over plain HTTP.
+    broken = glance("md-tag-create-multiple", ns, "--names", "delta", "--append", ok=False)
+    assert broken.returncode != 0 and "quote_from_bytes() expected bytes" in broken.stderr, broken.stderr
+    resp = api(
+        admin_url,
+        "POST",
+        f"/namespaces/{ns}/tags",
+        headers={"X-Openstack-Append": "true"},
+        json={"tags": [{"name": "delta"}, {"name": "epsilon"}]},
+    )
+    assert resp.status_code == 201, resp.text
+    assert sorted(t["name"] for t in resp.json()["tags"]) == ["delta", "epsilon"]
     assert sorted(t["name"] for t in list_table(glance("md-tag-list", ns).stdout)) == [
         "beta",
         "delta",
         "epsilon",
         "gamma",
     ]
+    # the delimiter option, replacing again
+    glance("md-tag-create-multiple", ns, "--names", "beta|delta|epsilon|gamma", "--delim", "|")
 
     renamed = show_table(glance("md-tag-update", ns, "gamma", "--name", "zeta").stdout)
     assert renamed["name"] == "zeta"
@@ -478,10 +493,9 @@ def test_glance_md_resource_type_commands(glance):
     # naming a resource type nobody knew creates it (Glance does the same)
     assert new_type in {row["name"] for row in list_table(glance("md-resource-type-list").stdout)}
     associated = list_table(glance("md-namespace-resource-type-list", ns).stdout)
-    assert sorted((a["name"], a["prefix"]) for a in associated) == [
-        ("OS::Cinder::Volume", "hw_"),
-        (new_type, "abbild:"),
-    ]
+    assert sorted((a["name"], a["prefix"]) for a in associated) == sorted(
+        [("OS::Cinder::Volume", "hw_"), (new_type, "abbild:")]
+    )
     duplicate = glance("md-resource-type-associate", ns, "--name", "OS::Cinder::Volume", ok=False)
     assert duplicate.returncode != 0 and "409" in duplicate.stderr, duplicate.stderr
 
@@ -490,6 +504,50 @@ def test_glance_md_resource_type_commands(glance):
     missing = glance("md-resource-type-deassociate", ns, "OS::Cinder::Volume", ok=False)
     assert missing.returncode != 0 and "404" in missing.stderr, missing.stderr
     glance("md-namespace-delete", ns)
+
+
+# -- protected namespaces --------------------------------------------------------------------------
+
+
+def test_protected_namespace_keeps_its_contents(glance, openstack, admin_url):
+    """Glance refuses to delete anything inside a protected namespace (403), one by one or
+    all at once; adding and changing are allowed."""
+    name = unique("protected")
+    resp = api(admin_url, "POST", "/namespaces", json={**full_namespace(name), "protected": True})
+    assert resp.status_code == 201, resp.text
+    for command in (
+        ["md-property-delete", name, "cpu_cores"],
+        ["md-namespace-properties-delete", name],
+        ["md-object-delete", name, "CPU Limits"],
+        ["md-namespace-objects-delete", name],
+        ["md-tag-delete", name, "cpu"],
+        ["md-namespace-tags-delete", name],
+        ["md-resource-type-deassociate", name, "OS::Nova::Flavor"],
+        ["md-namespace-delete", name],
+    ):
+        proc = glance(*command, ok=False)
+        assert proc.returncode != 0 and "403" in proc.stderr, (command, proc.stderr)
+    glance("md-tag-create", name, "--name", "added")
+    shown = show_table(glance("md-namespace-show", name).stdout)
+    assert sorted(jsonish(shown["properties"])) == ["cpu_cores", "watchdog_action"]
+    assert jsonish(shown["objects"]) == ["CPU Limits"]
+    assert sorted(jsonish(shown["tags"])) == ["added", "cpu", "watchdog"]
+    assert len(jsonish(shown["resource_type_associations"])) == 3
+
+    osc_assoc = ("image", "metadef", "resource", "type", "association")
+    refused = openstack(*osc_assoc, "delete", name, "OS::Nova::Flavor", ok=False)
+    assert refused.returncode != 0 and "403" in refused.stderr, refused.stderr
+    # --force: openstackclient unprotects (PUT {"namespace", "protected": false}), deletes,
+    # and protects again. Glance's PUT replaces the namespace, so that also makes it
+    # private and drops its display name and description: a client bug against Glance too.
+    openstack(*osc_assoc, "delete", name, "OS::Nova::Flavor", "--force")
+    listed = openstack(*osc_assoc, "list", name, "-f", "json")
+    assert sorted(row["Name"] for row in listed) == ["OS::Cinder::Volume", "OS::Glance::Image"]
+    body = api(admin_url, "GET", f"/namespaces/{name}").json()
+    assert (body["protected"], body["visibility"], "display_name" in body) == (True, "private", False)
+
+    glance("md-namespace-update", name, "--protected", "False")
+    glance("md-namespace-delete", name)
 
 
 # -- openstack image metadef namespace ----------------------------------------------------------
@@ -518,7 +576,6 @@ def test_openstack_metadef_namespace_commands(openstack, admin_url):
         "OSC",
     )
     assert (created["visibility"], created["protected"]) == ("public", True)
-    assert created["schema"] == "/v2/schemas/metadefs/namespace"
 
     shown = openstack("image", "metadef", "namespace", "show", name, "-f", "json")
     assert (shown["namespace"], shown["visibility"], shown["protected"]) == (name, "public", True)
@@ -540,19 +597,24 @@ def test_openstack_metadef_namespace_commands(openstack, admin_url):
         "--display-name",
         "Set by openstack",
         "--public",
-        "--protected",
+        "--unprotected",
         "--tag",
         "one",
         "--tag",
         "two",
     )
     shown = openstack("image", "metadef", "namespace", "show", name, "-f", "json")
-    assert (shown["display_name"], shown["visibility"], shown["protected"]) == ("Set by openstack", "public", True)
+    assert (shown["display_name"], shown["visibility"], shown["protected"]) == ("Set by openstack", "public", False)
     assert names(shown["tags"]) == ["one", "two"]
 
     openstack("image", "metadef", "namespace", "unset", name, "--tag", "one")
     assert names(openstack("image", "metadef", "namespace", "show", name, "-f", "json")["tags"]) == ["two"]
+    # a protected namespace keeps its tags (Glance: 403)
     openstack("image", "metadef", "namespace", "set", name, "--tag", "three", "--public", "--protected")
+    refused = openstack("image", "metadef", "namespace", "unset", name, "--all-tags", ok=False)
+    assert refused.returncode != 0 and "403" in refused.stderr, refused.stderr
+    assert names(api(admin_url, "GET", f"/namespaces/{name}/tags").json()["tags"]) == ["three", "two"]
+    openstack("image", "metadef", "namespace", "set", name, "--public", "--unprotected")
     openstack("image", "metadef", "namespace", "unset", name, "--all-tags")
     assert api(admin_url, "GET", f"/namespaces/{name}/tags").json()["tags"] == []
 
@@ -575,8 +637,11 @@ def test_openstack_metadef_namespace_list_by_resource_type_and_show_properties(o
     assert resp.headers["Location"].endswith(f"/v2/metadefs/namespaces/{name}")
     listed = openstack("image", "metadef", "namespace", "list", "--resource-types", "OS::Nova::Flavor", "-f", "json")
     assert name in [row["namespace"] for row in listed]
+    # openstacksdk's MetadefNamespace has no `properties` field, so `namespace show` never
+    # shows them (against Glance too): `property list` does
     shown = openstack("image", "metadef", "namespace", "show", name, "-f", "json")
-    assert sorted(shown["properties"]) == ["cpu_cores", "watchdog_action"]
+    listed = openstack("image", "metadef", "property", "list", name, "-f", "json")
+    assert sorted(p["name"] for p in listed) == ["cpu_cores", "watchdog_action"]
     assert sorted(shown["resource_type_associations"]) == [
         "OS::Cinder::Volume",
         "OS::Glance::Image",
@@ -615,7 +680,6 @@ def test_openstack_metadef_property_commands(openstack, admin_url):
         "string",
         ["kvm", "qemu"],
     )
-    assert created["namespace_name"] == ns
 
     shown = openstack("image", "metadef", "property", "show", ns, "hypervisor", "-f", "json")
     assert (shown["name"], shown["description"], shown["enum"]) == ("hypervisor", "Which hypervisor", ["kvm", "qemu"])
@@ -777,7 +841,8 @@ def test_openstacksdk_metadef_calls(conn, admin_url):
     )
     assert (obj.name, obj.description, list(obj.properties)) == ("Firmware", "Boot firmware", ["fw"])
     assert image.get_metadef_object("Firmware", name).description == "Boot firmware"
-    image.update_metadef_object("Firmware", name, description="UEFI or BIOS")
+    # Glance's object PUT needs the name in the body (its object schema requires it)
+    image.update_metadef_object("Firmware", name, name="Firmware", description="UEFI or BIOS")
     assert image.get_metadef_object("Firmware", name).description == "UEFI or BIOS"
     assert [o.name for o in image.metadef_objects(name)] == ["Firmware"]
 
@@ -1067,11 +1132,7 @@ def test_keystone_member_with_openstack_cli(ks_url, catalog, tmp_path):
     listed = {row["namespace"] for row in out("namespace", "list")}
     assert {catalog["public"], catalog["alpha"]} <= listed and catalog["beta"] not in listed
     shown = out("namespace", "show", catalog["alpha"])
-    assert (shown["visibility"], shown["owner"], shown["properties"]) == (
-        "private",
-        login("owner member")[1],
-        ["speed"],
-    )
+    assert (shown["visibility"], shown["owner"]) == ("private", login("owner member")[1])
     assert [p["name"] for p in out("property", "list", catalog["public"])] == ["speed"]
     assert out("property", "show", catalog["public"], "speed")["type"] == "integer"
     assert [o["name"] for o in out("object", "list", catalog["alpha"])] == ["Thing"]
