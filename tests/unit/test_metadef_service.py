@@ -327,3 +327,20 @@ def test_concurrent_writers_keep_each_others_changes(metadefs):
     ns = metadefs.get_namespace("T::Ns", ADMIN)
     assert sorted(t.name for t in ns.tags) == [f"tag{i}" for i in range(6)]
     assert sorted(o.name for o in ns.objects) == [f"object{i}" for i in range(6)]
+
+
+def test_a_policy_file_opens_metadef_writes_to_project_members(metadefs, tmp_path):
+    with pytest.raises(Forbidden, match="add_metadef_namespace"):
+        metadefs.create_namespace(namespace("T::Members"), OWNER)
+    (tmp_path / "policy.yaml").write_text('"metadef_admin": "role:admin or role:member"\n')
+    conf = cfg.ConfigOpts()
+    opts.register_opts(conf)
+    conf([], default_config_files=[])
+    Policy(conf)  # registers the [oslo_policy] options
+    conf.set_override("policy_file", str(tmp_path / "policy.yaml"), group="oslo_policy")
+    metadefs.policy = Policy(conf)
+    created = metadefs.create_namespace(namespace("T::Members"), OWNER)
+    assert created.owner == "p1"
+    metadefs.create_tag("T::Members", "t", OWNER)
+    with pytest.raises(Forbidden, match="add_metadef_tag"):  # readers still read only
+        metadefs.create_tag("T::Members", "u", READER)
