@@ -23,7 +23,9 @@ import pytest
 import requests
 
 from abbild.testing.backends import backend_unavailable
+from tests.conftest import SQL_BACKENDS
 from tests.functional import keystone as ks
+from tests.functional.conftest import server_on_database
 from tests.functional.helpers import server_config
 from tests.functional.test_clients_cli import executable, list_table, run, show_table
 
@@ -559,6 +561,56 @@ def test_protected_namespace_keeps_its_contents(glance, openstack, admin_url):
 
     glance("md-namespace-update", name, "--protected", "False")
     glance("md-namespace-delete", name)
+
+
+# -- every database ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", [p for p in SQL_BACKENDS if p.values[0] != "sqlite"])
+def test_glance_md_commands_on_mariadb_and_postgresql(backend, tmp_path):
+    """The glance commands that write most (import, renames, bulk tags, prefixes, paging,
+    the cascade) on the two server databases, with non-ASCII text; SQLite is the other
+    tests' database."""
+    (tmp_path / "server").mkdir()
+    with server_on_database(backend, tmp_path / "server") as (srv, _, _):
+        env = clean_env(tmp_path)
+
+        def glance(*args, ok=True):
+            return run([executable("glance"), "--os-image-url", srv.url, "--os-auth-token", "x", *args], env, ok)
+
+        name = unique("db")
+        doc = full_namespace(name)
+        doc["description"] = "Größe, Ænderung, 大小"
+        doc["tags"].append({"name": "größe"})
+        path = tmp_path / "ns.json"
+        path.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+        glance("md-namespace-import", "--file", str(path))
+        shown = show_table(glance("md-namespace-show", name, "--resource-type", "OS::Nova::Flavor").stdout)
+        assert shown["description"] == "Größe, Ænderung, 大小"
+        assert sorted(jsonish(shown["properties"])) == ["hw:cpu_cores", "hw:watchdog_action"]
+        assert sorted(jsonish(shown["tags"])) == ["cpu", "größe", "watchdog"]
+
+        glance("md-property-update", name, "cpu_cores", "--name", "cpu_sockets", "--title", "Sockets")
+        glance("md-object-update", name, "CPU Limits", "--name", "CPU Quota")
+        glance("md-tag-update", name, "größe", "--name", "grösse")
+        glance("md-tag-create-multiple", name, "--names", "x,y,z")
+        renamed = name + "-renamed"
+        glance("md-namespace-update", name, "--namespace", renamed)
+        shown = show_table(glance("md-namespace-show", renamed).stdout)
+        assert sorted(jsonish(shown["properties"])) == ["cpu_sockets", "watchdog_action"]
+        assert jsonish(shown["objects"]) == ["CPU Quota"]
+        assert sorted(jsonish(shown["tags"])) == ["x", "y", "z"]
+        assert len(jsonish(shown["resource_type_associations"])) == 3
+
+        others = [unique("db-page") for _ in range(3)]
+        for other in others:
+            glance("md-namespace-create", other, "--visibility", "public")
+        paged = [row["namespace"] for row in list_table(glance("md-namespace-list", "--page-size", "1").stdout)]
+        assert sorted(paged) == sorted([renamed, *others])
+
+        glance("md-namespace-delete", renamed)
+        assert_refused(glance("md-namespace-show", renamed, ok=False), 404)
+        assert api(srv.url, "GET", f"/namespaces/{renamed}/tags").status_code == 404
 
 
 # -- openstack image metadef namespace ----------------------------------------------------------
