@@ -22,6 +22,7 @@ import uuid
 import pytest
 import requests
 
+from abbild.metadefs import CORE_RESOURCE_TYPES
 from abbild.testing.backends import backend_unavailable
 from tests.conftest import SQL_BACKENDS
 from tests.functional import keystone as ks
@@ -31,7 +32,6 @@ from tests.functional.test_clients_cli import executable, list_table, run, show_
 
 PASSWORD = "abbild-test-pw"
 SERVICE_USER, SERVICE_PROJECT = "abbild-service", "service"
-CORE_RESOURCE_TYPES = {"OS::Glance::Image", "OS::Cinder::Volume", "OS::Nova::Flavor", "OS::Nova::Aggregate"}
 
 
 def unique(what: str) -> str:
@@ -480,7 +480,7 @@ def test_glance_md_tag_commands(glance, admin_url):
 
 def test_glance_md_resource_type_commands(glance):
     available = {row["name"] for row in list_table(glance("md-resource-type-list").stdout)}
-    assert CORE_RESOURCE_TYPES <= available
+    assert set(CORE_RESOURCE_TYPES) <= available
 
     ns = unique("rt")
     glance("md-namespace-create", ns)
@@ -828,7 +828,7 @@ def test_openstack_metadef_object_commands(openstack, admin_url):
 
 def test_openstack_metadef_resource_type_commands(openstack, admin_url):
     available = {row["Name"] for row in openstack("image", "metadef", "resource", "type", "list", "-f", "json")}
-    assert CORE_RESOURCE_TYPES <= available
+    assert set(CORE_RESOURCE_TYPES) <= available
 
     ns = unique("osc-rt")
     openstack("image", "metadef", "namespace", "create", ns, "--public", "-f", "json")
@@ -875,11 +875,14 @@ def test_openstacksdk_metadef_calls(conn, admin_url):
     assert name in [n.namespace for n in image.metadef_namespaces(visibility="public")]
     assert name not in [n.namespace for n in image.metadef_namespaces(visibility="private")]
 
+    ascending = [n.namespace for n in image.metadef_namespaces(sort_key="namespace", sort_dir="asc", limit=2)]
+    assert ascending == sorted(ascending) and name in ascending  # paged by 2, one list
+
     updated = image.update_metadef_namespace(name, display_name="SDK 2", visibility="public")
     assert (updated.display_name, updated.visibility) == ("SDK 2", "public")
 
     # resource types and associations
-    assert CORE_RESOURCE_TYPES <= {rt.name for rt in image.metadef_resource_types()}
+    assert set(CORE_RESOURCE_TYPES) <= {rt.name for rt in image.metadef_resource_types()}
     assoc = image.create_metadef_resource_type_association(name, name="OS::Glance::Image", prefix="hw_")
     assert (assoc.name, assoc.prefix) == ("OS::Glance::Image", "hw_")
     assert [a.name for a in image.metadef_resource_type_associations(name)] == ["OS::Glance::Image"]
@@ -915,7 +918,7 @@ def test_openstacksdk_metadef_calls(conn, admin_url):
     ns.set_tags(image, ["two", "three"])
     assert names(api(admin_url, "GET", f"/namespaces/{name}/tags").json()["tags"]) == ["three", "two"]
     ns.set_tags(image, ["four"], append=True)
-    assert names(api(admin_url, "GET", f"/namespaces/{name}/tags").json()["tags"]) == ["four", "three", "two"]
+    assert names(ns.fetch_tags(image).tags) == ["four", "three", "two"]
     image.remove_tag_from_metadef_namespace(name, "four")
     assert names(api(admin_url, "GET", f"/namespaces/{name}/tags").json()["tags"]) == ["three", "two"]
     image.remove_tags_from_metadef_namespace(name)
@@ -1117,7 +1120,9 @@ def test_keystone_project_reads_public_and_own_with_glance(ks_url, catalog, tmp_
         assert show_table(run(glance + ["md-tag-show", name, "shiny"], env).stdout)["name"] == "shiny"
         associations = list_table(run(glance + ["md-namespace-resource-type-list", name], env).stdout)
         assert [(a["name"], a["prefix"]) for a in associations] == [("OS::Glance::Image", "x_")]
-    assert CORE_RESOURCE_TYPES <= {r["name"] for r in list_table(run(glance + ["md-resource-type-list"], env).stdout)}
+    assert set(CORE_RESOURCE_TYPES) <= {
+        r["name"] for r in list_table(run(glance + ["md-resource-type-list"], env).stdout)
+    }
 
 
 @pytest.mark.parametrize("who", ["owner member", "owner reader", "other project member"])
@@ -1203,7 +1208,7 @@ def test_keystone_member_with_openstack_cli(ks_url, catalog, tmp_path):
     assert [a["Name"] for a in out("resource", "type", "association", "list", catalog["public"])] == [
         "OS::Glance::Image"
     ]
-    assert CORE_RESOURCE_TYPES <= {r["Name"] for r in out("resource", "type", "list")}
+    assert set(CORE_RESOURCE_TYPES) <= {r["Name"] for r in out("resource", "type", "list")}
 
     hidden = run(osc + ["namespace", "show", catalog["beta"]], env, ok=False)
     assert_refused(hidden, 404)
