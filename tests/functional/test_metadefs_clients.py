@@ -21,6 +21,7 @@ import uuid
 
 import pytest
 import requests
+from openstack import exceptions
 
 from abbild.metadefs import CORE_RESOURCE_TYPES
 from abbild.testing.backends import backend_unavailable
@@ -865,8 +866,6 @@ def test_openstack_metadef_resource_type_commands(openstack, admin_url):
 
 
 def test_openstacksdk_metadef_calls(conn, admin_url):
-    from openstack import exceptions
-
     image = conn.image
     name = unique("sdk")
     ns = image.create_metadef_namespace(namespace=name, display_name="SDK", visibility="public", protected=False)
@@ -1096,6 +1095,28 @@ def test_keystone_admin_sees_and_changes_everything_with_glance(ks_url, catalog,
     run(glance + ["md-namespace-delete", name], env)
 
 
+def test_keystone_admin_update_without_owner_takes_the_namespace(ks_url, keystone, tmp_path):
+    """Glance's PUT replaces the namespace: an owner left out becomes the caller's project.
+    glanceclient sends the owner back (it PUTs what it read); openstacksdk sends only what
+    it was given, so an administrator's update moves a project's private namespace to the
+    administrator's project, out of the project's sight."""
+    admin, member = sdk_as("admin", ks_url), sdk_as("owner member", ks_url)
+    alpha = login("owner member")[1]
+    name = unique("ks-owner")
+    admin.create_metadef_namespace(namespace=name, owner=alpha)
+    assert member.get_metadef_namespace(name).owner == alpha
+    admin.update_metadef_namespace(name, description="kept by glanceclient, not by the sdk")
+    assert admin.get_metadef_namespace(name).owner == login("admin")[1]
+    with pytest.raises(exceptions.NotFoundException):
+        member.get_metadef_namespace(name)
+    admin.update_metadef_namespace(name, owner=alpha)
+    assert member.get_metadef_namespace(name).owner == alpha
+    glance = [executable("glance"), "--os-image-url", ks_url, "md-namespace-update", name, "--description", "glance"]
+    updated = show_table(run(glance, cli_env_as("admin", tmp_path)).stdout)
+    assert (updated["owner"], updated["description"]) == (alpha, "glance")
+    admin.delete_metadef_namespace(name, ignore_missing=False)
+
+
 @pytest.mark.parametrize("who", ["owner member", "owner reader"])
 def test_keystone_project_reads_public_and_own_with_glance(ks_url, catalog, tmp_path, who):
     env = cli_env_as(who, tmp_path)
@@ -1234,8 +1255,6 @@ def test_keystone_member_with_openstack_cli(ks_url, catalog, tmp_path):
 
 @pytest.mark.parametrize("who", ["owner member", "owner reader", "other project member"])
 def test_keystone_openstacksdk_as_project_user(ks_url, catalog, who):
-    from openstack import exceptions
-
     image = sdk_as(who, ks_url)
     mine, theirs = (
         (catalog["beta"], catalog["alpha"]) if who == "other project member" else (catalog["alpha"], catalog["beta"])
