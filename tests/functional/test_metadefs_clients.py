@@ -817,8 +817,15 @@ def test_openstack_metadef_object_commands(openstack, admin_url):
         "Renamed",
     ]
 
+    # `update` PUTs only the new name; Glance's PUT replaces the object, so its
+    # description, required list and properties are gone (glanceclient sends them back)
+    openstack("image", "metadef", "object", "update", ns, "Memory", "--name", "RAM")
+    ram = api(admin_url, "GET", f"/namespaces/{ns}/objects/RAM").json()
+    assert ram["name"] == "RAM" and not {"description", "required", "properties"} & {k for k, v in ram.items() if v}
+    assert api(admin_url, "GET", f"/namespaces/{ns}/objects/Memory").status_code == 404
+
     openstack("image", "metadef", "object", "delete", ns, "Renamed")
-    assert [o["name"] for o in openstack("image", "metadef", "object", "list", ns, "-f", "json")] == ["Memory"]
+    assert [o["name"] for o in openstack("image", "metadef", "object", "list", ns, "-f", "json")] == ["RAM"]
     openstack("image", "metadef", "object", "delete", ns)  # all of them
     assert api(admin_url, "GET", f"/namespaces/{ns}/objects").json()["objects"] == []
     openstack("image", "metadef", "namespace", "delete", ns)
