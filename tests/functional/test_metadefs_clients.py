@@ -234,7 +234,7 @@ def test_glance_md_namespace_list_pages_and_filters_by_resource_type(glance, adm
     assert not set(created) & set(other)
 
 
-def test_glance_md_namespace_import_show_with_resource_type_prefix(glance, tmp_path):
+def test_glance_md_namespace_import_show_with_resource_type_prefix(glance, admin_url, tmp_path):
     name = unique("import")
     doc = full_namespace(name)
     path = tmp_path / "ns.json"
@@ -268,6 +268,11 @@ def test_glance_md_namespace_import_show_with_resource_type_prefix(glance, tmp_p
     again = glance("md-namespace-import", "--file", str(path), ok=False)
     assert_refused(again, 409)
     glance("md-namespace-delete", name)  # with everything in it
+    assert api(admin_url, "GET", f"/namespaces/{name}/properties").status_code == 404
+    # nothing of it is left behind: the same document imports again, whole
+    again = show_table(glance("md-namespace-import", "--file", str(path)).stdout)
+    assert (sorted(jsonish(again["tags"])), jsonish(again["objects"])) == (["cpu", "watchdog"], ["CPU Limits"])
+    glance("md-namespace-delete", name)
 
 
 # -- glance md-property-* ------------------------------------------------------------------------
