@@ -12,11 +12,14 @@ import datetime
 import random
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from abbild.errors import ConcurrentUpdate
 from abbild.image import Image
 from abbild.metadefs import Namespace, NamespaceFilters, ResourceType
 from abbild.tasks import Task, TaskFilters
+
+T = TypeVar("T")
 
 #: Columns a list may be sorted by.
 SORT_KEYS = ("name", "status", "container_format", "disk_format", "size", "id", "created_at", "updated_at")
@@ -291,18 +294,7 @@ class Registry(abc.ABC):
     def update_task(self, task_id: str, change: Callable[[Task], None], *, within: float = 30.0) -> Task:
         """Apply *change* to the current task and save it, atomically (as
         :meth:`update_image`)."""
-        deadline = time.monotonic() + within
-        attempt = 0
-        while True:
-            task = self.get_task(task_id)
-            change(task)
-            try:
-                return self.save_task(task)
-            except ConcurrentUpdate:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(random.uniform(0, 0.005 * 2 ** min(attempt, 6)))
-                attempt += 1
+        return _read_change_save(lambda: self.get_task(task_id), change, self.save_task, within)
 
     # -- metadata definitions -------------------------------------------------------------
     #
@@ -384,18 +376,9 @@ class Registry(abc.ABC):
     def update_namespace(self, name: str, change: Callable[[Namespace], None], *, within: float = 30.0) -> Namespace:
         """Apply *change* to the current namespace *name* and save it, atomically (as
         :meth:`update_image`)."""
-        deadline = time.monotonic() + within
-        attempt = 0
-        while True:
-            namespace = self.get_namespace(name)
-            change(namespace)
-            try:
-                return self.save_namespace(name, namespace)
-            except ConcurrentUpdate:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(random.uniform(0, 0.005 * 2 ** min(attempt, 6)))
-                attempt += 1
+        return _read_change_save(
+            lambda: self.get_namespace(name), change, lambda ns: self.save_namespace(name, ns), within
+        )
 
     # -- members ------------------------------------------------------------------------
 
@@ -437,18 +420,12 @@ class Registry(abc.ABC):
         *within* seconds rather than a number of rounds: on a busy host one writer
         among several can lose many in a row. *storage_limit*: as for :meth:`save_image`.
         """
-        deadline = time.monotonic() + within
-        attempt = 0
-        while True:
-            image = self.get_image(image_id)
-            change(image)
-            try:
-                return self.save_image(image, storage_limit=storage_limit)
-            except ConcurrentUpdate:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(random.uniform(0, 0.005 * 2 ** min(attempt, 6)))
-                attempt += 1
+        return _read_change_save(
+            lambda: self.get_image(image_id),
+            change,
+            lambda image: self.save_image(image, storage_limit=storage_limit),
+            within,
+        )
 
     def prepare(self) -> None:  # noqa: B027 (optional: most registries need nothing)
         """Get ready to serve, or say why not (a database schema that is behind,
@@ -459,3 +436,21 @@ class Registry(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 (optional)
         """Release connections."""
+
+
+def _read_change_save(read: Callable[[], T], change: Callable[[T], None], save: Callable[[T], T], within: float) -> T:
+    """The loop of :meth:`Registry.update_image` (and of tasks and namespaces): read,
+    change, compare-and-swap save; on a concurrent modification again after a short
+    random pause, until *within* seconds have passed."""
+    deadline = time.monotonic() + within
+    attempt = 0
+    while True:
+        value = read()
+        change(value)
+        try:
+            return save(value)
+        except ConcurrentUpdate:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0, 0.005 * 2 ** min(attempt, 6)))
+            attempt += 1
