@@ -19,6 +19,7 @@
 #   CEPH_RGW_PORT        radosgw HTTP port on 127.0.0.1                      (7480)
 #   CEPH_OSD_STORE       memstore | bluestore (a sparse file in CEPH_DIR)     (memstore)
 #   CEPH_MEMSTORE_BYTES  memstore capacity; RAM is only used as data arrives (4 GiB)
+#   CEPH_BLUESTORE_BYTES bluestore block file size; sparse, disk used as data arrives (10 GiB)
 #   CEPH_WITH_MGR        start a mgr (without one, `ceph -s` warns)           (1)
 #   CEPH_WITH_RGW        start radosgw and create the S3 user                 (1)
 #   CEPH_S3_ACCESS_KEY / CEPH_S3_SECRET_KEY  the S3 user's keys               (fixed test keys)
@@ -36,6 +37,7 @@ MON_PORT2=${CEPH_MON_PORT2:-3300}
 RGW_PORT=${CEPH_RGW_PORT:-7480}
 OSD_STORE=${CEPH_OSD_STORE:-memstore}
 MEM_BYTES=${CEPH_MEMSTORE_BYTES:-4294967296}
+BLUESTORE_BYTES=${CEPH_BLUESTORE_BYTES:-10737418240}
 WITH_MGR=${CEPH_WITH_MGR:-1}
 WITH_RGW=${CEPH_WITH_RGW:-1}
 S3_ACCESS_KEY=${CEPH_S3_ACCESS_KEY:-ABBILDTESTACCESSKEY1}
@@ -217,7 +219,7 @@ memstore device bytes = $MEM_BYTES
 # Not inside osd data: bluestore puts its own "block" symlink there.
 bluestore block path = $CEPH_DIR/osd/block.\$id
 bluestore block create = true
-bluestore block size = 10737418240
+bluestore block size = $BLUESTORE_BYTES
 bluestore fsck on mkfs = false
 bluestore fsck on mount = false
 osd memory target = 1073741824
