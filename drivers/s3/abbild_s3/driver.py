@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -9,6 +10,7 @@ import re
 import urllib.parse
 import uuid
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from abbild.driver import Capability, Driver, ListedObject, StoredObject
 from abbild.errors import (
@@ -102,6 +104,8 @@ class S3Driver(Driver):
             connect_timeout=conf.connect_timeout,
             read_timeout=conf.read_timeout,
             retries={"max_attempts": conf.max_attempts, "mode": "standard"},
+            # Room for the parts of a few concurrent uploads, without discarding connections.
+            max_pool_connections=max(10, 4 * conf.large_object_upload_threads),
             # The core hashes every upload already; the CRC32 that newer boto3 adds by
             # default costs CPU, and older S3-compatible services reject its encoding.
             request_checksum_calculation="when_required",
@@ -122,6 +126,7 @@ class S3Driver(Driver):
         self._bucket = conf.bucket
         self._threshold = conf.large_object_size * MiB
         self._part_size = conf.large_object_part_size * MiB
+        self._upload_threads = conf.large_object_upload_threads
         self._where = conf.endpoint_url or f"Amazon S3 ({conf.region_name})"
         return type(self).capabilities
 
@@ -216,7 +221,8 @@ class S3Driver(Driver):
 
     def put(self, key: str, chunks: Iterable[bytes], size: int | None) -> StoredObject:
         """Store *chunks* with one PUT when they fit in ``large_object_size``, else as a
-        multipart upload, holding at most one part in memory.
+        multipart upload, holding at most ``large_object_upload_threads`` + 1 parts
+        in memory.
 
         An upload of unknown size starts like a small one: if it ends within
         ``large_object_size`` it costs one request instead of three.
@@ -244,39 +250,60 @@ class S3Driver(Driver):
         return StoredObject(uri=uri, size=written)
 
     def _put_multipart(self, key: str, buffer: bytearray, chunks: Iterator[bytes], size: int | None) -> int:
-        """Upload *buffer* and then *chunks* in parts; abort the upload on any failure,
-        so that nothing of it is left (or billed) in the bucket."""
+        """Upload *buffer* and then *chunks* in parts, ``large_object_upload_threads`` of
+        them at a time, and complete them in order. Memory: the parts in flight plus the
+        one being filled. Any failure, of a part or of *chunks*, aborts the upload once
+        the parts in flight have ended, so that nothing of it is left (or billed).
+        """
         upload = self._first_write(self._client.create_multipart_upload, Bucket=self._bucket, Key=key)
         upload_id = upload["UploadId"]
         parts: list[dict] = []
+        in_flight: collections.deque[Future] = collections.deque()
+        numbered = 0
         written = len(buffer)
+        pool = ThreadPoolExecutor(self._upload_threads, thread_name_prefix=f"abbild-s3-{self.store_name}")
 
-        def send(n: int) -> None:
-            with memoryview(buffer) as view:  # released before the buffer shrinks
-                body = bytes(view[:n])
-            del buffer[:n]
-            number = len(parts) + 1
+        def upload_part(number: int, body: bytes) -> dict:
             answer = self._client.upload_part(
                 Bucket=self._bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
             )
-            parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+            return {"PartNumber": number, "ETag": answer["ETag"]}
+
+        def send(n: int) -> None:
+            nonlocal numbered
+            # Wait for a free thread before copying the next part out: that is the bound.
+            # The oldest part first, which also keeps the list of parts in order.
+            while len(in_flight) >= self._upload_threads:
+                parts.append(in_flight.popleft().result())
+            with memoryview(buffer) as view:  # released before the buffer shrinks
+                body = bytes(view[:n])
+            del buffer[:n]
+            numbered += 1
+            in_flight.append(pool.submit(upload_part, numbered, body))
 
         try:
             for chunk in chunks:  # what the iterator raises propagates unchanged
                 buffer += chunk
                 written += len(chunk)
-                while len(buffer) >= (n := part_size(len(parts) + 1, self._part_size, size)):
+                while len(buffer) >= (n := part_size(numbered + 1, self._part_size, size)):
                     send(n)
-            while len(buffer) >= (n := part_size(len(parts) + 1, self._part_size, size)):
+            while len(buffer) >= (n := part_size(numbered + 1, self._part_size, size)):
                 send(n)
-            if buffer or not parts:
+            if buffer or not numbered:
                 send(len(buffer))
+            while in_flight:
+                parts.append(in_flight.popleft().result())
             self._client.complete_multipart_upload(
                 Bucket=self._bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, IfNoneMatch="*"
             )
         except BaseException:
+            # A part still being sent must end first: one that outlived the abort could
+            # leave its data behind.
+            pool.shutdown(wait=True, cancel_futures=True)
             self._abort(key, upload_id)
             raise
+        finally:
+            pool.shutdown(wait=True)
         return written
 
     def _abort(self, key: str, upload_id: str) -> None:

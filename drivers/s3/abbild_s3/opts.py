@@ -116,7 +116,9 @@ Related options:
         default=16,
         min=MIN_PART_SIZE_MIB,
         help="""
-Size in MiB of each part of a multipart upload; one part is held in memory at a time.
+Size in MiB of each part of a multipart upload. An upload holds at most
+(large_object_upload_threads + 1) parts in memory: those being sent and the one
+being filled.
 
 Images of known size larger than 10 000 parts get parts just large enough.
 Uploads of unknown size double the part size every 1 000 parts, so even a
@@ -127,6 +129,28 @@ Possible values:
 
 Related options:
     * large_object_size
+    * large_object_upload_threads
+""",
+    ),
+    cfg.IntOpt(
+        "large_object_upload_threads",
+        default=4,
+        min=1,
+        max=64,
+        help="""
+How many parts of one multipart upload are sent at the same time.
+
+Memory bound: an upload holds at most (large_object_upload_threads + 1) x
+large_object_part_size in memory, the parts in flight plus the one being filled
+(80 MiB with the defaults). A part that fails, or an upload whose client goes
+away, aborts the whole multipart upload once the parts in flight have ended.
+
+Possible values:
+    * 1: one part at a time (2 parts in memory)
+    * more: faster to services that take parts in parallel, as S3 and radosgw do
+
+Related options:
+    * large_object_part_size
 """,
     ),
     cfg.StrOpt(
