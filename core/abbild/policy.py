@@ -8,7 +8,11 @@ visibility and membership.
 
 from __future__ import annotations
 
-from oslo_policy import policy
+import os
+import time
+
+from oslo_config import cfg
+from oslo_policy import _checks, policy
 
 from abbild.errors import Forbidden
 
@@ -125,19 +129,141 @@ def list_rules():
     return rule_defaults()
 
 
-class Policy:
+# Checks whose answer depends on nothing but the rules, the target and the credentials:
+# a rule made of these alone gives the same answer for the same question.
+_PURE_CHECKS = (
+    _checks.AndCheck,
+    _checks.OrCheck,
+    _checks.NotCheck,
+    _checks.RuleCheck,
+    _checks.RoleCheck,
+    _checks.GenericCheck,
+    _checks.TrueCheck,
+    _checks.FalseCheck,
+)
+# Distinct questions remembered between two policy file changes; then it starts over.
+DECISIONS_KEPT = 8192
+# How often the policy files are looked at: a changed, new or removed policy file takes
+# effect within this many seconds (a look costs a dozen stat calls: not one per check).
+RECHECK_SECONDS = 1.0
+
+
+def _pure(check) -> bool:
+    if type(check) not in _PURE_CHECKS:
+        return False  # http:, a plugin's check, or one of a later oslo.policy: ask it every time
+    children = getattr(check, "rules", None) or [getattr(check, "rule", None)]
+    return all(child is None or _pure(child) for child in children)
+
+
+def _stat(path: str) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+class _Enforcer(policy.Enforcer):
+    """oslo.policy's Enforcer looks for the policy files on every check (a search of the
+    config directories, then a read if one changed). This one stats the same candidate
+    paths at most every RECHECK_SECONDS, and reloads only when one of them appeared, went
+    or changed."""
+
     def __init__(self, conf) -> None:
-        self.enforcer = policy.Enforcer(conf)
+        super().__init__(conf)
+        self.loaded_signature = None
+        self.next_check = 0.0
+        self.candidates: list[str] | None = None  # once the configuration is parsed
+        self.generation = 0  # counts the reloads; a decision belongs to one of them
+
+    def _candidates(self) -> list[str]:
+        # Where conf.find_file looks (the --config-dir, the config files' directories,
+        # ~/.abbild, ~, /etc/abbild, /etc), for the policy file and each policy dir.
+        dirs = [os.path.dirname(os.path.abspath(os.path.expanduser(f))) for f in reversed(self.conf.config_file)]
+        config_dir = self.conf.config_dir
+        dirs = ([os.path.abspath(os.path.expanduser(config_dir))] if config_dir else []) + dirs
+        dirs += cfg._get_config_dirs(self.conf.project)
+        names = [self.conf.oslo_policy.policy_file, *self.conf.oslo_policy.policy_dirs]
+        return list(dict.fromkeys(os.path.join(d, name) for name in names for d in dirs))
+
+    def signature(self) -> tuple:
+        found = []
+        for path in self.candidates:
+            st = _stat(path)
+            found.append(st)
+            if st is not None and os.path.isdir(path):
+                found.append(tuple(sorted((name, _stat(os.path.join(path, name))) for name in os.listdir(path))))
+        return tuple(found)
+
+    def load_rules(self, force_reload: bool = False) -> None:
+        now = time.monotonic()
+        if not force_reload and self.loaded_signature is not None and now < self.next_check:
+            return
+        if self.candidates is None:
+            self.candidates = self._candidates()
+        signature = self.signature()
+        self.next_check = now + RECHECK_SECONDS
+        if force_reload or signature != self.loaded_signature:
+            super().load_rules(force_reload)
+            self.loaded_signature = signature
+            self.generation += 1
+
+    def forget_loaded(self) -> None:
+        """Rules changed in memory (a default registered): load them on the next check."""
+        self.loaded_signature = None
+
+
+class Policy:
+    """Checks against oslo.policy, remembering answers: the same question (action, target,
+    caller) gets the same answer until a policy file changes, when rules are all pure
+    (roles, rules, target and credential fields); an ``http:`` or a plugin's check is
+    asked every time."""
+
+    def __init__(self, conf) -> None:
+        self.enforcer = _Enforcer(conf)
         self.enforcer.register_defaults(rule_defaults())
+        self._decisions: dict = {}
+        self._generation = -1
+        self._cacheable = False
+
+    def _fresh_decisions(self) -> dict | None:
+        """The remembered answers of the rules loaded now (None: rules that must be asked)."""
+        enforcer = self.enforcer
+        enforcer.load_rules()
+        if enforcer.generation != self._generation:
+            self._cacheable = all(_pure(rule) for rule in enforcer.rules.values())
+            self._decisions = {}
+            self._generation = enforcer.generation
+        if not self._cacheable:
+            return None
+        if len(self._decisions) >= DECISIONS_KEPT:
+            self._decisions = {}
+        return self._decisions
 
     def allows(self, action: str, viewer, target: dict | None = None) -> bool:
         """Whether *viewer* may do *action* on *target* (the image's attributes)."""
         if viewer.anonymous:
             return action in ANONYMOUS_ACTIONS
-        creds = {"roles": sorted(roles_of(viewer)), "project_id": viewer.project_id, "user_id": viewer.user_id}
+        roles = sorted(roles_of(viewer))
         # A missing key fails its check; a None value would match a None project.
         target = {k: v for k, v in (target or {}).items() if v is not None}
-        return self.enforcer.enforce(action, target, creds)
+        decisions = self._fresh_decisions()
+        key = None
+        if decisions is not None:
+            try:
+                key = (action, tuple(roles), viewer.project_id, viewer.user_id, *sorted(target.items()))
+                hash(key)
+            except TypeError:  # a value no dict key can hold
+                key = None
+            else:
+                answer = decisions.get(key)
+                if answer is not None:
+                    return answer
+        creds = {"roles": roles, "project_id": viewer.project_id, "user_id": viewer.user_id}
+        answer = bool(self.enforcer.enforce(action, target, creds))
+        if key is not None:
+            decisions[key] = answer
+        return answer
 
     def authorize(self, action: str, viewer, target: dict | None = None) -> None:
         """:raises abbild.errors.Forbidden: *viewer* may not do *action*."""
@@ -146,3 +272,4 @@ class Policy:
 
     def add_rule(self, name: str, check: str) -> None:
         self.enforcer.register_default(policy.RuleDefault(name, check))
+        self.enforcer.forget_loaded()

@@ -59,3 +59,83 @@ def test_anonymous_reads_public_images_only_and_writes_nothing(service):
         service.create(Image(id=str(uuid.uuid4())), ANONYMOUS)
     with pytest.raises(Forbidden):
         service.usage(ANONYMOUS)
+
+
+def _policy_in(directory, policy_yaml: str | None = None) -> Policy:
+    """A Policy of a configuration in *directory*, where oslo.policy finds policy.yaml."""
+    from abbild import config
+
+    (directory / "abbild-api.conf").write_text("[DEFAULT]\n")
+    if policy_yaml is not None:
+        (directory / "policy.yaml").write_text(policy_yaml)
+    return Policy(config.load([str(directory / "abbild-api.conf")]))
+
+
+def test_a_policy_file_that_appears_or_changes_takes_effect_without_a_restart(tmp_path, monkeypatch):
+    import abbild.policy
+
+    monkeypatch.setattr(abbild.policy, "RECHECK_SECONDS", 0)
+    policy = _policy_in(tmp_path)
+    target = {"project_id": "owner"}
+    assert not policy.allows("publicize_image", OWNER, target)
+    assert not policy.allows("publicize_image", OWNER, target)  # answered from memory now
+    (tmp_path / "policy.yaml").write_text('"publicize_image": "role:member"\n')
+    assert policy.allows("publicize_image", OWNER, target)
+    (tmp_path / "policy.yaml").write_text('"publicize_image": "role:nobody-has-this"\n')
+    assert not policy.allows("publicize_image", OWNER, target)
+    (tmp_path / "policy.yaml").unlink()
+    assert not policy.allows("publicize_image", OWNER, target)
+    assert policy.allows("publicize_image", Viewer(is_admin=True), target)
+
+
+def test_a_changed_policy_file_takes_effect_within_the_recheck_interval(tmp_path, monkeypatch):
+    import abbild.policy
+
+    clock = [1000.0]
+    monkeypatch.setattr(abbild.policy.time, "monotonic", lambda: clock[0])
+    policy = _policy_in(tmp_path, '"publicize_image": "role:member"\n')
+    assert policy.allows("publicize_image", OWNER, {"project_id": "owner"})
+    (tmp_path / "policy.yaml").write_text('"publicize_image": "role:admin"\n')
+    clock[0] += abbild.policy.RECHECK_SECONDS + 0.01
+    assert not policy.allows("publicize_image", OWNER, {"project_id": "owner"})
+
+
+def test_remembered_answers_belong_to_their_configuration(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    opened = _policy_in(tmp_path / "a", '"get_images": "@"\n')
+    default = _policy_in(tmp_path / "b")
+    nobody = Viewer(project_id="p", roles=())
+    for _ in range(2):
+        assert opened.allows("get_images", nobody, {"project_id": "p"})
+        assert not default.allows("get_images", nobody, {"project_id": "p"})
+
+
+def test_answers_depend_on_the_whole_question(tmp_path):
+    policy = _policy_in(tmp_path)
+    for _ in range(2):
+        assert policy.allows("modify_image", OWNER, {"project_id": "owner"})
+        assert not policy.allows("modify_image", OWNER, {"project_id": "other"})
+        assert not policy.allows("modify_image", READER, {"project_id": "owner"})
+        assert not policy.allows("modify_image", STRANGER, {"project_id": "owner"})
+        assert not policy.allows("modify_image", OWNER, {})
+
+
+def test_a_check_outside_oslo_policys_pure_ones_is_asked_every_time(tmp_path):
+    from oslo_policy import _checks
+
+    calls = []
+
+    class Counting(_checks.Check):
+        def __call__(self, target, creds, enforcer, current_rule=None):
+            calls.append(target)
+            return True
+
+    _checks.register("counting-test", Counting)
+    try:
+        policy = _policy_in(tmp_path, '"get_images": "counting-test:x"\n')
+        for _ in range(3):
+            assert policy.allows("get_images", OWNER, {"project_id": "owner"})
+        assert len(calls) == 3
+    finally:
+        _checks.registered_checks.pop("counting-test", None)
