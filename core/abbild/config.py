@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import socket
@@ -51,6 +52,7 @@ def service_config_files(service: str, given: Sequence[str] | None = None) -> li
     return list(given) if given else [service_config_file(service)]
 
 
+@functools.lru_cache(maxsize=1024)  # asked on every request, by the noauth filter
 def is_loopback_address(address: str | None) -> bool:
     """Whether a client's address (``REMOTE_ADDR``) is this machine's loopback."""
     try:

@@ -4,6 +4,7 @@ read by the API from ``environ["abbild.context"]``."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from abbild.registry import Viewer
 
@@ -25,7 +26,7 @@ class RequestContext:
     # credential: kept out of repr() and so out of logs.
     auth_token: str | None = dataclasses.field(default=None, repr=False)
 
-    @property
+    @functools.cached_property  # read several times a request; the context never changes
     def viewer(self) -> Viewer:
         return Viewer(
             project_id=self.project_id,

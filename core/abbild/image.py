@@ -99,7 +99,15 @@ class Image:
     version: int = 0
 
     def copy(self) -> Image:
-        return copy.deepcopy(self)
+        """A copy whose tags, properties and locations change apart from this one's
+        (field by field: deepcopy walked every datetime and string, on every read)."""
+        image = copy.copy(self)
+        image.tags = set(self.tags)
+        image.properties = dict(self.properties)
+        image.locations = [copy.copy(loc) for loc in self.locations]
+        for location in image.locations:
+            location.metadata = copy.deepcopy(location.metadata)  # may nest (validation data)
+        return image
 
     def transition(self, target: Status) -> None:
         """Move to *target* through the one transition table.

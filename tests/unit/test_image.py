@@ -131,3 +131,23 @@ def test_defaults():
 def test_utcnow_is_naive_whole_seconds():
     now = utcnow()
     assert now.tzinfo is None and now.microsecond == 0
+
+
+def test_a_copy_changes_apart_from_its_original():
+    from abbild.image import Image, Location
+
+    original = Image(
+        id="i",
+        tags={"a"},
+        properties={"p": "1"},
+        locations=[Location("local", "file:///x", metadata={"validation": {"checksum": "c"}})],
+    )
+    copied = original.copy()
+    assert copied == original
+    copied.tags.add("b")
+    copied.properties["q"] = "2"
+    copied.locations[0].metadata["validation"]["checksum"] = "d"
+    copied.locations[0].status = "pending"
+    copied.locations.append(Location("other", "file:///y"))
+    assert original.tags == {"a"} and original.properties == {"p": "1"}
+    assert original.locations == [Location("local", "file:///x", metadata={"validation": {"checksum": "c"}})]
