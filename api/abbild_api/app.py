@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 
@@ -70,6 +71,23 @@ def _schema(app, req, name):
     return handler(app, req)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApiOptions:
+    """The options a request reads, read from the conf once: each oslo.config lookup
+    costs microseconds, and a list reads some for every image it shows."""
+
+    max_json_body_size: int
+    show_multiple_locations: bool
+    show_image_direct_url: bool
+    limit_param_default: int
+    api_limit_max: int
+    max_property_value_length: int
+
+    @classmethod
+    def from_conf(cls, conf) -> ApiOptions:
+        return cls(**{field.name: getattr(conf, field.name) for field in dataclasses.fields(cls)})
+
+
 def _compile(template: str) -> re.Pattern:
     return re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template) + "$")
 
@@ -80,6 +98,7 @@ class Application:
     def __init__(self, service: ImageService) -> None:
         self.service = service
         self.conf = service.conf
+        self.options = ApiOptions.from_conf(service.conf)
         self.routes = [(_compile(t), methods) for t, methods in ROUTES]
 
     @staticmethod
@@ -89,7 +108,7 @@ class Application:
     @webob.dec.wsgify
     def __call__(self, req: webob.Request) -> webob.Response:
         path = _checked_url(req)
-        req.environ[BODY_LIMIT] = self.conf.max_json_body_size
+        req.environ[BODY_LIMIT] = self.options.max_json_body_size
         for pattern, methods in self.routes:
             m = pattern.match(path)
             if not m:

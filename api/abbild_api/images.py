@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import operator
 import re
 import urllib.parse
 import uuid
@@ -48,21 +49,30 @@ _BASE = (
     "min_disk",
     "min_ram",
 )
+_BASE_VALUES = operator.attrgetter(*_BASE)
 PATCH_TYPES = ("application/openstack-images-v2.1-json-patch", "application/openstack-images-v2.0-json-patch")
 _VALIDATOR = jsonschema.Draft4Validator(schemas.image_validation_schema())
 
 
 def timestamp(value: datetime.datetime | None) -> str | None:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value else None
+    if not value:
+        return None
+    if value.tzinfo is None and value.year >= 1000:  # isoformat: a third of strftime's time
+        return value.isoformat(timespec="seconds") + "Z"
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def image_view(image: Image, conf) -> dict:
+def image_view(image: Image, options) -> dict:
     """The image as the API shows it; pass it through ``service.readable`` first.
-    *conf* decides whether locations are shown (``show_multiple_locations``,
-    ``show_image_direct_url``)."""
-    view = {name: value for name, value in image.properties.items() if name not in HIDDEN_PROPERTIES}
-    view.update({name: getattr(image, name) for name in _BASE})
-    view["status"] = image.status.value
+    *options* (the app's :class:`abbild_api.app.ApiOptions`, or the conf) decides whether
+    locations are shown (``show_multiple_locations``, ``show_image_direct_url``)."""
+    properties = image.properties
+    if HIDDEN_PROPERTIES.isdisjoint(properties):
+        view = dict(properties)
+    else:
+        view = {name: value for name, value in properties.items() if name not in HIDDEN_PROPERTIES}
+    view.update(zip(_BASE, _BASE_VALUES(image)))
+    view["status"] = image.status._value_
     view["created_at"] = timestamp(image.created_at)
     view["updated_at"] = timestamp(image.updated_at)
     view["tags"] = sorted(image.tags)
@@ -72,9 +82,9 @@ def image_view(image: Image, conf) -> dict:
     active = [loc for loc in image.locations if loc.status == "active"]
     if active:
         view["stores"] = ",".join(dict.fromkeys(loc.store for loc in active))
-    if conf.show_multiple_locations:
+    if options.show_multiple_locations:
         view["locations"] = [location_view(loc) for loc in active]
-    if conf.show_image_direct_url and active:
+    if options.show_image_direct_url and active:
         view["direct_url"] = active[0].uri
     return view
 
@@ -83,14 +93,14 @@ def location_view(location) -> dict:
     return {"url": location.uri, "metadata": {**location.metadata, "store": location.store}}
 
 
-def _validate(values: dict, conf) -> None:
+def _validate(values: dict, options) -> None:
     error = jsonschema.exceptions.best_match(_VALIDATOR.iter_errors(values))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path)
         raise Invalid(
             f"Provided object does not match schema 'image': {error.message}" + (f" (at '{where}')" if where else "")
         )
-    longest = conf.max_property_value_length
+    longest = options.max_property_value_length
     for name, value in values.items():
         if name not in schemas.IMAGE_PROPERTIES and isinstance(value, str) and len(value) > longest:
             raise Invalid(
@@ -139,7 +149,7 @@ def new_image(app, ctx, body: dict) -> Image:
             continue
         _check_settable(name)
     image_id = body.pop("id") if "id" in body else str(uuid.uuid4())  # null or "" fail validation
-    _validate({"id": image_id, **body}, app.conf)
+    _validate({"id": image_id, **body}, app.options)
     owner = body.get("owner", ctx.project_id)
     image = Image(id=image_id.lower(), owner=owner)
     values = _writable_view(image)
@@ -153,7 +163,7 @@ def create(app, req):
     body = read_json(req)
     ctx = app.context(req)
     image = new_image(app, ctx, body)
-    resp = json_response(image_view(app.service.readable(image, ctx.viewer), app.conf), 201)
+    resp = json_response(image_view(app.service.readable(image, ctx.viewer), app.options), 201)
     resp.location = f"/v2/images/{image.id}"
     resp.headers["OpenStack-image-store-ids"] = ",".join(s.name for s in app.service.stores if not s.read_only)
     if app.service.imports.methods:
@@ -241,14 +251,14 @@ def _sort(params) -> list[tuple[str, str]]:
     return pairs
 
 
-def parse_list_params(params, conf) -> tuple[ImageFilters, list, int, str | None]:
+def parse_list_params(params, options) -> tuple[ImageFilters, list, int, str | None]:
     f = ImageFilters()
-    limit, marker = conf.limit_param_default, None
+    limit, marker = options.limit_param_default, None
     for name, value in params.items():
         if name in ("sort_key", "sort_dir", "sort"):
             continue
         if name == "limit":
-            limit = min(_int("limit", value, maximum=None), conf.api_limit_max)  # never reaches the database
+            limit = min(_int("limit", value, maximum=None), options.api_limit_max)  # never reaches the database
         elif name == "marker":
             marker = value
         elif name in IN_FILTERS:
@@ -293,7 +303,7 @@ def _unreadable(app, name: str, viewer) -> bool:
 
 
 def index(app, req):
-    filters, sort, limit, marker = parse_list_params(req.GET, app.conf)
+    filters, sort, limit, marker = parse_list_params(req.GET, app.options)
     viewer = app.context(req).viewer
     for name in filters.properties:
         # The answer would tell whether some image holds that value.
@@ -302,7 +312,7 @@ def index(app, req):
     images = app.service.list(filters, sort, limit, marker, viewer)
     query = [(k, v) for k, v in req.GET.items() if k != "marker"]
     body = {
-        "images": [image_view(app.service.readable(i, viewer), app.conf) for i in images],
+        "images": [image_view(app.service.readable(i, viewer), app.options) for i in images],
         "first": "/v2/images" + (f"?{urllib.parse.urlencode(query)}" if query else ""),
         "schema": "/v2/schemas/images",
     }
@@ -317,7 +327,7 @@ def index(app, req):
 def show(app, req, image_id):
     reject_body(req)
     viewer = app.context(req).viewer
-    return json_response(image_view(app.service.readable(app.service.get(image_id, viewer), viewer), app.conf))
+    return json_response(image_view(app.service.readable(app.service.get(image_id, viewer), viewer), app.options))
 
 
 def _pointer(path) -> str:
@@ -401,7 +411,7 @@ def _location_value(value) -> tuple[str, dict, dict | None]:
 
 def _change_location(app, ctx, image_id, op, path, value) -> Image:
     """One json-patch change of ``/locations`` (the legacy location API); the image after it."""
-    if not app.conf.show_multiple_locations:
+    if not app.options.show_multiple_locations:
         raise Forbidden(
             "Locations are not shown here (show_multiple_locations is off), so they cannot be changed "
             f"through PATCH; register one with POST /v2/images/{image_id}/locations instead."
@@ -432,7 +442,7 @@ def update(app, req, image_id):
         image = _change_location(app, ctx, image_id, op, path, value)
     ops = [o for o in ops if o[1] != "locations"]
     if location_ops and not ops:
-        return json_response(image_view(app.service.readable(image, ctx.viewer), app.conf))
+        return json_response(image_view(app.service.readable(image, ctx.viewer), app.options))
 
     def change(image: Image) -> None:
         values = _writable_view(image)
@@ -463,11 +473,11 @@ def update(app, req, image_id):
             if name == "tags" and isinstance(value, list) and all(isinstance(tag, str) for tag in value):
                 value = sorted(set(value))  # anything else fails validation below, with a message
             values[name] = value
-        _validate({"id": image.id, **values}, app.conf)
+        _validate({"id": image.id, **values}, app.options)
         _apply(image, values)
 
     image = app.service.update(image_id, change, ctx.viewer)
-    return json_response(image_view(app.service.readable(image, ctx.viewer), app.conf))
+    return json_response(image_view(app.service.readable(image, ctx.viewer), app.options))
 
 
 def add_location(app, req, image_id):

@@ -113,7 +113,7 @@ def namespace_view(namespace: Namespace, *, detail: str | None = None, resource_
 # -- query parameters -----------------------------------------------------------------------
 
 
-def _limit(params, conf, *, default: int | None) -> int | None:
+def _limit(params, options, *, default: int | None) -> int | None:
     if "limit" not in params:
         return default
     try:
@@ -122,7 +122,7 @@ def _limit(params, conf, *, default: int | None) -> int | None:
         raise Invalid("limit param must be an integer") from None
     if limit < 0:
         raise Invalid("limit param must be positive")
-    return min(limit, conf.api_limit_max)
+    return min(limit, options.api_limit_max)
 
 
 def _sort_dir(params) -> str:
@@ -132,11 +132,11 @@ def _sort_dir(params) -> str:
     return sort_dir
 
 
-def _list_page(params, conf) -> ListPage:
+def _list_page(params, options) -> ListPage:
     return ListPage(
         sort_key=params.get("sort_key", "created_at"),
         sort_dir=_sort_dir(params),
-        limit=_limit(params, conf, default=None),
+        limit=_limit(params, options, default=None),
         marker=params.get("marker"),
     )
 
@@ -151,7 +151,7 @@ def list_namespaces(app, req):
     if visibility and visibility not in ("public", "private"):
         raise Invalid(f"Invalid visibility value: {visibility}")
     resource_types = tuple(t for t in params.get("resource_types", "").split(",") if t)
-    limit = _limit(params, app.conf, default=app.conf.limit_param_default)
+    limit = _limit(params, app.options, default=app.options.limit_param_default)
     namespaces = app.service.metadefs.list_namespaces(
         NamespaceFilters(visibility=visibility or None, resource_types=resource_types),
         params.get("sort_key", "created_at"),
@@ -261,7 +261,7 @@ def _object_from(body: dict) -> MetadefObject:
 
 def list_objects(app, req, namespace):
     reject_body(req)
-    page = _list_page(req.GET, app.conf)
+    page = _list_page(req.GET, app.options)
     found = app.service.metadefs.list_objects(namespace, page, _viewer(app, req))
     # Glance's list names its schema without the leading slash; clients do not follow it.
     return json_response(
@@ -344,7 +344,7 @@ def delete_property(app, req, namespace, property_name):
 
 def list_tags(app, req, namespace):
     reject_body(req)
-    page = _list_page(req.GET, app.conf)
+    page = _list_page(req.GET, app.options)
     found = app.service.metadefs.list_tags(namespace, page, _viewer(app, req))
     return json_response({"tags": [{"name": t.name} for t in found]})
 

@@ -103,17 +103,17 @@ def _access(app, req, action: str):
     return viewer
 
 
-def _limit(value: str, conf) -> int:
+def _limit(value: str, options) -> int:
     try:
         limit = int(value)
     except ValueError:
         raise Invalid("limit param must be an integer") from None
     if limit < 0:
         raise Invalid("limit param must be positive")
-    return min(limit, conf.api_limit_max)
+    return min(limit, options.api_limit_max)
 
 
-def _list_params(params, conf) -> tuple[TaskFilters, str, str, int, str | None]:
+def _list_params(params, options) -> tuple[TaskFilters, str, str, int, str | None]:
     unknown = sorted(set(params) - set(_LIST_PARAMS))
     if unknown:
         raise Invalid(f"Invalid filter: {unknown[0]}. Tasks are filtered by type and status only.")
@@ -130,7 +130,7 @@ def _list_params(params, conf) -> tuple[TaskFilters, str, str, int, str | None]:
         raise Invalid(f"Invalid sort key: {sort_key}. It must be one of the following: {', '.join(TASK_SORT_KEYS)}.")
     if sort_dir not in ("asc", "desc"):
         raise Invalid(f"Invalid sort direction: {sort_dir}")
-    limit = _limit(params["limit"], conf) if "limit" in params else conf.limit_param_default
+    limit = _limit(params["limit"], options) if "limit" in params else options.limit_param_default
     return TaskFilters(type=type_, status=status), sort_key, sort_dir, limit, params.get("marker")
 
 
@@ -143,7 +143,7 @@ def _own(task: Task, viewer) -> bool:
 def index(app, req):
     reject_body(req)
     viewer = _access(app, req, "get_tasks")
-    filters, sort_key, sort_dir, limit, marker = _list_params(req.GET, app.conf)
+    filters, sort_key, sort_dir, limit, marker = _list_params(req.GET, app.options)
     if not viewer.is_admin:
         filters = TaskFilters(type=filters.type, status=filters.status, owner=viewer.project_id or "")
     tasks = [_settled(app, t) for t in app.service.registry.list_tasks(filters, sort_key, sort_dir, limit, marker)]
