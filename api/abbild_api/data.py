@@ -197,6 +197,11 @@ def download(app, req, image_id):
         notify(app.service.plugins, "abbild_image_sent", image=dl.image, bytes_sent=sent, viewer=viewer, error=error)
 
     if dl.file is not None:
+        # A store's file may read ahead of the sender (Driver.open_local): sendfile
+        # of a file that is not in the page cache then goes at the disk's speed.
+        read_ahead = getattr(dl.file, "read_ahead", None)
+        if read_ahead is not None:
+            read_ahead(dl.length)
         app_iter = wrapper(_FileWindow(dl.file, dl.length, ended), CHUNK_SIZE)
     else:
         app_iter = _Sent(dl.chunks, ended)

@@ -167,7 +167,11 @@ class Driver(abc.ABC):
 
     def open_local(self, uri: str) -> IO[bytes] | None:
         """Return a real file opened for reading at *uri*, so the WSGI server can
-        ``sendfile`` it, or ``None`` when the store has no local file. Optional."""
+        ``sendfile`` it, or ``None`` when the store has no local file. Optional.
+
+        The file may have a method ``read_ahead(length)``: the API calls it, with the
+        file at the download's first byte, before the server sends *length* bytes, so
+        the store can have them read from its disk ahead of ``sendfile``."""
         return None
 
     def properties(self) -> dict[str, object]:
