@@ -3,6 +3,7 @@ compute and volume services can clone copy-on-write."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
 import errno
@@ -106,6 +107,7 @@ class RBDDriver(Driver):
         self._fsid: str | None = None
         self._chunk_size = conf.chunk_size * MiB
         self._order = self._chunk_size.bit_length() - 1
+        self._in_flight = conf.ios_in_flight
         return type(self).capabilities
 
     def check(self) -> str:
@@ -138,17 +140,29 @@ class RBDDriver(Driver):
             ioctx.close()
             raise
         end = size if length is None else min(size, offset + length)
-        position = offset
+        # Reads ahead: up to ios_in_flight chunks requested before they are wanted.
+        ahead: collections.deque = collections.deque()
+        requested = offset
+
+        def request_more() -> None:
+            nonlocal requested
+            while len(ahead) < self._in_flight and requested < end:
+                n = min(self._chunk_size, end - requested)
+                ahead.append(_Read(image, requested, n))
+                requested += n
 
         def read(want: int) -> bytes:
-            nonlocal position
+            # ChunkReader asks for min(chunk_size, what is left): just what was requested.
             with self._errors(uri):
-                chunk = image.read(position, want)
-            position += len(chunk)
-            return chunk
+                request_more()
+                if not ahead:
+                    return b""
+                return ahead.popleft().result()
 
         def close() -> None:
             try:
+                while ahead:  # librbd writes into their buffers until they complete
+                    ahead.popleft().wait()
                 image.close()
             finally:
                 ioctx.close()
@@ -209,31 +223,44 @@ class RBDDriver(Driver):
         return StoredObject(uri=self._uri(pool, key, SNAP), size=written)
 
     def _write(self, image, chunks: Iterable[bytes]) -> int:
-        """Write *chunks* in whole RADOS objects, skipping the all-zero ones (a new
-        image reads as zeros already), growing the image when they outrun it and
-        trimming it to the bytes written at the end. :returns: that number."""
+        """Write *chunks* in whole RADOS objects, ``ios_in_flight`` at a time, skipping
+        the all-zero ones (a new image reads as zeros already), growing the image when
+        they outrun it and trimming it to the bytes written at the end. :returns: that
+        number."""
         unit = self._chunk_size
         capacity, offset, buffer = image.size(), 0, bytearray()
+        in_flight: collections.deque[_Write] = collections.deque()
 
         def write(data: bytes) -> None:
             nonlocal capacity, offset
             end = offset + len(data)
             if end > capacity:
                 capacity = grown_size(capacity, end, unit)
-                image.resize(capacity)
+                image.resize(capacity)  # growing only: the writes in flight stay inside
             if data.count(0) != len(data):
-                image.write(data, offset)
+                # Wait for a free slot before the next write: that is the memory bound.
+                while len(in_flight) >= self._in_flight:
+                    in_flight.popleft().result()
+                in_flight.append(_Write(image, data, offset))
             offset = end
 
-        for chunk in chunks:  # what the iterator raises propagates unchanged
-            buffer += chunk
-            while len(buffer) >= unit:
-                with memoryview(buffer) as view:  # released before the buffer shrinks
-                    data = bytes(view[:unit])
-                del buffer[:unit]
-                write(data)
-        if buffer:
-            write(bytes(buffer))
+        try:
+            for chunk in chunks:  # what the iterator raises propagates unchanged
+                buffer += chunk
+                while len(buffer) >= unit:
+                    with memoryview(buffer) as view:  # released before the buffer shrinks
+                        data = bytes(view[:unit])
+                    del buffer[:unit]
+                    write(data)
+            if buffer:
+                write(bytes(buffer))
+            while in_flight:
+                in_flight.popleft().result()
+        finally:
+            # On failure too: librbd reads their buffers until they complete, and the
+            # image must not be closed (or removed) under them.
+            while in_flight:
+                in_flight.popleft().wait()
         if capacity != offset:
             image.resize(offset)
         return offset
@@ -399,3 +426,47 @@ class RBDDriver(Driver):
         if fsid != self._fsid:  # an image of another Ceph cluster
             raise NotFound(uri)
         return pool, name, snap
+
+
+class _Write:
+    """One ``aio_write`` under way; keeps its data alive until librbd is done with it."""
+
+    def __init__(self, image, data: bytes, offset: int) -> None:
+        self.data, self.offset = data, offset
+        self.completion = image.aio_write(data, offset, None)
+
+    def wait(self) -> int:
+        self.completion.wait_for_complete_and_cb()
+        self.data = None
+        return self.completion.get_return_value()
+
+    def result(self) -> None:
+        """:raises rbd.OSError: the write failed."""
+        if (ret := self.wait()) < 0:
+            import rbd
+
+            raise rbd.OSError(f"writing at {self.offset}: {os.strerror(-ret)}", errno=-ret)
+
+
+class _Read:
+    """One ``aio_read`` under way."""
+
+    def __init__(self, image, offset: int, length: int) -> None:
+        self.offset, self.data = offset, b""
+        self.completion = image.aio_read(offset, length, self._done)
+
+    def _done(self, completion, data) -> None:
+        self.data = data or b""
+
+    def wait(self) -> int:
+        self.completion.wait_for_complete_and_cb()
+        return self.completion.get_return_value()
+
+    def result(self) -> bytes:
+        """:raises rbd.OSError: the read failed."""
+        if (ret := self.wait()) < 0:
+            import rbd
+
+            raise rbd.OSError(f"reading at {self.offset}: {os.strerror(-ret)}", errno=-ret)
+        data, self.data = self.data, b""
+        return data

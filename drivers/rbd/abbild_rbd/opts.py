@@ -68,12 +68,36 @@ Related options:
         choices=[1, 2, 4, 8, 16, 32],
         help="""
 Size in MiB of the RADOS objects each image is split into; also the unit of
-writes and reads, so one such chunk per transfer is held in memory.
+writes and reads (see ios_in_flight for the memory that takes).
 
 Chunks that are all zeros are not written at all: the image stays thin.
 
 Possible values:
     * a power of two from 1 to 32 (RBD object orders 20 to 25)
+
+Related options:
+    * ios_in_flight
+""",
+    ),
+    cfg.IntOpt(
+        "ios_in_flight",
+        default=4,
+        min=1,
+        max=32,
+        help="""
+How many chunk-sized writes (uploads) or reads (downloads) of one transfer are
+under way at the same time, so that the OSDs work on several objects at once.
+
+Memory bound: a transfer holds at most (ios_in_flight + 1) x chunk_size, the
+requests in flight plus the chunk being filled or sent (40 MiB with the
+defaults).
+
+Possible values:
+    * 1: one request at a time
+    * more: faster on clusters with several OSDs or fast disks
+
+Related options:
+    * chunk_size
 """,
     ),
     cfg.IntOpt(
