@@ -56,7 +56,7 @@ def collations(engine) -> tuple[dict, dict]:
 
 
 def test_head_is_the_latest_revision():
-    assert migrate.head() == "0007"
+    assert migrate.head() == "0008"
 
 
 def test_sync_empty_database(blank_engine):
@@ -124,7 +124,27 @@ def _at(revision: str) -> sa.MetaData:
     for each in Base.metadata.sorted_tables:
         if each.name not in later:
             each.to_metadata(metadata)
+    if revision < "0008":
+        _without_list_indexes(metadata)
     return metadata
+
+
+def _without_list_indexes(metadata: sa.MetaData) -> None:
+    """The indexes before 0008: what it replaced, without what it added."""
+    list_indexes = _migration("0008")
+    for table_name, old, old_columns, new, _ in list_indexes.CHANGES:
+        table = metadata.tables[table_name]
+        table.indexes.discard(next(i for i in table.indexes if i.name == new))
+        if old is not None:
+            sa.Index(old, *(table.c[c] for c in old_columns))
+
+
+def _migration(revision: str):
+    from alembic.script import ScriptDirectory
+
+    from abbild.db.migrate import _config
+
+    return ScriptDirectory.from_config(_config()).get_revision(revision).module
 
 
 def test_cache_index_upgrade_and_downgrade(blank_engine):
@@ -236,8 +256,8 @@ def test_metadefs_upgrade_and_downgrade(blank_engine):
     try:
         image = registry.create_image(Image(id="9b1c0d2e-0000-4000-8000-000000000001", name="kept"))
         before = utcnow()
-        assert migrate.sync(blank_engine) == "0007"
-        assert schema_differences(blank_engine) == []
+        assert migrate.sync(blank_engine, "0007") == "0007"
+        assert schema_differences(blank_engine, _at("0007")) == []
         with blank_engine.connect() as conn:
             seeded = conn.execute(sa.select(MetadefResourceTypeRow)).all()
         assert sorted(row.name for row in seeded) == sorted(CORE_RESOURCE_TYPES)
@@ -250,9 +270,42 @@ def test_metadefs_upgrade_and_downgrade(blank_engine):
         assert schema_differences(blank_engine, _at("0006")) == []
         assert registry.get_image(image.id).name == "kept"
 
-        assert migrate.sync(blank_engine) == "0007"
+        assert migrate.sync(blank_engine) == migrate.head()
         with pytest.raises(MetadefNotFound):
             registry.get_namespace("OS::Compute::Watchdog")
         assert [t.name for t in registry.list_resource_types()] == sorted(CORE_RESOURCE_TYPES)
+    finally:
+        registry.close()
+
+
+def test_list_indexes_upgrade_and_downgrade(blank_engine):
+    """0008 swaps the list indexes on a database at 0007 that holds images (shared, with
+    a member, and tagged), and back again; the images and lists stay."""
+    from abbild.db.registry import SQLRegistry
+    from abbild.image import Image
+    from abbild.registry import ImageFilters, Viewer
+
+    assert migrate.sync(blank_engine, "0007") == "0007"
+    registry = SQLRegistry(url=blank_engine.url.render_as_string(hide_password=False))
+    try:
+        image = registry.create_image(
+            Image(id="9b1c0d2e-0000-4000-8000-000000000001", name="kept", owner="a", tags={"golden"})
+        )
+        registry.add_member(image.id, "b")
+        registry.set_member_status(image.id, "b", "accepted")
+        member = Viewer(project_id="b")
+
+        def listed(**filters):
+            return [i.id for i in registry.list_images(ImageFilters(**filters), [], 10, viewer=member)]
+
+        assert migrate.sync(blank_engine) == "0008"
+        assert schema_differences(blank_engine) == []
+        assert listed() == listed(tags=["golden"]) == [image.id]
+
+        assert migrate.downgrade(blank_engine, "0007") == "0007"
+        assert schema_differences(blank_engine, _at("0007")) == []
+        assert listed() == listed(tags=["golden"]) == [image.id]
+        assert migrate.sync(blank_engine) == "0008"
+        assert schema_differences(blank_engine) == []
     finally:
         registry.close()

@@ -90,11 +90,17 @@ class ImageRow(Base):
         lazy="raise", cascade="all, delete-orphan", order_by="LocationRow.position"
     )
 
+    # A list page reads its rows in sort order from one of these (the filter's column,
+    # then the sort key with its tie-breakers), never sorting the matches: the
+    # default sort (created_at, id), with status, owner, visibility or name fixed, and
+    # the sorts by name and by size. (Their prefixes serve status and owner lookups.)
     __table_args__ = (
-        Index(None, "status"),
-        Index(None, "owner"),
         Index(None, "created_at", "id"),
-        Index(None, "visibility"),
+        Index(None, "status", "created_at", "id"),
+        Index(None, "owner", "created_at", "id"),
+        Index(None, "visibility", "created_at", "id"),
+        Index(None, "name", "created_at", "id"),
+        Index(None, "size", "created_at", "id"),
     )
 
 
@@ -116,7 +122,7 @@ class TagRow(Base):
     image_id: Mapped[str36] = mapped_column(ForeignKey("images.id"))
     value: Mapped[str255]
 
-    __table_args__ = (UniqueConstraint("image_id", "value"), Index(None, "value"))
+    __table_args__ = (UniqueConstraint("image_id", "value"), Index(None, "value", "image_id"))
 
 
 class LocationRow(Base):
@@ -144,7 +150,11 @@ class MemberRow(Base):
     updated_at: Mapped[timestamp]
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
 
-    __table_args__ = (UniqueConstraint("image_id", "member"), Index(None, "member"))
+    # The images shared with a project, in one index range (a list's shared part).
+    __table_args__ = (
+        UniqueConstraint("image_id", "member"),
+        Index(None, "member", "deleted", "status", "image_id"),
+    )
 
 
 class OwnerLockRow(Base):

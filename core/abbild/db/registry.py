@@ -27,6 +27,7 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    union_all,
     update,
 )
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
@@ -225,6 +226,15 @@ class SQLRegistry(Registry):
         except OperationalError as exc:
             raise RegistryUnavailable(str(exc.orig)) from exc
 
+    @contextlib.contextmanager
+    def _connection(self):
+        """A plain connection in a read transaction: reads of images skip the ORM."""
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise RegistryUnavailable(str(exc.orig)) from exc
+
     def _writing(self, work):
         """Run ``work(session)`` in a write transaction, again if the database chose
         it as a deadlock victim."""
@@ -269,11 +279,12 @@ class SQLRegistry(Registry):
         return image
 
     def get_image(self, image_id: str, *, include_deleted: bool = False) -> Image:
-        with self._reading() as session:
-            row = session.scalars(_with_children(select(ImageRow).where(ImageRow.id == image_id))).first()
+        with self._connection() as conn:
+            query = select(_IMAGES, *_children(_IMAGES.c.id, conn.dialect.name)).where(_IMAGES.c.id == image_id)
+            row = conn.execute(query).first()
             if row is None or (row.deleted and not include_deleted):
                 raise ImageNotFound(image_id)
-            return _to_image(row)
+            return _images_of(conn, [row])[0]
 
     def save_image(self, image: Image, *, storage_limit: int | None = None) -> Image:
         def work(session: Session):
@@ -332,28 +343,58 @@ class SQLRegistry(Registry):
         return Usage(size=int(size), images=int(images), uploading=int(saving))
 
     def list_images(self, filters: ImageFilters, sort, limit, marker=None, viewer: Viewer | None = None):
+        """One page, in one query that indexes serve: keyset paging (the marker's sort
+        key values bound the index range, so a deep page costs what the first does),
+        and for a project the images it may see as disjoint parts (public, community,
+        its own, nobody's, shared with it), each read in sort order from its own
+        index, their first pages merged. Children come in one query per table for the
+        whole page."""
         viewer = viewer or Viewer(is_admin=True)
         keys = _sort_keys(sort)
-        conditions = _filter_conditions(filters)
-        with self._reading() as session:
-            query = select(ImageRow).where(ImageRow.deleted == false(), ImageRow.status.not_in(_HIDDEN_STATUSES))
-            query = query.where(*_visibility_conditions(filters, viewer), *conditions)
+        conditions = [
+            _IMAGES.c.deleted == false(),
+            _IMAGES.c.status.not_in(_HIDDEN_STATUSES),
+            *_visibility_conditions(filters, viewer),
+            *_filter_conditions(filters),
+        ]
+        postgres = self.engine.dialect.name == "postgresql"
+        first, direction = keys[0]
+        # A nullable first key is read as two parts, its NULLs and its values, each in
+        # the order of the key's index on every database (PostgreSQL's puts NULLs last).
+        splits = [("nulls", first.is_(None)), ("values", first.is_not(None))] if first.expression.nullable else []
+        with self._connection() as conn:
+            bound = None
             if marker is not None:
                 # The marker must be an image the viewer may read (GLANCE-API 4.3: an
                 # unknown or invisible marker is a 400), else paging would leak ids.
-                marker_row = session.scalars(
-                    select(ImageRow).where(ImageRow.id == marker, ImageRow.deleted == false(), *_readable(viewer))
+                marker_row = conn.execute(
+                    _SELECT_IMAGES.where(_IMAGES.c.id == marker, _IMAGES.c.deleted == false(), *_readable(viewer))
                 ).first()
                 if marker_row is None:
                     raise Invalid(f"Invalid marker {marker}: no image with that ID")
-                query = query.where(_after(keys, marker_row))
-            for column, direction in keys:
-                if column.key in _NULLABLE_SORT_KEYS:
-                    # NULL sorts as the smallest value, on every database.
-                    query = query.order_by(column.is_(None).desc() if direction == "asc" else column.is_(None).asc())
-                query = query.order_by(column.asc() if direction == "asc" else column.desc())
-            rows = session.scalars(_with_children(query.limit(limit))).all()
-            return [_to_image(r) for r in rows]
+                conditions.append(_after(keys, marker_row))
+                bound = getattr(marker_row, first.key)
+            parts = [conditions] if viewer.is_admin else [conditions + p for p in _scope_parts(viewer, filters)]
+            queries = []
+            for part in parts:
+                for kind, split in splits or [("all", None)]:
+                    where = part if split is None else [*part, split]
+                    # The marker's value of the first key bounds the index range, so a
+                    # deep page costs what the first does (NULLs, the smallest, come
+                    # after every value when descending).
+                    if bound is not None and direction == "asc":
+                        where = [*where, first >= bound]
+                    elif bound is not None and kind != "nulls":
+                        where = [*where, first <= bound]
+                    order = _ordering(keys, _IMAGES.c, postgres)
+                    if split is not None:  # the first key has no NULLs, or only NULLs, here
+                        order[0] = first.asc() if direction == "asc" else first.desc()
+                    queries.append(_SELECT_IMAGES.where(*where).order_by(*order).limit(limit))
+            page = queries[0] if len(queries) == 1 else union_all(*(select(q.subquery()) for q in queries))
+            page = page.subquery()
+            # The children are read for the page's rows only, once it is cut.
+            query = select(page, *_children(page.c.id, conn.dialect.name))
+            return _images_of(conn, conn.execute(query.order_by(*_ordering(keys, page.c, postgres)).limit(limit)))
 
     # -- the cache index ----------------------------------------------------------------
 
@@ -1030,6 +1071,102 @@ def _with_children(query):
     )
 
 
+_IMAGES = ImageRow.__table__
+_SELECT_IMAGES = select(_IMAGES)
+
+
+_LOCATION_FIELDS = ("position", "store", "uri", "size", "status", "meta")
+
+
+def _children(image_id, dialect: str) -> list:
+    """Columns that bring an image row's properties, tags and locations along, as JSON
+    documents, so a page or an image is one query. (MySQL/MariaDB would nest the
+    locations' metadata as text: there the children are read after, one query per
+    table for the whole page.)"""
+    if dialect == "sqlite":
+        object_agg, array_agg, build, nested = (
+            func.json_group_object,
+            func.json_group_array,
+            func.json_object,
+            func.json,
+        )
+    elif dialect == "postgresql":
+        object_agg, array_agg, build, nested = func.json_object_agg, func.json_agg, func.json_build_object, None
+    else:
+        return []
+    fields = []
+    for name in _LOCATION_FIELDS:
+        column = getattr(LocationRow, name)
+        fields += [literal(name), nested(column) if nested is not None and name == "meta" else column]
+    return [
+        select(object_agg(PropertyRow.name, PropertyRow.value))
+        .where(PropertyRow.image_id == image_id)
+        .scalar_subquery()
+        .label("children_properties"),
+        select(array_agg(TagRow.value)).where(TagRow.image_id == image_id).scalar_subquery().label("children_tags"),
+        select(array_agg(build(*fields)))
+        .where(LocationRow.image_id == image_id)
+        .scalar_subquery()
+        .label("children_locations"),
+    ]
+
+
+def _document(value, empty):
+    """A JSON aggregate as Python: SQLite gives text, PostgreSQL the value, and an
+    aggregate of no rows may be NULL."""
+    if value is None:
+        return empty
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _images_of(conn, rows) -> list[Image]:
+    """Images of image *rows* (in order), with their children: from the rows'
+    :func:`_children` columns, else read in one query per table for all of them."""
+    rows = list(rows)
+    if not rows:
+        return []
+    ids = [row.id for row in rows]
+    properties: dict[str, dict[str, str]] = {i: {} for i in ids}
+    tags: dict[str, set[str]] = {i: set() for i in ids}
+    locations: dict[str, list[Location]] = {i: [] for i in ids}
+    if "children_properties" in rows[0]._fields:
+        for row in rows:
+            properties[row.id] = _document(row.children_properties, {})
+            tags[row.id] = set(_document(row.children_tags, ()))
+            found = sorted(_document(row.children_locations, ()), key=lambda loc: loc["position"])
+            locations[row.id] = [
+                Location(loc["store"], loc["uri"], loc["size"], loc["status"], dict(loc["meta"] or {})) for loc in found
+            ]
+    else:
+        for image_id, name, value in conn.execute(
+            select(PropertyRow.image_id, PropertyRow.name, PropertyRow.value).where(PropertyRow.image_id.in_(ids))
+        ):
+            properties[image_id][name] = value
+        for image_id, value in conn.execute(select(TagRow.image_id, TagRow.value).where(TagRow.image_id.in_(ids))):
+            tags[image_id].add(value)
+        for loc in conn.execute(
+            select(LocationRow)
+            .where(LocationRow.image_id.in_(ids))
+            .order_by(LocationRow.image_id, LocationRow.position)
+        ):
+            locations[loc.image_id].append(Location(loc.store, loc.uri, loc.size, loc.status, dict(loc.meta or {})))
+    images = []
+    for row in rows:
+        values = {name: getattr(row, name) for name in _SCALARS}
+        values["status"] = Status(row.status)
+        images.append(
+            Image(
+                id=row.id,
+                version=row.version,
+                properties=properties[row.id],
+                tags=tags[row.id],
+                locations=locations[row.id],
+                **values,
+            )
+        )
+    return images
+
+
 def _to_image(row: ImageRow) -> Image:
     values = {name: getattr(row, name) for name in _SCALARS}
     values["status"] = Status(row.status)
@@ -1135,16 +1272,60 @@ def _readable(viewer: Viewer) -> list:
 
 
 def _visibility_conditions(filters: ImageFilters, viewer: Viewer) -> list:
+    """The visibility filter, and for an administrator the rule that keeps community
+    images out of a default list (a project's parts, :func:`_scope_parts`, say that
+    themselves)."""
     conditions = []
     if filters.visibility not in (None, "all"):
         conditions.append(ImageRow.visibility == filters.visibility)
-    if filters.visibility is None:
+    if filters.visibility is None and viewer.is_admin:
         # Community images stay out of every default list, an administrator's too,
         # unless they are the caller's own (as Glance).
         conditions.append(or_(ImageRow.visibility != "community", _owned_by(viewer.project_id)))
-    if not viewer.is_admin:
-        conditions.append(_scope(viewer, filters.member_status))
     return conditions
+
+
+def _scope_parts(viewer: Viewer, filters: ImageFilters) -> list[list]:
+    """:func:`_scope` (and the default list's community rule) as disjoint parts, each
+    a plain condition an index serves in sort order (an OR of them would make the
+    database read every image the viewer may see, then sort): public images,
+    community ones, the viewer's own, nobody's, and shared ones of others that the
+    viewer is a member of."""
+    wanted = filters.visibility
+    project = viewer.project_id
+    parts = []
+    elsewhere = ["public"]  # visibilities a part of their own lists
+    if wanted in (None, "all", "public"):
+        parts.append([ImageRow.visibility == "public"])
+    if wanted in ("all", "community"):
+        parts.append([ImageRow.visibility == "community"])
+        elsewhere.append("community")
+    if project is not None:
+        # In a default list the viewer's community images are among its own.
+        parts.append([ImageRow.owner == project, ImageRow.visibility.not_in(elsewhere)])
+    # Nobody's community images are in the community part, or in no default list.
+    parts.append([ImageRow.owner.is_(None), ImageRow.visibility.not_in(("public", "community"))])
+    if project is not None and wanted in (None, "all", "shared"):
+        memberships = select(MemberRow.image_id).where(
+            MemberRow.member == project,
+            MemberRow.deleted == false(),
+            *([] if filters.member_status == "all" else [MemberRow.status == filters.member_status]),
+        )
+        parts.append([ImageRow.visibility == "shared", ImageRow.owner != project, ImageRow.id.in_(memberships)])
+    return parts
+
+
+def _ordering(keys, columns, postgres: bool) -> list:
+    """ORDER BY terms for *keys*, over *columns* (a table's or a subquery's), NULL
+    as the smallest value: so SQLite and MySQL sort it anyway; PostgreSQL is told."""
+    terms = []
+    for column, direction in keys:
+        column = columns[column.key]
+        term = column.asc() if direction == "asc" else column.desc()
+        if postgres and column.key in _NULLABLE_SORT_KEYS:
+            term = term.nulls_first() if direction == "asc" else term.nulls_last()
+        terms.append(term)
+    return terms
 
 
 _TIME_OPS = {
