@@ -195,10 +195,12 @@ class Server:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"abbild serve exited: see {self.dir.name}/server.log")
+        # Its start-up recovery may first requeue uploads whose claim ran out.
+        deadline = time.monotonic() + 600
+        while True:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise SystemExit("abbild serve did not come up")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                     break
