@@ -4,7 +4,9 @@ serves requests on threads, and sends files with ``sendfile``."""
 
 from __future__ import annotations
 
+import inspect
 import logging
+import os
 import selectors
 import socket
 import struct
@@ -17,6 +19,9 @@ import webob.exc
 from gunicorn import util
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
+from gunicorn.http.body import CHUNK_EXT_RE, Body, ChunkedReader, LengthReader
+from gunicorn.http.errors import ChunkMissingTerminator, InvalidChunkExtension, InvalidChunkSize, NoMoreData
+from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers.gthread import ThreadWorker
 from oslo_config import cfg
 
@@ -30,6 +35,10 @@ ROLLBACK_SECONDS = 10
 
 # The most a worker reads from a connection at once while collecting its request headers.
 HEAD_READ_SIZE = 64 << 10
+
+# The most FastBody reads at once while it looks for a chunk's size line: what comes
+# after the line is data, copied once more; the rest of a chunk arrives in place.
+CHUNK_LINE_READ_SIZE = 256
 
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" status: %(s)s len: %(B)s time: %(L)ss'
 
@@ -91,6 +100,9 @@ def track_uploads(app):
         if sock is None or environ.get("REQUEST_METHOD") not in ("PUT", "POST", "PATCH"):
             return app(environ, start_response)
         _uploads.add(sock)
+        body = environ.get("wsgi.input")
+        if type(body) is Body:
+            environ["wsgi.input"] = FastBody(body)
         try:
             return app(environ, _closing_if_body_left(environ, start_response))
         finally:
@@ -118,6 +130,144 @@ def _closing_if_body_left(environ, start_response):
 def _body_left(body) -> bool:
     length = getattr(getattr(body, "reader", None), "length", None)
     return length is None or length > 0  # a chunked body: unknown, so assume so
+
+
+class FastBody:
+    """gunicorn's request body, plus ``readinto``: the bytes of a body go from the
+    socket straight into the caller's buffer (``recv_into``), once, where gunicorn's
+    ``read`` copies each byte several times through its buffers. Chunked bodies are
+    de-chunked here too, with the same checks and errors as gunicorn's reader; the
+    trailers and whatever follows the body go back to gunicorn's parser.
+
+    Everything else (``read``, ``readline``, a body gunicorn began to read, another
+    reader) is gunicorn's own. Used by :func:`abbild.streams.read_chunks` for uploads.
+    """
+
+    def __init__(self, body: Body) -> None:
+        self._body = body
+        self._readinto = None  # decided on the first call
+        self._pending = bytearray()  # bytes read from the socket ahead of need
+        self._left = 0  # of the current chunk
+        self._chunks_seen = 0
+        self._done = False
+
+    def __getattr__(self, name):  # read, readline, reader ... for everyone else
+        return getattr(self._body, name)
+
+    def __iter__(self):
+        return iter(self._body)
+
+    def readinto(self, buffer) -> int:
+        if self._readinto is None:
+            self._readinto = self._choose()
+        return self._readinto(memoryview(buffer).cast("B"))
+
+    def _choose(self):
+        body, reader = self._body, self._body.reader
+        if body.buf.tell():  # someone read with read() already and left bytes buffered
+            return self._generic
+        if type(reader) is LengthReader and isinstance(reader.unreader, SocketUnreader):
+            self._unreader = reader.unreader
+            return self._length_readinto
+        parser = getattr(reader, "parser", None)
+        if (
+            type(reader) is ChunkedReader
+            and inspect.isgenerator(parser)
+            and inspect.getgeneratorstate(parser) == inspect.GEN_CREATED
+            and not reader.buf.tell()
+        ):
+            unreader = parser.gi_frame.f_locals.get("unreader")
+            if isinstance(unreader, SocketUnreader):
+                self._unreader = unreader
+                self._pending += unreader.take_buffered()
+                body.failed = True  # until the last chunk is in: the connection cannot be reused
+                return self._chunked_readinto
+        return self._generic
+
+    def _generic(self, view: memoryview) -> int:
+        data = self._body.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def _from_pending_or_socket(self, view: memoryview) -> int:
+        if self._pending:
+            n = min(len(view), len(self._pending))
+            view[:n] = self._pending[:n]
+            del self._pending[:n]
+            return n
+        return self._unreader.sock.recv_into(view)
+
+    def _length_readinto(self, view: memoryview) -> int:
+        reader = self._body.reader
+        want = min(len(view), reader.length)
+        if want <= 0:
+            return 0
+        # Bytes that came with the request head are gunicorn's to hand out (only those:
+        # asked for more, it would read ahead into its buffer again).
+        buffered = self._unreader.buf.seek(0, os.SEEK_END)
+        if buffered:
+            data = reader.read(min(want, buffered))
+            view[: len(data)] = data
+            return len(data)
+        n = self._unreader.sock.recv_into(view[:want])
+        reader.length -= n
+        return n
+
+    def _chunked_readinto(self, view: memoryview) -> int:
+        while not self._left:
+            if self._done or not view:
+                return 0
+            self._next_chunk()
+        n = self._from_pending_or_socket(view[: self._left])
+        if not n:
+            raise NoMoreData()
+        self._left -= n
+        return n
+
+    def _more(self) -> None:
+        data = self._unreader.sock.recv(CHUNK_LINE_READ_SIZE)
+        if not data:
+            raise NoMoreData(bytes(self._pending))
+        self._pending += data
+
+    def _next_chunk(self) -> None:
+        """Read the line of the next chunk (and the CRLF that ends the previous one)."""
+        pending = self._pending
+        if self._chunks_seen:
+            while len(pending) < 2:
+                self._more()
+            if pending[:2] != b"\r\n":
+                raise ChunkMissingTerminator(bytes(pending[:2]))
+            del pending[:2]
+        self._chunks_seen += 1
+        limit = self._body.reader.limit_chunk_size_line
+        end = pending.find(b"\r\n")
+        while end < 0:
+            if len(pending) > limit:
+                raise InvalidChunkSize(b"line over %d bytes with no terminator" % limit)
+            searched = max(len(pending) - 1, 0)
+            self._more()
+            end = pending.find(b"\r\n", searched)
+        line = bytes(pending[:end])
+        del pending[: end + 2]
+        size, *extension = line.split(b";", 1)
+        if extension:
+            if b"\r" in extension[0]:
+                raise InvalidChunkExtension("bare CR not allowed")
+            size = size.rstrip(b" \t")
+        if not size or any(c not in b"0123456789abcdefABCDEF" for c in size):
+            raise InvalidChunkSize(size)
+        if extension and not CHUNK_EXT_RE.fullmatch(b";" + extension[0]):
+            raise InvalidChunkExtension("invalid chunk extension")
+        self._left = int(size, 16)
+        if not self._left:
+            # The last chunk: gunicorn reads the trailers and keeps what follows.
+            reader, rest = self._body.reader, bytes(pending)
+            pending.clear()
+            reader.parse_trailers(self._unreader, rest)
+            reader.parser = None
+            self._done = True
+            self._body.failed = False
 
 
 def abort_uploads() -> None:
@@ -166,6 +316,14 @@ class BodyReads:
             return self.sock.recv(size)
         except BlockingIOError:
             if self.sock.gettimeout() is None:  # a blocking read: SO_RCVTIMEO ran out
+                raise ClientTimeout(self.idle) from None
+            raise
+
+    def recv_into(self, buffer) -> int:
+        try:
+            return self.sock.recv_into(buffer)
+        except BlockingIOError:
+            if self.sock.gettimeout() is None:
                 raise ClientTimeout(self.idle) from None
             raise
 

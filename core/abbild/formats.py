@@ -891,6 +891,10 @@ class FormatCheck:
         in virtual sizes): :meth:`finish` never raises and decides nothing it would refuse.
     """
 
+    # What it keeps of a chunk (a header region, the tail) it copies: an upload may lend
+    # it chunks whose memory is reused afterwards (abbild.streams.ImageStream.lent).
+    copies_chunks = True
+
     def __init__(
         self, disk_format: str | None, container_format: str | None, settings: Settings, *, refuse: bool = True
     ) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
+import mmap
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -18,17 +20,54 @@ CHUNK_SIZE = 1 << 20  # 1 MiB: big enough for hashlib to release the GIL, small 
 _DONE = object()
 
 
-def read_chunks(fileobj: IO[bytes], limit: int | None = None, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
-    """Yield up to *limit* bytes (all, if ``None``) of *fileobj* in chunks."""
-    remaining = limit
-    while remaining is None or remaining > 0:
-        want = chunk_size if remaining is None else min(chunk_size, remaining)
-        chunk = fileobj.read(want)
-        if not chunk:
-            return
-        if remaining is not None:
-            remaining -= len(chunk)
-        yield chunk
+# ImageStream.lent(): buffers of the ring, each filled whole before it moves on (a
+# multiple of the page size, so an O_DIRECT write takes it as it is).
+RING_BUFFERS = 4
+RING_BUFFER_SIZE = 2 << 20
+
+
+def read_chunks(fileobj: IO[bytes], limit: int | None = None, chunk_size: int = CHUNK_SIZE) -> FileChunks:
+    """Up to *limit* bytes (all, if ``None``) of *fileobj* in chunks (a :class:`FileChunks`)."""
+    return FileChunks(fileobj, limit, chunk_size)
+
+
+class FileChunks:
+    """Iterating yields up to *limit* bytes of *fileobj* in chunks of *chunk_size*.
+
+    When *fileobj* has ``readinto`` (a file, the embedded server's request body),
+    :meth:`fill` also reads straight into a caller's buffer: :meth:`ImageStream.lent`
+    uses that to read an upload into reused buffers without copying it again.
+    """
+
+    def __init__(self, fileobj: IO[bytes], limit: int | None = None, chunk_size: int = CHUNK_SIZE) -> None:
+        self._file = fileobj
+        self._left = limit
+        self._chunk_size = chunk_size
+        self.can_fill = callable(getattr(fileobj, "readinto", None))
+
+    def __iter__(self) -> Iterator[bytes]:
+        while self._left is None or self._left > 0:
+            want = self._chunk_size if self._left is None else min(self._chunk_size, self._left)
+            chunk = self._file.read(want)
+            if not chunk:
+                return
+            if self._left is not None:
+                self._left -= len(chunk)
+            yield chunk
+
+    def fill(self, view: memoryview) -> int:
+        """Read into *view* until it is full or the data ends; :returns: the bytes read."""
+        if self._left is not None and self._left < len(view):
+            view = view[: self._left]
+        readinto, got = self._file.readinto, 0
+        while got < len(view):
+            n = readinto(view[got:])
+            if not n:
+                break
+            got += n
+        if self._left is not None:
+            self._left -= got
+        return got
 
 
 class ChunkReader:
@@ -101,17 +140,27 @@ class ChunkReader:
 
 class _HashThread(threading.Thread):
     """Feeds one hash object from a bounded queue. hashlib releases the GIL for large
-    buffers, so md5 and sha512 run on two cores instead of one after the other."""
+    buffers, so md5 and sha512 run on two cores instead of one after the other.
 
-    def __init__(self, algorithm: str) -> None:
+    With *progress*, ``hashed`` counts the chunks done, under that condition, which is
+    notified after each: a buffer that is reused waits for it.
+    """
+
+    def __init__(self, algorithm: str, progress: threading.Condition | None = None) -> None:
         super().__init__(name=f"abbild-{algorithm}", daemon=True)
         self.hash = hashlib.new(algorithm)
         self.queue: queue.Queue = queue.Queue(maxsize=4)
+        self.progress = progress
+        self.hashed = 0
 
     def run(self) -> None:
-        update, get = self.hash.update, self.queue.get
+        update, get, progress = self.hash.update, self.queue.get, self.progress
         while (chunk := get()) is not _DONE:
             update(chunk)
+            if progress is not None:
+                with progress:
+                    self.hashed += 1
+                    progress.notify_all()
 
     def finish(self) -> str:
         self.queue.put(_DONE)
@@ -122,7 +171,11 @@ class _HashThread(threading.Thread):
 class DataCheck(Protocol):
     """One check of an image's data as it streams past, in the same pass as the hashing
     (a plugin's answer to the ``abbild_data_checks`` hook): format inspection, signature
-    verification. Never reads the data a second time."""
+    verification. Never reads the data a second time.
+
+    A check whose class sets ``copies_chunks = True`` promises to keep nothing of a
+    chunk past :meth:`feed` but copies: it is then fed the upload's own buffers,
+    reused afterwards (:meth:`ImageStream.lent`); any other check gets a copy."""
 
     def feed(self, chunk: bytes) -> None:
         """The next chunk. May raise to refuse the data early
@@ -178,12 +231,59 @@ class ImageStream:
         self.findings: dict = {}
 
     def __iter__(self) -> Iterator[bytes]:
-        threads = [_HashThread(algorithm) for algorithm in self._algorithms]
+        return self._stream(iter(self._chunks), None)
+
+    def lent(self) -> Iterator[bytes | memoryview]:
+        """The same chunks as iterating, for a consumer that is done with each chunk
+        when it asks for the next one (a driver that writes it before that): every
+        chunk is valid only until then.
+
+        When the chunks come from :func:`read_chunks` over a file with ``readinto``,
+        they are read into a ring of ``RING_BUFFERS`` reused page-aligned buffers of
+        ``RING_BUFFER_SIZE`` bytes, each filled whole (except the last), and the same
+        memory goes to the hash threads and to the consumer: the data is copied once,
+        from the kernel, and memory stays bounded by the ring. A buffer is refilled
+        only after both hash threads and the consumer are done with it.
+        """
+        if not getattr(self._chunks, "can_fill", False):
+            return iter(self)
+        return self._lent_from_ring()
+
+    def _lent_from_ring(self) -> Iterator[memoryview]:
+        views = [memoryview(mmap.mmap(-1, RING_BUFFER_SIZE)) for _ in range(RING_BUFFERS)]
+        progress = threading.Condition()
+        threads: list[_HashThread] = []
+
+        def ring() -> Iterator[memoryview]:
+            fill = self._chunks.fill
+            for seq in itertools.count():
+                if seq >= RING_BUFFERS:  # the buffer held chunk seq - RING_BUFFERS: hashed yet?
+                    with progress:
+                        progress.wait_for(lambda seq=seq: all(t.hashed > seq - RING_BUFFERS for t in threads))
+                view = views[seq % RING_BUFFERS]
+                n = fill(view)
+                if not n:
+                    return
+                yield view[:n]
+
+        # The ring goes with the last reference to it: the consumer may still hold the
+        # last chunk when the stream ends, so the buffers are not closed here.
+        yield from self._stream(ring(), progress, threads)
+
+    def _stream(self, chunks: Iterator, progress: threading.Condition | None, threads: list | None = None):
+        """Count, limit, hash, check and yield *chunks*; with *progress*, the chunks are
+        lent (see :meth:`lent`) and *threads* is filled with the hash threads."""
+        threads = threads if threads is not None else []
+        threads += [_HashThread(algorithm, progress) for algorithm in self._algorithms]
         for t in threads:
             t.start()
+        # A check may keep what it is fed (one hashing on a thread of its own): unless it
+        # says it copies what it keeps, it gets bytes of its own.
+        copying_checks = [c for c in self.checks if progress is not None and not getattr(c, "copies_chunks", False)]
+        lending_checks = [c for c in self.checks if c not in copying_checks]
         next_progress = self._progress_every
         try:
-            for chunk in self._chunks:
+            for chunk in chunks:
                 if not chunk:
                     continue
                 self.size += len(chunk)
@@ -193,8 +293,12 @@ class ImageStream:
                     raise SizeMismatch(self.declared_size, self.size)
                 for t in threads:
                     t.queue.put(chunk)
-                for check in self.checks:
+                for check in lending_checks:
                     check.feed(chunk)
+                if copying_checks:
+                    copy = bytes(chunk)
+                    for check in copying_checks:
+                        check.feed(copy)
                 if self._on_progress and self.size >= next_progress:
                     next_progress = self.size + self._progress_every
                     self._on_progress(self.size)

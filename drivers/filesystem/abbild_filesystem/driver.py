@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
-import mmap
 import os
 import re
 import stat
 import urllib.parse
 import uuid
 from collections.abc import Iterable, Iterator
-from typing import IO
 
 from abbild.driver import Capability, Driver, ListedObject, StoredObject
 from abbild.errors import (
@@ -28,6 +25,8 @@ from abbild.errors import (
 )
 from abbild.streams import ChunkReader
 from abbild_filesystem import opts
+from abbild_filesystem.reader import ReadAheadFile, open_for_reading
+from abbild_filesystem.writer import Writer
 
 LOG = logging.getLogger(__name__)
 
@@ -119,6 +118,7 @@ class FilesystemDriver(Driver):
         try:
             if offset:
                 f.seek(offset)
+            f.read_ahead(os.fstat(f.fileno()).st_size - offset if length is None else length)
         except BaseException:
             f.close()
             raise
@@ -128,7 +128,8 @@ class FilesystemDriver(Driver):
         """Only files directly in this store's datadir (services register those)."""
         self._resolve(uri)
 
-    def open_local(self, uri: str) -> IO[bytes]:
+    def open_local(self, uri: str) -> ReadAheadFile:
+        # Its read_ahead() lets the API keep the disk ahead of sendfile (reader.py).
         return self._open(uri)
 
     def size(self, uri: str) -> int:
@@ -174,12 +175,7 @@ class FilesystemDriver(Driver):
                 if self._file_perm:
                     with self._os_errors(key, writing=True):
                         os.fchmod(fd, self._file_perm)
-                writer = _Writer(fd, direct=self.conf.direct_io)
-                for chunk in chunks:  # what the iterator raises propagates unchanged
-                    with self._os_errors(key, writing=True):
-                        writer.write(chunk)
-                with self._os_errors(key, writing=True):
-                    written = writer.finish()
+                written = self._write(key, fd, chunks)
                 if self.conf.fsync:
                     with self._os_errors(key, writing=True):
                         os.fsync(fd)
@@ -197,6 +193,28 @@ class FilesystemDriver(Driver):
                 _remove(final)
             raise
         return StoredObject(uri=self._uri(final), size=written)
+
+    def _write(self, key: str, fd: int, chunks: Iterable[bytes]) -> int:
+        """Write *chunks* to *fd*; :returns: the bytes written.
+
+        An upload's stream (:class:`abbild.streams.ImageStream`) is read lent: each
+        chunk is written before the next is asked for, so the stream can reuse its
+        buffers, and an aligned one goes to an O_DIRECT write without a copy.
+        """
+        lent = getattr(chunks, "lent", None)
+        it = lent() if lent is not None else iter(chunks)
+        writer = Writer(fd, direct=self.conf.direct_io)
+        try:
+            for chunk in it:  # what the iterator raises propagates unchanged
+                with self._os_errors(key, writing=True):
+                    writer.write(chunk)
+            with self._os_errors(key, writing=True):
+                return writer.finish()
+        finally:
+            writer.close()
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()  # the stream's hash threads end now, not when it is collected
 
     def delete(self, uri: str) -> None:
         with contextlib.suppress(NotFound):  # gone already, or never an object of this store
@@ -246,11 +264,11 @@ class FilesystemDriver(Driver):
             raise NotFound(uri)
         return real
 
-    def _open(self, uri: str) -> IO[bytes]:
+    def _open(self, uri: str) -> ReadAheadFile:
         path = self._resolve(uri)
         with self._os_errors(uri):
             # O_NOFOLLOW: a symlink swapped in after _resolve must not be followed.
-            f = open(path, "rb", buffering=0, opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW))
+            f = open_for_reading(path)
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
             f.close()
             raise NotFound(uri)
@@ -284,84 +302,6 @@ class FilesystemDriver(Driver):
             return AccessDenied(self.store_name, exc.strerror)
         # Anything else (EIO, a datadir that vanished, ...) is a broken backend.
         return BackendError(self.store_name, f"{what}: {exc.strerror}")
-
-
-class _Writer:
-    """Writes a stream of chunks to *fd*, with O_DIRECT where the filesystem allows.
-
-    O_DIRECT wants block-aligned memory, lengths and offsets: the chunks are gathered
-    in a page-aligned buffer and written a full buffer at a time; only the unaligned
-    tail of the file goes through the page cache.
-    """
-
-    BUFFER = 4 << 20
-    ALIGN = 4096
-
-    def __init__(self, fd: int, direct: bool) -> None:
-        self.fd = fd
-        self.written = 0
-        self.direct = direct and hasattr(os, "O_DIRECT") and self._set_direct(True)
-        if self.direct:
-            self.buffer = mmap.mmap(-1, self.BUFFER)  # mmap memory is page-aligned
-            self.view = memoryview(self.buffer)
-            self.fill = 0
-
-    def _set_direct(self, on: bool) -> bool:
-        flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
-        try:
-            fcntl.fcntl(self.fd, fcntl.F_SETFL, flags | os.O_DIRECT if on else flags & ~os.O_DIRECT)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:  # EINVAL: this filesystem has no O_DIRECT
-                raise
-            return False
-        return on
-
-    def write(self, chunk: bytes) -> None:
-        if not self.direct:
-            self.written += _write_all(self.fd, chunk)
-            return
-        data = memoryview(chunk).cast("B")
-        while data:
-            n = min(len(data), self.BUFFER - self.fill)
-            self.view[self.fill : self.fill + n] = data[:n]
-            self.fill += n
-            data = data[n:]
-            if self.fill == self.BUFFER:
-                self._flush(self.BUFFER)
-
-    def _flush(self, length: int) -> None:
-        try:
-            self.written += _write_all(self.fd, self.view[:length])
-        except OSError as exc:
-            if exc.errno != errno.EINVAL or self.written:
-                raise
-            # The filesystem accepted the flag but not the write: go buffered.
-            self.direct = self._set_direct(False)
-            self.written += _write_all(self.fd, self.view[:length])
-        self.view[: self.fill - length] = self.view[length : self.fill]
-        self.fill -= length
-
-    def finish(self) -> int:
-        """Write what is buffered; :returns: the bytes written in all."""
-        if self.direct:
-            aligned = self.fill - self.fill % self.ALIGN
-            if aligned:
-                self._flush(aligned)
-            if self.fill:
-                self._set_direct(False)
-                self.written += _write_all(self.fd, self.view[: self.fill])
-            self.view.release()
-            self.buffer.close()
-        return self.written
-
-
-def _write_all(fd: int, chunk: bytes) -> int:
-    """Write all of *chunk*; ``os.write`` may write less than asked."""
-    view = memoryview(chunk).cast("B")
-    size = view.nbytes
-    while view:
-        view = view[os.write(fd, view) :]
-    return size
 
 
 def _fsync_dir(path: str) -> None:

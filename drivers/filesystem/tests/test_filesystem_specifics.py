@@ -313,7 +313,7 @@ def test_direct_and_buffered_writes_store_the_exact_bytes(make_driver, direct_io
 
 def test_direct_io_is_really_used(make_driver, monkeypatch):
     """O_DIRECT is on while the aligned blocks are written (checked on the fd itself)."""
-    from abbild_filesystem import driver as module
+    from abbild_filesystem import writer as module
 
     seen = []
     real_write = module._write_all
