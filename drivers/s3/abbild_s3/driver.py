@@ -249,50 +249,73 @@ class S3Driver(Driver):
                 written = self._put_multipart(key, head, chunks, size)
         return StoredObject(uri=uri, size=written)
 
-    def _put_multipart(self, key: str, buffer: bytearray, chunks: Iterator[bytes], size: int | None) -> int:
-        """Upload *buffer* and then *chunks* in parts, ``large_object_upload_threads`` of
-        them at a time, and complete them in order. Memory: the parts in flight plus the
-        one being filled. Any failure, of a part or of *chunks*, aborts the upload once
-        the parts in flight have ended, so that nothing of it is left (or billed).
+    def _put_multipart(self, key: str, head: bytearray, chunks: Iterator[bytes], size: int | None) -> int:
+        """Upload *head* and then *chunks* in parts, ``large_object_upload_threads`` of
+        them at a time, and complete them in order. Any failure, of a part or of
+        *chunks*, aborts the upload once the parts in flight have ended, so that nothing
+        of it is left (or billed).
+
+        Memory: the parts in flight plus the one being filled, in buffers reused from
+        part to part. New buffers for every part would let the allocator keep a few
+        parts more than that (glibc's arenas hold on to big blocks freed by threads).
         """
         upload = self._first_write(self._client.create_multipart_upload, Bucket=self._bucket, Key=key)
         upload_id = upload["UploadId"]
+        threads = self._upload_threads
         parts: list[dict] = []
-        in_flight: collections.deque[Future] = collections.deque()
-        numbered = 0
-        written = len(buffer)
-        pool = ThreadPoolExecutor(self._upload_threads, thread_name_prefix=f"abbild-s3-{self.store_name}")
+        in_flight: collections.deque[tuple[Future, bytearray]] = collections.deque()
+        spare: list[bytearray] = []
+        pool = ThreadPoolExecutor(threads, thread_name_prefix=f"abbild-s3-{self.store_name}")
 
-        def upload_part(number: int, body: bytes) -> dict:
+        def upload_part(number: int, body: bytearray) -> dict:
             answer = self._client.upload_part(
                 Bucket=self._bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
             )
             return {"PartNumber": number, "ETag": answer["ETag"]}
 
-        def send(n: int) -> None:
-            nonlocal numbered
-            # Wait for a free thread before copying the next part out: that is the bound.
-            # The oldest part first, which also keeps the list of parts in order.
-            while len(in_flight) >= self._upload_threads:
-                parts.append(in_flight.popleft().result())
-            with memoryview(buffer) as view:  # released before the buffer shrinks
-                body = bytes(view[:n])
-            del buffer[:n]
-            numbered += 1
-            in_flight.append(pool.submit(upload_part, numbered, body))
+        def collect_oldest() -> None:  # the oldest first, which keeps the parts in order
+            future, buffer = in_flight.popleft()
+            parts.append(future.result())
+            spare.append(buffer)
+
+        def free_buffer() -> bytearray:
+            # Wait for a free thread before taking a buffer: that is the bound.
+            while len(in_flight) >= threads:
+                collect_oldest()
+            n = part_size(len(parts) + len(in_flight) + 1, self._part_size, size)
+            while spare:
+                buffer = spare.pop()
+                if len(buffer) == n:  # else the part size grew: the old buffer goes
+                    return buffer
+            return bytearray(n)
+
+        def send(buffer: bytearray, filled: int) -> None:
+            number = len(parts) + len(in_flight) + 1
+            body = buffer if filled == len(buffer) else buffer[:filled]  # the last part only
+            in_flight.append((pool.submit(upload_part, number, body), buffer))
+
+        written, current, filled = 0, free_buffer(), 0
+
+        def feed(data) -> None:
+            nonlocal written, current, filled
+            view, written = memoryview(data), written + len(data)
+            while view:
+                n = min(len(current) - filled, len(view))
+                current[filled : filled + n] = view[:n]
+                filled, view = filled + n, view[n:]
+                if filled == len(current):
+                    send(current, filled)
+                    current, filled = free_buffer(), 0
 
         try:
+            feed(head)
+            head.clear()  # no second copy of the first part for the whole upload
             for chunk in chunks:  # what the iterator raises propagates unchanged
-                buffer += chunk
-                written += len(chunk)
-                while len(buffer) >= (n := part_size(numbered + 1, self._part_size, size)):
-                    send(n)
-            while len(buffer) >= (n := part_size(numbered + 1, self._part_size, size)):
-                send(n)
-            if buffer or not numbered:
-                send(len(buffer))
+                feed(chunk)
+            if filled or not (parts or in_flight):
+                send(current, filled)
             while in_flight:
-                parts.append(in_flight.popleft().result())
+                collect_oldest()
             self._client.complete_multipart_upload(
                 Bucket=self._bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, IfNoneMatch="*"
             )

@@ -113,7 +113,7 @@ Related options:
     ),
     cfg.IntOpt(
         "large_object_part_size",
-        default=16,
+        default=8,
         min=MIN_PART_SIZE_MIB,
         help="""
 Size in MiB of each part of a multipart upload. An upload holds at most
@@ -121,8 +121,8 @@ Size in MiB of each part of a multipart upload. An upload holds at most
 being filled.
 
 Images of known size larger than 10 000 parts get parts just large enough.
-Uploads of unknown size double the part size every 1 000 parts, so even a
-16 MiB part reaches the S3 limit of 10 000 parts only beyond 15 TiB.
+Uploads of unknown size double the part size every 1 000 parts, so even an
+8 MiB part reaches the S3 limit of 10 000 parts only beyond 7.8 TiB.
 
 Possible values:
     * 5 (the S3 minimum) or more
@@ -142,7 +142,7 @@ How many parts of one multipart upload are sent at the same time.
 
 Memory bound: an upload holds at most (large_object_upload_threads + 1) x
 large_object_part_size in memory, the parts in flight plus the one being filled
-(80 MiB with the defaults). A part that fails, or an upload whose client goes
+(40 MiB with the defaults). A part that fails, or an upload whose client goes
 away, aborts the whole multipart upload once the parts in flight have ended.
 
 Possible values:
