@@ -20,11 +20,15 @@ from abbild.policy import roles_of
 
 OPERATIONS = ("create", "read", "update", "delete")
 EVERYONE, NOBODY = "@", "!"
+# Property names whose deciding section is remembered (a list reads every property of
+# every image it shows, and each look searched every section's pattern).
+NAMES_KEPT = 4096
 
 
 class PropertyProtections:
     def __init__(self, rules: list[tuple[re.Pattern, dict]], fmt: str, policy) -> None:
         self.rules, self.format, self.policy = rules, fmt, policy
+        self._sections: dict[str, dict | None] = {}
 
     @classmethod
     def from_config(cls, conf, policy) -> PropertyProtections | None:
@@ -70,14 +74,26 @@ class PropertyProtections:
             rules.append((pattern, allowed))
         return cls(rules, fmt, policy)
 
+    def _section(self, name: str) -> dict | None:
+        """What the first section matching *name* allows (None: no section matches)."""
+        try:
+            return self._sections[name]
+        except KeyError:
+            pass
+        allowed = next((allowed for pattern, allowed in self.rules if pattern.search(name)), None)
+        if len(self._sections) >= NAMES_KEPT:
+            self._sections = {}
+        self._sections[name] = allowed
+        return allowed
+
     def allows(self, name: str, operation: str, viewer) -> bool:
-        for pattern, allowed in self.rules:
-            if pattern.search(name):
-                rule = allowed[operation]
-                if self.format == "policies":
-                    return self.policy.allows(rule, viewer)
-                return rule == EVERYONE or bool(rule & roles_of(viewer))
-        return False
+        allowed = self._section(name)
+        if allowed is None:
+            return False
+        rule = allowed[operation]
+        if self.format == "policies":
+            return self.policy.allows(rule, viewer)
+        return rule == EVERYONE or bool(rule & roles_of(viewer))
 
     def authorize(self, name: str, operation: str, viewer) -> None:
         """:raises abbild.errors.Forbidden: *viewer* may not *operation* property *name*."""

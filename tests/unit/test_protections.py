@@ -235,3 +235,16 @@ def test_location_quota(service):
     with pytest.raises(QuotaExceeded, match="3 locations; at most 2.*image_location_quota"):
         service.locations.add(image.id, uris[2], {}, None, ADMIN)
     assert [loc.uri for loc in service.registry.get_image(image.id).locations] == uris[:2]
+
+
+def test_each_name_keeps_its_first_matching_section_when_asked_again(service, tmp_path):
+    protections = protect(service, tmp_path, ROLES_FILE)
+    for _ in range(2):  # the second round answers from the remembered sections
+        assert protections.allows("x_billing_code", "read", viewer("billing"))
+        assert not protections.allows("x_billing_code", "update", viewer("billing"))
+        assert not protections.allows("x_billing_code", "delete", ADMIN)
+        assert protections.allows("x_owner_note", "update", viewer("member"))
+        assert not protections.allows("x_owner_note", "update", viewer("reader"))
+        assert protections.allows("anything", "delete", viewer())
+    strict = protect(service, tmp_path, POLICIES_FILE, fmt="policies")
+    assert not strict.allows("anything", "read", ADMIN)  # no section: nobody, in this file
