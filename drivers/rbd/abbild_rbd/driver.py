@@ -452,11 +452,12 @@ class _Read:
     """One ``aio_read`` under way."""
 
     def __init__(self, image, offset: int, length: int) -> None:
-        self.offset, self.data = offset, b""
-        self.completion = image.aio_read(offset, length, self._done)
-
-    def _done(self, completion, data) -> None:
-        self.data = data or b""
+        self.offset = offset
+        # The callback must not refer to this object: the completion refers to the
+        # callback, and a reference cycle would keep every chunk read until the
+        # garbage collector happened to run (a whole image, in a quick download).
+        self._box: list[bytes] = []
+        self.completion = image.aio_read(offset, length, lambda _, data, box=self._box: box.append(data or b""))
 
     def wait(self) -> int:
         self.completion.wait_for_complete_and_cb()
@@ -468,5 +469,4 @@ class _Read:
             import rbd
 
             raise rbd.OSError(f"reading at {self.offset}: {os.strerror(-ret)}", errno=-ret)
-        data, self.data = self.data, b""
-        return data
+        return self._box.pop()
