@@ -2,20 +2,27 @@
 
 A download is sent with ``sendfile`` straight from the page cache. When the file is
 not cached (the store writes with O_DIRECT, so a fresh upload never is), sendfile
-waits on the kernel's readahead one window at a time and reaches about half of what
-the disk delivers. :class:`ReadAheadFile` keeps the sender fed: a thread asks the
-kernel (``posix_fadvise(WILLNEED)``) to read the next steps of the window while
-sendfile sends the current one, so the disk works ahead with several requests in
-flight and the sender finds the pages already there.
+waits on the kernel's readahead one window at a time and gets about half of what the
+disk delivers. :class:`ReadAheadFile` keeps the sender fed: a thread reads the
+download's window into the page cache ahead of it, by ``sendfile`` to ``/dev/null``
+from a descriptor of its own (no copy into the process, and its own readahead state,
+so the two sequential readers do not disturb each other's readahead).
 
-Why this and not O_DIRECT reads on a thread, yielded as chunks (measured side by side,
-bench/README.md): it is as fast on a cold file or faster, the data stays zero-copy
-(sendfile, whatever the server), and the pages it brings in stay cached, so the next
-download of the same image is a warm one at page-cache speed. O_DIRECT reads bypass the
-cache: every download of an image would read the disk again and copy the data through
-the process. On a file that is cached already, the read-ahead only looks the pages up
-(about 10 ms of CPU per GiB), so cold and warm files take the same path and nothing
-has to guess which one a file is.
+Chosen by measurement (bench/README.md), against:
+
+- O_DIRECT reads on a thread, yielded as chunks: no faster on a cold file, a copy of
+  every byte through the process, and nothing lands in the page cache: every download
+  of an image would read the disk again. Read-ahead fills the cache, so the next
+  download of the image is a warm one, zero-copy at page-cache speed.
+- ``posix_fadvise(WILLNEED)`` steps: as fast cold, but the kernel caches what it reads
+  that way in 4 KiB pages instead of large folios, and every later warm sendfile of the
+  file then takes about twice the CPU. A real read caches large folios.
+
+On a file that is cached already the thread only splices cached pages to /dev/null
+(a few ms per GiB), so cold and warm files take the same path: nothing has to guess.
+It reads ahead of the sender without knowing where the sender is (sendfile does not
+tell), bounded by the download's window: for a client slower than the disk, the
+window is in the page cache (evictable, not the process's memory) before it is sent.
 """
 
 from __future__ import annotations
@@ -24,11 +31,12 @@ import io
 import os
 import threading
 
-# How much each posix_fadvise call asks for. Small enough that the first pages are
-# there quickly, big enough that the disk sees large requests.
-STEP = 16 << 20
+# What the read-ahead reads per call: big enough for large disk requests, small enough
+# that close() (which waits for the call in progress) returns at once.
+STEP = 8 << 20
 
 _ADVISE = hasattr(os, "posix_fadvise")
+_SELF_FD = "/proc/self/fd"  # reopens the same file: a descriptor with its own readahead
 
 
 class ReadAheadFile(io.FileIO):
@@ -44,38 +52,53 @@ class ReadAheadFile(io.FileIO):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if _ADVISE:
-            # Doubles the kernel's own readahead window for this file: helps readers
-            # that never call read_ahead (imports, the cache's prefetcher).
+            # Doubles the kernel's readahead window for this descriptor: helps every
+            # reader, read_ahead or not (imports, the cache's prefetcher).
             _advise(self.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
 
     def read_ahead(self, length: int) -> None:
         """Have the next *length* bytes from the current position read into the page
-        cache in the background, ahead of whoever reads or sends them. Advisory: where
-        the kernel or the filesystem cannot, nothing happens. One read-ahead per file;
-        a second call does nothing."""
-        if not _ADVISE or self._thread is not None or length <= 0:
+        cache in the background, ahead of whoever reads or sends them. Best effort:
+        where the platform cannot (no /proc, no sendfile to /dev/null), nothing
+        happens. One read-ahead per file; a second call does nothing."""
+        if self._thread is not None or length <= 0 or not os.path.isdir(_SELF_FD):
             return
         start = self.tell()
         self._thread = threading.Thread(
-            target=self._advise_steps, args=(start, start + length), name="abbild-read-ahead", daemon=True
+            target=self._read_ahead, args=(start, start + length), name="abbild-read-ahead", daemon=True
         )
         self._thread.start()
 
-    def _advise_steps(self, offset: int, end: int) -> None:
-        fd = self.fileno()  # close() joins this thread before it closes fd
-        while offset < end and not self._stop.is_set():
-            n = min(STEP, end - offset)
-            # Returns once the reads are submitted, not done: the next step queues
-            # behind them, so the disk always has the following step to work on.
-            if not _advise(fd, offset, n, os.POSIX_FADV_WILLNEED):
-                return
-            offset += n
+    def _read_ahead(self, offset: int, end: int) -> None:
+        try:
+            # close() joins this thread before it closes self.fileno().
+            fd = os.open(f"{_SELF_FD}/{self.fileno()}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            sink = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            os.close(fd)
+            return
+        try:
+            if _ADVISE:
+                _advise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            while offset < end and not self._stop.is_set():
+                sent = os.sendfile(sink, fd, offset, min(STEP, end - offset))
+                if not sent:
+                    return  # the file ended early (truncated): the sender will see it too
+                offset += sent
+        except OSError:
+            return  # advisory: the sender meets the same error and reports it
+        finally:
+            os.close(sink)
+            os.close(fd)
 
     def close(self) -> None:
         thread = getattr(self, "_thread", None)  # None too when __init__ failed
         if thread is not None:
             self._stop.set()
-            thread.join()  # at most one posix_fadvise call: it never waits for the disk's data
+            thread.join()  # waits for one STEP at most
             self._thread = None
         super().close()
 
