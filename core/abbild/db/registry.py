@@ -141,6 +141,9 @@ def make_engine(url: str, pool_size: int = 10):
             # system crash or power loss may lose the last ones before a checkpoint
             # (never corrupting the database). That about doubles the creates a second.
             cur.execute("PRAGMA synchronous=NORMAL")
+            # Reads map the file instead of copying each page out of the OS cache: a
+            # list page's rows lie all over a large database.
+            cur.execute("PRAGMA mmap_size=1073741824")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=60000")
             cur.close()
@@ -385,17 +388,22 @@ class SQLRegistry(Registry):
                     raise Invalid(f"Invalid marker {marker}: no image with that ID")
                 conditions.append(_after(keys, marker_row))
                 bound = getattr(marker_row, first.key)
-            parts = [conditions] if viewer.is_admin else [conditions + p for p in _scope_parts(viewer, filters)]
+            if viewer.is_admin:
+                parts = [(conditions, True)]
+            else:
+                parts = [(conditions + part, wide) for part, wide in _scope_parts(viewer, filters)]
             queries = []
-            for part in parts:
-                for kind, split in splits or [("all", None)]:
+            for part, wide in parts:
+                # A narrow part (a project's own images, those shared with it) is read
+                # from its own index and sorted; only a wide one is read in sort order.
+                for kind, split in (splits if wide else []) or [("all", None)]:
                     where = part if split is None else [*part, split]
                     # The marker's value of the first key bounds the index range, so a
                     # deep page costs what the first does (NULLs, the smallest, come
                     # after every value when descending).
                     if bound is not None and direction == "asc":
                         where = [*where, first >= bound]
-                    elif bound is not None and kind != "nulls":
+                    elif bound is not None and kind != "nulls" and (split is not None or not first.expression.nullable):
                         where = [*where, first <= bound]
                     order = _ordering(keys, _IMAGES.c, postgres)
                     if split is not None:  # the first key has no NULLs, or only NULLs, here
@@ -1307,33 +1315,36 @@ def _visibility_conditions(filters: ImageFilters, viewer: Viewer) -> list:
     return conditions
 
 
-def _scope_parts(viewer: Viewer, filters: ImageFilters) -> list[list]:
+def _scope_parts(viewer: Viewer, filters: ImageFilters) -> list[tuple[list, bool]]:
     """:func:`_scope` (and the default list's community rule) as disjoint parts, each
-    a plain condition an index serves in sort order (an OR of them would make the
-    database read every image the viewer may see, then sort): public images,
-    community ones, the viewer's own, nobody's, and shared ones of others that the
-    viewer is a member of."""
+    a plain condition an index serves (an OR of them would make the database read
+    every image the viewer may see, then sort): public images, community ones, the
+    viewer's own, nobody's, and shared ones of others that the viewer is a member of.
+    Each comes with whether it is wide (any number of images: to be read in sort
+    order) rather than a project's few."""
     wanted = filters.visibility
     project = viewer.project_id
     parts = []
     elsewhere = ["public"]  # visibilities a part of their own lists
     if wanted in (None, "all", "public"):
-        parts.append([ImageRow.visibility == "public"])
+        parts.append(([ImageRow.visibility == "public"], True))
     if wanted in ("all", "community"):
-        parts.append([ImageRow.visibility == "community"])
+        parts.append(([ImageRow.visibility == "community"], True))
         elsewhere.append("community")
     if project is not None:
         # In a default list the viewer's community images are among its own.
-        parts.append([ImageRow.owner == project, ImageRow.visibility.not_in(elsewhere)])
+        parts.append(([ImageRow.owner == project, ImageRow.visibility.not_in(elsewhere)], False))
     # Nobody's community images are in the community part, or in no default list.
-    parts.append([ImageRow.owner.is_(None), ImageRow.visibility.not_in(("public", "community"))])
+    parts.append(([ImageRow.owner.is_(None), ImageRow.visibility.not_in(("public", "community"))], False))
     if project is not None and wanted in (None, "all", "shared"):
         memberships = select(MemberRow.image_id).where(
             MemberRow.member == project,
             MemberRow.deleted == false(),
             *([] if filters.member_status == "all" else [MemberRow.status == filters.member_status]),
         )
-        parts.append([ImageRow.visibility == "shared", ImageRow.owner != project, ImageRow.id.in_(memberships)])
+        parts.append(
+            ([ImageRow.visibility == "shared", ImageRow.owner != project, ImageRow.id.in_(memberships)], False)
+        )
     return parts
 
 
