@@ -239,7 +239,8 @@ def test_get_releases_file_handle(driver, consumed):
     uri = driver.put("img", [os.urandom(3 * MiB)], 3 * MiB).uri
     before = _open_fds()
     chunks = driver.get(uri)
-    assert _open_fds() == before + 1
+    # The file, and the read-ahead's own descriptor and /dev/null while it runs.
+    assert before + 1 <= _open_fds() <= before + 3
     if consumed == "everything":
         list(chunks)  # no close(): the end of the data releases the file
     else:
