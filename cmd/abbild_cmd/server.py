@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import re
 import selectors
 import socket
 import struct
@@ -39,6 +40,9 @@ HEAD_READ_SIZE = 64 << 10
 # The most FastBody reads at once while it looks for a chunk's size line: what comes
 # after the line is data, copied once more; the rest of a chunk arrives in place.
 CHUNK_LINE_READ_SIZE = 256
+_HEX = re.compile(rb"[0-9a-fA-F]+")
+# The end of a chunk and the line of the next, when that line has a size and nothing else.
+_PLAIN_NEXT_LINE = re.compile(rb"\r\n([0-9a-fA-F]{1,16})\r\n")
 
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" status: %(s)s len: %(B)s time: %(L)ss'
 
@@ -218,7 +222,17 @@ class FastBody:
             if self._done or not view:
                 return 0
             self._next_chunk()
-        n = self._from_pending_or_socket(view[: self._left])
+        left = self._left
+        if self._pending or len(view) <= left:
+            n = self._from_pending_or_socket(view[:left])
+        else:
+            # Read on past the chunk's end into the room the buffer has left: the next
+            # chunk's line then comes with this recv instead of one of its own. What is
+            # past the end is kept aside, and the caller's next read overwrites it.
+            n = self._unreader.sock.recv_into(view[: left + CHUNK_LINE_READ_SIZE])
+            if n > left:
+                self._pending += view[left:n]
+                n = left
         if not n:
             raise NoMoreData()
         self._left -= n
@@ -233,6 +247,15 @@ class FastBody:
     def _next_chunk(self) -> None:
         """Read the line of the next chunk (and the CRLF that ends the previous one)."""
         pending = self._pending
+        plain = _PLAIN_NEXT_LINE.match(pending) if self._chunks_seen else None
+        if plain:  # the usual case, read along with the previous chunk's end
+            self._left = int(plain.group(1), 16)  # before the del: the match reads pending
+            del pending[: plain.end()]
+            if self._left:
+                return
+            self._chunks_seen += 1
+            self._last_chunk()
+            return
         if self._chunks_seen:
             while len(pending) < 2:
                 self._more()
@@ -255,19 +278,22 @@ class FastBody:
             if b"\r" in extension[0]:
                 raise InvalidChunkExtension("bare CR not allowed")
             size = size.rstrip(b" \t")
-        if not size or any(c not in b"0123456789abcdefABCDEF" for c in size):
+        if not _HEX.fullmatch(size):
             raise InvalidChunkSize(size)
         if extension and not CHUNK_EXT_RE.fullmatch(b";" + extension[0]):
             raise InvalidChunkExtension("invalid chunk extension")
         self._left = int(size, 16)
         if not self._left:
-            # The last chunk: gunicorn reads the trailers and keeps what follows.
-            reader, rest = self._body.reader, bytes(pending)
-            pending.clear()
-            reader.parse_trailers(self._unreader, rest)
-            reader.parser = None
-            self._done = True
-            self._body.failed = False
+            self._last_chunk()
+
+    def _last_chunk(self) -> None:
+        """gunicorn reads the trailers and keeps what follows them."""
+        reader, rest = self._body.reader, bytes(self._pending)
+        self._pending.clear()
+        reader.parse_trailers(self._unreader, rest)
+        reader.parser = None
+        self._done = True
+        self._body.failed = False
 
 
 def abort_uploads() -> None:
