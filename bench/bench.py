@@ -784,7 +784,16 @@ def main(argv=None) -> int:
                 image_id = api.create_image(name=f"bench-{key}")
                 created.append(image_id)
                 log(f"{key}: PUT {args.size_mib} MiB to image {image_id}")
-                t[key] = upload(api, image_id, src, size, chunked, meter)
+                try:
+                    t[key] = upload(api, image_id, src, size, chunked, meter)
+                except (OSError, RuntimeError, http.client.HTTPException) as e:
+                    # Say so, and measure the rest: one broken upload mode should
+                    # not hide the others or the downloads.
+                    t["checks"].append(f"{key}: FAILED: {e!r}")
+                    log(f"{key}: FAILED: {e!r}")
+                    api.conn.close()
+                    api.conn = api._connect()
+                    continue
                 t[key]["image_id"] = image_id
                 meta = api.json("GET", f"/v2/images/{image_id}")
                 ok = meta.get("checksum") == want_md5 and meta.get("size") == size
@@ -796,7 +805,9 @@ def main(argv=None) -> int:
                     t["checks"].append(
                         f"{key}: os_hash_value {'==' if meta.get('os_hash_value') == want_sha else '!='} local sha512"
                     )
-            image_id = t["upload_cl"]["image_id"]
+            image_id = next((t[k]["image_id"] for k in ("upload_cl", "upload_chunked") if k in t), None)
+            if image_id is None:
+                raise SystemExit("no upload succeeded: nothing to download")
             # The first read comes from the disk (the filesystem store writes with O_DIRECT,
             # past the page cache); the second from the page cache, which is what a
             # sendfile server is usually measured on. Both are shown.

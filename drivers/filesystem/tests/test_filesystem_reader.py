@@ -159,6 +159,7 @@ def test_read_ahead_reads_only_the_window(driver, stored, monkeypatch):
         return real_sendfile(out_fd, in_fd, offset, count)
 
     monkeypatch.setattr(os, "sendfile", record)
+    monkeypatch.setattr(reader, "_cached", lambda fd, probe, offset: False)  # cold
     with driver.open_local(uri) as f:
         f.seek(MiB)
         f.read_ahead(300 << 10)
@@ -179,3 +180,19 @@ def test_read_ahead_fills_the_page_cache(driver, stored):
         buf = bytearray(4096)
         assert os.preadv(f.fileno(), [buf], SIZE - 4096, os.RWF_NOWAIT) == 4096
         assert bytes(buf) == data[-4096:]
+
+
+def test_a_cached_window_is_not_read_again(driver, stored, monkeypatch):
+    """A warm file: each step's last byte is in the page cache, nothing is read ahead."""
+    uri, data = stored
+    with driver.open_local(uri) as f:
+        assert _read_all(f) == data  # now in the page cache
+    asked = []
+    real_sendfile = os.sendfile
+    monkeypatch.setattr(os, "sendfile", lambda *a: asked.append(a) or real_sendfile(*a))
+    with driver.open_local(uri) as f:
+        f.read_ahead(SIZE)
+        for thread in _read_ahead_threads():
+            thread.join(5)
+        assert _read_all(f) == data
+    assert asked == []
