@@ -226,41 +226,57 @@ class RBDDriver(Driver):
         """Write *chunks* in whole RADOS objects, ``ios_in_flight`` at a time, skipping
         the all-zero ones (a new image reads as zeros already), growing the image when
         they outrun it and trimming it to the bytes written at the end. :returns: that
-        number."""
-        unit = self._chunk_size
-        capacity, offset, buffer = image.size(), 0, bytearray()
-        in_flight: collections.deque[_Write] = collections.deque()
+        number.
 
-        def write(data: bytes) -> None:
+        The chunk buffers are reused from write to write: new ones for every chunk let
+        the allocator keep a few more (glibc holds on to big blocks freed meanwhile).
+        """
+        unit = self._chunk_size
+        capacity, offset = image.size(), 0
+        in_flight: collections.deque[tuple[_Write, bytearray]] = collections.deque()
+        spare: list[bytearray] = []
+
+        def free_buffer() -> bytearray:
+            # Wait for a free slot before taking a buffer: that is the memory bound.
+            while len(in_flight) >= self._in_flight:
+                write, buffer = in_flight.popleft()
+                write.result()
+                spare.append(buffer)
+            return spare.pop() if spare else bytearray(unit)
+
+        def write(buffer: bytearray, filled: int) -> bytearray:
+            """Start writing *buffer*; :returns: the buffer to fill next."""
             nonlocal capacity, offset
-            end = offset + len(data)
+            end = offset + filled
             if end > capacity:
                 capacity = grown_size(capacity, end, unit)
                 image.resize(capacity)  # growing only: the writes in flight stay inside
-            if data.count(0) != len(data):
-                # Wait for a free slot before the next write: that is the memory bound.
-                while len(in_flight) >= self._in_flight:
-                    in_flight.popleft().result()
-                in_flight.append(_Write(image, data, offset))
-            offset = end
+            data = buffer if filled == unit else buffer[:filled]  # the last chunk only
+            start, offset = offset, end
+            if data.count(0) == len(data):
+                return buffer
+            in_flight.append((_Write(image, data, start), buffer))
+            return free_buffer()
 
         try:
+            current, filled = free_buffer(), 0
             for chunk in chunks:  # what the iterator raises propagates unchanged
-                buffer += chunk
-                while len(buffer) >= unit:
-                    with memoryview(buffer) as view:  # released before the buffer shrinks
-                        data = bytes(view[:unit])
-                    del buffer[:unit]
-                    write(data)
-            if buffer:
-                write(bytes(buffer))
+                view = memoryview(chunk)
+                while view:
+                    n = min(unit - filled, len(view))
+                    current[filled : filled + n] = view[:n]
+                    filled, view = filled + n, view[n:]
+                    if filled == unit:
+                        current, filled = write(current, filled), 0
+            if filled:
+                write(current, filled)
             while in_flight:
-                in_flight.popleft().result()
+                in_flight.popleft()[0].result()
         finally:
             # On failure too: librbd reads their buffers until they complete, and the
             # image must not be closed (or removed) under them.
             while in_flight:
-                in_flight.popleft().wait()
+                in_flight.popleft()[0].wait()
         if capacity != offset:
             image.resize(offset)
         return offset
@@ -431,7 +447,7 @@ class RBDDriver(Driver):
 class _Write:
     """One ``aio_write`` under way; keeps its data alive until librbd is done with it."""
 
-    def __init__(self, image, data: bytes, offset: int) -> None:
+    def __init__(self, image, data: bytes | bytearray, offset: int) -> None:
         self.data, self.offset = data, offset
         self.completion = image.aio_write(data, offset, None)
 

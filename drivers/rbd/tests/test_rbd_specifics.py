@@ -64,7 +64,7 @@ class _RecordedImage:
         method = getattr(self._image, name)
 
         def recorded(*args):
-            self._calls.append((name, tuple(len(a) if isinstance(a, bytes) else a for a in args)))
+            self._calls.append((name, tuple(len(a) if isinstance(a, (bytes, bytearray)) else a for a in args)))
             return method(*args)
 
         return recorded
