@@ -204,7 +204,7 @@ def main() -> None:
         stages["whole upload, fast body, CL"] = whole(None, True)
         stages["whole upload, fast body, chunked 64K"] = whole(64 << 10, True)
     if has_lent:
-        stages["ImageStream ring hand-off + hashes"] = lambda: image_stream(size, True)
+        stages["ImageStream.lent(), plain chunks + hashes"] = lambda: image_stream(size, True)
     results: dict[str, list[float]] = {name: [] for name in stages}
     for _ in range(args.rounds):
         for name, stage in stages.items():
