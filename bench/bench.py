@@ -614,7 +614,7 @@ def report(res: dict) -> None:
             ("upload_chunked", "upload, chunked"),
             ("disk_read_adjacent", "disk O_DIRECT read, just before the cold download"),
             ("download", "download, cold (to nowhere)"),
-            ("download_warm", "download, warm (to nowhere)"),
+            ("download_warm", "download, warm (to nowhere), best run"),
             ("download_md5", "download + md5 (verify)"),
         ):
             r = res["transfers"].get(key)
@@ -816,8 +816,17 @@ def main(argv=None) -> int:
             t["disk_read_adjacent"] = limit_direct_read(src)
             log(f"download: GET image {image_id} (cold: from the disk)")
             t["download"] = download(api, image_id, meter, with_md5=False)
-            log(f"download: GET image {image_id} (warm: from the page cache)")
-            t["download_warm"] = download(api, image_id, meter, with_md5=False)
+            # Best of --repeat, as the limits it is compared with (a warm download can be repeated).
+            runs = []
+            for i in range(max(1, args.repeat)):
+                log(f"download: GET image {image_id} (warm: from the page cache) ({i + 1}/{args.repeat})")
+                runs.append(download(api, image_id, meter, with_md5=False))
+            t["download_warm"] = dict(max(runs, key=lambda r: r["mib_s"]))
+            t["download_warm"]["runs"] = [round(r["mib_s"], 1) for r in runs]
+            t["checks"].append(
+                "download warm, all runs MiB/s: "
+                + " ".join(f"{r['mib_s']:.0f} ({r.get('server_cpu_s_per_gib') or 0:.3f} s/GiB)" for r in runs)
+            )
             if not args.no_verify:
                 log("download again, computing md5")
                 t["download_md5"] = download(api, image_id, meter, with_md5=True)
