@@ -202,6 +202,10 @@ class SQLRegistry(Registry):
         self._write_engine = self.engine.execution_options(abbild_write=True)
         self._write = sessionmaker(self._write_engine, expire_on_commit=False)
         self._in_change = threading.local()  # set while an update_image/update_namespace change runs
+        # Built once: SQLAlchemy then finds its compiled form without walking it again.
+        self._get_image_query = select(_IMAGES, *_children(_IMAGES.c.id, self.engine.dialect.name)).where(
+            _IMAGES.c.id == bindparam("image_id")
+        )
 
     def prepare(self) -> None:
         """Make sure the database schema is current before serving.
@@ -294,8 +298,7 @@ class SQLRegistry(Registry):
 
     def get_image(self, image_id: str, *, include_deleted: bool = False) -> Image:
         with self._connection() as conn:
-            query = select(_IMAGES, *_children(_IMAGES.c.id, conn.dialect.name)).where(_IMAGES.c.id == image_id)
-            row = conn.execute(query).first()
+            row = conn.execute(self._get_image_query, {"image_id": image_id}).first()
             if row is None or (row.deleted and not include_deleted):
                 raise ImageNotFound(image_id)
             return _images_of(conn, [row])[0]
