@@ -30,7 +30,9 @@ LOG = logging.getLogger(__name__)
 
 MiB = 1 << 20
 MAX_PARTS = 10_000
-# Unknown-size uploads double their part size every this many parts (see part_size).
+# Unknown-size uploads keep the base part size for this many parts, then double it
+# every PARTS_PER_STEP parts (see part_size).
+PARTS_AT_BASE = 2_000
 PARTS_PER_STEP = 1_000
 MAX_KEY_BYTES = 1024
 # check() writes and removes an object named so; no upload's key starts like this.
@@ -49,11 +51,12 @@ def part_size(number: int, base: int, size: int | None) -> int:
     """Size of part *number* (from 1) of a multipart upload, within S3's 10 000 parts.
 
     A known *size* gets equal parts, large enough to fit; an unknown one starts at
-    *base* and doubles every 1 000 parts, so memory stays at *base* for ordinary images.
+    *base* for 2 000 parts (16 GiB in 8 MiB parts), so memory stays at *base* for
+    ordinary images, then doubles every 1 000 parts (3.9 TiB in all from 8 MiB).
     """
     if size is not None:
         return max(base, -(-size // MAX_PARTS))
-    return base << ((number - 1) // PARTS_PER_STEP)
+    return base << max(0, (number - 1 - PARTS_AT_BASE) // PARTS_PER_STEP + 1)
 
 
 class S3Driver(Driver):

@@ -121,8 +121,9 @@ Size in MiB of each part of a multipart upload. An upload holds at most
 being filled.
 
 Images of known size larger than 10 000 parts get parts just large enough.
-Uploads of unknown size double the part size every 1 000 parts, so even an
-8 MiB part reaches the S3 limit of 10 000 parts only beyond 7.8 TiB.
+Uploads of unknown size keep it for 2 000 parts (16 GiB in 8 MiB parts), then
+double it every 1 000 parts, so even an 8 MiB part reaches the S3 limit of
+10 000 parts only beyond 3.9 TiB.
 
 Possible values:
     * 5 (the S3 minimum) or more

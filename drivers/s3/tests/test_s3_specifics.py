@@ -130,9 +130,12 @@ def test_part_size_fits_s3_limits():
     assert part_size(1, base, 100 * MiB) == base
     huge = 1 << 40  # 1 TiB in 16 MiB parts would be 65 536 parts
     assert part_size(1, base, huge) * MAX_PARTS >= huge
-    # Unknown size: 16 MiB for the first 1 000 parts, then doubling.
-    assert [part_size(n, base, None) for n in (1, 1000, 1001, 2001)] == [base, base, 2 * base, 4 * base]
-    assert sum(part_size(n, base, None) for n in range(1, MAX_PARTS + 1)) > 15 * (1 << 40)
+    # Unknown size: 16 MiB for the first 2 000 parts, then doubling every 1 000.
+    sizes = [part_size(n, base, None) for n in (1, 2000, 2001, 3000, 3001, MAX_PARTS)]
+    assert sizes == [base, base, 2 * base, 2 * base, 4 * base, 256 * base]
+    assert sum(part_size(n, base, None) for n in range(1, MAX_PARTS + 1)) > 7 * (1 << 40)
+    # 8 MiB parts (the default): beyond 3.5 TiB, above any image_size_cap in use.
+    assert sum(part_size(n, 8 * MiB, None) for n in range(1, MAX_PARTS + 1)) > 3.5 * (1 << 40)
 
 
 def test_large_upload_keeps_memory_bounded(make_driver, s3_client, bucket):
