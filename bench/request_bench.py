@@ -28,7 +28,9 @@ import argparse
 import http.client
 import json
 import os
+import socket
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -235,6 +237,116 @@ def run(label: str, make_client, cpu, args) -> None:
         client.close()
 
 
+# ----------------------------------------------------------------------- the floor
+
+FLOOR_BODY = json.dumps({"padding": "x" * 1000}).encode()[:1024]
+
+
+def floor_app(environ, start_response):
+    """The least a WSGI app can do: a constant 1 KiB JSON answer."""
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(FLOOR_BODY)))])
+    return [FLOOR_BODY]
+
+
+def serve_floor(kind: str, port: int, workers: int, threads: int) -> None:
+    """Serve :func:`floor_app` on gunicorn's own gthread worker (``bare``) or on ours
+    (``graceful``: abbild_cmd.server.GracefulThreadWorker, header reading and all)."""
+    from gunicorn.app.base import BaseApplication
+
+    class Floor(BaseApplication):
+        client_header_timeout = 60
+        client_body_timeout = 300
+
+        def load_config(self):
+            worker = "gthread"
+            if kind == "graceful":
+                from abbild_cmd.server import GracefulThreadWorker
+
+                worker = GracefulThreadWorker
+            for key, value in {
+                "bind": f"127.0.0.1:{port}",
+                "worker_class": worker,
+                "workers": workers,
+                "threads": threads,
+                "keepalive": 5,
+                "loglevel": "warning",
+                "control_socket_disable": True,
+            }.items():
+                self.cfg.set(key, value)
+
+        def load(self):
+            return floor_app
+
+    Floor().run()
+
+
+def start_floor(kind: str, port: int, workers: int, threads: int):
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve-floor", kind, "--port", str(port)]
+        + ["--workers", str(workers), "--threads", str(threads)]
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit(f"the {kind} floor server did not start on port {port}")
+
+
+def measure_gets(label: str, url: str, path: str, pid: int | None, args) -> None:
+    client = HttpClient(url)
+    try:
+        timed_gets(client, path, max(args.requests // 10, 10))  # warm up
+        for _ in range(args.repeat):
+            before = server_cpu_seconds(pid)
+            lat = timed_gets(client, path, args.requests)
+            used = server_cpu_seconds(pid) - before
+            print(
+                f"{label:<28} n={args.requests}  p50 {_ms(statistics.median(lat))} ms  "
+                f"server CPU {_ms(used / args.requests)} ms/req",
+                flush=True,
+            )
+    finally:
+        client.close()
+
+
+def floor(args) -> None:
+    """GET on the floor servers and on the running abbild server, rounds interleaved so
+    that the machine's load weighs on each alike."""
+    targets = []
+    procs = []
+    try:
+        for offset, kind in enumerate(("bare", "graceful")):
+            port = args.floor_port + offset
+            proc = start_floor(kind, port, args.workers, args.threads)
+            procs.append(proc)
+            targets.append((f"{kind} gthread, 1 KiB", f"http://127.0.0.1:{port}", "/", proc.pid))
+        if args.url and args.server_pid:
+            client = HttpClient(args.url)
+            status, body = client.request("POST", "/v2/images", IMAGE_BODY, JSON_HEADERS)
+            _check(status, body, 201)
+            image_id = json.loads(body)["id"]
+            client.close()
+            targets.append(("abbild GET /healthcheck", args.url, "/healthcheck", args.server_pid))
+            targets.append(("abbild GET /v2/images/{id}", args.url, f"/v2/images/{image_id}", args.server_pid))
+        rounds = args.repeat
+        args.repeat = 1
+        for _ in range(rounds):
+            for label, url, path, pid in targets:
+                measure_gets(label, url, path, pid, args)
+        if args.url and args.server_pid:
+            client = HttpClient(args.url)
+            client.request("DELETE", f"/v2/images/{image_id}")
+            client.close()
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(30)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="http://127.0.0.1:9292", help="a running abbild server (noauth)")
@@ -244,7 +356,25 @@ def main(argv=None) -> int:
     parser.add_argument("--creates", type=int, default=400, help="creates per round")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of each phase")
     parser.add_argument("--no-http", action="store_true", help="in-process only")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="GET only: a bare gunicorn gthread worker and ours serving a constant answer "
+        "(started here), then the server at --url (/healthcheck and one image), round by round",
+    )
+    parser.add_argument("--floor-port", type=int, default=9390, help="first port of the floor servers")
+    parser.add_argument("--workers", type=int, default=1, help="floor servers' workers (abbild serve's default)")
+    parser.add_argument("--threads", type=int, default=16, help="floor servers' threads (abbild serve's default)")
+    parser.add_argument("--serve-floor", choices=("bare", "graceful"), help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+
+    if args.serve_floor:
+        serve_floor(args.serve_floor, args.port, args.workers, args.threads)
+        return 0
+    if args.floor:
+        floor(args)
+        return 0
 
     if not args.no_http:
         run("http ", lambda: HttpClient(args.url), lambda: server_cpu_seconds(args.server_pid), args)
