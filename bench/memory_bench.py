@@ -298,7 +298,7 @@ def bench_store(
             image = api.json(
                 "POST", "/v2/images", {"name": "membench-warmup", "disk_format": "raw", "container_format": "bare"}
             )
-            api.upload(image["id"], warmup, chunked=True)
+            api.upload(image["id"], warmup, chunked="chunked" in modes)
             api.download(image["id"])
             api.json("DELETE", f"/v2/images/{image['id']}", expect=(204, 404))
             log(f"{store}: warmed up with {warmup // MiB} MiB, RSS {server.rss() / MiB:.0f} MiB")

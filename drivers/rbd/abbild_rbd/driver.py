@@ -345,6 +345,10 @@ class RBDDriver(Driver):
         """:returns: a cluster handle, not yet connected."""
         conf = self.conf
         settings = {"keyring": conf.keyring} if conf.keyring else {}
+        # librbd's cache (32 MiB per open image) only adds memory to whole-image streams:
+        # every download would fill it with data read once, and uploads hold the writes
+        # in flight already.
+        settings["rbd_cache"] = "false"
         if conf.connect_timeout:
             # Rados.connect() ignores its timeout argument: librados reads these.
             settings["client_mount_timeout"] = str(conf.connect_timeout)

@@ -88,9 +88,10 @@ Related options:
 How many chunk-sized writes (uploads) or reads (downloads) of one transfer are
 under way at the same time, so that the OSDs work on several objects at once.
 
-Memory bound: a transfer holds at most (ios_in_flight + 1) x chunk_size, the
-requests in flight plus the chunk being filled or sent (40 MiB with the
-defaults).
+Memory bound: a download holds at most (ios_in_flight + 1) x chunk_size, the
+reads in flight plus the chunk being sent (40 MiB with the defaults); an upload
+(2 x ios_in_flight + 1) x chunk_size, as librbd copies each write in flight
+(72 MiB with the defaults).
 
 Possible values:
     * 1: one request at a time
