@@ -305,7 +305,7 @@ def measure_gets(label: str, url: str, path: str, pid: int | None, args) -> None
             lat = timed_gets(client, path, args.requests)
             used = server_cpu_seconds(pid) - before
             print(
-                f"{label:<28} n={args.requests}  p50 {_ms(statistics.median(lat))} ms  "
+                f"{label:<36} n={args.requests}  p50 {_ms(statistics.median(lat))} ms  "
                 f"server CPU {_ms(used / args.requests)} ms/req",
                 flush=True,
             )
@@ -324,21 +324,28 @@ def floor(args) -> None:
             proc = start_floor(kind, port, args.workers, args.threads)
             procs.append(proc)
             targets.append((f"{kind} gthread, 1 KiB", f"http://127.0.0.1:{port}", "/", proc.pid))
-        if args.url and args.server_pid:
-            client = HttpClient(args.url)
+        servers = [("abbild", args.url, args.server_pid)] if args.url and args.server_pid else []
+        for also in args.also or []:
+            name, _, rest = also.partition("=")
+            url, _, pid = rest.rpartition("@")
+            servers.append((name, url, int(pid)))
+        created = []
+        for name, url, pid in servers:
+            client = HttpClient(url)
             status, body = client.request("POST", "/v2/images", IMAGE_BODY, JSON_HEADERS)
             _check(status, body, 201)
             image_id = json.loads(body)["id"]
             client.close()
-            targets.append(("abbild GET /healthcheck", args.url, "/healthcheck", args.server_pid))
-            targets.append(("abbild GET /v2/images/{id}", args.url, f"/v2/images/{image_id}", args.server_pid))
+            created.append((url, image_id))
+            targets.append((f"{name} GET /healthcheck", url, "/healthcheck", pid))
+            targets.append((f"{name} GET /v2/images/{{id}}", url, f"/v2/images/{image_id}", pid))
         rounds = args.repeat
         args.repeat = 1
         for _ in range(rounds):
             for label, url, path, pid in targets:
                 measure_gets(label, url, path, pid, args)
-        if args.url and args.server_pid:
-            client = HttpClient(args.url)
+        for url, image_id in created:
+            client = HttpClient(url)
             client.request("DELETE", f"/v2/images/{image_id}")
             client.close()
     finally:
@@ -361,6 +368,12 @@ def main(argv=None) -> int:
         action="store_true",
         help="GET only: a bare gunicorn gthread worker and ours serving a constant answer "
         "(started here), then the server at --url (/healthcheck and one image), round by round",
+    )
+    parser.add_argument(
+        "--also",
+        action="append",
+        metavar="NAME=URL@PID",
+        help="with --floor: one more server to measure alike (say, the code before a change)",
     )
     parser.add_argument("--floor-port", type=int, default=9390, help="first port of the floor servers")
     parser.add_argument("--workers", type=int, default=1, help="floor servers' workers (abbild serve's default)")
