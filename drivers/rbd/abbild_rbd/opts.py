@@ -81,7 +81,7 @@ Related options:
     ),
     cfg.IntOpt(
         "ios_in_flight",
-        default=4,
+        default=3,
         min=1,
         max=32,
         help="""
@@ -89,9 +89,9 @@ How many chunk-sized writes (uploads) or reads (downloads) of one transfer are
 under way at the same time, so that the OSDs work on several objects at once.
 
 Memory bound: a download holds at most (ios_in_flight + 1) x chunk_size, the
-reads in flight plus the chunk being sent (40 MiB with the defaults); an upload
+reads in flight plus the chunk being sent (32 MiB with the defaults); an upload
 (2 x ios_in_flight + 1) x chunk_size, as librbd copies each write in flight
-(72 MiB with the defaults).
+(56 MiB with the defaults).
 
 Possible values:
     * 1: one request at a time
