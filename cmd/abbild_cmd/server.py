@@ -19,6 +19,7 @@ from functools import partial
 import webob.exc
 from gunicorn import util
 from gunicorn.app.base import BaseApplication
+from gunicorn.config import Config
 from gunicorn.glogging import Logger
 from gunicorn.http.body import CHUNK_EXT_RE, Body, ChunkedReader, LengthReader
 from gunicorn.http.errors import ChunkMissingTerminator, InvalidChunkExtension, InvalidChunkSize, NoMoreData
@@ -382,6 +383,15 @@ def answer_client_timeouts(app):
     return application
 
 
+class SettledConfig(Config):
+    """gunicorn's settings, each remembered as a plain attribute once read."""
+
+    def __getattr__(self, name):
+        value = super().__getattr__(name)
+        object.__setattr__(self, name, value)  # Config.__setattr__ refuses setting names
+        return value
+
+
 class GracefulThreadWorker(ThreadWorker):
     """gunicorn's gthread worker (HTTP/1.1 in the clear, as EmbeddedServer sets it up),
     safe from slow clients, plus a deadline for uploads when it is told to stop.
@@ -403,6 +413,13 @@ class GracefulThreadWorker(ThreadWorker):
         self.max_head = (
             self.cfg.limit_request_line + self.cfg.limit_request_fields * (self.cfg.limit_request_field_size + 2) + 8
         )
+
+    def init_process(self):
+        # The worker's settings stay as they are until it ends (a reload starts new
+        # workers), while gunicorn looks each one up through Config.__getattr__ some 20
+        # times per request.
+        self.cfg.__class__ = SettledConfig
+        super().init_process()
 
     def notify(self):
         """The heartbeat the arbiter watches (it kills a worker silent for ``timeout``
