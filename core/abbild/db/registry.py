@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from sqlalchemy import (
     Boolean,
+    Integer,
     and_,
     bindparam,
     case,
@@ -206,6 +207,9 @@ class SQLRegistry(Registry):
         self._get_image_query = select(_IMAGES, *_children(_IMAGES.c.id, self.engine.dialect.name)).where(
             _IMAGES.c.id == bindparam("image_id")
         )
+        # List statements by shape (see list_images): building one costs more CPU
+        # than running it.
+        self._list_statements: dict[tuple, object] = {}
 
     def prepare(self) -> None:
         """Make sure the database schema is current before serving.
@@ -364,62 +368,54 @@ class SQLRegistry(Registry):
         key values bound the index range, so a deep page costs what the first does),
         and for a project the images it may see as disjoint parts (public, community,
         its own, nobody's, shared with it), each read in sort order from its own
-        index, their first pages merged. Children come in one query per table for the
-        whole page."""
+        index, their first pages merged, the page's children along.
+
+        The statement depends only on the request's shape (which filters, sorts and
+        visibility parts, whether a marker and which of its keys are NULL); the values
+        are its parameters, so a shape is built (and compiled) once."""
         viewer = viewer or Viewer(is_admin=True)
         keys = _sort_keys(sort)
-        conditions = [
-            _IMAGES.c.deleted == false(),
-            _IMAGES.c.status.not_in(_HIDDEN_STATUSES),
-            *_visibility_conditions(filters, viewer),
-            *_filter_conditions(filters),
-        ]
-        postgres = self.engine.dialect.name == "postgresql"
-        first, direction = keys[0]
-        # A nullable first key is read as two parts, its NULLs and its values, each in
-        # the order of the key's index on every database (PostgreSQL's puts NULLs last).
-        splits = [("nulls", first.is_(None)), ("values", first.is_not(None))] if first.expression.nullable else []
+        tests, params = _filter_params(filters)
+        params.update(limit=limit, project=viewer.project_id, visibility=filters.visibility)
+        params["member_status"] = filters.member_status
         with self._connection() as conn:
-            bound = None
+            marker_nulls = None
             if marker is not None:
                 # The marker must be an image the viewer may read (GLANCE-API 4.3: an
                 # unknown or invisible marker is a 400), else paging would leak ids.
                 marker_row = conn.execute(
-                    _SELECT_IMAGES.where(_IMAGES.c.id == marker, _IMAGES.c.deleted == false(), *_readable(viewer))
+                    self._statement(("marker", viewer.is_admin, viewer.project_id is None), _marker_query, viewer),
+                    {"marker": marker, "project": viewer.project_id},
                 ).first()
                 if marker_row is None:
                     raise Invalid(f"Invalid marker {marker}: no image with that ID")
-                conditions.append(_after(keys, marker_row))
-                bound = getattr(marker_row, first.key)
-            if viewer.is_admin:
-                parts = [(conditions, True)]
-            else:
-                parts = [(conditions + part, wide) for part, wide in _scope_parts(viewer, filters)]
-            queries = []
-            for part, wide in parts:
-                # A narrow part (a project's own images, those shared with it) is read
-                # from its own index and sorted; only a wide one is read in sort order.
-                for kind, split in (splits if wide else []) or [("all", None)]:
-                    where = part if split is None else [*part, split]
-                    # The marker's value of the first key bounds the index range, so a
-                    # deep page costs what the first does (NULLs, the smallest, come
-                    # after every value when descending).
-                    if bound is not None and direction == "asc":
-                        where = [*where, first >= bound]
-                    elif bound is not None and kind != "nulls" and (split is not None or not first.expression.nullable):
-                        where = [*where, first <= bound]
-                    order = _ordering(keys, _IMAGES.c, postgres)
-                    if split is not None:  # the first key has no NULLs, or only NULLs, here
-                        order[0] = first.asc() if direction == "asc" else first.desc()
-                    queries.append(_SELECT_IMAGES.where(*where).order_by(*order).limit(limit))
-            if len(queries) == 1:
-                page = queries[0].subquery()
-            else:
-                merged = union_all(*(select(q.subquery()) for q in queries)).subquery()
-                page = select(merged).order_by(*_ordering(keys, merged.c, postgres)).limit(limit).subquery()
-            # The children are read for the page's rows only, once it is cut.
-            query = select(page, *_children(page.c.id, conn.dialect.name))
-            return _images_of(conn, conn.execute(query.order_by(*_ordering(keys, page.c, postgres))))
+                for column, _ in keys:
+                    params[f"marker_{column.key}"] = getattr(marker_row, column.key)
+                marker_nulls = tuple(getattr(marker_row, column.key) is None for column, _ in keys)
+            visibility = filters.visibility if filters.visibility in (None, "all") else "one"
+            if not viewer.is_admin:
+                visibility = filters.visibility  # it decides which parts there are
+            shape = (
+                "list",
+                viewer.is_admin,
+                viewer.project_id is None,
+                visibility,
+                filters.member_status == "all",
+                tuple((column.key, direction) for column, direction in keys),
+                tests,
+                marker_nulls,
+            )
+            query = self._statement(shape, _list_query, keys, tests, viewer, filters, marker_nulls, conn.dialect.name)
+            return _images_of(conn, conn.execute(query, params))
+
+    def _statement(self, shape: tuple, build, *args):
+        """The statement of *shape*, built by ``build(*args)`` the first time."""
+        statement = self._list_statements.get(shape)
+        if statement is None:
+            if len(self._list_statements) > 1000:  # odd requests must not grow it forever
+                self._list_statements.clear()
+            statement = self._list_statements[shape] = build(*args)
+        return statement
 
     # -- the cache index ----------------------------------------------------------------
 
@@ -1277,12 +1273,13 @@ def _write_children(session: Session, image: Image, old) -> None:
 
 def _owned_by(project: str | None):
     # A viewer without a project owns nothing (``owner == None`` would mean IS NULL).
-    return false() if project is None else ImageRow.owner == project
+    return false() if project is None else ImageRow.owner == bindparam("project")
 
 
-def _scope(viewer: Viewer, member_status: str):
-    """Images *viewer* may see (GLANCE-API 7.4): public and community ones, their own,
-    those without an owner, and shared ones they are a member of in *member_status*."""
+def _scope(viewer: Viewer):
+    """Images *viewer* may read by id (GLANCE-API 7.4): public and community ones,
+    their own, those without an owner, and shared ones they are a member of (in any
+    status)."""
     conditions = [
         ImageRow.visibility.in_(("public", "community")),
         _owned_by(viewer.project_id),
@@ -1291,17 +1288,68 @@ def _scope(viewer: Viewer, member_status: str):
     if viewer.project_id is not None:
         member = exists().where(
             MemberRow.image_id == ImageRow.id,
-            MemberRow.member == viewer.project_id,
+            MemberRow.member == bindparam("project"),
             MemberRow.deleted == false(),
-            *([] if member_status == "all" else [MemberRow.status == member_status]),
         )
         conditions.append(and_(ImageRow.visibility == "shared", member))
     return or_(*conditions)
 
 
-def _readable(viewer: Viewer) -> list:
-    """Conditions for the images *viewer* may read by id: a member of any status may."""
-    return [] if viewer.is_admin else [_scope(viewer, "all")]
+def _marker_query(viewer: Viewer):
+    """The marker's row, if *viewer* may read it (parameters: marker, project)."""
+    readable = [] if viewer.is_admin else [_scope(viewer)]
+    return _SELECT_IMAGES.where(_IMAGES.c.id == bindparam("marker"), _IMAGES.c.deleted == false(), *readable)
+
+
+def _list_query(keys, tests, viewer: Viewer, filters: ImageFilters, marker_nulls, dialect: str):
+    """A page's statement for its shape (see :meth:`SQLRegistry.list_images`); its
+    parameters: limit, project, visibility, member_status, the marker's sort key values
+    (``marker_<key>``) and the filters' (:func:`_filter_params`)."""
+    postgres = dialect == "postgresql"
+    conditions = [
+        _IMAGES.c.deleted == false(),
+        _IMAGES.c.status.not_in(_HIDDEN_STATUSES),
+        *_visibility_conditions(filters, viewer),
+        *_filter_conditions(tests),
+    ]
+    first, direction = keys[0]
+    # A nullable first key is read as two parts, its NULLs and its values, each in
+    # the order of the key's index on every database (PostgreSQL's puts NULLs last).
+    splits = [("nulls", first.is_(None)), ("values", first.is_not(None))] if first.expression.nullable else []
+    bound = None
+    if marker_nulls is not None:
+        conditions.append(_after_marker(keys, marker_nulls))
+        if not marker_nulls[0]:
+            bound = bindparam(f"marker_{first.key}", type_=first.type)
+    if viewer.is_admin:
+        parts = [(conditions, True)]
+    else:
+        parts = [(conditions + part, wide) for part, wide in _scope_parts(viewer, filters)]
+    limit = bindparam("limit", type_=Integer)
+    queries = []
+    for part, wide in parts:
+        # A narrow part (a project's own images, those shared with it) is read
+        # from its own index and sorted; only a wide one is read in sort order.
+        for kind, split in (splits if wide else []) or [("all", None)]:
+            where = part if split is None else [*part, split]
+            # The marker's value of the first key bounds the index range, so a
+            # deep page costs what the first does (NULLs, the smallest, come
+            # after every value when descending).
+            if bound is not None and direction == "asc":
+                where = [*where, first >= bound]
+            elif bound is not None and kind != "nulls" and (split is not None or not first.expression.nullable):
+                where = [*where, first <= bound]
+            order = _ordering(keys, _IMAGES.c, postgres)
+            if split is not None:  # the first key has no NULLs, or only NULLs, here
+                order[0] = first.asc() if direction == "asc" else first.desc()
+            queries.append(_SELECT_IMAGES.where(*where).order_by(*order).limit(limit))
+    if len(queries) == 1:
+        page = queries[0].subquery()
+    else:
+        merged = union_all(*(select(q.subquery()) for q in queries)).subquery()
+        page = select(merged).order_by(*_ordering(keys, merged.c, postgres)).limit(limit).subquery()
+    # The children are read for the page's rows only, once it is cut.
+    return select(page, *_children(page.c.id, dialect)).order_by(*_ordering(keys, page.c, postgres))
 
 
 def _visibility_conditions(filters: ImageFilters, viewer: Viewer) -> list:
@@ -1310,7 +1358,7 @@ def _visibility_conditions(filters: ImageFilters, viewer: Viewer) -> list:
     themselves)."""
     conditions = []
     if filters.visibility not in (None, "all"):
-        conditions.append(ImageRow.visibility == filters.visibility)
+        conditions.append(ImageRow.visibility == bindparam("visibility"))
     if filters.visibility is None and viewer.is_admin:
         # Community images stay out of every default list, an administrator's too,
         # unless they are the caller's own (as Glance).
@@ -1319,12 +1367,12 @@ def _visibility_conditions(filters: ImageFilters, viewer: Viewer) -> list:
 
 
 def _scope_parts(viewer: Viewer, filters: ImageFilters) -> list[tuple[list, bool]]:
-    """:func:`_scope` (and the default list's community rule) as disjoint parts, each
-    a plain condition an index serves (an OR of them would make the database read
-    every image the viewer may see, then sort): public images, community ones, the
-    viewer's own, nobody's, and shared ones of others that the viewer is a member of.
-    Each comes with whether it is wide (any number of images: to be read in sort
-    order) rather than a project's few."""
+    """The images a project may see (and the default list's community rule) as
+    disjoint parts, each a plain condition an index serves (an OR of them would make
+    the database read every image the viewer may see, then sort): public images,
+    community ones, the viewer's own, nobody's, and shared ones of others that the
+    viewer is a member of. Each comes with whether it is wide (any number of images:
+    to be read in sort order) rather than a project's few."""
     wanted = filters.visibility
     project = viewer.project_id
     parts = []
@@ -1336,17 +1384,24 @@ def _scope_parts(viewer: Viewer, filters: ImageFilters) -> list[tuple[list, bool
         elsewhere.append("community")
     if project is not None:
         # In a default list the viewer's community images are among its own.
-        parts.append(([ImageRow.owner == project, ImageRow.visibility.not_in(elsewhere)], False))
+        parts.append(([ImageRow.owner == bindparam("project"), ImageRow.visibility.not_in(elsewhere)], False))
     # Nobody's community images are in the community part, or in no default list.
     parts.append(([ImageRow.owner.is_(None), ImageRow.visibility.not_in(("public", "community"))], False))
     if project is not None and wanted in (None, "all", "shared"):
         memberships = select(MemberRow.image_id).where(
-            MemberRow.member == project,
+            MemberRow.member == bindparam("project"),
             MemberRow.deleted == false(),
-            *([] if filters.member_status == "all" else [MemberRow.status == filters.member_status]),
+            *([] if filters.member_status == "all" else [MemberRow.status == bindparam("member_status")]),
         )
         parts.append(
-            ([ImageRow.visibility == "shared", ImageRow.owner != project, ImageRow.id.in_(memberships)], False)
+            (
+                [
+                    ImageRow.visibility == "shared",
+                    ImageRow.owner != bindparam("project"),
+                    ImageRow.id.in_(memberships),
+                ],
+                False,
+            )
         )
     return parts
 
@@ -1364,52 +1419,83 @@ def _ordering(keys, columns, postgres: bool) -> list:
     return terms
 
 
-_TIME_OPS = {
+_TESTS = {
+    "in": lambda c, v: c.in_(v),
+    "eq": lambda c, v: c == v,
     "gt": lambda c, v: c > v,
     "gte": lambda c, v: c >= v,
-    "eq": lambda c, v: c == v,
     "neq": lambda c, v: c != v,
     "lt": lambda c, v: c < v,
     "lte": lambda c, v: c <= v,
 }
 
 
-def _filter_conditions(filters: ImageFilters) -> list:
-    """:raises abbild.errors.Invalid: a filter names a column it cannot apply to."""
-    c = []
-    for name, values in filters.values.items():
+def _filter_params(filters: ImageFilters) -> tuple[tuple, dict]:
+    """The filters as tests ``(operator, column)`` (the statement's shape) and their
+    values, the parameters ``filter_<i>`` (for a property ``filter_<i>`` is its name,
+    ``filter_<i>_value`` its value).
+
+    :raises abbild.errors.Invalid: a filter names a column it cannot apply to."""
+    tests, values = [], []
+    for name, allowed in filters.values.items():
         if name not in IN_FILTERS:
             raise Invalid(f"Invalid filter: {name}")
-        c.append(getattr(ImageRow, name).in_(values))
+        tests.append(("in", name))
+        values.append(list(allowed))
     for name, number in filters.numbers.items():
         if name not in NUMBER_FILTERS:
             raise Invalid(f"Invalid filter: {name}")
-        c.append(getattr(ImageRow, name) == number)
-    if filters.owner is not None:
-        c.append(ImageRow.owner == filters.owner)
-    if filters.size_min is not None:
-        c.append(ImageRow.size >= filters.size_min)
-    if filters.size_max is not None:
-        c.append(ImageRow.size <= filters.size_max)
-    if filters.checksum is not None:
-        c.append(ImageRow.checksum == filters.checksum)
-    if filters.os_hash_value is not None:
-        c.append(ImageRow.os_hash_value == filters.os_hash_value)
-    if filters.protected is not None:
-        c.append(ImageRow.protected == (true() if filters.protected else false()))
-    if filters.os_hidden is not None:
-        c.append(ImageRow.os_hidden == (true() if filters.os_hidden else false()))
+        tests.append(("eq", name))
+        values.append(number)
+    for test, name, value in (
+        ("eq", "owner", filters.owner),
+        ("gte", "size", filters.size_min),
+        ("lte", "size", filters.size_max),
+        ("eq", "checksum", filters.checksum),
+        ("eq", "os_hash_value", filters.os_hash_value),
+        ("eq", "protected", filters.protected),
+        ("eq", "os_hidden", filters.os_hidden),
+    ):
+        if value is not None:
+            tests.append((test, name))
+            values.append(value)
     for name, op, value in filters.times:
         if name not in _TIME_FILTER_COLUMNS or op not in TIME_OPERATORS:
             raise Invalid(f"Invalid time filter: {name} {op}")
-        c.append(_TIME_OPS[op](getattr(ImageRow, name), _naive_utc(value)))
+        tests.append((op, name))
+        values.append(_naive_utc(value))
     for tag in filters.tags:
-        c.append(exists().where(TagRow.image_id == ImageRow.id, TagRow.value == tag))
+        tests.append(("tag", None))
+        values.append(tag)
+    params = {}
     for name, value in filters.properties.items():
-        c.append(
-            exists().where(PropertyRow.image_id == ImageRow.id, PropertyRow.name == name, PropertyRow.value == value)
-        )
-    return c
+        params[f"filter_{len(tests)}_value"] = value
+        tests.append(("property", None))
+        values.append(name)
+    params.update((f"filter_{i}", value) for i, value in enumerate(values))
+    return tuple(tests), params
+
+
+def _filter_conditions(tests: tuple) -> list:
+    """The conditions of :func:`_filter_params`'s *tests*, on its parameters."""
+    conditions = []
+    for i, (test, name) in enumerate(tests):
+        if test == "tag":
+            value = bindparam(f"filter_{i}", type_=TagRow.value.type)
+            conditions.append(exists().where(TagRow.image_id == ImageRow.id, TagRow.value == value))
+        elif test == "property":
+            conditions.append(
+                exists().where(
+                    PropertyRow.image_id == ImageRow.id,
+                    PropertyRow.name == bindparam(f"filter_{i}", type_=PropertyRow.name.type),
+                    PropertyRow.value == bindparam(f"filter_{i}_value", type_=PropertyRow.value.type),
+                )
+            )
+        else:
+            column = getattr(ImageRow, name)
+            value = bindparam(f"filter_{i}", type_=column.type, expanding=test == "in")
+            conditions.append(_TESTS[test](column, value))
+    return conditions
 
 
 def _sort_keys(sort: list[tuple[str, str]]):
@@ -1426,9 +1512,9 @@ def _sort_keys(sort: list[tuple[str, str]]):
     return keys
 
 
-def _after(keys, marker: ImageRow):
-    """Rows that sort strictly after *marker*, for keyset paging, with NULL as the
-    smallest value of a column."""
+def _after(keys, marker):
+    """Rows that sort strictly after *marker* (a row), for keyset paging, with NULL as
+    the smallest value of a column."""
     clauses = []
     equal_so_far = []
     for column, direction in keys:
@@ -1439,6 +1525,25 @@ def _after(keys, marker: ImageRow):
             after = column.is_not(None) if direction == "asc" else false()
             same = column.is_(None)
         else:
+            after = column > value if direction == "asc" else or_(column < value, column.is_(None))
+            same = column == value
+        clauses.append(and_(*equal_so_far, after))
+        equal_so_far.append(same)
+    return or_(*clauses)
+
+
+def _after_marker(keys, marker_nulls: tuple):
+    """Rows that sort strictly after the marker, for keyset paging, with NULL as the
+    smallest value of a column: on the parameters ``marker_<key>``, *marker_nulls*
+    saying which of them are NULL."""
+    clauses = []
+    equal_so_far = []
+    for (column, direction), null in zip(keys, marker_nulls, strict=True):
+        if null:
+            after = column.is_not(None) if direction == "asc" else false()
+            same = column.is_(None)
+        else:
+            value = bindparam(f"marker_{column.key}", type_=column.type)
             after = column > value if direction == "asc" else or_(column < value, column.is_(None))
             same = column == value
         clauses.append(and_(*equal_so_far, after))
