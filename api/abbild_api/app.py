@@ -7,7 +7,6 @@ import logging
 import re
 
 import webob
-import webob.dec
 import webob.exc as exc
 
 from abbild import config
@@ -105,8 +104,17 @@ class Application:
     def context(req: webob.Request) -> RequestContext:
         return req.environ[ENVIRON_KEY]
 
-    @webob.dec.wsgify
-    def __call__(self, req: webob.Request) -> webob.Response:
+    def __call__(self, environ, start_response):
+        # webob.dec.wsgify's part, less what no handler uses: it makes a second
+        # Response for every request and merges its (never set) cookies into the answer.
+        req = webob.Request(environ)
+        try:
+            resp = self.dispatch(req)
+        except exc.HTTPException as error:
+            resp = error
+        return resp(environ, start_response)
+
+    def dispatch(self, req: webob.Request) -> webob.Response:
         path = _checked_url(req)
         req.environ[BODY_LIMIT] = self.options.max_json_body_size
         for pattern, methods in self.routes:
