@@ -56,7 +56,7 @@ def collations(engine) -> tuple[dict, dict]:
 
 
 def test_head_is_the_latest_revision():
-    assert migrate.head() == "0008"
+    assert migrate.head() == "0009"
 
 
 def test_sync_empty_database(blank_engine):
@@ -298,14 +298,34 @@ def test_list_indexes_upgrade_and_downgrade(blank_engine):
         def listed(**filters):
             return [i.id for i in registry.list_images(ImageFilters(**filters), [], 10, viewer=member)]
 
-        assert migrate.sync(blank_engine) == "0008"
+        assert migrate.sync(blank_engine, "0008") == "0008"
         assert schema_differences(blank_engine) == []
         assert listed() == listed(tags=["golden"]) == [image.id]
 
         assert migrate.downgrade(blank_engine, "0007") == "0007"
         assert schema_differences(blank_engine, _at("0007")) == []
         assert listed() == listed(tags=["golden"]) == [image.id]
-        assert migrate.sync(blank_engine) == "0008"
+        assert migrate.sync(blank_engine, "0008") == "0008"
         assert schema_differences(blank_engine) == []
     finally:
         registry.close()
+
+
+def test_property_statistics_upgrade_and_downgrade(blank_engine):
+    """0009 gives PostgreSQL statistics of image_properties' (name, value) pairs, and
+    takes them back; elsewhere it changes nothing."""
+
+    def statistics() -> list[str]:
+        if blank_engine.dialect.name != "postgresql":
+            return []
+        with blank_engine.connect() as conn:
+            return list(conn.scalars(sa.text("SELECT stxname FROM pg_statistic_ext ORDER BY stxname")))
+
+    assert migrate.sync(blank_engine, "0008") == "0008"
+    assert statistics() == []
+    assert migrate.sync(blank_engine) == "0009"
+    expected = ["image_properties_name_value"] if blank_engine.dialect.name == "postgresql" else []
+    assert statistics() == expected
+    assert schema_differences(blank_engine) == []
+    assert migrate.downgrade(blank_engine, "0008") == "0008"
+    assert statistics() == []

@@ -157,6 +157,11 @@ def make_engine(url: str, pool_size: int = 10):
     kwargs = {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": pool_size, "pool_recycle": 3600}
     if url.startswith("mysql") or url.startswith("mariadb"):
         kwargs["isolation_level"] = "READ COMMITTED"
+    if url.startswith("postgresql"):
+        # No parallel plans: a list page reads a few thousand index entries at most,
+        # and starting the workers took longer than that (a property-filtered page:
+        # 41 ms with two workers, 8 ms without, measured at 100,000 images).
+        kwargs["connect_args"] = {"options": "-c max_parallel_workers_per_gather=0"}
     return create_engine(url, **kwargs)
 
 
