@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Per-request cost of the API pipeline: latency and server CPU of small requests.
 
-Measures a running server (it starts none), noauth:
+Measures a running server (it starts none, but with ``--floor``), noauth:
 
 - GET one image: p50/p95 latency, and the server's CPU milliseconds per request;
 - create image (POST /v2/images) with 1 and with 4 writer threads: rate per second
@@ -16,6 +16,13 @@ With ``--config-file`` (the server's own: the embedded default writes
 ``<data dir>/abbild-api.conf``) the same requests also run in this process on the
 WSGI app the paste pipeline builds, with no HTTP at all: the difference between the
 two is the HTTP server's share. Every image it creates is deleted at the end.
+
+With ``--floor`` it measures GETs only, and starts two servers of its own for the
+floor under them: gunicorn's bare gthread worker and abbild's GracefulThreadWorker,
+each serving a constant 1 KiB JSON answer (``--workers``/``--threads`` as ``abbild
+serve``'s defaults), then GET /healthcheck and GET one image on ``--url`` (and on
+every ``--also NAME=URL@PID``), round by round so that the load of a shared machine
+weighs on each alike.
 
     abbild serve --data-dir /tmp/rb &
     python3 bench/request_bench.py --url http://127.0.0.1:9292 \\
