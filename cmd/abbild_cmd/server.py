@@ -4,6 +4,7 @@ serves requests on threads, and sends files with ``sendfile``."""
 
 from __future__ import annotations
 
+import ctypes
 import inspect
 import logging
 import os
@@ -419,6 +420,7 @@ class GracefulThreadWorker(ThreadWorker):
         # workers), while gunicorn looks each one up through Config.__getattr__ some 20
         # times per request.
         self.cfg.__class__ = SettledConfig
+        return_big_blocks_to_the_system()
         super().init_process()
 
     def notify(self):
@@ -584,6 +586,27 @@ class OsloLogger(Logger):
             request_time.seconds,
             request_time.microseconds,
         )
+
+
+# glibc's M_MMAP_THRESHOLD: blocks this big or bigger are mapped for themselves and
+# unmapped when freed.
+_M_MMAP_THRESHOLD = -3
+BIG_BLOCK = 4 << 20
+
+
+def return_big_blocks_to_the_system() -> None:
+    """Let freed blocks of ``BIG_BLOCK`` bytes or more go back to the system at once.
+
+    Left alone, glibc raises its mmap threshold to the size of each big block freed (up
+    to 32 MiB), and from then on keeps such blocks in the arenas of the many request
+    threads: the store drivers' 8-16 MiB chunks and parts then grew a worker's memory by
+    tens of MiB per transfer. Without glibc (musl, macOS) nothing changes.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, BIG_BLOCK)
 
 
 class EmbeddedServer(BaseApplication):
