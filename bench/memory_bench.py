@@ -45,26 +45,16 @@ import time
 import urllib.request
 import uuid
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from drivers_bench import log, read_env_file  # noqa: E402
+
 MiB = 1 << 20
 GiB = 1 << 30
 CHUNK = MiB
 BLOCK = 64 * MiB
 TARGET_MIB = 64
 SAMPLE_SECONDS = 0.1
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def read_env_file(path: str) -> dict[str, str]:
-    env = {}
-    with contextlib.suppress(FileNotFoundError), open(path) as f:
-        for line in f:
-            if line.startswith("export ") and "=" in line:
-                name, value = line[len("export ") :].strip().split("=", 1)
-                env[name] = value.strip("'\"")
-    return env
 
 
 # -- the data -----------------------------------------------------------------------------

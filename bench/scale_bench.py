@@ -390,8 +390,8 @@ def main(argv=None) -> int:
             for label, viewer_project, query, _, _, _ in shapes():
                 path = "/v2/images?" + urllib.parse.urlencode(query)
                 measure_http(server, label, path, headers_for(viewer_project), args.requests, results)
-            created = measure_creates(server, args.creates)
-            delete_images(server, created)
+            if args.creates:
+                delete_images(server, measure_creates(server, args.creates))
         finally:
             server.stop()
 
@@ -409,7 +409,8 @@ def main(argv=None) -> int:
                 f"reg   {label:42s} p50 {p50:7.2f} ms  p95 {p95:7.2f} ms  cpu {cpu:6.2f} ms/call  ({rows} rows)",
                 flush=True,
             )
-        registry_creates(registry, args.creates)
+        if args.creates:
+            registry_creates(registry, args.creates)
     registry.close()
     return 0
 
