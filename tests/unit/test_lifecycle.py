@@ -52,7 +52,9 @@ def test_protected_set_while_a_delete_runs_keeps_image_and_data(service):
 
 
 def test_registry_failure_after_the_data_went_leaves_no_active_image(service):
-    service.claims.lease_seconds = 1  # the delete's claim, left behind, runs out soon
+    # The delete's claim, left behind, runs out soon: within 2-3 s, as the registry keeps
+    # whole seconds (a 1 s lease could run out at once and the scrubber not see it held).
+    service.claims.lease_seconds = 3
     image = active_image(service)
     real_update = service.registry.update_image
     calls = []
@@ -73,7 +75,7 @@ def test_registry_failure_after_the_data_went_leaves_no_active_image(service):
         service.get(image.id, ADMIN)
     scrubber = Scrubber(service)
     assert scrubber.run()["held"] == 1  # its claim holds for a moment, if its process lives on
-    time.sleep(2.1)
+    time.sleep(3.1)
     assert scrubber.run()["deleted"] == 1
     assert _status(service, image.id) is Status.DELETED
 
