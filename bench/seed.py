@@ -33,7 +33,7 @@ from sqlalchemy import func, select
 
 from abbild.db import migrate
 from abbild.db.models import ImageRow, LocationRow, MemberRow, PropertyRow, TagRow
-from abbild.db.registry import SQLRegistry, _columns, _normalized
+from abbild.db.registry import SQLRegistry, _columns, _normalized, location_rows
 from abbild.image import Image, Location, Status
 
 PROJECTS = 200
@@ -174,18 +174,7 @@ def rows_of(image: Image) -> dict[str, list[dict]]:
         "images": [{"id": stored.id, "deleted": stored.status is Status.DELETED, "version": 1, **_columns(stored)}],
         "image_properties": [{"image_id": stored.id, "name": n, "value": v} for n, v in stored.properties.items()],
         "image_tags": [{"image_id": stored.id, "value": t} for t in sorted(stored.tags)],
-        "image_locations": [
-            {
-                "image_id": stored.id,
-                "position": i,
-                "store": loc.store,
-                "uri": loc.uri,
-                "size": loc.size,
-                "status": loc.status,
-                "meta": loc.metadata,
-            }
-            for i, loc in enumerate(stored.locations)
-        ],
+        "image_locations": location_rows(stored),
     }
 
 

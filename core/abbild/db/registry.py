@@ -1229,6 +1229,22 @@ def _load_children(session: Session, image_id: str):
     return props, tags, locations
 
 
+def location_rows(image: Image) -> list[dict]:
+    """The rows of *image*'s locations, in their order."""
+    return [
+        {
+            "image_id": image.id,
+            "position": i,
+            "store": loc.store,
+            "uri": loc.uri,
+            "size": loc.size,
+            "status": loc.status,
+            "meta": loc.metadata,
+        }
+        for i, loc in enumerate(image.locations)
+    ]
+
+
 def _write_children(session: Session, image: Image, old) -> None:
     """Write the difference between *old* children and the image's; None = all new."""
     old_props, old_tags, old_locations = old or ({}, set(), [])
@@ -1258,18 +1274,7 @@ def _write_children(session: Session, image: Image, old) -> None:
         if image.locations:
             session.execute(
                 insert(LocationRow),
-                [
-                    {
-                        "image_id": image.id,
-                        "position": i,
-                        "store": loc.store,
-                        "uri": loc.uri,
-                        "size": loc.size,
-                        "status": loc.status,
-                        "meta": loc.metadata,
-                    }
-                    for i, loc in enumerate(image.locations)
-                ],
+                location_rows(image),
             )
 
 
