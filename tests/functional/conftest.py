@@ -45,14 +45,26 @@ def _wait_healthy(proc: subprocess.Popen, url: str, timeout: float, what: str, r
     raise RuntimeError(f"{what} did not answer within {timeout}s:\n{read_log()}")
 
 
-def _stop_group(proc: subprocess.Popen | None, sig=signal.SIGTERM) -> None:
-    if proc and proc.poll() is None:
+def _stop_groups(procs, sig=signal.SIGTERM) -> None:
+    """Signal the process groups of *procs* all at once, then wait for each (SIGKILL
+    after 30 s): a gunicorn master takes about half a second to stop its worker, and a
+    session's teardown stops dozens of servers."""
+    running = [proc for proc in procs if proc is not None and proc.poll() is None]
+    for proc in running:
         os.killpg(proc.pid, sig)
+    for proc in running:
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
+
+
+def stop_servers(servers) -> None:
+    """Stop *servers* (:class:`Server`) together: the API processes first, then the
+    registries they used, so that no API outlives its registry."""
+    _stop_groups([srv.proc for srv in servers])
+    _stop_groups([srv.registry.proc for srv in servers if srv.registry is not None])
 
 
 class ApiProcess:
@@ -90,7 +102,7 @@ class ApiProcess:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self, sig=signal.SIGTERM) -> None:
-        _stop_group(self.proc, sig)
+        _stop_groups([self.proc], sig)
 
 
 class RegistryProcess:
@@ -148,10 +160,10 @@ class RegistryProcess:
             return f.read()
 
     def kill(self) -> None:
-        _stop_group(self.proc, signal.SIGKILL)
+        _stop_groups([self.proc], signal.SIGKILL)
 
     def stop(self) -> None:
-        _stop_group(self.proc)
+        _stop_groups([self.proc])
 
 
 class Server:
@@ -217,14 +229,7 @@ class Server:
             self.proc.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        if self.registry is not None:
-            self.registry.stop()
+        stop_servers([self])
 
 
 @pytest.fixture(scope="session")
@@ -258,8 +263,7 @@ def make_server(tmp_path):
         return srv
 
     yield make
-    for srv in servers:
-        srv.stop()
+    stop_servers(servers)
 
 
 @pytest.fixture
@@ -293,8 +297,7 @@ def server_factory(tmp_path_factory):
         return srv
 
     yield make
-    for srv in servers:
-        srv.stop()
+    stop_servers(servers)
 
 
 @pytest.fixture

@@ -26,8 +26,8 @@ from glanceclient import Client
 from glanceclient import exc as glance_exc
 from keystoneauth1 import session as ks_session
 
+from tests.functional.clis import executable
 from tests.functional.helpers import server_config, serving, wait_for, who
-from tests.functional.test_clients_cli import executable
 
 PAYLOAD = os.urandom(3 << 20)
 MD5 = hashlib.md5(PAYLOAD).hexdigest()

@@ -9,22 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
 import requests
 
+from tests.functional.clis import executable, run
+
 SIZE = 1024 * 1024 + 77
-
-
-def executable(name: str) -> str:
-    """The console script next to this interpreter (not a pyenv shim), else the one on PATH."""
-    path = Path(sys.executable).parent / name
-    return str(path) if path.exists() else shutil.which(name)
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +25,6 @@ def cli_env(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
     env["HOME"] = str(tmp_path_factory.mktemp("home"))
     return env
-
-
-def run(argv, env, ok=True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
-    if ok and proc.returncode != 0:
-        pytest.fail(f"{' '.join(argv)} exited with {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 @pytest.fixture

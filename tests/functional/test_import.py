@@ -19,8 +19,9 @@ import openstack
 import pytest
 import requests
 
+from tests.functional.clis import executable, run
 from tests.functional.helpers import serving, wait_for
-from tests.functional.test_clients_cli import OPENSTACK_AUTH, executable, run
+from tests.functional.test_clients_cli import OPENSTACK_AUTH
 
 OCTET = {"Content-Type": "application/octet-stream"}
 SIZE = 3 * (1 << 20) + 123

@@ -19,9 +19,9 @@ import requests
 
 from abbild.testing.backends import backend_unavailable
 from tests.functional import keystone as ks
+from tests.functional.clis import executable
 from tests.functional.conftest import RegistryProcess, Server
 from tests.functional.helpers import serving, wait_for
-from tests.functional.test_clients_cli import executable
 from tests.functional.test_import import handler
 from tests.functional.test_registry_keystone import (
     API_NODE_USER,

@@ -22,8 +22,8 @@ import requests
 from abbild import config
 from abbild.service import load_registry
 from abbild.testing.backends import backend_unavailable, read_env_file
+from tests.functional.clis import executable
 from tests.functional.helpers import serving, wait_for
-from tests.functional.test_clients_cli import executable
 from tests.functional.test_import import handler
 
 MIB = 1 << 20

@@ -18,7 +18,7 @@ import requests
 
 from abbild.testing.backends import backend_unavailable
 from tests.functional import keystone as ks
-from tests.functional.test_clients_cli import executable
+from tests.functional.clis import executable
 
 PATCH = {"Content-Type": "application/openstack-images-v2.1-json-patch"}
 OCTET = {"Content-Type": "application/octet-stream"}

@@ -14,8 +14,8 @@ import time
 import pytest
 import requests
 
+from tests.functional.clis import executable
 from tests.functional.helpers import server_config, serving, who
-from tests.functional.test_clients_cli import executable
 
 PATCH = {"Content-Type": "application/openstack-images-v2.1-json-patch"}
 OCTET = {"Content-Type": "application/octet-stream"}

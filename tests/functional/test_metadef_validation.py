@@ -16,8 +16,9 @@ import pytest
 import requests
 from glanceclient import Client, exc
 
+from tests.functional.clis import executable, run
 from tests.functional.helpers import server_config, who
-from tests.functional.test_clients_cli import OPENSTACK_AUTH, executable, run
+from tests.functional.test_clients_cli import OPENSTACK_AUTH
 
 pytestmark = pytest.mark.filterwarnings("ignore:`version` keyword is being deprecated:DeprecationWarning")
 ON = "validate_image_properties = true"

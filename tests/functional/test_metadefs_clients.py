@@ -27,9 +27,10 @@ from abbild.metadefs import CORE_RESOURCE_TYPES
 from abbild.testing.backends import backend_unavailable
 from tests.conftest import SQL_BACKENDS
 from tests.functional import keystone as ks
+from tests.functional.clis import executable, run
 from tests.functional.conftest import server_on_database
 from tests.functional.helpers import server_config
-from tests.functional.test_clients_cli import executable, list_table, run, show_table
+from tests.functional.test_clients_cli import list_table, show_table
 
 PASSWORD = "abbild-test-pw"
 SERVICE_USER, SERVICE_PROJECT = "abbild-service", "service"

@@ -20,8 +20,8 @@ import pytest
 import requests
 import sqlalchemy as sa
 
+from tests.functional.clis import executable, run
 from tests.functional.helpers import server_config, serving, wait_for, who
-from tests.functional.test_clients_cli import executable, run
 
 # The test's own HTTP server is on loopback, which the web-download guard denies by default.
 LOOPBACK = "[os_glance_web_download]\nallowed_networks = 127.0.0.1/32\n"
