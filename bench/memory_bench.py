@@ -372,6 +372,7 @@ def main(argv=None) -> int:
         store, option = target.split(".", 1)
         extra.setdefault(store, {})[option] = value
     workdir = args.workdir or tempfile.mkdtemp(prefix="abbild-membench-", dir="/var/tmp")
+    os.makedirs(workdir, exist_ok=True)
     keep = os.environ.get("MEMBENCH_KEEP")
     rows = []
     try:
