@@ -32,11 +32,6 @@ from abbild_rbd import opts
 LOG = logging.getLogger(__name__)
 
 MiB = 1 << 20
-# Reads and writes go in pieces of at most this much, whatever the object size:
-# librbd copies every write in flight (its zero-copy writes never complete when a
-# write fails, in Ceph 16), so the pieces in flight cost twice their size while an
-# upload runs; 4 MiB pieces, 6 at a time, are as fast as `rbd import`.
-IO_SIZE = 4 * MiB
 GiB = 1 << 30
 #: The snapshot every stored image gets, as Glance names it: clones refer to it.
 SNAP = "snap"
@@ -112,7 +107,6 @@ class RBDDriver(Driver):
         self._fsid: str | None = None
         self._chunk_size = conf.chunk_size * MiB
         self._order = self._chunk_size.bit_length() - 1
-        self._io_size = min(self._chunk_size, IO_SIZE)
         self._in_flight = conf.ios_in_flight
         return type(self).capabilities
 
@@ -146,19 +140,19 @@ class RBDDriver(Driver):
             ioctx.close()
             raise
         end = size if length is None else min(size, offset + length)
-        # Reads ahead: up to ios_in_flight pieces requested before they are wanted.
+        # Reads ahead: up to ios_in_flight chunks requested before they are wanted.
         ahead: collections.deque = collections.deque()
         requested = offset
 
         def request_more() -> None:
             nonlocal requested
             while len(ahead) < self._in_flight and requested < end:
-                n = min(self._io_size, end - requested)
+                n = min(self._chunk_size, end - requested)
                 ahead.append(_Read(image, requested, n))
                 requested += n
 
         def read(want: int) -> bytes:
-            # ChunkReader asks for min(io size, what is left): just what was requested.
+            # ChunkReader asks for min(chunk_size, what is left): just what was requested.
             with self._errors(uri):
                 request_more()
                 if not ahead:
@@ -173,7 +167,7 @@ class RBDDriver(Driver):
             finally:
                 ioctx.close()
 
-        return ChunkReader(read, close, length=max(0, end - offset), chunk_size=self._io_size)
+        return ChunkReader(read, close, length=max(0, end - offset), chunk_size=self._chunk_size)
 
     def size(self, uri: str) -> int:
         pool, name, snap = self._parse(uri)
@@ -229,15 +223,15 @@ class RBDDriver(Driver):
         return StoredObject(uri=self._uri(pool, key, SNAP), size=written)
 
     def _write(self, image, chunks: Iterable[bytes]) -> int:
-        """Write *chunks* in pieces of IO_SIZE (or the object size, if smaller),
-        ``ios_in_flight`` at a time, skipping the all-zero ones (a new image reads as
-        zeros already), growing the image when they outrun it and trimming it to the
-        bytes written at the end. :returns: that number.
+        """Write *chunks* in whole RADOS objects, ``ios_in_flight`` at a time, skipping
+        the all-zero ones (a new image reads as zeros already), growing the image when
+        they outrun it and trimming it to the bytes written at the end. :returns: that
+        number.
 
-        The piece buffers are reused from write to write: new ones for every piece let
+        The chunk buffers are reused from write to write: new ones for every chunk let
         the allocator keep a few more (glibc holds on to big blocks freed meanwhile).
         """
-        unit = self._io_size
+        unit = self._chunk_size
         capacity, offset = image.size(), 0
         in_flight: collections.deque[tuple[_Write, bytearray]] = collections.deque()
         spare: list[bytearray] = []
