@@ -746,6 +746,10 @@ def test_policies_of_stage_and_import(server_factory, payload):
     )
     assert resp.status_code == 202, resp.text
     wait_for(lambda: requests.get(f"{srv.url}/v2/images/{image_id}", headers=owner).json()["status"] == "active")
+    # the task lets go of the image just after it went active; until then another import gets 409
+    wait_for(
+        lambda: not requests.get(f"{srv.url}/v2/images/{image_id}", headers=owner).json().get("os_glance_import_task")
+    )
     # copy-image is for administrators
     body = {"method": {"name": "copy-image"}, "stores": ["more"]}
     resp = requests.post(f"{srv.url}/v2/images/{image_id}/import", json=body, headers=owner)
