@@ -224,9 +224,7 @@ class Server:
 
     def kill(self, sig=signal.SIGKILL) -> None:
         """Kill the whole process group (gunicorn's master and workers)."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(timeout=30)
+        _stop_groups([self.proc], sig)
 
     def stop(self) -> None:
         stop_servers([self])
