@@ -14,7 +14,15 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from abbild.db.models import ImageRow, MemberRow
-from abbild.errors import ConcurrentUpdate, DuplicateImage, ImageNotFound, Invalid, InvalidTransition
+from abbild.db.registry import SQLRegistry, make_engine
+from abbild.errors import (
+    ConcurrentUpdate,
+    DuplicateImage,
+    ImageNotFound,
+    Invalid,
+    InvalidTransition,
+    RegistryUnavailable,
+)
 from abbild.image import Image, Location, Status
 from abbild.registry import SORT_KEYS, ImageFilters, Registry, Viewer
 
@@ -168,6 +176,58 @@ def test_get_missing(sql_registry):
     with pytest.raises(ImageNotFound) as info:
         sql_registry.get_image("no-such-image")
     assert info.value.image_id == "no-such-image"
+
+
+# test_registry_http.py leaves these out: they are about the SQL registry's own connections.
+SQL_ONLY_TESTS = {
+    "test_reads_of_a_database_out_of_reach_say_the_registry_is_unavailable",
+    "test_connections_the_database_server_closed_are_replaced",
+}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:////nonexistent-directory/abbild.db",
+        "mysql+pymysql://root@127.0.0.1:1/abbild",
+        "postgresql+psycopg://postgres@127.0.0.1:1/abbild",
+    ],
+    ids=["sqlite", "mariadb", "postgresql"],
+)
+def test_reads_of_a_database_out_of_reach_say_the_registry_is_unavailable(url):
+    registry = SQLRegistry(url=url)
+    try:
+        with pytest.raises(RegistryUnavailable):
+            registry.get_image(image_id("any"))
+        with pytest.raises(RegistryUnavailable):
+            registry.list_images(EVERYTHING, [], 10)
+    finally:
+        registry.close()
+
+
+def test_connections_the_database_server_closed_are_replaced(sql_registry):
+    dialect = sql_registry.engine.dialect.name
+    if dialect == "sqlite":
+        pytest.skip("SQLite has no server to close connections")
+    image = sql_registry.create_image(make_image("kept", properties={"p": "v"}))
+    assert sql_registry.get_image(image.id) == image
+    others = (
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        if dialect == "postgresql"
+        else "SELECT id FROM information_schema.processlist WHERE db = DATABASE() AND id <> CONNECTION_ID()"
+    )
+    kill = "SELECT pg_terminate_backend({})" if dialect == "postgresql" else "KILL {}"
+    admin = make_engine(sql_registry.url)
+    try:
+        with admin.connect() as conn:
+            pids = conn.exec_driver_sql(others).scalars().all()
+            assert pids, "the registry's pool holds no connection"
+            for pid in pids:
+                conn.exec_driver_sql(kill.format(pid))
+    finally:
+        admin.dispose()
+    assert sql_registry.get_image(image.id) == image
+    assert names(sql_registry.list_images(EVERYTHING, [], 10)) == ["kept"]
 
 
 def test_deleted_image_is_hidden(sql_registry):
