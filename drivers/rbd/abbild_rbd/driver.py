@@ -4,6 +4,7 @@ compute and volume services can clone copy-on-write."""
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import datetime
 import errno
@@ -141,14 +142,15 @@ class RBDDriver(Driver):
             raise
         end = size if length is None else min(size, offset + length)
         # Reads ahead: up to ios_in_flight chunks requested before they are wanted.
-        ahead: collections.deque = collections.deque()
+        readers = _Workers(self._in_flight, "rbd-read")
+        ahead: collections.deque[concurrent.futures.Future] = collections.deque()
         requested = offset
 
         def request_more() -> None:
             nonlocal requested
             while len(ahead) < self._in_flight and requested < end:
                 n = min(self._chunk_size, end - requested)
-                ahead.append(_Read(image, requested, n))
+                ahead.append(readers.submit(image.read, requested, n))
                 requested += n
 
         def read(want: int) -> bytes:
@@ -161,8 +163,8 @@ class RBDDriver(Driver):
 
         def close() -> None:
             try:
-                while ahead:  # librbd writes into their buffers until they complete
-                    ahead.popleft().wait()
+                ahead.clear()
+                readers.stop()  # the image must not be closed under a read
                 image.close()
             finally:
                 ioctx.close()
@@ -228,55 +230,48 @@ class RBDDriver(Driver):
         they outrun it and trimming it to the bytes written at the end. :returns: that
         number.
 
-        The chunk buffers are reused from write to write: new ones for every chunk let
-        the allocator keep a few more (glibc holds on to big blocks freed meanwhile).
+        Each object is gathered in one reused buffer and written from a copy of it
+        (librbd's blocking write takes bytes only, and copies them once more).
         """
         unit = self._chunk_size
         capacity, offset = image.size(), 0
-        in_flight: collections.deque[tuple[_Write, bytearray]] = collections.deque()
-        spare: list[bytearray] = []
+        writers = _Workers(self._in_flight, "rbd-write")
+        in_flight: collections.deque[concurrent.futures.Future] = collections.deque()
+        buffer = memoryview(bytearray(unit))
 
-        def free_buffer() -> bytearray:
-            # Wait for a free slot before taking a buffer: that is the memory bound.
-            while len(in_flight) >= self._in_flight:
-                write, buffer = in_flight.popleft()
-                write.result()
-                spare.append(buffer)
-            return spare.pop() if spare else bytearray(unit)
-
-        def write(buffer: bytearray, filled: int) -> bytearray:
-            """Start writing *buffer*; :returns: the buffer to fill next."""
+        def write(filled: int) -> None:
             nonlocal capacity, offset
             end = offset + filled
             if end > capacity:
                 capacity = grown_size(capacity, end, unit)
                 image.resize(capacity)  # growing only: the writes in flight stay inside
-            data = buffer if filled == unit else buffer[:filled]  # the last chunk only
             start, offset = offset, end
-            if data.count(0) == len(data):
-                return buffer
-            in_flight.append((_Write(image, data, start), buffer))
-            return free_buffer()
+            data = bytes(buffer[:filled])
+            if data.count(0) == filled:
+                return
+            # Wait for a free slot first: that is the memory bound.
+            while len(in_flight) >= self._in_flight:
+                in_flight.popleft().result()
+            in_flight.append(writers.submit(image.write, data, start))
 
         try:
-            current, filled = free_buffer(), 0
+            filled = 0
             for chunk in chunks:  # what the iterator raises propagates unchanged
                 view = memoryview(chunk)
                 while view:
                     n = min(unit - filled, len(view))
-                    current[filled : filled + n] = view[:n]
+                    buffer[filled : filled + n] = view[:n]
                     filled, view = filled + n, view[n:]
                     if filled == unit:
-                        current, filled = write(current, filled), 0
+                        write(filled)
+                        filled = 0
             if filled:
-                write(current, filled)
+                write(filled)
             while in_flight:
-                in_flight.popleft()[0].result()
+                in_flight.popleft().result()
         finally:
-            # On failure too: librbd reads their buffers until they complete, and the
-            # image must not be closed (or removed) under them.
-            while in_flight:
-                in_flight.popleft()[0].wait()
+            # On failure too: the image must not be closed (or removed) under a write.
+            writers.stop()
         if capacity != offset:
             image.resize(offset)
         return offset
@@ -448,45 +443,16 @@ class RBDDriver(Driver):
         return pool, name, snap
 
 
-class _Write:
-    """One ``aio_write`` under way; keeps its data alive until librbd is done with it."""
+class _Workers(concurrent.futures.ThreadPoolExecutor):
+    """The threads of one transfer's reads or writes in flight, in librbd's blocking
+    read and write (which let go of the GIL). Its asynchronous calls with a completion
+    callback into Python (aio_read, aio_write) now and then hung or aborted a process
+    under load with Ceph 16.2: a librbd thread blocked on a lock in freed memory, or
+    aborted, after earlier images had been closed."""
 
-    def __init__(self, image, data: bytes | bytearray, offset: int) -> None:
-        self.data, self.offset = data, offset
-        self.completion = image.aio_write(data, offset, None)
+    def __init__(self, count: int, name: str) -> None:
+        super().__init__(max_workers=count, thread_name_prefix=name)
 
-    def wait(self) -> int:
-        self.completion.wait_for_complete_and_cb()
-        self.data = None
-        return self.completion.get_return_value()
-
-    def result(self) -> None:
-        """:raises rbd.OSError: the write failed."""
-        if (ret := self.wait()) < 0:
-            import rbd
-
-            raise rbd.OSError(f"writing at {self.offset}: {os.strerror(-ret)}", errno=-ret)
-
-
-class _Read:
-    """One ``aio_read`` under way."""
-
-    def __init__(self, image, offset: int, length: int) -> None:
-        self.offset = offset
-        # The callback must not refer to this object: the completion refers to the
-        # callback, and a reference cycle would keep every chunk read until the
-        # garbage collector happened to run (a whole image, in a quick download).
-        self._box: list[bytes] = []
-        self.completion = image.aio_read(offset, length, lambda _, data, box=self._box: box.append(data or b""))
-
-    def wait(self) -> int:
-        self.completion.wait_for_complete_and_cb()
-        return self.completion.get_return_value()
-
-    def result(self) -> bytes:
-        """:raises rbd.OSError: the read failed."""
-        if (ret := self.wait()) < 0:
-            import rbd
-
-            raise rbd.OSError(f"reading at {self.offset}: {os.strerror(-ret)}", errno=-ret)
-        return self._box.pop()
+    def stop(self) -> None:
+        """Drop what has not started; wait for what has."""
+        self.shutdown(wait=True, cancel_futures=True)

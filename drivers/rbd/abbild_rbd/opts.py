@@ -90,8 +90,8 @@ under way at the same time, so that the OSDs work on several objects at once.
 
 Memory bound: a download holds at most (ios_in_flight + 1) x chunk_size, the
 reads in flight plus the chunk being sent (32 MiB with the defaults); an upload
-(2 x ios_in_flight + 1) x chunk_size, as librbd copies each write in flight
-(56 MiB with the defaults).
+(2 x ios_in_flight + 1) x chunk_size, as each write in flight holds a copy of its
+chunk and librbd copies it once more (56 MiB with the defaults).
 
 Possible values:
     * 1: one request at a time

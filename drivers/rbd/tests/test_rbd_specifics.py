@@ -136,8 +136,8 @@ def test_zero_chunks_are_not_written(recorded, ceph):
     chunks = [payload[i : i + 300_000] for i in range(0, len(payload), 300_000)]
     stored = driver.put(name, chunks, len(payload))
     assert stored.size == len(payload)
-    writes = [(name, args[:2]) for name, args in recorder.methods("write", "aio_write")]
-    assert writes == [("aio_write", (MiB, 0)), ("aio_write", (MiB, 4 * MiB))]
+    writes = sorted((name, args[:2]) for name, args in recorder.methods("write", "aio_write"))
+    assert writes == [("write", (MiB, 0)), ("write", (MiB, 4 * MiB))]
     assert recorder.methods("read", "aio_read") == []  # decided on the incoming bytes, no read-back
     with rbd.Image(ceph["ioctx"], name, read_only=True) as image:
         prefix = image.stat()["block_name_prefix"]
@@ -213,7 +213,7 @@ def test_a_write_failing_in_flight_fails_the_put_and_leaves_no_image(make_driver
                     image.resize(0)
             yield os.urandom(MiB)
 
-    with pytest.raises(BackendError, match="writing at"):
+    with pytest.raises(BackendError, match="error writing to"):
         driver.put(name, chunks(), 32 * MiB)
     assert name not in images(ceph)
 
