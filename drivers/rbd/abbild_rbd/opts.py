@@ -67,10 +67,11 @@ Related options:
         default=8,
         choices=[1, 2, 4, 8, 16, 32],
         help="""
-Size in MiB of the RADOS objects each image is split into; also the unit of
-writes and reads (see ios_in_flight for the memory that takes).
+Size in MiB of the RADOS objects each image is split into. Reads and writes go
+in pieces of 4 MiB, or of the object size if it is smaller (see ios_in_flight
+for the memory that takes).
 
-Chunks that are all zeros are not written at all: the image stays thin.
+Pieces that are all zeros are not written at all: the image stays thin.
 
 Possible values:
     * a power of two from 1 to 32 (RBD object orders 20 to 25)
@@ -81,17 +82,18 @@ Related options:
     ),
     cfg.IntOpt(
         "ios_in_flight",
-        default=3,
+        default=6,
         min=1,
         max=32,
         help="""
-How many chunk-sized writes (uploads) or reads (downloads) of one transfer are
-under way at the same time, so that the OSDs work on several objects at once.
+How many writes (uploads) or reads (downloads) of one transfer, each of 4 MiB
+(or chunk_size, if smaller), are under way at the same time, so that the OSDs
+work on several at once.
 
-Memory bound: a download holds at most (ios_in_flight + 1) x chunk_size, the
-reads in flight plus the chunk being sent (32 MiB with the defaults); an upload
-(2 x ios_in_flight + 1) x chunk_size, as each write in flight holds a copy of its
-chunk and librbd copies it once more (56 MiB with the defaults).
+Memory bound: a download holds at most (ios_in_flight + 1) x 4 MiB, the reads in
+flight plus the piece being sent (28 MiB with the default); an upload
+(2 x ios_in_flight + 1) x 4 MiB, as each write in flight holds a copy of its
+piece and librbd copies it once more (52 MiB).
 
 Possible values:
     * 1: one request at a time

@@ -146,6 +146,24 @@ def test_zero_chunks_are_not_written(recorded, ceph):
     assert read_all(driver, stored.uri) == payload
 
 
+def test_large_objects_are_written_and_read_in_pieces_of_4_mib(make_driver, monkeypatch, ceph):
+    """8 MiB objects: ios_in_flight (and so the memory bound) counts pieces of 4 MiB."""
+    driver, recorder = make_driver(chunk_size=8), Recorder()
+    monkeypatch.setattr(driver, "_rbd", recorder)
+    payload = os.urandom(10 * MiB + 5)
+    name = new_name()
+    try:
+        stored = driver.put(name, [payload], len(payload))
+        writes = sorted((args[:2] for _, args in recorder.methods("write")), key=lambda write: write[1])
+        assert writes == [(4 * MiB, 0), (4 * MiB, 4 * MiB), (2 * MiB + 5, 8 * MiB)]
+        assert [len(chunk) for chunk in driver.get(stored.uri)] == [4 * MiB, 4 * MiB, 2 * MiB + 5]
+        assert b"".join(driver.get(stored.uri)) == payload
+        with rbd.Image(ceph["ioctx"], name, read_only=True) as image:
+            assert image.stat()["obj_size"] == 8 * MiB
+    finally:
+        driver.discard(name)
+
+
 def test_unknown_size_grows_the_image_while_writing_then_trims_it(recorded):
     driver, recorder = recorded
     payload = os.urandom(10 * MiB + 5)
