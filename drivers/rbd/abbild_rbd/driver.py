@@ -242,7 +242,8 @@ class RBDDriver(Driver):
         capacity, offset = image.size(), 0
         writers = _Workers(self._in_flight, "rbd-write")
         in_flight: collections.deque[concurrent.futures.Future] = collections.deque()
-        buffer = memoryview(bytearray(unit))
+        buffer = bytearray(unit)
+        gathered = memoryview(buffer)
 
         def write(filled: int) -> None:
             nonlocal capacity, offset
@@ -251,9 +252,9 @@ class RBDDriver(Driver):
                 capacity = grown_size(capacity, end, unit)
                 image.resize(capacity)  # growing only: the writes in flight stay inside
             start, offset = offset, end
-            data = bytes(buffer[:filled])
-            if data.count(0) == filled:
+            if buffer.count(0, 0, filled) == filled:
                 return
+            data = bytes(gathered[:filled])
             # Wait for a free slot first: that is the memory bound.
             while len(in_flight) >= self._in_flight:
                 in_flight.popleft().result()
@@ -265,7 +266,7 @@ class RBDDriver(Driver):
                 view = memoryview(chunk)
                 while view:
                     n = min(unit - filled, len(view))
-                    buffer[filled : filled + n] = view[:n]
+                    gathered[filled : filled + n] = view[:n]
                     filled, view = filled + n, view[n:]
                     if filled == unit:
                         write(filled)
