@@ -216,8 +216,15 @@ class RBDDriver(Driver):
         pool = self.conf.pool
         with self._ioctx(pool, key, writing=True) as ioctx:
             with self._errors(key, writing=True):
-                # Features come from the cluster's rbd_default_features (layering, for clones).
-                self._rbd.RBD().create(ioctx, key, size or 0, order=self._order, old_format=False)
+                try:
+                    self._create(ioctx, key, size)
+                except self._rbd.ImageExists:
+                    if not self._unfinished(ioctx, key):
+                        raise
+                    # An earlier put of this key that failed and could not remove its
+                    # image (the pool was full): only one put of a key runs at a time.
+                    self._remove(ioctx, key)
+                    self._create(ioctx, key, size)
             try:
                 with self._errors(key, writing=True), self._rbd.Image(ioctx, key) as image:
                     written = self._write(image, chunks)
@@ -228,6 +235,18 @@ class RBDDriver(Driver):
                 self._remove_quietly(ioctx, key)
                 raise
         return StoredObject(uri=self._uri(pool, key, SNAP), size=written)
+
+    def _create(self, ioctx, key: str, size: int | None) -> None:
+        # Features come from the cluster's rbd_default_features (layering, for clones).
+        self._rbd.RBD().create(ioctx, key, size or 0, order=self._order, old_format=False)
+
+    def _unfinished(self, ioctx, key: str) -> bool:
+        """Whether image *key* lacks the snapshot every finished put creates."""
+        try:
+            with self._rbd.Image(ioctx, key, read_only=True) as image:
+                return all(snap["name"] != SNAP for snap in image.list_snaps())
+        except self._rbd.ImageNotFound:
+            return True
 
     def _write(self, image, chunks: Iterable[bytes]) -> int:
         """Write *chunks* in pieces of IO_SIZE (or the object size, if smaller),
@@ -323,8 +342,16 @@ class RBDDriver(Driver):
                         self._unprotect(image, snap["name"], name)
                     image.remove_snap(snap["name"])
             rbd.RBD().remove(ioctx, name)
-        except rbd.ImageNotFound:
-            pass
+        except rbd.ImageNotFound as exc:
+            # librbd says so too when it could not move the image to the pool's trash
+            # (a full pool): only an image that cannot be opened is gone.
+            try:
+                rbd.Image(ioctx, name, read_only=True).close()
+            except rbd.ImageNotFound:
+                return
+            raise BackendError(
+                self.store_name, f"{name}: librbd could not remove the image; is the pool full?"
+            ) from exc
 
     def _remove_quietly(self, ioctx, key: str) -> None:
         """Remove what a failed put left, keeping the original failure the one raised."""
@@ -354,6 +381,8 @@ class RBDDriver(Driver):
             # Rados.connect() ignores its timeout argument: librados reads these.
             settings["client_mount_timeout"] = str(conf.connect_timeout)
             settings["rados_mon_op_timeout"] = str(conf.connect_timeout)
+        if conf.op_timeout:
+            settings["rados_osd_op_timeout"] = str(conf.op_timeout)
         return self._rados.Rados(conffile=conf.ceph_conf, rados_id=conf.user, conf=settings)
 
     def _connected(self):
@@ -386,7 +415,12 @@ class RBDDriver(Driver):
         fix for the store's own pool."""
         cluster = self._connected()
         try:
-            return cluster.open_ioctx(pool)
+            ioctx = cluster.open_ioctx(pool)
+            # Ceph pauses the writes to a full pool (or cluster) until there is room
+            # again, which an upload would wait for until the op timeout, if any. Asked
+            # to try, the OSDs refuse them at once: ENOSPC, or EDQUOT for a pool quota.
+            ioctx.set_osdmap_full_try()
+            return ioctx
         except self._rados.ObjectNotFound as exc:
             if not writing:
                 raise NotFound(what) from exc
@@ -415,8 +449,10 @@ class RBDDriver(Driver):
             return AlreadyExists(what)
         if code in (errno.EBUSY, errno.ENOTEMPTY):
             return InUse(what, str(exc))
-        if code in (errno.ENOSPC, errno.EDQUOT):
-            return StoreFull(store, str(exc))
+        if code == errno.EDQUOT:
+            return StoreFull(store, f"pool {self.conf.pool!r} has reached its quota ({exc})")
+        if code == errno.ENOSPC:
+            return StoreFull(store, f"the Ceph cluster is full ({exc})")
         if code in (errno.EACCES, errno.EPERM):
             return AccessDenied(store, f"{exc}; check the caps of [{store}] user on pool {self.conf.pool!r}")
         if code in _UNAVAILABLE:

@@ -113,6 +113,26 @@ command, before the store is reported unavailable.
 
 Possible values:
     * a number of seconds; 0 waits forever
+
+Related options:
+    * op_timeout
+""",
+    ),
+    cfg.IntOpt(
+        "op_timeout",
+        default=60,
+        min=0,
+        help="""
+Seconds each read or write of a piece may wait for the OSDs (placement groups
+that are down or peering, say) before the transfer fails with "store
+unavailable". A full pool or cluster is not waited for: the upload fails at once
+with "store full" (413).
+
+Possible values:
+    * a number of seconds; 0 waits forever
+
+Related options:
+    * connect_timeout
 """,
     ),
 ]

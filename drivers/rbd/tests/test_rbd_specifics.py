@@ -3,6 +3,7 @@ clones blocking deletes, cleanup, error translation and configuration."""
 
 import builtins
 import gc
+import json
 import os
 import time
 import tracemalloc
@@ -11,7 +12,15 @@ import uuid
 import pytest
 from abbild_rbd.driver import MAX_GROWTH, grown_size
 
-from abbild.errors import AccessDenied, BackendError, BackendUnavailable, ConfigError, InUse, NotFound
+from abbild.errors import (
+    AccessDenied,
+    BackendError,
+    BackendUnavailable,
+    ConfigError,
+    InUse,
+    NotFound,
+    StoreFull,
+)
 from abbild.testing.conformance import Boom, read_all
 
 pytestmark = pytest.mark.backend("ceph")
@@ -234,6 +243,83 @@ def test_a_write_failing_in_flight_fails_the_put_and_leaves_no_image(make_driver
     with pytest.raises(BackendError, match="error writing to"):
         driver.put(name, chunks(), 32 * MiB)
     assert name not in images(ceph)
+
+
+def _mon(ceph, **command):
+    code, out, err = ceph["cluster"].mon_command(json.dumps(command), b"")
+    assert code == 0, f"ceph {command['prefix']}: {err}"
+    return json.loads(out) if out else None
+
+
+def _full(ceph, pool: str) -> bool:
+    details = _mon(ceph, prefix="osd pool ls", detail="detail", format="json")
+    return any(p["pool_name"] == pool and "full" in p["flags_names"].split(",") for p in details)
+
+
+def _wait_until(what: str, condition, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"Ceph did not report {what} within {seconds} s")
+        time.sleep(0.25)
+
+
+@pytest.fixture
+def small_pool(ceph):
+    """A pool of its own with a quota of 8 MiB: Ceph flags it full once its use
+    reaches that, as it flags every pool of a cluster whose OSDs are full (the same
+    pool flag; a quota keeps it to this pool, where other tests do not write)."""
+    pool = f"abbild-small-{uuid.uuid4().hex[:12]}"
+    _mon(ceph, prefix="osd pool create", pool=pool, pg_num=1, pgp_num=1)
+    try:
+        _mon(ceph, prefix="osd pool application enable", pool=pool, app="rbd")
+        _mon(ceph, prefix="osd pool set-quota", pool=pool, field="max_bytes", val=str(8 * MiB))
+        yield pool
+    finally:
+        _mon(ceph, prefix="osd pool delete", pool=pool, pool2=pool, yes_i_really_really_mean_it=True)
+
+
+def _pool_images(ceph, pool: str) -> list[str]:
+    with ceph["cluster"].open_ioctx(pool) as ioctx:
+        return rbd.RBD().list(ioctx)
+
+
+def test_a_put_into_a_full_pool_is_store_full_at_once(make_driver, ceph, small_pool):
+    """Ceph pauses writes to a full pool until it has room again; the driver's writes
+    ask to fail instead, so the upload ends with 'store full' now, not at a timeout."""
+    with ceph["cluster"].open_ioctx(small_pool) as ioctx:
+        for number in range(3):
+            ioctx.write_full(f"filler-{number}", b"x" * (4 * MiB))
+    _wait_until(f"pool {small_pool} full", lambda: _full(ceph, small_pool))
+    driver = make_driver(pool=small_pool, op_timeout=60)
+    started = time.monotonic()
+    with pytest.raises(StoreFull, match="quota"):
+        driver.put(new_name(), [os.urandom(MiB)] * 2, None)
+    assert time.monotonic() - started < 10
+    assert _pool_images(ceph, small_pool) == []
+
+
+def test_a_pool_filling_up_during_a_put_fails_it_and_a_later_put_succeeds(make_driver, ceph, small_pool):
+    """The pool reaches its quota halfway: the put fails with 'store full'. Its
+    partial image cannot be removed while the pool is full (removing writes too);
+    once there is room, a new put of the same key replaces it."""
+    driver, name = make_driver(pool=small_pool, op_timeout=60), new_name()
+
+    def chunks():
+        for number in range(24):
+            if number == 16:  # 10 MiB at least acknowledged, past the quota
+                _wait_until(f"pool {small_pool} full", lambda: _full(ceph, small_pool))
+            yield os.urandom(MiB)
+
+    with pytest.raises(StoreFull):
+        driver.put(name, chunks(), None)
+    _mon(ceph, prefix="osd pool set-quota", pool=small_pool, field="max_bytes", val="0")
+    _wait_until(f"pool {small_pool} no longer full", lambda: not _full(ceph, small_pool))
+    payload = os.urandom(3 * MiB)
+    stored = driver.put(name, [payload], None)
+    assert read_all(driver, stored.uri) == payload
+    driver.discard(name)
+    assert _pool_images(ceph, small_pool) == []
 
 
 def test_a_download_holds_only_the_reads_in_flight(make_driver):
