@@ -180,7 +180,7 @@ def test_get_missing(sql_registry):
 
 # test_registry_http.py leaves these out: they are about the SQL registry's own connections.
 SQL_ONLY_TESTS = {
-    "test_reads_of_a_database_out_of_reach_say_the_registry_is_unavailable",
+    "test_a_database_out_of_reach_says_the_registry_is_unavailable",
     "test_connections_the_database_server_closed_are_replaced",
 }
 
@@ -194,13 +194,15 @@ SQL_ONLY_TESTS = {
     ],
     ids=["sqlite", "mariadb", "postgresql"],
 )
-def test_reads_of_a_database_out_of_reach_say_the_registry_is_unavailable(url):
+def test_a_database_out_of_reach_says_the_registry_is_unavailable(url):
     registry = SQLRegistry(url=url)
     try:
         with pytest.raises(RegistryUnavailable):
             registry.get_image(image_id("any"))
         with pytest.raises(RegistryUnavailable):
             registry.list_images(EVERYTHING, [], 10)
+        with pytest.raises(RegistryUnavailable):
+            registry.create_image(make_image("lost"))
     finally:
         registry.close()
 
@@ -226,8 +228,10 @@ def test_connections_the_database_server_closed_are_replaced(sql_registry):
                 conn.exec_driver_sql(kill.format(pid))
     finally:
         admin.dispose()
+    made = sql_registry.create_image(make_image("made"))
     assert sql_registry.get_image(image.id) == image
-    assert names(sql_registry.list_images(EVERYTHING, [], 10)) == ["kept"]
+    assert sorted(names(sql_registry.list_images(EVERYTHING, [], 10))) == ["kept", "made"]
+    assert sql_registry.get_image(made.id) == made
 
 
 def test_deleted_image_is_hidden(sql_registry):
