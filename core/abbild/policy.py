@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from oslo_config import cfg
-from oslo_policy import _checks, policy
+from oslo_policy import policy
 
 from abbild.errors import Forbidden
 
@@ -129,17 +128,20 @@ def list_rules():
     return rule_defaults()
 
 
+def _parsed_as(check: str) -> type:
+    # oslo.policy exports its compound checks, not all its leaf check classes: their
+    # classes are taken from what it parses.
+    return type(policy.RuleDefault("probe", check).check)
+
+
 # Checks whose answer depends on nothing but the rules, the target and the credentials:
 # a rule made of these alone gives the same answer for the same question.
 _PURE_CHECKS = (
-    _checks.AndCheck,
-    _checks.OrCheck,
-    _checks.NotCheck,
-    _checks.RuleCheck,
-    _checks.RoleCheck,
-    _checks.GenericCheck,
-    _checks.TrueCheck,
-    _checks.FalseCheck,
+    policy.AndCheck,
+    policy.OrCheck,
+    policy.NotCheck,
+    policy.RuleCheck,
+    *(_parsed_as(check) for check in ("role:member", "project_id:%(project_id)s", "@", "!")),
 )
 # Distinct questions remembered between two policy file changes; then it starts over.
 DECISIONS_KEPT = 8192
@@ -165,42 +167,32 @@ def _stat(path: str) -> tuple | None:
 
 class _Enforcer(policy.Enforcer):
     """oslo.policy's Enforcer looks for the policy files on every check (a search of the
-    config directories, then a read if one changed). This one stats the same candidate
-    paths at most every RECHECK_SECONDS, and reloads only when one of them appeared, went
-    or changed."""
+    config directories, then a read if one changed). This one searches at most every
+    RECHECK_SECONDS, and reloads only when a policy file or dir appeared, went or
+    changed."""
 
     def __init__(self, conf) -> None:
         super().__init__(conf)
         self.loaded_signature = None
         self.next_check = 0.0
-        self.candidates: list[str] | None = None  # once the configuration is parsed
         self.generation = 0  # counts the reloads; a decision belongs to one of them
 
-    def _candidates(self) -> list[str]:
-        # Where conf.find_file looks (the --config-dir, the config files' directories,
-        # ~/.abbild, ~, /etc/abbild, /etc), for the policy file and each policy dir.
-        dirs = [os.path.dirname(os.path.abspath(os.path.expanduser(f))) for f in reversed(self.conf.config_file)]
-        config_dir = self.conf.config_dir
-        dirs = ([os.path.abspath(os.path.expanduser(config_dir))] if config_dir else []) + dirs
-        dirs += cfg._get_config_dirs(self.conf.project)
-        names = [self.conf.oslo_policy.policy_file, *self.conf.oslo_policy.policy_dirs]
-        return list(dict.fromkeys(os.path.join(d, name) for name in names for d in dirs))
-
     def signature(self) -> tuple:
+        """Where the policy file and dirs are found now, as the enforcer searches (the
+        --config-dir, the config files' directories, ~/.abbild, ~, /etc/abbild, /etc),
+        and their states."""
         found = []
-        for path in self.candidates:
-            st = _stat(path)
-            found.append(st)
-            if st is not None and os.path.isdir(path):
-                found.append(tuple(sorted((name, _stat(os.path.join(path, name))) for name in os.listdir(path))))
+        for name in (self.conf.oslo_policy.policy_file, *self.conf.oslo_policy.policy_dirs):
+            path = self.conf.find_file(name)
+            found.append((path, _stat(path) if path else None))
+            if path and os.path.isdir(path):
+                found.append(tuple(sorted((entry, _stat(os.path.join(path, entry))) for entry in os.listdir(path))))
         return tuple(found)
 
     def load_rules(self, force_reload: bool = False) -> None:
         now = time.monotonic()
         if not force_reload and self.loaded_signature is not None and now < self.next_check:
             return
-        if self.candidates is None:
-            self.candidates = self._candidates()
         signature = self.signature()
         self.next_check = now + RECHECK_SECONDS
         if force_reload or signature != self.loaded_signature:
