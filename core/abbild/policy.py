@@ -8,6 +8,7 @@ visibility and membership.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 
@@ -128,21 +129,18 @@ def list_rules():
     return rule_defaults()
 
 
-def _parsed_as(check: str) -> type:
-    # oslo.policy exports its compound checks, not all its leaf check classes: their
-    # classes are taken from what it parses.
-    return type(policy.RuleDefault("probe", check).check)
+@functools.cache
+def _pure_checks() -> tuple[type, ...]:
+    """The checks whose answer depends on nothing but the rules, the target and the
+    credentials: a rule made of these alone gives the same answer for the same question.
+
+    oslo.policy exports its compound checks, not all its leaf check classes: those are
+    the classes of what it parses (on first use: parsing loads its check plugins)."""
+    leaves = ("role:member", "project_id:%(project_id)s", "@", "!")
+    parsed = (type(policy.RuleDefault("probe", check).check) for check in leaves)
+    return (policy.AndCheck, policy.OrCheck, policy.NotCheck, policy.RuleCheck, *parsed)
 
 
-# Checks whose answer depends on nothing but the rules, the target and the credentials:
-# a rule made of these alone gives the same answer for the same question.
-_PURE_CHECKS = (
-    policy.AndCheck,
-    policy.OrCheck,
-    policy.NotCheck,
-    policy.RuleCheck,
-    *(_parsed_as(check) for check in ("role:member", "project_id:%(project_id)s", "@", "!")),
-)
 # Distinct questions remembered between two policy file changes; then it starts over.
 DECISIONS_KEPT = 8192
 # How often the policy files are looked at: a changed, new or removed policy file takes
@@ -151,7 +149,7 @@ RECHECK_SECONDS = 1.0
 
 
 def _pure(check) -> bool:
-    if type(check) not in _PURE_CHECKS:
+    if type(check) not in _pure_checks():
         return False  # http:, a plugin's check, or one of a later oslo.policy: ask it every time
     children = getattr(check, "rules", None) or [getattr(check, "rule", None)]
     return all(child is None or _pure(child) for child in children)
