@@ -52,6 +52,14 @@ INVALID_LOGIN = (
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
+    timeout = 10  # an idle or silent client must not keep a handler (or the test) waiting
+
+    def setup(self):
+        super().setup()
+        # Here, on the request's own thread: a client that connects and never speaks TLS
+        # (another test probing what it took for a free port) holds up nobody else.
+        self.request.do_handshake()
+
     def log_message(self, format, *args):
         pass
 
@@ -184,7 +192,7 @@ class FakeVSphere(http.server.ThreadingHTTPServer):
 
     def __init__(self, tls: ssl.SSLContext, user: str, password: str, datastores: dict, port: int = 0) -> None:
         super().__init__(("127.0.0.1", port), Handler)
-        self.socket = tls.wrap_socket(self.socket, server_side=True)
+        self.socket = tls.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
         self.user, self.password = user, password
         self.capacity = dict(datastores)
         self.files: dict[tuple[str, str, str], bytes] = {}
