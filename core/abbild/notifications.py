@@ -560,8 +560,20 @@ def from_config(conf) -> Notifier | None:
             f"use one of {', '.join(sorted(known))}"
         )
     sender = Sender(lambda: messaging_notifier(conf))
-    atexit.register(sender.close)
+    _senders.append(sender)
     return Notifier(sender, conf.disabled_notifications)
+
+
+_senders: list[Sender] = []
+
+
+@atexit.register
+def close_all() -> None:
+    """Let the notifications every sender of this process still holds go out (see
+    :meth:`Sender.close`): at exit, or before a server process ends without the
+    interpreter's teardown."""
+    for sender in _senders:
+        sender.close()
 
 
 class Setup:
