@@ -9,6 +9,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import operator
 import threading
 import time
 from collections.abc import Callable
@@ -1281,7 +1282,9 @@ def _children(image_id, dialect: str) -> list:
 
 
 _POSITIONS = {column.key: i for i, column in enumerate(_IMAGES.c)}
-_SCALAR_POSITIONS = [(name, _POSITIONS[name]) for name in _SCALARS]
+_SCALAR_VALUES = operator.itemgetter(*(_POSITIONS[name] for name in _SCALARS))
+_STATUSES = {status.value: status for status in Status}
+_decode_json = json.JSONDecoder().raw_decode  # the database's JSON has no surrounding blanks to strip
 
 
 def _images_of(conn, rows) -> list[Image]:
@@ -1295,7 +1298,7 @@ def _images_of(conn, rows) -> list[Image]:
     if "children" in rows[0]._fields:
         for row in rows:
             found = row.children
-            found = json.loads(found) if isinstance(found, str) else found
+            found = _decode_json(found)[0] if isinstance(found, str) else found
             locations = sorted(found["l"] or (), key=lambda loc: loc["position"])
             children[row.id] = (
                 found["p"] or {},
@@ -1323,8 +1326,8 @@ def _images_of(conn, rows) -> list[Image]:
     images = []
     version, status = _POSITIONS["version"], _POSITIONS["status"]
     for row in rows:
-        values = {name: row[i] for name, i in _SCALAR_POSITIONS}
-        values["status"] = Status(row[status])
+        values = dict(zip(_SCALARS, _SCALAR_VALUES(row)))
+        values["status"] = _STATUSES[row[status]]
         properties, tags, locations = children[row.id]
         images.append(
             Image(id=row.id, version=row[version], properties=properties, tags=tags, locations=locations, **values)
