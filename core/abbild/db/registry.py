@@ -341,11 +341,10 @@ class SQLRegistry(Registry):
         except OperationalError as exc:
             raise RegistryUnavailable(str(exc.orig)) from exc
 
-    def _writing(self, work, *, plain: bool = False, raw: bool = False):
+    def _writing(self, work, *, raw: bool = False):
         """Run ``work(session)`` in a write transaction, again if the database chose
-        it as a deadlock victim; *plain*: with a plain connection (no ORM session),
-        for work that only executes statements; *raw*: ``work(cursor)`` on a DBAPI
-        cursor, for :class:`_Raw` statements."""
+        it as a deadlock victim; *raw*: ``work(cursor)`` on a DBAPI cursor, for
+        :class:`_Raw` statements."""
         if getattr(self._in_change, "label", None) is not None:
             # It would wait for the lock update_image holds: forever on PostgreSQL.
             raise RuntimeError(f"an {self._in_change.label} must not write through the registry")
@@ -353,9 +352,6 @@ class SQLRegistry(Registry):
             try:
                 if raw:
                     return self._raw_transaction(work)
-                if plain:
-                    with self._write_engine.begin() as conn:
-                        return work(conn)
                 with self._write() as session, session.begin():
                     return work(session)
             except DataError as exc:  # a value its column cannot hold: MariaDB's TEXT keeps 65,535 bytes
