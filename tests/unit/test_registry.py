@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import datetime
 import functools
+import json
 import operator
 import random
 import time
 import uuid
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import delete as delete_rows
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from abbild.db.models import ImageRow, MemberRow
+from abbild.db.models import ChildrenRow, ImageRow, MemberRow, PropertyRow, TagRow
 from abbild.db.registry import SQLRegistry, make_engine
 from abbild.errors import (
     ConcurrentUpdate,
@@ -873,6 +875,38 @@ def test_invalid_sort(sql_registry, sort):
 def test_list_returns_children(sql_registry):
     created = sql_registry.create_image(_with_children("x"))
     assert sql_registry.list_images(EVERYTHING, [], 10) == [created]
+
+
+@pytest.mark.parametrize("document", ["missing", "stale"])
+def test_children_are_read_from_their_tables_without_a_document_of_the_images_version(sql_registry, document):
+    """An image row whose children document is missing (written before migration 0010)
+    or of an older version (saved by a writer that did not keep it, such as a node
+    still on an older release in a rolling upgrade) is read with the children of its
+    own tables, by id and in lists, beside images whose document is current."""
+    changed = sql_registry.create_image(_with_children("changed"))
+    kept = sql_registry.create_image(_with_children("kept"))
+    with Session(sql_registry.engine) as session, session.begin():
+        # What such a writer does: the children's rows change and the version moves on,
+        # the document stays as it was (or was never there).
+        session.execute(delete_rows(PropertyRow).where(PropertyRow.image_id == changed.id, PropertyRow.name == "a"))
+        session.add(TagRow(image_id=changed.id, value="added"))
+        session.execute(update(ImageRow).where(ImageRow.id == changed.id).values(version=ImageRow.version + 1))
+        if document == "missing":
+            session.execute(delete_rows(ChildrenRow).where(ChildrenRow.image_id == changed.id))
+    expected = sql_registry.get_image(changed.id)
+    assert "a" not in expected.properties and "added" in expected.tags
+    assert expected.properties == {k: v for k, v in changed.properties.items() if k != "a"}
+    assert expected.tags == changed.tags | {"added"}
+    assert expected.locations == changed.locations
+    listed = {image.id: image for image in sql_registry.list_images(EVERYTHING, [], 10)}
+    assert listed == {changed.id: expected, kept.id: kept}
+
+    # The next save writes the document again.
+    saved = sql_registry.update_image(changed.id, lambda image: setattr(image, "name", "saved"))
+    with sql_registry.engine.connect() as conn:
+        document = conn.scalar(select(ChildrenRow.document).where(ChildrenRow.image_id == changed.id))
+    assert json.loads(document)["v"] == saved.version
+    assert sql_registry.get_image(changed.id) == saved
 
 
 # -- images_in_status -----------------------------------------------------------------

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import orjson
 from sqlalchemy import (
     Boolean,
     Integer,
@@ -39,6 +40,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from abbild.db.models import (
     CacheEntryRow,
+    ChildrenRow,
     ImageRow,
     LeaseRow,
     LocationRow,
@@ -282,10 +284,7 @@ class SQLRegistry(Registry):
         self._write = sessionmaker(self._write_engine, expire_on_commit=False)
         self._in_change = threading.local()  # set while an update_image/update_namespace change runs
         self._get_image_query = _OneRow(
-            self.engine,
-            select(_IMAGES, *_children(_IMAGES.c.id, self.engine.dialect.name)).where(
-                _IMAGES.c.id == bindparam("image_id")
-            ),
+            self.engine, _with_document(_IMAGES).where(_IMAGES.c.id == bindparam("image_id"))
         )
         dialect = self.engine.dialect
         self._create_statements = _CreateStatements(
@@ -294,6 +293,7 @@ class SQLRegistry(Registry):
             properties=_Raw(dialect, _INSERT_PROPERTIES, ["image_id", "name", "value"]),
             tags=_Raw(dialect, _INSERT_TAGS, ["image_id", "value"]),
             locations=_Raw(dialect, _INSERT_LOCATIONS, ["image_id", *_LOCATION_FIELDS]),
+            document=_Raw(dialect, _INSERT_DOCUMENT),
         )
         # List statements by shape (see list_images): building one costs more CPU
         # than running it.
@@ -415,6 +415,7 @@ class SQLRegistry(Registry):
                 ),
                 (statements.tags, [{"image_id": image.id, "value": t} for t in image.tags]),
                 (statements.locations, location_rows(image)),
+                (statements.document, [document_row(image)]),
             )
             for run, rows in children:
                 if rows:
@@ -433,10 +434,11 @@ class SQLRegistry(Registry):
         row = self._get_image_query.first(image_id=image_id)
         if row is None or (row.deleted and not include_deleted):
             raise ImageNotFound(image_id)
-        if "properties_json" in row._fields:
-            return _images_of(None, [row])[0]
-        with self._connection() as conn:  # MySQL/MariaDB: the children in queries of their own
-            return _images_of(conn, [row])[0]
+        return _images_of([row], self._children_apart)[0]
+
+    def _children_apart(self, ids: list[str]) -> dict:
+        with self._connection() as conn:
+            return _read_children(conn, ids)
 
     def save_image(self, image: Image, *, storage_limit: int | None = None) -> Image:
         def work(session: Session):
@@ -499,7 +501,8 @@ class SQLRegistry(Registry):
         key values bound the index range, so a deep page costs what the first does),
         and for a project the images it may see as disjoint parts (public, community,
         its own, nobody's, shared with it), each read in sort order from its own
-        index, their first pages merged, the page's children along.
+        index, their first pages merged, and the children documents of the page's
+        rows.
 
         The statement depends only on the request's shape (which filters, sorts and
         visibility parts, whether a marker and which of its keys are NULL); the values
@@ -537,7 +540,7 @@ class SQLRegistry(Registry):
                 marker_nulls,
             )
             query = self._statement(shape, _list_query, keys, tests, viewer, filters, marker_nulls, conn.dialect.name)
-            return _images_of(conn, conn.execute(query, params))
+            return _images_of(conn.execute(query, params), lambda ids: _read_children(conn, ids))
 
     def _statement(self, shape: tuple, build, *args):
         """The statement of *shape*, built by ``build(*args)`` the first time."""
@@ -1004,6 +1007,7 @@ def _purge_images(session: Session, cutoff: datetime.datetime, limit: int) -> di
             ("cache_entries", CacheEntryRow),
         )
     }
+    session.execute(delete(ChildrenRow).where(ChildrenRow.image_id.in_(ids)))
     counts["images"] = session.execute(delete(ImageRow).where(ImageRow.id.in_(ids))).rowcount
     return counts
 
@@ -1217,6 +1221,24 @@ def _columns(image: Image) -> dict:
     return values
 
 
+def document_row(image: Image) -> dict:
+    """The ``image_children`` row of *image* at ``image.version`` (see
+    :class:`abbild.db.models.ChildrenRow`; read by :func:`_images_of`)."""
+    return {"image_id": image.id, "document": children_document(image)}
+
+
+def children_document(image: Image) -> str:
+    """*image*'s properties, tags and locations as one JSON document, at ``image.version``."""
+    document = {
+        "v": image.version,
+        "p": image.properties,
+        "t": sorted(image.tags),
+        "l": [[loc.store, loc.uri, loc.size, loc.status, loc.metadata] for loc in image.locations],
+    }
+    # Sorted: the same image always gives the same document, whichever way it was read.
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
 def _with_children(query):
     return query.options(
         selectinload(ImageRow.properties), selectinload(ImageRow.tags), selectinload(ImageRow.locations)
@@ -1232,97 +1254,71 @@ _TOMBSTONE = select(TombstoneRow.id).where(TombstoneRow.id == bindparam("id"))
 _INSERT_PROPERTIES = insert(PropertyRow)
 _INSERT_TAGS = insert(TagRow)
 _INSERT_LOCATIONS = insert(LocationRow)
-_CreateStatements = collections.namedtuple("_CreateStatements", "image tombstone properties tags locations")
-
-
+_INSERT_DOCUMENT = insert(ChildrenRow)
+_CreateStatements = collections.namedtuple("_CreateStatements", "image tombstone properties tags locations document")
 _LOCATION_FIELDS = ("position", "store", "uri", "size", "status", "meta")
 
 
-def _children(image_id, dialect: str) -> list:
-    """Columns that bring an image row's properties, tags and locations along, a JSON
-    document each, so a page or an image is one query. (Three columns, not one
-    document of three: SQLite would parse each part again to nest it, 0.3 ms of a
-    100-row page. MySQL/MariaDB would nest the locations' metadata as text: there the
-    children are read after, one query per table for the whole page.)"""
-    if dialect == "sqlite":
-        object_agg, array_agg, build = func.json_group_object, func.json_group_array, func.json_object
-        meta = func.json(LocationRow.meta)  # nested as an object, not as a string
-    elif dialect == "postgresql":
-        object_agg, array_agg, build = func.json_object_agg, func.json_agg, func.json_build_object
-        meta = LocationRow.meta
-    else:
-        return []
-    fields = []
-    for name in _LOCATION_FIELDS:
-        fields += [literal(name), meta if name == "meta" else getattr(LocationRow, name)]
-    properties = select(object_agg(PropertyRow.name, PropertyRow.value)).where(PropertyRow.image_id == image_id)
-    tags = select(array_agg(TagRow.value)).where(TagRow.image_id == image_id)
-    locations = select(array_agg(build(*fields))).where(LocationRow.image_id == image_id)
-    return [
-        properties.scalar_subquery().label("properties_json"),
-        tags.scalar_subquery().label("tags_json"),
-        locations.scalar_subquery().label("locations_json"),
-    ]
+_DOCUMENTS = ChildrenRow.__table__
+
+
+def _with_document(rows):
+    """A select of *rows* (the images table, or a page of it) with each image's
+    children document, NULL where there is none."""
+    return select(rows, _DOCUMENTS.c.document).select_from(
+        rows.outerjoin(_DOCUMENTS, _DOCUMENTS.c.image_id == rows.c.id)
+    )
 
 
 _POSITIONS = {column.key: i for i, column in enumerate(_IMAGES.c)}
 _SCALAR_VALUES = operator.itemgetter(*(_POSITIONS[name] for name in _SCALARS))
+# The document comes after the image's columns.
+_ROW_KEYS = operator.itemgetter(_POSITIONS["id"], _POSITIONS["version"], _POSITIONS["status"], len(_IMAGES.c))
 _STATUSES = {status.value: status for status in Status}
-_decode_json = json.JSONDecoder().raw_decode  # the database's JSON has no surrounding blanks to strip
-_POSITION = operator.itemgetter("position")
 
 
-def _images_of(conn, rows) -> list[Image]:
-    """Images of image *rows* (in order), with their children: from the rows'
-    :func:`_children` column, else read in one query per table for all of them."""
-    rows = list(rows)
-    if not rows:
-        return []
-    ids = [row.id for row in rows]
-    children = {}
-    if "properties_json" in rows[0]._fields:
-        for row in rows:
-            properties, tags, locations = row.properties_json, row.tags_json, row.locations_json
-            if isinstance(properties, str):  # SQLite's JSON is text; psycopg decodes PostgreSQL's
-                properties = _decode_json(properties)[0]
-            if isinstance(tags, str):
-                tags = _decode_json(tags)[0]
-            if isinstance(locations, str):
-                locations = _decode_json(locations)[0]
-            locations = sorted(locations or (), key=_POSITION)
-            children[row.id] = (
-                properties or {},
-                set(tags or ()),
-                [
-                    Location(loc["store"], loc["uri"], loc["size"], loc["status"], loc["meta"] or {})
-                    for loc in locations
-                ],
-            )
-    else:
-        children = {i: ({}, set(), []) for i in ids}
-        for image_id, name, value in conn.execute(
-            select(PropertyRow.image_id, PropertyRow.name, PropertyRow.value).where(PropertyRow.image_id.in_(ids))
-        ):
-            children[image_id][0][name] = value
-        for image_id, value in conn.execute(select(TagRow.image_id, TagRow.value).where(TagRow.image_id.in_(ids))):
-            children[image_id][1].add(value)
-        for loc in conn.execute(
-            select(LocationRow)
-            .where(LocationRow.image_id.in_(ids))
-            .order_by(LocationRow.image_id, LocationRow.position)
-        ):
-            location = Location(loc.store, loc.uri, loc.size, loc.status, dict(loc.meta or {}))
-            children[loc.image_id][2].append(location)
-    images = []
-    version, status = _POSITIONS["version"], _POSITIONS["status"]
+def _images_of(rows, read_children: Callable[[list[str]], dict]) -> list[Image]:
+    """Images of image *rows* (in order, each with its document: :func:`_with_document`),
+    with the children their documents hold; ``read_children(ids)`` reads those of rows
+    whose document is missing or of another version (written before migration 0010, or
+    by a writer that did not keep it) from their own tables."""
+    images, stale = [], []
     for row in rows:
+        image_id, version, status, document = _ROW_KEYS(row)
+        children = orjson.loads(document) if document is not None else None
+        if children is None or children["v"] != version:
+            stale.append(len(images))
+            properties, tags, locations = {}, set(), []
+        else:
+            properties, tags = children["p"], set(children["t"])
+            locations = [Location(store, uri, size, state, meta) for store, uri, size, state, meta in children["l"]]
         values = dict(zip(_SCALARS, _SCALAR_VALUES(row)))
-        values["status"] = _STATUSES[row[status]]
-        properties, tags, locations = children[row.id]
+        values["status"] = _STATUSES[status]
         images.append(
-            Image(id=row.id, version=row[version], properties=properties, tags=tags, locations=locations, **values)
+            Image(id=image_id, version=version, properties=properties, tags=tags, locations=locations, **values)
         )
+    if stale:
+        found = read_children([images[i].id for i in stale])
+        for i in stale:
+            images[i].properties, images[i].tags, images[i].locations = found[images[i].id]
     return images
+
+
+def _read_children(conn, ids: list[str]) -> dict:
+    """The properties, tags and locations of images *ids*, from their own tables:
+    ``{id: (properties, tags, locations)}``."""
+    children = {i: ({}, set(), []) for i in ids}
+    for image_id, name, value in conn.execute(
+        select(PropertyRow.image_id, PropertyRow.name, PropertyRow.value).where(PropertyRow.image_id.in_(ids))
+    ):
+        children[image_id][0][name] = value
+    for image_id, value in conn.execute(select(TagRow.image_id, TagRow.value).where(TagRow.image_id.in_(ids))):
+        children[image_id][1].add(value)
+    for loc in conn.execute(
+        select(LocationRow).where(LocationRow.image_id.in_(ids)).order_by(LocationRow.image_id, LocationRow.position)
+    ):
+        children[loc.image_id][2].append(Location(loc.store, loc.uri, loc.size, loc.status, dict(loc.meta or {})))
+    return children
 
 
 def _to_image(row: ImageRow) -> Image:
@@ -1400,6 +1396,13 @@ def _write_children(session: Session, image: Image, old) -> None:
                 insert(LocationRow),
                 location_rows(image),
             )
+
+    document = document_row(image)
+    updated = session.execute(
+        update(ChildrenRow).where(ChildrenRow.image_id == image.id).values(document=document["document"])
+    )
+    if updated.rowcount == 0:  # an image from before migration 0010
+        session.execute(_INSERT_DOCUMENT, [document])
 
 
 # -- list queries -------------------------------------------------------------------------
@@ -1482,8 +1485,8 @@ def _list_query(keys, tests, viewer: Viewer, filters: ImageFilters, marker_nulls
     else:
         merged = union_all(*(select(q.subquery()) for q in queries)).subquery()
         page = select(merged).order_by(*_ordering(keys, merged.c, postgres)).limit(limit).subquery()
-    # The children are read for the page's rows only, once it is cut.
-    return select(page, *_children(page.c.id, dialect)).order_by(*_ordering(keys, page.c, postgres))
+    # The documents are read for the page's rows only, once it is cut.
+    return _with_document(page).order_by(*_ordering(keys, page.c, postgres))
 
 
 def _visibility_conditions(filters: ImageFilters, viewer: Viewer) -> list:
