@@ -438,7 +438,7 @@ class SQLRegistry(Registry):
 
     def _children_apart(self, ids: list[str]) -> dict:
         with self._connection() as conn:
-            return _read_children(conn, ids)
+            return children_from_tables(conn, ids)
 
     def save_image(self, image: Image, *, storage_limit: int | None = None) -> Image:
         def work(session: Session):
@@ -540,7 +540,7 @@ class SQLRegistry(Registry):
                 marker_nulls,
             )
             query = self._statement(shape, _list_query, keys, tests, viewer, filters, marker_nulls, conn.dialect.name)
-            return _images_of(conn.execute(query, params), lambda ids: _read_children(conn, ids))
+            return _images_of(conn.execute(query, params), lambda ids: children_from_tables(conn, ids))
 
     def _statement(self, shape: tuple, build, *args):
         """The statement of *shape*, built by ``build(*args)`` the first time."""
@@ -1304,9 +1304,10 @@ def _images_of(rows, read_children: Callable[[list[str]], dict]) -> list[Image]:
     return images
 
 
-def _read_children(conn, ids: list[str]) -> dict:
+def children_from_tables(conn, ids: list[str]) -> dict:
     """The properties, tags and locations of images *ids*, from their own tables:
-    ``{id: (properties, tags, locations)}``."""
+    ``{id: (properties, tags, locations)}``. Names its columns, so that migration 0010
+    can backfill documents with it whatever columns later revisions add."""
     children = {i: ({}, set(), []) for i in ids}
     for image_id, name, value in conn.execute(
         select(PropertyRow.image_id, PropertyRow.name, PropertyRow.value).where(PropertyRow.image_id.in_(ids))
@@ -1315,7 +1316,16 @@ def _read_children(conn, ids: list[str]) -> dict:
     for image_id, value in conn.execute(select(TagRow.image_id, TagRow.value).where(TagRow.image_id.in_(ids))):
         children[image_id][1].add(value)
     for loc in conn.execute(
-        select(LocationRow).where(LocationRow.image_id.in_(ids)).order_by(LocationRow.image_id, LocationRow.position)
+        select(
+            LocationRow.image_id,
+            LocationRow.store,
+            LocationRow.uri,
+            LocationRow.size,
+            LocationRow.status,
+            LocationRow.meta,
+        )
+        .where(LocationRow.image_id.in_(ids))
+        .order_by(LocationRow.image_id, LocationRow.position)
     ):
         children[loc.image_id][2].append(Location(loc.store, loc.uri, loc.size, loc.status, dict(loc.meta or {})))
     return children

@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
 
-from abbild.db.registry import document_row
-from abbild.image import Image, Location
+from abbild.db.registry import children_from_tables, document_row
+from abbild.image import Image
 
 revision = "0010"
 down_revision = "0009"
@@ -28,18 +28,6 @@ BATCH = 1000
 
 images = sa.table("images", sa.column("id"), sa.column("version"))
 documents = sa.table("image_children", sa.column("image_id"), sa.column("document"))
-properties = sa.table("image_properties", sa.column("image_id"), sa.column("name"), sa.column("value"))
-tags = sa.table("image_tags", sa.column("image_id"), sa.column("value"))
-locations = sa.table(
-    "image_locations",
-    sa.column("image_id"),
-    sa.column("position"),
-    sa.column("store"),
-    sa.column("uri"),
-    sa.column("size"),
-    sa.column("status"),
-    sa.column("meta", sa.JSON()),
-)
 
 
 def upgrade():
@@ -62,19 +50,14 @@ def upgrade():
         ).all()
         if not batch:
             break
-        found = {image_id: Image(id=image_id, version=version) for image_id, version in batch}
-        ids = list(found)
-        for image_id, name, value in conn.execute(sa.select(properties).where(properties.c.image_id.in_(ids))):
-            found[image_id].properties[name] = value
-        for image_id, value in conn.execute(sa.select(tags).where(tags.c.image_id.in_(ids))):
-            found[image_id].tags.add(value)
-        for row in conn.execute(
-            sa.select(locations)
-            .where(locations.c.image_id.in_(ids))
-            .order_by(locations.c.image_id, locations.c.position)
-        ):
-            found[row.image_id].locations.append(Location(row.store, row.uri, row.size, row.status, row.meta or {}))
-        conn.execute(documents.insert(), [document_row(image) for image in found.values()])
+        ids = [image_id for image_id, _ in batch]
+        children = children_from_tables(conn, ids)
+        rows = []
+        for image_id, version in batch:
+            properties, tags, locations = children[image_id]
+            image = Image(id=image_id, version=version, properties=properties, tags=tags, locations=locations)
+            rows.append(document_row(image))
+        conn.execute(documents.insert(), rows)
         last = ids[-1]
 
 
