@@ -1473,6 +1473,9 @@ def _list_query(keys, tests, viewer: Viewer, filters: ImageFilters, marker_nulls
     else:
         parts = [(conditions + part, wide) for part, wide in _scope_parts(viewer, filters)]
     limit = bindparam("limit", type_=Integer)
+    # The parts carry only the sort keys: the rows they read but the page cuts are
+    # never built or sorted whole.
+    key_columns = [_IMAGES.c[column.key] for column, _ in keys]
     queries = []
     for part, wide in parts:
         # A narrow part (a project's own images, those shared with it) is read
@@ -1489,14 +1492,15 @@ def _list_query(keys, tests, viewer: Viewer, filters: ImageFilters, marker_nulls
             order = _ordering(keys, _IMAGES.c, postgres)
             if split is not None:  # the first key has no NULLs, or only NULLs, here
                 order[0] = first.asc() if direction == "asc" else first.desc()
-            queries.append(_SELECT_IMAGES.where(*where).order_by(*order).limit(limit))
+            queries.append(select(*key_columns).where(*where).order_by(*order).limit(limit))
     if len(queries) == 1:
         page = queries[0].subquery()
     else:
         merged = union_all(*(select(q.subquery()) for q in queries)).subquery()
         page = select(merged).order_by(*_ordering(keys, merged.c, postgres)).limit(limit).subquery()
-    # The documents are read for the page's rows only, once it is cut.
-    return _with_document(page).order_by(*_ordering(keys, page.c, postgres))
+    # The rows and their documents are read for the page only, once it is cut.
+    rows = page.join(_IMAGES, _IMAGES.c.id == page.c.id).outerjoin(_DOCUMENTS, _DOCUMENTS.c.image_id == page.c.id)
+    return select(_IMAGES, _DOCUMENTS.c.document).select_from(rows).order_by(*_ordering(keys, page.c, postgres))
 
 
 def _visibility_conditions(filters: ImageFilters, viewer: Viewer) -> list:
