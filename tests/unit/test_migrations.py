@@ -56,7 +56,7 @@ def collations(engine) -> tuple[dict, dict]:
 
 
 def test_head_is_the_latest_revision():
-    assert migrate.head() == "0010"
+    assert migrate.head() == "0011"
 
 
 def test_sync_empty_database(blank_engine):
@@ -125,9 +125,20 @@ def _at(revision: str) -> sa.MetaData:
     for each in Base.metadata.sorted_tables:
         if each.name not in later:
             each.to_metadata(metadata)
+    if revision < "0011":
+        _without_covering_indexes(metadata)
     if revision < "0008":
         _without_list_indexes(metadata)
     return metadata
+
+
+def _without_covering_indexes(metadata: sa.MetaData) -> None:
+    """The indexes before 0011: 0008's on images, without the covering ones."""
+    images = metadata.tables["images"]
+    for old, new, columns in _migration("0011").CHANGES:
+        images.indexes.discard(next(i for i in images.indexes if i.name == new))
+        if old is not None:
+            sa.Index(old, *(images.c[c] for c in columns))
 
 
 def _without_list_indexes(metadata: sa.MetaData) -> None:
@@ -288,10 +299,12 @@ def test_metadefs_upgrade_and_downgrade(blank_engine):
         registry.close()
 
 
-def test_list_indexes_upgrade_and_downgrade(blank_engine):
+@pytest.mark.parametrize("before, revision", [("0007", "0008"), ("0010", "0011")])
+def test_list_indexes_upgrade_and_downgrade(blank_engine, before, revision):
     """0008 swaps the list indexes on a database at 0007 that holds images (shared, with
-    a member, and tagged), and back again; the images and lists stay. (The images are
-    made and listed at the head: the registry reads and writes the head's schema.)"""
+    a member, and tagged), and back again, as 0011 swaps them for covering ones; the
+    images and lists stay. (The images are made and listed at the head: the registry
+    reads and writes the head's schema.)"""
     from abbild.db.registry import SQLRegistry
     from abbild.image import Image
     from abbild.registry import ImageFilters, Viewer
@@ -309,15 +322,15 @@ def test_list_indexes_upgrade_and_downgrade(blank_engine):
         def listed(**filters):
             return [i.id for i in registry.list_images(ImageFilters(**filters), [], 10, viewer=member)]
 
-        assert migrate.downgrade(blank_engine, "0007") == "0007"
-        assert schema_differences(blank_engine, _at("0007")) == []
-        assert migrate.sync(blank_engine, "0008") == "0008"
-        assert schema_differences(blank_engine, _at("0008")) == []
+        assert migrate.downgrade(blank_engine, before) == before
+        assert schema_differences(blank_engine, _at(before)) == []
+        assert migrate.sync(blank_engine, revision) == revision
+        assert schema_differences(blank_engine, _at(revision)) == []
         assert migrate.sync(blank_engine) == migrate.head()
         assert listed() == listed(tags=["golden"]) == [image.id]
 
-        assert migrate.downgrade(blank_engine, "0007") == "0007"
-        assert schema_differences(blank_engine, _at("0007")) == []
+        assert migrate.downgrade(blank_engine, before) == before
+        assert schema_differences(blank_engine, _at(before)) == []
         assert migrate.sync(blank_engine) == migrate.head()
         assert schema_differences(blank_engine) == []
         assert listed() == listed(tags=["golden"]) == [image.id]

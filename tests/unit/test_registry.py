@@ -930,3 +930,24 @@ def test_images_in_status(sql_registry):
     assert saving == [sql_registry.get_image(image.id) for image in saving]
     assert names(sql_registry.images_in_status(Status.ACTIVE)) == ["active"]
     assert sql_registry.images_in_status("killed") == []
+
+
+def test_sqlite_gathers_statistics_of_the_tables_its_lists_read(tmp_path, monkeypatch):
+    """Without statistics SQLite reads a project's list pages from the wrong indexes;
+    the registry has it analyze the tables it reads, once they exist or have grown."""
+    import abbild.db.registry as sql
+    from abbild.db import migrate
+
+    monkeypatch.setattr(sql, "SQLITE_OPTIMIZE_EVERY", 0.0)
+    registry = SQLRegistry(url=f"sqlite:///{tmp_path / 'stats.db'}")
+    try:
+        migrate.sync(registry.engine)
+        for i in range(20):
+            registry.create_image(make_image(f"image-{i}", owner="p", visibility="private"))
+        listed = registry.list_images(ImageFilters(), [("name", "asc")], 5, viewer=Viewer(project_id="p"))
+        assert [i.name for i in listed] == sorted(f"image-{i}" for i in range(20))[:5]
+        with registry.engine.connect() as conn:
+            analyzed = dict(conn.exec_driver_sql("SELECT idx, stat FROM sqlite_stat1 WHERE tbl = 'images'").all())
+        assert analyzed["ix_images_list_owner"].startswith("20 20 ")
+    finally:
+        registry.close()

@@ -10,6 +10,7 @@ import datetime
 import json
 import logging
 import operator
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -129,6 +130,10 @@ _HIDDEN_STATUSES = (Status.DELETED.value, Status.KILLED.value, Status.PENDING_DE
 _TIME_FILTER_COLUMNS = ("created_at", "updated_at")
 
 
+# How often (seconds) a process lets SQLite look for tables to analyze.
+SQLITE_OPTIMIZE_EVERY = 60.0
+
+
 def make_engine(url: str, pool_size: int = 10):
     """An engine tuned per database: SQLite gets WAL (synced at checkpoints), a busy timeout and write
     transactions that take the write lock up front (BEGIN IMMEDIATE), so concurrent
@@ -156,6 +161,30 @@ def make_engine(url: str, pool_size: int = 10):
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("abbild_write") else "BEGIN")
+
+        last_optimized = [None]
+
+        @event.listens_for(engine, "checkin")
+        def _sqlite_optimize(dbapi_conn, _record):
+            # SQLite gathers no statistics by itself, and without them it reads a
+            # project's list pages from the wrong indexes (62 ms instead of 6 at
+            # 100,000 images). PRAGMA optimize analyzes the tables this connection
+            # used that were never analyzed or have grown 25-fold since, so most times
+            # it does nothing. Mask 2: a full ANALYZE (0.6 s at 100,000 images), as the
+            # sampled one of newer SQLite versions misjudged the indexes fourfold.
+            now = time.monotonic()
+            if dbapi_conn is None:  # invalidated
+                return
+            if last_optimized[0] is not None and now - last_optimized[0] < SQLITE_OPTIMIZE_EVERY:
+                return
+            last_optimized[0] = now
+            try:
+                dbapi_conn.execute("PRAGMA busy_timeout=0")  # not worth a wait: next time
+                dbapi_conn.execute("PRAGMA optimize=2")
+            except sqlite3.OperationalError as exc:
+                LOG.debug("PRAGMA optimize: %s", exc)
+            finally:
+                dbapi_conn.execute("PRAGMA busy_timeout=60000")
 
         return engine
     kwargs = {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": pool_size, "pool_recycle": 3600}
