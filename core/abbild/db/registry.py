@@ -180,11 +180,12 @@ def make_engine(url: str, pool_size: int = 10):
             last_optimized[0] = now
             try:
                 dbapi_conn.execute("PRAGMA busy_timeout=0")  # not worth a wait: next time
-                dbapi_conn.execute("PRAGMA optimize=2")
-            except sqlite3.OperationalError as exc:
+                try:
+                    dbapi_conn.execute("PRAGMA optimize=2")
+                finally:
+                    dbapi_conn.execute("PRAGMA busy_timeout=60000")
+            except sqlite3.Error as exc:
                 LOG.debug("PRAGMA optimize: %s", exc)
-            finally:
-                dbapi_conn.execute("PRAGMA busy_timeout=60000")
 
         return engine
     kwargs = {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": pool_size, "pool_recycle": 3600}
