@@ -172,9 +172,9 @@ def make_engine(url: str, pool_size: int = 10):
             # used that were never analyzed or have grown 25-fold since, so most times
             # it does nothing. Mask 2: a full ANALYZE (0.6 s at 100,000 images), as the
             # sampled one of newer SQLite versions misjudged the indexes fourfold.
-            now = time.monotonic()
             if dbapi_conn is None:  # invalidated
                 return
+            now = time.monotonic()
             if last_optimized[0] is not None and now - last_optimized[0] < SQLITE_OPTIMIZE_EVERY:
                 return
             last_optimized[0] = now
@@ -1292,11 +1292,11 @@ _LOCATION_FIELDS = ("position", "store", "uri", "size", "status", "meta")
 _DOCUMENTS = ChildrenRow.__table__
 
 
-def _with_document(rows):
-    """A select of *rows* (the images table, or a page of it) with each image's
-    children document, NULL where there is none."""
-    return select(rows, _DOCUMENTS.c.document).select_from(
-        rows.outerjoin(_DOCUMENTS, _DOCUMENTS.c.image_id == rows.c.id)
+def _with_document(images):
+    """A select of the *images* table with each image's children document, NULL
+    where there is none (a list page joins its cut page the same way: _list_query)."""
+    return select(images, _DOCUMENTS.c.document).select_from(
+        images.outerjoin(_DOCUMENTS, _DOCUMENTS.c.image_id == images.c.id)
     )
 
 
@@ -1308,7 +1308,8 @@ _STATUSES = {status.value: status for status in Status}
 
 
 def _images_of(rows, read_children: Callable[[list[str]], dict]) -> list[Image]:
-    """Images of image *rows* (in order, each with its document: :func:`_with_document`),
+    """Images of image *rows* (in order, each with its document: :func:`_with_document`,
+    :func:`_list_query`),
     with the children their documents hold; ``read_children(ids)`` reads those of rows
     whose document is missing or of another version (written before migration 0010, or
     by a writer that did not keep it) from their own tables."""
