@@ -56,7 +56,7 @@ def collations(engine) -> tuple[dict, dict]:
 
 
 def test_head_is_the_latest_revision():
-    assert migrate.head() == "0011"
+    assert migrate.head() == "0012"
 
 
 def test_sync_empty_database(blank_engine):
@@ -125,11 +125,22 @@ def _at(revision: str) -> sa.MetaData:
     for each in Base.metadata.sorted_tables:
         if each.name not in later:
             each.to_metadata(metadata)
+    if revision < "0012":
+        _without_narrow_sort_keys(metadata)
     if revision < "0011":
         _without_covering_indexes(metadata)
     if revision < "0008":
         _without_list_indexes(metadata)
     return metadata
+
+
+def _without_narrow_sort_keys(metadata: sa.MetaData) -> None:
+    """The indexes before 0012: those of a project's narrow parts without name and size."""
+    images = metadata.tables["images"]
+    narrow = _migration("0012")
+    for name, columns in narrow.CHANGES:
+        images.indexes.discard(next(i for i in images.indexes if i.name == name))
+        sa.Index(name, *(images.c[c] for c in [*columns, *(c for c in narrow.TESTED if c not in columns)]))
 
 
 def _without_covering_indexes(metadata: sa.MetaData) -> None:
@@ -299,10 +310,11 @@ def test_metadefs_upgrade_and_downgrade(blank_engine):
         registry.close()
 
 
-@pytest.mark.parametrize("before, revision", [("0007", "0008"), ("0010", "0011")])
+@pytest.mark.parametrize("before, revision", [("0007", "0008"), ("0010", "0011"), ("0011", "0012")])
 def test_list_indexes_upgrade_and_downgrade(blank_engine, before, revision):
     """0008 swaps the list indexes on a database at 0007 that holds images (shared, with
-    a member, and tagged), and back again, as 0011 swaps them for covering ones; the
+    a member, and tagged), and back again, as 0011 swaps them for covering ones and 0012
+    adds sort keys to two; the
     images and lists stay. (The images are made and listed at the head: the registry
     reads and writes the head's schema.)"""
     from abbild.db.registry import SQLRegistry

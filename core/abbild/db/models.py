@@ -61,6 +61,9 @@ class Base(DeclarativeBase):
 # The columns of images that every list page tests, and the default sort key: each
 # index that serves a list holds them (see ImageRow).
 LIST_TESTED = ("deleted", "status", "os_hidden", "visibility", "owner", "created_at")
+# The sort keys besides created_at that the indexes of a project's narrow parts (its own
+# images, those shared with it: read whole, then sorted) hold too.
+NARROW_SORTED = ("name", "size")
 
 
 class ImageRow(Base):
@@ -104,17 +107,19 @@ class ImageRow(Base):
     # (LIST_TESTED), so a page's parts never read the table: a filter that passes over
     # many rows (a tag, a property) costs an index entry per row, not a table row too.
     # ix_images_list_id does the same for the images shared with a project, which are
-    # looked up by id. (Their prefixes serve status and owner lookups.)
+    # looked up by id. (Their prefixes serve status and owner lookups.) The two a
+    # project's narrow parts are read from, sorted afterwards, also hold the common
+    # sort keys (NARROW_SORTED), so that sort reads no table row either.
     __table_args__ = tuple(
-        Index(f"ix_images_list_{lead}", *columns, *(c for c in LIST_TESTED if c not in columns))
-        for lead, columns in (
-            ("created_at", ("created_at", "id")),
-            ("status", ("status", "created_at", "id")),
-            ("owner", ("owner", "created_at", "id")),
-            ("visibility", ("visibility", "created_at", "id")),
-            ("name", ("name", "created_at", "id")),
-            ("size", ("size", "created_at", "id")),
-            ("id", ("id",)),
+        Index(f"ix_images_list_{lead}", *columns, *(c for c in LIST_TESTED if c not in columns), *extra)
+        for lead, columns, extra in (
+            ("created_at", ("created_at", "id"), ()),
+            ("status", ("status", "created_at", "id"), ()),
+            ("owner", ("owner", "created_at", "id"), NARROW_SORTED),
+            ("visibility", ("visibility", "created_at", "id"), ()),
+            ("name", ("name", "created_at", "id"), ()),
+            ("size", ("size", "created_at", "id"), ()),
+            ("id", ("id",), NARROW_SORTED),
         )
     )
 
