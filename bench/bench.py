@@ -10,7 +10,10 @@ Measures, in one run and on the same bytes:
 (b) image upload throughput, with Content-Length and with chunked transfer
     encoding (the client streams from a file, 1 MiB at a time, never buffering);
 (c) image download throughput (to nowhere): the first download after the upload
-    (cold: the filesystem store writes past the page cache) and the next (warm),
+    (cold: the filesystem store writes past the page cache), beside the disk read
+    through the page cache the first time (any reader's limit for it), with
+    ``--store-dir`` once more after evicting the image's file from the page cache
+    (cold again, in page-cache memory used before), and the next (warm),
     the downloaded md5 checked against the image's ``checksum``, and -- with
     ``--server-pid`` -- the server's CPU
     seconds per GiB uploaded and downloaded (the process and all its children);
@@ -28,6 +31,7 @@ Every image it creates is deleted at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import http.client
 import json
@@ -316,6 +320,42 @@ def limit_direct_read(path: str, block: int = 16 * MiB) -> dict:
     return {"seconds": dt, "bytes": n, "mib_s": mib_s(n, dt)}
 
 
+def limit_first_buffered_read(path: str, tmpdir: str, block: int = 16 * MiB) -> dict:
+    """What any reader gets from the disk through the page cache the first time: a
+    copy of the file written with O_DIRECT (as the store writes an upload, untimed),
+    then one sequential buffered pass over it into a reused buffer (timed), as a cold
+    download reads it. The pages it fills are taken fresh, like a first download's;
+    on some VMs (memory the host backs on first touch) that costs more than the disk.
+    Run it after the cold download: the pages it frees would make that one warmer."""
+    import mmap
+
+    buf = mmap.mmap(-1, block)
+    n = 0
+    try:
+        with direct_copy(path, tmpdir, buf) as (dst, _, _):
+            fd = os.open(dst, os.O_RDONLY)
+            try:
+                evict(fd)  # nothing of it cached, whatever the filesystem did
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # as the store's reader
+                t0 = time.perf_counter()
+                while k := os.readv(fd, [buf]):
+                    n += k
+                dt = time.perf_counter() - t0
+                evict(fd)
+            finally:
+                os.close(fd)
+    except OSError as e:  # tmpfs and a few others refuse O_DIRECT
+        return {"seconds": None, "bytes": 0, "mib_s": None, "error": str(e)}
+    finally:
+        buf.close()
+    return {"seconds": dt, "bytes": n, "mib_s": mib_s(n, dt)}
+
+
+def evict(fd: int) -> None:
+    """Drop a file's pages from the page cache (written back already: they are clean)."""
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
 def limit_direct_write(path: str, tmpdir: str, block: int = 16 * MiB) -> dict:
     """What the disk takes: the file (from the page cache) written to a new file in
     *tmpdir* with O_DIRECT, *block* bytes per aligned write, fsynced. The ceiling of an
@@ -323,10 +363,27 @@ def limit_direct_write(path: str, tmpdir: str, block: int = 16 * MiB) -> dict:
     of the store's datadir."""
     import mmap
 
-    if not hasattr(os, "O_DIRECT"):
-        return {"seconds": None, "bytes": 0, "mib_s": None, "error": "no O_DIRECT on this platform"}
-    fd_out, dst = tempfile.mkstemp(prefix="abbild-bench-direct-", dir=tmpdir)
     buf = mmap.mmap(-1, block)
+    try:
+        with direct_copy(path, tmpdir, buf) as (_, n, dt):
+            pass
+    except OSError as e:  # tmpfs and a few others refuse O_DIRECT
+        return {"seconds": None, "bytes": 0, "mib_s": None, "error": str(e)}
+    finally:
+        buf.close()
+    return {"seconds": dt, "bytes": n, "mib_s": mib_s(n, dt)}
+
+
+@contextlib.contextmanager
+def direct_copy(path: str, tmpdir: str, buf):
+    """A copy of *path* in *tmpdir*, written with O_DIRECT through the page-aligned
+    *buf* (the tail, unless aligned, through the page cache, as the store writes it)
+    and fsynced: ``(its path, bytes, seconds the writing took)``; removed afterwards.
+
+    :raises OSError: the filesystem refuses O_DIRECT (tmpfs and a few others)."""
+    if not hasattr(os, "O_DIRECT"):
+        raise OSError("no O_DIRECT on this platform")
+    fd_out, dst = tempfile.mkstemp(prefix="abbild-bench-direct-", dir=tmpdir)
     n = 0
     try:
         fd = os.open(dst, os.O_WRONLY | os.O_DIRECT)
@@ -334,7 +391,6 @@ def limit_direct_write(path: str, tmpdir: str, block: int = 16 * MiB) -> dict:
             with open(path, "rb", buffering=0) as src:
                 t0 = time.perf_counter()
                 while k := src.readinto(buf):
-                    # The tail, unless aligned, goes through the page cache (as the store's).
                     os.write(fd if k % 4096 == 0 else fd_out, memoryview(buf)[:k])
                     n += k
                 os.fsync(fd)
@@ -342,13 +398,10 @@ def limit_direct_write(path: str, tmpdir: str, block: int = 16 * MiB) -> dict:
                 dt = time.perf_counter() - t0
         finally:
             os.close(fd)
-    except OSError as e:  # tmpfs and a few others refuse O_DIRECT
-        return {"seconds": None, "bytes": 0, "mib_s": None, "error": str(e)}
+        yield dst, n, dt
     finally:
         os.close(fd_out)
         os.unlink(dst)
-        buf.close()
-    return {"seconds": dt, "bytes": n, "mib_s": mib_s(n, dt)}
 
 
 def limit_sendfile(path: str) -> dict:
@@ -652,6 +705,8 @@ def report(res: dict) -> None:
             ("upload_chunked", "upload, chunked"),
             ("disk_read_adjacent", "disk O_DIRECT read, just before the cold download"),
             ("download", "download, cold (to nowhere)"),
+            ("first_buffered_read", "disk read via page cache, first time, just after"),
+            ("download_evicted", "download, cold again (file evicted)"),
             ("download_warm", "download, warm (to nowhere), best run"),
             ("download_md5", "download + md5 (verify)"),
         ):
@@ -724,9 +779,15 @@ def report(res: dict) -> None:
                     ]
                 )
         disk = t.get("disk_read_adjacent", {}).get("mib_s") or lim.get("direct_read", {}).get("mib_s")
+        first = t.get("first_buffered_read", {}).get("mib_s")
+        slower = min(disk or math.inf, lim["sendfile"]["mib_s"])
         for key, label, ref, ref_label in (
             ("download", "download cold MiB/s / disk O_DIRECT read", disk, "adjacent"),
             ("download", "download cold MiB/s / disk O_DIRECT read", lim.get("direct_read", {}).get("mib_s"), "best"),
+            ("download", "download cold MiB/s / disk read via page cache", first, "first time"),
+            ("download_evicted", "download cold again MiB/s / disk O_DIRECT read", disk, "adjacent"),
+            # From the disk to a socket: the slower of the two is the ceiling.
+            ("download_evicted", "download cold again MiB/s / slower of disk, sendfile", slower, "ceiling"),
             ("download_warm", "download warm MiB/s / bare sendfile", lim["sendfile"]["mib_s"], "best"),
         ):
             if key in t and ref:
@@ -741,9 +802,12 @@ def report(res: dict) -> None:
                 )
         for key, label in (
             ("download", "server CPU s/GiB download, cold"),
+            ("download_evicted", "server CPU s/GiB download, cold again"),
             ("download_warm", "server CPU s/GiB download, warm"),
         ):
-            d = t.get(key, {}).get("server_cpu_s_per_gib")
+            if key not in t:
+                continue
+            d = t[key].get("server_cpu_s_per_gib")
             rows.append(
                 [
                     label,
@@ -797,6 +861,11 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--server-pid", type=int, help="server pid: report its CPU time (incl. child processes)")
     ap.add_argument("--tmpdir", default=None, help="where the random file and the copy go (default: $TMPDIR)")
+    ap.add_argument(
+        "--store-dir",
+        help="the filesystem store's datadir (abbild serve --data-dir D: D/images): "
+        "also download the image again after evicting its file from the page cache",
+    )
     ap.add_argument(
         "--repeat", type=int, default=2, help="runs of each machine limit; the best counts (default %(default)s)"
     )
@@ -865,6 +934,14 @@ def main(argv=None) -> int:
             t["disk_read_adjacent"] = limit_direct_read(src)
             log(f"download: GET image {image_id} (cold: from the disk)")
             t["download"] = download(api, image_id, meter, with_md5=False)
+            log("the disk read through the page cache, first time, just after the cold download")
+            t["first_buffered_read"] = limit_first_buffered_read(src, tmpdir)
+            if args.store_dir:
+                stored = os.path.join(args.store_dir, image_id)
+                log(f"download: GET image {image_id} (cold again: {stored} evicted from the page cache)")
+                with open(stored, "rb") as f:
+                    evict(f.fileno())
+                t["download_evicted"] = download(api, image_id, meter, with_md5=False)
             # Best of --repeat, as the limits it is compared with (a warm download can be repeated).
             runs = []
             for i in range(max(1, args.repeat)):
