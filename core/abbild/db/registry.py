@@ -127,6 +127,7 @@ _TIMES = ("created_at", "updated_at", "deleted_at", "upload_lease")
 _NULLABLE_SORT_KEYS = {"name", "container_format", "disk_format", "size"}
 # Never listed: deleted for every caller (pending_delete: only its data is still going).
 _HIDDEN_STATUSES = (Status.DELETED.value, Status.KILLED.value, Status.PENDING_DELETE.value)
+
 _TIME_FILTER_COLUMNS = ("created_at", "updated_at")
 
 
@@ -228,46 +229,63 @@ class _Raw:
         return [values[name] for name in self._names] if self._names else values
 
 
+@contextlib.contextmanager
+def _raw_cursor(engine):
+    """A DBAPI cursor on a pooled connection, for reads with :class:`_Raw` statements.
+
+    :raises RegistryUnavailable: the database cannot be reached."""
+    connection = None
+    try:
+        connection = engine.raw_connection()
+        cursor = connection.cursor()
+        try:
+            yield cursor
+        finally:
+            cursor.close()
+    except engine.dialect.loaded_dbapi.OperationalError as exc:
+        if connection is not None and engine.dialect.is_disconnect(exc, connection.dbapi_connection, None):
+            connection.invalidate()
+        raise RegistryUnavailable(str(exc)) from exc
+    finally:
+        if connection is not None:
+            connection.close()
+
+
+def _result_processors(dialect, statement) -> list:
+    """``(position, convert)`` for the columns *statement* selects whose values the
+    DBAPI returns in another form than SQLAlchemy would (SQLite's datetimes, booleans)."""
+    return [
+        (i, p)
+        for i, c in enumerate(statement.selected_columns)
+        if (p := c.type.dialect_impl(dialect).result_processor(dialect, None))
+    ]
+
+
+def _converted(row, processors: list) -> list:
+    row = list(row)
+    for i, process in processors:
+        row[i] = process(row[i])
+    return row
+
+
 class _OneRow:
     """A read of one row on a pooled DBAPI connection (see :class:`_Raw`); the row's
     values pass through their columns' own result processors, as SQLAlchemy would
     convert them."""
 
     def __init__(self, engine, statement) -> None:
-        dialect = engine.dialect
         self._engine = engine
-        self._statement = _Raw(dialect, statement)
-        columns = list(statement.selected_columns)
-        self._processors = [
-            (i, p) for i, c in enumerate(columns) if (p := c.type.dialect_impl(dialect).result_processor(dialect, None))
-        ]
-        self._row = collections.namedtuple("Row", [column.key for column in columns])
+        self._statement = _Raw(engine.dialect, statement)
+        self._processors = _result_processors(engine.dialect, statement)
+        self._row = collections.namedtuple("Row", [column.key for column in statement.selected_columns])
 
     def first(self, **params):
         """:returns: the first row, or None. :raises RegistryUnavailable: the
         database cannot be reached."""
-        engine, connection = self._engine, None
-        try:
-            connection = engine.raw_connection()
-            cursor = connection.cursor()
-            try:
-                cursor.execute(self._statement.sql, self._statement.args(params))
-                row = cursor.fetchone()
-            finally:
-                cursor.close()
-        except engine.dialect.loaded_dbapi.OperationalError as exc:
-            if connection is not None and engine.dialect.is_disconnect(exc, connection.dbapi_connection, None):
-                connection.invalidate()
-            raise RegistryUnavailable(str(exc)) from exc
-        finally:
-            if connection is not None:
-                connection.close()
-        if row is None:
-            return None
-        row = list(row)
-        for i, process in self._processors:
-            row[i] = process(row[i])
-        return self._row(*row)
+        with _raw_cursor(self._engine) as cursor:
+            cursor.execute(self._statement.sql, self._statement.args(params))
+            row = cursor.fetchone()
+        return None if row is None else self._row(*_converted(row, self._processors))
 
 
 def _retryable(exc: DBAPIError) -> bool:
@@ -327,7 +345,9 @@ class SQLRegistry(Registry):
         )
         # List statements by shape (see list_images): building one costs more CPU
         # than running it.
-        self._list_statements: dict[tuple, object] = {}
+        self._list_statements: dict[tuple, _Raw] = {}
+        self._image_processors = _result_processors(dialect, _SELECT_IMAGES)
+        self._page_processors = _result_processors(dialect, _with_document(_IMAGES))
 
     def prepare(self) -> None:
         """Make sure the database schema is current before serving.
@@ -535,27 +555,29 @@ class SQLRegistry(Registry):
         rows.
 
         The statement depends only on the request's shape (which filters, sorts and
-        visibility parts, whether a marker and which of its keys are NULL); the values
-        are its parameters, so a shape is built (and compiled) once."""
+        visibility parts, how many values an IN filter has, whether a marker and which
+        of its keys are NULL); the values are its parameters, so a shape is built and
+        compiled once, and runs on the DBAPI: SQLAlchemy's execution and rows cost
+        0.3 ms a page on SQLite, 0.5 on PostgreSQL (see :class:`_Raw`)."""
         viewer = viewer or Viewer(is_admin=True)
         keys = _sort_keys(sort)
         tests, params = _filter_params(filters)
         params.update(limit=limit, project=viewer.project_id, visibility=filters.visibility)
         params["member_status"] = filters.member_status
-        with self._connection() as conn:
+        with _raw_cursor(self.engine) as cursor:
             marker_nulls = None
             if marker is not None:
                 # The marker must be an image the viewer may read (GLANCE-API 4.3: an
                 # unknown or invisible marker is a 400), else paging would leak ids.
-                marker_row = conn.execute(
-                    self._statement(("marker", viewer.is_admin, viewer.project_id is None), _marker_query, viewer),
-                    {"marker": marker, "project": viewer.project_id},
-                ).first()
+                query = self._statement(("marker", viewer.is_admin, viewer.project_id is None), _marker_query, viewer)
+                cursor.execute(query.sql, query.args({"marker": marker, "project": viewer.project_id}))
+                marker_row = cursor.fetchone()
                 if marker_row is None:
                     raise Invalid(f"Invalid marker {marker}: no image with that ID")
+                marker_row = _converted(marker_row, self._image_processors)
                 for column, _ in keys:
-                    params[f"marker_{column.key}"] = getattr(marker_row, column.key)
-                marker_nulls = tuple(getattr(marker_row, column.key) is None for column, _ in keys)
+                    params[f"marker_{column.key}"] = marker_row[_POSITIONS[column.key]]
+                marker_nulls = tuple(params[f"marker_{column.key}"] is None for column, _ in keys)
             visibility = filters.visibility if filters.visibility in (None, "all") else "one"
             if not viewer.is_admin:
                 visibility = filters.visibility  # it decides which parts there are
@@ -569,16 +591,20 @@ class SQLRegistry(Registry):
                 tests,
                 marker_nulls,
             )
-            query = self._statement(shape, _list_query, keys, tests, viewer, filters, marker_nulls, conn.dialect.name)
-            return _images_of(conn.execute(query, params), lambda ids: children_from_tables(conn, ids))
+            dialect = self.engine.dialect.name
+            query = self._statement(shape, _list_query, keys, tests, viewer, filters, marker_nulls, dialect)
+            cursor.execute(query.sql, query.args(params))
+            rows = cursor.fetchall()
+        rows = [_converted(row, self._page_processors) for row in rows]
+        return _images_of(rows, self._children_apart)
 
-    def _statement(self, shape: tuple, build, *args):
-        """The statement of *shape*, built by ``build(*args)`` the first time."""
+    def _statement(self, shape: tuple, build, *args) -> _Raw:
+        """The statement of *shape*, built by ``build(*args)`` and compiled the first time."""
         statement = self._list_statements.get(shape)
         if statement is None:
             if len(self._list_statements) > 1000:  # odd requests must not grow it forever
                 self._list_statements.clear()
-            statement = self._list_statements[shape] = build(*args)
+            statement = self._list_statements[shape] = _Raw(self.engine.dialect, build(*args))
         return statement
 
     # -- the cache index ----------------------------------------------------------------
@@ -1449,6 +1475,13 @@ def _write_children(session: Session, image: Image, old) -> None:
 # -- list queries -------------------------------------------------------------------------
 
 
+def _fixed(values) -> list:
+    """*values* for an IN list that a statement holds, a bound parameter each: an IN
+    list of plain values is a parameter SQLAlchemy expands at every run, which a
+    statement compiled once and run on the DBAPI (:class:`_Raw`) cannot."""
+    return [literal(value) for value in values]
+
+
 def _owned_by(project: str | None):
     # A viewer without a project owns nothing (``owner == None`` would mean IS NULL).
     return false() if project is None else ImageRow.owner == bindparam("project")
@@ -1459,7 +1492,7 @@ def _scope(viewer: Viewer):
     their own, those without an owner, and shared ones they are a member of (in any
     status)."""
     conditions = [
-        ImageRow.visibility.in_(("public", "community")),
+        ImageRow.visibility.in_(_fixed(("public", "community"))),
         _owned_by(viewer.project_id),
         ImageRow.owner.is_(None),
     ]
@@ -1486,7 +1519,7 @@ def _list_query(keys, tests, viewer: Viewer, filters: ImageFilters, marker_nulls
     postgres = dialect == "postgresql"
     conditions = [
         _IMAGES.c.deleted == false(),
-        _IMAGES.c.status.not_in(_HIDDEN_STATUSES),
+        _IMAGES.c.status.not_in(_fixed(_HIDDEN_STATUSES)),
         *_visibility_conditions(filters, viewer),
         *_filter_conditions(tests),
     ]
@@ -1566,9 +1599,9 @@ def _scope_parts(viewer: Viewer, filters: ImageFilters) -> list[tuple[list, bool
         elsewhere.append("community")
     if project is not None:
         # In a default list the viewer's community images are among its own.
-        parts.append(([ImageRow.owner == bindparam("project"), ImageRow.visibility.not_in(elsewhere)], False))
+        parts.append(([ImageRow.owner == bindparam("project"), ImageRow.visibility.not_in(_fixed(elsewhere))], False))
     # Nobody's community images are in the community part, or in no default list.
-    parts.append(([ImageRow.owner.is_(None), ImageRow.visibility.not_in(("public", "community"))], False))
+    parts.append(([ImageRow.owner.is_(None), ImageRow.visibility.not_in(_fixed(("public", "community")))], False))
     if project is not None and wanted in (None, "all", "shared"):
         memberships = select(MemberRow.image_id).where(
             MemberRow.member == bindparam("project"),
@@ -1602,7 +1635,6 @@ def _ordering(keys, columns, postgres: bool) -> list:
 
 
 _TESTS = {
-    "in": lambda c, v: c.in_(v),
     "eq": lambda c, v: c == v,
     "gt": lambda c, v: c > v,
     "gte": lambda c, v: c >= v,
@@ -1613,16 +1645,19 @@ _TESTS = {
 
 
 def _filter_params(filters: ImageFilters) -> tuple[tuple, dict]:
-    """The filters as tests ``(operator, column)`` (the statement's shape) and their
-    values, the parameters ``filter_<i>`` (for a property ``filter_<i>`` is its name,
-    ``filter_<i>_value`` its value).
+    """The filters as tests ``(operator, column)`` (the statement's shape; an IN's
+    ``("in", column, number of values)``) and their values, the parameters
+    ``filter_<i>`` (an IN's ``filter_<i>_<j>``; for a property ``filter_<i>`` is its
+    name, ``filter_<i>_value`` its value).
 
     :raises abbild.errors.Invalid: a filter names a column it cannot apply to."""
     tests, values = [], []
     for name, allowed in filters.values.items():
         if name not in IN_FILTERS:
             raise Invalid(f"Invalid filter: {name}")
-        tests.append(("in", name))
+        # One parameter per value, their number part of the shape: a statement is
+        # compiled once, IN lists and all, and run on the DBAPI (see _Raw).
+        tests.append(("in", name, len(allowed)))
         values.append(list(allowed))
     for name, number in filters.numbers.items():
         if name not in NUMBER_FILTERS:
@@ -1654,18 +1689,23 @@ def _filter_params(filters: ImageFilters) -> tuple[tuple, dict]:
         params[f"filter_{len(tests)}_value"] = value
         tests.append(("property", None))
         values.append(name)
-    params.update((f"filter_{i}", value) for i, value in enumerate(values))
+    for i, (test, value) in enumerate(zip(tests, values, strict=True)):
+        if test[0] == "in":
+            params.update((f"filter_{i}_{j}", one) for j, one in enumerate(value))
+        else:
+            params[f"filter_{i}"] = value
     return tuple(tests), params
 
 
 def _filter_conditions(tests: tuple) -> list:
     """The conditions of :func:`_filter_params`'s *tests*, on its parameters."""
     conditions = []
-    for i, (test, name) in enumerate(tests):
-        if test == "tag":
+    for i, test in enumerate(tests):
+        operator, name = test[:2]
+        if operator == "tag":
             value = bindparam(f"filter_{i}", type_=TagRow.value.type)
             conditions.append(exists().where(TagRow.image_id == ImageRow.id, TagRow.value == value))
-        elif test == "property":
+        elif operator == "property":
             conditions.append(
                 exists().where(
                     PropertyRow.image_id == ImageRow.id,
@@ -1673,10 +1713,12 @@ def _filter_conditions(tests: tuple) -> list:
                     PropertyRow.value == bindparam(f"filter_{i}_value", type_=PropertyRow.value.type),
                 )
             )
+        elif operator == "in":
+            column = getattr(ImageRow, name)
+            conditions.append(column.in_([bindparam(f"filter_{i}_{j}", type_=column.type) for j in range(test[2])]))
         else:
             column = getattr(ImageRow, name)
-            value = bindparam(f"filter_{i}", type_=column.type, expanding=test == "in")
-            conditions.append(_TESTS[test](column, value))
+            conditions.append(_TESTS[operator](column, bindparam(f"filter_{i}", type_=column.type)))
     return conditions
 
 
@@ -1726,7 +1768,9 @@ def _after_marker(keys, marker_nulls: tuple):
             same = column.is_(None)
         else:
             value = bindparam(f"marker_{column.key}", type_=column.type)
-            after = column > value if direction == "asc" else or_(column < value, column.is_(None))
+            after = column > value
+            if direction == "desc":  # NULLs come last, where the column can hold any
+                after = or_(column < value, column.is_(None)) if column.expression.nullable else column < value
             same = column == value
         clauses.append(and_(*equal_so_far, after))
         equal_so_far.append(same)
