@@ -127,7 +127,6 @@ _TIMES = ("created_at", "updated_at", "deleted_at", "upload_lease")
 _NULLABLE_SORT_KEYS = {"name", "container_format", "disk_format", "size"}
 # Never listed: deleted for every caller (pending_delete: only its data is still going).
 _HIDDEN_STATUSES = (Status.DELETED.value, Status.KILLED.value, Status.PENDING_DELETE.value)
-
 _TIME_FILTER_COLUMNS = ("created_at", "updated_at")
 
 
@@ -198,7 +197,7 @@ def make_engine(url: str, pool_size: int = 10):
         # 41 ms with two workers, 8 ms without, measured at 100,000 images). And
         # always a plan for the values at hand: psycopg prepares a statement run five
         # times on a connection, and PostgreSQL's generic plan for it, chosen after
-        # five runs more, made some list pages 2-4 times slower.
+        # five runs more, made some list pages 2-5 times slower.
         options = "-c max_parallel_workers_per_gather=0 -c plan_cache_mode=force_custom_plan"
         kwargs["connect_args"] = {"options": options}
     return create_engine(url, **kwargs)
