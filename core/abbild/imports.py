@@ -622,8 +622,10 @@ class Imports:
         except Exception as exc:
             LOG.warning("image %s: import (task %s) failed: %s", claim.image_id, task_id, exc)
             self.claims.drop(claim)
-            self._revert(claim, task_id, req, exc, keep_stage=req.method == "glance-direct")
+            # The task first: once the image shows the import ended (no
+            # os_glance_import_task), its task says how.
             task = self._fail_task(task_id, _reason(exc))
+            self._revert(claim, task_id, req, exc, keep_stage=req.method == "glance-direct")
             return
         self.claims.drop(claim)
         task = self._task(task_id, TaskStatus.SUCCESS, progress.message, result=result)
