@@ -132,7 +132,18 @@ class PropertyRow(Base):
     name: Mapped[str255]
     value: Mapped[str] = mapped_column(_TEXT)
 
-    __table_args__ = (UniqueConstraint("image_id", "name"), Index(None, "name"))
+    # A property filter tests each listed image for its (name, value) row. On SQLite
+    # ix_image_properties_covering answers that from the index, without the table row
+    # that (image_id, name) would need for the value (a project's page filtered by a
+    # property at 100,000 images: 3.9-4.6 -> 2.7-2.9 ms). It is UNIQUE because SQLite
+    # takes the first unique index whose columns a lookup fixes, and a table's newer
+    # indexes come first. Only SQLite: PostgreSQL's and MariaDB's btrees cannot hold
+    # a long value.
+    __table_args__ = (
+        UniqueConstraint("image_id", "name"),
+        Index(None, "name"),
+        Index("ix_image_properties_covering", "image_id", "name", "value", unique=True).ddl_if(dialect="sqlite"),
+    )
 
 
 class TagRow(Base):
