@@ -622,10 +622,11 @@ class Imports:
         except Exception as exc:
             LOG.warning("image %s: import (task %s) failed: %s", claim.image_id, task_id, exc)
             self.claims.drop(claim)
-            # The task first: once the image shows the import ended (no
-            # os_glance_import_task), its task says how.
-            task = self._fail_task(task_id, _reason(exc))
+            # The image first: a keystone-mode registry lets the service token end only
+            # an import whose task is still at work. So the task settles last, and the
+            # task, not the image, is where a client waits for the outcome.
             self._revert(claim, task_id, req, exc, keep_stage=req.method == "glance-direct")
+            task = self._fail_task(task_id, _reason(exc))
             return
         self.claims.drop(claim)
         task = self._task(task_id, TaskStatus.SUCCESS, progress.message, result=result)

@@ -49,6 +49,27 @@ def wait_for(condition, timeout: float = 20.0, what: str = "condition") -> None:
         time.sleep(0.05)
 
 
+def wait_import_done(url: str, image_id: str, headers: dict | None = None, timeout: float = 60) -> dict:
+    """The image once its import has ended: no lock holds it, and its tasks have
+    settled. The task settles last (the job ends the import while its task is still
+    at work, the only time a keystone-mode registry lets it), so a client waits for
+    both."""
+    import requests
+
+    def get(path: str) -> dict:
+        resp = requests.get(f"{url}/v2/images/{image_id}{path}", headers=headers or {}, timeout=30)
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    def ended() -> bool:
+        if get("").get("os_glance_import_task"):
+            return False
+        return all(task["status"] in ("success", "failure") for task in get("/tasks")["tasks"])
+
+    wait_for(ended, timeout, f"the import of image {image_id} to end")
+    return get("")
+
+
 @contextlib.contextmanager
 def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
     """A threading HTTP server on a free loopback port answering with *handler*: its URL."""

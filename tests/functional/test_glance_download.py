@@ -16,8 +16,8 @@ import requests
 from abbild import config as abbild_config
 from abbild.service import load_registry
 from abbild.testing.backends import backend_unavailable
+from tests.functional import helpers
 from tests.functional import keystone as ks
-from tests.functional.helpers import wait_for
 
 PASSWORD = "abbild-test-pw"
 SERVICE_USER, SERVICE_PROJECT = "abbild-service", "service"
@@ -147,9 +147,8 @@ def local_image(url: str, token: str) -> str:
 
 
 def wait_import_done(url: str, token: str, image_id: str, timeout: float = 60):
-    client = glance(url, token)
-    wait_for(lambda: not client.images.get(image_id).get("os_glance_import_task"), timeout, "the import to end")
-    return client.images.get(image_id)
+    helpers.wait_import_done(url, image_id, {"X-Auth-Token": token}, timeout)
+    return glance(url, token).images.get(image_id)
 
 
 def test_the_remote_image_is_imported_with_its_properties(target, region, remote_image, alice):

@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from tests.functional.clis import executable, run
-from tests.functional.helpers import serving, wait_for
+from tests.functional.helpers import serving, wait_for, wait_import_done
 from tests.functional.test_clients_cli import OPENSTACK_AUTH
 
 OCTET = {"Content-Type": "application/octet-stream"}
@@ -87,12 +87,6 @@ def import_(url: str, image_id: str, body: dict, **headers) -> requests.Response
 
 def wait_status(url: str, image_id: str, status: str, timeout: float = 30) -> dict:
     wait_for(lambda: get(url, image_id)["status"] == status, timeout, f"image {image_id} {status}")
-    return get(url, image_id)
-
-
-def wait_import_done(url: str, image_id: str, timeout: float = 30) -> dict:
-    """The image once no import holds it any more."""
-    wait_for(lambda: not get(url, image_id).get("os_glance_import_task"), timeout, "the import to end")
     return get(url, image_id)
 
 

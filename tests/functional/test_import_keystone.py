@@ -10,6 +10,7 @@ may not do to an import's bookkeeping straight through the registry (the rules o
 from __future__ import annotations
 
 import hashlib
+import http.server
 import os
 import subprocess
 import uuid
@@ -202,6 +203,32 @@ def test_web_download_from_loopback(servers, tokens):
     assert download(api, image_id, owner) == DATA
     [task] = tasks_of(api, image_id, owner)
     assert task["status"] == "success", task
+
+
+class Broken(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        self.send_error(500, "broken source")
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_failed_import_is_undone_by_the_service_token_alone(servers, tokens):
+    """A web-download whose source fails: the background job, which holds the service
+    token alone, can only end an import whose task is still at work. So it puts the
+    image back (queued, no lock) first, then fails the task: once the task shows the
+    failure, the image is free again."""
+    api, _ = servers
+    owner = tokens["owner"]
+    image_id = create(api, owner)
+    with serving(Broken) as base:
+        resp = import_(api, image_id, owner, {"method": {"name": "web-download", "uri": f"{base}/disk.raw"}})
+        assert resp.status_code == 202, resp.text
+        wait_for(lambda: tasks_of(api, image_id, owner)[0]["status"] == "failure", 60, "the import's task failed")
+    [task] = tasks_of(api, image_id, owner)
+    assert "500" in task["message"], task
+    image = get(api, image_id, owner)
+    assert image["status"] == "queued" and "os_glance_import_task" not in image, image
 
 
 def test_admin_copies_an_image_to_a_second_store(servers, tokens, admin):

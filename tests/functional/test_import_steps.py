@@ -23,7 +23,7 @@ from abbild import config
 from abbild.service import load_registry
 from abbild.testing.backends import backend_unavailable, read_env_file
 from tests.functional.clis import executable
-from tests.functional.helpers import serving, wait_for
+from tests.functional.helpers import serving, wait_import_done
 from tests.functional.test_import import handler
 
 MIB = 1 << 20
@@ -116,11 +116,6 @@ def create(url: str, disk_format: str = "qcow2") -> str:
     resp = requests.post(f"{url}/v2/images", json=body, timeout=10)
     assert resp.status_code == 201, resp.text
     return resp.json()["id"]
-
-
-def wait_import_done(url: str, image_id: str, timeout: float = 60) -> dict:
-    wait_for(lambda: not get(url, image_id).get("os_glance_import_task"), timeout, "the import to end")
-    return get(url, image_id)
 
 
 def staged_files(srv) -> list[str]:
