@@ -11,8 +11,8 @@ processes, from /proc):
 
 - GET one image;
 - list pages, limit=100: the default sort, the common filters (name, status,
-  visibility, owner, tag, a property, shared images by member_status) and sorts
-  (name:asc, size:desc), each as the first page and a deep one (a marker far into the
+  visibility, owner, a common and a rare tag, a common and a rare property value,
+  shared images by member_status) and sorts (name:asc, size:desc), each as the first page and a deep one (a marker far into the
   list), as an administrator and as a project;
 - creates with 4 writer threads (creates/s, CPU ms each).
 
@@ -74,6 +74,14 @@ SHAPES = [
     ("owner=", {"owner": "<project>"}, ImageFilters(owner="<project>"), []),
     ("tag=golden", {"tag": "golden"}, ImageFilters(tags=["golden"]), []),
     ("os_distro=debian", {"os_distro": "debian"}, ImageFilters(properties={"os_distro": "debian"}), []),
+    # few images have these (bench/seed.py: RARE_TAG, RARE_DISTRO)
+    (f"tag={seeding.RARE_TAG}", {"tag": seeding.RARE_TAG}, ImageFilters(tags=[seeding.RARE_TAG]), []),
+    (
+        f"os_distro={seeding.RARE_DISTRO}",
+        {"os_distro": seeding.RARE_DISTRO},
+        ImageFilters(properties={"os_distro": seeding.RARE_DISTRO}),
+        [],
+    ),
     (
         "shared pending",
         {"visibility": "shared", "member_status": "pending"},

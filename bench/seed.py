@@ -7,8 +7,8 @@
 The schema is brought to head first (as ``abbild db sync``). The images come from a
 seeded random generator, so the same --seed gives the same database: 200 projects
 owning them, every visibility, mostly active images (some queued, saving, deactivated,
-killed, deleted), distro-style names that repeat, 5-15 properties and 0-3 tags each, a
-file location on images with data, members on shared images (pending, accepted,
+killed, deleted), distro-style names that repeat, 5-15 properties and 0-3 tags each
+(and, on one image in 5,000, a rare tag and a rare os_distro value), a file location on images with data, members on shared images (pending, accepted,
 rejected), created_at spread over two years.
 
 Rows are written in bulk (executemany, thousands per transaction), not through
@@ -57,6 +57,11 @@ TAGS = [
     "golden", "ci", "nightly", "release", "gpu", "hardened", "fips", "test",
     "k8s", "legacy", "approved", "deprecated", "base", "lts", "edge", "arm",
 ]  # fmt: skip
+# A tag and an os_distro value one image in RARE_EVERY has (20 at 100,000): filters that
+# match few images.
+RARE_EVERY = 5000
+RARE_TAG = "customer-acme"
+RARE_DISTRO = "gentoo"
 # (weight, status)
 STATUSES = [
     (85, "active"),
@@ -144,8 +149,11 @@ def make_image(rng: random.Random, projects: list[str], index: int, count: int) 
         properties["os_type"] = "windows"
     extra = rng.sample(list(OPTIONAL_PROPERTIES), rng.randint(1, 11))
     properties.update({key: rng.choice(OPTIONAL_PROPERTIES[key]) for key in extra})
-    image.properties = properties
     image.tags = set(rng.sample(TAGS, rng.choice([0, 0, 1, 1, 2, 3])))
+    if index % RARE_EVERY == RARE_EVERY - 1:  # without a draw: the other images stay as they were
+        properties["os_distro"] = RARE_DISTRO
+        image.tags.add(RARE_TAG)
+    image.properties = properties
     members = []
     if visibility == "shared":
         others = rng.sample(projects, rng.randint(0 if rng.random() < 0.2 else 1, 5))

@@ -139,7 +139,7 @@ def _at(revision: str) -> sa.MetaData:
         if each.name not in later:
             each.to_metadata(metadata)
     if revision < "0013":
-        _without_covering_property_index(metadata)
+        _without_property_filter_indexes(metadata)
     if revision < "0012":
         _without_narrow_sort_keys(metadata)
     if revision < "0011":
@@ -149,10 +149,11 @@ def _at(revision: str) -> sa.MetaData:
     return metadata
 
 
-def _without_covering_property_index(metadata: sa.MetaData) -> None:
-    """The indexes before 0013: image_properties without SQLite's covering one."""
+def _without_property_filter_indexes(metadata: sa.MetaData) -> None:
+    """The indexes before 0013: image_properties without those of names and values."""
     properties = metadata.tables["image_properties"]
-    properties.indexes.discard(next(i for i in properties.indexes if i.name == _migration("0013").INDEX))
+    for _, name, _, _ in _migration("0013").INDEXES:
+        properties.indexes.discard(next(i for i in properties.indexes if i.name == name))
 
 
 def _without_narrow_sort_keys(metadata: sa.MetaData) -> None:
@@ -335,7 +336,7 @@ def test_metadefs_upgrade_and_downgrade(blank_engine):
 def test_list_indexes_upgrade_and_downgrade(blank_engine, before, revision):
     """0008 swaps the list indexes on a database at 0007 that holds images (shared, with
     a member, tagged, with a property), and back again, as 0011 swaps them for covering
-    ones, 0012 adds sort keys to two and 0013 (SQLite) covers property filters; the
+    ones, 0012 adds sort keys to two and 0013 indexes property values; the
     images and lists stay. (The images are made and listed at the head: the registry
     reads and writes the head's schema.)"""
     from abbild.db.registry import SQLRegistry

@@ -15,6 +15,7 @@ from sqlalchemy import delete as delete_rows
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from abbild.db import registry as db_registry
 from abbild.db.models import ChildrenRow, ImageRow, MemberRow, PropertyRow, TagRow
 from abbild.db.registry import SQLRegistry, make_engine
 from abbild.errors import (
@@ -574,6 +575,50 @@ FILTER_CASES = {
 @pytest.mark.parametrize("filters,expected", FILTER_CASES.values(), ids=FILTER_CASES.keys())
 def test_filter(catalog, filters, expected):
     assert list_names(catalog, filters) == expected
+
+
+TAG_AND_PROPERTY_CASES = {name: case for name, case in FILTER_CASES.items() if case[0].tags or case[0].properties}
+
+
+@pytest.mark.parametrize("few", [0, 1, 1000], ids=["each image tested", "the rarest drives", "any could drive"])
+@pytest.mark.parametrize("filters,expected", TAG_AND_PROPERTY_CASES.values(), ids=TAG_AND_PROPERTY_CASES.keys())
+def test_tag_and_property_filters_whichever_drives(catalog, monkeypatch, few, filters, expected):
+    """On SQLite a tag or property filter that few images match drives the page (its
+    images are read first); one that many match is tested on each image read in sort
+    order. Both find the same images (elsewhere the database's planner decides)."""
+    monkeypatch.setattr(db_registry, "FEW_TO_DRIVE", few)
+    assert list_names(catalog, filters) == expected
+
+
+def test_a_rare_tag_drives_a_projects_pages_and_keeps_their_order(sql_registry, monkeypatch):
+    """A project's parts (public, its own, shared with it) each driven by a rare tag,
+    paged by markers: the same pages, in the same order, as when each image is tested."""
+    for n in range(12):
+        image = make_image(f"img-{n:02d}", tags={"rare"} if n % 3 else {"other"}, owner=("me", "other")[n % 2])
+        image.visibility = ("public", "private", "shared")[n % 3] if n % 2 else ("private", "public")[n % 4 // 2]
+        sql_registry.create_image(image)
+        if image.visibility == "shared":
+            sql_registry.add_member(image.id, "me")
+            sql_registry.set_member_status(image.id, "me", "accepted")
+
+    def pages() -> list[list[str]]:
+        found, marker = [], None
+        while True:
+            page = sql_registry.list_images(
+                ImageFilters(tags=["rare"]), [("name", "asc")], 2, marker=marker, viewer=Viewer("me")
+            )
+            if not page:
+                return found
+            found.append(names(page))
+            marker = page[-1].id
+
+    monkeypatch.setattr(db_registry, "FEW_TO_DRIVE", 0)
+    tested = pages()
+    monkeypatch.setattr(db_registry, "FEW_TO_DRIVE", 1000)
+    driven = pages()
+    assert driven == tested and len(tested) >= 3
+    listed = [name for page in tested for name in page]
+    assert listed == sorted(listed) and "img-00" not in listed
 
 
 TIME_OPS = {

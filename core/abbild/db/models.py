@@ -132,17 +132,23 @@ class PropertyRow(Base):
     name: Mapped[str255]
     value: Mapped[str] = mapped_column(_TEXT)
 
-    # A property filter tests each listed image for its (name, value) row. On SQLite
-    # ix_image_properties_covering answers that from the index, without the table row
-    # that (image_id, name) would need for the value (a project's page filtered by a
-    # property at 100,000 images: 3.9-4.6 -> 2.7-2.9 ms). It is UNIQUE because SQLite
-    # takes the first unique index whose columns a lookup fixes, and a table's newer
-    # indexes come first. Only SQLite: PostgreSQL's and MariaDB's btrees cannot hold
-    # a long value.
+    # A property filter either tests each image a list page reads for its (name,
+    # value) row, or, when few images have it, reads those images first (see
+    # abbild.db.registry.FEW_TO_DRIVE): one index per database that serves both ways.
+    # SQLite: (name, value, image_id), UNIQUE because SQLite takes the first unique
+    # index whose columns a lookup fixes (newer indexes come first), so a test reads
+    # the index alone, never the table row that (image_id, name) would need for the
+    # value. PostgreSQL: a hash of the value, as its btrees cannot hold a long value
+    # (a rare value's images: 29 ms -> 0.8 at 100,000 images). MariaDB: the name and
+    # the value's first 255 characters.
     __table_args__ = (
         UniqueConstraint("image_id", "name"),
         Index(None, "name"),
-        Index("ix_image_properties_covering", "image_id", "name", "value", unique=True).ddl_if(dialect="sqlite"),
+        Index("ix_image_properties_name_value", "name", "value", "image_id", unique=True).ddl_if(dialect="sqlite"),
+        Index("ix_image_properties_value", "value", postgresql_using="hash").ddl_if(dialect="postgresql"),
+        Index("ix_image_properties_name_value_prefix", "name", "value", mysql_length={"value": 255}).ddl_if(
+            dialect="mysql"
+        ),
     )
 
 
