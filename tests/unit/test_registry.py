@@ -583,9 +583,9 @@ TAG_AND_PROPERTY_CASES = {name: case for name, case in FILTER_CASES.items() if c
 @pytest.mark.parametrize("few", [0, 1, 1000], ids=["each image tested", "the rarest drives", "any could drive"])
 @pytest.mark.parametrize("filters,expected", TAG_AND_PROPERTY_CASES.values(), ids=TAG_AND_PROPERTY_CASES.keys())
 def test_tag_and_property_filters_whichever_drives(catalog, monkeypatch, few, filters, expected):
-    """On SQLite and MariaDB a tag or property filter that few images match drives the
-    page (its images are read first); one that many match is tested on each image read
-    in sort order. Both find the same images (PostgreSQL's planner decides itself)."""
+    """A tag or property filter that few images match drives the page (its images are
+    read first); one that many match is tested on each image read in sort order. Both
+    find the same images."""
     monkeypatch.setattr(db_registry, "FEW_TO_DRIVE", few)
     assert list_names(catalog, filters) == expected
 
