@@ -638,8 +638,7 @@ class SQLRegistry(Registry):
             if postgres:
                 query = self._statement(("rows", test[0]), _rows_query, test[0])
                 cursor.execute("EXPLAIN (FORMAT JSON) " + query.sql, query.args(values))
-                plan = cursor.fetchone()[0]
-                count = (json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]["Plan Rows"]
+                count = cursor.fetchone()[0][0]["Plan"]["Plan Rows"]
             else:
                 query = self._statement(("count", test[0]), _count_query, test[0], FEW_TO_DRIVE + 1)
                 cursor.execute(query.sql, query.args(values))
@@ -1750,14 +1749,21 @@ def _filter_params(filters: ImageFilters) -> tuple[tuple, dict]:
     return tuple(tests), params
 
 
+def _matching(kind: str, name: str, value: str) -> tuple[type, list]:
+    """The table of a ``tag`` or a ``property`` filter, and the conditions on its rows:
+    parameter *name* holds the tag (or the property's name), *value* the property's value."""
+    if kind == "tag":
+        return TagRow, [TagRow.value == bindparam(name, type_=TagRow.value.type)]
+    return PropertyRow, [
+        PropertyRow.name == bindparam(name, type_=PropertyRow.name.type),
+        PropertyRow.value == bindparam(value, type_=PropertyRow.value.type),
+    ]
+
+
 def _rows_query(kind: str):
     """The rows of a tag (parameter ``name``) or of a property (``name``, ``value``)."""
-    if kind == "tag":
-        return select(literal(1)).where(TagRow.value == bindparam("name", type_=TagRow.value.type))
-    return select(literal(1)).where(
-        PropertyRow.name == bindparam("name", type_=PropertyRow.name.type),
-        PropertyRow.value == bindparam("value", type_=PropertyRow.value.type),
-    )
+    _, matches = _matching(kind, "name", "value")
+    return select(literal(1)).where(*matches)
 
 
 def _count_query(kind: str, bound: int):
@@ -1771,16 +1777,7 @@ def _filter_conditions(tests: tuple) -> list:
     for i, test in enumerate(tests):
         operator, name = test[:2]
         if operator in ("tag", "property"):
-            if operator == "tag":
-                row, matches = TagRow, [TagRow.value == bindparam(f"filter_{i}", type_=TagRow.value.type)]
-            else:
-                row, matches = (
-                    PropertyRow,
-                    [
-                        PropertyRow.name == bindparam(f"filter_{i}", type_=PropertyRow.name.type),
-                        PropertyRow.value == bindparam(f"filter_{i}_value", type_=PropertyRow.value.type),
-                    ],
-                )
+            row, matches = _matching(operator, f"filter_{i}", f"filter_{i}_value")
             if name == "drives":  # the images of an IN list's rows are read, then sorted
                 conditions.append(ImageRow.id.in_(select(row.image_id).where(*matches)))
             else:
