@@ -44,14 +44,11 @@ def read_json(req: webob.Request, *, kind=(dict,)):
     if not has_body(req):
         raise exc.HTTPBadRequest(explanation="Body expected in request.")
     limit = req.environ[BODY_LIMIT]
-    too_large = exc.HTTPRequestEntityTooLarge(
-        explanation=f"Request body is larger than {limit} bytes (max_json_body_size)."
-    )
     if req.content_length is not None and req.content_length > limit:
-        raise too_large
+        raise _too_large(limit)
     body = _read_at_most(req.body_file, limit + 1)
     if len(body) > limit:
-        raise too_large
+        raise _too_large(limit)
     try:
         value = json.loads(body, parse_constant=_not_json)
     except ValueError:
@@ -93,6 +90,10 @@ def _check_strings_and_depth(value) -> None:
                 raise _too_deep()
             children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
             pending.extend((child, depth + 1) for child in children)
+
+
+def _too_large(limit: int) -> exc.HTTPRequestEntityTooLarge:
+    return exc.HTTPRequestEntityTooLarge(explanation=f"Request body is larger than {limit} bytes (max_json_body_size).")
 
 
 def _too_deep() -> exc.HTTPBadRequest:

@@ -161,3 +161,38 @@ def test_members_added_together_stay_within_the_member_limit(sql_registry):
     )
     assert (done, len(refused)) == (2, 3)
     assert len(sql_registry.list_members(image.id)) == 2
+
+
+def test_a_write_kept_waiting_too_long_on_sqlite_is_unavailable(tmp_path, monkeypatch):
+    """A process's writes to a SQLite file take turns on one connection: one that
+    waits longer than SQLite's busy timeout gets the same error as a lock held by
+    another process, and the writes behind it go on once the connection is free."""
+    from abbild.db import migrate
+    from abbild.db import registry as registry_module
+    from abbild.errors import RegistryUnavailable
+
+    monkeypatch.setattr(registry_module, "SQLITE_BUSY_SECONDS", 0.3)
+    registry = SQLRegistry(url=f"sqlite:///{tmp_path / 'busy.db'}")
+    try:
+        migrate.sync(registry.engine)
+        image = registry.create_image(Image(id=str(uuid.uuid4()), name="held"))
+        holding, release = threading.Event(), threading.Event()
+
+        def hold(img: Image) -> None:
+            holding.set()
+            release.wait(10)
+            img.name = "renamed"
+
+        holder = threading.Thread(target=registry.update_image, args=(image.id, hold))
+        holder.start()
+        try:
+            assert holding.wait(10)
+            with pytest.raises(RegistryUnavailable, match="writes are busy"):
+                registry.create_image(Image(id=str(uuid.uuid4()), name="kept waiting"))
+        finally:
+            release.set()
+            holder.join()
+        assert registry.get_image(image.id).name == "renamed"
+        assert registry.create_image(Image(id=str(uuid.uuid4()), name="next")).name == "next"
+    finally:
+        registry.close()

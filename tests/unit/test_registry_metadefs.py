@@ -872,10 +872,11 @@ def test_delete_cascades_without_foreign_keys(tmp_path):
     registry = SQLRegistry(url=f"sqlite:///{tmp_path / 'nofk.db'}")
     try:
         migrate.sync(registry.engine)
-        event.listen(registry.engine, "connect", lambda conn, _: conn.execute("PRAGMA foreign_keys=OFF"))
-        registry.engine.dispose()
-        with registry.engine.connect() as conn:
-            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 0
+        for engine in (registry.engine, registry.write_engine):  # reads and writes
+            event.listen(engine, "connect", lambda conn, _: conn.execute("PRAGMA foreign_keys=OFF"))
+            engine.dispose()
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 0
         registry.create_namespace(watchdog())
         registry.delete_namespace("OS::Compute::Watchdog")
         counts = row_counts(registry.engine)

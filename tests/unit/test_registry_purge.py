@@ -218,11 +218,11 @@ def test_each_batch_is_a_transaction_of_its_own(sql_registry, monkeypatch):
     def count(conn) -> None:
         commits.append(conn)
 
-    event.listen(sql_registry.engine, "commit", count)
+    event.listen(sql_registry.write_engine, "commit", count)
     try:
         assert sql_registry.purge(month_ago())["images"] == 5
     finally:
-        event.remove(sql_registry.engine, "commit", count)
+        event.remove(sql_registry.write_engine, "commit", count)
     # images 2 + 2 + 1, then one batch that finds no membership and one that finds no task
     assert len(commits) == 3 + 1 + 1
 
