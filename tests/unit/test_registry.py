@@ -185,6 +185,7 @@ def test_get_missing(sql_registry):
 SQL_ONLY_TESTS = {
     "test_a_database_out_of_reach_says_the_registry_is_unavailable",
     "test_connections_the_database_server_closed_are_replaced",
+    "test_connections_closed_moments_after_use_fail_one_request_at_most",
 }
 
 
@@ -210,19 +211,18 @@ def test_a_database_out_of_reach_says_the_registry_is_unavailable(url):
         registry.close()
 
 
-def test_connections_the_database_server_closed_are_replaced(sql_registry):
-    dialect = sql_registry.engine.dialect.name
+def close_the_registrys_connections(registry: SQLRegistry) -> None:
+    """End every other connection to the registry's database, as its server's restart would."""
+    dialect = registry.engine.dialect.name
     if dialect == "sqlite":
         pytest.skip("SQLite has no server to close connections")
-    image = sql_registry.create_image(make_image("kept", properties={"p": "v"}))
-    assert sql_registry.get_image(image.id) == image
     others = (
         "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
         if dialect == "postgresql"
         else "SELECT id FROM information_schema.processlist WHERE db = DATABASE() AND id <> CONNECTION_ID()"
     )
     kill = "SELECT pg_terminate_backend({})" if dialect == "postgresql" else "KILL {}"
-    admin = make_engine(sql_registry.url)
+    admin = make_engine(registry.url)
     try:
         with admin.connect() as conn:
             pids = conn.exec_driver_sql(others).scalars().all()
@@ -231,10 +231,41 @@ def test_connections_the_database_server_closed_are_replaced(sql_registry):
                 conn.exec_driver_sql(kill.format(pid))
     finally:
         admin.dispose()
+
+
+def test_connections_the_database_server_closed_are_replaced(sql_registry, monkeypatch):
+    """A pooled connection idle for PING_AFTER_IDLE seconds is checked before use."""
+    image = sql_registry.create_image(make_image("kept", properties={"p": "v"}))
+    assert sql_registry.get_image(image.id) == image
+    close_the_registrys_connections(sql_registry)
+    monkeypatch.setattr(db_registry, "PING_AFTER_IDLE", 0.0)
     made = sql_registry.create_image(make_image("made"))
     assert sql_registry.get_image(image.id) == image
     assert sorted(names(sql_registry.list_images(EVERYTHING, [], 10))) == ["kept", "made"]
     assert sql_registry.get_image(made.id) == made
+
+
+@pytest.mark.parametrize("first", ["read", "write"])
+def test_connections_closed_moments_after_use_fail_one_request_at_most(sql_registry, monkeypatch, first):
+    """Connections used moments ago go to work unchecked: after the server closed
+    them, the first request fails, and the pool replaces all of them at once."""
+    image = sql_registry.create_image(make_image("kept"))
+    held = [sql_registry.engine.connect() for _ in range(3)]  # the pool keeps three at least
+    for conn in held:
+        conn.close()
+    monkeypatch.setattr(db_registry, "PING_AFTER_IDLE", 3600.0)
+    close_the_registrys_connections(sql_registry)
+    made, failed = [], []
+    for n in range(8):
+        try:
+            if (n % 2 == 0) == (first == "read"):
+                assert sql_registry.get_image(image.id) == image
+            else:
+                made.append(sql_registry.create_image(make_image(f"made-{n}")).name)
+        except RegistryUnavailable:
+            failed.append(n)
+    assert failed in ([], [0])
+    assert sorted(names(sql_registry.list_images(EVERYTHING, [], 10))) == sorted(["kept", *made])
 
 
 def test_deleted_image_is_hidden(sql_registry):
