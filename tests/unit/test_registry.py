@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import json
@@ -211,8 +212,11 @@ def test_a_database_out_of_reach_says_the_registry_is_unavailable(url):
         registry.close()
 
 
-def close_the_registrys_connections(registry: SQLRegistry) -> None:
-    """End every other connection to the registry's database, as its server's restart would."""
+@contextlib.contextmanager
+def server_closed_connections(registry: SQLRegistry):
+    """End every other connection to the registry's database, as its server's restart
+    would; afterwards the registry's pool starts afresh, so the next test does not pay
+    for this one's restart."""
     dialect = registry.engine.dialect.name
     if dialect == "sqlite":
         pytest.skip("SQLite has no server to close connections")
@@ -221,7 +225,8 @@ def close_the_registrys_connections(registry: SQLRegistry) -> None:
         if dialect == "postgresql"
         else "SELECT id FROM information_schema.processlist WHERE db = DATABASE() AND id <> CONNECTION_ID()"
     )
-    kill = "SELECT pg_terminate_backend({})" if dialect == "postgresql" else "KILL {}"
+    # PostgreSQL's waits (up to 5 s) until the connection's process has ended.
+    kill = "SELECT pg_terminate_backend({}, 5000)" if dialect == "postgresql" else "KILL {}"
     admin = make_engine(registry.url)
     try:
         with admin.connect() as conn:
@@ -231,18 +236,22 @@ def close_the_registrys_connections(registry: SQLRegistry) -> None:
                 conn.exec_driver_sql(kill.format(pid))
     finally:
         admin.dispose()
+    try:
+        yield
+    finally:
+        registry.engine.dispose()
 
 
 def test_connections_the_database_server_closed_are_replaced(sql_registry, monkeypatch):
     """A pooled connection idle for PING_AFTER_IDLE seconds is checked before use."""
     image = sql_registry.create_image(make_image("kept", properties={"p": "v"}))
     assert sql_registry.get_image(image.id) == image
-    close_the_registrys_connections(sql_registry)
     monkeypatch.setattr(db_registry, "PING_AFTER_IDLE", 0.0)
-    made = sql_registry.create_image(make_image("made"))
-    assert sql_registry.get_image(image.id) == image
-    assert sorted(names(sql_registry.list_images(EVERYTHING, [], 10))) == ["kept", "made"]
-    assert sql_registry.get_image(made.id) == made
+    with server_closed_connections(sql_registry):
+        made = sql_registry.create_image(make_image("made"))
+        assert sql_registry.get_image(image.id) == image
+        assert sorted(names(sql_registry.list_images(EVERYTHING, [], 10))) == ["kept", "made"]
+        assert sql_registry.get_image(made.id) == made
 
 
 @pytest.mark.parametrize("first", ["read", "write"])
@@ -254,17 +263,17 @@ def test_connections_closed_moments_after_use_fail_one_request_at_most(sql_regis
     for conn in held:
         conn.close()
     monkeypatch.setattr(db_registry, "PING_AFTER_IDLE", 3600.0)
-    close_the_registrys_connections(sql_registry)
     made, failed = [], []
-    for n in range(8):
-        try:
-            if (n % 2 == 0) == (first == "read"):
-                assert sql_registry.get_image(image.id) == image
-            else:
-                made.append(sql_registry.create_image(make_image(f"made-{n}")).name)
-        except RegistryUnavailable:
-            failed.append(n)
-    assert failed in ([], [0])
+    with server_closed_connections(sql_registry):
+        for n in range(8):
+            try:
+                if (n % 2 == 0) == (first == "read"):
+                    assert sql_registry.get_image(image.id) == image
+                else:
+                    made.append(sql_registry.create_image(make_image(f"made-{n}")).name)
+            except RegistryUnavailable:
+                failed.append(n)
+    assert len(failed) <= 1, failed
     assert sorted(names(sql_registry.list_images(EVERYTHING, [], 10))) == sorted(["kept", *made])
 
 
