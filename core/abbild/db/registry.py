@@ -1673,6 +1673,11 @@ def _list_query(keys, tests, viewer: Viewer, filters: ImageFilters, marker_nulls
             order = _ordering(keys, _IMAGES.c, postgres)
             if split is not None:  # the first key has no NULLs, or only NULLs, here
                 order[0] = first.asc() if direction == "asc" else first.desc()
+            if kind == "nulls" and dialect in ("mysql", "mariadb"):
+                # MySQL and MariaDB read `key IS NULL` from the index but not as
+                # one value: ordered by it too, they sorted every NULL row (17,000
+                # images of unknown size at 100,000: 7.9 ms, 0.6 ms without).
+                del order[0]
             queries.append(select(*key_columns).where(*where).order_by(*order).limit(limit))
     if len(queries) == 1:
         page = queries[0].subquery()
