@@ -164,6 +164,7 @@ def make_engine(url: str, pool_size: int = 10, *, writer: bool = False):
     *writer*: the engine of a SQLite file's writes, one connection that a process's
     writers take in turn (see SQLRegistry)."""
     if url.startswith("sqlite"):
+        busy_timeout = f"PRAGMA busy_timeout={int(SQLITE_BUSY_SECONDS * 1000)}"
         pool = {"pool_size": 1, "max_overflow": 0, "pool_timeout": SQLITE_BUSY_SECONDS} if writer else {}
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_SECONDS, "check_same_thread": False}, **pool)
 
@@ -181,7 +182,7 @@ def make_engine(url: str, pool_size: int = 10, *, writer: bool = False):
             # list page's rows lie all over a large database.
             cur.execute("PRAGMA mmap_size=1073741824")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_SECONDS * 1000)}")
+            cur.execute(busy_timeout)
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -209,7 +210,7 @@ def make_engine(url: str, pool_size: int = 10, *, writer: bool = False):
                 try:
                     dbapi_conn.execute("PRAGMA optimize=2")
                 finally:
-                    dbapi_conn.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_SECONDS * 1000)}")
+                    dbapi_conn.execute(busy_timeout)
             except sqlite3.Error as exc:
                 LOG.debug("PRAGMA optimize: %s", exc)
 
@@ -448,7 +449,8 @@ class SQLRegistry(Registry):
         )
 
     def close(self) -> None:
-        self.write_engine.dispose()
+        if self.write_engine is not self.engine:
+            self.write_engine.dispose()
         self.engine.dispose()
 
     # -- sessions ---------------------------------------------------------------------
@@ -1671,13 +1673,13 @@ def _list_query(keys, tests, viewer: Viewer, filters: ImageFilters, marker_nulls
             elif bound is not None and kind != "nulls" and (split is not None or not first.expression.nullable):
                 where = [*where, first <= bound]
             order = _ordering(keys, _IMAGES.c, postgres)
-            if split is not None:  # the first key has no NULLs, or only NULLs, here
-                order[0] = first.asc() if direction == "asc" else first.desc()
             if kind == "nulls" and dialect in ("mysql", "mariadb"):
                 # MySQL and MariaDB read `key IS NULL` from the index but not as
                 # one value: ordered by it too, they sorted every NULL row (17,000
                 # images of unknown size at 100,000: 7.9 ms, 0.6 ms without).
                 del order[0]
+            elif split is not None:  # the first key has no NULLs, or only NULLs, here
+                order[0] = first.asc() if direction == "asc" else first.desc()
             queries.append(select(*key_columns).where(*where).order_by(*order).limit(limit))
     if len(queries) == 1:
         page = queries[0].subquery()
