@@ -9,6 +9,7 @@ import inspect
 import logging
 import os
 import re
+import select
 import selectors
 import socket
 import struct
@@ -42,6 +43,8 @@ HEARTBEAT_SECONDS = 1.0
 
 # The most a worker reads from a connection at once while collecting its request headers.
 HEAD_READ_SIZE = 64 << 10
+# How long a thread that answered a kept-alive request waits for the next one's head.
+NEXT_REQUEST_LINGER_MS = 2
 
 # The most FastBody reads at once while it looks for a chunk's size line: what comes
 # after the line is data, copied once more; the rest of a chunk arrives in place.
@@ -525,8 +528,36 @@ class GracefulThreadWorker(ThreadWorker):
         if conn.parser is None:
             conn.init()
             conn.parser.unreader.sock = BodyReads(conn.sock, self.app.client_body_timeout)
-        conn.parser.unreader.unread(bytes(conn.head))
-        return super().handle(conn)
+        while True:
+            conn.parser.unreader.unread(bytes(conn.head))
+            keepalive = super().handle(conn)
+            if not keepalive or conn.is_http2 or not self.next_head_here(conn):
+                return keepalive
+
+    def next_head_here(self, conn) -> bool:
+        """Whether the next request's head on kept-alive *conn* is in, or comes in full
+        within NEXT_REQUEST_LINGER_MS, while no request waits for a thread: then this
+        thread serves that request too. A client that sends its requests one after the
+        other is answered without the hand-offs to the main loop and back (two thread
+        wake-ups, a pipe, the selector), a third of a small request's CPU. Otherwise
+        the main loop takes the connection with what came of the head, as before."""
+        # The executor's queue holds the requests that no thread took yet.
+        if not self.alive or self.tpool._work_queue.qsize():
+            return False
+        head = bytearray(conn.parser.unreader.take_buffered())
+        if b"\r\n\r\n" not in head:
+            poll = select.poll()
+            poll.register(conn.sock, select.POLLIN)
+            if poll.poll(NEXT_REQUEST_LINGER_MS):
+                try:
+                    head += conn.sock.recv(HEAD_READ_SIZE, socket.MSG_DONTWAIT)
+                except OSError:
+                    pass  # the main loop's read meets it again and closes the connection
+            if b"\r\n\r\n" not in head:
+                conn.parser.unreader.unread(bytes(head))
+                return False
+        conn.head = head
+        return True
 
     def handle_exit(self, sig, frame):
         if self.alive:

@@ -151,3 +151,69 @@ def test_upload_slower_than_the_body_timeout_but_never_pausing_that_long_succeed
     assert image["status"] == "active"
     assert image["checksum"] == hashlib.md5(b"".join(blocks)).hexdigest()
     assert image["os_hash_value"] == hashlib.sha512(b"".join(blocks)).hexdigest()
+
+
+def read_answers(answers, count: int) -> list[bytes]:
+    """The status lines of the next *count* answers on *answers* (a file of the
+    connection), each read to the end of its body."""
+    lines = []
+    for _ in range(count):
+        status = answers.readline()
+        length = 0
+        while (line := answers.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        answers.read(length)
+        lines.append(status.strip())
+    return lines
+
+
+def test_a_kept_alive_connection_serves_each_request_however_its_head_arrives(make_server):
+    srv = start(make_server)
+    request = b"GET /healthcheck HTTP/1.1\r\nHost: kept\r\n\r\n"
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    answers = sock.makefile("rb")
+    sock.sendall(request)
+    assert read_answers(answers, 1) == [b"HTTP/1.1 200 OK"]
+    sock.sendall(request)  # at once: the thread that answered may still be there
+    assert read_answers(answers, 1) == [b"HTTP/1.1 200 OK"]
+    sock.sendall(request[:20])  # half a head, the rest long after
+    time.sleep(0.3)
+    sock.sendall(request[20:])
+    assert read_answers(answers, 1) == [b"HTTP/1.1 200 OK"]
+    sock.sendall(request * 3)  # pipelined
+    assert read_answers(answers, 3) == [b"HTTP/1.1 200 OK"] * 3
+    time.sleep(0.3)  # idle, then one more
+    sock.sendall(request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+    assert read_answers(answers, 1) == [b"HTTP/1.1 200 OK"]
+    assert answers.read() == b""  # and the server closed it
+    sock.close()
+
+
+def test_a_kept_alive_connection_whose_next_head_is_late_is_closed(make_server):
+    srv = start(make_server, header_timeout=2)
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    answers = sock.makefile("rb")
+    sock.sendall(b"GET /healthcheck HTTP/1.1\r\nHost: kept\r\n\r\n")
+    assert read_answers(answers, 1) == [b"HTTP/1.1 200 OK"]
+    began = time.monotonic()
+    sock.sendall(b"GET /healthcheck HTTP/1.1\r\n")  # and never the rest
+    assert read_answers(answers, 1) == [b"HTTP/1.1 408 Request Timeout"]
+    assert 2 <= time.monotonic() - began < 5
+    sock.close()
+
+
+def test_idle_kept_alive_connections_hold_no_thread(make_server):
+    srv = start(make_server)
+    idle = []
+    for _ in range(2 * THREADS):
+        session = requests.Session()  # keeps its connection open after the answer
+        assert session.get(f"{srv.url}/healthcheck", timeout=5).status_code == 200
+        idle.append(session)
+    began = time.monotonic()
+    assert requests.get(f"{srv.url}/healthcheck", timeout=5).status_code == 200
+    assert time.monotonic() - began < 1, "the healthcheck waited for a free thread"
+    for session in idle:  # each connection still serves its client
+        assert session.get(f"{srv.url}/healthcheck", timeout=5).status_code == 200
+        session.close()
