@@ -541,8 +541,10 @@ class GracefulThreadWorker(ThreadWorker):
         other is answered without the hand-offs to the main loop and back (two thread
         wake-ups, a pipe, the selector), a third of a small request's CPU. Otherwise
         the main loop takes the connection with what came of the head, as before."""
-        # The executor's queue holds the requests that no thread took yet.
-        if not self.alive or self.tpool._work_queue.qsize():
+        # CPython's executor keeps the requests no thread took yet in its work queue;
+        # without one to look at, no thread waits.
+        unstarted = getattr(self.tpool, "_work_queue", None)
+        if not self.alive or unstarted is None or unstarted.qsize():
             return False
         head = bytearray(conn.parser.unreader.take_buffered())
         if b"\r\n\r\n" not in head:
