@@ -3,7 +3,8 @@
 
 Measures a running server (it starts none, but with ``--floor``), noauth:
 
-- GET one image: p50/p95 latency, and the server's CPU milliseconds per request;
+- GET one image: p50/p95 latency, and the server's CPU milliseconds per request; over
+  HTTP also from ``--clients`` clients at once: rate, p50/p99 and the slowest;
 - create image (POST /v2/images) with 1 and with 4 writer threads: rate per second
   and server CPU milliseconds per create;
 - GET /v2/images?limit=100: p50 and server CPU milliseconds per request.
@@ -154,25 +155,21 @@ def timed_gets(client, path: str, count: int) -> list[float]:
     return latencies
 
 
-def creates(make_client, writers: int, per_writer: int, created: list[str]) -> float:
-    """*writers* threads each creating *per_writer* images; returns the wall time."""
-    lock = threading.Lock()
+def on_clients(make_client, count: int, work) -> float:
+    """``work(client)`` on *count* threads at once, each with a client of its own;
+    returns the wall time, or raises the first error a thread met."""
     errors: list[BaseException] = []
 
-    def writer() -> None:
+    def thread() -> None:
         client = make_client()
         try:
-            for _ in range(per_writer):
-                status, body = client.request("POST", "/v2/images", IMAGE_BODY, JSON_HEADERS)
-                _check(status, body, 201)
-                with lock:
-                    created.append(json.loads(body)["id"])
+            work(client)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
         finally:
             client.close()
 
-    threads = [threading.Thread(target=writer) for _ in range(writers)]
+    threads = [threading.Thread(target=thread) for _ in range(count)]
     start = time.perf_counter()
     for t in threads:
         t.start()
@@ -182,6 +179,43 @@ def creates(make_client, writers: int, per_writer: int, created: list[str]) -> f
     if errors:
         raise errors[0]
     return elapsed
+
+
+def creates(make_client, writers: int, per_writer: int, created: list[str]) -> float:
+    """*writers* threads each creating *per_writer* images; returns the wall time."""
+    lock = threading.Lock()
+
+    def write(client) -> None:
+        for _ in range(per_writer):
+            status, body = client.request("POST", "/v2/images", IMAGE_BODY, JSON_HEADERS)
+            _check(status, body, 201)
+            with lock:
+                created.append(json.loads(body)["id"])
+
+    return on_clients(make_client, writers, write)
+
+
+def concurrent_gets(make_client, path: str, clients: int, per_client: int, cpu, label: str) -> None:
+    """*clients* threads, each on its own kept-alive connection, GET *path* *per_client*
+    times: the server's rate, latency percentiles and CPU under that concurrency."""
+    lock = threading.Lock()
+    latencies: list[float] = []
+
+    def read(client) -> None:
+        mine = timed_gets(client, path, per_client)
+        with lock:
+            latencies.extend(mine)
+
+    before = cpu()
+    elapsed = on_clients(make_client, clients, read)
+    used = cpu() - before
+    n = len(latencies)
+    q = statistics.quantiles(latencies, n=100)
+    print(
+        f"{label} GET image x{clients:<3}  n={n}  {n / elapsed:.0f}/s  p50 {_ms(statistics.median(latencies))} ms  "
+        f"p99 {_ms(q[98])} ms  slowest {_ms(max(latencies))} ms  server CPU {_ms(used / n)} ms/req",
+        flush=True,
+    )
 
 
 def _ms(seconds: float) -> str:
@@ -215,6 +249,10 @@ def run(label: str, make_client, cpu, args) -> None:
                 f"p95 {_ms(q[18])} ms  server CPU {_ms(used / args.requests)} ms/req",
                 flush=True,
             )
+
+        for clients in args.clients if label.strip() == "http" else []:
+            for _ in range(args.repeat):
+                concurrent_gets(make_client, path, clients, max(args.requests // clients, 10), cpu, label)
 
         for writers in (1, 4):
             per_writer = max(args.creates // writers, 1)
@@ -370,6 +408,13 @@ def main(argv=None) -> int:
     parser.add_argument("--creates", type=int, default=400, help="creates per round")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of each phase")
     parser.add_argument("--no-http", action="store_true", help="in-process only")
+    parser.add_argument(
+        "--clients",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[10, 40],
+        help="over HTTP, GET one image from this many clients at once too, each on its own connection "
+        "(comma-separated; default 10,40)",
+    )
     parser.add_argument(
         "--floor",
         action="store_true",
