@@ -9,7 +9,8 @@ seeded random generator, so the same --seed gives the same database: 200 project
 owning them, every visibility, mostly active images (some queued, saving, deactivated,
 killed, deleted), distro-style names that repeat, 5-15 properties and 0-3 tags each
 (and, on one image in 5,000, a rare tag and a rare os_distro value), a file location on images with data, members on shared images (pending, accepted,
-rejected), created_at spread over two years.
+rejected), created_at spread over two years. With --big-project 0.3 one project owns
+30% of the images and is a member of 30% of the shared ones.
 
 Rows are written in bulk (executemany, thousands per transaction), not through
 ``SQLRegistry.create_image`` one by one: that is a transaction per image and would take
@@ -101,8 +102,12 @@ def _weighted(rng: random.Random, table):
     return rng.choices([v for _, v in table], weights=[w for w, _ in table])[0]
 
 
-def make_image(rng: random.Random, projects: list[str], index: int, count: int) -> tuple[Image, list[dict]]:
-    """Image *index* (created_at increasing with it) and its member rows."""
+def make_image(
+    rng: random.Random, projects: list[str], index: int, count: int, big_share: float = 0.0
+) -> tuple[Image, list[dict]]:
+    """Image *index* (created_at increasing with it) and its member rows; with
+    *big_share*, the first project owns that share of the images and is a member of
+    that share of the shared ones."""
     distro = rng.choice(list(DISTROS))
     version = rng.choice(DISTROS[distro])
     arch = rng.choice(ARCHES)
@@ -114,6 +119,8 @@ def make_image(rng: random.Random, projects: list[str], index: int, count: int) 
     status = _weighted(rng, STATUSES)
     visibility = _weighted(rng, VISIBILITIES)
     owner = None if rng.random() < 0.002 else rng.choice(projects)
+    if big_share and owner is not None and rng.random() < big_share:
+        owner = projects[0]
     created = START + datetime.timedelta(seconds=int(SPAN_SECONDS * index / count) + rng.randrange(60))
     has_data = status in ("active", "deactivated", "deleted")
     image = Image(
@@ -157,6 +164,8 @@ def make_image(rng: random.Random, projects: list[str], index: int, count: int) 
     members = []
     if visibility == "shared":
         others = rng.sample(projects, rng.randint(0 if rng.random() < 0.2 else 1, 5))
+        if big_share and projects[0] not in others and rng.random() < big_share:
+            others.append(projects[0])
         for member in others:
             if member == owner:
                 continue
@@ -200,7 +209,7 @@ TABLES = {
 }
 
 
-def seed(url: str, count: int, seed_value: int, log=print) -> None:
+def seed(url: str, count: int, seed_value: int, log=print, big_share: float = 0.0) -> None:
     registry = SQLRegistry(url=url)
     try:
         migrate.sync(registry.engine)
@@ -214,7 +223,7 @@ def seed(url: str, count: int, seed_value: int, log=print) -> None:
         pending = {name: [] for name in TABLES}
         written = 0
         for index in range(count):
-            image, members = make_image(rng, projects, index, count)
+            image, members = make_image(rng, projects, index, count, big_share)
             for name, rows in rows_of(image).items():
                 pending[name].extend(rows)
             pending["image_members"].extend(members)
@@ -290,11 +299,19 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--check", type=int, metavar="N", help="compare N images' bulk rows with create_image's")
+    parser.add_argument(
+        "--big-project",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="one project owns this share of the images and is a member of this share of the shared ones "
+        "(a cloud with one big tenant; scale_bench then lists as that project)",
+    )
     args = parser.parse_args(argv)
     if args.check:
         check(args.check, args.seed)
     if args.url:
-        seed(args.url, args.images, args.seed)
+        seed(args.url, args.images, args.seed, big_share=args.big_project)
     elif not args.check:
         parser.error("give a database URL, or --check N")
     return 0

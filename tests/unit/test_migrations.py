@@ -36,7 +36,8 @@ def schema_differences(engine, metadata=Base.metadata) -> list:
     }
 
     def built_here(obj, name, type_, reflected, compare_to) -> bool:
-        return type_ != "index" or only_on.get(name, engine.dialect.name) == engine.dialect.name
+        dialects = only_on.get(name, engine.dialect.name)
+        return type_ != "index" or engine.dialect.name in ((dialects,) if isinstance(dialects, str) else dialects)
 
     with engine.connect() as conn:
         context = MigrationContext.configure(
@@ -69,7 +70,7 @@ def collations(engine) -> tuple[dict, dict]:
 
 
 def test_head_is_the_latest_revision():
-    assert migrate.head() == "0013"
+    assert migrate.head() == "0014"
 
 
 def test_sync_empty_database(blank_engine):
@@ -138,6 +139,8 @@ def _at(revision: str) -> sa.MetaData:
     for each in Base.metadata.sorted_tables:
         if each.name not in later:
             each.to_metadata(metadata)
+    if revision < "0014":
+        _without_nulls_first(metadata)
     if revision < "0013":
         _without_property_filter_indexes(metadata)
     if revision < "0012":
@@ -147,6 +150,13 @@ def _at(revision: str) -> sa.MetaData:
     if revision < "0008":
         _without_list_indexes(metadata)
     return metadata
+
+
+def _without_nulls_first(metadata: sa.MetaData) -> None:
+    """The indexes before 0014: PostgreSQL's of name and size as on the other databases."""
+    images = metadata.tables["images"]
+    for lead in _migration("0014").LEADS:
+        images.indexes.discard(next(i for i in images.indexes if i.name == f"ix_images_list_{lead}_nulls_first"))
 
 
 def _without_property_filter_indexes(metadata: sa.MetaData) -> None:
@@ -332,11 +342,14 @@ def test_metadefs_upgrade_and_downgrade(blank_engine):
         registry.close()
 
 
-@pytest.mark.parametrize("before, revision", [("0007", "0008"), ("0010", "0011"), ("0011", "0012"), ("0012", "0013")])
+@pytest.mark.parametrize(
+    "before, revision", [("0007", "0008"), ("0010", "0011"), ("0011", "0012"), ("0012", "0013"), ("0013", "0014")]
+)
 def test_list_indexes_upgrade_and_downgrade(blank_engine, before, revision):
     """0008 swaps the list indexes on a database at 0007 that holds images (shared, with
     a member, tagged, with a property), and back again, as 0011 swaps them for covering
-    ones, 0012 adds sort keys to two and 0013 indexes property values; the
+    ones, 0012 adds sort keys to two, 0013 indexes property values and 0014 puts
+    NULLs first in PostgreSQL's indexes of name and size; the
     images and lists stay. (The images are made and listed at the head: the registry
     reads and writes the head's schema.)"""
     from abbild.db.registry import SQLRegistry
@@ -438,3 +451,30 @@ def test_children_documents_upgrade_and_downgrade(blank_engine):
         assert {i.id: registry.get_image(i.id) for i in made} == images
     finally:
         registry.close()
+
+
+def test_nulls_first_indexes_upgrade_and_downgrade(blank_engine):
+    """0014 puts NULLs first in PostgreSQL's list indexes of name and size, and takes
+    them back; elsewhere it changes nothing."""
+
+    def sorting() -> dict:
+        indexes = sa.inspect(blank_engine).get_indexes("images")
+        return {
+            index["name"]: index.get("column_sorting", {})
+            for index in indexes
+            if index["name"].startswith(("ix_images_list_name", "ix_images_list_size"))
+        }
+
+    plain = {"ix_images_list_name": {}, "ix_images_list_size": {}}
+    migrate.sync(blank_engine)
+    if blank_engine.dialect.name == "postgresql":
+        assert sorting() == {
+            "ix_images_list_name_nulls_first": {"name": ("nulls_first",)},
+            "ix_images_list_size_nulls_first": {"size": ("nulls_first",)},
+        }
+    else:
+        assert sorting() == plain
+    assert migrate.downgrade(blank_engine, "0013") == "0013"
+    assert sorting() == plain
+    assert migrate.sync(blank_engine) == migrate.head()
+    assert schema_differences(blank_engine) == []

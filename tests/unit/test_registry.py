@@ -827,31 +827,35 @@ STATUSES = [Status.QUEUED, Status.SAVING, Status.ACTIVE, Status.DEACTIVATED, Sta
 FORMATS = [None, "bare", "ovf", "ami"]
 
 
+def random_row(rnd: random.Random, **fields) -> ImageRow:
+    """A public image row of random sort values, many of them equal or NULL across
+    rows; *fields* set others."""
+    values = dict(
+        id=str(uuid.UUID(int=rnd.getrandbits(128), version=4)),
+        name=rnd.choice(NAMES),
+        size=rnd.choice(SIZES),
+        status=rnd.choice(STATUSES).value,
+        container_format=rnd.choice(FORMATS),
+        disk_format=rnd.choice([None, "raw", "qcow2"]),
+        os_hidden=False,
+        visibility="public",
+        protected=False,
+        min_disk=0,
+        min_ram=0,
+        deleted=False,
+        version=1,
+        created_at=BASE_TIME + datetime.timedelta(minutes=rnd.randrange(8)),
+        updated_at=BASE_TIME + datetime.timedelta(seconds=rnd.randrange(20)),
+    )
+    return ImageRow(**{**values, **fields})
+
+
 @pytest.fixture
 def many(sql_registry):
     """57 images with many equal and NULL sort values, returned as stored. Written as
     rows in one transaction: 57 ``create_image`` commits would dominate the suite."""
     rnd = random.Random(57)
-    rows = [
-        ImageRow(
-            id=str(uuid.UUID(int=rnd.getrandbits(128), version=4)),
-            name=rnd.choice(NAMES),
-            size=rnd.choice(SIZES),
-            status=rnd.choice(STATUSES).value,
-            container_format=rnd.choice(FORMATS),
-            disk_format=rnd.choice([None, "raw", "qcow2"]),
-            os_hidden=n % 7 == 0,
-            visibility="public",
-            protected=False,
-            min_disk=0,
-            min_ram=0,
-            deleted=False,
-            version=1,
-            created_at=BASE_TIME + datetime.timedelta(minutes=rnd.randrange(8)),
-            updated_at=BASE_TIME + datetime.timedelta(seconds=rnd.randrange(20)),
-        )
-        for n in range(PAGED)
-    ]
+    rows = [random_row(rnd, os_hidden=n % 7 == 0) for n in range(PAGED)]
     write_rows(sql_registry, rows)
     return sql_registry.list_images(EVERYTHING, [], 1000)
 
@@ -936,6 +940,47 @@ def test_paging_with_filters(sql_registry, many):
     expected = list_ids(sql_registry, sort, filters=filters)
     assert 10 < len(expected) < PAGED
     assert page_through(sql_registry, sort, 7, filters) == expected
+
+
+def test_paging_as_a_project(sql_registry):
+    """A project's pages, read from its parts (public, its own, nobody's, shared with
+    it), page by page in every order with ties and NULLs, equal its whole list in the
+    order the API promises."""
+    rnd = random.Random(58)
+    rows, members = [], []
+    for n in range(PAGED):
+        owner = rnd.choice(["me", "me", "other", None])
+        visibility = rnd.choice(["public", "private", "shared", "community"])
+        row = random_row(rnd, status=Status.ACTIVE.value, visibility=visibility, owner=owner)
+        rows.append(row)
+        if visibility == "shared" and owner == "other" and n % 3:
+            members.append(
+                MemberRow(
+                    image_id=row.id,
+                    member="me",
+                    status="accepted",
+                    can_share=False,
+                    created_at=BASE_TIME,
+                    updated_at=BASE_TIME,
+                    deleted=False,
+                )
+            )
+    write_rows(sql_registry, rows)
+    write_rows(sql_registry, members)
+    viewer = Viewer("me")
+    visible = sql_registry.list_images(EVERYTHING, [], 1000, viewer=viewer)
+    assert {image.owner for image in visible} == {"me", "other", None}
+    assert {image.visibility for image in visible} == {"public", "private", "shared", "community"}
+    for sort in ([("size", "desc")], [("size", "asc")], [("name", "desc")], [("name", "asc")], []):
+        expected = expected_order(visible, sort)
+        paged, marker = [], None
+        for _ in range(PAGED):
+            page = sql_registry.list_images(EVERYTHING, sort, 4, marker=marker, viewer=viewer)
+            if not page:
+                break
+            paged += [image.id for image in page]
+            marker = page[-1].id
+        assert paged == expected, sort
 
 
 def test_limit(sql_registry, many):

@@ -64,6 +64,14 @@ LIST_TESTED = ("deleted", "status", "os_hidden", "visibility", "owner", "created
 # The sort keys besides created_at that the indexes of a project's narrow parts (its own
 # images, those shared with it: read whole, then sorted) hold too.
 NARROW_SORTED = ("name", "size")
+# The sort keys with list indexes of their own that can be NULL.
+NULLS_FIRST = ("name", "size")
+
+
+def _not_on_postgresql(index: Index) -> Index:
+    # PostgreSQL has the index of a nullable sort key in its own form (below ImageRow).
+    lead = index.expressions[0]
+    return index.ddl_if(dialect=("sqlite", "mysql")) if lead in NULLS_FIRST else index
 
 
 class ImageRow(Base):
@@ -109,9 +117,13 @@ class ImageRow(Base):
     # ix_images_list_id does the same for the images shared with a project, which are
     # looked up by id. (Their prefixes serve status and owner lookups.) The two a
     # project's narrow parts are read from, sorted afterwards, also hold the common
-    # sort keys (NARROW_SORTED), so that sort reads no table row either.
+    # sort keys (NARROW_SORTED), so that sort reads no table row either. The indexes of
+    # name and size, which can be NULL, order NULL as the smallest value, as lists do:
+    # SQLite and MySQL do so anyway, PostgreSQL is told (see below).
     __table_args__ = tuple(
-        Index(f"ix_images_list_{lead}", *columns, *(c for c in LIST_TESTED if c not in columns), *extra)
+        _not_on_postgresql(
+            Index(f"ix_images_list_{lead}", *columns, *(c for c in LIST_TESTED if c not in columns), *extra)
+        )
         for lead, columns, extra in (
             ("created_at", ("created_at", "id"), ()),
             ("status", ("status", "created_at", "id"), ()),
@@ -122,6 +134,19 @@ class ImageRow(Base):
             ("id", ("id",), NARROW_SORTED),
         )
     )
+
+
+# PostgreSQL orders NULL after every value in an index unless told otherwise; these
+# put NULLs first, so a list sorted by name or size reads its NULLs and values in one
+# range of one index in either direction, where the plain index made it read them as
+# two parts (and a project's own and shared images, too many to sort for a project
+# with 30,000, could not be read in that order at all).
+for _lead in NULLS_FIRST:
+    Index(
+        f"ix_images_list_{_lead}_nulls_first",
+        ImageRow.__table__.c[_lead].asc().nulls_first(),
+        *(ImageRow.__table__.c[c] for c in ("created_at", "id", *(c for c in LIST_TESTED if c != "created_at"))),
+    ).ddl_if(dialect="postgresql")
 
 
 class PropertyRow(Base):
