@@ -1657,8 +1657,9 @@ def _list_query(keys, tests, viewer: Viewer, filters: ImageFilters, marker_nulls
     # two parts where one index range cannot hold the rows after the marker: those of
     # a descending page past a value are the values below it and every NULL. On
     # PostgreSQL, whose list indexes put NULLs first (migration 0014), that is the only
-    # case; SQLite and MySQL, whose indexes do so anyway, still read them apart on
-    # every page (not yet measured without).
+    # case. SQLite and MySQL, whose indexes do so anyway, read them apart on every
+    # page: on SQLite that rule (with a project's own images split too) made a big
+    # project's descending deep pages slower (19 -> 36 ms) and its first ones no faster.
     splits = []
     if first.expression.nullable and (not postgres or (bound is not None and direction == "desc")):
         splits = [("nulls", first.is_(None)), ("values", first.is_not(None))]
