@@ -801,6 +801,29 @@ def test_visibility_and_other_filters_combine(scoped):
     assert list_names(scoped, filters, viewer=Viewer(ME)) == {"public", "shared accepted"}
 
 
+@pytest.mark.parametrize("few", [0, 1000], ids=["tested on each image", "driving the page"])
+def test_tag_and_property_filters_on_each_part(scoped, monkeypatch, few):
+    """A project's tag and property filters hold in each of its parts, the images
+    shared with it (whose memberships are tested) included, however they are read."""
+    monkeypatch.setattr(db_registry, "FEW_TO_DRIVE", few)
+    marks = {"golden": {"public", "shared accepted", "shared pending", "private mine", "private no owner"}}
+    marks["silver"] = marks["golden"] - {"shared accepted"}
+
+    for tag, marked in marks.items():
+        for name in marked:
+
+            def mark(image, tag=tag):
+                image.tags.add(tag)
+                image.properties[f"os_{tag}"] = "yes"
+
+            scoped.update_image(image_id(name), mark)
+    for tag, marked in marks.items():
+        expected = marked & MY_DEFAULT
+        assert list_names(scoped, ImageFilters(tags=[tag]), viewer=Viewer(ME)) == expected
+        assert list_names(scoped, ImageFilters(properties={f"os_{tag}": "yes"}), viewer=Viewer(ME)) == expected
+    assert "shared accepted" in marks["golden"] & MY_DEFAULT
+
+
 @pytest.mark.parametrize("marker", ["private other", "shared no members"])
 def test_marker_invisible_to_viewer(scoped, marker):
     with pytest.raises(Invalid):
