@@ -68,6 +68,11 @@ NARROW_SORTED = ("name", "size")
 NULLS_FIRST = ("name", "size")
 
 
+def _list_columns(columns: tuple, extra: tuple = ()) -> tuple:
+    # A list index: its leading columns, then those every list tests, then *extra*.
+    return (*columns, *(c for c in LIST_TESTED if c not in columns), *extra)
+
+
 def _not_on_postgresql(index: Index) -> Index:
     # PostgreSQL has the index of a nullable sort key in its own form (below ImageRow).
     lead = index.expressions[0]
@@ -121,9 +126,7 @@ class ImageRow(Base):
     # name and size, which can be NULL, order NULL as the smallest value, as lists do:
     # SQLite and MySQL do so anyway, PostgreSQL is told (see below).
     __table_args__ = tuple(
-        _not_on_postgresql(
-            Index(f"ix_images_list_{lead}", *columns, *(c for c in LIST_TESTED if c not in columns), *extra)
-        )
+        _not_on_postgresql(Index(f"ix_images_list_{lead}", *_list_columns(columns, extra)))
         for lead, columns, extra in (
             ("created_at", ("created_at", "id"), ()),
             ("status", ("status", "created_at", "id"), ()),
@@ -142,11 +145,8 @@ class ImageRow(Base):
 # two parts (and a project's own and shared images, too many to sort for a project
 # with 30,000, could not be read in that order at all).
 for _lead in NULLS_FIRST:
-    Index(
-        f"ix_images_list_{_lead}_nulls_first",
-        ImageRow.__table__.c[_lead].asc().nulls_first(),
-        *(ImageRow.__table__.c[c] for c in ("created_at", "id", *(c for c in LIST_TESTED if c != "created_at"))),
-    ).ddl_if(dialect="postgresql")
+    _lead_column, *_rest = (ImageRow.__table__.c[c] for c in _list_columns((_lead, "created_at", "id")))
+    Index(f"ix_images_list_{_lead}_nulls_first", _lead_column.asc().nulls_first(), *_rest).ddl_if(dialect="postgresql")
 
 
 class PropertyRow(Base):

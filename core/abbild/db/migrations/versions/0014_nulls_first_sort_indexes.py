@@ -8,7 +8,8 @@ PostgreSQL's put NULLs last unless told. So a page sorted by name or size read i
 NULLs and its values as two parts, and the parts of a project's own and shared images,
 whose ORDER BY no index matched, were read whole and sorted: at 100,000 images, for a
 project that owns 30,000 of them, 50 ms a page. With NULLs first one index range serves
-either direction (that project: 3-4 ms; a project with 500 images: 5.4-5.7 -> 3.9 ms).
+either direction (that project: 3-5 ms; a project with 500 images: the same as before,
+within the noise).
 Only PostgreSQL changes; the indexes keep their columns and get names of their own.
 """
 
