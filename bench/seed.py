@@ -34,7 +34,15 @@ from sqlalchemy import func, select
 
 from abbild.db import migrate
 from abbild.db.models import ChildrenRow, ImageRow, LocationRow, MemberRow, PropertyRow, TagRow
-from abbild.db.registry import SQLRegistry, _columns, _normalized, document_row, location_rows
+from abbild.db.registry import (
+    SQLRegistry,
+    _columns,
+    _normalized,
+    document_row,
+    location_rows,
+    property_rows,
+    tag_rows,
+)
 from abbild.image import Image, Location, Status
 
 PROJECTS = 200
@@ -178,6 +186,7 @@ def make_image(
                     "created_at": image.updated_at,
                     "updated_at": image.updated_at,
                     "deleted": rng.random() < 0.03,
+                    "image_created_at": image.created_at,
                 }
             )
     return image, members
@@ -192,8 +201,8 @@ def rows_of(image: Image) -> dict[str, list[dict]]:
         "images": [
             {"id": stored.id, "deleted": stored.status is Status.DELETED, "version": stored.version, **_columns(stored)}
         ],
-        "image_properties": [{"image_id": stored.id, "name": n, "value": v} for n, v in stored.properties.items()],
-        "image_tags": [{"image_id": stored.id, "value": t} for t in sorted(stored.tags)],
+        "image_properties": property_rows(stored, stored.properties),
+        "image_tags": tag_rows(stored, sorted(stored.tags)),
         "image_locations": location_rows(stored),
         "image_children": [document_row(stored)],
     }
@@ -268,7 +277,7 @@ def check(count: int, seed_value: int) -> None:
             for name, rows in rows_of(image).items():
                 if rows:
                     conn.execute(TABLES[name].insert(), rows)
-    skip = {"created_at", "updated_at", "deleted_at", "id"}
+    skip = {"created_at", "updated_at", "deleted_at", "id", "image_created_at"}
     for name, table in TABLES.items():
         if name == "image_members":
             continue
@@ -284,6 +293,15 @@ def check(count: int, seed_value: int) -> None:
             ]
         if left != right:
             raise SystemExit(f"[seed] check failed: {name} differs between create_image and the bulk rows")
+        if "image_created_at" in table.c:
+            images = TABLES["images"]
+            apart = select(func.count()).where(
+                table.c.image_id == images.c.id, table.c.image_created_at != images.c.created_at
+            )
+            for registry in (via_registry, via_bulk):
+                with registry.engine.connect() as conn:
+                    if conn.scalar(apart):
+                        raise SystemExit(f"[seed] check failed: {name} rows hold another created_at than their image")
     print(f"[seed] check: the bulk rows of {count} images equal create_image's (times aside)")
 
 

@@ -70,7 +70,7 @@ def collations(engine) -> tuple[dict, dict]:
 
 
 def test_head_is_the_latest_revision():
-    assert migrate.head() == "0014"
+    assert migrate.head() == "0015"
 
 
 def test_sync_empty_database(blank_engine):
@@ -139,6 +139,8 @@ def _at(revision: str) -> sa.MetaData:
     for each in Base.metadata.sorted_tables:
         if each.name not in later:
             each.to_metadata(metadata)
+    if revision < "0015":
+        _without_image_created_at(metadata)
     if revision < "0014":
         _without_nulls_first(metadata)
     if revision < "0013":
@@ -150,6 +152,17 @@ def _at(revision: str) -> sa.MetaData:
     if revision < "0008":
         _without_list_indexes(metadata)
     return metadata
+
+
+def _without_image_created_at(metadata: sa.MetaData) -> None:
+    """The tables before 0015: tags, properties and members without their image's created_at."""
+    children = _migration("0015")
+    for name, table_name, _, _ in children.INDEXES:
+        table = metadata.tables[table_name]
+        table.indexes.discard(next(i for i in table.indexes if i.name == name))
+    for table_name in children.TABLES:
+        table = metadata.tables[table_name]
+        table._columns.remove(table.c.image_created_at)
 
 
 def _without_nulls_first(metadata: sa.MetaData) -> None:
@@ -343,14 +356,16 @@ def test_metadefs_upgrade_and_downgrade(blank_engine):
 
 
 @pytest.mark.parametrize(
-    "before, revision", [("0007", "0008"), ("0010", "0011"), ("0011", "0012"), ("0012", "0013"), ("0013", "0014")]
+    "before, revision",
+    [("0007", "0008"), ("0010", "0011"), ("0011", "0012"), ("0012", "0013"), ("0013", "0014"), ("0014", "0015")],
 )
 def test_list_indexes_upgrade_and_downgrade(blank_engine, before, revision):
     """0008 swaps the list indexes on a database at 0007 that holds images (shared, with
     a member, tagged, with a property), and back again, as 0011 swaps them for covering
-    ones, 0012 adds sort keys to two, 0013 indexes property values and 0014 puts
-    NULLs first in PostgreSQL's indexes of name and size; the
-    images and lists stay. (The images are made and listed at the head: the registry
+    ones, 0012 adds sort keys to two, 0013 indexes property values, 0014 puts
+    NULLs first in PostgreSQL's indexes of name and size and 0015 gives tags,
+    properties and members their image's created_at (filled in from the images); the
+    images and lists, a member's and an administrator's, stay. (The images are made and listed at the head: the registry
     reads and writes the head's schema.)"""
     from abbild.db.registry import SQLRegistry
     from abbild.image import Image
@@ -370,10 +385,12 @@ def test_list_indexes_upgrade_and_downgrade(blank_engine, before, revision):
         )
         registry.add_member(image.id, "b")
         registry.set_member_status(image.id, "b", "accepted")
-        member = Viewer(project_id="b")
+        member, admin = Viewer(project_id="b"), Viewer(is_admin=True)
 
         def listed(**filters):
-            return [i.id for i in registry.list_images(ImageFilters(**filters), [], 10, viewer=member)]
+            pages = [registry.list_images(ImageFilters(**filters), [], 10, viewer=v) for v in (member, admin)]
+            assert pages[0] == pages[1]
+            return [i.id for i in pages[0]]
 
         assert migrate.downgrade(blank_engine, before) == before
         assert schema_differences(blank_engine, _at(before)) == []

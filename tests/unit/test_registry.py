@@ -56,6 +56,9 @@ def set_times(registry, times: dict[str, tuple[datetime.datetime, datetime.datet
     with Session(registry.engine) as session, session.begin():
         rows = [{"id": id_, "created_at": created, "updated_at": updated} for id_, (created, updated) in times.items()]
         session.execute(update(ImageRow), rows)
+        for child in (PropertyRow, TagRow, MemberRow):  # their copies of created_at
+            for id_, (created, _) in times.items():
+                session.execute(update(child).where(child.image_id == id_).values(image_created_at=created))
 
 
 def delete(registry, image_id_: str) -> Image:
@@ -743,6 +746,7 @@ def scoped(sql_registry):
                 deleted=deleted,
                 created_at=BASE_TIME,
                 updated_at=BASE_TIME,
+                image_created_at=sql_registry.get_image(image_id(name)).created_at,
             )
             for name, (_, _, members) in SCOPED.items()
             for member, status, deleted in members
@@ -986,6 +990,7 @@ def test_paging_as_a_project(sql_registry):
                     created_at=BASE_TIME,
                     updated_at=BASE_TIME,
                     deleted=False,
+                    image_created_at=row.created_at,
                 )
             )
     write_rows(sql_registry, rows)
@@ -1004,6 +1009,69 @@ def test_paging_as_a_project(sql_registry):
             paged += [image.id for image in page]
             marker = page[-1].id
         assert paged == expected, sort
+
+
+@pytest.mark.parametrize("few", [0, 1000], ids=["tested on each image", "driving the page"])
+def test_filtered_pages_in_created_order(sql_registry, monkeypatch, few):
+    """Pages filtered by a tag, a short property value and a long one (longer than
+    SHORT_VALUE, which PostgreSQL's ordered index does not hold), in the default order
+    and by created_at ascending, with ties: an administrator's and a project's, page by
+    page, equal their whole lists. On PostgreSQL the tags, properties and memberships
+    are merged with the images in that order through their copies of created_at."""
+    monkeypatch.setattr(db_registry, "FEW_TO_DRIVE", few)
+    rnd = random.Random(15)
+    long_value = "x" * (db_registry.SHORT_VALUE + 1)
+    times = {}
+    for n in range(40):
+        owner = rnd.choice(["me", "other", "other", None])
+        image = make_image(f"f-{n:02d}", owner=owner, visibility=rnd.choice(["public", "private", "shared"]))
+        image.tags = {tag for tag in ("golden", "silver") if rnd.random() < 0.5}
+        image.properties = {"os_distro": rnd.choice(["debian", long_value, "fedora"])}
+        sql_registry.create_image(image)
+        if image.visibility == "shared" and owner == "other" and n % 4:
+            sql_registry.add_member(image.id, "me")
+            sql_registry.set_member_status(image.id, "me", "accepted")
+        created = BASE_TIME + datetime.timedelta(minutes=n // 3)  # three images a minute
+        times[image.id] = (created, created)
+    set_times(sql_registry, times)
+    for viewer in (Viewer(is_admin=True), Viewer("me")):
+        for filters in (
+            ImageFilters(tags=["golden"]),
+            ImageFilters(tags=["golden", "silver"]),
+            ImageFilters(properties={"os_distro": "debian"}),
+            ImageFilters(properties={"os_distro": long_value}),
+            ImageFilters(tags=["silver"], properties={"os_distro": "debian"}),
+        ):
+            every = sql_registry.list_images(filters, [], 1000, viewer=viewer)
+            assert every, filters
+            for sort in ([], [("created_at", "asc")]):
+                expected = expected_order(every, sort)
+                paged, marker = [], None
+                while page := sql_registry.list_images(filters, sort, 3, marker=marker, viewer=viewer):
+                    paged += [image.id for image in page]
+                    marker = page[-1].id
+                assert paged == expected, (viewer, filters, sort)
+
+
+def test_children_hold_their_images_created_at(sql_registry):
+    """Tags, properties and memberships copy their image's created_at, which never
+    changes: not when an image is saved with another, nor when a member is added later."""
+    image = sql_registry.create_image(make_image("kept", tags={"a"}, properties={"p": "1"}))
+
+    def change(stored):
+        stored.created_at = stored.created_at - datetime.timedelta(days=1)
+        stored.tags.add("b")
+        stored.properties["q"] = "2"
+
+    sql_registry.update_image(image.id, change)
+    sql_registry.add_member(image.id, "b")
+    assert sql_registry.get_image(image.id).created_at == image.created_at
+    with Session(sql_registry.engine) as session:
+        for child in (PropertyRow, TagRow, MemberRow):
+            copies = session.scalars(select(child.image_created_at).where(child.image_id == image.id)).all()
+            assert copies and set(copies) == {image.created_at}, child
+    with pytest.raises(ImageNotFound):
+        sql_registry.add_member("9b1c0d2e-0000-4000-8000-00000000dead", "b")
 
 
 def test_limit(sql_registry, many):
@@ -1042,7 +1110,7 @@ def test_children_are_read_from_their_tables_without_a_document_of_the_images_ve
         # What such a writer does: the children's rows change and the version moves on,
         # the document stays as it was (or was never there).
         session.execute(delete_rows(PropertyRow).where(PropertyRow.image_id == changed.id, PropertyRow.name == "a"))
-        session.add(TagRow(image_id=changed.id, value="added"))
+        session.add(TagRow(image_id=changed.id, value="added", image_created_at=changed.created_at))
         session.execute(update(ImageRow).where(ImageRow.id == changed.id).values(version=ImageRow.version + 1))
         if document == "missing":
             session.execute(delete_rows(ChildrenRow).where(ChildrenRow.image_id == changed.id))

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -66,6 +67,9 @@ LIST_TESTED = ("deleted", "status", "os_hidden", "visibility", "owner", "created
 NARROW_SORTED = ("name", "size")
 # The sort keys with list indexes of their own that can be NULL.
 NULLS_FIRST = ("name", "size")
+# The longest property value that PostgreSQL's ordered index of values holds (in
+# characters; a btree entry holds at most about 2,700 bytes, the name is up to 255).
+SHORT_VALUE = 300
 
 
 def _list_columns(columns: tuple, extra: tuple = ()) -> tuple:
@@ -156,6 +160,10 @@ class PropertyRow(Base):
     image_id: Mapped[str36] = mapped_column(ForeignKey("images.id"))
     name: Mapped[str255]
     value: Mapped[str] = mapped_column(_TEXT)
+    # A copy of the image's created_at (which never changes): on PostgreSQL a list in
+    # the default order merges a property's (or a tag's, a project's memberships') rows
+    # with the images in that order, instead of testing each image it reads for one.
+    image_created_at: Mapped[timestamp]
 
     # A property filter either tests each image a list page reads for its (name,
     # value) row, or, when few images have it, reads those images first (see
@@ -171,6 +179,15 @@ class PropertyRow(Base):
         Index(None, "name"),
         Index("ix_image_properties_name_value", "name", "value", "image_id", unique=True).ddl_if(dialect="sqlite"),
         Index("ix_image_properties_value", "value", postgresql_using="hash").ddl_if(dialect="postgresql"),
+        # Values of at most SHORT_VALUE characters, which its btree can hold.
+        Index(
+            "ix_image_properties_name_value_image_created_at",
+            "name",
+            "value",
+            "image_created_at",
+            "image_id",
+            postgresql_where=text(f"length(value) <= {SHORT_VALUE}"),
+        ).ddl_if(dialect="postgresql"),
         Index("ix_image_properties_name_value_prefix", "name", "value", mysql_length={"value": 255}).ddl_if(
             dialect="mysql"
         ),
@@ -183,8 +200,16 @@ class TagRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     image_id: Mapped[str36] = mapped_column(ForeignKey("images.id"))
     value: Mapped[str255]
+    # A copy of the image's created_at (which never changes), as in PropertyRow.
+    image_created_at: Mapped[timestamp]
 
-    __table_args__ = (UniqueConstraint("image_id", "value"), Index(None, "value", "image_id"))
+    __table_args__ = (
+        UniqueConstraint("image_id", "value"),
+        Index(None, "value", "image_id"),
+        Index("ix_image_tags_value_image_created_at", "value", "image_created_at", "image_id").ddl_if(
+            dialect="postgresql"
+        ),
+    )
 
 
 class ChildrenRow(Base):
@@ -225,11 +250,17 @@ class MemberRow(Base):
     created_at: Mapped[timestamp]
     updated_at: Mapped[timestamp]
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A copy of the image's created_at (which never changes), as in PropertyRow.
+    image_created_at: Mapped[timestamp]
 
-    # The images shared with a project, in one index range (a list's shared part).
+    # The images shared with a project, in one index range (a list's shared part); on
+    # PostgreSQL also in the default list's order.
     __table_args__ = (
         UniqueConstraint("image_id", "member"),
         Index(None, "member", "deleted", "status", "image_id"),
+        Index(
+            "ix_image_members_member_image_created_at", "member", "deleted", "status", "image_created_at", "image_id"
+        ).ddl_if(dialect="postgresql"),
     )
 
 
