@@ -1079,10 +1079,15 @@ def test_limit(sql_registry, many):
     assert list_ids(sql_registry, [], limit=0) == []
 
 
-@pytest.mark.parametrize("marker", ["no-such-image", "deleted"])
+@pytest.mark.parametrize("marker", ["no-such-image", "deleted", "pending_delete"])
 def test_unknown_marker(sql_registry, many, marker):
+    """A deleted image, or one whose data is being deleted, is no marker (the API's
+    400): the registry's own check, as the service asks it no other."""
     if marker == "deleted":
         marker = delete(sql_registry, many[3].id).id
+    elif marker == "pending_delete":
+        active = next(image for image in many if image.status is Status.ACTIVE)
+        marker = sql_registry.update_image(active.id, lambda image: image.transition(Status.PENDING_DELETE)).id
     with pytest.raises(Invalid):
         sql_registry.list_images(EVERYTHING, [], 10, marker=marker)
 

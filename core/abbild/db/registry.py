@@ -269,7 +269,7 @@ class _Raw:
         server defaults: an autoincrement key must not be sent a NULL)."""
 
     def __init__(self, dialect, statement, column_keys: list[str] | None = None) -> None:
-        compiled = statement.compile(dialect=dialect, column_keys=column_keys)
+        compiled = statement.compile(dialect=_native_placeholders(dialect), column_keys=column_keys)
         self.sql = str(compiled)
         self._names = compiled.positiontup  # None where the placeholders carry names
         self._literals = compiled.params  # values the statement holds; the rest come with each run
@@ -285,6 +285,25 @@ class _Raw:
         for name, process in self._processors:
             values[name] = process(values[name])
         return [values[name] for name in self._names] if self._names else values
+
+
+def _native_placeholders(dialect):
+    """*dialect*, writing psycopg's statements with PostgreSQL's own placeholders
+    ($1), which a :func:`_cursor` sends as they are: psycopg rewrites ``%s`` ones into
+    those on every run of a statement longer than 4 KiB (it keeps only shorter ones),
+    0.1-0.16 ms of a project's deep or filtered list page."""
+    if dialect.driver != "psycopg":
+        return dialect
+    native = copy.copy(dialect)
+    native.paramstyle, native.positional = "numeric_dollar", True
+    return native
+
+
+def _cursor(connection, dialect):
+    """A cursor of a pooled *connection* for :class:`_Raw` statements."""
+    if dialect.driver == "psycopg":
+        return dialect.loaded_dbapi.RawCursor(connection.dbapi_connection)
+    return connection.cursor()
 
 
 def _lost(engine, connection, exc) -> None:
@@ -310,7 +329,7 @@ def _raw_cursor(engine):
         autocommit = engine.dialect.name == "postgresql"
         if autocommit:
             dbapi_connection.autocommit = True
-        cursor = connection.cursor()
+        cursor = _cursor(connection, engine.dialect)
         try:
             yield cursor
         finally:
@@ -506,7 +525,7 @@ class SQLRegistry(Registry):
         connection = cursor = None
         try:
             connection = self.write_engine.raw_connection()
-            cursor = connection.cursor()
+            cursor = _cursor(connection, dialect)
             if dialect.name == "sqlite":  # the connection is in autocommit mode: see make_engine
                 cursor.execute("BEGIN IMMEDIATE")
             result = work(cursor)
@@ -1645,9 +1664,15 @@ def _scope(viewer: Viewer):
 
 
 def _marker_query(viewer: Viewer):
-    """The marker's row, if *viewer* may read it (parameters: marker, project)."""
+    """The marker's row, if *viewer* may read it and it is not being deleted
+    (parameters: marker, project)."""
     readable = [] if viewer.is_admin else [_scope(viewer)]
-    return _SELECT_IMAGES.where(_IMAGES.c.id == bindparam("marker"), _IMAGES.c.deleted == false(), *readable)
+    return _SELECT_IMAGES.where(
+        _IMAGES.c.id == bindparam("marker"),
+        _IMAGES.c.deleted == false(),
+        _IMAGES.c.status != Status.PENDING_DELETE.value,
+        *readable,
+    )
 
 
 # What a page's part reads (see _scope_parts): any number of images, in sort order;
