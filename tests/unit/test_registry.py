@@ -1014,26 +1014,49 @@ def test_paging_as_a_project(sql_registry):
 @pytest.mark.parametrize("few", [0, 1000], ids=["tested on each image", "driving the page"])
 def test_filtered_pages_in_created_order(sql_registry, monkeypatch, few):
     """Pages filtered by a tag, a short property value and a long one (longer than
-    SHORT_VALUE, which PostgreSQL's ordered index does not hold), in the default order
-    and by created_at ascending, with ties: an administrator's and a project's, page by
-    page, equal their whole lists. On PostgreSQL the tags, properties and memberships
-    are merged with the images in that order through their copies of created_at."""
+    SHORT_VALUE, which PostgreSQL's ordered index does not hold), a status, names, and
+    shared images by member status, in the default order and by created_at ascending,
+    with ties: an administrator's and a project's lists hold what they should, and page
+    by page the same. On PostgreSQL the tags, properties and memberships are merged
+    with the images in that order through their copies of created_at; the shared
+    images read from the memberships, or (a filter of names: few images) the other way."""
     monkeypatch.setattr(db_registry, "FEW_TO_DRIVE", few)
     rnd = random.Random(15)
     long_value = "x" * (db_registry.SHORT_VALUE + 1)
-    times = {}
+    times, images, my_status = {}, [], {}
     for n in range(40):
         owner = rnd.choice(["me", "other", "other", None])
         image = make_image(f"f-{n:02d}", owner=owner, visibility=rnd.choice(["public", "private", "shared"]))
         image.tags = {tag for tag in ("golden", "silver") if rnd.random() < 0.5}
         image.properties = {"os_distro": rnd.choice(["debian", long_value, "fedora"])}
-        sql_registry.create_image(image)
+        if n % 5 == 0:
+            image.status = Status.ACTIVE
+        images.append(sql_registry.create_image(image))
         if image.visibility == "shared" and owner == "other" and n % 4:
             sql_registry.add_member(image.id, "me")
-            sql_registry.set_member_status(image.id, "me", "accepted")
+            my_status[image.id] = rnd.choice(["accepted", "accepted", "pending"])
+            sql_registry.set_member_status(image.id, "me", my_status[image.id])
         created = BASE_TIME + datetime.timedelta(minutes=n // 3)  # three images a minute
         times[image.id] = (created, created)
     set_times(sql_registry, times)
+    some_names = {image.name for image in images[::2]} | {image.name for image in images if image.id in my_status}
+
+    def listed(image, viewer, filters) -> bool:
+        shared_with_me = image.visibility == "shared" and image.owner not in ("me", None)
+        if filters.visibility == "shared" and image.visibility != "shared":
+            return False
+        if not viewer.is_admin and image.visibility == "private" and image.owner == "other":
+            return False
+        if not viewer.is_admin and shared_with_me:
+            wanted = my_status.get(image.id)
+            if wanted is None or filters.member_status not in ("all", wanted):
+                return False
+        return (
+            set(filters.tags) <= image.tags
+            and all(image.properties.get(k) == v for k, v in filters.properties.items())
+            and all(getattr(getattr(image, k), "value", getattr(image, k)) in v for k, v in filters.values.items())
+        )
+
     for viewer in (Viewer(is_admin=True), Viewer("me")):
         for filters in (
             ImageFilters(tags=["golden"]),
@@ -1041,8 +1064,14 @@ def test_filtered_pages_in_created_order(sql_registry, monkeypatch, few):
             ImageFilters(properties={"os_distro": "debian"}),
             ImageFilters(properties={"os_distro": long_value}),
             ImageFilters(tags=["silver"], properties={"os_distro": "debian"}),
+            ImageFilters(values={"status": ["queued"]}),
+            ImageFilters(values={"name": sorted(some_names)}),
+            ImageFilters(values={"name": sorted(some_names)}, member_status="pending"),
+            ImageFilters(visibility="shared", member_status="pending"),
+            ImageFilters(visibility="shared", member_status="all", tags=["silver"]),
         ):
             every = sql_registry.list_images(filters, [], 1000, viewer=viewer)
+            assert {image.id for image in every} == {image.id for image in images if listed(image, viewer, filters)}
             assert every, filters
             for sort in ([], [("created_at", "asc")]):
                 expected = expected_order(every, sort)
