@@ -800,6 +800,18 @@ def test_visibility(scoped, viewer, filters, expected):
     assert list_names(scoped, ImageFilters(**filters), viewer=viewer) == expected
 
 
+@pytest.mark.parametrize("owner", [ME, "other", "third"])
+@pytest.mark.parametrize("case", ["default", "shared", "private", "all", "any member status", "another project"])
+def test_owner_filter_within_each_scope(scoped, case, owner):
+    """An owner filter lists those of the images the scope lists that the owner has,
+    whether the owner is the viewer (the viewer's own part alone), another project or
+    one the viewer shares nothing with (perhaps none)."""
+    viewer, filters, _ = VISIBILITY_CASES[case]
+    whole = scoped.list_images(ImageFilters(**filters), [], 100, viewer=viewer)
+    expected = {image.name for image in whole if image.owner == owner}
+    assert list_names(scoped, ImageFilters(**filters, owner=owner), viewer=viewer) == expected
+
+
 def test_visibility_and_other_filters_combine(scoped):
     filters = ImageFilters(values={"name": ["public", "private other", "shared accepted"]})
     assert list_names(scoped, filters, viewer=Viewer(ME)) == {"public", "shared accepted"}

@@ -689,6 +689,7 @@ class SQLRegistry(Registry):
                 viewer.project_id is None,
                 visibility,
                 filters.member_status == "all",
+                filters.owner is not None and filters.owner == viewer.project_id,
                 tuple((column.key, direction) for column, direction in keys),
                 tests,
                 marker_nulls,
@@ -1817,15 +1818,20 @@ def _scope_parts(viewer: Viewer, filters: ImageFilters) -> list[tuple[list, str]
     if wanted in ("all", "community"):
         parts.append(([ImageRow.visibility == "community"], WIDE))
         elsewhere.append("community")
-    if project is not None:
+    # A filter of an owner leaves out the parts of others: a project's page of its
+    # own images (Horizon's) read every shared image of the others for none (a big
+    # project: 6 ms).
+    mine = project is not None and filters.owner == project
+    if project is not None and filters.owner in (None, project):
         # In a default list the viewer's community images are among its own.
         parts.append(([ImageRow.owner == bindparam("project"), ImageRow.visibility.not_in(_fixed(elsewhere))], OWNED))
-    # Nobody's community images are in the community part, or in no default list.
-    parts.append(([ImageRow.owner.is_(None), ImageRow.visibility.not_in(_fixed(("public", "community")))], OWNED))
-    if project is not None and wanted in (None, "all", "shared"):
+    if filters.owner is None:
+        # Nobody's community images are in the community part, or in no default list.
+        parts.append(([ImageRow.owner.is_(None), ImageRow.visibility.not_in(_fixed(("public", "community")))], OWNED))
+    if project is not None and wanted in (None, "all", "shared") and not mine:
         # Of their images, those of the viewer's _memberships: see _list_query.
         parts.append(([ImageRow.visibility == "shared", ImageRow.owner != bindparam("project")], SHARED))
-    return parts
+    return parts or [([false()], OWNED)]  # none: a part that reads nothing
 
 
 #: Columns whose filters most images pass: they have few values.
