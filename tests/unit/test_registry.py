@@ -1094,6 +1094,23 @@ def test_filtered_pages_in_created_order(sql_registry, monkeypatch, few):
                 assert paged == expected, (viewer, filters, sort)
 
 
+def test_postgresql_pages_are_planned_to_read_in_order(sql_registry):
+    """PostgreSQL's planner is kept from the plans that read a list page's every
+    candidate: parallel workers, generic plans, hash joins (see make_engine)."""
+    if sql_registry.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's planner settings")
+    with sql_registry.engine.connect() as conn:
+        settings = {name: conn.exec_driver_sql(f"SHOW {name}").scalar() for name in PLANNER_SETTINGS}
+    assert settings == PLANNER_SETTINGS
+
+
+PLANNER_SETTINGS = {
+    "max_parallel_workers_per_gather": "0",
+    "plan_cache_mode": "force_custom_plan",
+    "enable_hashjoin": "off",
+}
+
+
 def test_children_hold_their_images_created_at(sql_registry):
     """Tags, properties and memberships copy their image's created_at, which never
     changes: not when an image is saved with another, nor when a member is added later."""
