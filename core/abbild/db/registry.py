@@ -1763,21 +1763,7 @@ def _list_query(keys, tests, viewer: Viewer, filters: ImageFilters, marker_nulls
                 # images of unknown size at 100,000: 7.9 ms, 0.6 ms without).
                 del order[0]
             if part_kind == SHARED and along is not None and not _few(tests):
-                # The project's memberships in the page's order (they name their
-                # image's created_at), each one's image tested until the part is full:
-                # not every image of them, then sorted. A subquery of one value, as
-                # for a narrow part's filters: joined, PostgreSQL expected a
-                # membership's image to be shared one time in twenty, so read a big
-                # project's 2,000 memberships and 10,000 shared images whole (7 ms).
-                # Where a filter picks few images, those are read, then their
-                # memberships: else all 4,000 of a big project's memberships
-                # would be tested for a rare tag (1.4 -> 19 ms).
-                columns = {"created_at": MemberRow.image_created_at, "id": MemberRow.image_id}
-                image = select(literal(1)).where(ImageRow.id == MemberRow.image_id, *where).limit(1)
-                shared = select(*(columns[c.key].label(c.key) for c in key_columns)).where(
-                    *_memberships(filters), *along(MemberRow), image.scalar_subquery().is_not(None)
-                )
-                queries.append(shared.order_by(*_ordering(keys, columns, postgres)).limit(limit))
+                queries.append(_shared_from_memberships(keys, where, filters, along).limit(limit))
                 continue
             if part_kind == SHARED:
                 where = [*where, ImageRow.id.in_(select(MemberRow.image_id).where(*_memberships(filters)))]
@@ -1836,6 +1822,27 @@ def _scope_parts(viewer: Viewer, filters: ImageFilters) -> list[tuple[list, str]
         # Of their images, those of the viewer's _memberships: see _list_query.
         parts.append(([ImageRow.visibility == "shared", ImageRow.owner != bindparam("project")], SHARED))
     return parts or [([false()], OWNED)]  # none: a part that reads nothing
+
+
+def _shared_from_memberships(keys, images: list, filters: ImageFilters, along):
+    """The shared part of a page in the default order (PostgreSQL): the viewer's
+    memberships in that order (they hold their image's created_at), each one's image
+    tested for *images* (the part's conditions) until the part is full, rather than
+    every image of them read, then sorted.
+
+    The image is tested by a subquery of one value, as a narrow part's filters are:
+    joined, PostgreSQL expected a membership's image to be shared one time in twenty,
+    and read a big project's 2,000 memberships and 10,000 shared images whole (7 ms).
+    Where a filter picks few images (:func:`_few`) the caller reads those first and
+    then their memberships: from the memberships, all 4,000 of a big project's would be
+    tested for a rare tag (1.4 -> 19 ms)."""
+    columns = {"created_at": MemberRow.image_created_at, "id": MemberRow.image_id}
+    image = select(literal(1)).where(ImageRow.id == MemberRow.image_id, *images).limit(1)
+    return (
+        select(*(columns[column.key].label(column.key) for column, _ in keys))
+        .where(*_memberships(filters), *along(MemberRow), image.scalar_subquery().is_not(None))
+        .order_by(*_ordering(keys, columns, True))
+    )
 
 
 #: Columns whose filters most images pass: they have few values.
